@@ -1,0 +1,179 @@
+/*
+ * kvx.h - libkvx, a runtime that enforces per-(layer, KV head) KV-cache
+ * budget plans during LLM inference.
+ *
+ * SPDX-License-Identifier: MIT
+ *
+ * Conventions: every call returns a kvx_status (KVX_OK is 0).  On failure
+ * a one-line message describing the problem is available from
+ * kvx_errmsg(); it is kept per thread and overwritten by the next failing
+ * call.  New objects come back through out-parameters; the _free and _close calls take
+ * the address of the handle and clear it.
+ */
+#ifndef KVX_H
+#define KVX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVX_VERSION_MAJOR 0
+#define KVX_VERSION_MINOR 1
+
+typedef enum kvx_status {
+	KVX_OK = 0,
+	KVX_ERR_ARG,		/* bad argument from the caller */
+	KVX_ERR_IO,		/* file could not be opened, read or written */
+	KVX_ERR_FORMAT,		/* malformed GGUF or YAML */
+	KVX_ERR_UNSUPPORTED,	/* valid but not supported (arch, type) */
+	KVX_ERR_NOMEM,		/* allocation failed */
+	KVX_ERR_PLAN,		/* plan invalid or impossible */
+	KVX_ERR_MISMATCH,	/* plan made for another model */
+	KVX_ERR_CAPACITY,	/* sequence or context full */
+	KVX_ERR_DEVICE		/* GPU error */
+} kvx_status;
+
+typedef struct kvx_model kvx_model;
+typedef struct kvx_plan kvx_plan;
+typedef struct kvx_ctx kvx_ctx;
+
+/* Version string of the library, e.g. "0.1.0". */
+const char	*kvx_version(void);
+/* Static description of a status code. */
+const char	*kvx_strerror(kvx_status);
+/* Message of the last failing call in this thread ("" if none). */
+const char	*kvx_errmsg(void);
+
+/* --- model ---------------------------------------------------------- */
+
+typedef struct kvx_model_info {
+	const char	*arch;		/* "llama" */
+	const char	*name;		/* general.name, or "" */
+	int		 n_layer;
+	int		 n_head;	/* query heads */
+	int		 n_head_kv;	/* KV heads */
+	int		 head_dim;
+	int		 n_embd;
+	int		 n_ff;
+	int		 n_vocab;
+	int		 n_ctx_train;
+	float		 rope_theta;
+	float		 rms_eps;
+	char		 fingerprint[65];	/* sha256 hex of the tensor table
+						   and key metadata */
+} kvx_model_info;
+
+/* Open a GGUF model (mmap).  n_threads <= 0 picks the number of CPUs. */
+kvx_status	 kvx_model_open(const char *path, int n_threads,
+		     kvx_model **out);
+void		 kvx_model_close(kvx_model **);
+const kvx_model_info *kvx_model_get_info(const kvx_model *);
+
+/* --- tokenizer ------------------------------------------------------ */
+
+/*
+ * Encode UTF-8 text.  With parse_special, special-token texts such as
+ * "<|im_start|>" become their ids.  Writes at most cap ids; *n receives the
+ * full count (KVX_ERR_CAPACITY when it exceeds cap).
+ */
+kvx_status	 kvx_tokenize(const kvx_model *, const char *text, size_t len,
+		     int parse_special, int32_t *ids, int cap, int *n);
+/* Bytes of one token, appended to buf (NUL-terminated); *len gets the
+ * piece length.  Special tokens render as their text. */
+kvx_status	 kvx_token_piece(const kvx_model *, int32_t id, char *buf,
+		     size_t size, size_t *len);
+int32_t		 kvx_token_bos(const kvx_model *);
+int32_t		 kvx_token_eos(const kvx_model *);
+/* 1 when id ends a turn or the text (EOS, <|im_end|>, ...). */
+int		 kvx_token_is_eog(const kvx_model *, int32_t id);
+/* Format one user message with the model's chat template, ready for
+ * generation.  *out is malloc'd; free it with free(). */
+kvx_status	 kvx_chat_format(const kvx_model *, const char *system,
+		     const char *user, char **out);
+
+/* --- plans (format: kvx-plan(5)) ------------------------------------ */
+
+typedef enum kvx_plan_mode {
+	KVX_PLAN_STATIC = 0,	/* budgets per (layer, KV head) */
+	KVX_PLAN_HYBRID = 1	/* budgets per layer; heads share at run time */
+} kvx_plan_mode;
+
+kvx_status	 kvx_plan_load(const char *path, kvx_plan **out);
+/* Parse a plan held in memory; name is used in messages. */
+kvx_status	 kvx_plan_load_mem(const char *buf, size_t len,
+		     const char *name, kvx_plan **out);
+/* Write the plan.  Fails with KVX_ERR_IO if path exists and !overwrite. */
+kvx_status	 kvx_plan_save(const kvx_plan *, const char *path,
+		     int overwrite);
+/* KVX_ERR_MISMATCH, naming the differing field, if the plan was not made
+ * for this model. */
+kvx_status	 kvx_plan_check(const kvx_plan *, const kvx_model *);
+void		 kvx_plan_free(kvx_plan **);
+kvx_plan_mode	 kvx_plan_get_mode(const kvx_plan *);
+/* Planned share of the prompt kept for (layer, kv head), in [0, 1].  For a
+ * hybrid plan, the layer's share. */
+double		 kvx_plan_get_budget(const kvx_plan *, int layer, int head);
+
+/* --- contexts and inference ----------------------------------------- */
+
+typedef struct kvx_ctx_params {
+	int	n_seq;		/* sequences (default 1) */
+	int	n_ctx;		/* max tokens per sequence (default: model's) */
+	int	decode_headroom;/* slots reserved per segment after
+				   compression for decode (default 256) */
+	int	n_threads;	/* <= 0: the model's */
+	int	keep_logits;	/* reserved, 0 */
+} kvx_ctx_params;
+
+void		 kvx_ctx_params_init(kvx_ctx_params *);
+/* plan NULL = full cache.  The plan is copied; it is checked against the
+ * model first. */
+kvx_status	 kvx_ctx_new(kvx_model *, const kvx_plan *,
+		     const kvx_ctx_params *, kvx_ctx **out);
+void		 kvx_ctx_free(kvx_ctx **);
+
+/*
+ * Run n prompt tokens of sequence seq (which must be empty) with full
+ * attention, then compress its cache to the plan.  logits (n_vocab floats,
+ * may be NULL) receives the last token's logits.
+ */
+kvx_status	 kvx_prefill(kvx_ctx *, int seq, const int32_t *ids, int n,
+		     float *logits);
+/*
+ * Append n tokens to seq without compressing, attending over what the
+ * cache holds.  logits, if not NULL, receives n * n_vocab floats.
+ */
+kvx_status	 kvx_extend(kvx_ctx *, int seq, const int32_t *ids, int n,
+		     float *logits);
+/* One token for each of n sequences; logits gets n * n_vocab floats. */
+kvx_status	 kvx_decode(kvx_ctx *, int n, const int *seqs,
+		     const int32_t *ids, float *logits);
+/*
+ * Fill sequence dseq of dst (empty) from sequence sseq of src, which must
+ * hold an uncompressed prefill, compressing to dst's plan.  Lets several
+ * plans share one prefill.
+ */
+kvx_status	 kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src,
+		     int sseq);
+/* Forget a sequence's tokens. */
+kvx_status	 kvx_seq_clear(kvx_ctx *, int seq);
+
+typedef struct kvx_memory {
+	uint64_t	kv_bytes;	/* bytes allocated for K and V */
+	uint64_t	kv_bytes_used;	/* bytes holding kept tokens */
+	uint64_t	kv_bytes_full;	/* a full cache for the same tokens */
+	int64_t		n_tokens;	/* tokens seen, all sequences */
+	int64_t		n_kept;		/* token slots kept, summed over
+					   layers and KV heads */
+} kvx_memory;
+
+kvx_status	 kvx_ctx_memory(const kvx_ctx *, kvx_memory *);
+int		 kvx_seq_len(const kvx_ctx *, int seq);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVX_H */

@@ -1,0 +1,81 @@
+/*
+ * plan.h - the in-memory form of a kvx plan (file format: kvx-plan(5)).
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KVX_PLAN_H
+#define KVX_PLAN_H
+
+#include <stdint.h>
+
+#include "kvx.h"
+
+#define KVX_PLAN_FORMAT_VERSION 1
+
+enum plan_budget_kind {
+	PLAN_BUDGET_FRACTION = 0,	/* share of the prompt tokens */
+	PLAN_BUDGET_TOKENS = 1		/* fixed token count per head */
+};
+
+enum plan_pool { PLAN_POOL_MAX = 0, PLAN_POOL_AVG = 1, PLAN_POOL_NONE = 2 };
+enum plan_gqa { PLAN_GQA_MEAN = 0, PLAN_GQA_MAX = 1 };
+
+struct kvx_plan {
+	int		 version;	/* KVX_PLAN_FORMAT_VERSION */
+	char		 method[32];	/* uniform|pyramid|ada|layer|kvx|full */
+
+	/* model identity */
+	char		 arch[32];
+	int		 n_layer, n_head, n_head_kv, head_dim;
+	char		 fingerprint[65];
+
+	/* budget */
+	int		 budget_kind;	/* enum plan_budget_kind */
+	double		 budget;	/* fraction, or tokens if TOKENS */
+	int64_t		 ref_context;	/* reference context (tokens) */
+	uint64_t	 ref_bytes;	/* planned KV bytes at ref_context */
+	uint64_t	 ref_bytes_full;/* full-cache KV bytes at ref_context */
+
+	/* selection */
+	int		 window;	/* observation window w */
+	int		 pool;		/* enum plan_pool */
+	int		 pool_kernel;	/* k, odd */
+	int		 gqa;		/* enum plan_gqa */
+	int		 sinks;		/* always-kept leading tokens */
+	int		 min_tokens;	/* floor per head, tokens */
+
+	/* budgets */
+	int		 mode;		/* kvx_plan_mode */
+	double		 alpha;		/* hybrid: per-head floor, share of the
+					   layer's even split, in [0, 1] */
+	double		*budgets;	/* static: n_layer * n_head_kv,
+					   hybrid: n_layer; fractions */
+
+	/* provenance (optional; empty strings / 0 when absent) */
+	char		 solver[32];
+	double		 objective;
+	double		 predicted_retention;
+	double		 uniform_retention;
+	char		 corpus[256];
+	int		 samples;
+	int		 sample_tokens;
+	uint64_t	 seed;
+	char		 tool_version[32];
+	char		 created_by[64];
+};
+
+/* Allocate a plan with identity from info, defaults for selection
+ * (window 32, max pool k 7, GQA mean, sinks 4, min_tokens 0), and
+ * budgets set to fraction everywhere. */
+kvx_status	 plan_new(const kvx_model_info *, int mode, double fraction,
+		     kvx_plan **out);
+kvx_status	 plan_copy(const kvx_plan *, kvx_plan **out);
+/* Number of entries in budgets for the plan's mode. */
+int		 plan_n_budgets(const kvx_plan *);
+/* Tokens kept for (layer, head) after a prompt of n tokens (static) or
+ * for the whole layer (hybrid, head = -1): clamp(round(f n), floor, n). */
+int		 plan_tokens(const kvx_plan *, int layer, int head, int n);
+/* Fill ref_bytes / ref_bytes_full for ref_context (bytes_per_elem is the
+ * runtime's KV element size). */
+void		 plan_update_bytes(kvx_plan *, int bytes_per_elem);
+
+#endif

@@ -1,0 +1,33 @@
+/*
+ * quant.h - dequantisation and quantised dot products for ggml block types.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KVX_QUANT_H
+#define KVX_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvx.h"
+
+/* Dequantise n elements (a multiple of the block size) of type to f32. */
+kvx_status	 quant_dequant(int type, const void *src, float *dst, size_t n);
+/* 1 if quant_dequant handles type. */
+int		 quant_supported(int type);
+
+/*
+ * Matrix-vector product with a quantised weight matrix W of rows x cols
+ * (row-major as stored in GGUF: ne[0] = cols contiguous):
+ *   y[r] = sum_c W[r][c] * x[c]   for r in [r0, r1)
+ * x is first quantised to the matching activation format by
+ * quant_prepare_x (scratch from quant_scratch_bytes).  Supported weight
+ * types: F32, F16, Q4_0, Q4_1, Q8_0.
+ */
+size_t		 quant_scratch_bytes(int wtype, int cols);
+void		 quant_prepare_x(int wtype, const float *x, int cols,
+		     void *scratch);
+void		 quant_matvec(int wtype, const void *w, int cols, int r0, int r1,
+		     const void *xq, float *y);
+int		 quant_matvec_supported(int wtype);
+
+#endif

@@ -1,0 +1,1 @@
+/* TODO placeholder */ int main(void) { return 77; }
