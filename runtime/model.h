@@ -1,1 +1,83 @@
-/* TODO placeholder */
+/*
+ * model.h - the Llama-family model: weights mapped from GGUF and the
+ * forward pass over a batch of tokens against a kv_cache.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KVX_MODEL_H
+#define KVX_MODEL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "kvx.h"
+#include "gguf.h"
+#include "kvcache.h"
+#include "pool.h"
+#include "tokenizer.h"
+
+/* A weight matrix of rows x cols (cols contiguous) as stored, plus an f32
+ * copy made on first use by the GEMM path. */
+typedef struct mat {
+	const void	*q;
+	int		 type;
+	int		 rows, cols;
+	float		*f;
+} mat;
+
+typedef struct layer_w {
+	mat		 wq, wk, wv, wo, wg, wu, wd;
+	const float	*attn_norm, *ffn_norm;
+} layer_w;
+
+struct kvx_model {
+	gguf_file	*gf;
+	kvx_model_info	 info;
+	char		 arch[32];
+	char		 name[128];
+	kvx_tokenizer	*tok;
+	layer_w		*L;
+	mat		 embd;		/* n_vocab x n_embd */
+	mat		 out;		/* LM head (tied to embd when absent) */
+	const float	*out_norm;
+	int		 n_threads;
+	kvx_pool	*pool;
+	pthread_mutex_t	 lazy_mu;	/* guards the lazy f32 copies */
+};
+
+/*
+ * Selection hook: called by the forward pass right after layer l's
+ * attention has run over a whole prefill (so that layer's cache holds
+ * every prompt token), with that layer's last-w post-RoPE queries for the
+ * sequence: wq[head][w][d] for all n_head query heads.
+ */
+typedef kvx_status (*fw_layer_hook)(void *arg, int seq, int layer,
+    const float *wq, int w);
+
+typedef struct fw_batch {
+	int		 n;		/* tokens */
+	const int32_t	*ids;
+	const int	*seq;		/* sequence of each token */
+	const int	*pos;		/* position of each token */
+	int		 logits;	/* 0 none, 1 last token, 2 all */
+	float		*out;		/* logits destination */
+	/* for a single-sequence prefill: window queries and the hook */
+	int		 window;
+	fw_layer_hook	 hook;
+	void		*hook_arg;
+	/* profiling: when set, stop after the last layer's hook and skip the
+	 * LM head (the lightweight variant of kvx-plan) */
+	int		 no_head;
+} fw_batch;
+
+/* Forward scratch sized for up to max_tokens per batch. */
+typedef struct fw_scratch fw_scratch;
+
+kvx_status	 fw_scratch_new(const kvx_model *, int max_tokens, int max_ctx,
+		     fw_scratch **out);
+void		 fw_scratch_free(fw_scratch **);
+kvx_status	 model_forward(kvx_model *, kv_cache *, fw_scratch *,
+		     const fw_batch *);
+/* f32 copy of a matrix, made once. */
+kvx_status	 model_mat_f32(kvx_model *, mat *);
+
+#endif

@@ -71,11 +71,26 @@ kvx_status	 plan_new(const kvx_model_info *, int mode, double fraction,
 kvx_status	 plan_copy(const kvx_plan *, kvx_plan **out);
 /* Number of entries in budgets for the plan's mode. */
 int		 plan_n_budgets(const kvx_plan *);
-/* Tokens kept for (layer, head) after a prompt of n tokens (static) or
- * for the whole layer (hybrid, head = -1): clamp(round(f n), floor, n). */
+/*
+ * Tokens kept for (layer, head) after a prompt of n tokens:
+ * clamp(round(f base), floor, n) with floor = min(n, max(min_tokens,
+ * window + sinks)); base is n for a fraction budget and ref_context for a
+ * tokens budget (the counts then stay fixed as the prompt grows).  For a
+ * hybrid plan head is ignored (pass -1) and the result is the layer's
+ * tokens per KV head: the layer keeps n_head_kv times that in all.
+ * Returns 0 when layer or head is out of range or n <= 0.
+ */
 int		 plan_tokens(const kvx_plan *, int layer, int head, int n);
 /* Fill ref_bytes / ref_bytes_full for ref_context (bytes_per_elem is the
  * runtime's KV element size). */
 void		 plan_update_bytes(kvx_plan *, int bytes_per_elem);
+/* KVX_ERR_MISMATCH naming the first identity field (arch, layers, heads,
+ * kv_heads, head_dim, fingerprint) that differs from info. */
+kvx_status	 plan_check_info(const kvx_plan *, const kvx_model_info *);
+/* KVX_ERR_PLAN if any field is out of the ranges of kvx-plan(5). */
+kvx_status	 plan_validate(const kvx_plan *);
+/* The plan as YAML text (what kvx_plan_save writes); *out is malloc'd and
+ * NUL-terminated, *len excludes the NUL. */
+kvx_status	 plan_emit(const kvx_plan *, char **out, size_t *len);
 
 #endif

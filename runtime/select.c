@@ -1,1 +1,434 @@
-/* TODO placeholder */
+/*
+ * select.c - SnapKV-style token scoring, pooling and top-k selection, and
+ * the AdaKV hybrid split of a layer's budget over its heads.
+ * SPDX-License-Identifier: MIT
+ *
+ * Selection is a radix select over order-preserving integer keys of the
+ * scores: O(n) with no allocation, ties broken towards the lower index by
+ * construction, and the same algorithm the CUDA top-k kernel runs.
+ */
+#include "config.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plan.h"
+#include "select.h"
+
+/* Window queries whose softmax statistics live on the stack. */
+#define SEL_STACK_QUERIES 256
+
+/* Dot product with eight independent partial sums, so that it vectorises. */
+static inline float
+dot(const float *a, const float *b, int d)
+{
+	float p[8] = { 0 }, s;
+	int i, u;
+
+	for (i = 0; i + 8 <= d; i += 8)
+		for (u = 0; u < 8; u++)
+			p[u] += a[i + u] * b[i + u];
+	s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+	for (; i < d; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+/*
+ * exp(x) for x <= 0 in a branch-free form that the compiler vectorises:
+ * x = n ln2 + r, a degree-6 polynomial for e^r, 2^n from the exponent
+ * bits.  Relative error about 2e-7; inputs below -87 return e^-87.
+ */
+static inline float
+fexp(float x)
+{
+	float n, r, p;
+	int32_t e;
+
+	x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+	n = floorf(x * 1.44269504f + 0.5f);
+	r = x - n * 0.693359375f + n * 2.12194440e-4f;
+	p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	p = p * r * r + r + 1.0f;
+	e = ((int32_t)n + 127) << 23;
+	memcpy(&n, &e, sizeof n);
+	return p * n;
+}
+
+/*
+ * Scaled logits of eight query rows against key row kt.  With AVX2 the
+ * key row is loaded once for all eight and the sums are reduced together.
+ */
+static inline void
+logits8(const float *q, int d, const float *kt, float scale, float *s)
+{
+	int j;
+
+#if defined(__AVX2__) && defined(__FMA__)
+	if (d % 8 == 0) {
+		__m256 a[8], t0, t1, t2, t3, kv;
+		int i;
+
+		for (j = 0; j < 8; j++)
+			a[j] = _mm256_setzero_ps();
+		for (i = 0; i < d; i += 8) {
+			kv = _mm256_loadu_ps(kt + i);
+			for (j = 0; j < 8; j++)
+				a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q +
+				    (size_t)j * d + i), kv, a[j]);
+		}
+		t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]),
+		    _mm256_hadd_ps(a[2], a[3]));
+		t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]),
+		    _mm256_hadd_ps(a[6], a[7]));
+		t2 = _mm256_permute2f128_ps(t0, t1, 0x20);
+		t3 = _mm256_permute2f128_ps(t0, t1, 0x31);
+		_mm256_storeu_ps(s, _mm256_mul_ps(_mm256_add_ps(t2, t3),
+		    _mm256_set1_ps(scale)));
+		return;
+	}
+#endif
+	for (j = 0; j < 8; j++)
+		s[j] = dot(q + (size_t)j * d, kt, d) * scale;
+}
+
+/* Scaled logits of w queries (rows of q) against key row kt. */
+static void
+logits(const float *q, int w, int d, const float *kt, float scale, float *s)
+{
+	int j;
+
+	for (j = 0; j + 8 <= w; j += 8)
+		logits8(q + (size_t)j * d, d, kt, scale, s + j);
+	for (; j < w; j++)
+		s[j] = dot(q + (size_t)j * d, kt, d) * scale;
+}
+
+/*
+ * Score of one head's window over its candidates: the mean over the w
+ * window queries of their causal softmax at each key t < n - w, stored
+ * into score (first head), or maximised or summed into it.  m, l and sv
+ * hold w floats each.  Two passes over the keys (statistics, then
+ * probabilities) keep the memory at O(w) instead of O(w n); the
+ * candidate keys, seen by every query, take the vectorised path.
+ */
+static void
+head_score(const float *q, const float *k, int n, int w, int d, float scale,
+    float *m, float *l, float *sv, int first, int gqa, float *score)
+{
+	int t, j, nc = n - w;
+
+	for (j = 0; j < w; j++) {
+		m[j] = -INFINITY;
+		l[j] = 0.0f;
+	}
+	for (t = 0; t < nc; t++) {
+		logits(q, w, d, k + (size_t)t * d, scale, sv);
+		for (j = 0; j < w; j++) {
+			float mn = sv[j] > m[j] ? sv[j] : m[j];
+
+			l[j] = l[j] * fexp(m[j] - mn) + fexp(sv[j] - mn);
+			m[j] = mn;
+		}
+	}
+	/* the window keys: query j sees keys up to nc + j */
+	for (t = nc; t < n; t++) {
+		int j0 = t - nc;
+
+		logits(q + (size_t)j0 * d, w - j0, d, k + (size_t)t * d, scale,
+		    sv);
+		for (j = j0; j < w; j++) {
+			float s = sv[j - j0], mn = s > m[j] ? s : m[j];
+
+			l[j] = l[j] * expf(m[j] - mn) + expf(s - mn);
+			m[j] = mn;
+		}
+	}
+	for (j = 0; j < w; j++)
+		l[j] = 1.0f / (l[j] * (float)w);
+	for (t = 0; t < nc; t++) {
+		float p[8] = { 0 }, acc;
+		int u;
+
+		logits(q, w, d, k + (size_t)t * d, scale, sv);
+		for (j = 0; j < w; j++)
+			sv[j] = fexp(sv[j] - m[j]) * l[j];
+		for (j = 0; j + 8 <= w; j += 8)
+			for (u = 0; u < 8; u++)
+				p[u] += sv[j + u];
+		for (; j < w; j++)
+			p[0] += sv[j];
+		acc = ((p[0] + p[4]) + (p[1] + p[5])) +
+		    ((p[2] + p[6]) + (p[3] + p[7]));
+		if (first)
+			score[t] = acc;
+		else if (gqa == PLAN_GQA_MAX)
+			score[t] = acc > score[t] ? acc : score[t];
+		else
+			score[t] += acc;
+	}
+}
+
+void
+sel_score(const float *q, const float *k, int n, int w, int g, int d,
+    float scale, int gqa, float *score)
+{
+	float stack[3 * SEL_STACK_QUERIES], *buf = stack;
+	int h, t;
+
+	if (n <= w || w < 1 || g < 1)
+		return;
+	if (w > SEL_STACK_QUERIES &&
+	    (buf = malloc(sizeof(float) * 3 * (size_t)w)) == NULL) {
+		/* no room for the statistics: say so in the scores */
+		for (t = 0; t < n - w; t++)
+			score[t] = NAN;
+		return;
+	}
+	for (h = 0; h < g; h++)
+		head_score(q + (size_t)h * w * d, k, n, w, d, scale, buf,
+		    buf + w, buf + 2 * w, h == 0, gqa, score);
+	if (gqa != PLAN_GQA_MAX && g > 1)
+		for (t = 0; t < n - w; t++)
+			score[t] /= (float)g;
+	if (buf != stack)
+		free(buf);
+}
+
+void
+sel_pool(const float *in, int n, int ks, int pool, float *out)
+{
+	int r = ks / 2, t, i, lo, hi;
+
+	if (pool == PLAN_POOL_NONE || r <= 0) {
+		memmove(out, in, sizeof(float) * (size_t)(n > 0 ? n : 0));
+		return;
+	}
+	for (t = 0; t < n; t++) {
+		lo = t - r < 0 ? 0 : t - r;
+		hi = t + r >= n ? n - 1 : t + r;
+		if (pool == PLAN_POOL_AVG) {
+			double s = 0.0;
+
+			for (i = lo; i <= hi; i++)
+				s += in[i];
+			out[t] = (float)(s / (hi - lo + 1));
+		} else {
+			float mx = in[lo];
+
+			for (i = lo + 1; i <= hi; i++)
+				if (in[i] > mx)
+					mx = in[i];
+			out[t] = mx;
+		}
+	}
+}
+
+/*
+ * Order-preserving unsigned key of a score: larger floats give larger
+ * keys, both zeros the same key, and NaN the smallest key of all.
+ */
+static inline uint32_t
+fkey(float x)
+{
+	uint32_t u;
+
+	if (x != x)
+		return 0;
+	if (x == 0.0f)
+		x = 0.0f;
+	memcpy(&u, &x, sizeof u);
+	return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+/*
+ * One set of candidates for radix_kth: the keys of a[0..n) that are below
+ * lim (all of them when lim > UINT32_MAX), plus extra copies of key lim.
+ */
+struct keyset {
+	const float	*a;
+	int		 n;
+	uint64_t	 lim;
+	int64_t		 extra;
+};
+
+/*
+ * The k-th largest key (1 <= k <= size) of the union of the sets:
+ * returns it, with *above the number of keys strictly greater and *eq the
+ * number equal to it.  Four passes of 8-bit digits, most significant
+ * first, each counting only the keys that match the digits found so far.
+ */
+static uint32_t
+radix_kth(const struct keyset *ks, int nks, int64_t k, int64_t *above,
+    int64_t *eq)
+{
+	int64_t hist[256], need = k, gt = 0;
+	uint32_t prefix = 0, mask = 0, key;
+	int shift, i, t, dg;
+
+	for (shift = 24; shift >= 0; shift -= 8) {
+		memset(hist, 0, sizeof hist);
+		for (i = 0; i < nks; i++) {
+			const struct keyset *s = &ks[i];
+
+			for (t = 0; t < s->n; t++) {
+				key = fkey(s->a[t]);
+				if (key < s->lim && (key & mask) == prefix)
+					hist[(key >> shift) & 255]++;
+			}
+			if (s->extra > 0 && s->lim <= UINT32_MAX &&
+			    ((uint32_t)s->lim & mask) == prefix)
+				hist[((uint32_t)s->lim >> shift) & 255] +=
+				    s->extra;
+		}
+		for (dg = 255; dg > 0 && hist[dg] < need; dg--) {
+			need -= hist[dg];
+			gt += hist[dg];
+		}
+		prefix |= (uint32_t)dg << shift;
+		mask |= 255u << shift;
+		if (shift == 0)
+			*eq = hist[dg];
+	}
+	*above = gt;
+	return prefix;
+}
+
+void
+sel_topk(const float *score, int n, int k, int *idx)
+{
+	struct keyset ks = { score, n, UINT64_MAX, 0 };
+	int64_t above, eq, ties;
+	uint32_t th, key;
+	int t, o = 0;
+
+	if (k <= 0 || n <= 0)
+		return;
+	if (k >= n) {
+		for (t = 0; t < n; t++)
+			idx[t] = t;
+		return;
+	}
+	th = radix_kth(&ks, 1, k, &above, &eq);
+	ties = k - above;
+	for (t = 0; t < n && o < k; t++) {
+		key = fkey(score[t]);
+		if (key > th || (key == th && ties-- > 0))
+			idx[o++] = t;
+	}
+}
+
+int
+sel_select(const float *pooled, int n, int w, int sinks, int keep, int *idx)
+{
+	int wv, s, nc, t, o;
+
+	if (n <= 0)
+		return 0;
+	wv = w < 0 ? 0 : (w > n ? n : w);
+	s = sinks < 0 ? 0 : (sinks > n - wv ? n - wv : sinks);
+	if (keep < wv + s)
+		keep = wv + s;
+	if (keep > n)
+		keep = n;
+	nc = n - wv - s;
+	for (t = 0; t < s; t++)
+		idx[t] = t;
+	o = s;
+	if (keep - wv - s > 0) {
+		sel_topk(pooled + s, nc, keep - wv - s, idx + s);
+		for (t = s; t < keep - wv; t++)
+			idx[t] += s;
+		o = keep - wv;
+	}
+	for (t = n - wv; t < n; t++)
+		idx[o++] = t;
+	return o;
+}
+
+/*
+ * Each head first reserves its own top floor candidates; the rest of the
+ * total goes to the best of the remaining candidates of all heads, ties
+ * ordered by (head, index).  When the floors alone exceed the total, the
+ * floor shrinks to an even share.
+ */
+void
+sel_hybrid_split(const float *const *pooled, int h, int n_cand, int total,
+    int floor, int *counts)
+{
+	struct keyset one, ks_stack[256], *ks = ks_stack;
+	int64_t above, eq, r, q, gt, ge;
+	uint32_t th, key;
+	int i, t, f;
+
+	if (h <= 0)
+		return;
+	if (n_cand < 0)
+		n_cand = 0;
+	if (total < 0)
+		total = 0;
+	if ((int64_t)total > (int64_t)h * n_cand)
+		total = h * n_cand;
+	f = floor < 0 ? 0 : (floor > n_cand ? n_cand : floor);
+	if ((int64_t)f * h > total)
+		f = total / h;
+	r = total - (int64_t)f * h;
+	if (h > 256 && (ks = malloc(sizeof(*ks) * (size_t)h)) == NULL) {
+		/* without room for the sets, fall back to the floors alone
+		 * plus an even share of the remainder */
+		for (i = 0; i < h; i++)
+			counts[i] = f + (int)(r / h + (i < r % h));
+		return;
+	}
+	/* the candidates each head leaves after reserving its top f */
+	for (i = 0; i < h; i++) {
+		ks[i].a = pooled[i];
+		ks[i].n = n_cand;
+		ks[i].lim = UINT64_MAX;
+		ks[i].extra = 0;
+		counts[i] = f;
+		if (f > 0 && f < n_cand) {
+			one = ks[i];
+			ks[i].lim = radix_kth(&one, 1, f, &above, &eq);
+			ks[i].extra = eq - (f - above);
+		} else if (f == n_cand)
+			ks[i].n = 0;
+	}
+	if (r > 0) {
+		th = radix_kth(ks, h, r, &above, &eq);
+		q = r - above;
+		for (i = 0; i < h; i++) {
+			gt = ge = 0;
+			for (t = 0; t < ks[i].n; t++) {
+				key = fkey(ks[i].a[t]);
+				if (key < ks[i].lim && key >= th) {
+					gt += key > th;
+					ge += key == th;
+				}
+			}
+			if (ks[i].lim <= UINT32_MAX) {
+				if (ks[i].lim > th)
+					gt += ks[i].extra;
+				else if (ks[i].lim == th)
+					ge += ks[i].extra;
+			}
+			if (ge > q)
+				ge = q;
+			q -= ge;
+			counts[i] += (int)(gt + ge);
+		}
+	}
+	if (ks != ks_stack)
+		free(ks);
+}

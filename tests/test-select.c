@@ -1,1 +1,592 @@
-/* TODO placeholder */ int main(void) { return 77; }
+/*
+ * test-select.c - token scoring, pooling, top-k, selection and the hybrid
+ * split against brute-force references; CPU attention against a naive
+ * double-precision one.
+ * SPDX-License-Identifier: MIT
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn.h"
+#include "plan.h"
+#include "select.h"
+#include "tap.h"
+#include "util.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+/* xorshift64*: reproducible inputs without libc's rand. */
+static uint64_t
+next(void)
+{
+	rng ^= rng >> 12;
+	rng ^= rng << 25;
+	rng ^= rng >> 27;
+	return rng * 2685821657736338717ULL;
+}
+
+/* Uniform in [-1, 1). */
+static float
+frand(void)
+{
+	return (float)((next() >> 40) / (double)(1 << 23) - 1.0);
+}
+
+/* Uniform integer in [lo, hi]. */
+static int
+irand(int lo, int hi)
+{
+	return lo + (int)(next() % (uint64_t)(hi - lo + 1));
+}
+
+/* Scores drawn from a few values, so that ties are common. */
+static void
+fill_scores(float *a, int n, int levels)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		a[i] = levels > 0 ? (float)irand(0, levels - 1) / levels :
+		    frand();
+}
+
+/* Naive SnapKV score in double precision, straight from the definition. */
+static void
+ref_score(const float *q, const float *k, int n, int w, int g, int d,
+    double scale, int gqa, double *score)
+{
+	double *s = malloc(sizeof(double) * n), *hs = malloc(sizeof(double) * n);
+	int h, j, t, i, pos;
+
+	for (t = 0; t < n - w; t++)
+		score[t] = gqa == PLAN_GQA_MAX ? -1.0 : 0.0;
+	for (h = 0; h < g; h++) {
+		for (t = 0; t < n - w; t++)
+			hs[t] = 0.0;
+		for (j = 0; j < w; j++) {
+			const float *qj = q + ((size_t)h * w + j) * d;
+			double mx = -INFINITY, sum = 0.0;
+
+			pos = n - w + j;
+			for (t = 0; t <= pos; t++) {
+				double acc = 0.0;
+
+				for (i = 0; i < d; i++)
+					acc += (double)qj[i] * k[(size_t)t * d + i];
+				s[t] = acc * scale;
+				if (s[t] > mx)
+					mx = s[t];
+			}
+			for (t = 0; t <= pos; t++)
+				sum += exp(s[t] - mx);
+			for (t = 0; t < n - w; t++)
+				hs[t] += exp(s[t] - mx) / sum / w;
+		}
+		for (t = 0; t < n - w; t++) {
+			if (gqa == PLAN_GQA_MAX)
+				score[t] = hs[t] > score[t] ? hs[t] : score[t];
+			else
+				score[t] += hs[t] / g;
+		}
+	}
+	free(s);
+	free(hs);
+}
+
+/* Sort key for the references: score descending, then index ascending. */
+struct ent {
+	float	s;
+	int	h, i;
+};
+
+/* Comparison for qsort: the better entry first. */
+static int
+cmp_ent(const void *a, const void *b)
+{
+	const struct ent *x = a, *y = b;
+
+	if (x->s != y->s)
+		return x->s > y->s ? -1 : 1;
+	if (x->h != y->h)
+		return x->h < y->h ? -1 : 1;
+	return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Comparison for qsort of ints. */
+static int
+cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Top-k by a full sort, indices written in increasing order. */
+static void
+ref_topk(const float *a, int n, int k, int *idx)
+{
+	struct ent *e = malloc(sizeof(*e) * (n > 0 ? n : 1));
+	int i;
+
+	for (i = 0; i < n; i++) {
+		e[i].s = a[i];
+		e[i].h = 0;
+		e[i].i = i;
+	}
+	qsort(e, n, sizeof(*e), cmp_ent);
+	for (i = 0; i < k; i++)
+		idx[i] = e[i].i;
+	qsort(idx, k, sizeof(int), cmp_int);
+	free(e);
+}
+
+/* Hybrid split by brute force: per-head reservation, then a global sort. */
+static void
+ref_hybrid(const float *const *p, int h, int nc, int total, int floor,
+    int *counts)
+{
+	struct ent *e = malloc(sizeof(*e) * ((size_t)h * nc + 1));
+	struct ent *all = malloc(sizeof(*e) * ((size_t)h * nc + 1));
+	int i, t, f, na = 0, r;
+
+	if (total > h * nc)
+		total = h * nc;
+	if (total < 0)
+		total = 0;
+	f = floor < 0 ? 0 : floor > nc ? nc : floor;
+	if (f * h > total)
+		f = total / h;
+	for (i = 0; i < h; i++) {
+		for (t = 0; t < nc; t++) {
+			e[t].s = p[i][t];
+			e[t].h = i;
+			e[t].i = t;
+		}
+		qsort(e, nc, sizeof(*e), cmp_ent);
+		counts[i] = f;
+		for (t = f; t < nc; t++)
+			all[na++] = e[t];
+	}
+	qsort(all, na, sizeof(*e), cmp_ent);
+	r = total - f * h;
+	for (t = 0; t < r; t++)
+		counts[all[t].h]++;
+	free(e);
+	free(all);
+}
+
+/* Naive pooling: the window clipped at the borders. */
+static void
+ref_pool(const float *in, int n, int ks, int pool, double *out)
+{
+	int t, i, r = ks / 2;
+
+	for (t = 0; t < n; t++) {
+		double acc = pool == PLAN_POOL_MAX ? -INFINITY : 0.0;
+		int c = 0;
+
+		for (i = t - r; i <= t + r; i++) {
+			if (i < 0 || i >= n)
+				continue;
+			c++;
+			if (pool == PLAN_POOL_MAX)
+				acc = in[i] > acc ? in[i] : acc;
+			else
+				acc += in[i];
+		}
+		if (pool == PLAN_POOL_AVG)
+			acc /= c;
+		if (pool == PLAN_POOL_NONE || r == 0)
+			acc = in[t];
+		out[t] = acc;
+	}
+}
+
+/* Attention in double precision for g heads over len rows (ld = d). */
+static void
+ref_attn(const float *q, int g, int d, const float *k, const float *v,
+    int len, double scale, double *out)
+{
+	double *s = malloc(sizeof(double) * (len > 0 ? len : 1));
+	int h, t, i;
+
+	for (h = 0; h < g; h++) {
+		double mx = -INFINITY, sum = 0.0;
+
+		for (t = 0; t < len; t++) {
+			double acc = 0.0;
+
+			for (i = 0; i < d; i++)
+				acc += (double)q[h * d + i] * k[(size_t)t * d + i];
+			s[t] = acc * scale;
+			mx = s[t] > mx ? s[t] : mx;
+		}
+		for (i = 0; i < d; i++)
+			out[h * d + i] = 0.0;
+		for (t = 0; t < len; t++) {
+			double p = exp(s[t] - mx);
+
+			sum += p;
+			for (i = 0; i < d; i++)
+				out[h * d + i] += p * v[(size_t)t * d + i];
+		}
+		for (i = 0; i < d; i++)
+			out[h * d + i] /= sum;
+	}
+	free(s);
+}
+
+/* ||a - b|| / ||b|| over n values. */
+static double
+relerr(const float *a, const double *b, int n)
+{
+	double num = 0.0, den = 0.0;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (a[i] != a[i])
+			return INFINITY;
+		num += (a[i] - b[i]) * (a[i] - b[i]);
+		den += b[i] * b[i];
+	}
+	return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Scoring: random shapes against the double reference. */
+static void
+test_score(void)
+{
+	static const int shapes[][4] = {	/* n, w, g, d */
+		{ 2, 1, 1, 1 }, { 9, 8, 3, 16 }, { 33, 32, 3, 64 },
+		{ 100, 8, 1, 8 }, { 257, 16, 4, 64 }, { 500, 32, 3, 64 },
+		{ 300, 300 - 1, 2, 12 }, { 1000, 64, 2, 128 }, { 77, 5, 7, 3 },
+	};
+	int si, gqa, rep, n, w, g, d, t;
+
+	for (si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
+	for (gqa = 0; gqa < 2; gqa++)
+	for (rep = 0; rep < 2; rep++) {
+		float *q, *k, *sc, big = rep ? 6.0f : 1.0f;
+		double *ref, err, worst = 0.0, sum = 0.0;
+		int bad = 0;
+
+		n = shapes[si][0];
+		w = shapes[si][1];
+		g = shapes[si][2];
+		d = shapes[si][3];
+		q = malloc(sizeof(float) * g * w * d);
+		k = malloc(sizeof(float) * n * d);
+		sc = malloc(sizeof(float) * n);
+		ref = malloc(sizeof(double) * n);
+		for (t = 0; t < g * w * d; t++)
+			q[t] = frand() * big;
+		for (t = 0; t < n * d; t++)
+			k[t] = frand() * big;
+		for (t = 0; t < n; t++)
+			sc[t] = NAN;
+		sel_score(q, k, n, w, g, d, 1.0f / sqrtf((float)d), gqa, sc);
+		ref_score(q, k, n, w, g, d, 1.0 / sqrt((double)d), gqa, ref);
+		for (t = 0; t < n - w; t++) {
+			err = fabs(sc[t] - ref[t]) / (fabs(ref[t]) + 1e-30);
+			if (!(err < 1e-4) && !(fabs(sc[t] - ref[t]) < 1e-9))
+				bad++;
+			if (err > worst && err < INFINITY)
+				worst = err;
+			sum += ref[t];
+		}
+		ok(bad == 0, "score n=%d w=%d g=%d d=%d %s scale %g: %d bad, "
+		    "worst rel %.2g", n, w, g, d, gqa ? "max" : "mean",
+		    big, bad, worst);
+		/* with the mean, each window query contributes its whole
+		 * prefix mass minus what falls on the window */
+		if (gqa == PLAN_GQA_MEAN)
+			ok(sum > 0.0 && sum <= 1.0 + 1e-9,
+			    "score mass %.6f in (0, 1]", sum);
+		free(q);
+		free(k);
+		free(sc);
+		free(ref);
+	}
+}
+
+/* Pooling against the naive reference, all kinds and kernel sizes. */
+static void
+test_pool(void)
+{
+	int rep, pool, ks, n, t, bad;
+
+	for (rep = 0; rep < 30; rep++) {
+		float *in, *out;
+		double *ref;
+
+		n = irand(1, rep < 20 ? 40 : 3000);
+		in = malloc(sizeof(float) * n);
+		out = malloc(sizeof(float) * n);
+		ref = malloc(sizeof(double) * n);
+		fill_scores(in, n, rep % 3 == 0 ? 4 : 0);
+		for (pool = 0; pool < 3; pool++)
+		for (ks = 1; ks <= 15; ks += 2) {
+			for (t = 0; t < n; t++)
+				out[t] = NAN;
+			sel_pool(in, n, ks, pool, out);
+			ref_pool(in, n, ks, pool, ref);
+			for (bad = t = 0; t < n; t++)
+				if (!(fabs(out[t] - ref[t]) <=
+				    1e-6 * (1.0 + fabs(ref[t]))))
+					bad++;
+			if (bad || ks == 7 || rep == 0)
+				ok(bad == 0, "pool n=%d ks=%d kind=%d: %d bad",
+				    n, ks, pool, bad);
+		}
+		free(in);
+		free(out);
+		free(ref);
+	}
+}
+
+/* Top-k against a full sort: ties, k = 0, k = n, special values. */
+static void
+test_topk(void)
+{
+	int rep, n, k, i, bad = 0, nt = 0;
+
+	for (rep = 0; rep < 400; rep++) {
+		float *a;
+		int *got, *want;
+
+		n = irand(1, rep < 300 ? 60 : 5000);
+		a = malloc(sizeof(float) * n);
+		got = malloc(sizeof(int) * (n + 1));
+		want = malloc(sizeof(int) * (n + 1));
+		fill_scores(a, n, rep % 4 == 0 ? 0 : irand(1, 6));
+		if (rep % 7 == 0)
+			for (i = 0; i < n; i += 3)
+				a[i] = (i & 1) ? -a[i] : (i % 5 ? INFINITY :
+				    -0.0f);
+		k = rep % 5 == 0 ? 0 : rep % 5 == 1 ? n : irand(0, n);
+		got[k] = 0x5a5a5a5a;
+		for (i = 0; i < k; i++)
+			got[i] = -1;
+		sel_topk(a, n, k, got);
+		ref_topk(a, n, k, want);
+		nt++;
+		if (memcmp(got, want, sizeof(int) * k) != 0 ||
+		    got[k] != 0x5a5a5a5a) {
+			if (bad++ < 5)
+				diag("topk mismatch n=%d k=%d", n, k);
+		}
+		free(a);
+		free(got);
+		free(want);
+	}
+	ok(bad == 0, "topk equals full sort on %d inputs (%d bad)", nt, bad);
+}
+
+/* Selection: properties, and the candidates equal a brute-force top-k. */
+static void
+test_select(void)
+{
+	int rep, n, w, s, keep, got, exp, i, bad = 0, prop = 0;
+
+	for (rep = 0; rep < 500; rep++) {
+		float *p;
+		int *idx, *want, c0, nc;
+
+		n = irand(1, rep < 400 ? 80 : 4000);
+		w = irand(0, n + 2);
+		s = irand(0, 6);
+		keep = irand(-3, n + 5);
+		if (rep % 9 == 0)
+			keep = 0;
+		if (rep % 9 == 1)
+			keep = n;
+		p = malloc(sizeof(float) * n);
+		idx = malloc(sizeof(int) * (n + 1));
+		want = malloc(sizeof(int) * (n + 1));
+		fill_scores(p, n, rep % 2 ? 3 : 0);
+		got = sel_select(p, n, w, s, keep, idx);
+		{
+			int wv = w > n ? n : w, sv = s > n - wv ? n - wv : s;
+
+			exp = keep < wv + sv ? wv + sv : keep > n ? n : keep;
+			c0 = sv;
+			nc = n - wv - sv;
+			for (i = 1; i < got; i++)
+				if (idx[i] <= idx[i - 1])
+					prop++;
+			for (i = 0; i < sv && i < got; i++)
+				if (idx[i] != i)
+					prop++;
+			for (i = 0; i < wv; i++)
+				if (got - wv + i < 0 ||
+				    idx[got - wv + i] != n - wv + i)
+					prop++;
+			if (got != exp)
+				prop++;
+			ref_topk(p + c0, nc, exp - wv - sv, want);
+			for (i = 0; i < exp - wv - sv; i++)
+				if (idx[sv + i] != want[i] + c0)
+					bad++;
+		}
+		free(p);
+		free(idx);
+		free(want);
+	}
+	ok(prop == 0, "select: sorted, sinks and window kept, clamped size "
+	    "(%d violations)", prop);
+	ok(bad == 0, "select: candidates equal brute-force top-k (%d bad)",
+	    bad);
+}
+
+/* Hybrid split against a brute-force global sort. */
+static void
+test_hybrid(void)
+{
+	int rep, h, nc, total, fl, i, bad = 0, sumbad = 0;
+
+	for (rep = 0; rep < 300; rep++) {
+		float *buf;
+		const float *p[12];
+		int got[12], want[12], sum = 0;
+
+		h = irand(1, 12);
+		nc = irand(0, rep < 200 ? 30 : 2000);
+		total = irand(-2, h * nc + 3);
+		fl = irand(-1, nc + 2);
+		if (rep % 6 == 0)
+			fl = 0;
+		buf = malloc(sizeof(float) * (h * nc + 1));
+		fill_scores(buf, h * nc, rep % 3 ? irand(1, 5) : 0);
+		for (i = 0; i < h; i++)
+			p[i] = buf + i * nc;
+		for (i = 0; i < h; i++)
+			got[i] = -1;
+		sel_hybrid_split(p, h, nc, total, fl, got);
+		ref_hybrid(p, h, nc, total, fl, want);
+		for (i = 0; i < h; i++) {
+			sum += got[i];
+			if (got[i] != want[i])
+				bad++;
+		}
+		if (sum != (total < 0 ? 0 : total > h * nc ? h * nc : total))
+			sumbad++;
+		free(buf);
+	}
+	ok(bad == 0, "hybrid split equals brute-force global sort (%d bad)",
+	    bad);
+	ok(sumbad == 0, "hybrid split sums to the clamped total (%d bad)",
+	    sumbad);
+}
+
+/* attn_gqa and the split-K partials + combine against double precision. */
+static void
+test_attn(void)
+{
+	int rep, g, d, len, nch, c, i;
+
+	for (rep = 0; rep < 40; rep++) {
+		float *q, *k, *v, *out, *sc, *m, *l, *acc;
+		double *ref, e1, e2;
+		int cut[9];
+
+		g = irand(1, 8);
+		d = irand(1, 4) * 32;
+		len = irand(1, rep < 20 ? 50 : 3000);
+		q = malloc(sizeof(float) * g * d);
+		k = malloc(sizeof(float) * len * d);
+		v = malloc(sizeof(float) * len * d);
+		out = malloc(sizeof(float) * g * d);
+		sc = malloc(sizeof(float) * g * len);
+		m = malloc(sizeof(float) * 8 * g);
+		l = malloc(sizeof(float) * 8 * g);
+		acc = malloc(sizeof(float) * 8 * g * d);
+		ref = malloc(sizeof(double) * g * d);
+		for (i = 0; i < g * d; i++)
+			q[i] = frand() * 3.0f;
+		for (i = 0; i < len * d; i++) {
+			k[i] = frand();
+			v[i] = frand();
+		}
+		ref_attn(q, g, d, k, v, len, 1.0 / sqrt((double)d), ref);
+		for (i = 0; i < g * d; i++)
+			out[i] = NAN;
+		attn_gqa(q, g, d, k, v, len, d, 1.0f / sqrtf((float)d), sc,
+		    out);
+		e1 = relerr(out, ref, g * d);
+		nch = 1 + rep % 7;
+		if (nch > len)
+			nch = len;
+		cut[0] = 0;
+		cut[nch] = len;
+		for (c = 1; c < nch; c++)
+			cut[c] = (int)((int64_t)len * c / nch);
+		for (c = 0; c < nch; c++)
+			attn_gqa_partial(q, g, d, k, v, cut[c], cut[c + 1], d,
+			    1.0f / sqrtf((float)d), sc, m + c * g, l + c * g,
+			    acc + (size_t)c * g * d);
+		for (i = 0; i < g * d; i++)
+			out[i] = NAN;
+		attn_combine(nch, g, d, m, l, acc, out);
+		e2 = relerr(out, ref, g * d);
+		ok(e1 < 1e-5 && e2 < 1e-5, "attn g=%d d=%d len=%d: rel %.2g, "
+		    "%d chunks rel %.2g", g, d, len, e1, nch, e2);
+		free(q);
+		free(k);
+		free(v);
+		free(out);
+		free(sc);
+		free(m);
+		free(l);
+		free(acc);
+		free(ref);
+	}
+}
+
+/* Scoring speed at the reference size, reported (not a timed test). */
+static void
+report_speed(void)
+{
+	int n = 8192, w = 32, g = 3, d = 64, i;
+	float *q = malloc(sizeof(float) * g * w * d);
+	float *k = malloc(sizeof(float) * n * d);
+	float *sc = malloc(sizeof(float) * n), *po = malloc(sizeof(float) * n);
+	int *idx = malloc(sizeof(int) * n);
+	double t0, t1, t2, t3;
+
+	for (i = 0; i < g * w * d; i++)
+		q[i] = frand();
+	for (i = 0; i < n * d; i++)
+		k[i] = frand();
+	t0 = kvx__now();
+	sel_score(q, k, n, w, g, d, 0.125f, PLAN_GQA_MEAN, sc);
+	t1 = kvx__now();
+	sel_pool(sc, n - w, 7, PLAN_POOL_MAX, po);
+	t2 = kvx__now();
+	sel_topk(po, n - w, (n - w) / 4, idx);
+	t3 = kvx__now();
+	diag("n=%d w=%d g=%d d=%d: score %.2f ms, pool %.3f ms, top-k %.3f ms",
+	    n, w, g, d, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3);
+	ok(sc[0] == sc[0] && idx[0] >= 0, "reference-size run finished");
+	free(q);
+	free(k);
+	free(sc);
+	free(po);
+	free(idx);
+}
+
+int
+main(void)
+{
+	test_score();
+	test_pool();
+	test_topk();
+	test_select();
+	test_hybrid();
+	test_attn();
+	report_speed();
+	return tap_done();
+}
