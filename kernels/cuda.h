@@ -1,1 +1,131 @@
-/* TODO placeholder */
+/*
+ * cuda.h - C interface to the kvx CUDA kernels.
+ * SPDX-License-Identifier: MIT
+ *
+ * Every kernel works on a batch of segments, one per (sequence, KV head)
+ * of one layer.  Pointers named d_* are device pointers; per-segment
+ * tables (offsets, lengths) live on the device too.  Calls are
+ * asynchronous on the given stream and return 0, KVX_CUDA_EINVAL for bad
+ * arguments, or a cudaError_t code from the launch.  Each kernel has a CPU
+ * twin in runtime/select.c or runtime/attn.c that tests compare it with.
+ */
+#ifndef KVX_CUDA_H
+#define KVX_CUDA_H
+
+#include <stddef.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVX_CUDA_EINVAL (-1)
+
+/* Element type of K/V storage. */
+enum kvx_cuda_dtype {
+	KVX_CUDA_F32 = 0,
+	KVX_CUDA_F16 = 1,
+	KVX_CUDA_BF16 = 2
+};
+
+/* --- helpers ------------------------------------------------------------ */
+/* 1 when a CUDA device is usable, else 0. */
+int	 kvx_cuda_available(void);
+/* Message for a code returned by these calls. */
+const char *kvx_cuda_strerror(int code);
+int	 kvx_cuda_malloc(void **p, size_t bytes);
+int	 kvx_cuda_free(void *p);
+int	 kvx_cuda_h2d(void *d_dst, const void *src, size_t bytes);
+int	 kvx_cuda_d2h(void *dst, const void *d_src, size_t bytes);
+/* Fill bytes with one byte value (tests poison outputs with 0xff: NaN). */
+int	 kvx_cuda_memset(void *d_p, int byte, size_t bytes);
+/* Wait for all work on the device; returns the first pending error. */
+int	 kvx_cuda_sync(void);
+/* Multiprocessor count of the current device (0 on error). */
+int	 kvx_cuda_sm_count(void);
+
+/* --- 1. observation-window scoring and pooling ------------------------- */
+/*
+ * Twin of sel_score for nseg segments.  Segment s has n[s] > w key rows
+ * starting at element koff[s] of d_k (rows ld elements apart, type
+ * dtype), and its g x w x d window queries (float) at d_q + s*g*w*d.
+ * Writes n[s] - w scores at d_score + soff[s].  d_scratch holds
+ * kvx_cuda_score_scratch(nseg, g, w, max_n) bytes.
+ */
+size_t	 kvx_cuda_score_scratch(int nseg, int g, int w, int max_n);
+int	 kvx_cuda_score(const float *d_q, const void *d_k, int dtype,
+	    const long long *d_koff, const int *d_n, int nseg, int max_n,
+	    int g, int w, int d, int ld, float scale, int gqa,
+	    const long long *d_soff, void *d_scratch, float *d_score,
+	    cudaStream_t stream);
+/*
+ * Twin of sel_pool: pools the n[s] - w scores of each segment (at
+ * d_in + soff[s]) with odd kernel ks into d_out + soff[s].  d_in and
+ * d_out must not overlap.
+ */
+int	 kvx_cuda_pool(const float *d_in, const long long *d_soff,
+	    const int *d_n, int nseg, int max_n, int w, int ks, int pool,
+	    float *d_out, cudaStream_t stream);
+
+/* --- 2. per-head top-k selection ---------------------------------------- */
+/*
+ * Twin of sel_select: for each segment, from its pooled scores at
+ * d_pooled + soff[s] (positions 0 .. n[s] - w - 1), keeps the sinks
+ * first positions, the top candidates (ties to the lower index) and the
+ * w window positions, keep[s] clamped as sel_select does.  Writes the
+ * kept positions in increasing order at d_idx + ioff[s] and their count
+ * to d_count[s].
+ */
+int	 kvx_cuda_select(const float *d_pooled, const long long *d_soff,
+	    const int *d_n, const int *d_keep, int nseg, int w, int sinks,
+	    const long long *d_ioff, int *d_idx, int *d_count,
+	    cudaStream_t stream);
+
+/* --- 3. gather / compaction ------------------------------------------- */
+/*
+ * Copies, for each segment, rows idx[ioff[s] + i] (i < count[s]) of K and
+ * V (rows of d elements of dtype, rows ld_src apart, from element
+ * src_off[s]) to consecutive rows at dst_off[s] (rows ld_dst apart).
+ * Sources and destinations must not overlap.  max_count bounds count[].
+ */
+int	 kvx_cuda_gather(const void *d_ksrc, const void *d_vsrc, void *d_kdst,
+	    void *d_vdst, int dtype, int d, int ld_src, int ld_dst,
+	    const long long *d_src_off, const long long *d_dst_off,
+	    const int *d_idx, const long long *d_ioff, const int *d_count,
+	    int nseg, int max_count, cudaStream_t stream);
+
+/* --- 4. ragged split-K decode attention -------------------------------- */
+/* One work item: rows [r0, r1) of segment seg. */
+struct kvx_cuda_work {
+	int	seg, r0, r1, pad;
+};
+/* Rows per work item that fill the device for total_rows rows. */
+int	 kvx_cuda_attn_chunk(long long total_rows, int sm_count);
+/*
+ * Host side: splits segments of len[s] rows into items of at most chunk
+ * rows, in segment order; first[s] .. first[s + 1] are segment s's items.
+ * Returns the item count (at most cap; -1 when cap is too small).
+ */
+int	 kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
+	    struct kvx_cuda_work *items, int cap, int *first);
+/*
+ * Partial attention of each item: queries d_q + seg*g*d (float), K and V
+ * rows of d elements (F16 or BF16) ld apart from element off[seg].
+ * Writes per item and query head the max m (log2 units), the sum l and
+ * the unnormalised output acc (g x d).  d is 64 or 128, 1 <= g <= 8.
+ */
+int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
+	    const void *d_v, int dtype, const long long *d_off, int g, int d,
+	    int ld, float scale, const struct kvx_cuda_work *d_items,
+	    int nitems, float *d_m, float *d_l, float *d_acc,
+	    cudaStream_t stream);
+/* Log-sum-exp merge of each segment's items into d_out + s*g*d. */
+int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
+	    const float *d_m, const float *d_l, const float *d_acc,
+	    float *d_out, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -134,15 +134,17 @@ solve_greedy(const solve_problem *p, const solve_params *params,
 	int64_t left;
 	kvx_status st;
 
-	if ((st = solve_check(p, res)) != KVX_OK)
-		return st;
-	if (p->n_shard > 0)
+	memset(res, 0, sizeof *res);
+	if (p != NULL && p->n_shard > 0)
 		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
 		    "greedy does not support shards; use --solver glpk");
-	if (p->n_group > 0 && (p->group_min != NULL || p->group_max != NULL))
+	if (p != NULL && p->n_group > 0 &&
+	    (p->group_min != NULL || p->group_max != NULL))
 		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
 		    "greedy does not support per-group limits; use --solver "
 		    "dp or --solver glpk");
+	if ((st = solve_check(p, res)) != KVX_OK)
+		return st;
 	level = kvx__malloc_array((size_t)p->n_item, sizeof *level);
 	nxt = kvx__malloc_array((size_t)p->n_item, sizeof *nxt);
 	heap = kvx__malloc_array((size_t)p->n_item, sizeof *heap);

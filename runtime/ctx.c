@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctx.h"
 #include "kvcache.h"
 #include "model.h"
 #include "plan.h"
@@ -555,4 +556,18 @@ kvx_chat_format(const kvx_model *m, const char *system, const char *user,
 	if (m == NULL || user == NULL || out == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_chat_format: NULL argument");
 	return tok_chat_format(m->tok, system, user, out);
+}
+
+// --- private accessors -------------------------------------------------------
+
+const kv_cache *
+ctx_kv(const kvx_ctx *c)
+{
+	return c->kv;
+}
+
+const kvx_plan *
+ctx_plan(const kvx_ctx *c)
+{
+	return c->plan;
 }

@@ -632,29 +632,43 @@ att_gemm_work(void *arg, int ith, int nth)
 		int len0 = j->s->len0[h];
 		int ncol = len0 + t0 + tb;	/* keys the last row sees */
 		const float *Q = j->s->q + (size_t)t0 * H * D + (size_t)qh * D;
+		int full_from = T - j->b->window, c0 = 0, nc;
 
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, ncol,
-		    D, scale, Q, H * D, sg->k, D, 0.0f, S, ncol);
+		/* profiling's local attention: rows before the observation
+		 * window see only the last span keys */
+		if (j->b->span > 0 && t0 + tb <= full_from) {
+			c0 = len0 + t0 - j->b->span + 1;
+			if (c0 < 0)
+				c0 = 0;
+		}
+		nc = ncol - c0;
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, nc,
+		    D, scale, Q, H * D, sg->k + (size_t)c0 * D, D, 0.0f, S, nc);
 		for (r = 0; r < tb; r++) {
-			float *row = S + (size_t)r * ncol, mx = -FLT_MAX, sum;
-			int vis = len0 + t0 + r + 1;
+			float *row = S + (size_t)r * nc, mx = -FLT_MAX, sum;
+			int vis = len0 + t0 + r + 1 - c0, lo = 0;
 
-			for (c = 0; c < vis; c++)
+			if (j->b->span > 0 && t0 + r < full_from &&
+			    vis > j->b->span)
+				lo = vis - j->b->span;
+			for (c = lo; c < vis; c++)
 				if (row[c] > mx)
 					mx = row[c];
 			sum = 0.0f;
-			for (c = 0; c < vis; c++) {
+			for (c = 0; c < lo; c++)
+				row[c] = 0.0f;
+			for (c = lo; c < vis; c++) {
 				row[c] = expf(row[c] - mx);
 				sum += row[c];
 			}
 			sum = 1.0f / sum;
-			for (c = 0; c < vis; c++)
+			for (c = lo; c < vis; c++)
 				row[c] *= sum;
-			for (; c < ncol; c++)
+			for (; c < nc; c++)
 				row[c] = 0.0f;
 		}
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, tb, D,
-		    ncol, 1.0f, S, ncol, sg->v, D, 0.0f,
+		    nc, 1.0f, S, nc, sg->v + (size_t)c0 * D, D, 0.0f,
 		    j->s->att + (size_t)t0 * H * D + (size_t)qh * D, H * D);
 	}
 }

@@ -67,6 +67,9 @@ typedef struct fw_batch {
 	/* profiling: when set, stop after the last layer's hook and skip the
 	 * LM head (the lightweight variant of kvx-plan) */
 	int		 no_head;
+	/* profiling: queries before the last window tokens attend to the
+	 * last span keys only (0: full causal attention) */
+	int		 span;
 } fw_batch;
 
 /* Forward scratch sized for up to max_tokens per batch. */

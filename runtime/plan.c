@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -332,11 +333,6 @@ plan_cross_check(const kvx_plan *p, int *fi, int *at, char *why, size_t size)
 	if (p->mode == KVX_PLAN_HYBRID && !(p->alpha >= 0 && p->alpha <= 1)) {
 		*fi = field_find("", "alpha");
 		snprintf(why, size, "must be in [0, 1], got %g", p->alpha);
-		return -1;
-	}
-	if (p->mode == KVX_PLAN_STATIC && p->alpha != 0) {
-		*fi = field_find("", "alpha");
-		snprintf(why, size, "is only used by hybrid plans");
 		return -1;
 	}
 	if (p->budgets == NULL) {
@@ -1379,15 +1375,39 @@ obuf_write(void *data, unsigned char *s, size_t size)
 	return 1;
 }
 
-/* Emits one scalar; plain numbers, strings in whatever style is safe. */
+/*
+ * Would a plain s read as something other than a string (null, a boolean
+ * or a number) to this or another YAML reader?
+ */
+static int
+str_needs_quotes(const char *s)
+{
+	static const char *const words[] = {
+		"~", "null", "Null", "NULL", "true", "True", "TRUE", "false",
+		"False", "FALSE", "yes", "Yes", "YES", "no", "No", "NO", "on",
+		"On", "ON", "off", "Off", "OFF", "y", "Y", "n", "N", NULL
+	};
+	char *end;
+
+	if (s[0] == '\0' || name_index(words, s) >= 0)
+		return 1;
+	(void)strtod(s, &end);
+	return end != s && *end == '\0';
+}
+
+/* Emits one scalar: numbers plain, strings in a style that keeps them
+ * strings. */
 static int
 em_scalar(yaml_emitter_t *e, const char *s, int is_string)
 {
+	yaml_scalar_style_t style = YAML_PLAIN_SCALAR_STYLE;
 	yaml_event_t ev;
 
+	if (is_string)
+		style = str_needs_quotes(s) ? YAML_SINGLE_QUOTED_SCALAR_STYLE :
+		    YAML_ANY_SCALAR_STYLE;
 	if (!yaml_scalar_event_initialize(&ev, NULL, NULL,
-	    (yaml_char_t *)s, (int)strlen(s), 1, 1, is_string ?
-	    YAML_ANY_SCALAR_STYLE : YAML_PLAIN_SCALAR_STYLE))
+	    (yaml_char_t *)s, (int)strlen(s), 1, 1, style))
 		return 0;
 	return yaml_emitter_emit(e, &ev);
 }
@@ -1582,8 +1602,7 @@ em_section(yaml_emitter_t *e, const char *sect, const kvx_plan *p)
 				    em_section(e, f->key, p);
 			continue;
 		}
-		if ((f->flags & FL_OPTIONAL) && field_empty(f, p) &&
-		    strcmp(f->sect, "provenance") == 0)
+		if ((f->flags & FL_OPTIONAL) && field_empty(f, p))
 			continue;
 		ok = em_scalar(e, f->key, 1) && em_field(e, f, p);
 	}
@@ -1715,9 +1734,21 @@ kvx_plan_save(const kvx_plan *p, const char *path, int overwrite)
 			goto out;
 		}
 	} else {
-		/* link() fails if path appeared meanwhile: no clobbering. */
-		if (link(tmp, path) != 0) {
-			err = errno;
+		/*
+		 * link() fails if path appeared meanwhile: no clobbering.
+		 * Where hard links are not supported, fall back to rename
+		 * after the check above.
+		 */
+		err = link(tmp, path) != 0 ? errno : 0;
+		if (err == EPERM || err == ENOTSUP || err == EOPNOTSUPP ||
+		    err == EMLINK || err == ENOSYS) {
+			if (access(path, F_OK) != 0 && errno == ENOENT)
+				err = rename(tmp, path) != 0 ? errno : 0;
+			else
+				err = EEXIST;
+		} else if (err == 0)
+			unlink(tmp);
+		if (err != 0) {
 			unlink(tmp);
 			st = err == EEXIST ? kvx__fail(KVX_ERR_IO, "%s exists "
 			    "(use --force to overwrite)", path) :
@@ -1725,7 +1756,6 @@ kvx_plan_save(const kvx_plan *p, const char *path, int overwrite)
 			    strerror(err));
 			goto out;
 		}
-		unlink(tmp);
 	}
 	st = KVX_OK;
 out:

@@ -1,1 +1,756 @@
-/* TODO placeholder */
+/*
+ * quant.c - dequantisation and quantised matrix-vector products for the
+ * ggml block types.
+ * SPDX-License-Identifier: MIT
+ *
+ * Block layouts (ggml, all little endian, "half" is IEEE binary16):
+ *   Q4_0  32 elems, 18 bytes: half d; u8 qs[16].
+ *         x[j] = d * ((qs[j] & 15) - 8), x[j+16] = d * ((qs[j] >> 4) - 8).
+ *   Q4_1  32 elems, 20 bytes: half d, m; u8 qs[16].
+ *         x[j] = d * (qs[j] & 15) + m, x[j+16] = d * (qs[j] >> 4) + m.
+ *   Q5_0  32 elems, 22 bytes: half d; u8 qh[4]; u8 qs[16].  Bit j of the
+ *         32-bit qh is the fifth bit of element j; x = d * (q - 16).
+ *   Q5_1  32 elems, 24 bytes: half d, m; u8 qh[4]; u8 qs[16].
+ *         x = d * q + m.
+ *   Q8_0  32 elems, 34 bytes: half d; i8 qs[32].  x = d * q.
+ *   Q8_1  32 elems, 36 bytes: half d, s; i8 qs[32].  x = d * q, and
+ *         s = d * sum(q) is only a cache for dot products.
+ *   Q4_K  256 elems, 144 bytes: half d, dmin; u8 scales[12]; u8 qs[128].
+ *         Eight sub-blocks of 32 with a 6-bit scale and a 6-bit min each,
+ *         packed in scales[] (see k_scale_min); x = d*sc*q - dmin*mn.
+ *         Each 32 bytes of qs hold two sub-blocks: low nibbles, then high.
+ *   Q5_K  256 elems, 176 bytes: half d, dmin; u8 scales[12]; u8 qh[32];
+ *         u8 qs[128].  As Q4_K, plus a fifth bit: for the sub-block pair
+ *         p (0..3), bit 2p of qh[l] belongs to the low-nibble element l
+ *         and bit 2p+1 to the high-nibble one.
+ *   Q6_K  256 elems, 210 bytes: u8 ql[128]; u8 qh[64]; i8 scales[16];
+ *         half d.  Two halves of 128; in each, element l + 32k (k 0..3)
+ *         takes its low four bits from ql (byte l for even k, l+32 for
+ *         odd k; low nibble for k < 2, high for k >= 2) and its top two
+ *         from qh[l] bits 2k..2k+1;
+ *         x = d * scales[sub-block of 16] * (q - 32).
+ *   BF16  the high half of an IEEE binary32.
+ *
+ * For the matrix-vector products the activation is quantised once per call
+ * to blocks of 32 int8 with a float scale d and s = d * sum(q), so that
+ * the integer part of every block dot product is exact and the Q4_1 min
+ * term costs one multiply per block.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+#include "gguf.h"
+#include "quant.h"
+#include "util.h"
+
+#define QK	32
+#define QKK	256
+
+typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_1;
+typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
+typedef struct { uint16_t d, s; int8_t qs[32]; } blk_q8_1;
+typedef struct {
+	uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128];
+} blk_q4_k;
+typedef struct {
+	uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128];
+} blk_q5_k;
+typedef struct {
+	uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d;
+} blk_q6_k;
+
+_Static_assert(sizeof(blk_q4_0) == 18, "Q4_0 block");
+_Static_assert(sizeof(blk_q4_1) == 20, "Q4_1 block");
+_Static_assert(sizeof(blk_q5_0) == 22, "Q5_0 block");
+_Static_assert(sizeof(blk_q5_1) == 24, "Q5_1 block");
+_Static_assert(sizeof(blk_q8_0) == 34, "Q8_0 block");
+_Static_assert(sizeof(blk_q8_1) == 36, "Q8_1 block");
+_Static_assert(sizeof(blk_q4_k) == 144, "Q4_K block");
+_Static_assert(sizeof(blk_q5_k) == 176, "Q5_K block");
+_Static_assert(sizeof(blk_q6_k) == 210, "Q6_K block");
+
+/* Quantised activation block (private to this file). */
+typedef struct {
+	float	d;		/* scale */
+	float	s;		/* d * sum(qs) */
+	int8_t	qs[QK];
+} xblk;
+
+/* --- dequantisation -------------------------------------------------------- */
+
+/* Half to float; F16C where the build has it. */
+static inline float
+h2f(uint16_t h)
+{
+#ifdef __F16C__
+	return _cvtsh_ss(h);
+#else
+	return kvx__h2f(h);
+#endif
+}
+
+/* Sub-block j (0..7) scale and min of a Q4_K / Q5_K block. */
+static inline void
+k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *mn)
+{
+	if (j < 4) {
+		*sc = q[j] & 63;
+		*mn = q[j + 4] & 63;
+	} else {
+		*sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+		*mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+	}
+}
+
+/* Dequantises nb Q4_0 blocks. */
+static void
+dq_q4_0(const blk_q4_0 *b, float *y, size_t nb)
+{
+	size_t i;
+	int j;
+	float d;
+
+	for (i = 0; i < nb; i++, y += QK) {
+		d = h2f(b[i].d);
+		for (j = 0; j < 16; j++) {
+			y[j] = d * ((b[i].qs[j] & 15) - 8);
+			y[j + 16] = d * ((b[i].qs[j] >> 4) - 8);
+		}
+	}
+}
+
+/* Dequantises nb Q4_1 blocks. */
+static void
+dq_q4_1(const blk_q4_1 *b, float *y, size_t nb)
+{
+	size_t i;
+	int j;
+	float d, m;
+
+	for (i = 0; i < nb; i++, y += QK) {
+		d = h2f(b[i].d);
+		m = h2f(b[i].m);
+		for (j = 0; j < 16; j++) {
+			y[j] = d * (b[i].qs[j] & 15) + m;
+			y[j + 16] = d * (b[i].qs[j] >> 4) + m;
+		}
+	}
+}
+
+/* Dequantises nb Q5_0 blocks. */
+static void
+dq_q5_0(const blk_q5_0 *b, float *y, size_t nb)
+{
+	size_t i;
+	uint32_t qh;
+	int j;
+	float d;
+
+	for (i = 0; i < nb; i++, y += QK) {
+		d = h2f(b[i].d);
+		memcpy(&qh, b[i].qh, 4);
+		for (j = 0; j < 16; j++) {
+			y[j] = d * ((int)((b[i].qs[j] & 15) |
+			    ((qh >> j & 1) << 4)) - 16);
+			y[j + 16] = d * ((int)((b[i].qs[j] >> 4) |
+			    ((qh >> (j + 16) & 1) << 4)) - 16);
+		}
+	}
+}
+
+/* Dequantises nb Q5_1 blocks. */
+static void
+dq_q5_1(const blk_q5_1 *b, float *y, size_t nb)
+{
+	size_t i;
+	uint32_t qh;
+	int j;
+	float d, m;
+
+	for (i = 0; i < nb; i++, y += QK) {
+		d = h2f(b[i].d);
+		m = h2f(b[i].m);
+		memcpy(&qh, b[i].qh, 4);
+		for (j = 0; j < 16; j++) {
+			y[j] = d * ((b[i].qs[j] & 15) | ((qh >> j & 1) << 4)) +
+			    m;
+			y[j + 16] = d * ((b[i].qs[j] >> 4) |
+			    ((qh >> (j + 16) & 1) << 4)) + m;
+		}
+	}
+}
+
+/* Dequantises nb Q8_0 blocks. */
+static void
+dq_q8_0(const blk_q8_0 *b, float *y, size_t nb)
+{
+	size_t i;
+	int j;
+	float d;
+
+	for (i = 0; i < nb; i++, y += QK) {
+		d = h2f(b[i].d);
+		for (j = 0; j < QK; j++)
+			y[j] = d * b[i].qs[j];
+	}
+}
+
+/* Dequantises nb Q8_1 blocks. */
+static void
+dq_q8_1(const blk_q8_1 *b, float *y, size_t nb)
+{
+	size_t i;
+	int j;
+	float d;
+
+	for (i = 0; i < nb; i++, y += QK) {
+		d = h2f(b[i].d);
+		for (j = 0; j < QK; j++)
+			y[j] = d * b[i].qs[j];
+	}
+}
+
+/* Dequantises nb Q4_K blocks. */
+static void
+dq_q4_k(const blk_q4_k *b, float *y, size_t nb)
+{
+	const uint8_t *q;
+	size_t i;
+	int p, l;
+	uint8_t sc0, mn0, sc1, mn1;
+	float d, dmin, d0, m0, d1, m1;
+
+	for (i = 0; i < nb; i++) {
+		d = h2f(b[i].d);
+		dmin = h2f(b[i].dmin);
+		q = b[i].qs;
+		for (p = 0; p < 4; p++, q += 32, y += 64) {
+			k_scale_min(2 * p, b[i].scales, &sc0, &mn0);
+			k_scale_min(2 * p + 1, b[i].scales, &sc1, &mn1);
+			d0 = d * sc0;
+			m0 = dmin * mn0;
+			d1 = d * sc1;
+			m1 = dmin * mn1;
+			for (l = 0; l < 32; l++) {
+				y[l] = d0 * (q[l] & 15) - m0;
+				y[l + 32] = d1 * (q[l] >> 4) - m1;
+			}
+		}
+	}
+}
+
+/* Dequantises nb Q5_K blocks. */
+static void
+dq_q5_k(const blk_q5_k *b, float *y, size_t nb)
+{
+	const uint8_t *q;
+	size_t i;
+	int p, l, h0, h1;
+	uint8_t sc0, mn0, sc1, mn1;
+	float d, dmin, d0, m0, d1, m1;
+
+	for (i = 0; i < nb; i++) {
+		d = h2f(b[i].d);
+		dmin = h2f(b[i].dmin);
+		q = b[i].qs;
+		for (p = 0; p < 4; p++, q += 32, y += 64) {
+			k_scale_min(2 * p, b[i].scales, &sc0, &mn0);
+			k_scale_min(2 * p + 1, b[i].scales, &sc1, &mn1);
+			d0 = d * sc0;
+			m0 = dmin * mn0;
+			d1 = d * sc1;
+			m1 = dmin * mn1;
+			for (l = 0; l < 32; l++) {
+				h0 = (b[i].qh[l] >> (2 * p)) & 1;
+				h1 = (b[i].qh[l] >> (2 * p + 1)) & 1;
+				y[l] = d0 * ((q[l] & 15) | h0 << 4) - m0;
+				y[l + 32] = d1 * ((q[l] >> 4) | h1 << 4) - m1;
+			}
+		}
+	}
+}
+
+/* Dequantises nb Q6_K blocks. */
+static void
+dq_q6_k(const blk_q6_k *b, float *y, size_t nb)
+{
+	const uint8_t *ql, *qh;
+	const int8_t *sc;
+	size_t i;
+	int half, l, k, lo, q;
+	float d;
+
+	for (i = 0; i < nb; i++) {
+		d = h2f(b[i].d);
+		for (half = 0; half < 2; half++, y += 128) {
+			ql = b[i].ql + 64 * half;
+			qh = b[i].qh + 32 * half;
+			sc = b[i].scales + 8 * half;
+			for (k = 0; k < 4; k++)
+				for (l = 0; l < 32; l++) {
+					lo = ql[l + 32 * (k & 1)];
+					lo = k < 2 ? lo & 15 : lo >> 4;
+					q = (lo | ((qh[l] >> (2 * k)) & 3) << 4) -
+					    32;
+					y[32 * k + l] = d * sc[2 * k + l / 16] *
+					    q;
+				}
+		}
+	}
+}
+
+/* Whether quant_dequant handles type. */
+int
+quant_supported(int type)
+{
+	switch (type) {
+	case GGML_F32: case GGML_F16: case GGML_BF16:
+	case GGML_Q4_0: case GGML_Q4_1: case GGML_Q5_0: case GGML_Q5_1:
+	case GGML_Q8_0: case GGML_Q8_1:
+	case GGML_Q4_K: case GGML_Q5_K: case GGML_Q6_K:
+		return 1;
+	}
+	return 0;
+}
+
+/* Dequantises n elements of type to f32. */
+kvx_status
+quant_dequant(int type, const void *src, float *dst, size_t n)
+{
+	const uint16_t *h = src;
+	size_t i, be, nb;
+
+	if (!quant_supported(type))
+		return kvx__fail(KVX_ERR_UNSUPPORTED,
+		    "cannot dequantise ggml type %s (%d)", ggml_type_name(type),
+		    type);
+	be = (size_t)ggml_type_block_elems(type);
+	if (n % be != 0)
+		return kvx__fail(KVX_ERR_ARG, "dequantise %s: %zu elements is "
+		    "not a multiple of the block size %zu",
+		    ggml_type_name(type), n, be);
+	nb = n / be;
+	switch (type) {
+	case GGML_F32:
+		memcpy(dst, src, n * sizeof(float));
+		break;
+	case GGML_F16:
+		for (i = 0; i < n; i++)
+			dst[i] = h2f(h[i]);
+		break;
+	case GGML_BF16:
+		for (i = 0; i < n; i++)
+			dst[i] = kvx__bf2f(h[i]);
+		break;
+	case GGML_Q4_0: dq_q4_0(src, dst, nb); break;
+	case GGML_Q4_1: dq_q4_1(src, dst, nb); break;
+	case GGML_Q5_0: dq_q5_0(src, dst, nb); break;
+	case GGML_Q5_1: dq_q5_1(src, dst, nb); break;
+	case GGML_Q8_0: dq_q8_0(src, dst, nb); break;
+	case GGML_Q8_1: dq_q8_1(src, dst, nb); break;
+	case GGML_Q4_K: dq_q4_k(src, dst, nb); break;
+	case GGML_Q5_K: dq_q5_k(src, dst, nb); break;
+	case GGML_Q6_K: dq_q6_k(src, dst, nb); break;
+	}
+	return KVX_OK;
+}
+
+/* --- activation quantisation ------------------------------------------------ */
+
+/* Whether the activation is quantised to xblk (else kept as f32). */
+static int
+x_is_quantised(int wtype)
+{
+	return wtype == GGML_Q4_0 || wtype == GGML_Q4_1 || wtype == GGML_Q8_0;
+}
+
+/* Whether quant_matvec handles weights of wtype. */
+int
+quant_matvec_supported(int wtype)
+{
+	return wtype == GGML_F32 || wtype == GGML_F16 || x_is_quantised(wtype);
+}
+
+/* Scratch bytes quant_prepare_x needs for cols activations. */
+size_t
+quant_scratch_bytes(int wtype, int cols)
+{
+	if (cols <= 0)
+		return 0;
+	if (x_is_quantised(wtype))
+		return (size_t)(cols + QK - 1) / QK * sizeof(xblk);
+	return (size_t)cols * sizeof(float);
+}
+
+/* Quantises one block of 32 floats to int8 with a float scale. */
+static void
+quantise_block(const float *x, xblk *b)
+{
+	float amax = 0.0f, id;
+	int j, q, sum = 0;
+
+	for (j = 0; j < QK; j++)
+		if (fabsf(x[j]) > amax)
+			amax = fabsf(x[j]);
+	b->d = amax / 127.0f;
+	id = amax > 0.0f ? 127.0f / amax : 0.0f;
+	for (j = 0; j < QK; j++) {
+		q = (int)lrintf(x[j] * id);
+		/* Rounding of x*id can reach 127.5 -> 128 only by error. */
+		q = q > 127 ? 127 : q < -127 ? -127 : q;
+		b->qs[j] = (int8_t)q;
+		sum += q;
+	}
+	b->s = b->d * (float)sum;
+}
+
+/* Converts x into the activation format for weights of wtype. */
+void
+quant_prepare_x(int wtype, const float *x, int cols, void *scratch)
+{
+	xblk *b = scratch;
+	int i;
+
+	if (!x_is_quantised(wtype)) {
+		memcpy(scratch, x, (size_t)cols * sizeof(float));
+		return;
+	}
+	for (i = 0; i < cols / QK; i++)
+		quantise_block(x + (size_t)i * QK, &b[i]);
+}
+
+/* --- scalar dot products --------------------------------------------------- */
+
+/* Scalar Q4_0 row . x. */
+static float
+dot_q4_0_scalar(const blk_q4_0 *w, const xblk *x, int nb)
+{
+	float sum = 0.0f;
+	int i, j, acc;
+
+	for (i = 0; i < nb; i++) {
+		acc = 0;
+		for (j = 0; j < 16; j++)
+			acc += (w[i].qs[j] & 15) * x[i].qs[j] +
+			    (w[i].qs[j] >> 4) * x[i].qs[j + 16];
+		/* sum((q - 8) qx) = sum(q qx) - 8 sum(qx), and d sum(qx) = s */
+		sum += h2f(w[i].d) * (x[i].d * (float)acc - 8.0f * x[i].s);
+	}
+	return sum;
+}
+
+/* Scalar Q4_1 row . x. */
+static float
+dot_q4_1_scalar(const blk_q4_1 *w, const xblk *x, int nb)
+{
+	float sum = 0.0f;
+	int i, j, acc;
+
+	for (i = 0; i < nb; i++) {
+		acc = 0;
+		for (j = 0; j < 16; j++)
+			acc += (w[i].qs[j] & 15) * x[i].qs[j] +
+			    (w[i].qs[j] >> 4) * x[i].qs[j + 16];
+		sum += h2f(w[i].d) * x[i].d * (float)acc +
+		    h2f(w[i].m) * x[i].s;
+	}
+	return sum;
+}
+
+/* Scalar Q8_0 row . x. */
+static float
+dot_q8_0_scalar(const blk_q8_0 *w, const xblk *x, int nb)
+{
+	float sum = 0.0f;
+	int i, j, acc;
+
+	for (i = 0; i < nb; i++) {
+		acc = 0;
+		for (j = 0; j < QK; j++)
+			acc += w[i].qs[j] * x[i].qs[j];
+		sum += h2f(w[i].d) * x[i].d * (float)acc;
+	}
+	return sum;
+}
+
+/* Scalar F16 row . x. */
+static float
+dot_f16_scalar(const uint16_t *w, const float *x, int n)
+{
+	float sum = 0.0f;
+	int i;
+
+	for (i = 0; i < n; i++)
+		sum += h2f(w[i]) * x[i];
+	return sum;
+}
+
+/* Scalar F32 row . x. */
+static float
+dot_f32_scalar(const float *w, const float *x, int n)
+{
+	float sum = 0.0f;
+	int i;
+
+	for (i = 0; i < n; i++)
+		sum += w[i] * x[i];
+	return sum;
+}
+
+/* Portable matrix-vector product; the reference for the vector paths. */
+void
+quant_matvec_scalar(int wtype, const void *w, int cols, int r0, int r1,
+    const void *xq, float *y)
+{
+	size_t rb = ggml_type_block_bytes(wtype) * (size_t)cols /
+	    (size_t)(ggml_type_block_elems(wtype) ? ggml_type_block_elems(wtype)
+	    : 1);
+	const uint8_t *row;
+	int r, nb = cols / QK;
+
+	for (r = r0; r < r1; r++) {
+		row = (const uint8_t *)w + (size_t)r * rb;
+		switch (wtype) {
+		case GGML_F32:
+			y[r] = dot_f32_scalar((const float *)row, xq, cols);
+			break;
+		case GGML_F16:
+			y[r] = dot_f16_scalar((const uint16_t *)row, xq, cols);
+			break;
+		case GGML_Q4_0:
+			y[r] = dot_q4_0_scalar((const blk_q4_0 *)row, xq, nb);
+			break;
+		case GGML_Q4_1:
+			y[r] = dot_q4_1_scalar((const blk_q4_1 *)row, xq, nb);
+			break;
+		case GGML_Q8_0:
+			y[r] = dot_q8_0_scalar((const blk_q8_0 *)row, xq, nb);
+			break;
+		default:
+			y[r] = NAN;
+		}
+	}
+}
+
+/* --- AVX2 dot products ----------------------------------------------------- */
+
+#ifdef __AVX2__
+
+/* Sum of the eight lanes. */
+static inline float
+hsum8(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v),
+	    _mm256_extractf128_ps(v, 1));
+
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+/* 32 nibbles of a 4-bit block as bytes 0..15, in element order. */
+static inline __m256i
+unpack_nibbles(const uint8_t *qs)
+{
+	__m128i raw = _mm_loadu_si128((const __m128i *)qs);
+	__m256i v = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+
+	return _mm256_and_si256(v, _mm256_set1_epi8(15));
+}
+
+/* u8 x i8 products of 32 lanes summed to eight int32, as floats. */
+static inline __m256
+dot_u8i8(__m256i u, __m256i s)
+{
+	__m256i p = _mm256_maddubs_epi16(u, s);
+
+	return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+/* AVX2 Q4_1 row . x. */
+static float
+dot_q4_1_avx2(const blk_q4_1 *w, const xblk *x, int nb)
+{
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	float msum0 = 0.0f, msum1 = 0.0f;
+	int i = 0;
+
+	for (; i + 1 < nb; i += 2) {
+		__m256 p0 = dot_u8i8(unpack_nibbles(w[i].qs),
+		    _mm256_loadu_si256((const __m256i *)x[i].qs));
+		__m256 p1 = dot_u8i8(unpack_nibbles(w[i + 1].qs),
+		    _mm256_loadu_si256((const __m256i *)x[i + 1].qs));
+
+		acc0 = _mm256_fmadd_ps(p0,
+		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
+		acc1 = _mm256_fmadd_ps(p1,
+		    _mm256_set1_ps(h2f(w[i + 1].d) * x[i + 1].d), acc1);
+		msum0 += h2f(w[i].m) * x[i].s;
+		msum1 += h2f(w[i + 1].m) * x[i + 1].s;
+	}
+	for (; i < nb; i++) {
+		__m256 p0 = dot_u8i8(unpack_nibbles(w[i].qs),
+		    _mm256_loadu_si256((const __m256i *)x[i].qs));
+
+		acc0 = _mm256_fmadd_ps(p0,
+		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
+		msum0 += h2f(w[i].m) * x[i].s;
+	}
+	return hsum8(_mm256_add_ps(acc0, acc1)) + msum0 + msum1;
+}
+
+/* AVX2 Q4_0 row . x. */
+static float
+dot_q4_0_avx2(const blk_q4_0 *w, const xblk *x, int nb)
+{
+	__m256 acc = _mm256_setzero_ps();
+	float msum = 0.0f;
+	float dw;
+	int i;
+
+	for (i = 0; i < nb; i++) {
+		__m256 p = dot_u8i8(unpack_nibbles(w[i].qs),
+		    _mm256_loadu_si256((const __m256i *)x[i].qs));
+
+		dw = h2f(w[i].d);
+		acc = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * x[i].d), acc);
+		msum += dw * x[i].s;
+	}
+	return hsum8(acc) - 8.0f * msum;
+}
+
+/* AVX2 Q8_0 row . x. */
+static float
+dot_q8_0_avx2(const blk_q8_0 *w, const xblk *x, int nb)
+{
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	__m256i a, b;
+	int i = 0;
+
+	/* maddubs wants u8 x i8: move w's sign onto x. */
+	for (; i + 1 < nb; i += 2) {
+		a = _mm256_loadu_si256((const __m256i *)w[i].qs);
+		b = _mm256_loadu_si256((const __m256i *)x[i].qs);
+		acc0 = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
+		    _mm256_sign_epi8(b, a)),
+		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
+		a = _mm256_loadu_si256((const __m256i *)w[i + 1].qs);
+		b = _mm256_loadu_si256((const __m256i *)x[i + 1].qs);
+		acc1 = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
+		    _mm256_sign_epi8(b, a)),
+		    _mm256_set1_ps(h2f(w[i + 1].d) * x[i + 1].d), acc1);
+	}
+	for (; i < nb; i++) {
+		a = _mm256_loadu_si256((const __m256i *)w[i].qs);
+		b = _mm256_loadu_si256((const __m256i *)x[i].qs);
+		acc0 = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
+		    _mm256_sign_epi8(b, a)),
+		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
+	}
+	return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+/* AVX2 F32 row . x. */
+static float
+dot_f32_avx2(const float *w, const float *x, int n)
+{
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	float sum;
+	int i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i),
+		    _mm256_loadu_ps(x + i), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8),
+		    _mm256_loadu_ps(x + i + 8), acc1);
+	}
+	for (; i + 8 <= n; i += 8)
+		acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i),
+		    _mm256_loadu_ps(x + i), acc0);
+	sum = hsum8(_mm256_add_ps(acc0, acc1));
+	for (; i < n; i++)
+		sum += w[i] * x[i];
+	return sum;
+}
+
+/* AVX2 F16 row . x. */
+static float
+dot_f16_avx2(const uint16_t *w, const float *x, int n)
+{
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	float sum;
+	int i = 0;
+
+	for (; i + 16 <= n; i += 16) {
+		acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(
+		    (const __m128i *)(w + i))), _mm256_loadu_ps(x + i), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(
+		    (const __m128i *)(w + i + 8))), _mm256_loadu_ps(x + i + 8),
+		    acc1);
+	}
+	for (; i + 8 <= n; i += 8)
+		acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(
+		    (const __m128i *)(w + i))), _mm256_loadu_ps(x + i), acc0);
+	sum = hsum8(_mm256_add_ps(acc0, acc1));
+	for (; i < n; i++)
+		sum += h2f(w[i]) * x[i];
+	return sum;
+}
+
+#endif /* __AVX2__ */
+
+/* y[r] = W[r] . x for r in [r0, r1), x from quant_prepare_x. */
+void
+quant_matvec(int wtype, const void *w, int cols, int r0, int r1,
+    const void *xq, float *y)
+{
+#ifdef __AVX2__
+	const uint8_t *base = w;
+	size_t rb;
+	int r, nb = cols / QK;
+
+	switch (wtype) {
+	case GGML_Q4_1:
+		rb = (size_t)nb * sizeof(blk_q4_1);
+		for (r = r0; r < r1; r++)
+			y[r] = dot_q4_1_avx2((const blk_q4_1 *)(base +
+			    (size_t)r * rb), xq, nb);
+		return;
+	case GGML_Q8_0:
+		rb = (size_t)nb * sizeof(blk_q8_0);
+		for (r = r0; r < r1; r++)
+			y[r] = dot_q8_0_avx2((const blk_q8_0 *)(base +
+			    (size_t)r * rb), xq, nb);
+		return;
+	case GGML_Q4_0:
+		rb = (size_t)nb * sizeof(blk_q4_0);
+		for (r = r0; r < r1; r++)
+			y[r] = dot_q4_0_avx2((const blk_q4_0 *)(base +
+			    (size_t)r * rb), xq, nb);
+		return;
+	case GGML_F32:
+		rb = (size_t)cols * sizeof(float);
+		for (r = r0; r < r1; r++)
+			y[r] = dot_f32_avx2((const float *)(base +
+			    (size_t)r * rb), xq, cols);
+		return;
+	case GGML_F16:
+		rb = (size_t)cols * sizeof(uint16_t);
+		for (r = r0; r < r1; r++)
+			y[r] = dot_f16_avx2((const uint16_t *)(base +
+			    (size_t)r * rb), xq, cols);
+		return;
+	}
+#endif
+	quant_matvec_scalar(wtype, w, cols, r0, r1, xq, y);
+}

@@ -66,6 +66,62 @@ fexp(float x)
 	return p * n;
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+/* Eight lanes of fexp. */
+static inline __m256
+fexp8(__m256 x)
+{
+	__m256 n, r, p;
+	__m256i e;
+
+	x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)),
+	    _mm256_set1_ps(88.0f));
+	n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f),
+	    _mm256_set1_ps(0.5f)));
+	r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+	r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+	p = _mm256_set1_ps(1.9875691500e-4f);
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r,
+	    _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+	    _mm256_set1_epi32(127)), 23);
+	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* Dot products of eight query rows (d a multiple of 8) with key row kt. */
+static inline __m256
+dot8x8(const float *q, int d, const float *kt)
+{
+	__m256 a0, a1, a2, a3, a4, a5, a6, a7, kv, t0, t1;
+	size_t dd = (size_t)d;
+	int i;
+
+	a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = _mm256_setzero_ps();
+	for (i = 0; i < d; i += 8) {
+		const float *qi = q + i;
+
+		kv = _mm256_loadu_ps(kt + i);
+		a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qi), kv, a0);
+		a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + dd), kv, a1);
+		a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 2 * dd), kv, a2);
+		a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 3 * dd), kv, a3);
+		a4 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 4 * dd), kv, a4);
+		a5 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 5 * dd), kv, a5);
+		a6 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 6 * dd), kv, a6);
+		a7 = _mm256_fmadd_ps(_mm256_loadu_ps(qi + 7 * dd), kv, a7);
+	}
+	t0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+	t1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+	return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20),
+	    _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+#endif
+
 /*
  * Scaled logits of eight query rows against key row kt.  With AVX2 the
  * key row is loaded once for all eight and the sums are reduced together.
@@ -77,30 +133,62 @@ logits8(const float *q, int d, const float *kt, float scale, float *s)
 
 #if defined(__AVX2__) && defined(__FMA__)
 	if (d % 8 == 0) {
-		__m256 a[8], t0, t1, t2, t3, kv;
-		int i;
-
-		for (j = 0; j < 8; j++)
-			a[j] = _mm256_setzero_ps();
-		for (i = 0; i < d; i += 8) {
-			kv = _mm256_loadu_ps(kt + i);
-			for (j = 0; j < 8; j++)
-				a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q +
-				    (size_t)j * d + i), kv, a[j]);
-		}
-		t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]),
-		    _mm256_hadd_ps(a[2], a[3]));
-		t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]),
-		    _mm256_hadd_ps(a[6], a[7]));
-		t2 = _mm256_permute2f128_ps(t0, t1, 0x20);
-		t3 = _mm256_permute2f128_ps(t0, t1, 0x31);
-		_mm256_storeu_ps(s, _mm256_mul_ps(_mm256_add_ps(t2, t3),
+		_mm256_storeu_ps(s, _mm256_mul_ps(dot8x8(q, d, kt),
 		    _mm256_set1_ps(scale)));
 		return;
 	}
 #endif
 	for (j = 0; j < 8; j++)
 		s[j] = dot(q + (size_t)j * d, kt, d) * scale;
+}
+
+/* Online softmax statistics (max m, sum l) of w queries given logits s. */
+static inline void
+stats_update(float *m, float *l, const float *s, int w)
+{
+	int j = 0;
+
+#if defined(__AVX2__) && defined(__FMA__)
+	for (; j + 8 <= w; j += 8) {
+		__m256 mo = _mm256_loadu_ps(m + j), sv = _mm256_loadu_ps(s + j);
+		__m256 mn = _mm256_max_ps(mo, sv);
+
+		_mm256_storeu_ps(l + j, _mm256_fmadd_ps(_mm256_loadu_ps(l + j),
+		    fexp8(_mm256_sub_ps(mo, mn)),
+		    fexp8(_mm256_sub_ps(sv, mn))));
+		_mm256_storeu_ps(m + j, mn);
+	}
+#endif
+	for (; j < w; j++) {
+		float mn = s[j] > m[j] ? s[j] : m[j];
+
+		l[j] = l[j] * fexp(m[j] - mn) + fexp(s[j] - mn);
+		m[j] = mn;
+	}
+}
+
+/* Sum over w queries of exp(s - m) * il, il the scaled inverse sums. */
+static inline float
+prob_sum(const float *s, const float *m, const float *il, int w)
+{
+	float acc = 0.0f;
+	int j = 0;
+
+#if defined(__AVX2__) && defined(__FMA__)
+	__m256 a = _mm256_setzero_ps();
+	__m128 h;
+
+	for (; j + 8 <= w; j += 8)
+		a = _mm256_fmadd_ps(fexp8(_mm256_sub_ps(_mm256_loadu_ps(s + j),
+		    _mm256_loadu_ps(m + j))), _mm256_loadu_ps(il + j), a);
+	h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+	h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+	h = _mm_add_ss(h, _mm_movehdup_ps(h));
+	acc = _mm_cvtss_f32(h);
+#endif
+	for (; j < w; j++)
+		acc += fexp(s[j] - m[j]) * il[j];
+	return acc;
 }
 
 /* Scaled logits of w queries (rows of q) against key row kt. */
@@ -135,12 +223,7 @@ head_score(const float *q, const float *k, int n, int w, int d, float scale,
 	}
 	for (t = 0; t < nc; t++) {
 		logits(q, w, d, k + (size_t)t * d, scale, sv);
-		for (j = 0; j < w; j++) {
-			float mn = sv[j] > m[j] ? sv[j] : m[j];
-
-			l[j] = l[j] * fexp(m[j] - mn) + fexp(sv[j] - mn);
-			m[j] = mn;
-		}
+		stats_update(m, l, sv, w);
 	}
 	/* the window keys: query j sees keys up to nc + j */
 	for (t = nc; t < n; t++) {
@@ -158,19 +241,10 @@ head_score(const float *q, const float *k, int n, int w, int d, float scale,
 	for (j = 0; j < w; j++)
 		l[j] = 1.0f / (l[j] * (float)w);
 	for (t = 0; t < nc; t++) {
-		float p[8] = { 0 }, acc;
-		int u;
+		float acc;
 
 		logits(q, w, d, k + (size_t)t * d, scale, sv);
-		for (j = 0; j < w; j++)
-			sv[j] = fexp(sv[j] - m[j]) * l[j];
-		for (j = 0; j + 8 <= w; j += 8)
-			for (u = 0; u < 8; u++)
-				p[u] += sv[j + u];
-		for (; j < w; j++)
-			p[0] += sv[j];
-		acc = ((p[0] + p[4]) + (p[1] + p[5])) +
-		    ((p[2] + p[6]) + (p[3] + p[7]));
+		acc = prob_sum(sv, m, l, w);
 		if (first)
 			score[t] = acc;
 		else if (gqa == PLAN_GQA_MAX)

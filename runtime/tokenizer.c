@@ -17,6 +17,7 @@
 #include "config.h"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -222,7 +223,7 @@ arr_int(const gguf_kv *kv, uint64_t i)
 /* Bytes a token of the given type and text decodes to, written to out
  * (room for n bytes always suffices); returns the length. */
 static size_t
-decode_text(const kvx_tokenizer *t, const int16_t *cp_byte, int type,
+decode_text(const int16_t *cp_byte, int type,
     const char *s, size_t n, char *out)
 {
 	size_t i = 0, o = 0, k;
@@ -254,7 +255,6 @@ decode_text(const kvx_tokenizer *t, const int16_t *cp_byte, int type,
 		}
 		i += k;
 	}
-	(void)t;
 	return o;
 }
 
@@ -315,7 +315,6 @@ load_vocab(kvx_tokenizer *t, const gguf_file *f)
 		int64_t ty = typ ? arr_int(typ, i) : TT_NORMAL;
 		uint32_t h;
 
-		t->type = t->type;
 		t->type[i] = (ty >= TT_NORMAL && ty <= TT_BYTE) ?
 		    (uint8_t)ty : TT_NORMAL;
 		t->text_off[i] = (uint32_t)o;
@@ -324,7 +323,7 @@ load_vocab(kvx_tokenizer *t, const gguf_file *f)
 			memcpy(t->text + o, s->p, s->len);
 		t->text[o + s->len] = '\0';
 		t->piece_off[i] = (uint32_t)po;
-		t->piece_len[i] = (uint32_t)decode_text(t, cp_byte,
+		t->piece_len[i] = (uint32_t)decode_text(cp_byte,
 		    t->type[i], s->p, s->len, t->piece + po);
 		po += t->piece_len[i];
 		o += s->len + 1;
@@ -408,18 +407,20 @@ load_merges(kvx_tokenizer *t, const gguf_file *f)
 	return KVX_OK;
 }
 
-/* Order of special tokens: longer texts first, then lower ids. */
-static const kvx_tokenizer *sort_tok;
+struct special_key {
+	uint32_t	len;
+	int32_t		id;
+};
 
+/* Order of special tokens: longer texts first, then lower ids. */
 static int
 special_cmp(const void *x, const void *y)
 {
-	int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
-	uint32_t la = sort_tok->text_len[a], lb = sort_tok->text_len[b];
+	const struct special_key *a = x, *b = y;
 
-	if (la != lb)
-		return la > lb ? -1 : 1;
-	return (a > b) - (a < b);
+	if (a->len != b->len)
+		return a->len > b->len ? -1 : 1;
+	return (a->id > b->id) - (a->id < b->id);
 }
 
 /* Special tokens, end-of-generation set, BOS/EOS. */
@@ -430,6 +431,7 @@ load_specials(kvx_tokenizer *t, const gguf_file *f)
 		"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
 		"tokenizer.ggml.eom_token_id"
 	};
+	struct special_key *keys;
 	int n = 0;
 
 	for (int i = 0; i < t->n_vocab; i++)
@@ -437,17 +439,22 @@ load_specials(kvx_tokenizer *t, const gguf_file *f)
 		    t->type[i] == TT_UNKNOWN) && t->text_len[i] > 0)
 			n++;
 	t->special = kvx__malloc_array(n, sizeof(int32_t));
-	if (t->special == NULL)
+	keys = kvx__malloc_array(n, sizeof(*keys));
+	if (t->special == NULL || keys == NULL) {
+		free(keys);
 		return kvx__fail(KVX_ERR_NOMEM, "tokenizer: out of memory");
-	for (int i = 0; i < t->n_vocab; i++)
+	}
+	for (int i = 0, k = 0; i < t->n_vocab; i++)
 		if ((t->type[i] == TT_CONTROL || t->type[i] == TT_USER ||
-		    t->type[i] == TT_UNKNOWN) && t->text_len[i] > 0)
-			t->special[t->n_special++] = i;
-	/* qsort has no context argument; tok_new is not reentrant here
-	 * only in the comparison's view of which vocabulary it sorts. */
-	sort_tok = t;
-	qsort(t->special, t->n_special, sizeof(int32_t), special_cmp);
-	sort_tok = NULL;
+		    t->type[i] == TT_UNKNOWN) && t->text_len[i] > 0) {
+			keys[k].len = t->text_len[i];
+			keys[k++].id = i;
+		}
+	qsort(keys, n, sizeof(*keys), special_cmp);
+	for (int k = 0; k < n; k++)
+		t->special[k] = keys[k].id;
+	t->n_special = n;
+	free(keys);
 
 	t->bos = (int32_t)kv_int(f, "tokenizer.ggml.bos_token_id", -1);
 	t->eos = (int32_t)kv_int(f, "tokenizer.ggml.eos_token_id", -1);
@@ -657,6 +664,10 @@ struct span {
 	uint32_t	a, b;		/* code point range [a, b) */
 };
 
+struct sym {
+	int32_t		id, prev, next;
+};
+
 struct heap_ent {
 	int32_t		rank;
 	uint32_t	left;		/* index of the left symbol */
@@ -672,11 +683,11 @@ struct enc {
 	/* code points of the current fragment and their byte offsets */
 	uint32_t	*cp;
 	uint32_t	*pos;
-	size_t		 capcp;
+	size_t		 capcp, cappos;
 	struct span	*sa, *sb;
-	size_t		 na, nb, capspan;
-	/* BPE symbols of the current word */
-	int32_t		*sym, *prev, *next;
+	size_t		 na, nb, capsa, capsb;
+	/* BPE symbols of the current word: token, neighbours */
+	struct sym	*sym;
 	size_t		 capsym;
 	struct heap_ent	*heap;
 	size_t		 nheap, capheap;
@@ -730,17 +741,17 @@ heap_push_pair(struct enc *E, int32_t l)
 	size_t i;
 	int32_t r;
 
-	if (l < 0 || (r = E->next[l]) < 0)
+	if (l < 0 || (r = E->sym[l].next) < 0)
 		return 0;
-	m = merge_slot(E->t, (uint32_t)E->sym[l], (uint32_t)E->sym[r]);
+	m = merge_slot(E->t, (uint32_t)E->sym[l].id, (uint32_t)E->sym[r].id);
 	if (m->rank < 0)
 		return 0;
 	if (grow(&E->heap, &E->capheap, E->nheap + 1, sizeof(*E->heap)))
 		return -1;
 	e.rank = m->rank;
 	e.left = (uint32_t)l;
-	e.lid = E->sym[l];
-	e.rid = E->sym[r];
+	e.lid = E->sym[l].id;
+	e.rid = E->sym[r].id;
 	i = E->nheap++;
 	while (i > 0 && heap_less(&e, &E->heap[(i - 1) / 2])) {
 		E->heap[i] = E->heap[(i - 1) / 2];
@@ -797,14 +808,12 @@ bpe_word(struct enc *E, const unsigned char *w, size_t n)
 		put_id(E, t->byte_tok[w[0]]);
 		return KVX_OK;
 	}
-	if (grow(&E->sym, &E->capsym, n, sizeof(int32_t)) ||
-	    (E->capsym = 0, grow(&E->prev, &E->capsym, n, sizeof(int32_t))) ||
-	    (E->capsym = 0, grow(&E->next, &E->capsym, n, sizeof(int32_t))))
+	if (grow(&E->sym, &E->capsym, n, sizeof(*E->sym)))
 		return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
 	for (i = 0; i < (int32_t)n; i++) {
-		E->sym[i] = t->byte_tok[w[i]];
-		E->prev[i] = i - 1;
-		E->next[i] = i + 1 < (int32_t)n ? i + 1 : -1;
+		E->sym[i].id = t->byte_tok[w[i]];
+		E->sym[i].prev = i - 1;
+		E->sym[i].next = i + 1 < (int32_t)n ? i + 1 : -1;
 	}
 	E->nheap = 0;
 	for (i = 0; i + 1 < (int32_t)n; i++)
@@ -816,21 +825,21 @@ bpe_word(struct enc *E, const unsigned char *w, size_t n)
 
 		heap_pop(E, &e);
 		l = (int32_t)e.left;
-		r = E->next[l];
+		r = E->sym[l].next;
 		/* Stale when either side has been merged since the push. */
-		if (E->sym[l] != e.lid || r < 0 || E->sym[r] != e.rid)
+		if (E->sym[l].id != e.lid || r < 0 || E->sym[r].id != e.rid)
 			continue;
 		m = merge_slot(t, (uint32_t)e.lid, (uint32_t)e.rid);
-		E->sym[l] = m->res;
-		E->sym[r] = -1;
-		E->next[l] = E->next[r];
-		if (E->next[r] >= 0)
-			E->prev[E->next[r]] = l;
-		if (heap_push_pair(E, E->prev[l]) || heap_push_pair(E, l))
+		E->sym[l].id = m->res;
+		E->sym[r].id = -1;
+		E->sym[l].next = E->sym[r].next;
+		if (E->sym[r].next >= 0)
+			E->sym[E->sym[r].next].prev = l;
+		if (heap_push_pair(E, E->sym[l].prev) || heap_push_pair(E, l))
 			return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
 	}
-	for (i = 0; i >= 0; i = E->next[i])
-		put_id(E, E->sym[i]);
+	for (i = 0; i >= 0; i = E->sym[i].next)
+		put_id(E, E->sym[i].id);
 	return KVX_OK;
 }
 
@@ -919,8 +928,7 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 			}
 		}
 		k2 = c == ' ' ? cls_at(cp, pos + 1, end) : k;
-		if (!llama3 && (k2 & (UC_LETTER | UC_NUMBER)) &&
-		    !(k2 & C_END)) {
+		if (!llama3 && (k2 & (UC_LETTER | UC_NUMBER))) {
 			unsigned want = k2 & UC_LETTER ? UC_LETTER : UC_NUMBER;
 
 			pos += c == ' ';
@@ -1009,10 +1017,13 @@ static void
 next_pass(struct enc *E)
 {
 	struct span *s = E->sa;
+	size_t c = E->capsa;
 
 	E->sa = E->sb;
+	E->capsa = E->capsb;
 	E->na = E->nb;
 	E->sb = s;
+	E->capsb = c;
 	E->nb = 0;
 }
 
@@ -1021,7 +1032,7 @@ static kvx_status
 encode_fragment(struct enc *E, const unsigned char *s, size_t len)
 {
 	const kvx_tokenizer *t = E->t;
-	size_t n = 0, i = 0, cap;
+	size_t n = 0, i = 0;
 	kvx_status st;
 
 	if (len == 0)
@@ -1029,12 +1040,9 @@ encode_fragment(struct enc *E, const unsigned char *s, size_t len)
 	if (len >= UINT32_MAX)
 		return kvx__fail(KVX_ERR_ARG, "tokenize: text too long");
 	if (grow(&E->cp, &E->capcp, len + 1, sizeof(uint32_t)) ||
-	    (cap = 0, grow(&E->pos, &cap, E->capcp, sizeof(uint32_t))))
-		return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
-	cap = E->capspan;
-	if (grow(&E->sa, &E->capspan, len + 1, sizeof(struct span)) ||
-	    (E->capspan = cap, grow(&E->sb, &E->capspan, len + 1,
-	    sizeof(struct span))))
+	    grow(&E->pos, &E->cappos, len + 1, sizeof(uint32_t)) ||
+	    grow(&E->sa, &E->capsa, len + 1, sizeof(struct span)) ||
+	    grow(&E->sb, &E->capsb, len + 1, sizeof(struct span)))
 		return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
 	while (i < len) {
 		E->pos[n] = (uint32_t)i;
@@ -1207,8 +1215,6 @@ tok_encode(const kvx_tokenizer *t, const char *text, size_t len,
 	free(E.sa);
 	free(E.sb);
 	free(E.sym);
-	free(E.prev);
-	free(E.next);
 	free(E.heap);
 	free(E.wbuf);
 	if (st != KVX_OK)
