@@ -102,15 +102,17 @@ struct kvx_cuda_work {
 /* Rows per work item that fill the device for total_rows rows. */
 int	 kvx_cuda_attn_chunk(long long total_rows, int sm_count);
 /*
- * Host side: splits segments of len[s] rows into items of at most chunk
- * rows, in segment order; first[s] .. first[s + 1] are segment s's items.
- * Returns the item count (at most cap; -1 when cap is too small).
+ * Host side: cuts each segment of len[s] rows into round(len[s] / chunk)
+ * (at least one) items of equal size, in segment order; first[s] ..
+ * first[s + 1] are segment s's items.  Returns the item count (at most
+ * cap, which len / chunk + nseg + 1 always satisfies; -1 when too small).
  */
 int	 kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
 	    struct kvx_cuda_work *items, int cap, int *first);
 /*
  * Partial attention of each item: queries d_q + seg*g*d (float), K and V
- * rows of d elements (F16 or BF16) ld apart from element off[seg].
+ * rows of d elements (F16 or BF16) ld apart from element off[seg]
+ * (ld and off[] multiples of 8, for 16-byte loads).
  * Writes per item and query head the max m (log2 units), the sum l and
  * the unnormalised output acc (g x d).  d is 64 or 128, 1 <= g <= 8.
  */

@@ -1,1 +1,946 @@
-/* TODO placeholder */
+/*
+ * kernels.cu - CUDA kernels of libkvx: window scoring and pooling, per-head
+ * top-k selection, K/V gather, and ragged split-K decode attention.
+ * SPDX-License-Identifier: MIT
+ *
+ * Each kernel is the twin of a CPU function in runtime/select.c or
+ * runtime/attn.c and follows its definition, tie-breaking included.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda.h"
+
+#define LOG2E 1.4426950408889634f
+
+// --- helpers -----------------------------------------------------------------
+
+/* Launch status: the launch error if any, else 0. */
+static int
+launched(void)
+{
+	cudaError_t e = cudaGetLastError();
+
+	return e == cudaSuccess ? 0 : (int)e;
+}
+
+extern "C" int
+kvx_cuda_available(void)
+{
+	int n = 0;
+
+	if (cudaGetDeviceCount(&n) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return n > 0;
+}
+
+extern "C" const char *
+kvx_cuda_strerror(int code)
+{
+	if (code == KVX_CUDA_EINVAL)
+		return "invalid argument";
+	return cudaGetErrorString((cudaError_t)code);
+}
+
+extern "C" int
+kvx_cuda_malloc(void **p, size_t bytes)
+{
+	return (int)cudaMalloc(p, bytes);
+}
+
+extern "C" int
+kvx_cuda_free(void *p)
+{
+	return (int)cudaFree(p);
+}
+
+extern "C" int
+kvx_cuda_h2d(void *dst, const void *src, size_t bytes)
+{
+	return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+}
+
+extern "C" int
+kvx_cuda_d2h(void *dst, const void *src, size_t bytes)
+{
+	return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+
+extern "C" int
+kvx_cuda_memset(void *p, int byte, size_t bytes)
+{
+	return (int)cudaMemset(p, byte, bytes);
+}
+
+extern "C" int
+kvx_cuda_sync(void)
+{
+	return (int)cudaDeviceSynchronize();
+}
+
+extern "C" int
+kvx_cuda_sm_count(void)
+{
+	int dev, n;
+
+	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) !=
+	    cudaSuccess)
+		return 0;
+	return n;
+}
+
+/* Element loads as float for the three storage types. */
+static __device__ __forceinline__ float
+ld(const float *p)
+{
+	return __ldg(p);
+}
+
+static __device__ __forceinline__ float
+ld(const __half *p)
+{
+	return __half2float(*p);
+}
+
+static __device__ __forceinline__ float
+ld(const __nv_bfloat16 *p)
+{
+	return __bfloat162float(*p);
+}
+
+/* Block-wide max and sum (blockDim.x a multiple of 32, <= 1024). */
+static __device__ float
+block_max(float v, float *sh)
+{
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+	int nw = blockDim.x >> 5, o;
+
+	for (o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	__syncthreads();
+	if (lane == 0)
+		sh[wid] = v;
+	__syncthreads();
+	v = lane < nw ? sh[lane] : -INFINITY;
+	for (o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+static __device__ float
+block_sum(float v, float *sh)
+{
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+	int nw = blockDim.x >> 5, o;
+
+	for (o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	__syncthreads();
+	if (lane == 0)
+		sh[wid] = v;
+	__syncthreads();
+	v = lane < nw ? sh[lane] : 0.0f;
+	for (o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+/* Exclusive block-wide prefix sum; *total receives the block's sum. */
+static __device__ int
+block_scan(int v, int *sh, int *total)
+{
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+	int nw = blockDim.x >> 5, x = v, o, y;
+
+	for (o = 1; o < 32; o <<= 1) {
+		y = __shfl_up_sync(0xffffffffu, x, o);
+		if (lane >= o)
+			x += y;
+	}
+	__syncthreads();
+	if (lane == 31)
+		sh[wid] = x;
+	__syncthreads();
+	if (wid == 0) {
+		int s = lane < nw ? sh[lane] : 0;
+
+		for (o = 1; o < 32; o <<= 1) {
+			y = __shfl_up_sync(0xffffffffu, s, o);
+			if (lane >= o)
+				s += y;
+		}
+		if (lane < nw)
+			sh[lane] = s;
+	}
+	__syncthreads();
+	*total = sh[nw - 1];
+	return x - v + (wid > 0 ? sh[wid - 1] : 0);
+}
+
+// --- 1. scoring and pooling --------------------------------------------------
+
+#define SC_CH 256	/* keys per block = threads per block */
+
+static int
+score_chunks(int max_n)
+{
+	return (max_n + SC_CH - 1) / SC_CH;
+}
+
+extern "C" size_t
+kvx_cuda_score_scratch(int nseg, int g, int w, int max_n)
+{
+	return sizeof(float2) * (size_t)nseg * g * w * score_chunks(max_n);
+}
+
+/* Scaled logit (log2 units) of the query in shared memory with key row kr. */
+template <typename T>
+static __device__ __forceinline__ float
+logit(const float *sq, const T *kr, int d, float scale2)
+{
+	float a0 = 0.0f, a1 = 0.0f;
+	int i;
+
+	for (i = 0; i + 1 < d; i += 2) {
+		a0 += sq[i] * ld(kr + i);
+		a1 += sq[i + 1] * ld(kr + i + 1);
+	}
+	if (i < d)
+		a0 += sq[i] * ld(kr + i);
+	return (a0 + a1) * scale2;
+}
+
+/*
+ * Pass 1: for each window query, the max and the sum of exponentials of
+ * its logits over this block's chunk of keys (its causal prefix only).
+ */
+template <typename T>
+static __global__ void
+score_stats(const float *q, const T *k, const long long *koff, const int *nrow,
+    int g, int w, int d, int ld_, float scale2, int nchunk, float2 *stats)
+{
+	extern __shared__ float sq[];	/* d floats, then 32 for reductions */
+	float *red = sq + d;
+	int s = blockIdx.y, c = blockIdx.x, n = nrow[s], gw = g * w;
+	int t = c * SC_CH + threadIdx.x, j, i;
+	const float *qs = q + (size_t)s * gw * d;
+	const T *ks = k + koff[s];
+
+	for (j = 0; j < gw; j++) {
+		int lim = n - w + j % w;	/* last key query j sees */
+		float lg = -INFINITY, mx, sm;
+
+		__syncthreads();
+		for (i = threadIdx.x; i < d; i += blockDim.x)
+			sq[i] = qs[(size_t)j * d + i];
+		__syncthreads();
+		if (c * SC_CH > lim) {
+			if (threadIdx.x == 0)
+				stats[((size_t)s * gw + j) * nchunk + c] =
+				    make_float2(-INFINITY, 0.0f);
+			continue;
+		}
+		if (t <= lim)
+			lg = logit(sq, ks + (size_t)t * ld_, d, scale2);
+		mx = block_max(lg, red);
+		sm = block_sum(t <= lim ? exp2f(lg - mx) : 0.0f, red);
+		if (threadIdx.x == 0)
+			stats[((size_t)s * gw + j) * nchunk + c] =
+			    make_float2(mx, sm);
+	}
+}
+
+/*
+ * Pass 2: merges the chunk statistics, then each thread scores its key:
+ * the mean over the window of each head's probabilities, combined over
+ * the heads by mean or max.
+ */
+template <typename T>
+static __global__ void
+score_prob(const float *q, const T *k, const long long *koff, const int *nrow,
+    int g, int w, int d, int ld_, float scale2, int gqa, int nchunk,
+    const float2 *stats, const long long *soff, float *score)
+{
+	extern __shared__ float sh[];	/* d (query), gw (max), gw (1/sum) */
+	int s = blockIdx.y, n = nrow[s], gw = g * w, nc = n - w;
+	int t = blockIdx.x * SC_CH + threadIdx.x, j, h, c;
+	float *sq = sh, *M = sh + d, *IL = M + gw, res = 0.0f;
+	const float *qs = q + (size_t)s * gw * d;
+	const T *ks = k + koff[s];
+
+	if (blockIdx.x * SC_CH >= nc)
+		return;
+	for (j = threadIdx.x; j < gw; j += blockDim.x) {
+		const float2 *st = stats + ((size_t)s * gw + j) * nchunk;
+		float mx = -INFINITY, L = 0.0f;
+
+		for (c = 0; c < nchunk; c++)
+			if (st[c].y > 0.0f)
+				mx = fmaxf(mx, st[c].x);
+		for (c = 0; c < nchunk; c++)
+			if (st[c].y > 0.0f)
+				L += st[c].y * exp2f(st[c].x - mx);
+		M[j] = mx;
+		IL[j] = 1.0f / (L * (float)w);
+	}
+	for (h = 0; h < g; h++) {
+		float acc = 0.0f;
+
+		for (j = h * w; j < (h + 1) * w; j++) {
+			int i;
+
+			__syncthreads();
+			for (i = threadIdx.x; i < d; i += blockDim.x)
+				sq[i] = qs[(size_t)j * d + i];
+			__syncthreads();
+			if (t < nc)
+				acc += exp2f(logit(sq, ks + (size_t)t * ld_, d,
+				    scale2) - M[j]) * IL[j];
+		}
+		if (h == 0)
+			res = acc;
+		else if (gqa == 1)
+			res = fmaxf(res, acc);
+		else
+			res += acc;
+	}
+	if (t < nc)
+		score[soff[s] + t] = gqa == 1 ? res : res / (float)g;
+}
+
+extern "C" int
+kvx_cuda_score(const float *q, const void *k, int dtype, const long long *koff,
+    const int *n, int nseg, int max_n, int g, int w, int d, int ld_,
+    float scale, int gqa, const long long *soff, void *scratch, float *score,
+    cudaStream_t stream)
+{
+	int nchunk = score_chunks(max_n);
+	float2 *stats = (float2 *)scratch;
+	dim3 grid(nchunk, nseg);
+	size_t sm1 = sizeof(float) * (d + 32);
+	size_t sm2 = sizeof(float) * (d + 2 * (size_t)g * w);
+	float s2 = scale * LOG2E;
+
+	if (nseg <= 0)
+		return 0;
+	if (max_n <= w || w < 1 || g < 1 || d < 1 || sm2 > 48 * 1024 ||
+	    nseg > 65535)
+		return KVX_CUDA_EINVAL;
+	switch (dtype) {
+	case KVX_CUDA_F32:
+		score_stats<<<grid, SC_CH, sm1, stream>>>(q, (const float *)k,
+		    koff, n, g, w, d, ld_, s2, nchunk, stats);
+		score_prob<<<grid, SC_CH, sm2, stream>>>(q, (const float *)k,
+		    koff, n, g, w, d, ld_, s2, gqa, nchunk, stats, soff, score);
+		break;
+	case KVX_CUDA_F16:
+		score_stats<<<grid, SC_CH, sm1, stream>>>(q, (const __half *)k,
+		    koff, n, g, w, d, ld_, s2, nchunk, stats);
+		score_prob<<<grid, SC_CH, sm2, stream>>>(q, (const __half *)k,
+		    koff, n, g, w, d, ld_, s2, gqa, nchunk, stats, soff, score);
+		break;
+	case KVX_CUDA_BF16:
+		score_stats<<<grid, SC_CH, sm1, stream>>>(q,
+		    (const __nv_bfloat16 *)k, koff, n, g, w, d, ld_, s2, nchunk,
+		    stats);
+		score_prob<<<grid, SC_CH, sm2, stream>>>(q,
+		    (const __nv_bfloat16 *)k, koff, n, g, w, d, ld_, s2, gqa,
+		    nchunk, stats, soff, score);
+		break;
+	default:
+		return KVX_CUDA_EINVAL;
+	}
+	return launched();
+}
+
+/* Pooling of each segment's scores, the window clipped at the borders. */
+static __global__ void
+pool_k(const float *in, const long long *soff, const int *nrow, int w, int r,
+    int avg, float *out)
+{
+	int s = blockIdx.y, n = nrow[s] - w, t = blockIdx.x * blockDim.x +
+	    threadIdx.x, lo, hi, i;
+	const float *a = in + soff[s];
+	float acc;
+
+	if (t >= n)
+		return;
+	lo = t - r < 0 ? 0 : t - r;
+	hi = t + r >= n ? n - 1 : t + r;
+	acc = avg ? 0.0f : a[lo];
+	for (i = lo; i <= hi; i++)
+		acc = avg ? acc + a[i] : fmaxf(acc, a[i]);
+	out[soff[s] + t] = avg ? acc / (float)(hi - lo + 1) : acc;
+}
+
+extern "C" int
+kvx_cuda_pool(const float *in, const long long *soff, const int *n, int nseg,
+    int max_n, int w, int ks, int pool, float *out, cudaStream_t stream)
+{
+	int r = pool == 2 ? 0 : ks / 2;
+
+	if (nseg <= 0 || max_n <= w)
+		return 0;
+	if (nseg > 65535)
+		return KVX_CUDA_EINVAL;
+	pool_k<<<dim3((max_n - w + 255) / 256, nseg), 256, 0, stream>>>(in,
+	    soff, n, w, r, pool == 1, out);
+	return launched();
+}
+
+// --- 2. top-k selection --------------------------------------------------------
+
+#define SEL_T 1024
+
+/* Order-preserving key of a score, as fkey() in runtime/select.c. */
+static __device__ __forceinline__ uint32_t
+fkey(float x)
+{
+	uint32_t u;
+
+	if (x != x)
+		return 0;
+	if (x == 0.0f)
+		x = 0.0f;
+	u = __float_as_uint(x);
+	return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+/*
+ * One block per segment: radix select of the threshold key over 8-bit
+ * digits, then an ordered compaction that takes every key above the
+ * threshold and the lowest-indexed ties, as sel_select does.
+ */
+static __global__ void __launch_bounds__(SEL_T)
+select_k(const float *pooled, const long long *soff, const int *nrow,
+    const int *keep, int w, int sinks, const long long *ioff, int *idx,
+    int *count)
+{
+	__shared__ int hist[256], sh[32];
+	__shared__ uint32_t prefix_s;
+	__shared__ int need_s, gt_s;
+	int s = blockIdx.x, n = nrow[s], wv, sv, kp, kc, nc, t, shift, base;
+	int *out = idx + ioff[s];
+	const float *a;
+	uint32_t prefix = 0, mask = 0;
+
+	if (n <= 0) {
+		if (threadIdx.x == 0)
+			count[s] = 0;
+		return;
+	}
+	wv = w < 0 ? 0 : (w > n ? n : w);
+	sv = sinks < 0 ? 0 : (sinks > n - wv ? n - wv : sinks);
+	kp = keep[s];
+	kp = kp < wv + sv ? wv + sv : (kp > n ? n : kp);
+	kc = kp - wv - sv;
+	nc = n - wv - sv;
+	a = pooled + soff[s] + sv;
+	for (t = threadIdx.x; t < sv; t += blockDim.x)
+		out[t] = t;
+	for (t = threadIdx.x; t < wv; t += blockDim.x)
+		out[kp - wv + t] = n - wv + t;
+	if (threadIdx.x == 0)
+		count[s] = kp;
+	if (kc <= 0)
+		return;
+	if (kc >= nc) {
+		for (t = threadIdx.x; t < nc; t += blockDim.x)
+			out[sv + t] = sv + t;
+		return;
+	}
+	if (threadIdx.x == 0) {
+		need_s = kc;
+		gt_s = 0;
+	}
+	for (shift = 24; shift >= 0; shift -= 8) {
+		for (t = threadIdx.x; t < 256; t += blockDim.x)
+			hist[t] = 0;
+		__syncthreads();
+		for (t = threadIdx.x; t < nc; t += blockDim.x) {
+			uint32_t key = fkey(a[t]);
+
+			if ((key & mask) == prefix)
+				atomicAdd(&hist[(key >> shift) & 255], 1);
+		}
+		__syncthreads();
+		if (threadIdx.x == 0) {
+			int dg, need = need_s;
+
+			for (dg = 255; dg > 0 && hist[dg] < need; dg--) {
+				need -= hist[dg];
+				gt_s += hist[dg];
+			}
+			need_s = need;
+			prefix_s = prefix | (uint32_t)dg << shift;
+		}
+		__syncthreads();
+		prefix = prefix_s;
+		mask |= 255u << shift;
+	}
+	{
+		int ties = kc - gt_s, eq_before = 0, taken_before = 0, tot;
+
+		for (base = 0; base < nc; base += blockDim.x) {
+			int i = base + threadIdx.x, eq = 0, gt = 0, er, tk, pos;
+
+			if (i < nc) {
+				uint32_t key = fkey(a[i]);
+
+				gt = key > prefix;
+				eq = key == prefix;
+			}
+			er = block_scan(eq, sh, &tot);
+			tk = gt || (eq && eq_before + er < ties);
+			eq_before += tot;
+			pos = block_scan(tk, sh, &tot);
+			if (tk)
+				out[sv + taken_before + pos] = sv + i;
+			taken_before += tot;
+			if (taken_before >= kc)
+				break;
+		}
+	}
+}
+
+extern "C" int
+kvx_cuda_select(const float *pooled, const long long *soff, const int *n,
+    const int *keep, int nseg, int w, int sinks, const long long *ioff,
+    int *idx, int *count, cudaStream_t stream)
+{
+	if (nseg <= 0)
+		return 0;
+	select_k<<<nseg, SEL_T, 0, stream>>>(pooled, soff, n, keep, w, sinks,
+	    ioff, idx, count);
+	return launched();
+}
+
+// --- 3. gather -----------------------------------------------------------------
+
+/* One warp a row; 16-byte copies when rows allow, else 2- or 4-byte ones. */
+template <typename V>
+static __global__ void
+gather_k(const char *ksrc, const char *vsrc, char *kdst, char *vdst, int rowb,
+    int lds, int ldd, int esz, const long long *src_off,
+    const long long *dst_off, const int *idx, const long long *ioff,
+    const int *count)
+{
+	int s = blockIdx.y, lane = threadIdx.x & 31;
+	int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), e;
+	size_t so, dof;
+
+	if (i >= count[s])
+		return;
+	so = ((size_t)src_off[s] + (size_t)idx[ioff[s] + i] * lds) * esz;
+	dof = ((size_t)dst_off[s] + (size_t)i * ldd) * esz;
+	for (e = lane; e < rowb / (int)sizeof(V); e += 32) {
+		((V *)(kdst + dof))[e] = ((const V *)(ksrc + so))[e];
+		((V *)(vdst + dof))[e] = ((const V *)(vsrc + so))[e];
+	}
+}
+
+extern "C" int
+kvx_cuda_gather(const void *ksrc, const void *vsrc, void *kdst, void *vdst,
+    int dtype, int d, int ld_src, int ld_dst, const long long *src_off,
+    const long long *dst_off, const int *idx, const long long *ioff,
+    const int *count, int nseg, int max_count, cudaStream_t stream)
+{
+	int esz = dtype == KVX_CUDA_F32 ? 4 : 2, rowb = d * esz;
+	uintptr_t al = (uintptr_t)ksrc | (uintptr_t)vsrc | (uintptr_t)kdst |
+	    (uintptr_t)vdst;
+	dim3 grid((max_count + 7) / 8, nseg);
+
+	if (nseg <= 0 || max_count <= 0)
+		return 0;
+	if (dtype < KVX_CUDA_F32 || dtype > KVX_CUDA_BF16 || d < 1 ||
+	    nseg > 65535)
+		return KVX_CUDA_EINVAL;
+	if (al % 16 == 0 && rowb % 16 == 0 && (ld_src * esz) % 16 == 0 &&
+	    (ld_dst * esz) % 16 == 0)
+		gather_k<uint4><<<grid, 256, 0, stream>>>((const char *)ksrc,
+		    (const char *)vsrc, (char *)kdst, (char *)vdst, rowb, ld_src,
+		    ld_dst, esz, src_off, dst_off, idx, ioff, count);
+	else if (esz == 4)
+		gather_k<float><<<grid, 256, 0, stream>>>((const char *)ksrc,
+		    (const char *)vsrc, (char *)kdst, (char *)vdst, rowb, ld_src,
+		    ld_dst, esz, src_off, dst_off, idx, ioff, count);
+	else
+		gather_k<unsigned short><<<grid, 256, 0, stream>>>(
+		    (const char *)ksrc, (const char *)vsrc, (char *)kdst,
+		    (char *)vdst, rowb, ld_src, ld_dst, esz, src_off, dst_off,
+		    idx, ioff, count);
+	return launched();
+}
+
+// --- 4. ragged split-K decode attention ------------------------------------
+
+#define AT_THREADS 128
+#define AT_TILE 8	/* rows a lane group has in flight */
+
+/* Eight elements of a 16-byte K/V chunk as floats. */
+static __device__ __forceinline__ void
+unpack8(uint4 u, float *f, const __half *)
+{
+	const __half2 *h = (const __half2 *)&u;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		float2 x = __half22float2(h[i]);
+
+		f[2 * i] = x.x;
+		f[2 * i + 1] = x.y;
+	}
+}
+
+static __device__ __forceinline__ void
+unpack8(uint4 u, float *f, const __nv_bfloat16 *)
+{
+	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		float2 x = __bfloat1622float2(h[i]);
+
+		f[2 * i] = x.x;
+		f[2 * i + 1] = x.y;
+	}
+}
+
+/*
+ * One block per work item.  A row of D elements is read by D/8 lanes with
+ * 16-byte loads; each lane group walks its share of the item's rows
+ * AT_TILE at a time, K and V of a tile loaded together, keeping for all G
+ * query heads an online softmax over its rows.  The groups then merge in
+ * shared memory, so K and V are read once for the whole GQA group.
+ */
+template <int G, int D, typename T>
+static __global__ void __launch_bounds__(AT_THREADS)
+attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, const struct kvx_cuda_work *items, float *pm,
+    float *pl, float *pacc)
+{
+	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
+	constexpr int STEP = NSG * AT_TILE;
+	__shared__ float sm_m[NSG][G], sm_l[NSG][G], sm_acc[NSG][G][D];
+	struct kvx_cuda_work it = items[blockIdx.x];
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i, r, rw;
+	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
+	float qr[G][8], m[G], l[G], acc[G][8];
+
+	for (h = 0; h < G; h++) {
+		const float4 *qp = (const float4 *)(q + ((size_t)it.seg * G + h) *
+		    D + li * 8);
+		float4 a = qp[0], b = qp[1];
+
+		qr[h][0] = a.x * scale2; qr[h][1] = a.y * scale2;
+		qr[h][2] = a.z * scale2; qr[h][3] = a.w * scale2;
+		qr[h][4] = b.x * scale2; qr[h][5] = b.y * scale2;
+		qr[h][6] = b.z * scale2; qr[h][7] = b.w * scale2;
+		m[h] = -INFINITY;
+		l[h] = 0.0f;
+		for (e = 0; e < 8; e++)
+			acc[h][e] = 0.0f;
+	}
+	/* the loop bound is uniform over a warp, for the shuffles below */
+	for (rw = it.r0 + (threadIdx.x >> 5) * GPW * AT_TILE; rw < it.r1;
+	    rw += STEP) {
+		uint4 kr[AT_TILE], vr[AT_TILE];
+		float s[AT_TILE][G];
+
+		r = rw + (sg % GPW) * AT_TILE;
+
+#pragma unroll
+		for (i = 0; i < AT_TILE; i++) {
+			int row = r + i < it.r1 ? r + i : it.r1 - 1;
+
+			kr[i] = __ldg((const uint4 *)(kb + (size_t)row * ld_) +
+			    li);
+			vr[i] = __ldg((const uint4 *)(vb + (size_t)row * ld_) +
+			    li);
+		}
+#pragma unroll
+		for (i = 0; i < AT_TILE; i++) {
+			float kf[8];
+
+			unpack8(kr[i], kf, (const T *)0);
+#pragma unroll
+			for (h = 0; h < G; h++) {
+				float a = 0.0f;
+
+#pragma unroll
+				for (e = 0; e < 8; e++)
+					a += qr[h][e] * kf[e];
+				s[i][h] = a;
+			}
+		}
+#pragma unroll
+		for (i = 0; i < AT_TILE; i++) {
+#pragma unroll
+			for (h = 0; h < G; h++) {
+				int o;
+
+				for (o = LPR / 2; o > 0; o >>= 1)
+					s[i][h] += __shfl_xor_sync(0xffffffffu,
+					    s[i][h], o);
+				if (r + i >= it.r1)
+					s[i][h] = -INFINITY;
+			}
+		}
+#pragma unroll
+		for (h = 0; h < G; h++) {
+			float mt = m[h], alpha;
+
+#pragma unroll
+			for (i = 0; i < AT_TILE; i++)
+				mt = fmaxf(mt, s[i][h]);
+			/* a group may have no rows yet: keep it empty */
+			alpha = mt == -INFINITY ? 1.0f : exp2f(m[h] - mt);
+			m[h] = mt;
+			l[h] *= alpha;
+#pragma unroll
+			for (e = 0; e < 8; e++)
+				acc[h][e] *= alpha;
+#pragma unroll
+			for (i = 0; i < AT_TILE; i++) {
+				s[i][h] = s[i][h] == -INFINITY ? 0.0f :
+				    exp2f(s[i][h] - mt);
+				l[h] += s[i][h];
+			}
+		}
+#pragma unroll
+		for (i = 0; i < AT_TILE; i++) {
+			float vf[8];
+
+			unpack8(vr[i], vf, (const T *)0);
+#pragma unroll
+			for (h = 0; h < G; h++)
+#pragma unroll
+				for (e = 0; e < 8; e++)
+					acc[h][e] += s[i][h] * vf[e];
+		}
+	}
+	for (h = 0; h < G; h++) {
+		if (li == 0) {
+			sm_m[sg][h] = m[h];
+			sm_l[sg][h] = l[h];
+		}
+		for (e = 0; e < 8; e++)
+			sm_acc[sg][h][li * 8 + e] = acc[h][e];
+	}
+	__syncthreads();
+	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
+		float M = -INFINITY, L = 0.0f, A = 0.0f, f;
+		int g;
+
+		h = i / D;
+		e = i % D;
+		for (g = 0; g < NSG; g++)
+			M = fmaxf(M, sm_m[g][h]);
+		for (g = 0; g < NSG; g++) {
+			if (sm_m[g][h] == -INFINITY)
+				continue;
+			f = exp2f(sm_m[g][h] - M);
+			L += sm_l[g][h] * f;
+			A += sm_acc[g][h][e] * f;
+		}
+		pacc[((size_t)blockIdx.x * G + h) * D + e] = A;
+		if (e == 0) {
+			pm[(size_t)blockIdx.x * G + h] = M;
+			pl[(size_t)blockIdx.x * G + h] = L;
+		}
+	}
+}
+
+/*
+ * Rows per item for a whole number of waves of blocks (three fit on a
+ * multiprocessor) with items of at most about 2048 rows: the last wave
+ * is then as full as the others.
+ */
+extern "C" int
+kvx_cuda_attn_chunk(long long total_rows, int sm_count)
+{
+	long long slots = 3LL * (sm_count > 0 ? sm_count : 132), waves, c;
+
+	waves = (total_rows + slots * 1024) / (slots * 2048);
+	if (waves < 1)
+		waves = 1;
+	c = (total_rows + slots * waves - 1) / (slots * waves);
+	return (int)(c < 16 ? 16 : (c > (1 << 30) ? (1 << 30) : c));
+}
+
+/*
+ * Each segment is cut into round(len / chunk) (at least one) parts of
+ * equal size, so that items stay close to chunk rows and balanced.
+ */
+extern "C" int
+kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
+    struct kvx_cuda_work *items, int cap, int *first)
+{
+	int s, p, np, n = 0;
+
+	if (chunk < 1)
+		return -1;
+	for (s = 0; s < nseg; s++) {
+		first[s] = n;
+		if (len[s] <= 0)
+			continue;
+		np = (int)(((long long)len[s] + chunk / 2) / chunk);
+		np = np < 1 ? 1 : np;
+		for (p = 0; p < np; p++) {
+			if (n >= cap)
+				return -1;
+			items[n].seg = s;
+			items[n].r0 = (int)((long long)len[s] * p / np);
+			items[n].r1 = (int)((long long)len[s] * (p + 1) / np);
+			items[n].pad = 0;
+			n++;
+		}
+	}
+	first[nseg] = n;
+	return n;
+}
+
+/* Instantiation for one (G, D) pair of the run-time arguments. */
+template <int G, int D>
+static int
+attn_launch(const float *q, const void *k, const void *v, int dtype,
+    const long long *off, int ld_, float s2, const struct kvx_cuda_work *it,
+    int nitems, float *m, float *l, float *acc, cudaStream_t st)
+{
+	if (dtype == KVX_CUDA_F16)
+		attn_partial_k<G, D, __half><<<nitems, AT_THREADS, 0, st>>>(q,
+		    (const __half *)k, (const __half *)v, off, ld_, s2, it, m, l,
+		    acc);
+	else if (dtype == KVX_CUDA_BF16)
+		attn_partial_k<G, D, __nv_bfloat16><<<nitems, AT_THREADS, 0,
+		    st>>>(q, (const __nv_bfloat16 *)k,
+		    (const __nv_bfloat16 *)v, off, ld_, s2, it, m, l, acc);
+	else
+		return KVX_CUDA_EINVAL;
+	return launched();
+}
+
+template <int D>
+static int
+attn_launch_g(int g, const float *q, const void *k, const void *v, int dtype,
+    const long long *off, int ld_, float s2, const struct kvx_cuda_work *it,
+    int nitems, float *m, float *l, float *acc, cudaStream_t st)
+{
+	switch (g) {
+	case 1: return attn_launch<1, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 2: return attn_launch<2, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 3: return attn_launch<3, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 4: return attn_launch<4, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 5: return attn_launch<5, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 6: return attn_launch<6, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 7: return attn_launch<7, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	case 8: return attn_launch<8, D>(q, k, v, dtype, off, ld_, s2, it,
+		    nitems, m, l, acc, st);
+	}
+	return KVX_CUDA_EINVAL;
+}
+
+extern "C" int
+kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
+    const long long *off, int g, int d, int ld_, float scale,
+    const struct kvx_cuda_work *items, int nitems, float *m, float *l,
+    float *acc, cudaStream_t stream)
+{
+	float s2 = scale * LOG2E;
+
+	if (nitems <= 0)
+		return 0;
+	/* 16-byte row loads need rows that start on 16-byte boundaries */
+	if (ld_ % 8 != 0 || ((uintptr_t)k | (uintptr_t)v) % 16 != 0)
+		return KVX_CUDA_EINVAL;
+	if (d == 64)
+		return attn_launch_g<64>(g, q, k, v, dtype, off, ld_, s2, items,
+		    nitems, m, l, acc, stream);
+	if (d == 128)
+		return attn_launch_g<128>(g, q, k, v, dtype, off, ld_, s2, items,
+		    nitems, m, l, acc, stream);
+	return KVX_CUDA_EINVAL;
+}
+
+#define CB_WARPS 8
+
+/*
+ * Merge of one (segment, query head)'s partials.  The warps take the
+ * items in turn, so that many loads are in flight even when a segment
+ * has a hundred items, and their sums meet in shared memory.
+ */
+static __global__ void __launch_bounds__(CB_WARPS * 32)
+attn_combine_k(const int *first, int g, int d, const float *pm,
+    const float *pl, const float *pacc, float *out)
+{
+	extern __shared__ float sA[];	/* CB_WARPS x d, then CB_WARPS */
+	__shared__ float red[32];
+	float *sL = sA + CB_WARPS * d, M = -INFINITY, L = 0.0f, a[8], f;
+	int s = blockIdx.x, h = blockIdx.y, j0 = first[s], j1 = first[s + 1];
+	int wid = threadIdx.x >> 5, lane = threadIdx.x & 31, j, k, e;
+
+	for (j = j0 + threadIdx.x; j < j1; j += blockDim.x)
+		if (pl[(size_t)j * g + h] > 0.0f)
+			M = fmaxf(M, pm[(size_t)j * g + h]);
+	M = block_max(M, red);
+	for (k = 0; k < 8; k++)
+		a[k] = 0.0f;
+#pragma unroll 2
+	for (j = j0 + wid; j < j1; j += CB_WARPS) {
+		const float *pa = pacc + ((size_t)j * g + h) * d;
+
+		if (!(pl[(size_t)j * g + h] > 0.0f))
+			continue;
+		f = exp2f(pm[(size_t)j * g + h] - M);
+		L += pl[(size_t)j * g + h] * f;
+#pragma unroll
+		for (k = 0; k < 8; k++)
+			if (lane + 32 * k < d)
+				a[k] += pa[lane + 32 * k] * f;
+	}
+#pragma unroll
+	for (k = 0; k < 8; k++)
+		if (lane + 32 * k < d)
+			sA[wid * d + lane + 32 * k] = a[k];
+	if (lane == 0)
+		sL[wid] = L;
+	__syncthreads();
+	for (e = threadIdx.x; e < d; e += blockDim.x) {
+		float A = 0.0f;
+
+		L = 0.0f;
+		for (k = 0; k < CB_WARPS; k++) {
+			A += sA[k * d + e];
+			L += sL[k];
+		}
+		out[((size_t)s * g + h) * d + e] = L > 0.0f ? A / L : 0.0f;
+	}
+}
+
+extern "C" int
+kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
+    const float *m, const float *l, const float *acc, float *out,
+    cudaStream_t stream)
+{
+	if (nseg <= 0)
+		return 0;
+	if (d < 1 || d > 256 || g < 1 || g > 65535)
+		return KVX_CUDA_EINVAL;
+	attn_combine_k<<<dim3(nseg, g), CB_WARPS * 32,
+	    sizeof(float) * CB_WARPS * (d + 1), stream>>>(first, g, d, m, l, acc,
+	    out);
+	return launched();
+}

@@ -1,1 +1,526 @@
-/* TODO placeholder */
+/*
+ * baseline.c - kvx-plan's allocation methods.  The baselines follow
+ * their papers (uniform: SnapKV; pyramid: PyramidKV; ada: AdaKV's uniform
+ * layers with a run-time head split; layer: XKV's per-layer sizes); kvx
+ * builds one item per (layer, KV head) from the retention curves and
+ * hands the problem to a solver.
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "baseline.h"
+#include "util.h"
+
+#define EPS 1e-9
+
+static const char *const method_name[] = {
+	"uniform", "pyramid", "ada", "layer", "kvx"
+};
+
+/* A solver problem and the arrays behind it. */
+struct prob {
+	solve_problem	 p;
+	int		 L, Hkv, G, gran;
+	double		*frac, *value;
+	int64_t		*cost, *tok;
+	int		*lo, *hi, *group, *shard;
+	int64_t		*gmin, *gmax;
+	uint8_t		*allowed;
+};
+
+void
+alloc_opts_init(alloc_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->method = ALLOC_KVX;
+	o->mode = KVX_PLAN_STATIC;
+	o->gran = GRAN_LAYER_HEAD;
+	o->solver = "dp";
+	solve_params_init(&o->sp);
+	o->budget = 0.25;
+	o->ref_context = 4096;
+	o->floor_tokens = 36;
+	o->bytes_per_elem = 4;
+	o->min_frac = 0;
+	o->max_frac = 1;
+	o->layer_min = 0;
+	o->layer_max = 1;
+	o->beta = 20;
+}
+
+const char *
+alloc_method_name(int m)
+{
+	if (m < 0 || m > ALLOC_KVX)
+		return "?";
+	return method_name[m];
+}
+
+int
+alloc_method_parse(const char *s)
+{
+	int i;
+
+	for (i = 0; i <= ALLOC_KVX; i++)
+		if (strcmp(s, method_name[i]) == 0)
+			return i;
+	if (strcmp(s, "xkv") == 0)
+		return ALLOC_LAYER;
+	return -1;
+}
+
+int
+alloc_needs_profile(int m)
+{
+	return m == ALLOC_LAYER || m == ALLOC_KVX;
+}
+
+void
+alloc_report_free(alloc_report *r)
+{
+	solve_result_free(&r->res);
+	free(r->head_frac);
+	r->head_frac = NULL;
+}
+
+/* Free a problem's arrays. */
+static void
+prob_free(struct prob *b)
+{
+	free(b->frac);
+	free(b->value);
+	free(b->cost);
+	free(b->tok);
+	free(b->lo);
+	free(b->hi);
+	free(b->group);
+	free(b->shard);
+	free(b->gmin);
+	free(b->gmax);
+	free(b->allowed);
+	memset(b, 0, sizeof *b);
+}
+
+/* Weight of layer l in the objective. */
+static double
+layer_weight(const alloc_opts *o, int l)
+{
+	return o->layer_w != NULL ? o->layer_w[l] : 1.0;
+}
+
+/* Bytes of one head's token at the runtime's element size. */
+static int64_t
+token_bytes(const alloc_opts *o, const kvx_plan *plan)
+{
+	return (int64_t)plan->head_dim * 2 * o->bytes_per_elem;
+}
+
+/* Tokens every head keeps at the reference context whatever its budget. */
+static int64_t
+floor_tokens(const alloc_opts *o)
+{
+	return o->floor_tokens < o->ref_context ? o->floor_tokens :
+	    o->ref_context;
+}
+
+/*
+ * The levels: the profile's grid, or with a page size every multiple of
+ * the page at the reference context (the grid's fractions rarely land on
+ * page multiples, so masking them would leave almost nothing).
+ */
+static kvx_status
+make_levels(const alloc_opts *o, const profile *prof, struct prob *b)
+{
+	int64_t ref = o->ref_context;
+	int j;
+
+	if (o->page > 0) {
+		b->G = (int)(ref / o->page) + 1;
+		if (ref % o->page != 0)
+			b->G++;
+	} else
+		b->G = prof->grid;
+	b->frac = kvx__malloc_array((size_t)b->G, sizeof *b->frac);
+	b->tok = kvx__malloc_array((size_t)b->G, sizeof *b->tok);
+	if (b->frac == NULL || b->tok == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (j = 0; j < b->G; j++) {
+		if (o->page > 0) {
+			b->tok[j] = (int64_t)j * o->page < ref ?
+			    (int64_t)j * o->page : ref;
+			b->frac[j] = (double)b->tok[j] / (double)ref;
+		} else {
+			b->frac[j] = profile_level(prof, j);
+			b->tok[j] = llround(b->frac[j] * (double)ref);
+		}
+	}
+	return KVX_OK;
+}
+
+/* First and last level within [lo, hi] as fractions; -1 if none. */
+static void
+level_range(const struct prob *b, double lo, double hi, int *jlo, int *jhi)
+{
+	int j;
+
+	*jlo = *jhi = -1;
+	for (j = 0; j < b->G; j++)
+		if (b->frac[j] >= lo - EPS && b->frac[j] <= hi + EPS) {
+			if (*jlo < 0)
+				*jlo = j;
+			*jhi = j;
+		}
+}
+
+/* Build the problem for granularity gran from the curves. */
+static kvx_status
+build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
+    int gran, struct prob *b)
+{
+	int64_t unit = token_bytes(o, plan), fl = floor_tokens(o), full;
+	int L = plan->n_layer, Hkv = plan->n_head_kv, N, G, i, j, l, h;
+	int jlo, jhi, maxstep = 0;
+	kvx_status rc;
+
+	memset(b, 0, sizeof *b);
+	b->L = L;
+	b->Hkv = Hkv;
+	b->gran = gran;
+	if ((rc = make_levels(o, prof, b)) != KVX_OK)
+		return rc;
+	G = b->G;
+	N = gran == GRAN_LAYER ? L : L * Hkv;
+	b->value = kvx__malloc_array((size_t)N * G, sizeof *b->value);
+	b->cost = kvx__malloc_array((size_t)N * G, sizeof *b->cost);
+	b->lo = kvx__malloc_array((size_t)N, sizeof *b->lo);
+	b->hi = kvx__malloc_array((size_t)N, sizeof *b->hi);
+	b->allowed = kvx__calloc((size_t)N * G, 1);
+	if (!b->value || !b->cost || !b->lo || !b->hi || !b->allowed)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (j = 1; j < G; j++)
+		if (b->tok[j] - b->tok[j - 1] > maxstep)
+			maxstep = (int)(b->tok[j] - b->tok[j - 1]);
+
+	if (gran == GRAN_LAYER)
+		level_range(b, o->min_frac > o->layer_min ? o->min_frac :
+		    o->layer_min, o->max_frac < o->layer_max ? o->max_frac :
+		    o->layer_max, &jlo, &jhi);
+	else
+		level_range(b, o->min_frac, o->max_frac, &jlo, &jhi);
+	if (jlo < 0)
+		return kvx__fail(KVX_ERR_PLAN, "no budget level lies within "
+		    "the floors and maxima (check --min-frac, --max-frac, "
+		    "--layer-min, --layer-max)");
+
+	for (i = 0; i < N; i++) {
+		l = gran == GRAN_LAYER ? i : i / Hkv;
+		b->lo[i] = jlo;
+		b->hi[i] = jhi;
+		for (j = 0; j < G; j++) {
+			int64_t t = b->tok[j] > fl ? b->tok[j] : fl;
+			double v = 0;
+
+			if (gran == GRAN_LAYER) {
+				for (h = 0; h < Hkv; h++)
+					v += profile_eval(prof, l, h,
+					    b->frac[j]);
+				t *= Hkv;
+			} else
+				v = profile_eval(prof, l, i % Hkv, b->frac[j]);
+			b->value[(size_t)i * G + j] = layer_weight(o, l) * v;
+			b->cost[(size_t)i * G + j] = t * unit;
+			/* below the floor a level costs the floor: of those
+			 * keep only the highest, the best value for that
+			 * cost */
+			b->allowed[(size_t)i * G + j] = b->tok[j] >= fl ||
+			    j + 1 >= G || b->tok[j + 1] > fl;
+		}
+	}
+
+	/*
+	 * A level that gains nothing over the usable level below it is
+	 * never needed: dropping to the cheaper one keeps the value.  Masking
+	 * it removes the flat stretches (only sinks kept, or everything that
+	 * matters already kept) on which greedy would see no gain and stop.
+	 * With layer minimums such levels may be needed to reach them.
+	 */
+	if (gran != GRAN_HEAD && o->layer_min <= 0)
+		for (i = 0; i < N; i++) {
+			int last = -1;
+
+			for (j = 0; j < G; j++) {
+				size_t k = (size_t)i * G + j;
+
+				if (!b->allowed[k] || j < b->lo[i])
+					continue;
+				if (last >= 0 && !(b->value[k] >
+				    b->value[(size_t)i * G + last] + 1e-12))
+					b->allowed[k] = 0;
+				else
+					last = j;
+			}
+		}
+
+	full = (int64_t)L * Hkv * o->ref_context;
+	b->p.n_item = N;
+	b->p.n_level = G;
+	b->p.frac = b->frac;
+	b->p.value = b->value;
+	b->p.cost = b->cost;
+	b->p.budget = (int64_t)floor(o->budget * (double)full + 1e-6) * unit;
+	b->p.lo = b->lo;
+	b->p.hi = b->hi;
+	b->p.allowed = b->allowed;
+
+	if (gran == GRAN_HEAD || (gran == GRAN_LAYER_HEAD &&
+	    (o->layer_min > 0 || o->layer_max < 1))) {
+		b->group = kvx__malloc_array((size_t)N, sizeof *b->group);
+		b->gmin = kvx__malloc_array((size_t)L, sizeof *b->gmin);
+		b->gmax = kvx__malloc_array((size_t)L, sizeof *b->gmax);
+		if (!b->group || !b->gmin || !b->gmax)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		for (i = 0; i < N; i++)
+			b->group[i] = i / Hkv;
+		for (l = 0; l < L; l++) {
+			double hr = (double)Hkv * (double)o->ref_context;
+
+			if (gran == GRAN_HEAD) {
+				/* the uniform share, within one level step
+				 * per head: levels rarely sum to it exactly */
+				b->gmax[l] = (int64_t)floor(o->budget * hr +
+				    1e-6) * unit;
+				b->gmin[l] = b->gmax[l] -
+				    (int64_t)Hkv * maxstep * unit;
+				if (b->gmin[l] < 0)
+					b->gmin[l] = 0;
+			} else {
+				b->gmin[l] = (int64_t)ceil(o->layer_min * hr -
+				    1e-6) * unit;
+				b->gmax[l] = o->layer_max >= 1 ?
+				    SOLVE_NO_LIMIT : (int64_t)floor(
+				    o->layer_max * hr + 1e-6) * unit;
+			}
+		}
+		b->p.n_group = L;
+		b->p.group = b->group;
+		b->p.group_min = b->gmin;
+		b->p.group_max = b->gmax;
+	}
+
+	if (o->shards > 1) {
+		if (gran == GRAN_LAYER) {
+			if (Hkv % o->shards != 0)
+				return kvx__fail(KVX_ERR_UNSUPPORTED, "at layer "
+				    "granularity a layer's %d KV heads cannot "
+				    "split evenly over %d shards", Hkv,
+				    o->shards);
+			/* every shard holds the same share of each layer */
+		} else {
+			b->shard = kvx__malloc_array((size_t)N,
+			    sizeof *b->shard);
+			if (b->shard == NULL)
+				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			for (i = 0; i < N; i++)
+				b->shard[i] = (i % Hkv) % o->shards;
+			b->p.n_shard = o->shards;
+			b->p.shard = b->shard;
+			b->p.shard_cap = b->p.budget / o->shards;
+		}
+	}
+	return KVX_OK;
+}
+
+/* Solve the problem at granularity gran; head shares go to frac[L*Hkv]. */
+static kvx_status
+solve_gran(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
+    int gran, double *frac, alloc_report *rep)
+{
+	struct prob b;
+	kvx_status rc;
+	int i, h;
+
+	if ((rc = build(o, prof, plan, gran, &b)) != KVX_OK) {
+		prob_free(&b);
+		return rc;
+	}
+	solve_result_free(&rep->res);
+	rc = solve_run(o->solver, &b.p, &o->sp, &rep->res);
+	if (rc != KVX_OK) {
+		prob_free(&b);
+		return rc;
+	}
+	rep->solved = 1;
+	for (i = 0; i < b.p.n_item; i++) {
+		double f = b.frac[rep->res.level[i]];
+
+		if (gran == GRAN_LAYER)
+			for (h = 0; h < b.Hkv; h++)
+				frac[i * b.Hkv + h] = f;
+		else
+			frac[i] = f;
+	}
+	free(rep->res.level);
+	rep->res.level = NULL;
+	prob_free(&b);
+	return KVX_OK;
+}
+
+/*
+ * Clamp v[0..n) to [lo, hi] while keeping their mean at target: whatever
+ * clamping removes or adds is spread evenly over the values still free.
+ */
+static void
+fit_mean(double *v, int n, double lo, double hi, double target)
+{
+	int it, i, nfree;
+	double sum, diff;
+
+	for (it = 0; it < n + 1; it++) {
+		sum = 0;
+		nfree = 0;
+		for (i = 0; i < n; i++) {
+			if (v[i] < lo)
+				v[i] = lo;
+			if (v[i] > hi)
+				v[i] = hi;
+			sum += v[i];
+			if (v[i] > lo + EPS && v[i] < hi - EPS)
+				nfree++;
+		}
+		diff = target * n - sum;
+		if (fabs(diff) < 1e-12 || nfree == 0)
+			return;
+		for (i = 0; i < n; i++)
+			if (v[i] > lo + EPS && v[i] < hi - EPS)
+				v[i] += diff / nfree;
+	}
+}
+
+/* PyramidKV's schedule: the last layer keeps B / beta, the first 2B minus
+ * that, linear in between, so the mean is B. */
+static void
+pyramid(const alloc_opts *o, const kvx_plan *plan, double *layer)
+{
+	int L = plan->n_layer, l;
+	double last = o->budget / o->beta, first = 2 * o->budget - last;
+	double lo = (double)floor_tokens(o) / (double)o->ref_context;
+
+	for (l = 0; l < L; l++)
+		layer[l] = L == 1 ? o->budget :
+		    first + (last - first) * l / (L - 1);
+	fit_mean(layer, L, lo, 1.0, o->budget);
+}
+
+/* Fill the report's objective and retention from the head shares. */
+static void
+predict(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
+    alloc_report *rep)
+{
+	int L = plan->n_layer, Hkv = plan->n_head_kv, l, h;
+	double sum = 0, uni = 0, obj = 0, r;
+
+	rep->predicted = rep->uniform = -1;
+	rep->objective = 0;
+	if (prof == NULL)
+		return;
+	for (l = 0; l < L; l++)
+		for (h = 0; h < Hkv; h++) {
+			r = profile_eval(prof, l, h, rep->head_frac[l * Hkv +
+			    h]);
+			sum += r;
+			obj += layer_weight(o, l) * r;
+			uni += profile_eval(prof, l, h, o->budget);
+		}
+	rep->predicted = sum / (L * Hkv);
+	rep->uniform = uni / (L * Hkv);
+	rep->objective = obj;
+}
+
+kvx_status
+alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
+    alloc_report *rep)
+{
+	int L = plan->n_layer, Hkv = plan->n_head_kv, l, h;
+	int64_t btok = llround(o->budget * (double)o->ref_context);
+	double *hf, s;
+	kvx_status rc;
+
+	memset(rep, 0, sizeof *rep);
+	rep->predicted = rep->uniform = -1;
+	if (!(o->budget > 0 && o->budget <= 1))
+		return kvx__fail(KVX_ERR_ARG, "budget %g is not in (0, 1]",
+		    o->budget);
+	if (btok < floor_tokens(o))
+		return kvx__fail(KVX_ERR_PLAN, "budget of %lld tokens per "
+		    "head at context %lld is below the %lld tokens every "
+		    "head keeps (window + sinks)", (long long)btok,
+		    (long long)o->ref_context, (long long)floor_tokens(o));
+	if (alloc_needs_profile(o->method) && prof == NULL)
+		return kvx__fail(KVX_ERR_ARG, "method %s needs a profile",
+		    alloc_method_name(o->method));
+	if ((hf = kvx__malloc_array((size_t)L * Hkv, sizeof *hf)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	rep->head_frac = hf;
+	for (l = 0; l < L * Hkv; l++)
+		hf[l] = o->budget;
+
+	switch (o->method) {
+	case ALLOC_UNIFORM:
+		break;
+	case ALLOC_PYRAMID: {
+		double *lay = kvx__malloc_array((size_t)L, sizeof *lay);
+
+		if (lay == NULL)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		pyramid(o, plan, lay);
+		for (l = 0; l < L; l++)
+			for (h = 0; h < Hkv; h++)
+				hf[l * Hkv + h] = lay[l];
+		free(lay);
+		break;
+	}
+	case ALLOC_ADA:
+		/* the run-time split is estimated by the best static split
+		 * of each layer's uniform share */
+		if (prof != NULL && solve_gran(o, prof, plan, GRAN_HEAD, hf,
+		    rep) != KVX_OK) {
+			rep->solved = 0;
+			for (l = 0; l < L * Hkv; l++)
+				hf[l] = o->budget;
+		}
+		break;
+	case ALLOC_LAYER:
+		if ((rc = solve_gran(o, prof, plan, GRAN_LAYER, hf, rep)) !=
+		    KVX_OK)
+			return rc;
+		break;
+	case ALLOC_KVX:
+		if ((rc = solve_gran(o, prof, plan, o->gran, hf, rep)) !=
+		    KVX_OK)
+			return rc;
+		break;
+	default:
+		return kvx__fail(KVX_ERR_ARG, "unknown method %d", o->method);
+	}
+
+	if (plan->mode == KVX_PLAN_HYBRID) {
+		for (l = 0; l < L; l++) {
+			s = 0;
+			for (h = 0; h < Hkv; h++)
+				s += hf[l * Hkv + h];
+			plan->budgets[l] = o->method == ALLOC_ADA ? o->budget :
+			    s / Hkv;
+		}
+	} else
+		for (l = 0; l < L * Hkv; l++)
+			plan->budgets[l] = hf[l];
+	predict(o, prof, plan, rep);
+	return KVX_OK;
+}

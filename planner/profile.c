@@ -1,1 +1,656 @@
-/* TODO placeholder */
+/*
+ * profile.c - sampled profiling on the lightweight variant of the model,
+ * retention curves, and the profile file.
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ *
+ * The lightweight variant is the model's forward pass with two cuts: the
+ * final layer's FFN and the LM head are skipped (nothing after the last
+ * attention feeds a score), and the queries before the observation window
+ * attend only to their last span keys.  The window queries still attend
+ * over the whole prefix, so every layer's scores are exact for the hidden
+ * states the variant produces.  Each layer's K/V is scored and freed as
+ * soon as its attention has run, so the cache holds one layer at a time.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kvcache.h"
+#include "model.h"
+#include "plan.h"
+#include "profile.h"
+#include "select.h"
+#include "util.h"
+
+#define PROFILE_MAGIC		"kvx-profile"
+#define PROFILE_VERSION		1
+#define CORPUS_MAX_BYTES	((size_t)256 << 20)
+
+/* What the layer hook needs. */
+struct prof_run {
+	const prof_opts	*o;
+	kv_cache	*kv;
+	int		 n;		/* tokens of the sample */
+	int		 H, Hkv, D;
+	double		*sum;		/* [L][Hkv][G] curves summed */
+	float		*score, *pooled, *cand;
+	double		*prefix;
+};
+
+void
+prof_opts_init(prof_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->samples = 8;
+	o->sample_tokens = 2048;
+	o->seed = 1;
+	o->span = 512;
+	o->grid = 256;
+	o->window = 32;
+	o->pool = PLAN_POOL_MAX;
+	o->pool_kernel = 7;
+	o->gqa = PLAN_GQA_MEAN;
+	o->sinks = 4;
+}
+
+void
+profile_free(profile **pp)
+{
+	if (*pp == NULL)
+		return;
+	free((*pp)->R);
+	free(*pp);
+	*pp = NULL;
+}
+
+double
+profile_level(const profile *p, int j)
+{
+	return (double)j / (double)(p->grid - 1);
+}
+
+double
+profile_eval(const profile *p, int layer, int head, double f)
+{
+	const double *r = p->R + ((size_t)layer * p->n_head_kv + head) *
+	    p->grid;
+	double x;
+	int j;
+
+	if (f <= 0)
+		return r[0];
+	if (f >= 1)
+		return r[p->grid - 1];
+	x = f * (p->grid - 1);
+	j = (int)x;
+	if (j >= p->grid - 1)
+		return r[p->grid - 1];
+	return r[j] + (x - j) * (r[j + 1] - r[j]);
+}
+
+/* splitmix64: a small, well-mixed generator, so offsets only depend on
+ * the seed. */
+static uint64_t
+rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+/* Uniform integer in [0, n]. */
+static int64_t
+rng_upto(uint64_t *s, int64_t n)
+{
+	uint64_t range = (uint64_t)n + 1, lim, x;
+
+	lim = UINT64_MAX - UINT64_MAX % range;
+	do
+		x = rng_next(s);
+	while (x >= lim);
+	return (int64_t)(x % range);
+}
+
+/* Read a whole file into a NUL-terminated buffer. */
+static kvx_status
+read_file(const char *path, char **out, size_t *len)
+{
+	FILE *f;
+	char *buf = NULL, *nb;
+	size_t cap = 0, n = 0, r;
+
+	*out = NULL;
+	if ((f = fopen(path, "rb")) == NULL)
+		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
+	for (;;) {
+		if (n + 65536 + 1 > cap) {
+			cap = cap ? cap * 2 : 1 << 20;
+			if (cap > CORPUS_MAX_BYTES + 65536 + 1 ||
+			    (nb = realloc(buf, cap)) == NULL) {
+				free(buf);
+				fclose(f);
+				return kvx__fail(KVX_ERR_IO, "%s: larger than "
+				    "%zu MiB (use a smaller calibration file)",
+				    path, CORPUS_MAX_BYTES >> 20);
+			}
+			buf = nb;
+		}
+		r = fread(buf + n, 1, 65536, f);
+		n += r;
+		if (r < 65536)
+			break;
+	}
+	if (ferror(f)) {
+		free(buf);
+		fclose(f);
+		return kvx__fail(KVX_ERR_IO, "%s: read error", path);
+	}
+	fclose(f);
+	if (buf == NULL && (buf = malloc(1)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return KVX_OK;
+}
+
+/* Tokenize every file and concatenate the ids. */
+static kvx_status
+load_corpus(const kvx_model *m, const char *const *files, int n_files,
+    int32_t **ids, int64_t *n_ids, char *names, size_t names_size)
+{
+	int32_t *all = NULL, *nb;
+	int64_t n_all = 0;
+	kvx_status rc;
+	size_t len = 0;
+	char *text;
+	int i, n, cap;
+
+	*ids = NULL;
+	*n_ids = 0;
+	names[0] = '\0';
+	for (i = 0; i < n_files; i++) {
+		const char *base = strrchr(files[i], '/');
+
+		base = base ? base + 1 : files[i];
+		if (strlen(names) + strlen(base) + 2 < names_size) {
+			if (names[0] != '\0')
+				strcat(names, ",");
+			strcat(names, base);
+		}
+		if ((rc = read_file(files[i], &text, &len)) != KVX_OK)
+			goto fail;
+		if (len > INT32_MAX / 2) {
+			free(text);
+			rc = kvx__fail(KVX_ERR_IO, "%s: too large", files[i]);
+			goto fail;
+		}
+		cap = (int)len + 16;
+		nb = realloc(all, ((size_t)n_all + (size_t)cap) * sizeof *all);
+		if (nb == NULL) {
+			free(text);
+			rc = kvx__fail(KVX_ERR_NOMEM, "out of memory for the "
+			    "corpus tokens");
+			goto fail;
+		}
+		all = nb;
+		rc = kvx_tokenize(m, text, len, 0, all + n_all, cap, &n);
+		free(text);
+		if (rc != KVX_OK) {
+			rc = kvx__fail(rc, "%s: %s", files[i], kvx_errmsg());
+			goto fail;
+		}
+		n_all += n;
+	}
+	*ids = all;
+	*n_ids = n_all;
+	return KVX_OK;
+fail:
+	free(all);
+	return rc;
+}
+
+/* qsort order: larger floats first. */
+static int
+cmp_desc(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return (x < y) - (x > y);
+}
+
+/*
+ * Forward hook: score each KV head of layer l with the window queries,
+ * turn the pooled scores into a retention curve and add it to the sums,
+ * then free the layer's K/V (later layers do not read it).
+ */
+static kvx_status
+prof_hook(void *arg, int seq, int l, const float *wq, int w)
+{
+	struct prof_run *r = arg;
+	const prof_opts *o = r->o;
+	int g = r->H / r->Hkv, n = r->n, G = o->grid, h, i, j;
+	float scale = 1.0f / sqrtf((float)r->D);
+
+	for (h = 0; h < r->Hkv; h++) {
+		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
+		double *sum = r->sum + ((size_t)l * r->Hkv + h) * G;
+		int nc = n - w, s = o->sinks < nc ? o->sinks : nc, m = nc - s;
+		double z = 0, sink = 0;
+
+		if (sg->len != n)
+			return kvx__fail(KVX_ERR_ARG, "layer %d head %d holds "
+			    "%d rows, expected %d", l, h, sg->len, n);
+		sel_score(wq + (size_t)h * g * w * r->D, sg->k, n, w, g, r->D,
+		    scale, o->gqa, r->score);
+		sel_pool(r->score, nc, o->pool_kernel, o->pool, r->pooled);
+		for (i = 0; i < nc; i++)
+			z += r->pooled[i];
+		for (i = 0; i < s; i++)
+			sink += r->pooled[i];
+		memcpy(r->cand, r->pooled + s, (size_t)m * sizeof(float));
+		qsort(r->cand, (size_t)m, sizeof(float), cmp_desc);
+		r->prefix[0] = 0;
+		for (i = 0; i < m; i++)
+			r->prefix[i + 1] = r->prefix[i] + r->cand[i];
+		for (j = 0; j < G; j++) {
+			double f = (double)j / (G - 1), v;
+			int64_t k = llround(f * n) - w - s;
+
+			if (k < 0)
+				k = 0;
+			if (k > m)
+				k = m;
+			v = z > 0 ? (sink + r->prefix[k]) / z : 1.0;
+			sum[j] += v > 1 ? 1 : v;
+		}
+	}
+	for (h = 0; h < r->Hkv; h++) {
+		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
+
+		r->kv->bytes -= (uint64_t)sg->cap * kv_row_bytes(r->kv);
+		free(sg->k);
+		free(sg->v);
+		free(sg->pos);
+		memset(sg, 0, sizeof *sg);
+	}
+	return KVX_OK;
+}
+
+/* Check the options against the model and the forward's limits. */
+static kvx_status
+check_opts(const prof_opts *o)
+{
+	if (o->samples < 1 || o->samples > 100000)
+		return kvx__fail(KVX_ERR_ARG, "--samples %d out of range "
+		    "[1, 100000]", o->samples);
+	if (o->window < 1 || o->window > PROFILE_MAX_WINDOW)
+		return kvx__fail(KVX_ERR_ARG, "--window %d out of range "
+		    "[1, %d]", o->window, PROFILE_MAX_WINDOW);
+	if (o->sample_tokens < o->window + o->sinks + 2)
+		return kvx__fail(KVX_ERR_ARG, "--sample-tokens %d leaves no "
+		    "candidates beside the window %d and %d sinks",
+		    o->sample_tokens, o->window, o->sinks);
+	if (o->grid < 2 || o->grid > PROFILE_MAX_GRID)
+		return kvx__fail(KVX_ERR_ARG, "--grid %d out of range [2, %d]",
+		    o->grid, PROFILE_MAX_GRID);
+	if (o->pool_kernel < 1 || o->pool_kernel % 2 == 0)
+		return kvx__fail(KVX_ERR_ARG, "--pool-kernel %d is not a "
+		    "positive odd number", o->pool_kernel);
+	if (o->span < 0 || o->sinks < 0)
+		return kvx__fail(KVX_ERR_ARG, "negative --profile-span or "
+		    "--sinks");
+	return KVX_OK;
+}
+
+kvx_status
+profile_run(kvx_model *m, const char *const *files, int n_files,
+    const prof_opts *o, profile **out)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	struct prof_run r;
+	fw_scratch *scr = NULL;
+	kv_cache *kv = NULL;
+	profile *p = NULL;
+	int32_t *ids = NULL;
+	int64_t n_ids = 0, off;
+	int *seq = NULL, *pos = NULL, T = o->sample_tokens, L, G, i, s;
+	char names[256];
+	fw_batch b;
+	kvx_status rc;
+	double t0 = kvx__now();
+	uint64_t st;
+	size_t cells;
+
+	*out = NULL;
+	memset(&r, 0, sizeof r);
+	if ((rc = check_opts(o)) != KVX_OK)
+		return rc;
+	if (n_files < 1)
+		return kvx__fail(KVX_ERR_ARG, "no calibration text");
+	if ((rc = load_corpus(m, files, n_files, &ids, &n_ids, names,
+	    sizeof names)) != KVX_OK)
+		return rc;
+	if (n_ids < T) {
+		free(ids);
+		return kvx__fail(KVX_ERR_ARG, "the corpus has %" PRId64
+		    " tokens, fewer than one sample of %d", n_ids, T);
+	}
+	L = mi->n_layer;
+	G = o->grid;
+	cells = (size_t)L * mi->n_head_kv * G;
+	if ((p = calloc(1, sizeof *p)) == NULL ||
+	    (p->R = kvx__calloc(cells, sizeof *p->R)) == NULL) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto done;
+	}
+	p->n_layer = L;
+	p->n_head_kv = mi->n_head_kv;
+	p->grid = G;
+	memcpy(p->fingerprint, mi->fingerprint, sizeof p->fingerprint);
+	p->samples = o->samples;
+	p->sample_tokens = T;
+	p->span = o->span;
+	p->seed = o->seed;
+	p->window = o->window;
+	p->pool = o->pool;
+	p->pool_kernel = o->pool_kernel;
+	p->gqa = o->gqa;
+	p->sinks = o->sinks;
+	p->corpus_tokens = n_ids;
+	snprintf(p->corpus, sizeof p->corpus, "%s", names);
+
+	r.o = o;
+	r.n = T;
+	r.H = mi->n_head;
+	r.Hkv = mi->n_head_kv;
+	r.D = mi->head_dim;
+	r.sum = p->R;
+	r.score = kvx__malloc_array((size_t)T, sizeof(float));
+	r.pooled = kvx__malloc_array((size_t)T, sizeof(float));
+	r.cand = kvx__malloc_array((size_t)T, sizeof(float));
+	r.prefix = kvx__malloc_array((size_t)T + 1, sizeof(double));
+	seq = kvx__calloc((size_t)T, sizeof *seq);
+	pos = kvx__malloc_array((size_t)T, sizeof *pos);
+	if (!r.score || !r.pooled || !r.cand || !r.prefix || !seq || !pos) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto done;
+	}
+	for (i = 0; i < T; i++)
+		pos[i] = i;
+	if ((rc = kv_new(1, L, mi->n_head_kv, mi->head_dim, T, &kv)) !=
+	    KVX_OK || (rc = fw_scratch_new(m, T, T, &scr)) != KVX_OK)
+		goto done;
+	r.kv = kv;
+
+	st = o->seed;
+	for (s = 0; s < o->samples; s++) {
+		off = rng_upto(&st, n_ids - T);
+		if (o->progress)
+			fprintf(stderr, "\rkvx-plan: profiling sample %d/%d "
+			    "(%.0f s)", s + 1, o->samples, kvx__now() - t0);
+		memset(&b, 0, sizeof b);
+		b.n = T;
+		b.ids = ids + off;
+		b.seq = seq;
+		b.pos = pos;
+		b.window = o->window;
+		b.hook = prof_hook;
+		b.hook_arg = &r;
+		b.no_head = 1;
+		b.span = o->span;
+		kv_seq_clear(kv, 0);
+		if ((rc = model_forward(m, kv, scr, &b)) != KVX_OK)
+			goto done;
+	}
+	if (o->progress)
+		fprintf(stderr, "\rkvx-plan: profiled %d samples of %d tokens "
+		    "in %.1f s\n", o->samples, T, kvx__now() - t0);
+	for (i = 0; i < (int)cells; i++)
+		p->R[i] /= o->samples;
+	p->seconds = kvx__now() - t0;
+	*out = p;
+	p = NULL;
+done:
+	if (rc != KVX_OK && o->progress)
+		fputc('\n', stderr);
+	profile_free(&p);
+	kv_free(&kv);
+	fw_scratch_free(&scr);
+	free(r.score);
+	free(r.pooled);
+	free(r.cand);
+	free(r.prefix);
+	free(seq);
+	free(pos);
+	free(ids);
+	return rc;
+}
+
+static const char *const pool_word[] = { "max", "avg", "none" };
+static const char *const gqa_word[] = { "mean", "max" };
+
+kvx_status
+profile_save(const profile *p, const char *path, int overwrite)
+{
+	FILE *f;
+	int fd, l, h, j;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
+	    (overwrite ? 0 : O_EXCL), 0644);
+	if (fd < 0)
+		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
+	if ((f = fdopen(fd, "w")) == NULL) {
+		close(fd);
+		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
+	}
+	fprintf(f, "%s %d\n", PROFILE_MAGIC, PROFILE_VERSION);
+	fprintf(f, "fingerprint %s\n", p->fingerprint);
+	fprintf(f, "layers %d\nkv_heads %d\ngrid %d\n", p->n_layer,
+	    p->n_head_kv, p->grid);
+	fprintf(f, "samples %d\nsample_tokens %d\nseed %" PRIu64 "\n"
+	    "span %d\n", p->samples, p->sample_tokens, p->seed, p->span);
+	fprintf(f, "window %d\npool %s\npool_kernel %d\ngqa %s\nsinks %d\n",
+	    p->window, pool_word[p->pool], p->pool_kernel, gqa_word[p->gqa],
+	    p->sinks);
+	fprintf(f, "corpus_tokens %" PRId64 "\ncorpus %s\n", p->corpus_tokens,
+	    p->corpus[0] ? p->corpus : "-");
+	for (l = 0; l < p->n_layer; l++)
+		for (h = 0; h < p->n_head_kv; h++) {
+			const double *r = p->R + ((size_t)l * p->n_head_kv +
+			    h) * p->grid;
+
+			fprintf(f, "curve %d %d", l, h);
+			for (j = 0; j < p->grid; j++)
+				fprintf(f, " %.9g", r[j]);
+			fputc('\n', f);
+		}
+	if (fclose(f) != 0)
+		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
+	return KVX_OK;
+}
+
+/* Index of word in a NULL-free list of n names, or -1. */
+static int
+word_index(const char *const *list, int n, const char *w)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(list[i], w) == 0)
+			return i;
+	return -1;
+}
+
+/* Parse "key value" header lines and the curve lines of a profile. */
+static kvx_status
+parse_profile(FILE *f, const char *path, profile *p, int *seen)
+{
+	char *line = NULL, *key, *val, *end, word[32];
+	size_t cap = 0;
+	ssize_t len;
+	int ln = 0, l, h, j, nread;
+	long long v;
+	char *c;
+
+	while ((len = getline(&line, &cap, f)) > 0) {
+		ln++;
+		if (line[len - 1] == '\n')
+			line[--len] = '\0';
+		if (ln == 1) {
+			if (sscanf(line, PROFILE_MAGIC " %d%n", &j, &nread) !=
+			    1 || line[nread] != '\0' || j != PROFILE_VERSION)
+				goto bad;
+			continue;
+		}
+		key = line;
+		if ((val = strchr(line, ' ')) == NULL)
+			goto bad;
+		*val++ = '\0';
+		if (strcmp(key, "curve") == 0) {
+			if (p->R == NULL || sscanf(val, "%d %d%n", &l, &h,
+			    &nread) != 2 || l < 0 || l >= p->n_layer ||
+			    h < 0 || h >= p->n_head_kv)
+				goto bad;
+			c = val + nread;
+			for (j = 0; j < p->grid; j++) {
+				double x = strtod(c, &end);
+
+				if (end == c || !(x >= 0 && x <= 1))
+					goto bad;
+				p->R[((size_t)l * p->n_head_kv + h) * p->grid +
+				    j] = x;
+				c = end;
+			}
+			if (*c != '\0')
+				goto bad;
+			(*seen)++;
+			continue;
+		}
+		if (strcmp(key, "fingerprint") == 0) {
+			if (strlen(val) != 64)
+				goto bad;
+			memcpy(p->fingerprint, val, 65);
+			continue;
+		}
+		if (strcmp(key, "corpus") == 0) {
+			snprintf(p->corpus, sizeof p->corpus, "%s",
+			    strcmp(val, "-") == 0 ? "" : val);
+			continue;
+		}
+		if (strcmp(key, "pool") == 0 || strcmp(key, "gqa") == 0) {
+			snprintf(word, sizeof word, "%s", val);
+			if (key[0] == 'p')
+				p->pool = word_index(pool_word, 3, word);
+			else
+				p->gqa = word_index(gqa_word, 2, word);
+			if (p->pool < 0 || p->gqa < 0)
+				goto bad;
+			continue;
+		}
+		errno = 0;
+		v = strtoll(val, &end, 10);
+		if (errno != 0 || end == val || *end != '\0' || v < 0 ||
+		    v > INT32_MAX)
+			goto bad;
+		if (strcmp(key, "layers") == 0)
+			p->n_layer = (int)v;
+		else if (strcmp(key, "kv_heads") == 0)
+			p->n_head_kv = (int)v;
+		else if (strcmp(key, "grid") == 0)
+			p->grid = (int)v;
+		else if (strcmp(key, "samples") == 0)
+			p->samples = (int)v;
+		else if (strcmp(key, "sample_tokens") == 0)
+			p->sample_tokens = (int)v;
+		else if (strcmp(key, "seed") == 0)
+			p->seed = (uint64_t)v;
+		else if (strcmp(key, "span") == 0)
+			p->span = (int)v;
+		else if (strcmp(key, "window") == 0)
+			p->window = (int)v;
+		else if (strcmp(key, "pool_kernel") == 0)
+			p->pool_kernel = (int)v;
+		else if (strcmp(key, "sinks") == 0)
+			p->sinks = (int)v;
+		else if (strcmp(key, "corpus_tokens") == 0)
+			p->corpus_tokens = v;
+		else
+			goto bad;
+		if (p->R == NULL && p->n_layer > 0 && p->n_head_kv > 0 &&
+		    p->grid > 0) {
+			if (p->n_layer > 4096 || p->n_head_kv > 4096 ||
+			    p->grid < 2 || p->grid > PROFILE_MAX_GRID)
+				goto bad;
+			p->R = kvx__calloc((size_t)p->n_layer * p->n_head_kv *
+			    p->grid, sizeof *p->R);
+			if (p->R == NULL) {
+				free(line);
+				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			}
+		}
+	}
+	free(line);
+	if (ln == 0)
+		return kvx__fail(KVX_ERR_FORMAT, "%s: empty profile", path);
+	return KVX_OK;
+bad:
+	free(line);
+	return kvx__fail(KVX_ERR_FORMAT, "%s:%d: malformed profile line",
+	    path, ln);
+}
+
+kvx_status
+profile_load(const char *path, const kvx_model_info *mi, profile **out)
+{
+	profile *p;
+	kvx_status rc;
+	FILE *f;
+	int seen = 0;
+
+	*out = NULL;
+	if ((f = fopen(path, "r")) == NULL)
+		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
+	if ((p = calloc(1, sizeof *p)) == NULL) {
+		fclose(f);
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	}
+	p->pool_kernel = 1;
+	rc = parse_profile(f, path, p, &seen);
+	fclose(f);
+	if (rc != KVX_OK)
+		goto fail;
+	if (p->R == NULL || seen != p->n_layer * p->n_head_kv) {
+		rc = kvx__fail(KVX_ERR_FORMAT, "%s: %d curves, expected "
+		    "layers x kv_heads", path, seen);
+		goto fail;
+	}
+	if (strcmp(p->fingerprint, mi->fingerprint) != 0 ||
+	    p->n_layer != mi->n_layer || p->n_head_kv != mi->n_head_kv) {
+		rc = kvx__fail(KVX_ERR_MISMATCH, "%s was made for another "
+		    "model (fingerprint %.12s, model has %.12s)", path,
+		    p->fingerprint, mi->fingerprint);
+		goto fail;
+	}
+	if (p->window < 1 || p->pool_kernel % 2 == 0) {
+		rc = kvx__fail(KVX_ERR_FORMAT, "%s: bad selection settings",
+		    path);
+		goto fail;
+	}
+	*out = p;
+	return KVX_OK;
+fail:
+	profile_free(&p);
+	return rc;
+}

@@ -1,1 +1,74 @@
-/* TODO placeholder */
+/*
+ * profile.h - kvx-plan's sampled profiling: retention curves per (layer,
+ * KV head) measured on the lightweight variant of the model, and their
+ * text file form.
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ *
+ * A retention curve R(l, h, f) is the share of a head's pooled SnapKV
+ * score mass that selection keeps when the head keeps round(f n) of n
+ * prompt tokens (sinks and the observation window always kept), on the
+ * grid f_j = j / (G - 1), averaged over the samples.
+ */
+#ifndef KVX_PROFILE_H
+#define KVX_PROFILE_H
+
+#include <stdint.h>
+
+#include "kvx.h"
+
+#define PROFILE_MAX_WINDOW	256	/* the forward keeps 256 window queries */
+#define PROFILE_MAX_GRID	4096
+
+typedef struct prof_opts {
+	int		 samples;	/* S windows (8) */
+	int		 sample_tokens;	/* T tokens each (2048) */
+	uint64_t	 seed;		/* sample offsets (1) */
+	int		 span;		/* local attention span, 0: full (512) */
+	int		 grid;		/* G levels (256) */
+	int		 window;	/* observation window w (32) */
+	int		 pool;		/* enum plan_pool (max) */
+	int		 pool_kernel;	/* odd (7) */
+	int		 gqa;		/* enum plan_gqa (mean) */
+	int		 sinks;		/* always-kept leading tokens (4) */
+	int		 progress;	/* progress lines on stderr */
+} prof_opts;
+
+typedef struct profile {
+	int		 n_layer, n_head_kv, grid;
+	char		 fingerprint[65];
+	int		 samples, sample_tokens, span;
+	uint64_t	 seed;
+	int		 window, pool, pool_kernel, gqa, sinks;
+	int64_t		 corpus_tokens;
+	char		 corpus[256];	/* base names, comma separated */
+	double		*R;		/* [n_layer][n_head_kv][grid] */
+	double		 seconds;	/* profiling wall time */
+} profile;
+
+/* Fill opts with the defaults above. */
+void		 prof_opts_init(prof_opts *);
+
+/*
+ * Profile the model on the calibration files: tokenize them, draw the
+ * sample offsets, run the lightweight variant on each sample and average
+ * the curves.  KVX_ERR_IO when a file cannot be read, KVX_ERR_ARG when the
+ * corpus is empty or shorter than one sample (the message says how many
+ * tokens it has).
+ */
+kvx_status	 profile_run(kvx_model *, const char *const *files, int n_files,
+		     const prof_opts *, profile **out);
+void		 profile_free(profile **);
+
+/* R(l, h, f) by linear interpolation on the grid, f clamped to [0, 1]. */
+double		 profile_eval(const profile *, int layer, int head, double f);
+/* The grid's level j as a fraction. */
+double		 profile_level(const profile *, int j);
+
+/* Write the profile as text; KVX_ERR_IO if path exists and !overwrite. */
+kvx_status	 profile_save(const profile *, const char *path, int overwrite);
+/* Read a profile; KVX_ERR_MISMATCH when it was made for another model,
+ * KVX_ERR_FORMAT (with the line) when malformed. */
+kvx_status	 profile_load(const char *path, const kvx_model_info *,
+		     profile **out);
+
+#endif

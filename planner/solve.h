@@ -82,10 +82,10 @@ typedef struct solve_problem {
 
 typedef struct solve_params {
 	int		 verbose;	/* solver chatter on stderr */
-	double		 time_limit;	/* glpk: seconds (5) */
+	double		 time_limit;	/* glpk: seconds (5); <= 0: none */
 	double		 mip_gap;	/* glpk: relative gap to stop at (1e-6) */
 	int64_t		 quantum;	/* dp: bytes per cost unit; 0: gcd */
-	int64_t		 dp_max_cells;	/* dp: table size cap (1 << 25) */
+	int64_t		 dp_max_cells;	/* dp: table cap, doubles (1 << 25) */
 } solve_params;
 
 typedef enum solve_status {
@@ -112,7 +112,11 @@ void		 solve_params_init(solve_params *);
 /* Release the result's arrays and clear it. */
 void		 solve_result_free(solve_result *);
 
-/* Solve with the named solver ("greedy", "dp" or "glpk"). */
+/*
+ * Solve with the named solver ("greedy", "dp" or "glpk"; NULL is dp).
+ * res is written whole (free an earlier result first); params may be NULL
+ * for the defaults.
+ */
 kvx_status	 solve_run(const char *solver, const solve_problem *,
 		     const solve_params *, solve_result *);
 kvx_status	 solve_greedy(const solve_problem *, const solve_params *,

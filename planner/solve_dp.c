@@ -30,6 +30,9 @@
 
 #include "solve.h"
 
+/* Row cells per pass of a block's options (4 KiB of doubles). */
+#define DP_CHUNK	512
+
 typedef struct option {
 	int64_t	e;		/* excess cost in units */
 	double	v;		/* value */
@@ -54,7 +57,8 @@ typedef struct dp {
 	int		*n_iopt;
 	block		*blk;
 	int		 n_blk;
-	int64_t		 cells;
+	int64_t		 cells;		/* group rows so far */
+	int64_t		 max_cells;
 } dp;
 
 /* gcd of two non-negative numbers. */
@@ -195,6 +199,12 @@ group_block(dp *d, block *b, int g, solve_result *res)
 		gfloor += d->floor_cost[i];
 		off += reach + 1;
 	}
+	if (off + 1 + d->cells > d->max_cells)
+		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
+		    "dp: group %d needs %lld cells (cost units of %lld bytes); "
+		    "over the limit of %lld: use a coarser quantum or --solver "
+		    "glpk", g, (long long)(off + 1), (long long)d->q,
+		    (long long)d->max_cells);
 	if ((b->gend = kvx__malloc_array((size_t)b->n_member + 1,
 	    sizeof *b->gend)) == NULL || (b->grow = kvx__malloc_array(
 	    (size_t)off + 1, sizeof *b->grow)) == NULL)
@@ -366,7 +376,7 @@ dp_run(dp *d, const solve_params *params, int *level, solve_result *res)
 {
 	const solve_problem *p = d->p;
 	int64_t *lo = NULL, *hi = NULL, *start = NULL, total = 0, need = 0;
-	int64_t B, s, x, fsum = 0, w, emax;
+	int64_t B, s, x, fsum = 0, w, emax, c0;
 	double *rows = NULL, *scr = NULL;
 	char b1[32], b2[32];
 	kvx_status st = KVX_OK;
@@ -455,20 +465,27 @@ dp_run(dp *d, const solve_params *params, int *level, solve_result *res)
 			scr[x - base] = t;
 		}
 		w = hi[s] - lo[s] + 1;
-		for (k = 0; k < b->n_opt; k += 4) {
-			const double *src[4];
-			double v[4];
-			int o;
+		/* Chunks of the row small enough that the row and its
+		 * sources stay in L1 while every option passes over them. */
+		for (c0 = 0; c0 < w; c0 += DP_CHUNK) {
+			int64_t n = w - c0 < DP_CHUNK ? w - c0 : DP_CHUNK;
 
-			for (o = 0; o < 4; o++) {
-				/* Pad the last batch with option k: harmless. */
-				const option *op = &b->opt[k + o < b->n_opt ?
-				    k + o : k];
+			for (k = 0; k < b->n_opt; k += 4) {
+				const double *src[4];
+				double v[4];
+				int o;
 
-				src[o] = scr + (be - op->e);
-				v[o] = op->v;
+				for (o = 0; o < 4; o++) {
+					/* Pad the last batch with option k:
+					 * a repeated option changes nothing. */
+					const option *op = &b->opt[k + o <
+					    b->n_opt ? k + o : k];
+
+					src[o] = scr + c0 + (be - op->e);
+					v[o] = op->v;
+				}
+				relax4(row + c0, src, v, n, k == 0);
 			}
-			relax4(row, src, v, w, k == 0);
 		}
 	}
 	if (!(rows[start[S]] > -INFINITY)) {
@@ -537,6 +554,7 @@ solve_dp(const solve_problem *p, const solve_params *params,
 	}
 	memset(&d, 0, sizeof d);
 	d.p = p;
+	d.max_cells = params->dp_max_cells;
 	d.floor_cost = kvx__calloc((size_t)p->n_item, sizeof *d.floor_cost);
 	d.iopt = kvx__calloc((size_t)p->n_item, sizeof *d.iopt);
 	d.n_iopt = kvx__calloc((size_t)p->n_item, sizeof *d.n_iopt);

@@ -28,6 +28,7 @@ typedef struct mip {
 	const solve_problem	*p;
 	glp_prob	*lp;
 	int64_t		 q;		/* bytes per unit */
+	int64_t		 fsum;		/* floors' cost */
 	int64_t		*floor_cost;	/* [N] */
 	int		*col_item;	/* [n_col + 1] */
 	int		*col_level;	/* [n_col + 1] */
@@ -119,6 +120,7 @@ build(mip *m, solve_result *res)
 			}
 	}
 	m->q = gq > 0 ? gq : 1;
+	m->fsum = fsum;
 	r_budget = p->n_item + 1;
 	r_group = r_budget + 1;
 	r_shard = r_group + (grouped ? p->n_group : 0);
@@ -220,6 +222,9 @@ run(mip *m, const solve_params *params, solve_result *res, double t0)
 	parm.tm_lim = params->time_limit > 0 ?
 	    (int)fmin(params->time_limit * 1000, 2e9) : 0x7fffffff;
 	parm.mip_gap = params->mip_gap;
+	/* Excess costs can be large integers: 1e-5 of one would let a
+	 * nearly-1 binary tip the budget row over once rounded. */
+	parm.tol_int = 1e-9;
 	parm.cb_func = mip_callback;
 	parm.cb_info = m;
 	m->gap = INFINITY;
@@ -258,6 +263,13 @@ run(mip *m, const solve_params *params, solve_result *res, double t0)
 		if (glp_mip_col_val(m->lp, c) > 0.5)
 			level[m->col_item[c]] = m->col_level[c];
 	res->level = level;
+	if (solve_eval(p, level, NULL, NULL) != 0)
+		return solve__fail(res, KVX_ERR_PLAN, SOLVE_UNKNOWN,
+		    "glpk: its answer breaks a constraint once rounded to "
+		    "whole levels (the budget spans %.0f units of %lld bytes, "
+		    "too many for its tolerances); use --solver dp",
+		    floor((double)(p->budget - m->fsum) / (double)m->q),
+		    (long long)m->q);
 	st = ms == GLP_OPT && rc == 0 ? SOLVE_OPTIMAL : SOLVE_FEASIBLE;
 	if (solve__finish(p, res, level, st, t0) != KVX_OK)
 		return KVX_ERR_PLAN;

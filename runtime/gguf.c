@@ -44,7 +44,7 @@ struct gguf_priv {
 	gguf_file	 f;
 	char		*name;		/* path, for messages */
 	int		 mapped;
-	size_t		*kv_tab;	/* open addressing, index + 1, 0 empty */
+	size_t		*kv_tab;	/* open addressing: index + 1 */
 	size_t		 kv_cap;
 	size_t		*t_tab;
 	size_t		 t_cap;
@@ -56,7 +56,8 @@ struct rd {
 	size_t		 size;
 	size_t		 off;
 	const char	*name;
-	char		 what[128];	/* what is being read, for messages */
+	char		 what[128];	/* what is being read */
+	int64_t		 elem;		/* array element, or -1 */
 };
 
 /* Per-type block geometry; types the reader does not know have bytes 0. */
@@ -218,16 +219,33 @@ rd_what(struct rd *r, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(r->what, sizeof r->what, fmt, ap);
 	va_end(ap);
+	r->elem = -1;
+}
+
+/*
+ * What is being read, with the array element if any; formatted only for
+ * messages, since string arrays have a hundred thousand elements.
+ */
+static const char *
+rd_where(const struct rd *r, char *buf, size_t size)
+{
+	if (r->elem < 0)
+		return r->what;
+	snprintf(buf, size, "string %" PRId64 " of %s", r->elem, r->what);
+	return buf;
 }
 
 /* Fails unless n more bytes are available. */
 static kvx_status
 rd_need(struct rd *r, uint64_t n)
 {
+	char buf[160];
+
 	if (n > r->size - r->off)
 		return kvx__fail(KVX_ERR_FORMAT,
 		    "%s: truncated at offset %zu while reading %s "
-		    "(file size %zu)", r->name, r->off, r->what, r->size);
+		    "(file size %zu)", r->name, r->off,
+		    rd_where(r, buf, sizeof buf), r->size);
 	return KVX_OK;
 }
 
@@ -263,6 +281,7 @@ rd_str(struct rd *r, gguf_str *s)
 {
 	kvx_status st;
 	uint64_t len;
+	char buf[160];
 
 	if ((st = rd_u64(r, &len)) != KVX_OK)
 		return st;
@@ -270,7 +289,7 @@ rd_str(struct rd *r, gguf_str *s)
 		return kvx__fail(KVX_ERR_FORMAT,
 		    "%s: string length %" PRIu64 " at offset %zu runs past "
 		    "the end while reading %s (file size %zu)", r->name, len,
-		    r->off - 8, r->what, r->size);
+		    r->off - 8, rd_where(r, buf, sizeof buf), r->size);
 	s->p = (const char *)r->p + r->off;
 	s->len = len;
 	r->off += len;
@@ -367,7 +386,8 @@ parse_kv(struct rd *r, gguf_kv *kv, uint64_t i)
 		return st;
 	if (at >= GGUF_NVTYPE)
 		return kvx__fail(KVX_ERR_FORMAT,
-		    "%s: bad array element type %" PRIu32 " at offset %zu in %s",
+		    "%s: bad array element type %" PRIu32 " at offset %zu "
+		    "in %s",
 		    r->name, at, r->off - 12, r->what);
 	if (at == GGUF_ARR)
 		return kvx__fail(KVX_ERR_FORMAT,
@@ -396,12 +416,11 @@ parse_kv(struct rd *r, gguf_kv *kv, uint64_t i)
 		    r->name, r->what);
 	kv->strs = strs;
 	for (k = 0; k < n; k++) {
-		rd_what(r, "string %" PRIu64 " of metadata %" PRIu64 " '%.*s'",
-		    k, i, (int)(kv->key.len > 60 ? 60 : kv->key.len),
-		    kv->key.p);
+		r->elem = (int64_t)k;
 		if ((st = rd_str(r, &strs[k])) != KVX_OK)
 			return st;
 	}
+	r->elem = -1;
 	return KVX_OK;
 }
 
@@ -454,9 +473,9 @@ parse_tensor(struct rd *r, gguf_tensor *t, uint64_t i)
 	}
 	if (t->ne[0] % (uint64_t)ggml_type_block_elems(t->type) != 0)
 		return kvx__fail(KVX_ERR_FORMAT,
-		    "%s: tensor '%.*s' row length %" PRIu64 " is not a multiple "
-		    "of the %s block size %d", r->name, (int)t->name.len,
-		    t->name.p, t->ne[0], ggml_type_name(t->type),
+		    "%s: tensor '%.*s' row length %" PRIu64 " is not a "
+		    "multiple of the %s block size %d", r->name,
+		    (int)t->name.len, t->name.p, t->ne[0], ggml_type_name(t->type),
 		    ggml_type_block_elems(t->type));
 	nblk = nel / (uint64_t)ggml_type_block_elems(t->type);
 	if (nblk > UINT64_MAX / ggml_type_block_bytes(t->type))
@@ -501,7 +520,8 @@ static kvx_status
 parse(struct gguf_priv *g)
 {
 	gguf_file *f = &g->f;
-	struct rd r = { .p = f->map, .size = f->size, .name = g->name };
+	struct rd r = { .p = f->map, .size = f->size, .name = g->name,
+	    .elem = -1 };
 	kvx_status st;
 	uint64_t i, n_tensors, n_kv, dof;
 	size_t dup;
@@ -813,8 +833,8 @@ gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
 		return wrong_type(f, kv, key, "an integer");
 	}
 	return kvx__fail(KVX_ERR_FORMAT, "%s: metadata '%s' is out of range "
-	    "for a 32-bit unsigned integer", ((const struct gguf_priv *)f)->name,
-	    key);
+	    "for a 32-bit unsigned integer",
+	    ((const struct gguf_priv *)f)->name, key);
 }
 
 /* Floating-point metadata value. */

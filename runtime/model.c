@@ -27,7 +27,9 @@
 #include "util.h"
 
 /* Batches at least this large use the f32 GEMM path. */
+#ifndef GEMM_MIN_TOKENS
 #define GEMM_MIN_TOKENS 8
+#endif
 /* Query rows per attention block on the GEMM path. */
 #define ATT_BLOCK 64
 
@@ -483,7 +485,7 @@ lin_work(void *arg, int ith, int nth)
 		for (t = 0; t < j->T; t++)
 			quant_matvec(w->type, w->q, w->cols, r0, r1,
 			    (const char *)j->xq + (size_t)t * j->xq_stride,
-			    j->y[i] + (size_t)t * w->rows + r0);
+			    j->y[i] + (size_t)t * w->rows);
 	}
 }
 

@@ -86,7 +86,7 @@ typedef struct {
 	int8_t	qs[QK];
 } xblk;
 
-/* --- dequantisation -------------------------------------------------------- */
+/* --- dequantisation ------------------------------------------------------ */
 
 /* Half to float; F16C where the build has it. */
 static inline float
@@ -300,8 +300,8 @@ dq_q6_k(const blk_q6_k *b, float *y, size_t nb)
 				for (l = 0; l < 32; l++) {
 					lo = ql[l + 32 * (k & 1)];
 					lo = k < 2 ? lo & 15 : lo >> 4;
-					q = (lo | ((qh[l] >> (2 * k)) & 3) << 4) -
-					    32;
+					q = (lo | ((qh[l] >> (2 * k)) & 3) <<
+					    4) - 32;
 					y[32 * k + l] = d * sc[2 * k + l / 16] *
 					    q;
 				}
@@ -365,7 +365,7 @@ quant_dequant(int type, const void *src, float *dst, size_t n)
 	return KVX_OK;
 }
 
-/* --- activation quantisation ------------------------------------------------ */
+/* --- activation quantisation --------------------------------------------- */
 
 /* Whether the activation is quantised to xblk (else kept as f32). */
 static int
@@ -392,6 +392,50 @@ quant_scratch_bytes(int wtype, int cols)
 	return (size_t)cols * sizeof(float);
 }
 
+#ifdef __AVX2__
+/* quantise_block with AVX2; the same arithmetic, so the same result. */
+static void
+quantise_block_avx2(const float *x, xblk *b)
+{
+	__m256 v[4], amax = _mm256_setzero_ps(), id;
+	__m256 sign = _mm256_set1_ps(-0.0f);
+	__m256i q[4], lim = _mm256_set1_epi32(127), sum;
+	__m128 m;
+	float a;
+	int k;
+
+	for (k = 0; k < 4; k++) {
+		v[k] = _mm256_loadu_ps(x + 8 * k);
+		amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+	}
+	m = _mm_max_ps(_mm256_castps256_ps128(amax),
+	    _mm256_extractf128_ps(amax, 1));
+	m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+	m = _mm_max_ss(m, _mm_movehdup_ps(m));
+	a = _mm_cvtss_f32(m);
+	b->d = a / 127.0f;
+	id = _mm256_set1_ps(a > 0.0f ? 127.0f / a : 0.0f);
+	sum = _mm256_setzero_si256();
+	for (k = 0; k < 4; k++) {
+		q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
+		q[k] = _mm256_max_epi32(_mm256_min_epi32(q[k], lim),
+		    _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+		sum = _mm256_add_epi32(sum, q[k]);
+	}
+	/* The packs interleave 128-bit lanes; the permute undoes it. */
+	q[0] = _mm256_packs_epi32(q[0], q[1]);
+	q[2] = _mm256_packs_epi32(q[2], q[3]);
+	q[0] = _mm256_packs_epi16(q[0], q[2]);
+	q[0] = _mm256_permutevar8x32_epi32(q[0],
+	    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+	_mm256_storeu_si256((__m256i *)b->qs, q[0]);
+	sum = _mm256_hadd_epi32(sum, sum);
+	sum = _mm256_hadd_epi32(sum, sum);
+	b->s = b->d * (float)(_mm256_extract_epi32(sum, 0) +
+	    _mm256_extract_epi32(sum, 4));
+}
+#endif
+
 /* Quantises one block of 32 floats to int8 with a float scale. */
 static void
 quantise_block(const float *x, xblk *b)
@@ -414,9 +458,9 @@ quantise_block(const float *x, xblk *b)
 	b->s = b->d * (float)sum;
 }
 
-/* Converts x into the activation format for weights of wtype. */
+/* Portable quant_prepare_x, the reference for the vector path. */
 void
-quant_prepare_x(int wtype, const float *x, int cols, void *scratch)
+quant_prepare_x_scalar(int wtype, const float *x, int cols, void *scratch)
 {
 	xblk *b = scratch;
 	int i;
@@ -429,7 +473,24 @@ quant_prepare_x(int wtype, const float *x, int cols, void *scratch)
 		quantise_block(x + (size_t)i * QK, &b[i]);
 }
 
-/* --- scalar dot products --------------------------------------------------- */
+/* Converts x into the activation format for weights of wtype. */
+void
+quant_prepare_x(int wtype, const float *x, int cols, void *scratch)
+{
+#ifdef __AVX2__
+	xblk *b = scratch;
+	int i;
+
+	if (x_is_quantised(wtype)) {
+		for (i = 0; i < cols / QK; i++)
+			quantise_block_avx2(x + (size_t)i * QK, &b[i]);
+		return;
+	}
+#endif
+	quant_prepare_x_scalar(wtype, x, cols, scratch);
+}
+
+/* --- scalar dot products ------------------------------------------------- */
 
 /* Scalar Q4_0 row . x. */
 static float
@@ -542,9 +603,42 @@ quant_matvec_scalar(int wtype, const void *w, int cols, int r0, int r1,
 	}
 }
 
-/* --- AVX2 dot products ----------------------------------------------------- */
+/* --- AVX2 dot products --------------------------------------------------- */
 
 #ifdef __AVX2__
+
+/*
+ * The 4-bit and 8-bit kernels work on four rows at a time, so that each
+ * activation block is loaded once for four weight blocks and the four
+ * dependency chains overlap.  Per block and row the integer dot product is
+ * exact (maddubs pairs stay below 2^15), then one FMA scales it.  Each row
+ * keeps two accumulators: eight lanes of scaled block sums, and a 128-bit
+ * one whose lane 1 collects the per-block offset term (Q4_1: m * s_x,
+ * Q4_0: d * s_x).
+ */
+
+#define MV_ROWS	4
+/* Prefetch distance in groups of rows; on the EPYC target 2 beat 1, 4, 8. */
+#ifndef MV_PF
+#define MV_PF	2
+#endif
+
+/*
+ * Four interleaved row streams defeat the hardware prefetcher on matrices
+ * that do not fit in the caches, so the group of rows MV_PF groups ahead
+ * is fetched explicitly, spread over the nb steps of the current group:
+ * step i covers the bytes [i * step, (i + 1) * step) of that group.
+ * Prefetches are hints and never fault, even past the end of the matrix.
+ */
+static inline void
+prefetch_group(const uint8_t *ahead, int i, size_t step)
+{
+	const uint8_t *p = ahead + (size_t)i * step;
+	size_t o;
+
+	for (o = 0; o < step; o += 64)
+		_mm_prefetch((const char *)p + o, _MM_HINT_T0);
+}
 
 /* Sum of the eight lanes. */
 static inline float
@@ -558,14 +652,15 @@ hsum8(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* 32 nibbles of a 4-bit block as bytes 0..15, in element order. */
-static inline __m256i
-unpack_nibbles(const uint8_t *qs)
+/* Horizontal sums of four vectors, as the four lanes of one. */
+static inline __m128
+hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d)
 {
-	__m128i raw = _mm_loadu_si128((const __m128i *)qs);
-	__m256i v = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+	__m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+	__m256 s = _mm256_hadd_ps(ab, cd);
 
-	return _mm256_and_si256(v, _mm256_set1_epi8(15));
+	return _mm_add_ps(_mm256_castps256_ps128(s),
+	    _mm256_extractf128_ps(s, 1));
 }
 
 /* u8 x i8 products of 32 lanes summed to eight int32, as floats. */
@@ -577,87 +672,160 @@ dot_u8i8(__m256i u, __m256i s)
 	return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-/* AVX2 Q4_1 row . x. */
-static float
-dot_q4_1_avx2(const blk_q4_1 *w, const xblk *x, int nb)
+/* The 32 nibbles of a 4-bit block (16 bytes at qs) as bytes, in order. */
+static inline __m256i
+unpack_nibbles(const uint8_t *qs)
 {
-	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-	float msum0 = 0.0f, msum1 = 0.0f;
-	int i = 0;
+	__m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+	    (const __m128i *)qs));
 
-	for (; i + 1 < nb; i += 2) {
-		__m256 p0 = dot_u8i8(unpack_nibbles(w[i].qs),
-		    _mm256_loadu_si256((const __m256i *)x[i].qs));
-		__m256 p1 = dot_u8i8(unpack_nibbles(w[i + 1].qs),
-		    _mm256_loadu_si256((const __m256i *)x[i + 1].qs));
-
-		acc0 = _mm256_fmadd_ps(p0,
-		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
-		acc1 = _mm256_fmadd_ps(p1,
-		    _mm256_set1_ps(h2f(w[i + 1].d) * x[i + 1].d), acc1);
-		msum0 += h2f(w[i].m) * x[i].s;
-		msum1 += h2f(w[i + 1].m) * x[i + 1].s;
-	}
-	for (; i < nb; i++) {
-		__m256 p0 = dot_u8i8(unpack_nibbles(w[i].qs),
-		    _mm256_loadu_si256((const __m256i *)x[i].qs));
-
-		acc0 = _mm256_fmadd_ps(p0,
-		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
-		msum0 += h2f(w[i].m) * x[i].s;
-	}
-	return hsum8(_mm256_add_ps(acc0, acc1)) + msum0 + msum1;
+	/* The upper 128 bits, elements 16..31, are the high nibbles. */
+	v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
+	return _mm256_and_si256(v, _mm256_set1_epi8(15));
 }
 
-/* AVX2 Q4_0 row . x. */
-static float
-dot_q4_0_avx2(const blk_q4_0 *w, const xblk *x, int nb)
+/* Activation scale and sum of a block as lanes 0 and 1. */
+static inline __m128
+x_ds(const xblk *x)
 {
-	__m256 acc = _mm256_setzero_ps();
-	float msum = 0.0f;
-	float dw;
-	int i;
-
-	for (i = 0; i < nb; i++) {
-		__m256 p = dot_u8i8(unpack_nibbles(w[i].qs),
-		    _mm256_loadu_si256((const __m256i *)x[i].qs));
-
-		dw = h2f(w[i].d);
-		acc = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * x[i].d), acc);
-		msum += dw * x[i].s;
-	}
-	return hsum8(acc) - 8.0f * msum;
+	return _mm_castpd_ps(_mm_load_sd((const double *)(const void *)
+	    &x->d));
 }
 
-/* AVX2 Q8_0 row . x. */
-static float
-dot_q8_0_avx2(const blk_q8_0 *w, const xblk *x, int nb)
+/*
+ * One block of one row of a 4-bit matrix: wb points at the block, of the
+ * Q4_1 layout (half d, m, qs) when q41, else Q4_0 (half d, qs).
+ */
+static inline __attribute__((always_inline)) void
+q4_step(const uint8_t *wb, int q41, __m256i xq, __m128 xds, __m256 *acc,
+    __m128 *accm)
 {
-	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-	__m256i a, b;
-	int i = 0;
+	__m128 sc;
+	int32_t dm;
+	uint16_t d;
 
-	/* maddubs wants u8 x i8: move w's sign onto x. */
-	for (; i + 1 < nb; i += 2) {
-		a = _mm256_loadu_si256((const __m256i *)w[i].qs);
-		b = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		acc0 = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
-		    _mm256_sign_epi8(b, a)),
-		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
-		a = _mm256_loadu_si256((const __m256i *)w[i + 1].qs);
-		b = _mm256_loadu_si256((const __m256i *)x[i + 1].qs);
-		acc1 = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
-		    _mm256_sign_epi8(b, a)),
-		    _mm256_set1_ps(h2f(w[i + 1].d) * x[i + 1].d), acc1);
+	if (q41) {
+		memcpy(&dm, wb, 4);
+		sc = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
+	} else {
+		memcpy(&d, wb, 2);
+		sc = _mm_moveldup_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)));
 	}
-	for (; i < nb; i++) {
-		a = _mm256_loadu_si256((const __m256i *)w[i].qs);
-		b = _mm256_loadu_si256((const __m256i *)x[i].qs);
-		acc0 = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
-		    _mm256_sign_epi8(b, a)),
-		    _mm256_set1_ps(h2f(w[i].d) * x[i].d), acc0);
+	/* [d * d_x, (m or d) * s_x, 0, 0] */
+	sc = _mm_mul_ps(sc, xds);
+	*acc = _mm256_fmadd_ps(dot_u8i8(unpack_nibbles(wb + (q41 ? 4 : 2)),
+	    xq), _mm256_broadcastss_ps(sc), *acc);
+	*accm = _mm_add_ps(*accm, sc);
+}
+
+/* Final value of a 4-bit row from its two accumulators' sums. */
+static inline float
+q4_finish(int q41, float s, __m128 accm)
+{
+	float m = _mm_cvtss_f32(_mm_movehdup_ps(accm));
+
+	return q41 ? s + m : s - 8.0f * m;
+}
+
+/* Rows [r0, r1) of a Q4_0 (q41 0) or Q4_1 (q41 1) matrix times x. */
+static inline __attribute__((always_inline)) void
+mv_q4(int q41, const uint8_t *w, int nb, int r0, int r1, const xblk *x,
+    float *y)
+{
+	size_t bs = q41 ? sizeof(blk_q4_1) : sizeof(blk_q4_0);
+	size_t rb = (size_t)nb * bs;
+	const uint8_t *p0, *p1, *p2, *p3;
+	__m256 a0, a1, a2, a3;
+	__m128 m0, m1, m2, m3, xds, s;
+	__m256i xq;
+	int r = r0, i;
+
+	for (; r + MV_ROWS <= r1; r += MV_ROWS) {
+		p0 = w + (size_t)r * rb;
+		p1 = p0 + rb;
+		p2 = p1 + rb;
+		p3 = p2 + rb;
+		a0 = a1 = a2 = a3 = _mm256_setzero_ps();
+		m0 = m1 = m2 = m3 = _mm_setzero_ps();
+		for (i = 0; i < nb; i++) {
+			prefetch_group(p0 + MV_PF * MV_ROWS * rb, i,
+			    MV_ROWS * bs);
+			xq = _mm256_loadu_si256((const __m256i *)x[i].qs);
+			xds = x_ds(&x[i]);
+			q4_step(p0 + i * bs, q41, xq, xds, &a0, &m0);
+			q4_step(p1 + i * bs, q41, xq, xds, &a1, &m1);
+			q4_step(p2 + i * bs, q41, xq, xds, &a2, &m2);
+			q4_step(p3 + i * bs, q41, xq, xds, &a3, &m3);
+		}
+		s = hsum8x4(a0, a1, a2, a3);
+		y[r] = q4_finish(q41, _mm_cvtss_f32(s), m0);
+		y[r + 1] = q4_finish(q41, _mm_cvtss_f32(_mm_shuffle_ps(s, s,
+		    1)), m1);
+		y[r + 2] = q4_finish(q41, _mm_cvtss_f32(_mm_shuffle_ps(s, s,
+		    2)), m2);
+		y[r + 3] = q4_finish(q41, _mm_cvtss_f32(_mm_shuffle_ps(s, s,
+		    3)), m3);
 	}
-	return hsum8(_mm256_add_ps(acc0, acc1));
+	for (; r < r1; r++) {
+		p0 = w + (size_t)r * rb;
+		a0 = _mm256_setzero_ps();
+		m0 = _mm_setzero_ps();
+		for (i = 0; i < nb; i++)
+			q4_step(p0 + i * bs, q41, _mm256_loadu_si256(
+			    (const __m256i *)x[i].qs), x_ds(&x[i]), &a0, &m0);
+		y[r] = q4_finish(q41, hsum8(a0), m0);
+	}
+}
+
+/* One Q8_0 block of one row. */
+static inline __attribute__((always_inline)) void
+q8_step(const blk_q8_0 *b, __m256i xq, __m128 xd, __m256 *acc)
+{
+	__m256i a = _mm256_loadu_si256((const __m256i *)b->qs);
+	__m128 sc = _mm_mul_ss(_mm_cvtph_ps(_mm_cvtsi32_si128(b->d)), xd);
+
+	/* maddubs wants u8 x i8: move the sign of w onto x. */
+	*acc = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),
+	    _mm256_sign_epi8(xq, a)), _mm256_broadcastss_ps(sc), *acc);
+}
+
+/* Rows [r0, r1) of a Q8_0 matrix times x. */
+static void
+mv_q8_0(const uint8_t *w, int nb, int r0, int r1, const xblk *x, float *y)
+{
+	size_t rb = (size_t)nb * sizeof(blk_q8_0);
+	const blk_q8_0 *p0, *p1, *p2, *p3;
+	__m256 a0, a1, a2, a3;
+	__m128 xd;
+	__m256i xq;
+	int r = r0, i;
+
+	for (; r + MV_ROWS <= r1; r += MV_ROWS) {
+		p0 = (const blk_q8_0 *)(w + (size_t)r * rb);
+		p1 = p0 + nb;
+		p2 = p1 + nb;
+		p3 = p2 + nb;
+		a0 = a1 = a2 = a3 = _mm256_setzero_ps();
+		for (i = 0; i < nb; i++) {
+			prefetch_group((const uint8_t *)p0 + MV_PF * MV_ROWS *
+			    rb, i, MV_ROWS * sizeof(blk_q8_0));
+			xq = _mm256_loadu_si256((const __m256i *)x[i].qs);
+			xd = _mm_set_ss(x[i].d);
+			q8_step(&p0[i], xq, xd, &a0);
+			q8_step(&p1[i], xq, xd, &a1);
+			q8_step(&p2[i], xq, xd, &a2);
+			q8_step(&p3[i], xq, xd, &a3);
+		}
+		_mm_storeu_ps(y + r, hsum8x4(a0, a1, a2, a3));
+	}
+	for (; r < r1; r++) {
+		p0 = (const blk_q8_0 *)(w + (size_t)r * rb);
+		a0 = _mm256_setzero_ps();
+		for (i = 0; i < nb; i++)
+			q8_step(&p0[i], _mm256_loadu_si256((const __m256i *)
+			    x[i].qs), _mm_set_ss(x[i].d), &a0);
+		y[r] = hsum8(a0);
+	}
 }
 
 /* AVX2 F32 row . x. */
@@ -716,39 +884,27 @@ quant_matvec(int wtype, const void *w, int cols, int r0, int r1,
 {
 #ifdef __AVX2__
 	const uint8_t *base = w;
-	size_t rb;
 	int r, nb = cols / QK;
 
 	switch (wtype) {
 	case GGML_Q4_1:
-		rb = (size_t)nb * sizeof(blk_q4_1);
-		for (r = r0; r < r1; r++)
-			y[r] = dot_q4_1_avx2((const blk_q4_1 *)(base +
-			    (size_t)r * rb), xq, nb);
-		return;
-	case GGML_Q8_0:
-		rb = (size_t)nb * sizeof(blk_q8_0);
-		for (r = r0; r < r1; r++)
-			y[r] = dot_q8_0_avx2((const blk_q8_0 *)(base +
-			    (size_t)r * rb), xq, nb);
+		mv_q4(1, base, nb, r0, r1, xq, y);
 		return;
 	case GGML_Q4_0:
-		rb = (size_t)nb * sizeof(blk_q4_0);
-		for (r = r0; r < r1; r++)
-			y[r] = dot_q4_0_avx2((const blk_q4_0 *)(base +
-			    (size_t)r * rb), xq, nb);
+		mv_q4(0, base, nb, r0, r1, xq, y);
+		return;
+	case GGML_Q8_0:
+		mv_q8_0(base, nb, r0, r1, xq, y);
 		return;
 	case GGML_F32:
-		rb = (size_t)cols * sizeof(float);
 		for (r = r0; r < r1; r++)
 			y[r] = dot_f32_avx2((const float *)(base +
-			    (size_t)r * rb), xq, cols);
+			    (size_t)r * cols * sizeof(float)), xq, cols);
 		return;
 	case GGML_F16:
-		rb = (size_t)cols * sizeof(uint16_t);
 		for (r = r0; r < r1; r++)
 			y[r] = dot_f16_avx2((const uint16_t *)(base +
-			    (size_t)r * rb), xq, cols);
+			    (size_t)r * cols * sizeof(uint16_t)), xq, cols);
 		return;
 	}
 #endif

@@ -29,8 +29,10 @@ void		 quant_prepare_x(int wtype, const float *x, int cols,
 void		 quant_matvec(int wtype, const void *w, int cols, int r0, int r1,
 		     const void *xq, float *y);
 int		 quant_matvec_supported(int wtype);
-/* The portable path of quant_matvec, which the vector paths are tested
- * against. */
+/* The portable paths of quant_prepare_x and quant_matvec, which the
+ * vector paths are tested against. */
+void		 quant_prepare_x_scalar(int wtype, const float *x, int cols,
+		     void *scratch);
 void		 quant_matvec_scalar(int wtype, const void *w, int cols, int r0,
 		     int r1, const void *xq, float *y);
 

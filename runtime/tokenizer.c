@@ -10,9 +10,9 @@
  *      behave like its regular expressions over code points;
  *   3. each word's bytes are mapped to their printable stand-ins and
  *      merged by BPE, lowest merge rank first, leftmost on ties.
- * One deliberate difference: bytes that are not valid UTF-8 are kept as
- * they are (each one its own "other" code point) instead of being
- * replaced by U+FFFD, so that decoding gives the input back.
+ * Like llama.cpp, a byte that is not part of a UTF-8 sequence becomes
+ * U+FFFD, and a byte the vocabulary has no token for is dropped; valid
+ * UTF-8 whose bytes all have tokens decodes back to itself.
  */
 #include "config.h"
 
@@ -82,7 +82,7 @@ struct kvx_tokenizer {
 	uint32_t	 vmask;
 	struct merge_slot *mtab;	/* (left, right) -> rank, result */
 	uint32_t	 mmask;
-	int32_t		 byte_tok[256];	/* token of each single byte */
+	int32_t		 byte_tok[256];	/* token of each single byte, or -1 */
 	uint16_t	 byte_cp[256];	/* printable stand-in of each byte */
 	int		 pre;
 	int32_t		*special;	/* matched in raw text, longest first */
@@ -340,9 +340,7 @@ load_vocab(kvx_tokenizer *t, const gguf_file *f)
 		char u[4];
 		size_t k = uc_encode(t->byte_cp[b], u);
 
-		if ((t->byte_tok[b] = vocab_find(t, u, k)) < 0)
-			return kvx__fail(KVX_ERR_FORMAT,
-			    "vocabulary has no token for byte 0x%02x", b);
+		t->byte_tok[b] = vocab_find(t, u, k);
 	}
 	return KVX_OK;
 }
@@ -629,18 +627,21 @@ tok_free(kvx_tokenizer **tp)
 	*tp = NULL;
 }
 
+/* Number of tokens. */
 int
 tok_n_vocab(const kvx_tokenizer *t)
 {
 	return t->n_vocab;
 }
 
+/* Beginning-of-sequence token, or -1. */
 int32_t
 tok_bos(const kvx_tokenizer *t)
 {
 	return t->bos;
 }
 
+/* End-of-sequence token, or -1. */
 int32_t
 tok_eos(const kvx_tokenizer *t)
 {
@@ -680,10 +681,12 @@ struct enc {
 	int32_t		*ids;
 	int		 cap;
 	long long	 n;
-	/* code points of the current fragment and their byte offsets */
+	/* code points of the current fragment, the fragment re-encoded from
+	 * them, and each code point's offset there */
 	uint32_t	*cp;
+	char		*u8;
 	uint32_t	*pos;
-	size_t		 capcp, cappos;
+	size_t		 capcp, capu8, cappos;
 	struct span	*sa, *sb;
 	size_t		 na, nb, capsa, capsb;
 	/* BPE symbols of the current word: token, neighbours */
@@ -741,7 +744,8 @@ heap_push_pair(struct enc *E, int32_t l)
 	size_t i;
 	int32_t r;
 
-	if (l < 0 || (r = E->sym[l].next) < 0)
+	if (l < 0 || (r = E->sym[l].next) < 0 || E->sym[l].id < 0 ||
+	    E->sym[r].id < 0)
 		return 0;
 	m = merge_slot(E->t, (uint32_t)E->sym[l].id, (uint32_t)E->sym[r].id);
 	if (m->rank < 0)
@@ -805,7 +809,8 @@ bpe_word(struct enc *E, const unsigned char *w, size_t n)
 		}
 	}
 	if (n == 1) {
-		put_id(E, t->byte_tok[w[0]]);
+		if (t->byte_tok[w[0]] >= 0)
+			put_id(E, t->byte_tok[w[0]]);
 		return KVX_OK;
 	}
 	if (grow(&E->sym, &E->capsym, n, sizeof(*E->sym)))
@@ -839,7 +844,8 @@ bpe_word(struct enc *E, const unsigned char *w, size_t n)
 			return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
 	}
 	for (i = 0; i >= 0; i = E->sym[i].next)
-		put_id(E, E->sym[i].id);
+		if (E->sym[i].id >= 0)
+			put_id(E, E->sym[i].id);
 	return KVX_OK;
 }
 
@@ -1032,24 +1038,28 @@ static kvx_status
 encode_fragment(struct enc *E, const unsigned char *s, size_t len)
 {
 	const kvx_tokenizer *t = E->t;
-	size_t n = 0, i = 0;
+	size_t n = 0, i = 0, o = 0;
 	kvx_status st;
 
 	if (len == 0)
 		return KVX_OK;
-	if (len >= UINT32_MAX)
+	if (len >= UINT32_MAX / 3)
 		return kvx__fail(KVX_ERR_ARG, "tokenize: text too long");
 	if (grow(&E->cp, &E->capcp, len + 1, sizeof(uint32_t)) ||
+	    grow(&E->u8, &E->capu8, 3 * len + 4, 1) ||
 	    grow(&E->pos, &E->cappos, len + 1, sizeof(uint32_t)) ||
 	    grow(&E->sa, &E->capsa, len + 1, sizeof(struct span)) ||
 	    grow(&E->sb, &E->capsb, len + 1, sizeof(struct span)))
 		return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
+	/* Re-encoding turns invalid bytes into U+FFFD, as the reference
+	 * does; valid text comes out unchanged. */
 	while (i < len) {
-		E->pos[n] = (uint32_t)i;
+		E->pos[n] = (uint32_t)o;
 		i += uc_decode(s + i, len - i, &E->cp[n]);
+		o += uc_encode(E->cp[n], E->u8 + o);
 		n++;
 	}
-	E->pos[n] = (uint32_t)len;
+	E->pos[n] = (uint32_t)o;
 
 	E->na = 1;
 	E->sa[0].a = 0;
@@ -1086,7 +1096,8 @@ encode_fragment(struct enc *E, const unsigned char *s, size_t len)
 	for (size_t k = 0; k < E->na; k++) {
 		size_t a = E->pos[E->sa[k].a], b = E->pos[E->sa[k].b];
 
-		if ((st = bpe_word(E, s + a, b - a)) != KVX_OK)
+		if ((st = bpe_word(E, (const unsigned char *)E->u8 + a,
+		    b - a)) != KVX_OK)
 			return st;
 	}
 	return KVX_OK;
@@ -1211,6 +1222,7 @@ tok_encode(const kvx_tokenizer *t, const char *text, size_t len,
 	}
 	free(fr);
 	free(E.cp);
+	free(E.u8);
 	free(E.pos);
 	free(E.sa);
 	free(E.sb);

@@ -37,29 +37,28 @@ uc_class(uint32_t cp)
 	return range_class(cp);
 }
 
-/* Decode one UTF-8 sequence, strictly (RFC 3629). */
+/* Decode one UTF-8 sequence, leniently. */
 size_t
 uc_decode(const unsigned char *s, size_t n, uint32_t *cp)
 {
-	uint32_t c = s[0], min;
+	uint32_t c = s[0];
 	size_t len;
 
 	if (c < 0x80) {
 		*cp = c;
 		return 1;
 	}
-	if (c >= 0xC2 && c <= 0xDF) {
+	if (c < 0xC0)
+		goto bad;
+	if (c < 0xE0) {
 		len = 2;
 		c &= 0x1F;
-		min = 0x80;
-	} else if (c >= 0xE0 && c <= 0xEF) {
+	} else if (c < 0xF0) {
 		len = 3;
 		c &= 0x0F;
-		min = 0x800;
-	} else if (c >= 0xF0 && c <= 0xF4) {
+	} else if (c < 0xF8) {
 		len = 4;
 		c &= 0x07;
-		min = 0x10000;
 	} else
 		goto bad;
 	if (len > n)
@@ -69,12 +68,12 @@ uc_decode(const unsigned char *s, size_t n, uint32_t *cp)
 			goto bad;
 		c = (c << 6) | (s[i] & 0x3F);
 	}
-	if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+	if (c > 0x10FFFF)
 		goto bad;
 	*cp = c;
 	return len;
 bad:
-	*cp = UC_INVALID | s[0];
+	*cp = UC_REPLACEMENT;
 	return 1;
 }
 

@@ -16,15 +16,15 @@ enum uc_class {
 	UC_SPACE = 8		/* \s (Unicode White_Space) */
 };
 
-/* Code points of bytes that are not valid UTF-8: UC_INVALID | byte. */
-#define UC_INVALID	0x80000000u
+#define UC_REPLACEMENT	0xFFFDu
 
-/* Class bits of a code point (0 for none, and for UC_INVALID ones). */
+/* Class bits of a code point (0 for none). */
 unsigned	 uc_class(uint32_t cp);
 /*
  * Decode the sequence at s (n > 0 bytes available) into *cp and return its
- * length.  An invalid, overlong, surrogate or truncated sequence yields one
- * byte, as UC_INVALID | s[0].
+ * length, leniently, as the reference tokenizer (llama.cpp) does: overlong
+ * forms and surrogates are accepted.  A byte that starts no complete
+ * sequence, or one beyond U+10FFFF, yields U+FFFD and length 1.
  */
 size_t		 uc_decode(const unsigned char *s, size_t n, uint32_t *cp);
 /* Encode a code point <= 0x10FFFF; returns the length (1..4). */

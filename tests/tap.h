@@ -13,9 +13,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#if defined(__GNUC__)
+#define TAP_UNUSED __attribute__((unused))
+#else
+#define TAP_UNUSED
+#endif
+
 static int tap_n, tap_fail;
 
-static int
+static int TAP_UNUSED
 ok(int cond, const char *fmt, ...)
 {
 	va_list ap;
@@ -32,7 +38,7 @@ ok(int cond, const char *fmt, ...)
 	return cond;
 }
 
-static void
+static void TAP_UNUSED
 diag(const char *fmt, ...)
 {
 	va_list ap;
@@ -44,14 +50,14 @@ diag(const char *fmt, ...)
 	putchar('\n');
 }
 
-static void
+static void TAP_UNUSED
 tap_skip_all(const char *why)
 {
 	printf("1..0 # SKIP %s\n", why);
 	exit(77);
 }
 
-static int
+static int TAP_UNUSED
 tap_done(void)
 {
 	printf("1..%d\n", tap_n);
@@ -59,7 +65,7 @@ tap_done(void)
 }
 
 /* The default model, or NULL (the caller skips) when it is not present. */
-static const char *
+static const char * TAP_UNUSED
 tap_model_path(void)
 {
 	const char *p = getenv("KVX_MODEL");

@@ -79,9 +79,9 @@ struct layout {
 	size_t	 version, n_tensors, n_kv;
 	size_t	 key0_len;		/* length of the first key */
 	size_t	 u8_type;		/* type code of test.u8 */
-	size_t	 arr_elem_type;		/* element type of test.strarr */
-	size_t	 arr_str1_len;		/* length of its second string */
-	size_t	 align_val;		/* general.alignment value, if any */
+	size_t	 arr_elem_type;	/* element type of test.strarr */
+	size_t	 arr_str1_len;	/* length of its second string */
+	size_t	 align_val;	/* general.alignment value */
 	size_t	 i8_key;		/* first byte of "test.i8" */
 	size_t	 t_name[3];		/* name bytes of each tensor */
 	size_t	 t_ndims[3], t_ne[3], t_type[3], t_off[3];
@@ -248,7 +248,7 @@ open_copy(const uint8_t *p, size_t n, gguf_file **out)
 	return st;
 }
 
-/* --- checks --------------------------------------------------------------- */
+/* --- checks -------------------------------------------------------------- */
 
 /* Checks everything the synthetic file holds. */
 static void

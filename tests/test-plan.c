@@ -515,6 +515,67 @@ test_load_mem(void)
 	    "empty buffer: \"%s\"", kvx_errmsg());
 }
 
+/*
+ * The plans in kvx-plan(5)'s EXAMPLES load, and the numbers the page
+ * states for them hold.
+ */
+static void
+test_man_examples(void)
+{
+	static const int want[] = { 50, 25, 100, 6, 13, 38, 30, 70 };
+	char path[1024], *text, *line, *save, ex[2][4096];
+	size_t len, n[2] = { 0, 0 };
+	int in = 0, k = -1, i, good;
+	kvx_plan *p;
+
+	snprintf(path, sizeof path, "%s/man/kvx-plan.5", srcdir);
+	if (!ok((text = slurp(path, &len)) != NULL, "read %s", path))
+		return;
+	for (line = strtok_r(text, "\n", &save); line != NULL;
+	    line = strtok_r(NULL, "\n", &save)) {
+		if (strcmp(line, ".Bd -literal -offset indent") == 0) {
+			in = 1;
+			continue;
+		}
+		if (strcmp(line, ".Ed") == 0) {
+			in = 0;
+			continue;
+		}
+		if (in == 1 && strcmp(line, "kvx_plan: 1") == 0 && k < 1)
+			in = 2, k++;
+		if (in == 2 && n[k] + strlen(line) + 2 < sizeof ex[k]) {
+			memcpy(ex[k] + n[k], line, strlen(line));
+			n[k] += strlen(line);
+			ex[k][n[k]++] = '\n';
+		}
+		in = in == 1 ? 3 : in;
+	}
+	free(text);
+	if (!ok(k == 1, "two example plans in the man page"))
+		return;
+	if (ok(kvx_plan_load_mem(ex[0], n[0], "example 1", &p) == KVX_OK,
+	    "example 1 loads: %s", kvx_errmsg())) {
+		for (i = 0, good = 1; i < 8; i++)
+			good &= plan_tokens(p, i / 2, i % 2, 100) == want[i];
+		p->ref_bytes = 0;
+		plan_update_bytes(p, 2);
+		ok(good && p->ref_bytes == 10624 && p->ref_bytes_full == 25600,
+		    "example 1: tokens and bytes as the page states");
+		kvx_plan_free(&p);
+	}
+	if (ok(kvx_plan_load_mem(ex[1], n[1], "example 2", &p) == KVX_OK,
+	    "example 2 loads: %s", kvx_errmsg())) {
+		ok(plan_tokens(p, 0, -1, 40) == 20 &&
+		    plan_tokens(p, 1, -1, 40) == 10 &&
+		    plan_tokens(p, 2, -1, 40) == 8 &&
+		    plan_tokens(p, 3, -1, 40) == 40 &&
+		    plan_tokens(p, 3, -1, 5000) == 40 &&
+		    plan_tokens(p, 3, -1, 39) == 39,
+		    "example 2: 20 10 8 40 tokens from 40 tokens on");
+		kvx_plan_free(&p);
+	}
+}
+
 /* Removes the scratch directory. */
 static void
 cleanup(void)
@@ -558,6 +619,7 @@ main(void)
 	test_tokens();
 	test_save_rules();
 	test_load_mem();
+	test_man_examples();
 	cleanup();
 	return tap_done();
 }

@@ -367,7 +367,10 @@ report(const tally *t, const char *what)
 static void
 small_instances(int count)
 {
-	tally tdp = { 0 }, tglpk = { 0 }, tgr = { 0 }, tgx = { 0 };
+	tally tdp = { 0 }, tgr = { 0 }, tgx = { 0 };
+#ifdef HAVE_GLPK
+	tally tglpk = { 0 };
+#endif
 	solve_params par;
 	int k, infeasible = 0, budget_inf = 0, concave_eq = 0;
 	int with_groups = 0, with_shards = 0;
@@ -495,6 +498,37 @@ messages(void)
 	solve_result_free(&r);
 	value[2] = 2;
 
+	{
+		/* Steps of 1 byte and of 200 MB: too many units for dp. */
+		double hv[6] = { 0, 1, 5, 0, 2, 3 };
+		int64_t hc[6] = { 1, 2, 200000000, 1, 2, 200000000 };
+		solve_problem h = { 0 };
+
+		h.n_item = 2;
+		h.n_level = 3;
+		h.value = hv;
+		h.cost = hc;
+		h.budget = 200000001;
+		st = solve_dp(&h, &par, &r);
+		ok(st == KVX_ERR_UNSUPPORTED && strstr(r.reason, "quantum") &&
+		    strstr(r.reason, "glpk"), "dp: table over the cell limit: "
+		    "\"%s\"", r.reason);
+		solve_result_free(&r);
+#ifdef HAVE_GLPK
+		st = solve_glpk(&h, &par, &r);
+		ok(st == KVX_OK && r.status == SOLVE_OPTIMAL &&
+		    r.level[0] == 2 && r.level[1] == 0 && r.objective == 5,
+		    "glpk: the same problem, levels %d %d",
+		    r.level ? r.level[0] : -1, r.level ? r.level[1] : -1);
+		solve_result_free(&r);
+#endif
+		st = solve_greedy(&h, &par, &r);
+		ok(st == KVX_OK && r.level[0] == 1 && r.level[1] == 1 &&
+		    r.status == SOLVE_FEASIBLE && r.gap > 0,
+		    "greedy on it: not exact, gap %.3g", r.gap);
+		solve_result_free(&r);
+	}
+
 #ifndef HAVE_GLPK
 	st = solve_glpk(&p, &par, &r);
 	ok(st == KVX_ERR_UNSUPPORTED && strstr(r.reason,
@@ -586,6 +620,21 @@ big(void)
 		diag("90x256 %s: greedy %.2f ms, dp %.2f ms, glpk %.2f ms",
 		    kind, rg.seconds * 1e3, rd.seconds * 1e3,
 		    rl.seconds * 1e3);
+		solve_result_free(&rl);
+
+		/* A 1 ms limit: a plan with its gap, or a clear "none". */
+		par.time_limit = 0.001;
+		sl = solve_glpk(&p, &par, &rl);
+		ok((sl == KVX_OK && (rl.status == SOLVE_OPTIMAL ||
+		    (rl.status == SOLVE_FEASIBLE && rl.gap >= 0 &&
+		    strstr(rl.reason, "time limit") != NULL)) &&
+		    feasible(&p, rl.level, NULL, NULL) &&
+		    rl.objective <= rd.objective + 1e-9) ||
+		    (sl == KVX_ERR_PLAN && rl.status == SOLVE_UNKNOWN &&
+		    strstr(rl.reason, "time limit") != NULL),
+		    "90x256 %s: glpk with a 1 ms limit: %s", kind,
+		    rl.status == SOLVE_OPTIMAL ? "optimal" : rl.reason);
+		par.time_limit = 5;
 		solve_result_free(&rl);
 #else
 		(void)sl;

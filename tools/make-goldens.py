@@ -11,6 +11,10 @@ from its PyPI sdist, CPU only) and the model whose sha256 each file's
 header records.  Files written:
 
   tokens.txt  token ids of a set of texts (tests/test-tokenizer.c)
+  tokens-PRE.txt  the same with the model's vocabulary but another
+              pre-tokenizer (tokenizer.ggml.pre = PRE), for PRE in
+              PRE_VARIANTS; made through vocabulary-only copies of the
+              model's metadata (needs the gguf Python package)
   logits.txt  prompt ids, top logits after the prompt, and a greedy
               continuation (the forward-pass tests)
 
@@ -19,12 +23,14 @@ Both are line based; each file's header documents its format.
 import hashlib
 import os
 import sys
+import tempfile
 
 import numpy as np
 
 import llama_cpp
 
-# (name, parse_special, text).  Names are single words.
+# (name, parse_special, text).  Names are single words; a text given as
+# bytes need not be valid UTF-8.
 TEXTS = [
     ("hello", False, "Hello world"),
     ("sentence", False, "The quick brown fox jumps over the lazy dog."),
@@ -56,6 +62,8 @@ TEXTS = [
      "<|im_start|>user\nHi there<|im_end|>\n<|endoftext|>"
      "<repo_name>kvx<file_sep>x<|im_start|><|im_start|>end"),
     ("empty", False, ""),
+    ("invalid", False,
+     b"a\x04b\x00c\xf5x\xff \x80\xc0\x80 \xed\xa0\x80 \xe6\x9d ok\xf0\x9f\x98"),
 ]
 
 CHATML = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
@@ -85,6 +93,7 @@ PROMPTS = [
     ("chatml", True, CHATML),
     ("paragraph", True, PARAGRAPH),
 ]
+PRE_VARIANTS = ["llama-bpe", "gpt-2", "default"]
 N_TOP = 5
 N_GREEDY = 20
 
@@ -114,21 +123,50 @@ def last_logits(llm, ids):
                                  shape=(llm.n_vocab(),)).copy()
 
 
-def write_tokens(llm, model, path):
+def vocab_variant(model, pre, path):
+    """Write the model's metadata, with tokenizer.ggml.pre = pre and no
+    tensors, to path."""
+    import gguf
+
+    r = gguf.GGUFReader(model)
+    w = gguf.GGUFWriter(path, arch=None)
+    for key, field in r.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        value = pre if key == "tokenizer.ggml.pre" else field.contents()
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, vtype, sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_tokens(llm, model, path, pre=None):
     out = header(model) + [
         "#",
         "# One case per non-comment line, fields separated by one space:",
-        "#   NAME SPECIAL HEX N ID...",
+        "#   NAME SPECIAL HEX DHEX N ID...",
         "# NAME is a label, SPECIAL is 1 when special-token texts are parsed",
-        "# (llama_tokenize parse_special), HEX is the UTF-8 text in lower-case",
-        "# hex (\"-\" for the empty text), N the number of ids that follow.",
-        "# No BOS is added.  The comment above each case shows its text.",
+        "# (llama_tokenize parse_special), HEX the text's bytes in lower-case",
+        "# hex (\"-\" when empty), DHEX the bytes the ids decode to",
+        "# (llama_token_to_piece, special tokens rendered as text), N the",
+        "# number of ids that follow.  DHEX differs from HEX only where the",
+        "# text is not valid UTF-8 (U+FFFD replaces stray bytes) or holds a",
+        "# byte the vocabulary has no token for (dropped).  No BOS is added.",
+        "# The comment above each case shows its text.",
     ]
+    if pre is not None:
+        out[3:3] = ["# pre-tokenizer: %s (the model's vocabulary and merges)"
+                    % pre]
     for name, special, text in TEXTS:
-        ids = llm.tokenize(text.encode(), add_bos=False, special=special)
-        hx = text.encode().hex() or "-"
+        raw = text if isinstance(text, bytes) else text.encode()
+        ids = llm.tokenize(raw, add_bos=False, special=special)
+        back = llm.detokenize(ids, special=True)
         out.append("# %s" % ascii(text))
-        out.append("%s %d %s %d%s" % (name, int(special), hx, len(ids),
+        out.append("%s %d %s %s %d%s" % (name, int(special),
+                   raw.hex() or "-", back.hex() or "-", len(ids),
                    "".join(" %d" % i for i in ids)))
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -186,6 +224,15 @@ def main():
                           n_threads=2, verbose=False)
     os.makedirs(outdir, exist_ok=True)
     write_tokens(llm, model, os.path.join(outdir, "tokens.txt"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre in PRE_VARIANTS:
+            vpath = os.path.join(tmp, "vocab-%s.gguf" % pre)
+            vocab_variant(model, pre, vpath)
+            vllm = llama_cpp.Llama(model_path=vpath, vocab_only=True,
+                                   verbose=False)
+            write_tokens(vllm, model,
+                         os.path.join(outdir, "tokens-%s.txt" % pre), pre)
+            del vllm
     write_logits(llm, model, os.path.join(outdir, "logits.txt"))
 
 

@@ -1,0 +1,282 @@
+/*
+ * kvx-bench-attn.cu - decode-attention benchmark of the ragged split-K
+ * kernel at Llama-3-8B shapes (32 layers, 8 KV heads, 4 query heads per
+ * KV head, d = 128, fp16 K/V), reported as bytes of K/V read per second
+ * over the device's copy bandwidth measured in the same run.
+ * SPDX-License-Identifier: MIT
+ *
+ * usage: kvx-bench-attn [out.tsv]   (bench/sdpa.py reads out.tsv)
+ * Each decode step runs the 32 layers' partial + combine launches,
+ * captured once in a CUDA graph; layers rotate over separate buffers
+ * (as many as fit) so that the L2 cache does not serve repeated reads.
+ */
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cuda.h"
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
+	fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, \
+	    cudaGetErrorString(e_)); exit(1); } } while (0)
+#define KC(x) do { int r_ = (x); if (r_ != 0) { \
+	fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, \
+	    kvx_cuda_strerror(r_)); exit(1); } } while (0)
+
+static const int NLAYER = 32, HKV = 8, G = 4, D = 128;
+
+/* Random fp16 fill on the device (never zeros: see METHOD). */
+static __global__ void
+fill_half(__half *p, size_t n, unsigned seed)
+{
+	size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+
+	for (; i < n; i += (size_t)gridDim.x * blockDim.x) {
+		unsigned x = (unsigned)i * 2654435761u ^ seed;
+
+		x ^= x >> 13;
+		x *= 0x5bd1e995u;
+		x ^= x >> 15;
+		p[i] = __float2half(((x & 0xffff) / 32768.0f) - 1.0f);
+	}
+}
+
+static __global__ void
+fill_float(float *p, size_t n, unsigned seed)
+{
+	size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+
+	for (; i < n; i += (size_t)gridDim.x * blockDim.x) {
+		unsigned x = (unsigned)i * 2246822519u ^ seed;
+
+		x ^= x >> 13;
+		x *= 0x5bd1e995u;
+		x ^= x >> 15;
+		p[i] = ((x & 0xffff) / 32768.0f) - 1.0f;
+	}
+}
+
+/* Device-to-device copy bandwidth, bytes read plus written per second. */
+static double
+copy_bw(void)
+{
+	size_t bytes = (size_t)2 << 30;
+	void *a, *b;
+	cudaEvent_t e0, e1;
+	std::vector<float> ms;
+	float t;
+	int i;
+
+	CK(cudaMalloc(&a, bytes));
+	CK(cudaMalloc(&b, bytes));
+	CK(cudaMemset(a, 1, bytes));
+	CK(cudaEventCreate(&e0));
+	CK(cudaEventCreate(&e1));
+	for (i = 0; i < 13; i++) {
+		CK(cudaEventRecord(e0));
+		CK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+		CK(cudaEventRecord(e1));
+		CK(cudaEventSynchronize(e1));
+		CK(cudaEventElapsedTime(&t, e0, e1));
+		if (i >= 3)
+			ms.push_back(t);
+	}
+	std::sort(ms.begin(), ms.end());
+	CK(cudaFree(a));
+	CK(cudaFree(b));
+	return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3);
+}
+
+struct layer {
+	__half *k, *v;
+	float *q, *out, *m, *l, *acc;
+	long long *off;
+	struct kvx_cuda_work *items;
+	int *first;
+};
+
+/*
+ * Median time of one decode step (all layers) for per-(seq, head) lengths
+ * len, with work items of at most chunk rows (0: automatic).
+ */
+static double
+step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
+{
+	int nseg = (int)len.size(), s, i, nl, ni, cap;
+	long long rows = 0;
+	std::vector<long long> off(nseg);
+	size_t free_b, total_b, per;
+	std::vector<layer> L;
+	std::vector<struct kvx_cuda_work> it;
+	std::vector<int> first(nseg + 1);
+	cudaStream_t st;
+	cudaGraph_t gr;
+	cudaGraphExec_t ge;
+	cudaEvent_t e0, e1;
+	std::vector<float> ms;
+	float t;
+
+	for (s = 0; s < nseg; s++) {
+		off[s] = rows * D;
+		rows += len[s];
+	}
+	if (chunk == 0)
+		chunk = kvx_cuda_attn_chunk(rows, kvx_cuda_sm_count());
+	cap = (int)(rows / chunk) + nseg + 1;
+	it.resize(cap);
+	ni = kvx_cuda_attn_worklist(len.data(), nseg, chunk, it.data(), cap,
+	    first.data());
+	if (ni < 0) {
+		fprintf(stderr, "worklist failed\n");
+		exit(1);
+	}
+	CK(cudaMemGetInfo(&free_b, &total_b));
+	per = (size_t)rows * D * 2 * sizeof(__half);
+	nl = (int)std::min<size_t>(NLAYER, (free_b - ((size_t)6 << 30)) / per);
+	if (nl < 1) {
+		fprintf(stderr, "does not fit: %zu bytes a layer\n", per);
+		exit(1);
+	}
+	L.resize(nl);
+	for (i = 0; i < nl; i++) {
+		layer &y = L[i];
+
+		CK(cudaMalloc(&y.k, (size_t)rows * D * sizeof(__half)));
+		CK(cudaMalloc(&y.v, (size_t)rows * D * sizeof(__half)));
+		CK(cudaMalloc(&y.q, sizeof(float) * nseg * G * D));
+		CK(cudaMalloc(&y.out, sizeof(float) * nseg * G * D));
+		CK(cudaMalloc(&y.m, sizeof(float) * ni * G));
+		CK(cudaMalloc(&y.l, sizeof(float) * ni * G));
+		CK(cudaMalloc(&y.acc, sizeof(float) * ni * G * D));
+		CK(cudaMalloc(&y.off, sizeof(long long) * nseg));
+		CK(cudaMalloc(&y.items, sizeof(*y.items) * ni));
+		CK(cudaMalloc(&y.first, sizeof(int) * (nseg + 1)));
+		fill_half<<<1024, 256>>>(y.k, (size_t)rows * D, 17 + i);
+		fill_half<<<1024, 256>>>(y.v, (size_t)rows * D, 91 + i);
+		fill_float<<<64, 256>>>(y.q, (size_t)nseg * G * D, 5 + i);
+		CK(cudaGetLastError());
+		CK(cudaMemcpy(y.off, off.data(), sizeof(long long) * nseg,
+		    cudaMemcpyHostToDevice));
+		CK(cudaMemcpy(y.items, it.data(), sizeof(*y.items) * ni,
+		    cudaMemcpyHostToDevice));
+		CK(cudaMemcpy(y.first, first.data(), sizeof(int) * (nseg + 1),
+		    cudaMemcpyHostToDevice));
+	}
+	CK(cudaDeviceSynchronize());
+	CK(cudaStreamCreate(&st));
+	CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+	for (i = 0; i < NLAYER; i++) {
+		layer &y = L[i % nl];
+
+		KC(kvx_cuda_attn_partial(y.q, y.k, y.v, KVX_CUDA_F16, y.off, G,
+		    D, D, 1.0f / sqrtf((float)D), y.items, ni, y.m, y.l, y.acc,
+		    st));
+		KC(kvx_cuda_attn_combine(y.first, nseg, G, D, y.m, y.l, y.acc,
+		    y.out, st));
+	}
+	CK(cudaStreamEndCapture(st, &gr));
+	CK(cudaGraphInstantiate(&ge, gr, 0));
+	CK(cudaEventCreate(&e0));
+	CK(cudaEventCreate(&e1));
+	for (i = 0; i < 23; i++) {
+		CK(cudaEventRecord(e0, st));
+		CK(cudaGraphLaunch(ge, st));
+		CK(cudaEventRecord(e1, st));
+		CK(cudaEventSynchronize(e1));
+		CK(cudaEventElapsedTime(&t, e0, e1));
+		if (i >= 3)
+			ms.push_back(t);
+	}
+	std::sort(ms.begin(), ms.end());
+	CK(cudaGraphExecDestroy(ge));
+	CK(cudaGraphDestroy(gr));
+	CK(cudaStreamDestroy(st));
+	for (i = 0; i < nl; i++) {
+		layer &y = L[i];
+
+		cudaFree(y.k); cudaFree(y.v); cudaFree(y.q); cudaFree(y.out);
+		cudaFree(y.m); cudaFree(y.l); cudaFree(y.acc); cudaFree(y.off);
+		cudaFree(y.items); cudaFree(y.first);
+	}
+	*nitems = ni;
+	*nbuf = nl;
+	return ms[ms.size() / 2] * 1e-3;
+}
+
+/* Skewed per-head lengths: u^2 shares of the context, the longest = T. */
+static std::vector<int>
+lengths(int batch, int ctx, int skew, unsigned seed)
+{
+	std::vector<int> len(batch * HKV);
+	size_t s;
+
+	srand(seed);
+	for (s = 0; s < len.size(); s++) {
+		double u = (rand() + 1.0) / ((double)RAND_MAX + 1.0);
+
+		len[s] = skew ? std::max(64, (int)(ctx * u * u)) : ctx;
+	}
+	if (skew)
+		len[0] = ctx;
+	return len;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const int batches[] = { 1, 4, 16, 64 };
+	static const int ctxs[] = { 4096, 32768, 131072 };
+	FILE *tsv = fopen(argc > 1 ? argv[1] : "kvx-bench-attn.tsv", "w");
+	cudaDeviceProp pr;
+	double bw;
+	int bi, ci, skew;
+
+	if (tsv == NULL) {
+		perror("output");
+		return 1;
+	}
+	CK(cudaGetDeviceProperties(&pr, 0));
+	bw = copy_bw();
+	printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n",
+	    pr.name, pr.multiProcessorCount, bw / 1e9);
+	fprintf(tsv, "copy\t%.6e\n", bw);
+	printf("%-6s %-6s %-6s %12s %9s %8s %8s %6s\n", "batch", "ctx",
+	    "lens", "KV MB/step", "step us", "share", "1-item", "items");
+	for (skew = 0; skew < 2; skew++)
+	for (bi = 0; bi < 4; bi++)
+	for (ci = 0; ci < 3; ci++) {
+		int b = batches[bi], T = ctxs[ci], ni, nb, ni1, nb1;
+		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
+		long long rows = 0;
+		double bytes, t, t1 = 0.0;
+		size_t s;
+
+		if ((long long)b * T > 64LL * 65536)
+			continue;
+		for (s = 0; s < len.size(); s++)
+			rows += len[s];
+		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
+		t = step_time(len, 0, &ni, &nb);
+		/* without split-K: one item a segment, at batch 1 only */
+		if (b == 1)
+			t1 = step_time(len, T, &ni1, &nb1);
+		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%% %7.1f%% %6d\n", b, T,
+		    skew ? "skewed" : "equal", bytes / 1e6, t * 1e6,
+		    100.0 * bytes / t / bw, t1 > 0 ? 100.0 * bytes / t1 / bw :
+		    0.0, ni);
+		fflush(stdout);
+		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
+		    bytes, t, t1, nb);
+		for (s = 0; s < len.size(); s++)
+			fprintf(tsv, "%c%d", s ? ',' : '\t', len[s]);
+		fprintf(tsv, "\n");
+	}
+	fclose(tsv);
+	return 0;
+}
