@@ -103,12 +103,16 @@ struct layer {
 
 /*
  * Median time of one decode step (all layers) for per-(seq, head) lengths
- * len, with work items of at most chunk rows (0: automatic).
+ * len: chunk 0 balances rows over the resident blocks
+ * (kvx_cuda_attn_balance), chunk -1 cuts items of kvx_cuda_attn_chunk
+ * rows, chunk > 0 items of that many rows, one block each.
  */
 static double
 step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 {
-	int nseg = (int)len.size(), s, i, nl, ni, cap;
+	int nseg = (int)len.size(), s, i, nl, ni, cap, nb;
+	int *bfirst_d = NULL;
+	std::vector<int> bfirst;
 	long long rows = 0;
 	std::vector<long long> off(nseg);
 	size_t free_b, total_b, per;
@@ -126,12 +130,25 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 		off[s] = rows * D;
 		rows += len[s];
 	}
-	if (chunk == 0)
-		chunk = kvx_cuda_attn_chunk(rows, kvx_cuda_sm_count());
-	cap = (int)(rows / chunk) + nseg + 1;
-	it.resize(cap);
-	ni = kvx_cuda_attn_worklist(len.data(), nseg, chunk, it.data(), cap,
-	    first.data());
+	if (chunk == 0) {
+		nb = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
+		bfirst.resize(nb + 1);
+		cap = nb + nseg;
+		it.resize(cap);
+		ni = kvx_cuda_attn_balance(len.data(), nseg, nb, it.data(), cap,
+		    first.data(), bfirst.data());
+		CK(cudaMalloc(&bfirst_d, sizeof(int) * (nb + 1)));
+		CK(cudaMemcpy(bfirst_d, bfirst.data(), sizeof(int) * (nb + 1),
+		    cudaMemcpyHostToDevice));
+	} else {
+		if (chunk < 0)
+			chunk = kvx_cuda_attn_chunk(rows, kvx_cuda_sm_count());
+		cap = (int)(rows / chunk) + nseg + 1;
+		it.resize(cap);
+		ni = kvx_cuda_attn_worklist(len.data(), nseg, chunk, it.data(),
+		    cap, first.data());
+		nb = ni;
+	}
 	if (ni < 0) {
 		fprintf(stderr, "worklist failed\n");
 		exit(1);
@@ -175,8 +192,8 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 		layer &y = L[i % nl];
 
 		KC(kvx_cuda_attn_partial(y.q, y.k, y.v, KVX_CUDA_F16, y.off, G,
-		    D, D, 1.0f / sqrtf((float)D), y.items, ni, y.m, y.l, y.acc,
-		    st));
+		    D, D, 1.0f / sqrtf((float)D), y.items, bfirst_d, nb, y.m,
+		    y.l, y.acc, st));
 		KC(kvx_cuda_attn_combine(y.first, nseg, G, D, y.m, y.l, y.acc,
 		    y.out, st));
 	}
@@ -204,6 +221,7 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 		cudaFree(y.m); cudaFree(y.l); cudaFree(y.acc); cudaFree(y.off);
 		cudaFree(y.items); cudaFree(y.first);
 	}
+	cudaFree(bfirst_d);
 	*nitems = ni;
 	*nbuf = nl;
 	return ms[ms.size() / 2] * 1e-3;
@@ -246,15 +264,17 @@ main(int argc, char **argv)
 	printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n",
 	    pr.name, pr.multiProcessorCount, bw / 1e9);
 	fprintf(tsv, "copy\t%.6e\n", bw);
-	printf("%-6s %-6s %-6s %12s %9s %8s %8s %6s\n", "batch", "ctx",
-	    "lens", "KV MB/step", "step us", "share", "1-item", "items");
+	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %6s\n", "batch", "ctx",
+	    "lens", "KV MB/step", "step us", "share", "chunked", "1-item",
+	    "items");
 	for (skew = 0; skew < 2; skew++)
 	for (bi = 0; bi < 4; bi++)
 	for (ci = 0; ci < 3; ci++) {
 		int b = batches[bi], T = ctxs[ci], ni, nb, ni1, nb1;
 		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
 		long long rows = 0;
-		double bytes, t, t1 = 0.0;
+		double bytes, t, tc, t1 = 0.0;
+		int nic, nbc;
 		size_t s;
 
 		if ((long long)b * T > 64LL * 65536)
@@ -263,13 +283,14 @@ main(int argc, char **argv)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
 		t = step_time(len, 0, &ni, &nb);
+		tc = step_time(len, -1, &nic, &nbc);
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
 			t1 = step_time(len, T, &ni1, &nb1);
-		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%% %7.1f%% %6d\n", b, T,
-		    skew ? "skewed" : "equal", bytes / 1e6, t * 1e6,
-		    100.0 * bytes / t / bw, t1 > 0 ? 100.0 * bytes / t1 / bw :
-		    0.0, ni);
+		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%% %7.1f%% %7.1f%% "
+		    "%6d\n", b, T, skew ? "skewed" : "equal", bytes / 1e6,
+		    t * 1e6, 100.0 * bytes / t / bw, 100.0 * bytes / tc / bw,
+		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, ni);
 		fflush(stdout);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
 		    bytes, t, t1, nb);

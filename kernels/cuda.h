@@ -110,17 +110,30 @@ int	 kvx_cuda_attn_chunk(long long total_rows, int sm_count);
 int	 kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
 	    struct kvx_cuda_work *items, int cap, int *first);
 /*
+ * Host side, balanced form: cuts the rows of all segments, laid end to
+ * end, into nblk equal ranges, one per block, each cut at segment borders
+ * into items; block b's items are bfirst[b] .. bfirst[b + 1] - 1, and
+ * first[] is as above.  cap = nblk + nseg always suffices.  Returns the
+ * item count or -1.
+ */
+int	 kvx_cuda_attn_balance(const int *len, int nseg, int nblk,
+	    struct kvx_cuda_work *items, int cap, int *first, int *bfirst);
+/* Blocks of the partial kernel resident at once (0 on error). */
+int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
+/*
  * Partial attention of each item: queries d_q + seg*g*d (float), K and V
  * rows of d elements (F16 or BF16) ld apart from element off[seg]
- * (ld and off[] multiples of 8, for 16-byte loads).
- * Writes per item and query head the max m (log2 units), the sum l and
- * the unnormalised output acc (g x d).  d is 64 or 128, 1 <= g <= 8.
+ * (ld and off[] multiples of 8, for 16-byte loads).  Runs nblocks
+ * blocks: block b does items d_bfirst[b] .. d_bfirst[b + 1] - 1, or item
+ * b when d_bfirst is NULL.  Writes per item and query head the max m
+ * (log2 units), the sum l and the unnormalised output acc (g x d).
+ * d is 64 or 128, 1 <= g <= 8.
  */
 int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    const void *d_v, int dtype, const long long *d_off, int g, int d,
 	    int ld, float scale, const struct kvx_cuda_work *d_items,
-	    int nitems, float *d_m, float *d_l, float *d_acc,
-	    cudaStream_t stream);
+	    const int *d_bfirst, int nblocks, float *d_m, float *d_l,
+	    float *d_acc, cudaStream_t stream);
 /* Log-sum-exp merge of each segment's items into d_out + s*g*d. */
 int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 	    const float *d_m, const float *d_l, const float *d_acc,

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cuda.h"
 
@@ -613,22 +614,22 @@ unpack8(uint4 u, float *f, const __nv_bfloat16 *)
 }
 
 /*
- * One block per work item.  A row of D elements is read by D/8 lanes with
- * 16-byte loads; each lane group walks its share of the item's rows
- * AT_TILE at a time, K and V of a tile loaded together, keeping for all G
- * query heads an online softmax over its rows.  The groups then merge in
- * shared memory, so K and V are read once for the whole GQA group.
+ * Work item ii, rows [r0, r1) of one segment, by a whole block.  A row of
+ * D elements is read by D/8 lanes with 16-byte loads; each lane group
+ * walks its share of the rows AT_TILE at a time, K and V of a tile loaded
+ * together, keeping for all G query heads an online softmax over its
+ * rows.  The groups then merge in shared memory, so K and V are read once
+ * for the whole GQA group.
  */
 template <int G, int D, typename T>
-static __global__ void __launch_bounds__(AT_THREADS)
-attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
-    int ld_, float scale2, const struct kvx_cuda_work *items, float *pm,
+static __device__ __forceinline__ void
+attn_item(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, struct kvx_cuda_work it, int ii, float *pm,
     float *pl, float *pacc)
 {
 	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
 	constexpr int STEP = NSG * AT_TILE;
 	__shared__ float sm_m[NSG][G], sm_l[NSG][G], sm_acc[NSG][G][D];
-	struct kvx_cuda_work it = items[blockIdx.x];
 	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i, r, rw;
 	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
 	float qr[G][8], m[G], l[G], acc[G][8];
@@ -749,25 +750,47 @@ attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
 			L += sm_l[g][h] * f;
 			A += sm_acc[g][h][e] * f;
 		}
-		pacc[((size_t)blockIdx.x * G + h) * D + e] = A;
+		pacc[((size_t)ii * G + h) * D + e] = A;
 		if (e == 0) {
-			pm[(size_t)blockIdx.x * G + h] = M;
-			pl[(size_t)blockIdx.x * G + h] = L;
+			pm[(size_t)ii * G + h] = M;
+			pl[(size_t)ii * G + h] = L;
 		}
 	}
+	/* the next item reuses the shared arrays */
+	__syncthreads();
+}
+
+/*
+ * Block b takes items bfirst[b] .. bfirst[b + 1] - 1 (a balanced list
+ * from kvx_cuda_attn_balance), or item b alone when bfirst is NULL.
+ * Up to four query heads, three blocks fit on a multiprocessor.
+ */
+template <int G, int D, typename T>
+static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
+attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, const struct kvx_cuda_work *items,
+    const int *bfirst, float *pm, float *pl, float *pacc)
+{
+	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
+	int i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1, ii;
+
+	for (ii = i0; ii < i1; ii++)
+		attn_item<G, D, T>(q, k, v, off, ld_, scale2, items[ii], ii, pm,
+		    pl, pacc);
 }
 
 /*
  * Rows per item for a whole number of waves of blocks (three fit on a
- * multiprocessor) with items of at most about 2048 rows: the last wave
- * is then as full as the others.
+ * multiprocessor) with items of about 512 rows: small items let the
+ * block scheduler even out ragged segments, and a partial costs only
+ * g x d floats against 512 rows of K and V.
  */
 extern "C" int
 kvx_cuda_attn_chunk(long long total_rows, int sm_count)
 {
 	long long slots = 3LL * (sm_count > 0 ? sm_count : 132), waves, c;
 
-	waves = (total_rows + slots * 1024) / (slots * 2048);
+	waves = (total_rows + slots * 256) / (slots * 512);
 	if (waves < 1)
 		waves = 1;
 	c = (total_rows + slots * waves - 1) / (slots * waves);
@@ -806,126 +829,218 @@ kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
 	return n;
 }
 
-/* Instantiation for one (G, D) pair of the run-time arguments. */
+/*
+ * Blocks b take rows [b T / nblk, (b + 1) T / nblk) of the T rows of all
+ * segments laid end to end, cut at segment borders into items.
+ */
+extern "C" int
+kvx_cuda_attn_balance(const int *len, int nseg, int nblk,
+    struct kvx_cuda_work *items, int cap, int *first, int *bfirst)
+{
+	long long total = 0, g0, g1, base = 0;
+	int b, s = 0, n = 0, j;
+
+	if (nblk < 1)
+		return -1;
+	for (j = 0; j < nseg; j++)
+		total += len[j] > 0 ? len[j] : 0;
+	for (b = 0; b < nblk; b++) {
+		bfirst[b] = n;
+		g0 = total * b / nblk;
+		g1 = total * (b + 1) / nblk;
+		while (g0 < g1) {
+			while (s < nseg && base + (len[s] > 0 ? len[s] : 0) <=
+			    g0) {
+				base += len[s] > 0 ? len[s] : 0;
+				s++;
+			}
+			if (n >= cap || s >= nseg)
+				return -1;
+			items[n].seg = s;
+			items[n].r0 = (int)(g0 - base);
+			items[n].r1 = (int)((g1 < base + len[s] ? g1 :
+			    base + len[s]) - base);
+			items[n].pad = 0;
+			g0 = base + items[n].r1;
+			n++;
+		}
+	}
+	bfirst[nblk] = n;
+	for (s = 0, j = 0; s <= nseg; s++) {
+		while (j < n && items[j].seg < s)
+			j++;
+		first[s] = j;
+	}
+	return n;
+}
+
+/* Arguments of one partial-attention launch. */
+struct attn_args {
+	const float			*q;
+	const void			*k, *v;
+	int				 dtype, ld, nblk;
+	const long long			*off;
+	float				 s2;
+	const struct kvx_cuda_work	*items;
+	const int			*bfirst;
+	float				*m, *l, *acc;
+	cudaStream_t			 st;
+	int				*occupancy;	/* query only */
+};
+
+/* Launch (or occupancy query) for one (G, D) pair of run-time arguments. */
+template <int G, int D, typename T>
+static int
+attn_launch_t(const struct attn_args *a)
+{
+	if (a->occupancy != NULL)
+		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
+	attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
+	    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2, a->items,
+	    a->bfirst, a->m, a->l, a->acc);
+	return launched();
+}
+
 template <int G, int D>
 static int
-attn_launch(const float *q, const void *k, const void *v, int dtype,
-    const long long *off, int ld_, float s2, const struct kvx_cuda_work *it,
-    int nitems, float *m, float *l, float *acc, cudaStream_t st)
+attn_launch(const struct attn_args *a)
 {
-	if (dtype == KVX_CUDA_F16)
-		attn_partial_k<G, D, __half><<<nitems, AT_THREADS, 0, st>>>(q,
-		    (const __half *)k, (const __half *)v, off, ld_, s2, it, m, l,
-		    acc);
-	else if (dtype == KVX_CUDA_BF16)
-		attn_partial_k<G, D, __nv_bfloat16><<<nitems, AT_THREADS, 0,
-		    st>>>(q, (const __nv_bfloat16 *)k,
-		    (const __nv_bfloat16 *)v, off, ld_, s2, it, m, l, acc);
-	else
-		return KVX_CUDA_EINVAL;
-	return launched();
+	if (a->dtype == KVX_CUDA_F16)
+		return attn_launch_t<G, D, __half>(a);
+	if (a->dtype == KVX_CUDA_BF16)
+		return attn_launch_t<G, D, __nv_bfloat16>(a);
+	return KVX_CUDA_EINVAL;
 }
 
 template <int D>
 static int
-attn_launch_g(int g, const float *q, const void *k, const void *v, int dtype,
-    const long long *off, int ld_, float s2, const struct kvx_cuda_work *it,
-    int nitems, float *m, float *l, float *acc, cudaStream_t st)
+attn_launch_g(int g, const struct attn_args *a)
 {
 	switch (g) {
-	case 1: return attn_launch<1, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 2: return attn_launch<2, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 3: return attn_launch<3, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 4: return attn_launch<4, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 5: return attn_launch<5, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 6: return attn_launch<6, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 7: return attn_launch<7, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
-	case 8: return attn_launch<8, D>(q, k, v, dtype, off, ld_, s2, it,
-		    nitems, m, l, acc, st);
+	case 1: return attn_launch<1, D>(a);
+	case 2: return attn_launch<2, D>(a);
+	case 3: return attn_launch<3, D>(a);
+	case 4: return attn_launch<4, D>(a);
+	case 5: return attn_launch<5, D>(a);
+	case 6: return attn_launch<6, D>(a);
+	case 7: return attn_launch<7, D>(a);
+	case 8: return attn_launch<8, D>(a);
 	}
 	return KVX_CUDA_EINVAL;
+}
+
+static int
+attn_dispatch(int g, int d, const struct attn_args *a)
+{
+	if (d == 64)
+		return attn_launch_g<64>(g, a);
+	if (d == 128)
+		return attn_launch_g<128>(g, a);
+	return KVX_CUDA_EINVAL;
+}
+
+extern "C" int
+kvx_cuda_attn_blocks(int g, int d, int dtype)
+{
+	struct attn_args a;
+	int occ = 0, sm = kvx_cuda_sm_count();
+
+	memset(&a, 0, sizeof a);
+	a.dtype = dtype;
+	a.occupancy = &occ;
+	if (attn_dispatch(g, d, &a) != 0 || occ < 1 || sm < 1)
+		return 0;
+	return occ * sm;
 }
 
 extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     const long long *off, int g, int d, int ld_, float scale,
-    const struct kvx_cuda_work *items, int nitems, float *m, float *l,
-    float *acc, cudaStream_t stream)
+    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    float *m, float *l, float *acc, cudaStream_t stream)
 {
-	float s2 = scale * LOG2E;
+	struct attn_args a;
 
-	if (nitems <= 0)
+	if (nblocks <= 0)
 		return 0;
 	/* 16-byte row loads need rows that start on 16-byte boundaries */
 	if (ld_ % 8 != 0 || ((uintptr_t)k | (uintptr_t)v) % 16 != 0)
 		return KVX_CUDA_EINVAL;
-	if (d == 64)
-		return attn_launch_g<64>(g, q, k, v, dtype, off, ld_, s2, items,
-		    nitems, m, l, acc, stream);
-	if (d == 128)
-		return attn_launch_g<128>(g, q, k, v, dtype, off, ld_, s2, items,
-		    nitems, m, l, acc, stream);
-	return KVX_CUDA_EINVAL;
+	memset(&a, 0, sizeof a);
+	a.q = q;
+	a.k = k;
+	a.v = v;
+	a.dtype = dtype;
+	a.ld = ld_;
+	a.nblk = nblocks;
+	a.off = off;
+	a.s2 = scale * LOG2E;
+	a.items = items;
+	a.bfirst = bfirst;
+	a.m = m;
+	a.l = l;
+	a.acc = acc;
+	a.st = stream;
+	return attn_dispatch(g, d, &a);
 }
 
 #define CB_WARPS 8
+#define CB_T (CB_WARPS * 32)
 
 /*
- * Merge of one (segment, query head)'s partials.  The warps take the
- * items in turn, so that many loads are in flight even when a segment
- * has a hundred items, and their sums meet in shared memory.
+ * Merge of one (segment, query head)'s partials.  The items' weights are
+ * worked out together first, so that the warps, taking the items in
+ * turn, issue independent loads; their sums meet in shared memory.
  */
-static __global__ void __launch_bounds__(CB_WARPS * 32)
+static __global__ void __launch_bounds__(CB_T)
 attn_combine_k(const int *first, int g, int d, const float *pm,
     const float *pl, const float *pacc, float *out)
 {
-	extern __shared__ float sA[];	/* CB_WARPS x d, then CB_WARPS */
-	__shared__ float red[32];
-	float *sL = sA + CB_WARPS * d, M = -INFINITY, L = 0.0f, a[8], f;
+	extern __shared__ float sA[];	/* CB_WARPS x d */
+	__shared__ float red[32], sW[CB_T];
+	float M = -INFINITY, L = 0.0f, a[8];
 	int s = blockIdx.x, h = blockIdx.y, j0 = first[s], j1 = first[s + 1];
-	int wid = threadIdx.x >> 5, lane = threadIdx.x & 31, j, k, e;
+	int wid = threadIdx.x >> 5, lane = threadIdx.x & 31, j, jb, n, k, e;
 
-	for (j = j0 + threadIdx.x; j < j1; j += blockDim.x)
+	for (j = j0 + threadIdx.x; j < j1; j += CB_T)
 		if (pl[(size_t)j * g + h] > 0.0f)
 			M = fmaxf(M, pm[(size_t)j * g + h]);
 	M = block_max(M, red);
 	for (k = 0; k < 8; k++)
 		a[k] = 0.0f;
-#pragma unroll 2
-	for (j = j0 + wid; j < j1; j += CB_WARPS) {
-		const float *pa = pacc + ((size_t)j * g + h) * d;
+	for (jb = j0; jb < j1; jb += CB_T) {
+		n = j1 - jb < CB_T ? j1 - jb : CB_T;
+		__syncthreads();
+		if ((int)threadIdx.x < n) {
+			j = jb + threadIdx.x;
+			sW[threadIdx.x] = pl[(size_t)j * g + h] > 0.0f ?
+			    exp2f(pm[(size_t)j * g + h] - M) : 0.0f;
+			L += sW[threadIdx.x] * pl[(size_t)j * g + h];
+		}
+		__syncthreads();
+#pragma unroll 4
+		for (j = wid; j < n; j += CB_WARPS) {
+			const float *pa = pacc + ((size_t)(jb + j) * g + h) * d;
+			float f = sW[j];
 
-		if (!(pl[(size_t)j * g + h] > 0.0f))
-			continue;
-		f = exp2f(pm[(size_t)j * g + h] - M);
-		L += pl[(size_t)j * g + h] * f;
 #pragma unroll
-		for (k = 0; k < 8; k++)
-			if (lane + 32 * k < d)
-				a[k] += pa[lane + 32 * k] * f;
+			for (k = 0; k < 8; k++)
+				if (lane + 32 * k < d && f > 0.0f)
+					a[k] += pa[lane + 32 * k] * f;
+		}
 	}
+	L = block_sum(L, red);
 #pragma unroll
 	for (k = 0; k < 8; k++)
 		if (lane + 32 * k < d)
 			sA[wid * d + lane + 32 * k] = a[k];
-	if (lane == 0)
-		sL[wid] = L;
 	__syncthreads();
-	for (e = threadIdx.x; e < d; e += blockDim.x) {
+	for (e = threadIdx.x; e < d; e += CB_T) {
 		float A = 0.0f;
 
-		L = 0.0f;
-		for (k = 0; k < CB_WARPS; k++) {
+		for (k = 0; k < CB_WARPS; k++)
 			A += sA[k * d + e];
-			L += sL[k];
-		}
 		out[((size_t)s * g + h) * d + e] = L > 0.0f ? A / L : 0.0f;
 	}
 }
@@ -939,8 +1054,7 @@ kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
 		return 0;
 	if (d < 1 || d > 256 || g < 1 || g > 65535)
 		return KVX_CUDA_EINVAL;
-	attn_combine_k<<<dim3(nseg, g), CB_WARPS * 32,
-	    sizeof(float) * CB_WARPS * (d + 1), stream>>>(first, g, d, m, l, acc,
-	    out);
+	attn_combine_k<<<dim3(nseg, g), CB_T, sizeof(float) * CB_WARPS * d,
+	    stream>>>(first, g, d, m, l, acc, out);
 	return launched();
 }

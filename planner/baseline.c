@@ -460,7 +460,7 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 	if (btok < floor_tokens(o))
 		return kvx__fail(KVX_ERR_PLAN, "budget of %lld tokens per "
 		    "head at context %lld is below the %lld tokens every "
-		    "head keeps (window + sinks)", (long long)btok,
+		    "head keeps, its window and sinks", (long long)btok,
 		    (long long)o->ref_context, (long long)floor_tokens(o));
 	if (alloc_needs_profile(o->method) && prof == NULL)
 		return kvx__fail(KVX_ERR_ARG, "method %s needs a profile",

@@ -502,6 +502,7 @@ plan_copy(const kvx_plan *src, kvx_plan **out)
 	return KVX_OK;
 }
 
+/* Frees a plan and clears the caller's handle. */
 void
 kvx_plan_free(kvx_plan **pp)
 {
@@ -512,6 +513,7 @@ kvx_plan_free(kvx_plan **pp)
 	*pp = NULL;
 }
 
+/* Entries in budgets: one per (layer, KV head), or one per layer. */
 int
 plan_n_budgets(const kvx_plan *p)
 {
@@ -521,6 +523,7 @@ plan_n_budgets(const kvx_plan *p)
 	    p->n_layer * p->n_head_kv;
 }
 
+/* Static or hybrid; a NULL plan reads as static. */
 kvx_plan_mode
 kvx_plan_get_mode(const kvx_plan *p)
 {
@@ -543,6 +546,7 @@ kvx_plan_get_budget(const kvx_plan *p, int layer, int head)
 	return p->budgets[(size_t)layer * p->n_head_kv + head];
 }
 
+/* Kept tokens for a head (or a hybrid layer, per head) after n tokens. */
 int
 plan_tokens(const kvx_plan *p, int layer, int head, int n)
 {
@@ -567,6 +571,7 @@ plan_tokens(const kvx_plan *p, int layer, int head, int n)
 	return (int)b;
 }
 
+/* Recomputes the planned and full K+V bytes at ref_context. */
 void
 plan_update_bytes(kvx_plan *p, int bytes_per_elem)
 {
@@ -626,6 +631,7 @@ plan_check_info(const kvx_plan *p, const kvx_model_info *info)
 	return KVX_OK;
 }
 
+/* Refuses a plan made for another model than m. */
 kvx_status
 kvx_plan_check(const kvx_plan *p, const kvx_model *m)
 {
@@ -665,6 +671,7 @@ ld_fail(struct ld *ld, const yaml_node_t *n, const char *fmt, ...)
 	    msg);
 }
 
+/* Node of the loaded document by index (NULL if out of range). */
 static yaml_node_t *
 ld_node(struct ld *ld, int index)
 {
@@ -1233,6 +1240,7 @@ c_locale_enter(locale_t *old)
 	return c;
 }
 
+/* Restores the locale that c_locale_enter replaced. */
 static void
 c_locale_leave(locale_t c, locale_t old)
 {
@@ -1242,6 +1250,7 @@ c_locale_leave(locale_t c, locale_t old)
 	}
 }
 
+/* Parses and validates a plan held in memory. */
 kvx_status
 kvx_plan_load_mem(const char *buf, size_t len, const char *name,
     kvx_plan **out)
@@ -1260,6 +1269,9 @@ kvx_plan_load_mem(const char *buf, size_t len, const char *name,
 		return kvx__fail(KVX_ERR_ARG, "kvx_plan_load_mem: no buffer");
 	memset(&ld, 0, sizeof ld);
 	ld.name = name != NULL ? name : "<memory>";
+	if (len > PLAN_MAX_FILE)
+		return kvx__fail(KVX_ERR_PLAN, "%s: %zu bytes is too large for "
+		    "a plan (at most %d)", ld.name, len, PLAN_MAX_FILE);
 	if ((ld.p = kvx__calloc(1, sizeof *ld.p)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "%s: out of memory", ld.name);
 	if (!yaml_parser_initialize(&ps)) {
@@ -1299,6 +1311,7 @@ kvx_plan_load_mem(const char *buf, size_t len, const char *name,
 	return KVX_OK;
 }
 
+/* Reads a plan file; see kvx_plan_load_mem. */
 kvx_status
 kvx_plan_load(const char *path, kvx_plan **out)
 {
@@ -1429,6 +1442,7 @@ em_start(yaml_emitter_t *e, int seq, int flow)
 	return r && yaml_emitter_emit(e, &ev);
 }
 
+/* Ends the innermost sequence (seq 1) or mapping. */
 static int
 em_end(yaml_emitter_t *e, int seq)
 {
@@ -1470,6 +1484,7 @@ fmt_double(char *buf, size_t size, double d)
 	snprintf(buf, size, "%s.0", tmp);
 }
 
+/* Emits a number that reads back exactly. */
 static int
 em_double(yaml_emitter_t *e, double d)
 {
@@ -1609,6 +1624,7 @@ em_section(yaml_emitter_t *e, const char *sect, const kvx_plan *p)
 	return ok && em_end(e, 0);
 }
 
+/* Renders a valid plan as YAML text in memory. */
 kvx_status
 plan_emit(const kvx_plan *p, char **out, size_t *len)
 {
@@ -1677,6 +1693,7 @@ write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
+/* Writes a plan atomically, refusing to replace a file unless asked. */
 kvx_status
 kvx_plan_save(const kvx_plan *p, const char *path, int overwrite)
 {

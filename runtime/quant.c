@@ -701,16 +701,11 @@ q4_step(const uint8_t *wb, int q41, __m256i xq, __m128 xds, __m256 *acc,
     __m128 *accm)
 {
 	__m128 sc;
-	int32_t dm;
-	uint16_t d;
 
-	if (q41) {
-		memcpy(&dm, wb, 4);
-		sc = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
-	} else {
-		memcpy(&d, wb, 2);
-		sc = _mm_moveldup_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d)));
-	}
+	if (q41)
+		sc = _mm_cvtph_ps(_mm_loadu_si32(wb));
+	else
+		sc = _mm_moveldup_ps(_mm_cvtph_ps(_mm_loadu_si16(wb)));
 	/* [d * d_x, (m or d) * s_x, 0, 0] */
 	sc = _mm_mul_ps(sc, xds);
 	*acc = _mm256_fmadd_ps(dot_u8i8(unpack_nibbles(wb + (q41 ? 4 : 2)),
@@ -782,7 +777,7 @@ static inline __attribute__((always_inline)) void
 q8_step(const blk_q8_0 *b, __m256i xq, __m128 xd, __m256 *acc)
 {
 	__m256i a = _mm256_loadu_si256((const __m256i *)b->qs);
-	__m128 sc = _mm_mul_ss(_mm_cvtph_ps(_mm_cvtsi32_si128(b->d)), xd);
+	__m128 sc = _mm_mul_ss(_mm_cvtph_ps(_mm_loadu_si16(&b->d)), xd);
 
 	/* maddubs wants u8 x i8: move the sign of w onto x. */
 	*acc = _mm256_fmadd_ps(dot_u8i8(_mm256_sign_epi8(a, a),

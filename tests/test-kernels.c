@@ -350,29 +350,55 @@ test_attn(int rep)
 	doff = dev(off, sizeof(long long) * nseg);
 	dout = poisoned(sizeof(float) * nseg * g * d);
 	first = malloc(sizeof(int) * (nseg + 1));
-	for (ci = 0; ci < 4; ci++) {
-		int chunk = chunks[ci] ? chunks[ci] :
+	/* chunked work lists (one item a block), then balanced ones */
+	for (ci = 0; ci < 7; ci++) {
+		int nblk = ci == 4 ? 1 : ci == 5 ? 7 :
+		    kvx_cuda_attn_blocks(g, d, dtype);
+		int chunk = ci >= 4 ? 0 : chunks[ci] ? chunks[ci] :
 		    kvx_cuda_attn_chunk(rows, kvx_cuda_sm_count());
-		int cap = (int)(rows / chunk) + nseg + 1, ni;
+		int cap = ci >= 4 ? nblk + nseg :
+		    (int)(rows / chunk) + nseg + 1, ni, nb, bad = 0;
 		struct kvx_cuda_work *it = malloc(sizeof(*it) * cap);
-		void *dit, *dfirst, *dm, *dl, *dacc;
+		int *bfirst = malloc(sizeof(int) * (nblk + 1));
+		void *dit, *dfirst, *dbf = NULL, *dm, *dl, *dacc;
 		double e;
 
-		ni = kvx_cuda_attn_worklist(len, nseg, chunk, it, cap, first);
-		if (!ok(ni >= 0, "worklist of %d segments, chunk %d", nseg,
-		    chunk)) {
+		if (ci < 4)
+			ni = kvx_cuda_attn_worklist(len, nseg, chunk, it, cap,
+			    first);
+		else
+			ni = kvx_cuda_attn_balance(len, nseg, nblk, it, cap,
+			    first, bfirst);
+		nb = ci < 4 ? ni : nblk;
+		/* every row of every segment in exactly one item, in order */
+		for (s = 0, i = 0; s < nseg && ni >= 0; s++) {
+			int r = 0, j;
+
+			for (j = first[s]; j < first[s + 1]; j++) {
+				bad += it[j].seg != s || it[j].r0 != r ||
+				    it[j].r1 <= it[j].r0;
+				r = it[j].r1;
+			}
+			bad += r != len[s];
+		}
+		if (!ok(ni >= 0 && bad == 0, "work list of %d segments, %s %d:"
+		    " %d items, %d bad", nseg, ci < 4 ? "chunk" : "blocks",
+		    ci < 4 ? chunk : nblk, ni, bad)) {
 			free(it);
+			free(bfirst);
 			continue;
 		}
 		dit = dev(it, sizeof(*it) * (ni > 0 ? ni : 1));
 		dfirst = dev(first, sizeof(int) * (nseg + 1));
+		if (ci >= 4)
+			dbf = dev(bfirst, sizeof(int) * (nblk + 1));
 		dm = poisoned(sizeof(float) * g * (ni + 1));
 		dl = poisoned(sizeof(float) * g * (ni + 1));
 		dacc = poisoned(sizeof(float) * g * d * (ni + 1));
 		check(kvx_cuda_memset(dout, 0xff, sizeof(float) * nseg * g * d),
 		    "memset");
 		check(kvx_cuda_attn_partial(dq, dk, dv, dtype, doff, g, d, ld,
-		    scale, dit, ni, dm, dl, dacc, NULL), "attn partial");
+		    scale, dit, dbf, nb, dm, dl, dacc, NULL), "attn partial");
 		check(kvx_cuda_attn_combine(dfirst, nseg, g, d, dm, dl, dacc,
 		    dout, NULL), "attn combine");
 		check(kvx_cuda_sync(), "attention run");
@@ -380,9 +406,11 @@ test_attn(int rep)
 		    "copy back");
 		e = relerr(got, ref, (size_t)nseg * g * d);
 		ok(e < 2e-5, "attention %d segs (%lld rows) g=%d d=%d ld=%d %s "
-		    "chunk %d (%d items): rel %.2g", nseg, rows, g, d, ld,
-		    dtname[dtype], chunk, ni, e);
+		    "%d blocks, %d items: rel %.2g", nseg, rows, g, d, ld,
+		    dtname[dtype], nb, ni, e);
 		kvx_cuda_free(dit);
+		kvx_cuda_free(dbf);
+		free(bfirst);
 		kvx_cuda_free(dfirst);
 		kvx_cuda_free(dm);
 		kvx_cuda_free(dl);
@@ -390,7 +418,7 @@ test_attn(int rep)
 		free(it);
 	}
 	ok(kvx_cuda_attn_partial(dq, dk, dv, dtype, doff, g, 96, ld, scale,
-	    NULL, 1, NULL, NULL, NULL, NULL) == KVX_CUDA_EINVAL,
+	    NULL, NULL, 1, NULL, NULL, NULL, NULL) == KVX_CUDA_EINVAL,
 	    "attention refuses d=96");
 	kvx_cuda_free(dq);
 	kvx_cuda_free(dk);

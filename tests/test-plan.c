@@ -596,6 +596,7 @@ cleanup(void)
 	rmdir(tmpdir);
 }
 
+/* Runs every group of checks in a scratch directory. */
 int
 main(void)
 {

@@ -1,0 +1,129 @@
+#!/bin/sh
+# Run the EXAMPLES of kvx-plan(1) on the default model with a tiny corpus
+# (two licence texts every Debian system has), then check the plans they
+# write against hand-computed values and the exit status and one-line
+# message of each documented error.  TAP output.
+top_srcdir=${top_srcdir:-.}
+top_builddir=${top_builddir:-.}
+plan=$top_builddir/planner/kvx-plan
+man=$top_srcdir/man/kvx-plan.1
+gpl=/usr/share/common-licenses/GPL-3
+apache=/usr/share/common-licenses/Apache-2.0
+fast="--samples 2 --sample-tokens 256"
+n=0
+
+ok() {	# ok COND-STATUS DESCRIPTION
+	n=$((n + 1))
+	if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
+}
+
+if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
+if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
+if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
+	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
+fi
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+echo "1..31"
+
+# --- the manual's examples -------------------------------------------------
+sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
+[ "$(wc -l < "$tmp/examples")" -eq 5 ]
+ok $? "five examples extracted from kvx-plan.1"
+i=0
+while IFS= read -r line; do
+	i=$((i + 1))
+	# the model path, and a small profile wherever text is profiled
+	args=$(printf '%s\n' "$line" | sed "s|^kvx-plan ||; s|model.gguf|$KVX_MODEL|")
+	case "$args" in *" -c "*) args="$args $fast";; esac
+	(cd "$tmp" && eval "\"$OLDPWD/$plan\" $args" > "out$i" 2> "err$i")
+	rc=$?
+	[ $rc -eq 0 ]
+	ok $? "example $i exits 0: $line"
+	[ $rc -eq 0 ] || sed 's/^/# /' "$tmp/err$i"
+done < "$tmp/examples"
+
+# --- the plans the examples wrote ------------------------------------------
+u=$tmp/uniform-25.yaml
+# 30 layers x 3 KV heads x 4096 tokens x 64 dims x K,V x 4 bytes
+grep -q '^  reference_bytes_full: 188743680$' "$u"
+ok $? "uniform: full cache bytes = 30*3*4096*64*2*4"
+grep -q '^  reference_bytes: 47185920$' "$u"
+ok $? "uniform: planned bytes = a quarter of that"
+[ "$(grep -c '^- \[0.25, 0.25, 0.25\]$' "$u")" -eq 30 ]
+ok $? "uniform: 30 rows of 0.25"
+
+k=$tmp/kvx-20.yaml
+awk '/reference_bytes:/ {b=$2} /reference_bytes_full:/ {f=$2}
+    END {exit !(b > 0 && b <= 0.2 * f)}' "$k"
+ok $? "kvx 20%: planned bytes within the budget"
+awk '/predicted_retention:/ {p=$2} /uniform_retention:/ {u=$2}
+    END {exit !(p > u && u > 0 && p <= 1)}' "$k"
+ok $? "kvx 20%: predicted retention above uniform's"
+grep -q '^  samples: 2$' "$k" && grep -q '^  corpus: GPL-3,Apache-2.0$' "$k"
+ok $? "kvx 20%: provenance records samples and corpus"
+grep -q '^mode: hybrid$' "$tmp/kvx-hybrid-20.yaml"
+ok $? "hybrid example writes a hybrid plan"
+[ "$(grep -c '<rect x=' "$tmp/kvx-hybrid-20.svg")" -eq 41 ] &&
+    grep -q '</svg>' "$tmp/kvx-hybrid-20.svg"
+ok $? "heatmap: 30 layer cells and 11 legend cells"
+grep -q 'solver greedy' "$tmp/out4" && grep -q 'concave' "$tmp/out4"
+ok $? "greedy reports whether the curves were concave"
+grep -q '^  tokens: 512$' "$tmp/layer-512.yaml" &&
+    grep -q '^method: layer$' "$tmp/layer-512.yaml"
+ok $? "layer example writes a tokens plan"
+# XKV: every row holds one value three times
+awk '/^- \[/ {gsub(/[][,-]/, ""); if ($1 != $2 || $2 != $3) bad=1}
+    END {exit bad}' "$tmp/layer-512.yaml"
+ok $? "layer plan: heads of a layer share one budget"
+
+# --- baselines without a corpus ------------------------------------------------
+"$plan" -m "$KVX_MODEL" --method pyramid -b 10% -q -o "$tmp/pyr.yaml"
+ok $? "pyramid needs no corpus"
+# mean 0.10, first layer largest, decreasing
+awk '/^- \[/ {gsub(/[][,-]/, ""); s += $1; n++; v[n] = $1}
+    END {for (i = 2; i <= n; i++) if (v[i] > v[i-1] + 1e-12) bad = 1;
+    m = s / n; exit !(n == 30 && !bad && m > 0.1 - 1e-9 && m < 0.1 + 1e-9 &&
+    v[1] > 0.19)}' "$tmp/pyr.yaml"
+ok $? "pyramid: mean share 10%, first layer about 2B - B/20, non-increasing"
+
+# --- reproducibility --------------------------------------------------------------
+"$plan" -m "$KVX_MODEL" -c "$gpl" -c "$apache" $fast --seed 7 -q \
+    --save-profile "$tmp/a.prof" && "$plan" -m "$KVX_MODEL" -c "$gpl" \
+    -c "$apache" $fast --seed 7 -q --save-profile "$tmp/b.prof" &&
+    cmp -s "$tmp/a.prof" "$tmp/b.prof"
+ok $? "same seed, same profile"
+# a retention curve never decreases and ends at 1
+awk '/^curve/ {for (i = 5; i <= NF; i++) if ($i < $(i-1)) bad = 1;
+    if ($NF < 0.999999) bad = 1; c++} END {exit !(c == 90 && !bad)}' "$tmp/a.prof"
+ok $? "90 curves, each non-decreasing and ending at 1"
+
+# --- errors: exit status and one line ------------------------------------------
+err() {	# err WANT-STATUS PATTERN DESCRIPTION -- ARGS...
+	want=$1 pat=$2 what=$3; shift 4
+	"$plan" "$@" > /dev/null 2> "$tmp/e"
+	rc=$?
+	[ $rc -eq "$want" ] && [ "$(wc -l < "$tmp/e")" -eq 1 ] &&
+	    grep -q "^kvx-plan: .*$pat" "$tmp/e"
+	ok $? "$what: exit $want ($(cat "$tmp/e"))"
+	[ $rc -eq "$want" ] || echo "# got exit $rc"
+}
+: > "$tmp/empty.txt"
+printf 'A short text.\n' > "$tmp/short.txt"
+err 4 "has 0 tokens" "empty corpus" -- -m "$KVX_MODEL" -c "$tmp/empty.txt" $fast
+err 4 "has [0-9]* tokens, fewer than one sample of 256" "too-short corpus" -- \
+    -m "$KVX_MODEL" -c "$tmp/short.txt" $fast
+err 4 "nonexistent" "missing corpus file" -- -m "$KVX_MODEL" -c "$tmp/nonexistent"
+err 2 "unknown solver 'simplex'" "unknown solver" -- -m "$KVX_MODEL" \
+    --solver simplex --from-profile "$tmp/a.prof"
+err 6 "exists.*--force" "existing output without --force" -- \
+    -m "$KVX_MODEL" --method uniform -o "$u"
+err 5 "infeasible budget" "budget below the window and sinks" -- \
+    -m "$KVX_MODEL" --method uniform -b 0.5%
+err 5 "infeasible budget" "floors above the budget" -- -m "$KVX_MODEL" \
+    --from-profile "$tmp/a.prof" -b 10% --min-frac 0.5
+err 2 "needs calibration text" "kvx without a corpus" -- -m "$KVX_MODEL" -b 20%
+sed 's/^fingerprint .*/fingerprint 0000000000000000000000000000000000000000000000000000000000000000/' \
+    "$tmp/a.prof" > "$tmp/other.prof"
+err 3 "another model" "profile of another model" -- -m "$KVX_MODEL" \
+    --from-profile "$tmp/other.prof"
+err 3 "" "model that is not GGUF" -- -m "$gpl" --method uniform
