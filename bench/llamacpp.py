@@ -8,6 +8,7 @@ import sys
 import time
 
 import llama_cpp
+import numpy as np
 
 model, prompt_file, n_predict, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 llm = llama_cpp.Llama(model_path=model, n_ctx=8192, n_batch=512, n_threads=threads,
@@ -19,7 +20,8 @@ llm.eval(ids)
 t1 = time.perf_counter()
 n = 0
 for _ in range(n_predict):
-    tok = int(llm.scores[llm.n_tokens - 1].argmax())
+    row = llama_cpp.llama_get_logits(llm.ctx)
+    tok = int(np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).argmax())
     llm.eval([tok])
     n += 1
 t2 = time.perf_counter()

@@ -139,6 +139,56 @@ int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 	    const float *d_m, const float *d_l, const float *d_acc,
 	    float *d_out, cudaStream_t stream);
 
+/* --- 5. model layers (the GPU forward of runtime/gpu.c) ------------------ */
+/*
+ * Rows ids[t] of an fp16 table of rows of e elements, as floats, to
+ * x + t*e, for t < T.
+ */
+int	 kvx_cuda_embed(const void *d_table, int e, const int *d_ids, int T,
+	    float *d_x, cudaStream_t stream);
+/*
+ * RMS norm of each of T rows of e floats (x rows ld_x apart) times the
+ * weights w: out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, written as
+ * dtype (F32 or F16) rows of e elements, ld_out apart.
+ */
+int	 kvx_cuda_rmsnorm(const float *d_x, int ld_x, const float *d_w, int T,
+	    int e, float eps, void *d_out, int out_dtype, int ld_out,
+	    cudaStream_t stream);
+/*
+ * Rotary embedding on adjacent pairs of nhead heads of d elements per
+ * token (the GGUF llama layout) at position pos[t]: reads rows ld_in
+ * apart, writes rows ld_out apart (in place when d_in == d_out and the
+ * strides agree).
+ */
+int	 kvx_cuda_rope(const float *d_in, int ld_in, float *d_out, int ld_out,
+	    int T, int nhead, int d, const int *d_pos, float theta,
+	    cudaStream_t stream);
+/*
+ * SwiGLU of T rows holding the gate (f elements) then the up projection
+ * (f elements): out[t][i] = silu(gate) * up, as fp16, rows f apart.
+ */
+int	 kvx_cuda_swiglu(const float *d_gu, int T, int f, void *d_out,
+	    cudaStream_t stream);
+/* n floats to fp16. */
+int	 kvx_cuda_f2h(const float *d_in, void *d_out, size_t n,
+	    cudaStream_t stream);
+/*
+ * Stores the K and V heads of T tokens as fp16: head h of token t (d
+ * floats at d_k + t*ld + h*d, likewise d_v) goes to element
+ * dst_off[t*nhead + h] of d_kdst and d_vdst, or, when d_dst_off is NULL,
+ * to element (t*nhead + h)*d.
+ */
+int	 kvx_cuda_kv_store(const float *d_k, const float *d_v, int ld, int T,
+	    int nhead, int d, const long long *d_dst_off, void *d_kdst,
+	    void *d_vdst, cudaStream_t stream);
+/*
+ * Causal softmax of nmat matrices of rows x ncol logits (float, rows of
+ * ncol): row r sees columns 0 .. col0 + r; writes the probabilities, and
+ * zeros beyond, as fp16 in the same layout to d_p.
+ */
+int	 kvx_cuda_softmax_causal(const float *d_s, int nmat, int rows,
+	    int ncol, int col0, void *d_p, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

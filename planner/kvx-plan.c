@@ -312,7 +312,8 @@ parse_args(struct cli *c, int argc, char **argv)
 	double d;
 	int ch, i;
 
-	while ((ch = getopt_long(argc, argv, "m:o:fb:c:t:qhV", longopts,
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":m:o:fb:c:t:qhV", longopts,
 	    NULL)) != -1) {
 		switch (ch) {
 		case 'm':
@@ -508,9 +509,12 @@ parse_args(struct cli *c, int argc, char **argv)
 				return die(EX_USAGE_, "bad --beta '%s' (1 or "
 				    "more)", optarg);
 			break;
+		case ':':
+			return die(EX_USAGE_, "option %s needs a value (see "
+			    "kvx-plan -h)", argv[optind - 1]);
 		default:
-			usage(stderr);
-			return EX_USAGE_;
+			return die(EX_USAGE_, "unknown option %s (see kvx-plan "
+			    "-h)", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)

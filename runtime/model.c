@@ -354,8 +354,6 @@ model_mat_f32(kvx_model *m, mat *w)
 struct fw_scratch {
 	int		 max_tokens, max_ctx;
 	float		*x, *xn, *q, *k, *v, *att, *ffa, *ffb;
-	void		*xq;		/* quantised activations */
-	size_t		 xq_stride;
 	float		*wq;		/* window queries: H x w x D */
 	float		*att_s;		/* per thread attention scores */
 	size_t		 att_s_stride;
@@ -379,7 +377,6 @@ fw_scratch_free(fw_scratch **ps)
 	free(s->att);
 	free(s->ffa);
 	free(s->ffb);
-	free(s->xq);
 	free(s->wq);
 	free(s->att_s);
 	free(s->rank);
@@ -393,26 +390,14 @@ fw_scratch_new(const kvx_model *m, int max_tokens, int max_ctx,
     fw_scratch **out)
 {
 	const kvx_model_info *mi = &m->info;
-	size_t T = (size_t)max_tokens, xqb = 0;
+	size_t T = (size_t)max_tokens;
 	fw_scratch *s;
-	int types[4], i;
 
 	*out = NULL;
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	s->max_tokens = max_tokens;
 	s->max_ctx = max_ctx;
-	types[0] = m->L[0].wq.type;
-	types[1] = m->L[0].wo.type;
-	types[2] = m->L[0].wd.type;
-	types[3] = m->out.type;
-	for (i = 0; i < 4; i++) {
-		size_t b = quant_scratch_bytes(types[i],
-		    mi->n_ff > mi->n_embd ? mi->n_ff : mi->n_embd);
-		if (b > xqb)
-			xqb = b;
-	}
-	s->xq_stride = (xqb + 63) & ~(size_t)63;
 	s->att_s_stride = (size_t)ATT_BLOCK * (size_t)(max_ctx + 1);
 	if (s->att_s_stride < (size_t)mi->n_head * (size_t)(max_ctx + 1))
 		s->att_s_stride = (size_t)mi->n_head * (size_t)(max_ctx + 1);
@@ -427,7 +412,6 @@ fw_scratch_new(const kvx_model *m, int max_tokens, int max_ctx,
 	    sizeof(float));
 	s->ffa = kvx__malloc_array(T * mi->n_ff, sizeof(float));
 	s->ffb = kvx__malloc_array(T * mi->n_ff, sizeof(float));
-	s->xq = kvx__malloc_array(T, s->xq_stride);
 	s->wq = kvx__malloc_array((size_t)mi->n_head * 256 * mi->head_dim,
 	    sizeof(float));
 	s->att_s = kvx__malloc_array((size_t)m->n_threads * s->att_s_stride,
@@ -435,7 +419,7 @@ fw_scratch_new(const kvx_model *m, int max_tokens, int max_ctx,
 	s->rank = kvx__malloc_array(T, sizeof(int));
 	s->len0 = kvx__malloc_array(T * mi->n_head_kv, sizeof(int));
 	if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att ||
-	    !s->ffa || !s->ffb || !s->xq || !s->wq || !s->att_s || !s->rank ||
+	    !s->ffa || !s->ffb || !s->wq || !s->att_s || !s->rank ||
 	    !s->len0) {
 		fw_scratch_free(&s);
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory for the forward "
@@ -455,8 +439,6 @@ struct lin_job {
 	float		*y[MAX_FUSED];
 	const float	*x;
 	int		 T;
-	const void	*xq;
-	size_t		 xq_stride;
 	int		 gemm;
 };
 
@@ -483,8 +465,8 @@ lin_work(void *arg, int ith, int nth)
 		}
 #endif
 		for (t = 0; t < j->T; t++)
-			quant_matvec(w->type, w->q, w->cols, r0, r1,
-			    (const char *)j->xq + (size_t)t * j->xq_stride,
+			quant_matvec_f32(w->type, w->q, w->cols, r0, r1,
+			    j->x + (size_t)t * w->cols,
 			    j->y[i] + (size_t)t * w->rows);
 	}
 }
@@ -511,19 +493,6 @@ linear(kvx_model *m, fw_scratch *s, const float *x, int T, int n, mat **w,
 		if (j.gemm && w[i]->f == NULL &&
 		    (rc = model_mat_f32(m, w[i])) != KVX_OK)
 			return rc;
-	}
-	if (!j.gemm) {
-		/* all fused matrices share one type in the models kvx runs */
-		for (i = 1; i < n; i++)
-			if (w[i]->type != w[0]->type)
-				return kvx__fail(KVX_ERR_UNSUPPORTED, "fused "
-				    "matrices of different types");
-		for (t = 0; t < T; t++)
-			quant_prepare_x(w[0]->type, x + (size_t)t * w[0]->cols,
-			    w[0]->cols, (char *)s->xq + (size_t)t *
-			    s->xq_stride);
-		j.xq = s->xq;
-		j.xq_stride = s->xq_stride;
 	}
 	pool_run(m->pool, lin_work, &j);
 	return KVX_OK;

@@ -905,3 +905,222 @@ quant_matvec(int wtype, const void *w, int cols, int r0, int r1,
 #endif
 	quant_matvec_scalar(wtype, w, cols, r0, r1, xq, y);
 }
+
+// --- matrix-vector products with f32 activations ----------------------------
+/*
+ * The decode path uses these: the activation stays f32 and each weight is
+ * expanded in registers, so the result equals the f32 GEMM of the prefill
+ * up to summation order.  On a 2-core CPU a decode step is bound by
+ * reading the weights, so the exact product costs about what the 8-bit
+ * one does, and greedy decoding then follows the exact model rather than
+ * the noise of 8-bit activations.
+ */
+
+/* Sum of each 32-element block of x. */
+static void
+block_sums(const float *x, int nb, float *xs)
+{
+	int b, j;
+
+	for (b = 0; b < nb; b++) {
+		float s = 0.0f;
+
+		for (j = 0; j < QK; j++)
+			s += x[b * QK + j];
+		xs[b] = s;
+	}
+}
+
+#ifdef __AVX2__
+static inline float
+hsum256(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v),
+	    _mm256_extractf128_ps(v, 1));
+
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+	return _mm_cvtss_f32(s);
+}
+
+/* sum_j q_j x_j over one 32-block of 4-bit values packed as ggml does. */
+static inline __m256
+dot_nib32(const uint8_t *qs, const float *x)
+{
+	const __m128i mask = _mm_set1_epi8(15);
+	__m128i raw = _mm_loadu_si128((const __m128i *)qs);
+	__m128i lo = _mm_and_si128(raw, mask);
+	__m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+	__m256 acc;
+
+	acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
+	    _mm256_loadu_ps(x));
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+	    _mm_srli_si128(lo, 8))), _mm256_loadu_ps(x + 8), acc);
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
+	    _mm256_loadu_ps(x + 16), acc);
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+	    _mm_srli_si128(hi, 8))), _mm256_loadu_ps(x + 24), acc);
+	return acc;
+}
+
+/* sum_j q_j x_j over one 32-block of int8 values. */
+static inline __m256
+dot_i8x32(const int8_t *qs, const float *x)
+{
+	__m256i a = _mm256_loadu_si256((const __m256i *)qs);
+	__m128i l = _mm256_castsi256_si128(a), h = _mm256_extracti128_si256(a,
+	    1);
+	__m256 acc;
+
+	acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(l)),
+	    _mm256_loadu_ps(x));
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+	    _mm_srli_si128(l, 8))), _mm256_loadu_ps(x + 8), acc);
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h)),
+	    _mm256_loadu_ps(x + 16), acc);
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+	    _mm_srli_si128(h, 8))), _mm256_loadu_ps(x + 24), acc);
+	return acc;
+}
+#endif
+
+void
+quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
+    const float *x, float *y)
+{
+	const uint8_t *base = w;
+	int nb = cols / QK, r, b, j;
+	float xs_stack[256], *xs = xs_stack;
+
+	if (r1 <= r0)
+		return;
+	if (wtype == GGML_F32 || wtype == GGML_F16 || nb > 256 ||
+	    cols % QK != 0) {
+		float row[QK];
+
+		/* plain types, or rows too wide for the stack sums */
+		for (r = r0; r < r1; r++) {
+			double s = 0.0;
+			size_t rb = (size_t)cols / ggml_type_block_elems(wtype) *
+			    ggml_type_block_bytes(wtype);
+			int c;
+
+			if (wtype == GGML_F32) {
+				const float *wr = (const float *)(base +
+				    (size_t)r * rb);
+
+				for (c = 0; c < cols; c++)
+					s += wr[c] * x[c];
+			} else {
+				int be = ggml_type_block_elems(wtype);
+
+				for (c = 0; c < cols; c += be) {
+					int e = be <= QK ? be : QK, k;
+
+					if (be > QK)
+						break;
+					quant_dequant(wtype, base + (size_t)r *
+					    rb + (size_t)(c / be) *
+					    ggml_type_block_bytes(wtype), row,
+					    (size_t)e);
+					for (k = 0; k < e; k++)
+						s += row[k] * x[c + k];
+				}
+			}
+			y[r] = (float)s;
+		}
+		return;
+	}
+	if (wtype == GGML_Q4_1 || wtype == GGML_Q4_0)
+		block_sums(x, nb, xs);
+
+	for (r = r0; r < r1; r++) {
+		float s = 0.0f;
+#ifdef __AVX2__
+		__m256 acc = _mm256_setzero_ps();
+#endif
+
+		switch (wtype) {
+		case GGML_Q4_1: {
+			const blk_q4_1 *bl = (const blk_q4_1 *)(base +
+			    (size_t)r * nb * sizeof(blk_q4_1));
+
+			for (b = 0; b < nb; b++) {
+#ifdef __AVX2__
+				acc = _mm256_fmadd_ps(dot_nib32(bl[b].qs,
+				    x + b * QK), _mm256_set1_ps(
+				    h2f(bl[b].d)), acc);
+#else
+				float t = 0.0f;
+
+				for (j = 0; j < 16; j++)
+					t += (bl[b].qs[j] & 15) * x[b * QK + j] +
+					    (bl[b].qs[j] >> 4) *
+					    x[b * QK + j + 16];
+				s += h2f(bl[b].d) * t;
+#endif
+				s += h2f(bl[b].m) * xs[b];
+			}
+			break;
+		}
+		case GGML_Q4_0: {
+			const blk_q4_0 *bl = (const blk_q4_0 *)(base +
+			    (size_t)r * nb * sizeof(blk_q4_0));
+
+			for (b = 0; b < nb; b++) {
+				float d = h2f(bl[b].d);
+#ifdef __AVX2__
+				acc = _mm256_fmadd_ps(dot_nib32(bl[b].qs,
+				    x + b * QK), _mm256_set1_ps(d), acc);
+#else
+				float t = 0.0f;
+
+				for (j = 0; j < 16; j++)
+					t += (bl[b].qs[j] & 15) * x[b * QK + j] +
+					    (bl[b].qs[j] >> 4) *
+					    x[b * QK + j + 16];
+				s += d * t;
+#endif
+				s -= 8.0f * d * xs[b];
+			}
+			break;
+		}
+		case GGML_Q8_0: {
+			const blk_q8_0 *bl = (const blk_q8_0 *)(base +
+			    (size_t)r * nb * sizeof(blk_q8_0));
+
+			for (b = 0; b < nb; b++) {
+#ifdef __AVX2__
+				acc = _mm256_fmadd_ps(dot_i8x32(bl[b].qs,
+				    x + b * QK), _mm256_set1_ps(
+				    h2f(bl[b].d)), acc);
+#else
+				float t = 0.0f;
+
+				for (j = 0; j < QK; j++)
+					t += bl[b].qs[j] * x[b * QK + j];
+				s += h2f(bl[b].d) * t;
+#endif
+			}
+			break;
+		}
+		default: {
+			/* other block types: dequantise a block at a time */
+			float row[QK];
+			size_t bb = ggml_type_block_bytes(wtype);
+
+			for (b = 0; b < nb; b++) {
+				quant_dequant(wtype, base + ((size_t)r * nb +
+				    b) * bb, row, QK);
+				for (j = 0; j < QK; j++)
+					s += row[j] * x[b * QK + j];
+			}
+		}
+		}
+#ifdef __AVX2__
+		s += hsum256(acc);
+#endif
+		y[r] = s;
+	}
+}

@@ -1,14 +1,22 @@
 /*
- * test-model.c - the forward pass against llama.cpp: logits after fixed
- * prompts (tests/golden/logits.txt, made by tools/make-goldens.py) and the
- * greedy continuation of "The capital of France is"; plus the facts the
- * model reports and the rejection of bad files.
+ * test-model.c - the forward pass against two references: transformers in
+ * float32 (tests/golden/logits-hf.txt, tools/make-goldens-hf.py) and
+ * llama.cpp (tests/golden/logits.txt, tools/make-goldens.py): logits after
+ * fixed prompts and the greedy continuation of "The capital of France is";
+ * plus the facts the model reports and the rejection of bad files.
  * SPDX-License-Identifier: MIT
  *
- * Tolerance: llama.cpp multiplies Q4_1 weights by activations rounded to
- * 8 bits (Q8_1) on every path, while kvx's prefill uses f32 activations, so
- * logits differ by a few hundredths; |ours - ref| <= 0.06 + 0.004 |ref| is
- * required for every golden logit and for the log-sum-exp.
+ * Tolerances.  kvx computes with f32 activations on every path, as
+ * transformers does once it has dequantised the GGUF weights, so against
+ * that reference every golden logit and the log-sum-exp must agree to
+ * 2e-3 + 1e-4 |ref|, the top-1 token must be the same, and greedy decoding
+ * must give the same 20 tokens.  llama.cpp rounds activations to 8 bits
+ * (Q8_1/Q8_0) before each quantised product, which moves this small
+ * model's logits by up to 0.76 and its log-probabilities by up to 0.41
+ * (measured on the ChatML prompt, whose top two tokens it swaps against
+ * transformers), so against llama.cpp each golden log-probability
+ * (logit - log-sum-exp) must agree to 0.5 and its top-1 must be in kvx's
+ * top 2.
  */
 #include "config.h"
 
@@ -35,26 +43,30 @@ struct golden {
 	int	 n_greedy;
 };
 
-static struct golden G[8];
-static int NG;
+struct goldens {
+	struct golden	 g[8];
+	int		 n;
+};
+
+static struct goldens HF, LC;
 
 static struct golden *
-find(const char *name)
+find(struct goldens *gs, const char *name)
 {
 	int i;
 
-	for (i = 0; i < NG; i++)
-		if (strcmp(G[i].name, name) == 0)
-			return &G[i];
-	if (NG == 8)
+	for (i = 0; i < gs->n; i++)
+		if (strcmp(gs->g[i].name, name) == 0)
+			return &gs->g[i];
+	if (gs->n == 8)
 		return NULL;
-	snprintf(G[NG].name, sizeof G[NG].name, "%s", name);
-	return &G[NG++];
+	snprintf(gs->g[gs->n].name, sizeof gs->g[gs->n].name, "%s", name);
+	return &gs->g[gs->n++];
 }
 
-/* Parse tests/golden/logits.txt (format in its header). */
+/* Parse a golden logits file (format in tests/golden/logits.txt). */
 static int
-load_golden(const char *path)
+load_golden(struct goldens *gs, const char *path)
 {
 	static char line[1 << 16];
 	FILE *f = fopen(path, "r");
@@ -70,7 +82,7 @@ load_golden(const char *path)
 		if (line[0] == '#' || sscanf(line, "%15s %31s%n", kind, name,
 		    &off) != 2)
 			continue;
-		if ((g = find(name)) == NULL)
+		if ((g = find(gs, name)) == NULL)
 			break;
 		p = line + off;
 		if (strcmp(kind, "prompt") == 0 || strcmp(kind, "greedy") == 0) {
@@ -99,7 +111,7 @@ load_golden(const char *path)
 			g->lse = strtod(p, NULL);
 	}
 	fclose(f);
-	return NG;
+	return gs->n;
 }
 
 static double
@@ -128,9 +140,27 @@ argmax(const float *v, int n)
 }
 
 static int
-close_enough(double a, double ref)
+close_hf(double a, double ref)
 {
-	return fabs(a - ref) <= 0.06 + 0.004 * fabs(ref);
+	return fabs(a - ref) <= 2e-3 + 1e-4 * fabs(ref);
+}
+
+static int
+close_lc(double logprob, double ref_logprob)
+{
+	return fabs(logprob - ref_logprob) <= 0.5;
+}
+
+/* Rank of id among the logits (0 = largest). */
+static int
+rank_of(const float *v, int n, int id)
+{
+	int i, r = 0;
+
+	for (i = 0; i < n; i++)
+		if (v[i] > v[id])
+			r++;
+	return r;
 }
 
 int
@@ -146,10 +176,15 @@ main(void)
 
 	if (path == NULL)
 		tap_skip_all("model not present (set KVX_MODEL)");
+	snprintf(gpath, sizeof gpath, "%s/tests/golden/logits-hf.txt",
+	    srcdir ? srcdir : ".");
+	if (!ok(load_golden(&HF, gpath) >= 3, "transformers goldens loaded "
+	    "from %s", gpath))
+		return tap_done();
 	snprintf(gpath, sizeof gpath, "%s/tests/golden/logits.txt",
 	    srcdir ? srcdir : ".");
-	if (!ok(load_golden(gpath) >= 3, "golden logits loaded from %s",
-	    gpath))
+	if (!ok(load_golden(&LC, gpath) >= 3, "llama.cpp goldens loaded from "
+	    "%s", gpath))
 		return tap_done();
 	if (!ok(kvx_model_open(path, 2, &m) == KVX_OK, "open model"))
 		return tap_done();
@@ -165,8 +200,8 @@ main(void)
 	    info->fingerprint);
 	lg = malloc(sizeof(float) * V);
 
-	for (i = 0; i < NG; i++) {
-		struct golden *g = &G[i];
+	for (i = 0; i < HF.n; i++) {
+		struct golden *g = &HF.g[i], *gl = find(&LC, g->name);
 		int good = 1;
 		double l;
 
@@ -176,19 +211,39 @@ main(void)
 			ok(0, "%s: prefill: %s", g->name, kvx_errmsg());
 			continue;
 		}
-		ok(argmax(lg, V) == g->top_id[0], "%s: top-1 token %d "
-		    "(reference %d)", g->name, argmax(lg, V), g->top_id[0]);
+		ok(argmax(lg, V) == g->top_id[0], "%s: top-1 token %d equals "
+		    "transformers' %d", g->name, argmax(lg, V), g->top_id[0]);
 		for (k = 0; k < g->n_top; k++) {
-			if (!close_enough(lg[g->top_id[k]], g->top_logit[k]))
+			if (!close_hf(lg[g->top_id[k]], g->top_logit[k]))
 				good = 0;
-			diag("%s: id %d logit %.4f ref %.4f", g->name,
+			diag("%s: id %d logit %.4f transformers %.4f", g->name,
 			    g->top_id[k], lg[g->top_id[k]], g->top_logit[k]);
 		}
-		ok(good, "%s: top-%d logits within tolerance", g->name,
-		    g->n_top);
+		ok(good, "%s: top-%d logits equal transformers' (f32) within "
+		    "2e-3", g->name, g->n_top);
 		l = lse(lg, V);
-		ok(close_enough(l, g->lse), "%s: log-sum-exp %.4f (reference "
+		ok(close_hf(l, g->lse), "%s: log-sum-exp %.4f (transformers "
 		    "%.4f)", g->name, l, g->lse);
+
+		if (gl != NULL && gl->n_top > 0 && gl->n_prompt == g->n_prompt &&
+		    memcmp(gl->prompt, g->prompt, sizeof(int32_t) *
+		    g->n_prompt) == 0) {
+			good = 1;
+			for (k = 0; k < gl->n_top; k++) {
+				if (!close_lc(lg[gl->top_id[k]] - l,
+				    gl->top_logit[k] - gl->lse))
+					good = 0;
+				diag("%s: id %d log-prob %.4f llama.cpp %.4f",
+				    g->name, gl->top_id[k], lg[gl->top_id[k]] - l,
+				    gl->top_logit[k] - gl->lse);
+			}
+			ok(good, "%s: log-probabilities within llama.cpp's "
+			    "8-bit-activation noise (0.5)", g->name);
+			ok(rank_of(lg, V, gl->top_id[0]) <= 1, "%s: llama.cpp's "
+			    "top-1 %d is in kvx's top 2", g->name,
+			    gl->top_id[0]);
+		} else
+			ok(0, "%s: no matching llama.cpp golden", g->name);
 
 		if (g->n_greedy > 0) {
 			int32_t tok;
@@ -206,13 +261,13 @@ main(void)
 					break;
 			}
 			ok(same, "%s: greedy continuation of %d tokens equals "
-			    "llama.cpp's", g->name, g->n_greedy);
+			    "transformers'", g->name, g->n_greedy);
 		}
 	}
 
 	// the same prompt by prefill and by token-at-a-time decode
 	{
-		struct golden *g = find("paragraph");
+		struct golden *g = find(&HF, "paragraph");
 		float *l2 = malloc(sizeof(float) * V);
 		double md = 0.0;
 		int seq = 0, t;
@@ -228,9 +283,9 @@ main(void)
 		for (k = 0; k < V; k++)
 			if (fabs(lg[k] - l2[k]) > md)
 				md = fabs(lg[k] - l2[k]);
-		ok(md < 0.15 && argmax(lg, V) == argmax(l2, V), "prefill "
-		    "(f32 GEMM) and decode (quantised) paths agree: max "
-		    "|diff| %.3f", md);
+		ok(md < 2e-3 && argmax(lg, V) == argmax(l2, V), "prefill "
+		    "(f32 GEMM) and decode (quantised weights, f32 "
+		    "activations) paths agree: max |diff| %.2g", md);
 		free(l2);
 	}
 

@@ -1051,8 +1051,12 @@ main(int argc, char **argv)
 	kvx_ctx_params_init(&cp);
 	cp.n_ctx = n_ctx;
 	cp.n_threads = n_threads;
-	/* room for the continuation, or the question and answer, unmoved */
-	cp.decode_headroom = M > 64 ? M : 64;
+	/*
+	 * No decode headroom: kv_bytes, read right after compression, is then
+	 * the compressed cache alone, comparable with the plan's own byte
+	 * counts; the continuation grows the segments afterwards.
+	 */
+	cp.decode_headroom = 0;
 	for (i = 0; i < n_ent; i++)
 		if (kvx_ctx_new(model, ents[i].plan, &cp, &ents[i].ctx) !=
 		    KVX_OK)
