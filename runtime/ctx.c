@@ -16,6 +16,9 @@
 #include <string.h>
 
 #include "ctx.h"
+#ifdef HAVE_CUDA
+#include "gpu.h"
+#endif
 #include "kvcache.h"
 #include "model.h"
 #include "plan.h"
@@ -38,6 +41,9 @@ struct kvx_ctx {
 	/* selection scratch */
 	float		*score, *pooled, *wtmp;
 	int		*idx;
+#ifdef HAVE_CUDA
+	gpu_ctx		*g;		/* non-NULL: the context is on the GPU */
+#endif
 };
 
 void
@@ -48,6 +54,7 @@ kvx_ctx_params_init(kvx_ctx_params *p)
 	p->n_ctx = 0;
 	p->decode_headroom = 256;
 	p->n_threads = 0;
+	p->device = KVX_DEVICE_AUTO;
 }
 
 void
@@ -57,6 +64,9 @@ kvx_ctx_free(kvx_ctx **pc)
 
 	if (c == NULL)
 		return;
+#ifdef HAVE_CUDA
+	gpu_ctx_free(&c->g);
+#endif
 	kvx_plan_free(&c->plan);
 	kv_free(&c->kv);
 	fw_scratch_free(&c->s);
@@ -68,6 +78,41 @@ kvx_ctx_free(kvx_ctx **pc)
 	free(c->idx);
 	free(c);
 	*pc = NULL;
+}
+
+/*
+ * Resolve the device: auto takes the GPU when the library has CUDA and a
+ * device is usable, unless the environment sets KVX_DEVICE=cpu.
+ */
+static kvx_status
+pick_device(kvx_ctx *c)
+{
+	const char *e = getenv("KVX_DEVICE");
+
+	if (c->p.device == KVX_DEVICE_AUTO) {
+		c->p.device = KVX_DEVICE_CPU;
+#ifdef HAVE_CUDA
+		if ((e == NULL || strcmp(e, "cpu") != 0) && gpu_available())
+			c->p.device = KVX_DEVICE_GPU;
+#else
+		(void)e;
+#endif
+		return KVX_OK;
+	}
+	if (c->p.device == KVX_DEVICE_CPU)
+		return KVX_OK;
+	if (c->p.device != KVX_DEVICE_GPU)
+		return kvx__fail(KVX_ERR_ARG, "device %d is not one of 0 "
+		    "(auto), 1 (CPU), 2 (GPU)", c->p.device);
+#ifdef HAVE_CUDA
+	if (!gpu_available())
+		return kvx__fail(KVX_ERR_DEVICE, "a GPU context was asked for "
+		    "but no CUDA device is usable");
+	return KVX_OK;
+#else
+	return kvx__fail(KVX_ERR_UNSUPPORTED, "a GPU context was asked for "
+	    "but libkvx was built without CUDA");
+#endif
 }
 
 kvx_status
@@ -109,6 +154,16 @@ kvx_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *pp,
 		    "runtime's limit %d", c->plan->window, WIN_SAVE);
 		goto fail;
 	}
+	if ((rc = pick_device(c)) != KVX_OK)
+		goto fail;
+#ifdef HAVE_CUDA
+	if (c->p.device == KVX_DEVICE_GPU) {
+		if ((rc = gpu_ctx_new(m, c->plan, &c->p, &c->g)) != KVX_OK)
+			goto fail;
+		*out = c;
+		return KVX_OK;
+	}
+#endif
 	if ((rc = kv_new(c->p.n_seq, mi->n_layer, mi->n_head_kv, mi->head_dim,
 	    c->p.n_ctx, &c->kv)) != KVX_OK)
 		goto fail;
@@ -293,6 +348,18 @@ kvx_prefill(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
 		return rc;
 	if (ids == NULL || n < 1)
 		return kvx__fail(KVX_ERR_ARG, "kvx_prefill: no tokens");
+#ifdef HAVE_CUDA
+	if (c->g != NULL) {
+		if (gpu_seq_len(c->g, seq) != 0)
+			return kvx__fail(KVX_ERR_ARG, "kvx_prefill: sequence "
+			    "%d is not empty", seq);
+		if (n > c->p.n_ctx)
+			return kvx__fail(KVX_ERR_CAPACITY, "prompt of %d "
+			    "tokens exceeds the context size %d", n,
+			    c->p.n_ctx);
+		return gpu_prefill(c->g, seq, ids, n, logits);
+	}
+#endif
 	if (c->kv->n_pos[seq] != 0)
 		return kvx__fail(KVX_ERR_ARG, "kvx_prefill: sequence %d is "
 		    "not empty (use kvx_extend, or kvx_seq_clear first)", seq);
@@ -345,6 +412,14 @@ kvx_extend(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
 		return rc;
 	if (ids == NULL || n < 1)
 		return kvx__fail(KVX_ERR_ARG, "kvx_extend: no tokens");
+#ifdef HAVE_CUDA
+	if (c->g != NULL) {
+		if (gpu_seq_len(c->g, seq) + n > c->p.n_ctx)
+			return kvx__fail(KVX_ERR_CAPACITY, "sequence %d would "
+			    "exceed the context size %d", seq, c->p.n_ctx);
+		return gpu_extend(c->g, seq, ids, n, logits);
+	}
+#endif
 	p0 = c->kv->n_pos[seq];
 	if (p0 + n > c->p.n_ctx)
 		return kvx__fail(KVX_ERR_CAPACITY, "sequence %d would reach "
@@ -396,10 +471,14 @@ kvx_decode(kvx_ctx *c, int n, const int *seqs, const int32_t *ids,
 			if (seqs[j] == seqs[i])
 				return kvx__fail(KVX_ERR_ARG, "kvx_decode: "
 				    "sequence %d appears twice", seqs[i]);
-		if (c->kv->n_pos[seqs[i]] + 1 > c->p.n_ctx)
+		if (kvx_seq_len(c, seqs[i]) + 1 > c->p.n_ctx)
 			return kvx__fail(KVX_ERR_CAPACITY, "sequence %d is "
 			    "full (%d tokens)", seqs[i], c->p.n_ctx);
 	}
+#ifdef HAVE_CUDA
+	if (c->g != NULL)
+		return gpu_decode(c->g, n, seqs, ids, logits);
+#endif
 	if ((rc = ensure_scratch(c, n)) != KVX_OK)
 		return rc;
 	if ((pos = kvx__malloc_array((size_t)n, sizeof(int))) == NULL)
@@ -435,6 +514,11 @@ kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src, int sseq)
 	if (dst->m != src->m)
 		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: contexts of "
 		    "different models");
+#ifdef HAVE_CUDA
+	if (dst->g != NULL || src->g != NULL)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from "
+		    "works on CPU contexts only");
+#endif
 	if (src->kv->compressed[sseq] || src->winq_n[sseq] == 0)
 		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: source "
 		    "sequence %d holds no uncompressed prefill", sseq);
@@ -473,6 +557,10 @@ kvx_seq_clear(kvx_ctx *c, int seq)
 
 	if ((rc = check_seq(c, seq)) != KVX_OK)
 		return rc;
+#ifdef HAVE_CUDA
+	if (c->g != NULL)
+		return gpu_seq_clear(c->g, seq);
+#endif
 	kv_seq_clear(c->kv, seq);
 	c->winq_n[seq] = 0;
 	return KVX_OK;
@@ -483,6 +571,10 @@ kvx_seq_len(const kvx_ctx *c, int seq)
 {
 	if (check_seq(c, seq) != KVX_OK)
 		return -1;
+#ifdef HAVE_CUDA
+	if (c->g != NULL)
+		return gpu_seq_len(c->g, seq);
+#endif
 	return c->kv->n_pos[seq];
 }
 
@@ -495,6 +587,10 @@ kvx_ctx_memory(const kvx_ctx *c, kvx_memory *mem)
 
 	if (c == NULL || mem == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_ctx_memory: NULL argument");
+#ifdef HAVE_CUDA
+	if (c->g != NULL)
+		return gpu_memory(c->g, mem);
+#endif
 	kv = c->kv;
 	row = kv_row_bytes(kv);
 	memset(mem, 0, sizeof *mem);

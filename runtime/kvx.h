@@ -126,7 +126,12 @@ typedef struct kvx_ctx_params {
 				   compression for decode (default 256) */
 	int	n_threads;	/* <= 0: the model's */
 	int	keep_logits;	/* reserved, 0 */
+	int	device;		/* KVX_DEVICE_AUTO (default): the GPU when
+				   libkvx has CUDA and one is usable, unless
+				   the environment sets KVX_DEVICE=cpu */
 } kvx_ctx_params;
+
+enum { KVX_DEVICE_AUTO = 0, KVX_DEVICE_CPU = 1, KVX_DEVICE_GPU = 2 };
 
 void		 kvx_ctx_params_init(kvx_ctx_params *);
 /* plan NULL = full cache.  The plan is copied; it is checked against the

@@ -65,7 +65,7 @@ tap_done(void)
 }
 
 /* The default model, or NULL (the caller skips) when it is not present. */
-static const char * TAP_UNUSED
+static TAP_UNUSED const char *
 tap_model_path(void)
 {
 	const char *p = getenv("KVX_MODEL");

@@ -1,0 +1,1250 @@
+/*
+ * gpu.c - contexts on a CUDA device: fp16 weights, fp16 ragged KV
+ * segments, prefill with per-layer SnapKV compression, batched decode.
+ * SPDX-License-Identifier: MIT
+ *
+ * Weights are dequantised on the host once, at context creation, and kept
+ * as fp16; every linear layer is one cuBLAS GEMM with fp32 accumulation
+ * and output (Q, K, V fused into one matrix, gate and up into another;
+ * the output and down projections accumulate into the residual stream
+ * with beta = 1).
+ *
+ * K/V live in arena chunks of fixed size, each one allocation holding a K
+ * half and a V half: a row's V sits a constant distance after its K, so
+ * the attention kernel addresses every segment of every chunk through one
+ * K base, one V base and per-segment element offsets.  The segments of a
+ * (sequence, layer) are one block of a chunk; a chunk is reused once all
+ * its blocks are freed.
+ *
+ * Prefill runs one sequence: each layer's K/V of the whole prompt go to a
+ * scratch buffer, causal attention runs on them with batched GEMMs, then
+ * the layer is scored, selected and gathered into blocks sized to the
+ * plan (kept rows plus decode headroom), so the full cache exists for one
+ * layer at a time.  Decode builds, per step, each layer's segment table
+ * and split-K work list on the host and uploads them in one copy.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "../kernels/cuda.h"
+#include "gpu.h"
+#include "model.h"
+#include "plan.h"
+#include "quant.h"
+#include "select.h"
+#include "util.h"
+
+/* Window queries available to the selection, as on the CPU path. */
+#define WIN_MAX 64
+/* Query rows per block of the prefill attention. */
+#define QBLK 1024
+/* Bytes of each half (K, V) of an arena chunk, at least. */
+#define CHUNK_HALF ((size_t)64 << 20)
+
+typedef struct gseg {
+	long long	off;	/* element offset of row 0 from the K base */
+	int		len, cap;
+} gseg;
+
+typedef struct gblk {
+	int		chunk;	/* -1: none */
+	size_t		at, bytes;
+} gblk;
+
+typedef struct gchunk {
+	char		*base;	/* K half; V half at base + half */
+	size_t		 top, live;
+} gchunk;
+
+typedef struct glayer {
+	void		*wqkv, *wo, *wgu, *wd;	/* fp16 */
+	float		*an, *fn;
+} glayer;
+
+struct gpu_ctx {
+	kvx_model	*m;
+	kvx_plan	*plan;
+	kvx_ctx_params	 p;
+	int		 E, H, Hkv, D, F, V, L, NQKV;
+	cublasHandle_t	 blas;
+	int		 sm;
+	/* weights */
+	glayer		*lw;
+	void		*embd, *out;	/* fp16; out may alias embd */
+	float		*onorm;
+	/* K/V arena */
+	gchunk		*ch;
+	int		 nch, capch;
+	size_t		 half;
+	char		*kbase, *vbase;
+	gseg		*seg;		/* [seq][layer][head] */
+	gblk		*blk;		/* [seq][layer] */
+	int		*npos;
+	/* forward scratch, for up to tmax tokens */
+	int		 tmax, lrows;
+	float		*x, *qkv, *q, *att, *gu, *logits;
+	void		*xh;
+	int		*ids, *pos;
+	/* prefill scratch, for up to pmax tokens */
+	int		 pmax;
+	void		*qh, *kt, *vt, *P;
+	float		*S, *wq, *score, *pooled;
+	void		*sscr;
+	int		*idx, *cnt;
+	void		*tab;		/* small per-layer tables */
+	/* decode step tables */
+	char		*h_step, *d_step;
+	size_t		 step_cap;
+	float		*pm, *pl, *pacc;
+	int		 part_cap;	/* items the partial buffers hold */
+	int		 timing, head;
+	gpu_stats	 st;
+};
+
+// --- errors ------------------------------------------------------------------
+
+/* A failed CUDA call or kernel launch, with where it happened. */
+static kvx_status
+cuda_fail(int code, const char *file, int line, const char *what)
+{
+	return kvx__fail(KVX_ERR_DEVICE, "%s:%d: %s: %s", file, line, what,
+	    kvx_cuda_strerror(code));
+}
+
+static kvx_status
+blas_fail(int code, const char *file, int line)
+{
+	return kvx__fail(KVX_ERR_DEVICE, "%s:%d: cuBLAS status %d", file,
+	    line, code);
+}
+
+#define CK(x) do {							\
+	int ck_ = (int)(x);						\
+	if (ck_ != 0)							\
+		return cuda_fail(ck_, __FILE__, __LINE__, #x);		\
+} while (0)
+#define CB(x) do {							\
+	cublasStatus_t cb_ = (x);					\
+	if (cb_ != CUBLAS_STATUS_SUCCESS)				\
+		return blas_fail((int)cb_, __FILE__, __LINE__);		\
+} while (0)
+
+int
+gpu_available(void)
+{
+	return kvx_cuda_available();
+}
+
+// --- weights -----------------------------------------------------------------
+
+/* Dequantise a matrix on the host and store it as fp16 at d_dst. */
+static kvx_status
+upload_mat(const mat *w, void *d_dst, float *d_tmp, float *h_tmp)
+{
+	size_t n = (size_t)w->rows * w->cols;
+	kvx_status rc;
+
+	if ((rc = quant_dequant(w->type, w->q, h_tmp, n)) != KVX_OK)
+		return rc;
+	CK(cudaMemcpy(d_tmp, h_tmp, n * sizeof(float),
+	    cudaMemcpyHostToDevice));
+	CK(kvx_cuda_f2h(d_tmp, d_dst, n, 0));
+	return KVX_OK;
+}
+
+static kvx_status
+upload_vec(const float *v, int n, float **d)
+{
+	CK(cudaMalloc((void **)d, (size_t)n * sizeof(float)));
+	CK(cudaMemcpy(*d, v, (size_t)n * sizeof(float),
+	    cudaMemcpyHostToDevice));
+	return KVX_OK;
+}
+
+/* fp16 copies of all weights; fused QKV and gate-up matrices. */
+static kvx_status
+upload_weights(gpu_ctx *g)
+{
+	kvx_model *m = g->m;
+	size_t big = (size_t)g->V * g->E, h2 = sizeof(uint16_t);
+	float *h_tmp = NULL, *d_tmp = NULL;
+	kvx_status rc = KVX_OK;
+	int l;
+
+	if ((size_t)g->F * 2 * g->E > big)
+		big = (size_t)g->F * 2 * g->E;
+	if ((h_tmp = kvx__malloc_array(big, sizeof(float))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	if (cudaMalloc((void **)&d_tmp, big * sizeof(float)) != cudaSuccess) {
+		free(h_tmp);
+		return kvx__fail(KVX_ERR_DEVICE, "cannot allocate %zu bytes "
+		    "on the device", big * sizeof(float));
+	}
+#define UP(w, dst) if ((rc = upload_mat(w, dst, d_tmp, h_tmp)) != KVX_OK) \
+	goto out
+#define AL(p, n) if (cudaMalloc(&(p), (n) * h2) != cudaSuccess) { \
+	rc = kvx__fail(KVX_ERR_DEVICE, "cannot allocate weights"); goto out; }
+	AL(g->embd, (size_t)g->V * g->E);
+	UP(&m->embd, g->embd);
+	if (m->out.q == m->embd.q)
+		g->out = g->embd;
+	else {
+		AL(g->out, (size_t)g->V * g->E);
+		UP(&m->out, g->out);
+	}
+	if ((rc = upload_vec(m->out_norm, g->E, &g->onorm)) != KVX_OK)
+		goto out;
+	for (l = 0; l < g->L; l++) {
+		layer_w *w = &m->L[l];
+		glayer *d = &g->lw[l];
+		size_t E = g->E;
+
+		AL(d->wqkv, (size_t)g->NQKV * E);
+		AL(d->wo, (size_t)g->E * g->H * g->D);
+		AL(d->wgu, (size_t)2 * g->F * E);
+		AL(d->wd, (size_t)g->E * g->F);
+		UP(&w->wq, d->wqkv);
+		UP(&w->wk, (char *)d->wqkv + (size_t)g->H * g->D * E * h2);
+		UP(&w->wv, (char *)d->wqkv + (size_t)(g->H + g->Hkv) * g->D *
+		    E * h2);
+		UP(&w->wo, d->wo);
+		UP(&w->wg, d->wgu);
+		UP(&w->wu, (char *)d->wgu + (size_t)g->F * E * h2);
+		UP(&w->wd, d->wd);
+		if ((rc = upload_vec(w->attn_norm, g->E, &d->an)) != KVX_OK ||
+		    (rc = upload_vec(w->ffn_norm, g->E, &d->fn)) != KVX_OK)
+			goto out;
+	}
+#undef UP
+#undef AL
+	if (cudaDeviceSynchronize() != cudaSuccess)
+		rc = kvx__fail(KVX_ERR_DEVICE, "weight upload failed");
+out:
+	cudaFree(d_tmp);
+	free(h_tmp);
+	return rc;
+}
+
+// --- K/V arena -----------------------------------------------------------------
+
+static gseg *
+seg_at(const gpu_ctx *g, int s, int l, int h)
+{
+	return &g->seg[((size_t)s * g->L + l) * g->Hkv + h];
+}
+
+static gblk *
+blk_at(const gpu_ctx *g, int s, int l)
+{
+	return &g->blk[(size_t)s * g->L + l];
+}
+
+/* A new chunk of the arena. */
+static kvx_status
+chunk_add(gpu_ctx *g)
+{
+	gchunk *nc;
+	void *p;
+
+	if (g->nch == g->capch) {
+		int cap = g->capch ? 2 * g->capch : 16;
+
+		if ((nc = realloc(g->ch, (size_t)cap * sizeof *nc)) == NULL)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		g->ch = nc;
+		g->capch = cap;
+	}
+	if (cudaMalloc(&p, 2 * g->half) != cudaSuccess) {
+		cudaGetLastError();
+		return kvx__fail(KVX_ERR_NOMEM, "device out of memory for the "
+		    "KV cache (%d chunks of %zu MiB held)", g->nch,
+		    2 * g->half >> 20);
+	}
+	g->ch[g->nch].base = p;
+	g->ch[g->nch].top = 0;
+	g->ch[g->nch].live = 0;
+	if (g->nch == 0) {
+		g->kbase = p;
+		g->vbase = (char *)p + g->half;
+	}
+	g->nch++;
+	return KVX_OK;
+}
+
+/* Release the block of (s, l), its segments emptied. */
+static void
+blk_free(gpu_ctx *g, int s, int l)
+{
+	gblk *b = blk_at(g, s, l);
+	int h;
+
+	if (b->chunk >= 0) {
+		gchunk *c = &g->ch[b->chunk];
+
+		c->live -= b->bytes;
+		if (c->live == 0)
+			c->top = 0;
+	}
+	b->chunk = -1;
+	b->bytes = 0;
+	for (h = 0; h < g->Hkv; h++) {
+		gseg *sg = seg_at(g, s, l, h);
+
+		sg->len = sg->cap = 0;
+		sg->off = 0;
+	}
+}
+
+/*
+ * Take a block for (s, l) with capacities caps[h]; fills in the segments'
+ * offsets and capacities (lengths 0).  The old block, if any, must have
+ * been released or be kept by the caller in *old.
+ */
+static kvx_status
+blk_alloc(gpu_ctx *g, int s, int l, const int *caps)
+{
+	size_t rows = 0, bytes, rb = (size_t)g->D * sizeof(uint16_t);
+	long long base;
+	gblk *b = blk_at(g, s, l);
+	kvx_status rc;
+	int c, h;
+
+	for (h = 0; h < g->Hkv; h++)
+		rows += (size_t)caps[h];
+	bytes = (rows * rb + 255) & ~(size_t)255;
+	if (bytes == 0)
+		bytes = 256;
+	if (bytes > g->half)
+		return kvx__fail(KVX_ERR_CAPACITY, "a layer of %zu rows "
+		    "exceeds the arena chunk", rows);
+	for (c = 0; c < g->nch; c++)
+		if (g->ch[c].top + bytes <= g->half)
+			break;
+	if (c == g->nch && (rc = chunk_add(g)) != KVX_OK)
+		return rc;
+	b->chunk = c;
+	b->at = g->ch[c].top;
+	b->bytes = bytes;
+	g->ch[c].top += bytes;
+	g->ch[c].live += bytes;
+	base = ((long long)((uintptr_t)g->ch[c].base - (uintptr_t)g->kbase) +
+	    (long long)b->at) / (long long)sizeof(uint16_t);
+	for (h = 0; h < g->Hkv; h++) {
+		gseg *sg = seg_at(g, s, l, h);
+
+		sg->off = base;
+		sg->len = 0;
+		sg->cap = caps[h];
+		base += (long long)caps[h] * g->D;
+	}
+	return KVX_OK;
+}
+
+/* Move (s, l) to a block of capacities caps[h] >= the lengths. */
+static kvx_status
+blk_move(gpu_ctx *g, int s, int l, const int *caps)
+{
+	gblk old = *blk_at(g, s, l);
+	gseg was[64];
+	size_t rb = (size_t)g->D * sizeof(uint16_t);
+	kvx_status rc;
+	int h;
+
+	for (h = 0; h < g->Hkv; h++)
+		was[h] = *seg_at(g, s, l, h);
+	if ((rc = blk_alloc(g, s, l, caps)) != KVX_OK) {
+		*blk_at(g, s, l) = old;
+		for (h = 0; h < g->Hkv; h++)
+			*seg_at(g, s, l, h) = was[h];
+		return rc;
+	}
+	for (h = 0; h < g->Hkv; h++) {
+		gseg *sg = seg_at(g, s, l, h);
+
+		if (was[h].len > 0) {
+			CK(cudaMemcpyAsync(g->kbase + sg->off * 2, g->kbase +
+			    was[h].off * 2, (size_t)was[h].len * rb,
+			    cudaMemcpyDeviceToDevice, 0));
+			CK(cudaMemcpyAsync(g->vbase + sg->off * 2, g->vbase +
+			    was[h].off * 2, (size_t)was[h].len * rb,
+			    cudaMemcpyDeviceToDevice, 0));
+		}
+		sg->len = was[h].len;
+	}
+	if (old.chunk >= 0) {
+		gchunk *c = &g->ch[old.chunk];
+
+		c->live -= old.bytes;
+		if (c->live == 0)
+			c->top = 0;
+	}
+	return KVX_OK;
+}
+
+// --- creation ----------------------------------------------------------------
+
+void
+gpu_ctx_free(gpu_ctx **pg)
+{
+	gpu_ctx *g = *pg;
+	int l, c;
+
+	if (g == NULL)
+		return;
+	if (g->lw != NULL)
+		for (l = 0; l < g->L; l++) {
+			cudaFree(g->lw[l].wqkv);
+			cudaFree(g->lw[l].wo);
+			cudaFree(g->lw[l].wgu);
+			cudaFree(g->lw[l].wd);
+			cudaFree(g->lw[l].an);
+			cudaFree(g->lw[l].fn);
+		}
+	if (g->out != g->embd)
+		cudaFree(g->out);
+	cudaFree(g->embd);
+	cudaFree(g->onorm);
+	for (c = 0; c < g->nch; c++)
+		cudaFree(g->ch[c].base);
+	cudaFree(g->x);
+	cudaFree(g->qkv);
+	cudaFree(g->q);
+	cudaFree(g->att);
+	cudaFree(g->gu);
+	cudaFree(g->logits);
+	cudaFree(g->xh);
+	cudaFree(g->ids);
+	cudaFree(g->pos);
+	cudaFree(g->qh);
+	cudaFree(g->kt);
+	cudaFree(g->vt);
+	cudaFree(g->P);
+	cudaFree(g->S);
+	cudaFree(g->wq);
+	cudaFree(g->score);
+	cudaFree(g->pooled);
+	cudaFree(g->sscr);
+	cudaFree(g->idx);
+	cudaFree(g->cnt);
+	cudaFree(g->tab);
+	cudaFree(g->d_step);
+	cudaFree(g->pm);
+	cudaFree(g->pl);
+	cudaFree(g->pacc);
+	cudaFreeHost(g->h_step);
+	if (g->blas != NULL)
+		cublasDestroy(g->blas);
+	free(g->lw);
+	free(g->ch);
+	free(g->seg);
+	free(g->blk);
+	free(g->npos);
+	kvx_plan_free(&g->plan);
+	free(g);
+	*pg = NULL;
+}
+
+kvx_status
+gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
+    gpu_ctx **out)
+{
+	const kvx_model_info *mi = &m->info;
+	size_t nsl, i, rows;
+	kvx_status rc;
+	gpu_ctx *g;
+
+	*out = NULL;
+	if (!kvx_cuda_available())
+		return kvx__fail(KVX_ERR_DEVICE, "no CUDA device is usable");
+	if (mi->head_dim != 64 && mi->head_dim != 128)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs "
+		    "head_dim 64 or 128, not %d", mi->head_dim);
+	if (mi->n_head / mi->n_head_kv > 8 || mi->n_head_kv > 64)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs at "
+		    "most 8 query heads per KV head and 64 KV heads");
+	if (plan != NULL && plan->window > WIN_MAX)
+		return kvx__fail(KVX_ERR_PLAN, "plan window %d exceeds the "
+		    "runtime's limit %d", plan->window, WIN_MAX);
+	if ((g = calloc(1, sizeof *g)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	g->m = m;
+	g->p = *p;
+	g->E = mi->n_embd;
+	g->H = mi->n_head;
+	g->Hkv = mi->n_head_kv;
+	g->D = mi->head_dim;
+	g->F = mi->n_ff;
+	g->V = mi->n_vocab;
+	g->L = mi->n_layer;
+	g->NQKV = (g->H + 2 * g->Hkv) * g->D;
+	g->sm = kvx_cuda_sm_count();
+	if (plan != NULL && (rc = plan_copy(plan, &g->plan)) != KVX_OK)
+		goto fail;
+	if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS) {
+		g->blas = NULL;
+		rc = kvx__fail(KVX_ERR_DEVICE, "cannot create a cuBLAS handle");
+		goto fail;
+	}
+	nsl = (size_t)g->p.n_seq * g->L;
+	g->lw = kvx__calloc((size_t)g->L, sizeof *g->lw);
+	g->seg = kvx__calloc(nsl * g->Hkv, sizeof *g->seg);
+	g->blk = kvx__calloc(nsl, sizeof *g->blk);
+	g->npos = kvx__calloc((size_t)g->p.n_seq, sizeof *g->npos);
+	if (!g->lw || !g->seg || !g->blk || !g->npos) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < nsl; i++)
+		g->blk[i].chunk = -1;
+	/* a chunk holds at least one layer of a full-length sequence */
+	rows = (size_t)g->Hkv * ((size_t)g->p.n_ctx + g->p.decode_headroom +
+	    64) * g->D * sizeof(uint16_t);
+	g->half = rows > CHUNK_HALF ? (rows + 255) & ~(size_t)255 : CHUNK_HALF;
+	if ((rc = chunk_add(g)) != KVX_OK ||
+	    (rc = upload_weights(g)) != KVX_OK)
+		goto fail;
+	*out = g;
+	return KVX_OK;
+fail:
+	gpu_ctx_free(&g);
+	return rc;
+}
+
+void
+gpu_set_options(gpu_ctx *g, int timing, int head)
+{
+	g->timing = timing;
+	g->head = head;
+}
+
+const gpu_stats *
+gpu_get_stats(const gpu_ctx *g)
+{
+	return &g->st;
+}
+
+// --- scratch -----------------------------------------------------------------
+
+/* Replace *p by a device buffer of bytes. */
+static kvx_status
+regrow(void **p, size_t bytes)
+{
+	cudaFree(*p);
+	*p = NULL;
+	if (cudaMalloc(p, bytes ? bytes : 16) != cudaSuccess) {
+		cudaGetLastError();
+		*p = NULL;
+		return kvx__fail(KVX_ERR_NOMEM, "cannot allocate %zu bytes on "
+		    "the device", bytes);
+	}
+	return KVX_OK;
+}
+
+/* Forward buffers for t tokens. */
+static kvx_status
+ensure_fw(gpu_ctx *g, int t)
+{
+	size_t T, xw;
+	kvx_status rc;
+
+	if (t <= g->tmax)
+		return KVX_OK;
+	T = (size_t)(t < 16 ? 16 : t);
+	xw = (size_t)g->E;
+	if ((size_t)g->H * g->D > xw)
+		xw = (size_t)g->H * g->D;
+	if ((size_t)g->F > xw)
+		xw = (size_t)g->F;
+	g->tmax = 0;
+	if ((rc = regrow((void **)&g->x, T * g->E * 4)) != KVX_OK ||
+	    (rc = regrow((void **)&g->qkv, T * g->NQKV * 4)) != KVX_OK ||
+	    (rc = regrow((void **)&g->q, T * g->H * g->D * 4)) != KVX_OK ||
+	    (rc = regrow((void **)&g->att, T * g->H * g->D * 4)) != KVX_OK ||
+	    (rc = regrow((void **)&g->gu, T * 2 * g->F * 4)) != KVX_OK ||
+	    (rc = regrow(&g->xh, T * xw * 2)) != KVX_OK ||
+	    (rc = regrow((void **)&g->ids, T * sizeof(int))) != KVX_OK ||
+	    (rc = regrow((void **)&g->pos, T * sizeof(int))) != KVX_OK)
+		return rc;
+	g->tmax = (int)T;
+	return KVX_OK;
+}
+
+/* Prefill buffers for n prompt tokens. */
+static kvx_status
+ensure_prefill(gpu_ctx *g, int n)
+{
+	size_t N = (size_t)n, qb = N < QBLK ? N : QBLK, G = g->H / g->Hkv;
+	size_t kvr = N * g->Hkv * g->D * 2, tabb;
+	kvx_status rc;
+
+	if (n <= g->pmax)
+		return KVX_OK;
+	g->pmax = 0;
+	tabb = (size_t)320 * 8;
+	if ((rc = regrow(&g->qh, N * g->H * g->D * 2)) != KVX_OK ||
+	    (rc = regrow(&g->kt, kvr)) != KVX_OK ||
+	    (rc = regrow(&g->vt, kvr)) != KVX_OK ||
+	    (rc = regrow((void **)&g->S, G * qb * N * 4)) != KVX_OK ||
+	    (rc = regrow(&g->P, G * qb * N * 2)) != KVX_OK ||
+	    (rc = regrow((void **)&g->wq, (size_t)g->H * WIN_MAX * g->D *
+	    4)) != KVX_OK ||
+	    (rc = regrow((void **)&g->score, (size_t)g->Hkv * N * 4)) !=
+	    KVX_OK ||
+	    (rc = regrow((void **)&g->pooled, (size_t)g->Hkv * N * 4)) !=
+	    KVX_OK ||
+	    (rc = regrow(&g->sscr, kvx_cuda_score_scratch(g->Hkv, (int)G,
+	    WIN_MAX, n))) != KVX_OK ||
+	    (rc = regrow((void **)&g->idx, (size_t)g->Hkv * N * 4)) !=
+	    KVX_OK ||
+	    (rc = regrow((void **)&g->cnt, (size_t)g->Hkv * 4)) != KVX_OK ||
+	    (rc = regrow(&g->tab, tabb)) != KVX_OK)
+		return rc;
+	g->pmax = n;
+	return KVX_OK;
+}
+
+// --- layers ------------------------------------------------------------------
+
+/* Y[T][rows] (ld ldy) = X[T][cols] W^T + beta Y; W fp16 rows x cols. */
+static kvx_status
+gemm(gpu_ctx *g, const void *W, int rows, int cols, const void *X, int T,
+    float *Y, int ldy, float beta)
+{
+	float alpha = 1.0f;
+
+	CB(cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, T, cols,
+	    &alpha, W, CUDA_R_16F, cols, X, CUDA_R_16F, cols, &beta, Y,
+	    CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+	return KVX_OK;
+}
+
+/* Norm, QKV projection and RoPE of T tokens at layer l: q gets the
+ * rotated queries [T][H][D], qkv keeps the rotated keys and the values. */
+static kvx_status
+qkv_rope(gpu_ctx *g, int l, int T)
+{
+	glayer *w = &g->lw[l];
+	const kvx_model_info *mi = &g->m->info;
+	kvx_status rc;
+
+	CK(kvx_cuda_rmsnorm(g->x, g->E, w->an, T, g->E, mi->rms_eps, g->xh,
+	    KVX_CUDA_F16, g->E, 0));
+	if ((rc = gemm(g, w->wqkv, g->NQKV, g->E, g->xh, T, g->qkv, g->NQKV,
+	    0.0f)) != KVX_OK)
+		return rc;
+	CK(kvx_cuda_rope(g->qkv, g->NQKV, g->q, g->H * g->D, T, g->H, g->D,
+	    g->pos, mi->rope_theta, 0));
+	CK(kvx_cuda_rope(g->qkv + g->H * g->D, g->NQKV, g->qkv + g->H * g->D,
+	    g->NQKV, T, g->Hkv, g->D, g->pos, mi->rope_theta, 0));
+	return KVX_OK;
+}
+
+/* Output projection and feed-forward block of T tokens at layer l, the
+ * attention output in att. */
+static kvx_status
+out_ffn(gpu_ctx *g, int l, int T)
+{
+	glayer *w = &g->lw[l];
+	kvx_status rc;
+
+	CK(kvx_cuda_f2h(g->att, g->xh, (size_t)T * g->H * g->D, 0));
+	if ((rc = gemm(g, w->wo, g->E, g->H * g->D, g->xh, T, g->x, g->E,
+	    1.0f)) != KVX_OK)
+		return rc;
+	CK(kvx_cuda_rmsnorm(g->x, g->E, w->fn, T, g->E, g->m->info.rms_eps,
+	    g->xh, KVX_CUDA_F16, g->E, 0));
+	if ((rc = gemm(g, w->wgu, 2 * g->F, g->E, g->xh, T, g->gu, 2 * g->F,
+	    0.0f)) != KVX_OK)
+		return rc;
+	CK(kvx_cuda_swiglu(g->gu, T, g->F, g->xh, 0));
+	return gemm(g, w->wd, g->E, g->F, g->xh, T, g->x, g->E, 1.0f);
+}
+
+/* Final norm and LM head of n rows of x starting at row r0, into the
+ * device logits buffer. */
+static kvx_status
+lm_head(gpu_ctx *g, int r0, int n)
+{
+	kvx_status rc;
+
+	if (n > g->lrows) {
+		g->lrows = 0;
+		if ((rc = regrow((void **)&g->logits, (size_t)n * g->V * 4)) !=
+		    KVX_OK)
+			return rc;
+		g->lrows = n;
+	}
+	CK(kvx_cuda_rmsnorm(g->x + (size_t)r0 * g->E, g->E, g->onorm, n, g->E,
+	    g->m->info.rms_eps, g->xh, KVX_CUDA_F16, g->E, 0));
+	return gemm(g, g->out, g->V, g->E, g->xh, n, g->logits, g->V, 0.0f);
+}
+
+// --- prefill -----------------------------------------------------------------
+
+/* Causal attention of the n prompt tokens at the current layer, over the
+ * K/V scratch, into att. */
+static kvx_status
+prefill_attn(gpu_ctx *g, int n)
+{
+	int G = g->H / g->Hkv, D = g->D, t0, rows, nk, j;
+	float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;
+	long long sS;
+
+	CK(kvx_cuda_f2h(g->q, g->qh, (size_t)n * g->H * D, 0));
+	for (t0 = 0; t0 < n; t0 += QBLK) {
+		rows = n - t0 < QBLK ? n - t0 : QBLK;
+		nk = t0 + rows;
+		sS = (long long)rows * nk;
+		for (j = 0; j < g->Hkv; j++) {
+			const char *kj = (const char *)g->kt + (size_t)j * D * 2;
+			const char *vj = (const char *)g->vt + (size_t)j * D * 2;
+			const char *qj = (const char *)g->qh +
+			    ((size_t)t0 * g->H + (size_t)j * G) * D * 2;
+
+			CB(cublasGemmStridedBatchedEx(g->blas, CUBLAS_OP_T,
+			    CUBLAS_OP_N, nk, rows, D, &scale, kj, CUDA_R_16F,
+			    g->Hkv * D, 0, qj, CUDA_R_16F, g->H * D, D, &zero,
+			    g->S, CUDA_R_32F, nk, sS, G, CUBLAS_COMPUTE_32F,
+			    CUBLAS_GEMM_DEFAULT));
+			CK(kvx_cuda_softmax_causal(g->S, G, rows, nk, t0, g->P,
+			    0));
+			CB(cublasGemmStridedBatchedEx(g->blas, CUBLAS_OP_N,
+			    CUBLAS_OP_N, D, rows, nk, &one, vj, CUDA_R_16F,
+			    g->Hkv * D, 0, g->P, CUDA_R_16F, nk, sS, &zero,
+			    g->att + ((size_t)t0 * g->H + (size_t)j * G) * D,
+			    CUDA_R_32F, g->H * D, D, G, CUBLAS_COMPUTE_32F,
+			    CUBLAS_GEMM_DEFAULT));
+		}
+	}
+	return KVX_OK;
+}
+
+/*
+ * Compress layer l of sequence s (its n rows in the K/V scratch, the
+ * rotated queries in q) to the plan, into a new block: all rows without
+ * a plan, else the SnapKV selection of ctx.c's select_layer.
+ */
+static kvx_status
+prefill_select(gpu_ctx *g, int s, int l, int n)
+{
+	const kvx_plan *P = g->plan;
+	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
+	int caps[64], keep[64], cnt[64], w, pw, sinks, h, wv, sk, maxc = 0;
+	long long tl[6][64];
+	size_t rb = (size_t)D * 2;
+	char *dt = g->tab;
+	kvx_status rc;
+
+	if (P == NULL || n <= 1) {
+		for (h = 0; h < Hkv; h++)
+			caps[h] = n + hr;
+		if ((rc = blk_alloc(g, s, l, caps)) != KVX_OK)
+			return rc;
+		for (h = 0; h < Hkv; h++) {
+			gseg *sg = seg_at(g, s, l, h);
+
+			CK(cudaMemcpy2DAsync(g->kbase + sg->off * 2, rb,
+			    (char *)g->kt + h * rb, Hkv * rb, rb, n,
+			    cudaMemcpyDeviceToDevice, 0));
+			CK(cudaMemcpy2DAsync(g->vbase + sg->off * 2, rb,
+			    (char *)g->vt + h * rb, Hkv * rb, rb, n,
+			    cudaMemcpyDeviceToDevice, 0));
+			sg->len = n;
+		}
+		return KVX_OK;
+	}
+
+	w = n < WIN_MAX ? n : WIN_MAX;
+	pw = P->window < w ? P->window : w;
+	if (pw >= n)
+		pw = n - 1;
+	sinks = P->sinks;
+	/* the last pw queries of each head, [H][pw][D] */
+	for (h = 0; h < g->H; h++)
+		CK(cudaMemcpy2DAsync(g->wq + (size_t)h * pw * D, rb * 2,
+		    g->q + ((size_t)(n - pw) * g->H + h) * D,
+		    (size_t)g->H * D * 4, rb * 2, pw, cudaMemcpyDeviceToDevice,
+		    0));
+	/* tables: koff, soff (= ioff), src_off; then n and keep as ints */
+	for (h = 0; h < Hkv; h++) {
+		tl[0][h] = (long long)h * D;
+		tl[1][h] = (long long)h * n;
+	}
+	CK(cudaMemcpyAsync(dt, tl[0], Hkv * 8, cudaMemcpyHostToDevice, 0));
+	CK(cudaMemcpyAsync(dt + 64 * 8, tl[1], Hkv * 8,
+	    cudaMemcpyHostToDevice, 0));
+	for (h = 0; h < Hkv; h++)
+		cnt[h] = n;
+	CK(cudaMemcpyAsync(dt + 128 * 8, cnt, Hkv * 4, cudaMemcpyHostToDevice,
+	    0));
+	CK(kvx_cuda_score(g->wq, g->kt, KVX_CUDA_F16, (const long long *)dt,
+	    (const int *)(dt + 128 * 8), Hkv, n, G, pw, D, Hkv * D,
+	    1.0f / sqrtf((float)D), P->gqa, (const long long *)(dt + 64 * 8),
+	    g->sscr, g->score, 0));
+	CK(kvx_cuda_pool(g->score, (const long long *)(dt + 64 * 8),
+	    (const int *)(dt + 128 * 8), Hkv, n, pw, P->pool_kernel, P->pool,
+	    g->pooled, 0));
+
+	if (P->mode == KVX_PLAN_HYBRID) {
+		int per = plan_tokens(P, l, -1, n), fixed, total, ncand, fl;
+		const float *pp[64];
+		float *hp;
+
+		fixed = pw + sinks > n ? n : pw + sinks;
+		ncand = n - pw - sinks < 0 ? 0 : n - pw - sinks;
+		total = (per - fixed) * Hkv;
+		if (total < 0)
+			total = 0;
+		if (total > ncand * Hkv)
+			total = ncand * Hkv;
+		fl = (int)floor(P->alpha * total / Hkv);
+		for (h = 0; h < Hkv; h++)
+			cnt[h] = 0;
+		if (ncand > 0) {
+			hp = kvx__malloc_array((size_t)Hkv * n, sizeof(float));
+			if (hp == NULL)
+				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			if (cudaMemcpy(hp, g->pooled, (size_t)Hkv * n * 4,
+			    cudaMemcpyDeviceToHost) != cudaSuccess) {
+				free(hp);
+				return kvx__fail(KVX_ERR_DEVICE, "%s:%d: pooled "
+				    "scores copy failed", __FILE__, __LINE__);
+			}
+			for (h = 0; h < Hkv; h++)
+				pp[h] = hp + (size_t)h * n +
+				    (sinks < n - pw ? sinks : n - pw);
+			sel_hybrid_split(pp, Hkv, ncand, total, fl, cnt);
+			free(hp);
+		}
+		for (h = 0; h < Hkv; h++)
+			keep[h] = cnt[h] + pw + sinks;
+	} else
+		for (h = 0; h < Hkv; h++)
+			keep[h] = plan_tokens(P, l, h, n);
+	/* the count sel_select arrives at */
+	wv = pw;
+	sk = sinks < 0 ? 0 : (sinks > n - wv ? n - wv : sinks);
+	for (h = 0; h < Hkv; h++) {
+		if (keep[h] > n)
+			keep[h] = n;
+		cnt[h] = keep[h] < wv + sk ? wv + sk : keep[h];
+		caps[h] = cnt[h] + hr;
+		if (cnt[h] > maxc)
+			maxc = cnt[h];
+	}
+	if ((rc = blk_alloc(g, s, l, caps)) != KVX_OK)
+		return rc;
+	for (h = 0; h < Hkv; h++)
+		tl[2][h] = seg_at(g, s, l, h)->off;
+	CK(cudaMemcpyAsync(dt + 192 * 8, keep, Hkv * 4, cudaMemcpyHostToDevice,
+	    0));
+	CK(cudaMemcpyAsync(dt + 256 * 8, tl[2], Hkv * 8,
+	    cudaMemcpyHostToDevice, 0));
+	CK(kvx_cuda_select(g->pooled, (const long long *)(dt + 64 * 8),
+	    (const int *)(dt + 128 * 8), (const int *)(dt + 192 * 8), Hkv, pw,
+	    sinks, (const long long *)(dt + 64 * 8), g->idx, g->cnt, 0));
+	CK(kvx_cuda_gather(g->kt, g->vt, g->kbase, g->vbase, KVX_CUDA_F16, D,
+	    Hkv * D, D, (const long long *)dt, (const long long *)(dt + 256 *
+	    8), g->idx, (const long long *)(dt + 64 * 8), g->cnt, Hkv, maxc,
+	    0));
+	for (h = 0; h < Hkv; h++)
+		seg_at(g, s, l, h)->len = cnt[h];
+	return KVX_OK;
+}
+
+/* The prefill of gpu_prefill, without the bookkeeping on failure. */
+static kvx_status
+prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
+{
+	int *pos, l, i;
+	double t0 = 0.0, ts = 0.0;
+	kvx_status rc;
+
+	if ((rc = ensure_fw(g, n)) != KVX_OK ||
+	    (rc = ensure_prefill(g, n)) != KVX_OK)
+		return rc;
+	if ((pos = kvx__malloc_array((size_t)n, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++)
+		pos[i] = i;
+	if (g->timing) {
+		CK(cudaDeviceSynchronize());
+		t0 = kvx__now();
+	}
+	if (cudaMemcpy(g->pos, pos, (size_t)n * 4, cudaMemcpyHostToDevice) !=
+	    cudaSuccess ||
+	    cudaMemcpy(g->ids, ids, (size_t)n * 4, cudaMemcpyHostToDevice) !=
+	    cudaSuccess) {
+		free(pos);
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: token upload failed",
+		    __FILE__, __LINE__);
+	}
+	free(pos);
+	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, 0));
+	for (l = 0; l < g->L; l++) {
+		if ((rc = qkv_rope(g, l, n)) != KVX_OK)
+			return rc;
+		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
+		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL, g->kt,
+		    g->vt, 0));
+		if ((rc = prefill_attn(g, n)) != KVX_OK)
+			return rc;
+		if (g->timing) {
+			CK(cudaDeviceSynchronize());
+			ts = kvx__now();
+		}
+		if ((rc = prefill_select(g, s, l, n)) != KVX_OK)
+			return rc;
+		if (g->timing) {
+			CK(cudaDeviceSynchronize());
+			g->st.select_s += kvx__now() - ts;
+		}
+		if ((rc = out_ffn(g, l, n)) != KVX_OK)
+			return rc;
+	}
+	if (logits != NULL) {
+		if ((rc = lm_head(g, n - 1, 1)) != KVX_OK)
+			return rc;
+		CK(cudaMemcpy(logits, g->logits, (size_t)g->V * 4,
+		    cudaMemcpyDeviceToHost));
+	}
+	CK(cudaDeviceSynchronize());
+	if (g->timing) {
+		g->st.prefill_s += kvx__now() - t0;
+		g->st.prefill_tokens += n;
+	}
+	return KVX_OK;
+}
+
+kvx_status
+gpu_prefill(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
+{
+	kvx_status rc;
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= g->V)
+			return kvx__fail(KVX_ERR_ARG, "token id %d out of range "
+			    "[0, %d)", ids[i], g->V);
+	if ((rc = prefill_run(g, s, ids, n, logits)) != KVX_OK) {
+		gpu_seq_clear(g, s);
+		return rc;
+	}
+	g->npos[s] = n;
+	return KVX_OK;
+}
+
+// --- decode ------------------------------------------------------------------
+
+/* Round up to 16 bytes. */
+static size_t
+a16(size_t n)
+{
+	return (n + 15) & ~(size_t)15;
+}
+
+/*
+ * One token for each of n distinct sequences.  Grows full segments
+ * first, then lays out on the host: ids, positions, and per layer the
+ * segment offsets, the append offsets, the split-K items and each
+ * segment's first item; one upload, then the layers.
+ */
+static kvx_status
+decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
+    float *logits)
+{
+	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
+	int i, l, h, maxit = 0, caps[64], *len;
+	size_t need, *lo;
+	struct kvx_cuda_work *items;
+	double t0 = 0.0;
+	kvx_status rc;
+	int *nit;
+
+	if ((rc = ensure_fw(g, n)) != KVX_OK)
+		return rc;
+	for (i = 0; i < n; i++)
+		for (l = 0; l < g->L; l++) {
+			int grow = 0;
+
+			for (h = 0; h < Hkv; h++) {
+				gseg *sg = seg_at(g, seqs[i], l, h);
+
+				caps[h] = sg->cap;
+				if (sg->len + 1 > sg->cap) {
+					int add = sg->cap / 2 > 64 ? sg->cap /
+					    2 : 64;
+
+					caps[h] = sg->cap + add;
+					grow = 1;
+				}
+			}
+			if (grow && (rc = blk_move(g, seqs[i], l, caps)) !=
+			    KVX_OK)
+				return rc;
+		}
+	if (g->timing) {
+		CK(cudaDeviceSynchronize());
+		t0 = kvx__now();
+	}
+	/* sizes: per layer at most nseg + rows / chunk + 1 items */
+	lo = kvx__malloc_array((size_t)g->L * 5, sizeof(size_t));
+	nit = kvx__malloc_array((size_t)g->L, sizeof(int));
+	len = kvx__malloc_array((size_t)nseg, sizeof(int));
+	if (lo == NULL || nit == NULL || len == NULL) {
+		free(lo);
+		free(nit);
+		free(len);
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	}
+	need = a16((size_t)n * 4) * 2;
+	for (l = 0; l < g->L; l++) {
+		long long rows = 0;
+		int chunk, cap;
+
+		for (i = 0; i < n; i++)
+			for (h = 0; h < Hkv; h++)
+				rows += seg_at(g, seqs[i], l, h)->len + 1;
+		chunk = kvx_cuda_attn_chunk(rows, g->sm);
+		cap = (int)(rows / chunk) + nseg + 1;
+		nit[l] = cap;
+		lo[l * 5 + 0] = need;			/* off */
+		need += a16((size_t)nseg * 8);
+		lo[l * 5 + 1] = need;			/* append offsets */
+		need += a16((size_t)nseg * 8);
+		lo[l * 5 + 2] = need;			/* first */
+		need += a16((size_t)(nseg + 1) * 4);
+		lo[l * 5 + 3] = need;			/* items */
+		need += a16((size_t)cap * sizeof(struct kvx_cuda_work));
+		lo[l * 5 + 4] = (size_t)chunk;
+	}
+	if (need > g->step_cap) {
+		cudaFreeHost(g->h_step);
+		g->h_step = NULL;
+		g->step_cap = 0;
+		if (cudaMallocHost((void **)&g->h_step, need) != cudaSuccess ||
+		    (rc = regrow((void **)&g->d_step, need)) != KVX_OK) {
+			cudaGetLastError();
+			free(lo);
+			free(nit);
+			free(len);
+			return kvx__fail(KVX_ERR_NOMEM, "cannot allocate the "
+			    "decode tables");
+		}
+		g->step_cap = need;
+	}
+	memcpy(g->h_step, ids, (size_t)n * 4);
+	for (i = 0; i < n; i++)
+		((int *)(g->h_step + a16((size_t)n * 4)))[i] = g->npos[seqs[i]];
+	for (l = 0; l < g->L; l++) {
+		long long *off = (long long *)(g->h_step + lo[l * 5]);
+		long long *app = (long long *)(g->h_step + lo[l * 5 + 1]);
+		int *first = (int *)(g->h_step + lo[l * 5 + 2]);
+
+		items = (struct kvx_cuda_work *)(g->h_step + lo[l * 5 + 3]);
+		for (i = 0; i < n; i++)
+			for (h = 0; h < Hkv; h++) {
+				gseg *sg = seg_at(g, seqs[i], l, h);
+
+				off[i * Hkv + h] = sg->off;
+				app[i * Hkv + h] = sg->off + (long long)sg->len *
+				    D;
+				len[i * Hkv + h] = sg->len + 1;
+			}
+		nit[l] = kvx_cuda_attn_worklist(len, nseg, (int)lo[l * 5 + 4],
+		    items, nit[l], first);
+		if (nit[l] < 0) {
+			free(lo);
+			free(nit);
+			free(len);
+			return kvx__fail(KVX_ERR_DEVICE, "work list overflow");
+		}
+		if (nit[l] > maxit)
+			maxit = nit[l];
+	}
+	if (maxit > g->part_cap) {
+		g->part_cap = 0;
+		if ((rc = regrow((void **)&g->pm, (size_t)maxit * G * 4)) !=
+		    KVX_OK ||
+		    (rc = regrow((void **)&g->pl, (size_t)maxit * G * 4)) !=
+		    KVX_OK ||
+		    (rc = regrow((void **)&g->pacc, (size_t)maxit * G * D * 4)) !=
+		    KVX_OK) {
+			free(lo);
+			free(nit);
+			free(len);
+			return rc;
+		}
+		g->part_cap = maxit;
+	}
+	if (cudaMemcpyAsync(g->d_step, g->h_step, need,
+	    cudaMemcpyHostToDevice, 0) != cudaSuccess ||
+	    cudaMemcpyAsync(g->ids, g->d_step, (size_t)n * 4,
+	    cudaMemcpyDeviceToDevice, 0) != cudaSuccess ||
+	    cudaMemcpyAsync(g->pos, g->d_step + a16((size_t)n * 4),
+	    (size_t)n * 4, cudaMemcpyDeviceToDevice, 0) != cudaSuccess) {
+		free(lo);
+		free(nit);
+		free(len);
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table upload "
+		    "failed", __FILE__, __LINE__);
+	}
+	rc = KVX_OK;
+	if (kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, 0) != 0)
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: embedding launch failed",
+		    __FILE__, __LINE__);
+	for (l = 0; l < g->L && rc == KVX_OK; l++) {
+		char *d = g->d_step;
+		int e;
+
+		if ((rc = qkv_rope(g, l, n)) != KVX_OK)
+			break;
+		if ((e = kvx_cuda_kv_store(g->qkv + g->H * D, g->qkv + (g->H +
+		    Hkv) * D, g->NQKV, n, Hkv, D,
+		    (const long long *)(d + lo[l * 5 + 1]), g->kbase, g->vbase,
+		    0)) != 0 ||
+		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
+		    KVX_CUDA_F16, (const long long *)(d + lo[l * 5]), G, D, D,
+		    1.0f / sqrtf((float)D), (const struct kvx_cuda_work *)(d +
+		    lo[l * 5 + 3]), NULL, nit[l], g->pm, g->pl, g->pacc, 0)) !=
+		    0 ||
+		    (e = kvx_cuda_attn_combine((const int *)(d + lo[l * 5 + 2]),
+		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, 0)) != 0) {
+			rc = cuda_fail(e, __FILE__, __LINE__, "decode attention");
+			break;
+		}
+		rc = out_ffn(g, l, n);
+	}
+	free(lo);
+	free(nit);
+	free(len);
+	if (rc != KVX_OK)
+		return rc;
+	if (logits != NULL || g->head) {
+		if ((rc = lm_head(g, 0, n)) != KVX_OK)
+			return rc;
+	}
+	if (logits != NULL)
+		CK(cudaMemcpy(logits, g->logits, (size_t)n * g->V * 4,
+		    cudaMemcpyDeviceToHost));
+	/* the tables stay in use until the step ends */
+	CK(cudaStreamSynchronize(0));
+	for (i = 0; i < n; i++) {
+		for (l = 0; l < g->L; l++)
+			for (h = 0; h < Hkv; h++)
+				seg_at(g, seqs[i], l, h)->len++;
+		g->npos[seqs[i]]++;
+	}
+	if (g->timing) {
+		g->st.decode_s += kvx__now() - t0;
+		g->st.decode_tokens += n;
+	}
+	return KVX_OK;
+}
+
+kvx_status
+gpu_decode(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
+    float *logits)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= g->V)
+			return kvx__fail(KVX_ERR_ARG, "token id %d out of range "
+			    "[0, %d)", ids[i], g->V);
+	return decode_step(g, n, seqs, ids, logits);
+}
+
+kvx_status
+gpu_extend(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
+{
+	kvx_status rc;
+	int i;
+
+	/* token by token: each sees the cache and the tokens before it */
+	for (i = 0; i < n; i++)
+		if ((rc = gpu_decode(g, 1, &s, ids + i, logits != NULL ?
+		    logits + (size_t)i * g->V : NULL)) != KVX_OK)
+			return rc;
+	return KVX_OK;
+}
+
+// --- sequences -----------------------------------------------------------------
+
+kvx_status
+gpu_seq_clear(gpu_ctx *g, int s)
+{
+	int l;
+
+	for (l = 0; l < g->L; l++)
+		blk_free(g, s, l);
+	g->npos[s] = 0;
+	return KVX_OK;
+}
+
+int
+gpu_seq_len(const gpu_ctx *g, int s)
+{
+	return g->npos[s];
+}
+
+kvx_status
+gpu_seq_copy(gpu_ctx *g, int dst, int src)
+{
+	size_t rb = (size_t)g->D * 2;
+	int caps[64], l, h;
+	kvx_status rc;
+
+	if (dst == src || g->npos[dst] != 0)
+		return kvx__fail(KVX_ERR_ARG, "gpu_seq_copy: sequence %d is "
+		    "not an empty other sequence", dst);
+	for (l = 0; l < g->L; l++) {
+		for (h = 0; h < g->Hkv; h++)
+			caps[h] = seg_at(g, src, l, h)->cap;
+		if ((rc = blk_alloc(g, dst, l, caps)) != KVX_OK)
+			return rc;
+		for (h = 0; h < g->Hkv; h++) {
+			gseg *a = seg_at(g, src, l, h), *b = seg_at(g, dst, l,
+			    h);
+
+			CK(cudaMemcpyAsync(g->kbase + b->off * 2, g->kbase +
+			    a->off * 2, (size_t)a->len * rb,
+			    cudaMemcpyDeviceToDevice, 0));
+			CK(cudaMemcpyAsync(g->vbase + b->off * 2, g->vbase +
+			    a->off * 2, (size_t)a->len * rb,
+			    cudaMemcpyDeviceToDevice, 0));
+			b->len = a->len;
+		}
+	}
+	g->npos[dst] = g->npos[src];
+	CK(cudaDeviceSynchronize());
+	return KVX_OK;
+}
+
+kvx_status
+gpu_memory(const gpu_ctx *g, kvx_memory *mem)
+{
+	size_t row = (size_t)2 * g->D * sizeof(uint16_t);
+	int s, l, h;
+
+	memset(mem, 0, sizeof *mem);
+	for (s = 0; s < g->p.n_seq; s++) {
+		mem->n_tokens += g->npos[s];
+		for (l = 0; l < g->L; l++)
+			for (h = 0; h < g->Hkv; h++) {
+				const gseg *sg = seg_at(g, s, l, h);
+
+				mem->n_kept += sg->len;
+				mem->kv_bytes += (uint64_t)sg->cap * row;
+			}
+	}
+	mem->kv_bytes_used = (uint64_t)mem->n_kept * row;
+	mem->kv_bytes_full = (uint64_t)mem->n_tokens * g->L * g->Hkv * row;
+	return KVX_OK;
+}

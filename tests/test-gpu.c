@@ -1,0 +1,299 @@
+/*
+ * test-gpu.c - whole-model logits of GPU contexts against CPU contexts of
+ * the same model: full cache and a 25% plan (static and hybrid), after the
+ * prefill and after greedy decode steps, batched decode of several
+ * sequences, extend, and the calls the GPU path refuses.
+ * SPDX-License-Identifier: MIT
+ *
+ * Tolerances.  The GPU keeps weights, K/V and GEMM inputs in fp16 (fp32
+ * accumulation and activations elsewhere), the CPU computes in f32: the
+ * logits' relative error ||gpu - cpu|| / ||cpu|| must stay under 1e-2
+ * and the top-1 token must agree.  Decode steps feed both sides the CPU's
+ * greedy token, so that errors do not compound through different texts.
+ * Under a plan the kept counts follow from the plan alone and must match
+ * exactly; which tokens are kept may differ where fp16 scores tie, so
+ * steps after a compressed prefill get 2e-2.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvx.h"
+#include "plan.h"
+#include "tap.h"
+
+#define NSTEP 8
+#define MAXTOK 2048
+
+static kvx_model *M;
+static int NV;
+
+static const char *LONG_TEXT =
+    "The history of the city begins with a small settlement on the river, "
+    "where fishermen and traders met to exchange salt, grain and cloth. "
+    "Over the centuries the settlement grew into a market town, then into "
+    "a walled city with a cathedral, a university and a harbour that "
+    "welcomed ships from every coast of the sea. Its scholars wrote about "
+    "astronomy, medicine and law; its merchants kept careful books of "
+    "every sale, and its painters filled the churches with bright scenes "
+    "of saints and kings. In the nineteenth century railways reached the "
+    "city, factories rose along the canals, and the population tripled "
+    "within fifty years. Today visitors walk through the old streets, "
+    "climb the bell tower for a view over the red roofs, and taste the "
+    "famous almond cakes sold at the market square every Saturday "
+    "morning. The museum holds maps drawn by the first harbour masters, "
+    "letters from the university's founders, and a collection of clocks "
+    "that still strike the hour together. Question: what did the "
+    "fishermen and traders exchange? Answer:";
+
+/* ||a - b|| / ||b||; infinite when a holds a NaN. */
+static double
+relerr(const float *a, const float *b, int n)
+{
+	double num = 0.0, den = 0.0;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (a[i] != a[i])
+			return INFINITY;
+		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		den += (double)b[i] * b[i];
+	}
+	return sqrt(num / (den > 0.0 ? den : 1.0));
+}
+
+static int
+argmax(const float *v, int n)
+{
+	int i, b = 0;
+
+	for (i = 1; i < n; i++)
+		if (v[i] > v[b])
+			b = i;
+	return b;
+}
+
+static kvx_ctx *
+new_ctx(const kvx_plan *p, int device, int n_seq)
+{
+	kvx_ctx_params cp;
+	kvx_ctx *c = NULL;
+	kvx_status rc;
+
+	kvx_ctx_params_init(&cp);
+	cp.n_seq = n_seq;
+	cp.n_ctx = MAXTOK;
+	cp.decode_headroom = 16;
+	cp.device = device;
+	if ((rc = kvx_ctx_new(M, p, &cp, &c)) != KVX_OK) {
+		ok(0, "kvx_ctx_new(device %d): %s", device, kvx_errmsg());
+		return NULL;
+	}
+	return c;
+}
+
+static int
+tokenize(const char *text, int32_t *ids)
+{
+	int n = 0;
+
+	if (kvx_tokenize(M, text, strlen(text), 0, ids, MAXTOK, &n) != KVX_OK)
+		return 0;
+	return n;
+}
+
+/*
+ * Prefill then NSTEP greedy steps on a CPU and a GPU context with the
+ * same plan; tol_dec applies to the steps.
+ */
+static void
+compare_run(const char *what, const kvx_plan *p, const char *text,
+    double tol_dec)
+{
+	static int32_t ids[MAXTOK];
+	float *lc, *lg;
+	kvx_ctx *cc, *gc;
+	kvx_memory mc, mg;
+	double e, worst = 0.0;
+	int n, s, same = 1, tc, tg;
+	int32_t tok;
+
+	n = tokenize(text, ids);
+	if (!ok(n > 0, "%s: tokenized %d tokens", what, n))
+		return;
+	cc = new_ctx(p, KVX_DEVICE_CPU, 1);
+	gc = new_ctx(p, KVX_DEVICE_GPU, 1);
+	lc = malloc((size_t)NV * sizeof(float));
+	lg = malloc((size_t)NV * sizeof(float));
+	if (cc == NULL || gc == NULL || lc == NULL || lg == NULL)
+		goto out;
+	for (s = 0; s < NV; s++)
+		lg[s] = NAN;
+	if (!ok(kvx_prefill(cc, 0, ids, n, lc) == KVX_OK, "%s: CPU prefill",
+	    what) ||
+	    !ok(kvx_prefill(gc, 0, ids, n, lg) == KVX_OK, "%s: GPU prefill: %s",
+	    what, kvx_errmsg()))
+		goto out;
+	e = relerr(lg, lc, NV);
+	ok(e < 1e-2, "%s: prefill logits, relative error %.2e < 1e-2", what, e);
+	tc = argmax(lc, NV);
+	tg = argmax(lg, NV);
+	ok(tc == tg, "%s: prefill top-1 %d (GPU %d)", what, tc, tg);
+	kvx_ctx_memory(cc, &mc);
+	kvx_ctx_memory(gc, &mg);
+	ok(mc.n_kept == mg.n_kept && mc.n_tokens == mg.n_tokens,
+	    "%s: kept %lld of %lld token slots (GPU %lld of %lld)", what,
+	    (long long)mc.n_kept, (long long)mc.n_tokens,
+	    (long long)mg.n_kept, (long long)mg.n_tokens);
+	ok(kvx_seq_len(gc, 0) == n, "%s: GPU sequence length %d", what,
+	    kvx_seq_len(gc, 0));
+	for (s = 0; s < NSTEP; s++) {
+		int z = 0;
+
+		tok = tc;
+		if (kvx_decode(cc, 1, &z, &tok, lc) != KVX_OK ||
+		    kvx_decode(gc, 1, &z, &tok, lg) != KVX_OK) {
+			ok(0, "%s: decode step %d: %s", what, s, kvx_errmsg());
+			goto out;
+		}
+		e = relerr(lg, lc, NV);
+		if (e > worst)
+			worst = e;
+		tc = argmax(lc, NV);
+		tg = argmax(lg, NV);
+		if (tc != tg)
+			same = 0;
+	}
+	ok(worst < tol_dec, "%s: %d decode steps, worst relative error "
+	    "%.2e < %.0e", what, NSTEP, worst, tol_dec);
+	ok(same, "%s: same greedy tokens for %d steps", what, NSTEP);
+	kvx_ctx_memory(gc, &mg);
+	ok(mg.n_tokens == n + NSTEP && kvx_seq_len(gc, 0) == n + NSTEP,
+	    "%s: GPU holds %lld tokens after the steps", what,
+	    (long long)mg.n_tokens);
+out:
+	free(lc);
+	free(lg);
+	kvx_ctx_free(&cc);
+	kvx_ctx_free(&gc);
+}
+
+/* Three sequences of different lengths decoded in one batch, then an
+ * extend of one of them. */
+static void
+compare_batch(const kvx_plan *p)
+{
+	static const char *texts[3] = {
+		"The capital of France is",
+		"Water boils at a temperature of",
+		"def fibonacci(n):\n    if n < 2:\n        return n\n",
+	};
+	static int32_t ids[MAXTOK];
+	int seqs[3] = { 0, 1, 2 }, i, n, ok_all = 1;
+	int32_t tok[3], ext[3] = { 13, 330, 1183 };
+	float *lc, *lg;
+	kvx_ctx *cc, *gc;
+	double e = 0.0;
+
+	cc = new_ctx(p, KVX_DEVICE_CPU, 3);
+	gc = new_ctx(p, KVX_DEVICE_GPU, 3);
+	lc = malloc((size_t)3 * NV * sizeof(float));
+	lg = malloc((size_t)3 * NV * sizeof(float));
+	if (cc == NULL || gc == NULL || lc == NULL || lg == NULL)
+		goto out;
+	for (i = 0; i < 3; i++) {
+		n = tokenize(texts[i], ids);
+		if (kvx_prefill(cc, i, ids, n, lc) != KVX_OK ||
+		    kvx_prefill(gc, i, ids, n, lg) != KVX_OK) {
+			ok(0, "batch: prefill %d: %s", i, kvx_errmsg());
+			goto out;
+		}
+		tok[i] = argmax(lc, NV);
+	}
+	for (i = 0; i < 3 * NV; i++)
+		lg[i] = NAN;
+	if (!ok(kvx_decode(cc, 3, seqs, tok, lc) == KVX_OK &&
+	    kvx_decode(gc, 3, seqs, tok, lg) == KVX_OK, "batch: decode of 3 "
+	    "sequences: %s", kvx_errmsg()))
+		goto out;
+	for (i = 0; i < 3; i++) {
+		double ei = relerr(lg + (size_t)i * NV, lc + (size_t)i * NV,
+		    NV);
+
+		if (ei > e)
+			e = ei;
+		if (argmax(lg + (size_t)i * NV, NV) != argmax(lc + (size_t)i *
+		    NV, NV))
+			ok_all = 0;
+	}
+	ok(e < 1e-2 && ok_all, "batch: 3 sequences, worst relative error "
+	    "%.2e < 1e-2, same top-1 %d", e, ok_all);
+	if (!ok(kvx_extend(cc, 1, ext, 3, lc) == KVX_OK &&
+	    kvx_extend(gc, 1, ext, 3, lg) == KVX_OK, "extend of 3 tokens: %s",
+	    kvx_errmsg()))
+		goto out;
+	e = relerr(lg, lc, 3 * NV);
+	ok(e < 1e-2, "extend: logits of 3 tokens, relative error %.2e < 1e-2",
+	    e);
+	ok(kvx_seq_len(gc, 1) == kvx_seq_len(cc, 1), "extend: length %d",
+	    kvx_seq_len(gc, 1));
+	ok(kvx_seq_clear(gc, 1) == KVX_OK && kvx_seq_len(gc, 1) == 0,
+	    "seq_clear empties a GPU sequence");
+	ok(kvx_compress_from(gc, 1, cc, 0) == KVX_ERR_UNSUPPORTED,
+	    "compress_from refuses GPU contexts: %s", kvx_errmsg());
+out:
+	free(lc);
+	free(lg);
+	kvx_ctx_free(&cc);
+	kvx_ctx_free(&gc);
+}
+
+int
+main(void)
+{
+	const char *path = tap_model_path();
+	kvx_plan *p25 = NULL, *h25 = NULL;
+
+#ifndef HAVE_CUDA
+	tap_skip_all("libkvx built without CUDA");
+#endif
+	if (path == NULL)
+		tap_skip_all("no model (set KVX_MODEL)");
+	if (kvx_model_open(path, 0, &M) != KVX_OK)
+		tap_skip_all("model does not open");
+	{
+		kvx_ctx_params cp;
+		kvx_ctx *c = NULL;
+
+		kvx_ctx_params_init(&cp);
+		cp.n_ctx = 64;
+		cp.device = KVX_DEVICE_GPU;
+		if (kvx_ctx_new(M, NULL, &cp, &c) != KVX_OK) {
+			printf("# %s\n", kvx_errmsg());
+			kvx_model_close(&M);
+			tap_skip_all("no usable CUDA device");
+		}
+		kvx_ctx_free(&c);
+	}
+	NV = kvx_model_get_info(M)->n_vocab;
+	if (plan_new(kvx_model_get_info(M), KVX_PLAN_STATIC, 0.25, &p25) !=
+	    KVX_OK ||
+	    plan_new(kvx_model_get_info(M), KVX_PLAN_HYBRID, 0.25, &h25) !=
+	    KVX_OK)
+		return ok(0, "plan_new: %s", kvx_errmsg()), tap_done();
+
+	compare_run("full, short", NULL, "The capital of France is", 1e-2);
+	compare_run("full, long", NULL, LONG_TEXT, 1e-2);
+	compare_run("25% static", p25, LONG_TEXT, 2e-2);
+	compare_run("25% hybrid", h25, LONG_TEXT, 2e-2);
+	compare_batch(NULL);
+	compare_batch(p25);
+
+	kvx_plan_free(&p25);
+	kvx_plan_free(&h25);
+	kvx_model_close(&M);
+	return tap_done();
+}
