@@ -2,14 +2,8 @@
  * fuzz-gguf.c - libFuzzer harness for the GGUF reader.
  * SPDX-License-Identifier: MIT
  *
- * Build and run from the top of the source tree (tests/fuzz/Makefile does
- * the same):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iruntime -I. \
- *       tests/fuzz/fuzz-gguf.c runtime/gguf.c runtime/util.c \
- *       -o fuzz-gguf
- *   ./fuzz-gguf -max_len=65536 tests/fuzz/gguf-seed
- * config.h comes from a configured build directory; pass -I of that
- * directory instead of -I. when building out of tree.
+ * tests/test-fuzz.sh builds it with clang (-fsanitize=fuzzer,address,
+ * undefined) and runs it from the seed corpus during make check.
  *
  * The seeds are the synthetic files of tests/test-gguf.c, written with
  * "tests/test-gguf --write-seeds tests/fuzz/gguf-seed".
