@@ -35,6 +35,7 @@ struct prob {
 	uint8_t		*allowed;
 };
 
+/* Fill the allocation options with their defaults. */
 void
 alloc_opts_init(alloc_opts *o)
 {
@@ -55,6 +56,7 @@ alloc_opts_init(alloc_opts *o)
 	o->beta = 20;
 }
 
+/* Name of a method as the plan records it. */
 const char *
 alloc_method_name(int m)
 {
@@ -63,6 +65,7 @@ alloc_method_name(int m)
 	return method_name[m];
 }
 
+/* Method from its name ("xkv" is an alias of layer); -1 if unknown. */
 int
 alloc_method_parse(const char *s)
 {
@@ -76,12 +79,14 @@ alloc_method_parse(const char *s)
 	return -1;
 }
 
+/* Whether the method cannot run without retention curves. */
 int
 alloc_needs_profile(int m)
 {
 	return m == ALLOC_LAYER || m == ALLOC_KVX;
 }
 
+/* Release the report's arrays. */
 void
 alloc_report_free(alloc_report *r)
 {
@@ -443,6 +448,7 @@ predict(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	rep->objective = obj;
 }
 
+/* Fill the plan's budgets by the method; see baseline.h. */
 kvx_status
 alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
     alloc_report *rep)

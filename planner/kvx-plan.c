@@ -38,7 +38,7 @@
 enum {
 	EX_OK = 0,
 	EX_RUNTIME = 1,
-	EX_USAGE_ = 2,
+	EX_BADUSE = 2,
 	EX_MODEL = 3,
 	EX_CORPUS = 4,
 	EX_INFEASIBLE = 5,
@@ -124,6 +124,7 @@ die(int code, const char *fmt, ...)
 	return code;
 }
 
+/* The synopsis, for -h. */
 static void
 usage(FILE *f)
 {
@@ -227,7 +228,7 @@ read_weights(const char *path, int n_layer, double **out)
 	FILE *f;
 
 	if ((f = fopen(path, "r")) == NULL)
-		return die(EX_USAGE_, "%s: %s (--layer-weights)", path,
+		return die(EX_BADUSE, "%s: %s (--layer-weights)", path,
 		    strerror(errno));
 	if ((w = calloc((size_t)n_layer, sizeof *w)) == NULL) {
 		fclose(f);
@@ -247,13 +248,13 @@ read_weights(const char *path, int n_layer, double **out)
 		    v < 0) {
 			fclose(f);
 			free(w);
-			return die(EX_USAGE_, "%s:%d: not a weight (one "
+			return die(EX_BADUSE, "%s:%d: not a weight (one "
 			    "non-negative number per layer)", path, ln);
 		}
 		if (n == n_layer) {
 			fclose(f);
 			free(w);
-			return die(EX_USAGE_, "%s:%d: more weights than the "
+			return die(EX_BADUSE, "%s:%d: more weights than the "
 			    "model's %d layers", path, ln, n_layer);
 		}
 		w[n++] = v;
@@ -261,7 +262,7 @@ read_weights(const char *path, int n_layer, double **out)
 	fclose(f);
 	if (n != n_layer) {
 		free(w);
-		return die(EX_USAGE_, "%s: %d weights, the model has %d layers "
+		return die(EX_BADUSE, "%s: %d weights, the model has %d layers "
 		    "(one per line)", path, n, n_layer);
 	}
 	*out = w;
@@ -278,11 +279,11 @@ alloc_fail(kvx_status rc, const char *solver)
 		    "--budget or relax the floors)", kvx_errmsg());
 	case KVX_ERR_UNSUPPORTED:
 		if (strstr(kvx_errmsg(), "--solver") != NULL)
-			return die(EX_USAGE_, "%s", kvx_errmsg());
-		return die(EX_USAGE_, "%s (solver %s; try --solver glpk)",
+			return die(EX_BADUSE, "%s", kvx_errmsg());
+		return die(EX_BADUSE, "%s (solver %s; try --solver glpk)",
 		    kvx_errmsg(), solver);
 	case KVX_ERR_ARG:
-		return die(EX_USAGE_, "%s", kvx_errmsg());
+		return die(EX_BADUSE, "%s", kvx_errmsg());
 	default:
 		return die(EX_RUNTIME, "%s", kvx_errmsg());
 	}
@@ -327,19 +328,19 @@ parse_args(struct cli *c, int argc, char **argv)
 			break;
 		case 'b':
 			if (parse_budget(c, optarg) != 0)
-				return die(EX_USAGE_, "bad budget '%s' (a "
+				return die(EX_BADUSE, "bad budget '%s' (a "
 				    "share such as 25%% or 0.25, or a token "
 				    "count such as 512t)", optarg);
 			break;
 		case 'c':
 			if (c->n_corpus == MAX_CORPUS)
-				return die(EX_USAGE_, "more than %d corpus "
+				return die(EX_BADUSE, "more than %d corpus "
 				    "files", MAX_CORPUS);
 			c->corpus[c->n_corpus++] = optarg;
 			break;
 		case 't':
 			if (parse_int(optarg, 1, 1024, &v) != 0)
-				return die(EX_USAGE_, "bad --threads '%s'",
+				return die(EX_BADUSE, "bad --threads '%s'",
 				    optarg);
 			c->threads = (int)v;
 			break;
@@ -355,97 +356,97 @@ parse_args(struct cli *c, int argc, char **argv)
 		case O_METHOD:
 		case O_BASELINE:
 			if ((c->method = alloc_method_parse(optarg)) < 0)
-				return die(EX_USAGE_, "unknown method '%s' "
+				return die(EX_BADUSE, "unknown method '%s' "
 				    "(kvx, uniform, pyramid, ada or layer)",
 				    optarg);
 			break;
 		case O_MODE:
 			if ((c->mode = word(optarg, modes)) < 0)
-				return die(EX_USAGE_, "unknown mode '%s' "
+				return die(EX_BADUSE, "unknown mode '%s' "
 				    "(static or hybrid)", optarg);
 			c->set_mode = 1;
 			break;
 		case O_ALPHA:
 			if (parse_num(optarg, 0, 1, &c->alpha) != 0)
-				return die(EX_USAGE_, "bad --alpha '%s' (a "
+				return die(EX_BADUSE, "bad --alpha '%s' (a "
 				    "number in [0, 1])", optarg);
 			break;
 		case O_SOLVER:
 			if (word(optarg, solvers) < 0)
-				return die(EX_USAGE_, "unknown solver '%s' "
+				return die(EX_BADUSE, "unknown solver '%s' "
 				    "(greedy, dp or glpk)", optarg);
 #ifndef HAVE_GLPK
 			if (strcmp(optarg, "glpk") == 0)
-				return die(EX_USAGE_, "solver glpk is not "
+				return die(EX_BADUSE, "solver glpk is not "
 				    "built in (reconfigure with --with-glpk)");
 #endif
 			c->ao.solver = optarg;
 			break;
 		case O_GRAN:
 			if ((c->ao.gran = word(optarg, grans)) < 0)
-				return die(EX_USAGE_, "unknown granularity "
+				return die(EX_BADUSE, "unknown granularity "
 				    "'%s' (layer-head, layer or head)", optarg);
 			c->set_gran = 1;
 			break;
 		case O_SAMPLES:
 			if (parse_int(optarg, 1, 100000, &v) != 0)
-				return die(EX_USAGE_, "bad --samples '%s'",
+				return die(EX_BADUSE, "bad --samples '%s'",
 				    optarg);
 			c->po.samples = (int)v;
 			break;
 		case O_STOKENS:
 			if (parse_int(optarg, 16, 1 << 20, &v) != 0)
-				return die(EX_USAGE_, "bad --sample-tokens "
+				return die(EX_BADUSE, "bad --sample-tokens "
 				    "'%s' (16 or more)", optarg);
 			c->po.sample_tokens = (int)v;
 			break;
 		case O_SEED:
 			if (parse_int(optarg, 0, LONG_MAX, &v) != 0)
-				return die(EX_USAGE_, "bad --seed '%s'",
+				return die(EX_BADUSE, "bad --seed '%s'",
 				    optarg);
 			c->po.seed = (uint64_t)v;
 			break;
 		case O_SPAN:
 			if (parse_int(optarg, 0, 1 << 24, &v) != 0)
-				return die(EX_USAGE_, "bad --profile-span '%s'",
+				return die(EX_BADUSE, "bad --profile-span '%s'",
 				    optarg);
 			c->po.span = (int)v;
 			break;
 		case O_GRID:
 			if (parse_int(optarg, 2, PROFILE_MAX_GRID, &v) != 0)
-				return die(EX_USAGE_, "bad --grid '%s' (2 to "
+				return die(EX_BADUSE, "bad --grid '%s' (2 to "
 				    "%d)", optarg, PROFILE_MAX_GRID);
 			c->po.grid = (int)v;
 			break;
 		case O_WINDOW:
 			if (parse_int(optarg, 1, PROFILE_MAX_WINDOW, &v) != 0)
-				return die(EX_USAGE_, "bad --window '%s' (1 to "
+				return die(EX_BADUSE, "bad --window '%s' (1 to "
 				    "%d)", optarg, PROFILE_MAX_WINDOW);
 			c->po.window = (int)v;
 			c->set_window = 1;
 			break;
 		case O_POOL:
 			if ((c->po.pool = word(optarg, pools)) < 0)
-				return die(EX_USAGE_, "unknown pool '%s' (max, "
+				return die(EX_BADUSE, "unknown pool '%s' (max, "
 				    "avg or none)", optarg);
 			c->set_pool = 1;
 			break;
 		case O_KERNEL:
 			if (parse_int(optarg, 1, 255, &v) != 0 || v % 2 == 0)
-				return die(EX_USAGE_, "bad --pool-kernel '%s' "
+				return die(EX_BADUSE, "bad --pool-kernel '%s' "
 				    "(an odd number from 1 to 255)", optarg);
 			c->po.pool_kernel = (int)v;
 			c->set_kernel = 1;
 			break;
 		case O_GQA:
 			if ((c->po.gqa = word(optarg, gqas)) < 0)
-				return die(EX_USAGE_, "unknown gqa '%s' (mean "
+				return die(EX_BADUSE, "unknown gqa '%s' (mean "
 				    "or max)", optarg);
 			c->set_gqa = 1;
 			break;
 		case O_SINKS:
 			if (parse_int(optarg, 0, 1 << 20, &v) != 0)
-				return die(EX_USAGE_, "bad --sinks '%s'",
+				return die(EX_BADUSE, "bad --sinks '%s'",
 				    optarg);
 			c->po.sinks = (int)v;
 			c->set_sinks = 1;
@@ -461,7 +462,7 @@ parse_args(struct cli *c, int argc, char **argv)
 			break;
 		case O_PAGE:
 			if (parse_int(optarg, 1, 1 << 24, &v) != 0)
-				return die(EX_USAGE_, "bad --page '%s'",
+				return die(EX_BADUSE, "bad --page '%s'",
 				    optarg);
 			c->ao.page = (int)v;
 			break;
@@ -470,7 +471,7 @@ parse_args(struct cli *c, int argc, char **argv)
 		case O_LMIN:
 		case O_LMAX:
 			if (parse_num(optarg, 0, 1, &d) != 0)
-				return die(EX_USAGE_, "bad --%s '%s' (a share "
+				return die(EX_BADUSE, "bad --%s '%s' (a share "
 				    "in [0, 1])", ch == O_MINF ? "min-frac" :
 				    ch == O_MAXF ? "max-frac" : ch == O_LMIN ?
 				    "layer-min" : "layer-max", optarg);
@@ -485,13 +486,13 @@ parse_args(struct cli *c, int argc, char **argv)
 			break;
 		case O_SHARDS:
 			if (parse_int(optarg, 1, 4096, &v) != 0)
-				return die(EX_USAGE_, "bad --shards '%s'",
+				return die(EX_BADUSE, "bad --shards '%s'",
 				    optarg);
 			c->ao.shards = (int)v;
 			break;
 		case O_REFCTX:
 			if (parse_int(optarg, 1, 1 << 26, &v) != 0)
-				return die(EX_USAGE_, "bad --ref-context '%s'",
+				return die(EX_BADUSE, "bad --ref-context '%s'",
 				    optarg);
 			c->ao.ref_context = v;
 			break;
@@ -501,59 +502,59 @@ parse_args(struct cli *c, int argc, char **argv)
 		case O_TLIMIT:
 			if (parse_num(optarg, 0.01, 1e6, &c->ao.sp.time_limit)
 			    != 0)
-				return die(EX_USAGE_, "bad --time-limit '%s'",
+				return die(EX_BADUSE, "bad --time-limit '%s'",
 				    optarg);
 			break;
 		case O_BETA:
 			if (parse_num(optarg, 1, 1e6, &c->ao.beta) != 0)
-				return die(EX_USAGE_, "bad --beta '%s' (1 or "
+				return die(EX_BADUSE, "bad --beta '%s' (1 or "
 				    "more)", optarg);
 			break;
 		case ':':
-			return die(EX_USAGE_, "option %s needs a value (see "
+			return die(EX_BADUSE, "option %s needs a value (see "
 			    "kvx-plan -h)", argv[optind - 1]);
 		default:
-			return die(EX_USAGE_, "unknown option %s (see kvx-plan "
+			return die(EX_BADUSE, "unknown option %s (see kvx-plan "
 			    "-h)", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
-		return die(EX_USAGE_, "unexpected argument '%s' (options "
+		return die(EX_BADUSE, "unexpected argument '%s' (options "
 		    "only; see kvx-plan(1))", argv[optind]);
 	if (c->model == NULL)
-		return die(EX_USAGE_, "no model (give -m model.gguf)");
+		return die(EX_BADUSE, "no model (give -m model.gguf)");
 	if (c->ao.min_frac > c->ao.max_frac)
-		return die(EX_USAGE_, "--min-frac %g is above --max-frac %g",
+		return die(EX_BADUSE, "--min-frac %g is above --max-frac %g",
 		    c->ao.min_frac, c->ao.max_frac);
 	if (c->ao.layer_min > c->ao.layer_max)
-		return die(EX_USAGE_, "--layer-min %g is above --layer-max %g",
+		return die(EX_BADUSE, "--layer-min %g is above --layer-max %g",
 		    c->ao.layer_min, c->ao.layer_max);
 	if (c->tokens_budget) {
 		if (c->budget_tokens > (double)c->ao.ref_context)
-			return die(EX_USAGE_, "budget of %.0f tokens exceeds "
+			return die(EX_BADUSE, "budget of %.0f tokens exceeds "
 			    "the reference context %" PRId64 " (raise "
 			    "--ref-context)", c->budget_tokens,
 			    c->ao.ref_context);
 		c->ao.budget = c->budget_tokens / (double)c->ao.ref_context;
 	}
 	if (c->set_mode && c->method != ALLOC_KVX)
-		return die(EX_USAGE_, "--mode applies to method kvx only "
+		return die(EX_BADUSE, "--mode applies to method kvx only "
 		    "(%s has a fixed mode)", alloc_method_name(c->method));
 	if (c->set_gran && c->method != ALLOC_KVX)
-		return die(EX_USAGE_, "--granularity applies to method kvx "
+		return die(EX_BADUSE, "--granularity applies to method kvx "
 		    "only");
 	if (c->mode == KVX_PLAN_HYBRID && c->ao.gran == GRAN_HEAD)
-		return die(EX_USAGE_, "--granularity head with --mode hybrid "
+		return die(EX_BADUSE, "--granularity head with --mode hybrid "
 		    "is the ada method (use --method ada)");
 	if (c->n_corpus > 0 && c->from_prof != NULL)
-		return die(EX_USAGE_, "give calibration text (-c) or "
+		return die(EX_BADUSE, "give calibration text (-c) or "
 		    "--from-profile, not both");
 	if (c->save_prof != NULL && c->n_corpus == 0)
-		return die(EX_USAGE_, "--save-profile needs calibration text "
+		return die(EX_BADUSE, "--save-profile needs calibration text "
 		    "(-c file)");
 	if (alloc_needs_profile(c->method) && c->n_corpus == 0 &&
 	    c->from_prof == NULL)
-		return die(EX_USAGE_, "method %s needs calibration text (give "
+		return die(EX_BADUSE, "method %s needs calibration text (give "
 		    "-c file or --from-profile file)",
 		    alloc_method_name(c->method));
 	for (i = 0; i < c->n_corpus; i++)
@@ -576,7 +577,7 @@ adopt_profile(struct cli *c, const profile *p)
 	    (c->set_kernel && c->po.pool_kernel != p->pool_kernel) ||
 	    (c->set_pool && c->po.pool != p->pool) ||
 	    (c->set_gqa && c->po.gqa != p->gqa))
-		return die(EX_USAGE_, "%s was measured with --window %d "
+		return die(EX_BADUSE, "%s was measured with --window %d "
 		    "--sinks %d --pool %s --pool-kernel %d --gqa %s (drop "
 		    "the selection options or profile again)", c->from_prof,
 		    p->window, p->sinks, pools[p->pool], p->pool_kernel,
@@ -683,6 +684,7 @@ get_profile(struct cli *c, kvx_model *m, profile **prof)
 	return EX_OK;
 }
 
+/* Parse, profile, allocate, write the plan and print the table. */
 int
 main(int argc, char **argv)
 {

@@ -46,6 +46,7 @@ struct prof_run {
 	double		*prefix;
 };
 
+/* Fill the profiling options with their defaults. */
 void
 prof_opts_init(prof_opts *o)
 {
@@ -62,6 +63,7 @@ prof_opts_init(prof_opts *o)
 	o->sinks = 4;
 }
 
+/* Release a profile and clear the pointer. */
 void
 profile_free(profile **pp)
 {
@@ -72,12 +74,14 @@ profile_free(profile **pp)
 	*pp = NULL;
 }
 
+/* Fraction of grid level j. */
 double
 profile_level(const profile *p, int j)
 {
 	return (double)j / (double)(p->grid - 1);
 }
 
+/* R(l, h, f), linear between grid levels. */
 double
 profile_eval(const profile *p, int layer, int head, double f)
 {
@@ -314,6 +318,7 @@ check_opts(const prof_opts *o)
 	return KVX_OK;
 }
 
+/* Tokenize the corpus, run every sample and average the curves. */
 kvx_status
 profile_run(kvx_model *m, const char *const *files, int n_files,
     const prof_opts *o, profile **out)
@@ -441,6 +446,7 @@ done:
 static const char *const pool_word[] = { "max", "avg", "none" };
 static const char *const gqa_word[] = { "mean", "max" };
 
+/* Write the profile as "key value" lines and one line per curve. */
 kvx_status
 profile_save(const profile *p, const char *path, int overwrite)
 {
@@ -611,6 +617,7 @@ bad:
 	    path, ln);
 }
 
+/* Read a profile and check that it belongs to this model. */
 kvx_status
 profile_load(const char *path, const kvx_model_info *mi, profile **out)
 {

@@ -48,6 +48,7 @@ shade(double f, double top, char *buf, size_t size)
 	snprintf(buf, size, "#%02x%02x%02x", c[0], c[1], c[2]);
 }
 
+/* Write the heatmap by hand: cells, labels and a legend. */
 kvx_status
 svg_write(const kvx_plan *p, const char *title, const char *path,
     int overwrite)

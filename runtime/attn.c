@@ -9,14 +9,30 @@
 #include <string.h>
 
 #include "attn.h"
+#include "vexp.h"
 
 static float
 dot(const float *a, const float *b, int d)
 {
 	float s = 0.0f;
-	int i;
+	int i = 0;
+#ifdef __AVX2__
+	if (d >= 8) {
+		__m256 acc = _mm256_mul_ps(_mm256_loadu_ps(a),
+		    _mm256_loadu_ps(b));
+		__m128 x;
 
-	for (i = 0; i < d; i++)
+		for (i = 8; i + 8 <= d; i += 8)
+			acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i),
+			    _mm256_loadu_ps(b + i), acc);
+		x = _mm_add_ps(_mm256_castps256_ps128(acc),
+		    _mm256_extractf128_ps(acc, 1));
+		x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+		x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+		s = _mm_cvtss_f32(x);
+	}
+#endif
+	for (; i < d; i++)
 		s += a[i] * b[i];
 	return s;
 }
@@ -28,27 +44,42 @@ attn_gqa_partial(const float *q, int g, int d, const float *k,
 {
 	int len = r1 - r0, h, t, i;
 
+	/* scores: each key row is loaded once for the whole group */
+	for (t = 0; t < len; t++) {
+		const float *kt = k + (size_t)(r0 + t) * ld;
+
+		for (h = 0; h < g; h++)
+			scratch[(size_t)h * len + t] = dot(q + (size_t)h * d,
+			    kt, d) * scale;
+	}
 	for (h = 0; h < g; h++) {
-		const float *qh = q + (size_t)h * d;
-		float *s = scratch + (size_t)h * len, mx = -FLT_MAX, sum = 0.0f;
-		float *o = acc + (size_t)h * d;
+		float *s = scratch + (size_t)h * len;
 
-		for (t = 0; t < len; t++) {
-			s[t] = dot(qh, k + (size_t)(r0 + t) * ld, d) * scale;
-			if (s[t] > mx)
-				mx = s[t];
-		}
-		memset(o, 0, sizeof(float) * d);
-		for (t = 0; t < len; t++) {
-			const float *vt = v + (size_t)(r0 + t) * ld;
-			float p = expf(s[t] - mx);
+		m[h] = len > 0 ? vmax_row(s, (size_t)len) : -FLT_MAX;
+		l[h] = len > 0 ? vexp_row(s, (size_t)len, m[h]) : 0.0f;
+		memset(acc + (size_t)h * d, 0, sizeof(float) * d);
+	}
+	for (t = 0; t < len; t++) {
+		const float *vt = v + (size_t)(r0 + t) * ld;
 
-			sum += p;
-			for (i = 0; i < d; i++)
+		for (h = 0; h < g; h++) {
+			float p = scratch[(size_t)h * len + t];
+			float *o = acc + (size_t)h * d;
+
+			i = 0;
+#ifdef __AVX2__
+			{
+				__m256 pv = _mm256_set1_ps(p);
+
+				for (; i + 8 <= d; i += 8)
+					_mm256_storeu_ps(o + i, _mm256_fmadd_ps(
+					    pv, _mm256_loadu_ps(vt + i),
+					    _mm256_loadu_ps(o + i)));
+			}
+#endif
+			for (; i < d; i++)
 				o[i] += p * vt[i];
 		}
-		m[h] = len > 0 ? mx : -FLT_MAX;
-		l[h] = sum;
 	}
 }
 

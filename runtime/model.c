@@ -25,6 +25,7 @@
 #include "model.h"
 #include "quant.h"
 #include "util.h"
+#include "vexp.h"
 
 /* Batches at least this large use the f32 GEMM path. */
 #ifndef GEMM_MIN_TOKENS
@@ -478,7 +479,7 @@ linear(kvx_model *m, fw_scratch *s, const float *x, int T, int n, mat **w,
 {
 	struct lin_job j;
 	kvx_status rc;
-	int i, t;
+	int i;
 
 	memset(&j, 0, sizeof j);
 	j.n = n;
@@ -616,23 +617,16 @@ att_gemm_work(void *arg, int ith, int nth)
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tb, nc,
 		    D, scale, Q, H * D, sg->k + (size_t)c0 * D, D, 0.0f, S, nc);
 		for (r = 0; r < tb; r++) {
-			float *row = S + (size_t)r * nc, mx = -FLT_MAX, sum;
+			float *row = S + (size_t)r * nc, mx, sum;
 			int vis = len0 + t0 + r + 1 - c0, lo = 0;
 
 			if (j->b->span > 0 && t0 + r < full_from &&
 			    vis > j->b->span)
 				lo = vis - j->b->span;
-			for (c = lo; c < vis; c++)
-				if (row[c] > mx)
-					mx = row[c];
-			sum = 0.0f;
 			for (c = 0; c < lo; c++)
 				row[c] = 0.0f;
-			for (c = lo; c < vis; c++) {
-				row[c] = expf(row[c] - mx);
-				sum += row[c];
-			}
-			sum = 1.0f / sum;
+			mx = vmax_row(row + lo, (size_t)(vis - lo));
+			sum = 1.0f / vexp_row(row + lo, (size_t)(vis - lo), mx);
 			for (c = lo; c < vis; c++)
 				row[c] *= sum;
 			for (; c < nc; c++)

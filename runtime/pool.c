@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #if defined(__x86_64__)
@@ -49,7 +50,11 @@ wait_job(kvx_pool *p, unsigned seen)
 			return 1;
 		if (atomic_load(&p->quit))
 			return 0;
-		cpu_relax();
+		/* on an oversubscribed machine, let the thread we wait for run */
+		if ((i & 1023) == 1023)
+			sched_yield();
+		else
+			cpu_relax();
 	}
 	pthread_mutex_lock(&p->mu);
 	while (atomic_load(&p->gen) == seen && !atomic_load(&p->quit))
@@ -140,6 +145,8 @@ pool_size(const kvx_pool *p)
 void
 pool_run(kvx_pool *p, pool_fn fn, void *arg)
 {
+	int i;
+
 	if (p->n == 1) {
 		fn(arg, 0, 1);
 		return;
@@ -154,6 +161,11 @@ pool_run(kvx_pool *p, pool_fn fn, void *arg)
 
 	fn(arg, 0, p->n);
 
-	while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-		cpu_relax();
+	for (i = 1; atomic_load_explicit(&p->pending, memory_order_acquire) > 0;
+	    i++) {
+		if ((i & 1023) == 0)
+			sched_yield();
+		else
+			cpu_relax();
+	}
 }

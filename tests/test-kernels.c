@@ -438,6 +438,244 @@ test_attn(int rep)
 	free(scr);
 }
 
+/* --- model layers --------------------------------------------------------- */
+
+/* Device floats back to the host. */
+static void
+back(float *h, const void *d, size_t n)
+{
+	check(kvx_cuda_d2h(h, d, n * sizeof(float)), "copy to host");
+}
+
+/* Device halves back to the host, as floats. */
+static void
+back_h(float *h, const void *d, size_t n)
+{
+	uint16_t *t = malloc(n * 2 + 2);
+	size_t i;
+
+	check(kvx_cuda_d2h(t, d, n * 2), "copy to host");
+	for (i = 0; i < n; i++)
+		h[i] = kvx__h2f(t[i]);
+	free(t);
+}
+
+/*
+ * Embedding, RMS norm, RoPE, SwiGLU, K/V store and the causal softmax
+ * against plain C twins written from the definitions in runtime/model.c.
+ */
+static void
+test_layers(int rep)
+{
+	int T = irand(1, 40), e = 8 * irand(4, 80), nh = irand(1, 6);
+	int d = rep % 2 ? 64 : 128, f = irand(1, 300), V = irand(50, 400);
+	int ld = nh * d + irand(0, 3) * 4, i, t, h, c, rows, ncol, col0, nm;
+	size_t n;
+	float *a, *b, *w, *ref, *got, theta = rep % 3 ? 10000.0f : 100000.0f;
+	uint16_t *tab;
+	int *ids, *pos;
+	long long *off;
+	void *da, *db, *dw, *dout, *dout2, *dids, *dpos, *doff;
+	double err;
+
+	n = (size_t)T * (ld > 2 * f ? ld : 2 * f) + (size_t)V * e + 4096;
+	a = malloc(n * sizeof(float));
+	b = malloc(n * sizeof(float));
+	w = malloc(n * sizeof(float));
+	ref = malloc(n * sizeof(float));
+	got = malloc(n * sizeof(float));
+	tab = malloc(n * sizeof(uint16_t));
+	ids = malloc((size_t)T * sizeof(int));
+	pos = malloc((size_t)T * sizeof(int));
+	off = malloc((size_t)T * nh * sizeof(long long));
+
+	/* embedding */
+	fill_kv(KVX_CUDA_F16, tab, w, (size_t)V * e, 2.0f);
+	for (t = 0; t < T; t++)
+		ids[t] = irand(0, V - 1);
+	da = dev(tab, (size_t)V * e * 2);
+	dids = dev(ids, (size_t)T * sizeof(int));
+	dout = poisoned((size_t)T * e * 4);
+	check(kvx_cuda_embed(da, e, dids, T, dout, 0), "embed");
+	back(got, dout, (size_t)T * e);
+	for (t = 0, c = 0; t < T; t++)
+		c += memcmp(got + (size_t)t * e, w + (size_t)ids[t] * e,
+		    (size_t)e * 4) != 0;
+	ok(c == 0, "embed T=%d e=%d: %d rows differ", T, e, c);
+	kvx_cuda_free(da);
+	kvx_cuda_free(dids);
+	kvx_cuda_free(dout);
+
+	/* RMS norm, f32 and f16 out */
+	for (i = 0; i < T * ld; i++)
+		a[i] = frand() * (rep % 4 + 1);
+	for (i = 0; i < e; i++)
+		w[i] = frand();
+	for (t = 0; t < T; t++) {
+		double ss = 0.0;
+		float inv;
+
+		for (i = 0; i < e; i++)
+			ss += (double)a[(size_t)t * ld + i] * a[(size_t)t * ld +
+			    i];
+		inv = 1.0f / sqrtf((float)(ss / e) + 1e-5f);
+		for (i = 0; i < e; i++)
+			ref[(size_t)t * e + i] = a[(size_t)t * ld + i] * inv *
+			    w[i];
+	}
+	da = dev(a, (size_t)T * ld * 4);
+	dw = dev(w, (size_t)e * 4);
+	dout = poisoned((size_t)T * e * 4);
+	dout2 = poisoned((size_t)T * e * 2);
+	check(kvx_cuda_rmsnorm(da, ld, dw, T, e, 1e-5f, dout, KVX_CUDA_F32, e,
+	    0), "rmsnorm");
+	check(kvx_cuda_rmsnorm(da, ld, dw, T, e, 1e-5f, dout2, KVX_CUDA_F16, e,
+	    0), "rmsnorm f16");
+	back(got, dout, (size_t)T * e);
+	err = relerr(got, ref, (size_t)T * e);
+	ok(err < 1e-6, "rmsnorm T=%d e=%d ld=%d: relative error %.2e", T, e,
+	    ld, err);
+	back_h(got, dout2, (size_t)T * e);
+	err = relerr(got, ref, (size_t)T * e);
+	ok(err < 1e-3, "rmsnorm to f16: relative error %.2e", err);
+	kvx_cuda_free(dw);
+	kvx_cuda_free(dout);
+	kvx_cuda_free(dout2);
+
+	/* RoPE out of place (rows ld -> nh*d) and in place */
+	for (t = 0; t < T; t++)
+		pos[t] = irand(0, rep % 2 ? 100 : 9000);
+	for (t = 0; t < T; t++)
+		for (i = 0; i < d; i += 2) {
+			double fr = pow((double)theta, -(double)i / d);
+			double ang = pos[t] * fr;
+			float cs = (float)cos(ang), sn = (float)sin(ang);
+
+			for (h = 0; h < nh; h++) {
+				const float *p = a + (size_t)t * ld + h * d + i;
+				float *r = ref + ((size_t)t * nh + h) * d + i;
+
+				r[0] = p[0] * cs - p[1] * sn;
+				r[1] = p[0] * sn + p[1] * cs;
+			}
+		}
+	dpos = dev(pos, (size_t)T * sizeof(int));
+	dout = poisoned((size_t)T * nh * d * 4);
+	check(kvx_cuda_rope(da, ld, dout, nh * d, T, nh, d, dpos, theta, 0),
+	    "rope");
+	back(got, dout, (size_t)T * nh * d);
+	err = relerr(got, ref, (size_t)T * nh * d);
+	ok(err < 1e-6, "rope T=%d heads=%d d=%d: relative error %.2e", T, nh,
+	    d, err);
+	check(kvx_cuda_rope(da, ld, da, ld, T, nh, d, dpos, theta, 0),
+	    "rope in place");
+	back(b, da, (size_t)T * ld);
+	for (t = 0, err = 0.0; t < T; t++)
+		for (i = 0; i < nh * d; i++) {
+			double x = fabs((double)b[(size_t)t * ld + i] -
+			    ref[(size_t)t * nh * d + i]);
+
+			if (!(x <= err))
+				err = x;
+		}
+	ok(err < 1e-5, "rope in place: max error %.2e", err);
+
+	/* K/V store to scattered rows, as fp16 */
+	for (i = 0; i < T * nh; i++)
+		off[i] = ((long long)(T * nh - 1 - i)) * d;
+	doff = dev(off, (size_t)T * nh * sizeof(long long));
+	dout = poisoned((size_t)T * nh * d * 2);
+	dout2 = poisoned((size_t)T * nh * d * 2);
+	db = dev(a, (size_t)T * ld * 4);
+	check(kvx_cuda_kv_store(da, db, ld, T, nh, d, doff, dout, dout2, 0),
+	    "kv_store");
+	back_h(got, dout, (size_t)T * nh * d);
+	back_h(ref, dout2, (size_t)T * nh * d);
+	for (t = 0, c = 0; t < T; t++)
+		for (h = 0; h < nh; h++)
+			for (i = 0; i < d; i++) {
+				float k = kvx__h2f(kvx__f2h(b[(size_t)t * ld +
+				    h * d + i]));
+				float v = kvx__h2f(kvx__f2h(a[(size_t)t * ld +
+				    h * d + i]));
+				size_t o = (size_t)off[t * nh + h] + i;
+
+				c += got[o] != k || ref[o] != v;
+			}
+	ok(c == 0, "kv_store T=%d heads=%d: %d elements differ", T, nh, c);
+	kvx_cuda_free(da);
+	kvx_cuda_free(db);
+	kvx_cuda_free(dpos);
+	kvx_cuda_free(doff);
+	kvx_cuda_free(dout);
+	kvx_cuda_free(dout2);
+
+	/* SwiGLU */
+	for (i = 0; i < T * 2 * f; i++)
+		a[i] = frand() * 4.0f;
+	for (t = 0; t < T; t++)
+		for (i = 0; i < f; i++) {
+			float gt = a[(size_t)t * 2 * f + i];
+
+			ref[(size_t)t * f + i] = gt / (1.0f + expf(-gt)) *
+			    a[(size_t)t * 2 * f + f + i];
+		}
+	da = dev(a, (size_t)T * 2 * f * 4);
+	dout = poisoned((size_t)T * f * 2);
+	check(kvx_cuda_swiglu(da, T, f, dout, 0), "swiglu");
+	back_h(got, dout, (size_t)T * f);
+	err = relerr(got, ref, (size_t)T * f);
+	ok(err < 1e-3, "swiglu T=%d f=%d: relative error %.2e (fp16 out)", T,
+	    f, err);
+	kvx_cuda_free(da);
+	kvx_cuda_free(dout);
+
+	/* causal softmax of nm matrices, rows see col0 + r + 1 columns */
+	nm = irand(1, 4);
+	rows = irand(1, 30);
+	col0 = irand(0, 200);
+	ncol = col0 + rows + irand(0, 5);
+	for (i = 0; i < nm * rows * ncol; i++)
+		a[i] = frand() * 8.0f;
+	for (i = 0; i < nm * rows; i++) {
+		int r = i % rows, vis = col0 + r + 1 < ncol ? col0 + r + 1 :
+		    ncol;
+		double mx = -INFINITY, sm = 0.0;
+		const float *sr = a + (size_t)i * ncol;
+
+		for (c = 0; c < vis; c++)
+			mx = sr[c] > mx ? sr[c] : mx;
+		for (c = 0; c < vis; c++)
+			sm += exp(sr[c] - mx);
+		for (c = 0; c < ncol; c++)
+			ref[(size_t)i * ncol + c] = c < vis ?
+			    (float)(exp(sr[c] - mx) / sm) : 0.0f;
+	}
+	da = dev(a, (size_t)nm * rows * ncol * 4);
+	dout = poisoned((size_t)nm * rows * ncol * 2);
+	check(kvx_cuda_softmax_causal(da, nm, rows, ncol, col0, dout, 0),
+	    "softmax");
+	back_h(got, dout, (size_t)nm * rows * ncol);
+	err = relerr(got, ref, (size_t)nm * rows * ncol);
+	for (i = 0, c = 0; i < nm * rows * ncol; i++)
+		c += ref[i] == 0.0f && got[i] != 0.0f;
+	ok(err < 1e-3 && c == 0, "causal softmax %dx%dx%d from %d: relative "
+	    "error %.2e, %d masked entries nonzero", nm, rows, ncol, col0,
+	    err, c);
+	kvx_cuda_free(da);
+	kvx_cuda_free(dout);
+
+	free(a);
+	free(b);
+	free(w);
+	free(ref);
+	free(got);
+	free(tab);
+	free(ids);
+	free(pos);
+	free(off);
+}
+
 int
 main(void)
 {
@@ -451,5 +689,7 @@ main(void)
 		test_score_select(rep);
 	for (rep = 0; rep < nrep && rep < 16; rep++)
 		test_attn(rep);
+	for (rep = 0; rep < nrep; rep++)
+		test_layers(rep);
 	return tap_done();
 }
