@@ -450,6 +450,9 @@ function get_test_exit_message(status)
 {
   if (status == 0)
     return ""
+  # exit 77 after a "1..0 # SKIP" plan is how tests/tap.h skips them all
+  if (status == 77 && plan_seen && planned_tests == 0)
+    return ""
   if (status !~ /^[1-9][0-9]*$/)
     abort("getting exit status")
   if (status < 127)

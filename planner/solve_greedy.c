@@ -2,9 +2,11 @@
  * solve_greedy.c - greedy allocation by best value gained per byte.
  * SPDX-License-Identifier: GPL-3.0-or-later
  *
- * Every item starts at its floor level; a max-heap holds each item's next
- * upgrade (to its next usable level) keyed by value gained per byte.  The
- * best upgrade is taken while it fits.  When the curves are concave and
+ * Every item starts at its floor level; a max-heap holds each item's best
+ * upgrade (to the usable level with the most value gained per byte: the
+ * next level on a concave curve, past any plateau otherwise), and the best
+ * upgrade is taken while it fits; one that no longer fits is replaced by
+ * the item's best upgrade that does.  When the curves are concave and
  * every step costs the same, the steps taken are the budget's worth of
  * largest gains, each available only after the larger ones of its item,
  * so the result is optimal on the grid.  Otherwise the result carries a
@@ -72,15 +74,6 @@ heap_pop(upgrade *h, int *n, upgrade *out)
 		h[k] = last;
 }
 
-/* The next usable level of item i above j, or -1. */
-static int
-next_level(const solve_problem *p, int i, int j)
-{
-	for (j++; j < p->n_level; j++)
-		if (solve__usable(p, i, j))
-			return j;
-	return -1;
-}
 
 /* The value per byte of moving item i from level j to level k. */
 static double
@@ -93,6 +86,34 @@ step_ratio(const solve_problem *p, int i, int j, int k)
 	if (dc == 0)
 		return dv > 0 ? INFINITY : 0;
 	return dv / (double)dc;
+}
+
+/*
+ * The best upgrade of item i from level j: the usable level k > j with the
+ * most value gained per byte, costing at most room more (lowest k on ties),
+ * or -1.  Taking the best ratio rather than the next level steps over
+ * plateaus of a non-concave curve; on a concave curve it is the next level.
+ */
+static int
+best_jump(const solve_problem *p, int i, int j, int64_t room, double *ratio)
+{
+	size_t r = (size_t)i * p->n_level;
+	int k, best = -1;
+
+	for (k = j + 1; k < p->n_level; k++) {
+		double q;
+
+		if (!solve__usable(p, i, k))
+			continue;
+		if (p->cost[r + k] - p->cost[r + j] > room)
+			break;
+		q = step_ratio(p, i, j, k);
+		if (best < 0 || q > *ratio) {
+			best = k;
+			*ratio = q;
+		}
+	}
+	return best;
 }
 
 /*
@@ -157,10 +178,10 @@ solve_greedy(const solve_problem *p, const solve_params *params,
 	for (i = 0; i < p->n_item; i++) {
 		level[i] = solve__floor_level(p, i);
 		left -= p->cost[(size_t)i * L + level[i]];
-		if ((nxt[i] = next_level(p, i, level[i])) >= 0)
-			heap_push(heap, &nh, (upgrade){ step_ratio(p, i,
-			    level[i], nxt[i]), i });
 	}
+	for (i = 0; i < p->n_item; i++)
+		if ((nxt[i] = best_jump(p, i, level[i], INT64_MAX, &b)) >= 0)
+			heap_push(heap, &nh, (upgrade){ b, i });
 	while (nh > 0) {
 		int64_t dc;
 
@@ -175,18 +196,19 @@ solve_greedy(const solve_problem *p, const solve_params *params,
 		dc = p->cost[(size_t)i * L + nxt[i]] -
 		    p->cost[(size_t)i * L + level[i]];
 		if (dc > left) {
-			/* Later steps of this item cost at least as much. */
 			if (u.ratio > lam_hi && isfinite(u.ratio))
 				lam_hi = u.ratio;
+			/* the best upgrade that still fits, if any */
+			if ((nxt[i] = best_jump(p, i, level[i], left, &b)) >= 0)
+				heap_push(heap, &nh, (upgrade){ b, i });
 			continue;
 		}
 		left -= dc;
 		if (isfinite(u.ratio) && u.ratio < lam_lo)
 			lam_lo = u.ratio;
 		level[i] = nxt[i];
-		if ((nxt[i] = next_level(p, i, level[i])) >= 0)
-			heap_push(heap, &nh, (upgrade){ step_ratio(p, i,
-			    level[i], nxt[i]), i });
+		if ((nxt[i] = best_jump(p, i, level[i], INT64_MAX, &b)) >= 0)
+			heap_push(heap, &nh, (upgrade){ b, i });
 	}
 	if ((st = solve__finish(p, res, level, SOLVE_OPTIMAL, t0)) != KVX_OK)
 		goto out;

@@ -328,8 +328,20 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w)
 
 	memcpy(dst, wq, (size_t)mi->n_head * w * mi->head_dim * sizeof(float));
 	c->winq_n[seq] = w;
-	if (c->plan == NULL)
+	if (c->plan == NULL) {
+		int h;
+		kvx_status rc;
+
+		/* the full cache, too, keeps the prompt plus the headroom */
+		for (h = 0; h < mi->n_head_kv; h++) {
+			kv_seg *sg = kv_seg_at(c->kv, seq, l, h);
+
+			if ((rc = kv_fit(c->kv, sg, sg->len +
+			    c->p.decode_headroom)) != KVX_OK)
+				return rc;
+		}
 		return KVX_OK;
+	}
 	/* the forward appended the prompt already: n_pos is not yet set */
 	c->kv->n_pos[seq] = kv_seg_cget(c->kv, seq, l, 0)->len;
 	return select_layer(c, seq, c->kv, seq, l, wq, w);

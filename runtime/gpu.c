@@ -735,7 +735,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 {
 	const kvx_plan *P = g->plan;
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
-	int caps[64], keep[64], cnt[64], w, pw, sinks, h, wv, sk, maxc = 0;
+	int caps[64] = { 0 }, keep[64], cnt[64], w, pw, sinks, h, wv, sk, maxc = 0;
 	long long tl[6][64];
 	size_t rb = (size_t)D * 2;
 	char *dt = g->tab;
@@ -960,7 +960,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
     float *logits)
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
-	int i, l, h, maxit = 0, caps[64], *len;
+	int i, l, h, maxit = 0, caps[64] = { 0 }, *len;
 	size_t need, *lo;
 	struct kvx_cuda_work *items;
 	double t0 = 0.0;

@@ -130,6 +130,17 @@ kv_reserve(kv_cache *c, kv_seg *s, int need)
 }
 
 kvx_status
+kv_fit(kv_cache *c, kv_seg *s, int cap)
+{
+	if (cap < s->len)
+		return kvx__fail(KVX_ERR_ARG, "kv_fit: capacity %d below the "
+		    "%d rows held", cap, s->len);
+	if (cap == s->cap || cap == 0)
+		return KVX_OK;
+	return seg_resize(c, s, cap);
+}
+
+kvx_status
 kv_compact(kv_cache *c, kv_seg *dst, const kv_seg *src, const int *rows,
     int n, int headroom)
 {

@@ -38,6 +38,8 @@ kv_seg		*kv_seg_at(kv_cache *, int seq, int layer, int head);
 const kv_seg	*kv_seg_cget(const kv_cache *, int seq, int layer, int head);
 /* Make room for at least need rows, growing by half again when short. */
 kvx_status	 kv_reserve(kv_cache *, kv_seg *, int need);
+/* Set a segment's capacity to exactly cap rows (>= len). */
+kvx_status	 kv_fit(kv_cache *, kv_seg *, int cap);
 /* Replace a segment's storage with exactly the given rows of src (which
  * may be the same segment), capacity keep + headroom. */
 kvx_status	 kv_compact(kv_cache *, kv_seg *dst, const kv_seg *src,

@@ -255,8 +255,8 @@ main(int argc, char **argv)
 		    n_predict, cp.n_ctx);
 		return EXIT_USAGE;
 	}
-	if (n_predict > cp.decode_headroom)
-		cp.decode_headroom = n_predict;
+	/* room for exactly the tokens we will generate */
+	cp.decode_headroom = n_predict;
 	if ((rc = kvx_ctx_new(model, plan, &cp, &ctx)) != KVX_OK)
 		fail(rc == KVX_ERR_PLAN || rc == KVX_ERR_MISMATCH ? EXIT_PLAN :
 		    EXIT_RUN, "%s", kvx_errmsg());

@@ -1,0 +1,211 @@
+/*
+ * kvx-bench-e2e.c - end-to-end decode throughput on the GPU at a fixed KV
+ * memory budget: the full cache against plans.
+ * SPDX-License-Identifier: MIT
+ *
+ * For each configuration one context holds as many sequences as the
+ * budget allows: two distinct prompts of ctx random tokens are prefilled
+ * (timed: prefill, and within it scoring + selection + compaction), the
+ * measured per-sequence KV bytes (kept rows plus decode headroom) fix the
+ * batch, the other sequences are copies of the two, and then every
+ * sequence decodes one token per step (LM head included, logits left on
+ * the device).  Throughput = batch x steps / time of the timed steps.
+ *
+ * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
+ *        [-r headroom] [plan.yaml ...]
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gpu.h"
+#include "kvx.h"
+#include "plan.h"
+#include "util.h"
+
+#define MAXCFG 16
+#define MAXSEQ 8192
+
+struct result {
+	char	 name[64];
+	double	 mib_seq, tok_s, step_ms, prefill_ms, select_ms;
+	int	 batch;
+};
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+static int
+rnd(int n)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return (int)(rng % (uint64_t)n);
+}
+
+/* One configuration; 0 on success. */
+static int
+run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
+    int steps, int hr, struct result *r)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	kvx_ctx_params cp;
+	gpu_ctx *g = NULL;
+	kvx_memory mem;
+	int32_t *ids = NULL, *tok = NULL;
+	int *seqs = NULL, i, s, batch, warm = 2;
+	double t0, per;
+	const gpu_stats *st;
+
+	memset(r, 0, sizeof *r);
+	snprintf(r->name, sizeof r->name, "%s", name);
+	kvx_ctx_params_init(&cp);
+	cp.n_seq = MAXSEQ;
+	cp.n_ctx = ctx + steps + warm + 8;
+	cp.decode_headroom = hr;
+	cp.device = KVX_DEVICE_GPU;
+	if (gpu_ctx_new(m, p, &cp, &g) != KVX_OK)
+		goto fail;
+	ids = malloc((size_t)ctx * sizeof *ids);
+	tok = malloc(MAXSEQ * sizeof *tok);
+	seqs = malloc(MAXSEQ * sizeof *seqs);
+	if (ids == NULL || tok == NULL || seqs == NULL)
+		goto fail;
+	gpu_set_options(g, 1, 1);
+	for (s = 0; s < 2; s++) {
+		for (i = 0; i < ctx; i++)
+			ids[i] = 100 + rnd(mi->n_vocab - 200);
+		if (gpu_prefill(g, s, ids, ctx, NULL) != KVX_OK)
+			goto fail;
+	}
+	st = gpu_get_stats(g);
+	r->prefill_ms = st->prefill_s * 1e3 / 2;
+	r->select_ms = st->select_s * 1e3 / 2;
+	gpu_memory(g, &mem);
+	per = (double)mem.kv_bytes / 2;
+	r->mib_seq = per / (1 << 20);
+	batch = (int)(budget * (1 << 30) / per);
+	if (batch > MAXSEQ)
+		batch = MAXSEQ;
+	if (batch < 2) {
+		fprintf(stderr, "%s: the budget holds %d sequences\n", name,
+		    batch);
+		goto fail;
+	}
+	r->batch = batch;
+	for (s = 2; s < batch; s++)
+		if (gpu_seq_copy(g, s, s % 2) != KVX_OK)
+			goto fail;
+	for (s = 0; s < batch; s++) {
+		seqs[s] = s;
+		tok[s] = 100 + rnd(mi->n_vocab - 200);
+	}
+	for (i = 0; i < warm; i++)
+		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
+			goto fail;
+	t0 = kvx__now();
+	for (i = 0; i < steps; i++)
+		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
+			goto fail;
+	t0 = kvx__now() - t0;
+	r->step_ms = t0 * 1e3 / steps;
+	r->tok_s = (double)batch * steps / t0;
+	free(ids);
+	free(tok);
+	free(seqs);
+	gpu_ctx_free(&g);
+	return 0;
+fail:
+	fprintf(stderr, "%s: %s\n", name, kvx_errmsg());
+	free(ids);
+	free(tok);
+	free(seqs);
+	gpu_ctx_free(&g);
+	return 1;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+	static const double fr[3] = { 0.5, 0.25, 0.1 };
+	struct result res[MAXCFG];
+	int ctx = 8192, steps = 32, hr = 64, c, n = 0, i;
+	double budget = 4.0, tot_pf = 0.0, tot_sel = 0.0;
+	kvx_model *m = NULL;
+	kvx_plan *p;
+	char name[64];
+
+	while ((c = getopt(argc, argv, "m:c:b:s:r:")) != -1) {
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 'c': ctx = atoi(optarg); break;
+		case 'b': budget = atof(optarg); break;
+		case 's': steps = atoi(optarg); break;
+		case 'r': hr = atoi(optarg); break;
+		default:
+			fprintf(stderr, "usage: kvx-bench-e2e [-m model] "
+			    "[-c ctx] [-b budget_GiB] [-s steps] "
+			    "[-r headroom] [plan.yaml ...]\n");
+			return 2;
+		}
+	}
+	if (!gpu_available()) {
+		fprintf(stderr, "kvx-bench-e2e: no CUDA device\n");
+		return 77;
+	}
+	if (kvx_model_open(model, 0, &m) != KVX_OK) {
+		fprintf(stderr, "kvx-bench-e2e: %s\n", kvx_errmsg());
+		return 1;
+	}
+	printf("model %s, context %d, KV budget %.1f GiB, headroom %d, "
+	    "%d timed steps\n", model, ctx, budget, hr, steps);
+	if (run(m, NULL, "full", ctx, budget, steps, hr, &res[n]) == 0)
+		n++;
+	for (i = 0; i < 3; i++) {
+		if (plan_new(kvx_model_get_info(m), KVX_PLAN_STATIC, fr[i],
+		    &p) != KVX_OK)
+			continue;
+		snprintf(name, sizeof name, "uniform %g%%", fr[i] * 100);
+		if (run(m, p, name, ctx, budget, steps, hr, &res[n]) == 0)
+			n++;
+		kvx_plan_free(&p);
+	}
+	for (i = optind; i < argc && n < MAXCFG; i++) {
+		const char *b = strrchr(argv[i], '/');
+
+		if (kvx_plan_load(argv[i], &p) != KVX_OK) {
+			fprintf(stderr, "%s: %s\n", argv[i], kvx_errmsg());
+			continue;
+		}
+		if (run(m, p, b ? b + 1 : argv[i], ctx, budget, steps, hr,
+		    &res[n]) == 0)
+			n++;
+		kvx_plan_free(&p);
+	}
+
+	printf("\n| config | KV MiB/seq | batch | step ms | tokens/s | vs full "
+	    "| prefill ms | select ms | select share |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	for (i = 0; i < n; i++) {
+		printf("| %s | %.1f | %d | %.2f | %.0f | %.2f | %.1f | %.2f | "
+		    "%.1f%% |\n", res[i].name, res[i].mib_seq, res[i].batch,
+		    res[i].step_ms, res[i].tok_s, res[0].tok_s > 0 ?
+		    res[i].tok_s / res[0].tok_s : 0.0, res[i].prefill_ms,
+		    res[i].select_ms, 100.0 * res[i].select_ms /
+		    res[i].prefill_ms);
+		if (i > 0) {
+			tot_pf += res[i].prefill_ms;
+			tot_sel += res[i].select_ms;
+		}
+	}
+	if (n > 1)
+		printf("\ncompression (scoring + selection + compaction) over "
+		    "the plans: %.1f%% of prefill time\n",
+		    100.0 * tot_sel / tot_pf);
+	kvx_model_close(&m);
+	return n > 0 ? 0 : 1;
+}
