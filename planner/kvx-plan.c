@@ -52,7 +52,7 @@ enum {
 	O_SAMPLES, O_STOKENS, O_SEED, O_SPAN, O_GRID, O_WINDOW, O_POOL,
 	O_KERNEL, O_GQA, O_SINKS, O_SAVEP, O_FROMP, O_LWEIGHTS, O_PAGE,
 	O_MINF, O_MAXF, O_LMIN, O_LMAX, O_SHARDS, O_REFCTX, O_SVG, O_TLIMIT,
-	O_BETA
+	O_BETA, O_OBJECTIVE
 };
 
 static const struct option longopts[] = {
@@ -75,6 +75,7 @@ static const struct option longopts[] = {
 	{ "sample-tokens", required_argument, NULL, O_STOKENS },
 	{ "seed", required_argument, NULL, O_SEED },
 	{ "profile-span", required_argument, NULL, O_SPAN },
+	{ "objective", required_argument, NULL, O_OBJECTIVE },
 	{ "grid", required_argument, NULL, O_GRID },
 	{ "window", required_argument, NULL, O_WINDOW },
 	{ "pool", required_argument, NULL, O_POOL },
@@ -133,6 +134,7 @@ usage(FILE *f)
 "                [--method kvx|uniform|pyramid|ada|layer] [--mode static|hybrid]\n"
 "                [--solver greedy|dp|glpk] [--granularity layer-head|layer|head]\n"
 "                [--samples n] [--sample-tokens n] [--seed s] [--profile-span n]\n"
+"                [--objective output|mass]\n"
 "                [--grid n] [--window n] [--pool max|avg|none] [--pool-kernel k]\n"
 "                [--gqa mean|max] [--sinks n] [--alpha a] [--beta b]\n"
 "                [--save-profile file] [--from-profile file]\n"
@@ -405,6 +407,15 @@ parse_args(struct cli *c, int argc, char **argv)
 				return die(EX_BADUSE, "bad --seed '%s'",
 				    optarg);
 			c->po.seed = (uint64_t)v;
+			break;
+		case O_OBJECTIVE:
+			if (strcmp(optarg, "output") == 0)
+				c->po.objective = PROF_OBJ_OUTPUT;
+			else if (strcmp(optarg, "mass") == 0)
+				c->po.objective = PROF_OBJ_MASS;
+			else
+				return die(EX_BADUSE, "unknown --objective '%s' "
+				    "(output or mass)", optarg);
 			break;
 		case O_SPAN:
 			if (parse_int(optarg, 0, 1 << 24, &v) != 0)

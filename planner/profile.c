@@ -38,13 +38,26 @@
 /* What the layer hook needs. */
 struct prof_run {
 	const prof_opts	*o;
+	kvx_model	*m;
 	kv_cache	*kv;
 	int		 n;		/* tokens of the sample */
-	int		 H, Hkv, D;
+	int		 H, Hkv, D, E;
 	double		*sum;		/* [L][Hkv][G] curves summed */
 	float		*score, *pooled, *cand;
 	double		*prefix;
+	/* output objective */
+	float		*gram;		/* [L][H][D][D]: W_o,q^T W_o,q */
+	int		*order;		/* candidates, best pooled first */
+	float		*prob;		/* one query's softmax */
+	double		*err;		/* [checkpoint] */
 };
+
+/* Window queries evaluated for the output objective: every OUT_STRIDE-th
+ * from the last, which keeps profiling within its time goal. */
+#define OUT_STRIDE	4
+/* Budget levels where the output error is computed exactly; the grid in
+ * between is interpolated. */
+#define OUT_CHECKS	33
 
 /* Fill the profiling options with their defaults. */
 void
@@ -61,6 +74,7 @@ prof_opts_init(prof_opts *o)
 	o->pool_kernel = 7;
 	o->gqa = PLAN_GQA_MEAN;
 	o->sinks = 4;
+	o->objective = PROF_OBJ_OUTPUT;
 }
 
 /* Release a profile and clear the pointer. */
@@ -234,13 +248,155 @@ cmp_desc(const void *a, const void *b)
 	return (x < y) - (x > y);
 }
 
+/* Pooled score of candidate a, for qsort_r-free ordering. */
+static const float *order_key;
+
+/* qsort order of candidate indices: larger pooled score first, then the
+ * earlier position (the runtime's top-k breaks ties the same way). */
+static int
+cmp_order(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	float fx = order_key[x], fy = order_key[y];
+
+	if (fx != fy)
+		return (fx < fy) - (fx > fy);
+	return (x > y) - (x < y);
+}
+
+/* Gram matrices of W_o's column blocks, one per query head and layer. */
+static kvx_status
+build_gram(struct prof_run *r)
+{
+	const kvx_model_info *mi = kvx_model_get_info(r->m);
+	int L = mi->n_layer, H = r->H, D = r->D, E = r->E, l, q, a, b, e;
+	kvx_status rc;
+
+	r->gram = kvx__malloc_array((size_t)L * H * D * D, sizeof(float));
+	if (r->gram == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (l = 0; l < L; l++) {
+		mat *wo = &r->m->L[l].wo;
+
+		if ((rc = model_mat_f32(r->m, wo)) != KVX_OK)
+			return rc;
+		for (q = 0; q < H; q++) {
+			float *g = r->gram + ((size_t)l * H + q) * D * D;
+
+			for (a = 0; a < D; a++)
+				for (b = a; b < D; b++) {
+					double t = 0;
+
+					for (e = 0; e < E; e++)
+						t += (double)wo->f[(size_t)e *
+						    wo->cols + q * D + a] *
+						    wo->f[(size_t)e * wo->cols +
+						    q * D + b];
+					g[a * D + b] = g[b * D + a] = (float)t;
+				}
+		}
+	}
+	return KVX_OK;
+}
+
+/* e^T G e for a D x D matrix. */
+static double
+quad(const float *G, const double *e, int D)
+{
+	double t = 0;
+	int a, b;
+
+	for (a = 0; a < D; a++) {
+		double row = 0;
+
+		for (b = 0; b < D; b++)
+			row += G[a * D + b] * e[b];
+		t += e[a] * row;
+	}
+	return t;
+}
+
+/*
+ * Output objective for KV head h of layer l: add to err[c] the residual
+ * perturbation |W_o,q (o - o_kept)|^2 of keeping the sinks, the window
+ * and the first k_c candidates of the order, summed over the group's query
+ * heads and the evaluated window queries.
+ */
+static void
+output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
+    const kv_seg *sg, int s, int m, const int *kc, int nck)
+{
+	int n = r->n, D = r->D, g = r->H / r->Hkv, q, j, i, c, t, d;
+	float scale = 1.0f / sqrtf((float)D);
+	double o[256], A[256], e[256], P;
+
+	for (q = 0; q < g; q++) {
+		int qh = h * g + q;
+		const float *G = r->gram + ((size_t)l * r->H + qh) * D * D;
+
+		for (j = w - 1; j >= 0; j -= OUT_STRIDE) {
+			const float *qv = wq + ((size_t)qh * w + j) * D;
+			int vis = n - w + j + 1;
+			float mx = -INFINITY;
+			double z = 0;
+
+			for (i = 0; i < vis; i++) {
+				const float *k = sg->k + (size_t)i * D;
+				float dt = 0;
+
+				for (d = 0; d < D; d++)
+					dt += qv[d] * k[d];
+				r->prob[i] = dt * scale;
+				if (r->prob[i] > mx)
+					mx = r->prob[i];
+			}
+			for (i = 0; i < vis; i++) {
+				r->prob[i] = expf(r->prob[i] - mx);
+				z += r->prob[i];
+			}
+			for (d = 0; d < D; d++)
+				o[d] = A[d] = 0;
+			P = 0;
+			for (i = 0; i < vis; i++) {
+				const float *v = sg->v + (size_t)i * D;
+				double pi = r->prob[i] / z;
+				int always = i < s || i >= n - w;
+
+				for (d = 0; d < D; d++)
+					o[d] += pi * v[d];
+				if (always) {
+					for (d = 0; d < D; d++)
+						A[d] += pi * v[d];
+					P += pi;
+				}
+			}
+			/* walk the candidates in the runtime's order */
+			for (c = 0, t = 0; c < nck; c++) {
+				for (; t < kc[c] && t < m; t++) {
+					int pos = r->order[t];
+					const float *v = sg->v + (size_t)pos * D;
+					double pi = r->prob[pos] / z;
+
+					for (d = 0; d < D; d++)
+						A[d] += pi * v[d];
+					P += pi;
+				}
+				for (d = 0; d < D; d++)
+					e[d] = o[d] - (P > 0 ? A[d] / P : 0);
+				r->err[c] += quad(G, e, D);
+			}
+		}
+	}
+}
+
 /*
  * Forward hook: score each KV head of layer l with the window queries,
  * turn the pooled scores into a retention curve and add it to the sums,
  * then free the layer's K/V (later layers do not read it).
  */
 static kvx_status
-prof_hook(void *arg, int seq, int l, const float *wq, int w)
+prof_hook(void *arg, int seq, int l, const float *wq, int w,
+    const float *xw)
 {
 	struct prof_run *r = arg;
 	const prof_opts *o = r->o;
@@ -263,6 +419,41 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w)
 			z += r->pooled[i];
 		for (i = 0; i < s; i++)
 			sink += r->pooled[i];
+		if (o->objective == PROF_OBJ_OUTPUT) {
+			int kc[OUT_CHECKS], jc[OUT_CHECKS], c;
+			double xn = 0;
+
+			for (j = w - 1; j >= 0; j -= OUT_STRIDE)
+				for (i = 0; i < r->E; i++)
+					xn += (double)xw[(size_t)j * r->E + i] *
+					    xw[(size_t)j * r->E + i];
+			xn *= g;
+			for (i = 0; i < m; i++)
+				r->order[i] = s + i;
+			order_key = r->pooled;
+			qsort(r->order, (size_t)m, sizeof(int), cmp_order);
+			for (c = 0; c < OUT_CHECKS; c++) {
+				int64_t k;
+
+				jc[c] = (int)llround((double)c * (G - 1) /
+				    (OUT_CHECKS - 1));
+				k = llround((double)jc[c] / (G - 1) * n) - w - s;
+				kc[c] = k < 0 ? 0 : k > m ? m : (int)k;
+				r->err[c] = 0;
+			}
+			output_errors(r, l, h, wq, w, sg, s, m, kc, OUT_CHECKS);
+			for (c = 0; c + 1 < OUT_CHECKS; c++)
+				for (j = jc[c]; j <= jc[c + 1]; j++) {
+					double a = (double)(j - jc[c]) /
+					    (jc[c + 1] - jc[c]), v;
+
+					v = 1 - ((1 - a) * r->err[c] + a *
+					    r->err[c + 1]) / (xn > 0 ? xn : 1);
+					if (j < jc[c + 1] || c + 2 == OUT_CHECKS)
+						sum[j] += v < 0 ? 0 : v > 1 ? 1 : v;
+				}
+			continue;
+		}
 		memcpy(r->cand, r->pooled + s, (size_t)m * sizeof(float));
 		qsort(r->cand, (size_t)m, sizeof(float), cmp_desc);
 		r->prefix[0] = 0;
@@ -373,10 +564,13 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	p->pool_kernel = o->pool_kernel;
 	p->gqa = o->gqa;
 	p->sinks = o->sinks;
+	p->objective = o->objective;
 	p->corpus_tokens = n_ids;
 	snprintf(p->corpus, sizeof p->corpus, "%s", names);
 
 	r.o = o;
+	r.m = m;
+	r.E = mi->n_embd;
 	r.n = T;
 	r.H = mi->n_head;
 	r.Hkv = mi->n_head_kv;
@@ -386,10 +580,21 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	r.pooled = kvx__malloc_array((size_t)T, sizeof(float));
 	r.cand = kvx__malloc_array((size_t)T, sizeof(float));
 	r.prefix = kvx__malloc_array((size_t)T + 1, sizeof(double));
+	r.order = kvx__malloc_array((size_t)T, sizeof(int));
+	r.prob = kvx__malloc_array((size_t)T, sizeof(float));
+	r.err = kvx__malloc_array(OUT_CHECKS, sizeof(double));
 	seq = kvx__calloc((size_t)T, sizeof *seq);
 	pos = kvx__malloc_array((size_t)T, sizeof *pos);
-	if (!r.score || !r.pooled || !r.cand || !r.prefix || !seq || !pos) {
+	if (!r.score || !r.pooled || !r.cand || !r.prefix || !r.order ||
+	    !r.prob || !r.err || !seq || !pos) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto done;
+	}
+	if (o->objective == PROF_OBJ_OUTPUT && (mi->head_dim > 256 ||
+	    (rc = build_gram(&r)) != KVX_OK)) {
+		if (rc == KVX_OK)
+			rc = kvx__fail(KVX_ERR_UNSUPPORTED, "the output "
+			    "objective handles head_dim up to 256");
 		goto done;
 	}
 	for (i = 0; i < T; i++)
@@ -424,6 +629,13 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		    "in %.1f s\n", o->samples, T, kvx__now() - t0);
 	for (i = 0; i < (int)cells; i++)
 		p->R[i] /= o->samples;
+	/* a curve must not fall as the budget grows: the solvers rely on it,
+	 * and keeping more tokens can only be allowed to help */
+	for (i = 0; i < (int)(cells / G); i++)
+		for (s = 1; s < G; s++)
+			if (p->R[(size_t)i * G + s] < p->R[(size_t)i * G + s - 1])
+				p->R[(size_t)i * G + s] =
+				    p->R[(size_t)i * G + s - 1];
 	p->seconds = kvx__now() - t0;
 	*out = p;
 	p = NULL;
@@ -437,6 +649,10 @@ done:
 	free(r.pooled);
 	free(r.cand);
 	free(r.prefix);
+	free(r.order);
+	free(r.prob);
+	free(r.err);
+	free(r.gram);
 	free(seq);
 	free(pos);
 	free(ids);
@@ -445,6 +661,7 @@ done:
 
 static const char *const pool_word[] = { "max", "avg", "none" };
 static const char *const gqa_word[] = { "mean", "max" };
+static const char *const objective_word[] = { "output", "mass" };
 
 /* Write the profile as "key value" lines and one line per curve. */
 kvx_status
@@ -470,6 +687,7 @@ profile_save(const profile *p, const char *path, int overwrite)
 	fprintf(f, "window %d\npool %s\npool_kernel %d\ngqa %s\nsinks %d\n",
 	    p->window, pool_word[p->pool], p->pool_kernel, gqa_word[p->gqa],
 	    p->sinks);
+	fprintf(f, "objective %s\n", objective_word[p->objective]);
 	fprintf(f, "corpus_tokens %" PRId64 "\ncorpus %s\n", p->corpus_tokens,
 	    p->corpus[0] ? p->corpus : "-");
 	for (l = 0; l < p->n_layer; l++)
@@ -555,6 +773,12 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 			    strcmp(val, "-") == 0 ? "" : val);
 			continue;
 		}
+		if (strcmp(key, "objective") == 0) {
+			if ((p->objective = word_index(objective_word, 2,
+			    val)) < 0)
+				goto bad;
+			continue;
+		}
 		if (strcmp(key, "pool") == 0 || strcmp(key, "gqa") == 0) {
 			snprintf(word, sizeof word, "%s", val);
 			if (key[0] == 'p')
@@ -634,6 +858,8 @@ profile_load(const char *path, const kvx_model_info *mi, profile **out)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	}
 	p->pool_kernel = 1;
+	/* profiles written before the key existed measured mass */
+	p->objective = PROF_OBJ_MASS;
 	rc = parse_profile(f, path, p, &seen);
 	fclose(f);
 	if (rc != KVX_OK)

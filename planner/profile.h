@@ -19,6 +19,21 @@
 #define PROFILE_MAX_WINDOW	256	/* the forward keeps 256 window queries */
 #define PROFILE_MAX_GRID	4096
 
+/*
+ * What a curve measures at budget share f, averaged over the samples:
+ *   MASS    the share of the window's pooled attention mass kept;
+ *   OUTPUT  1 - |W_o (o - o_kept)|^2 / |x|^2 summed over the KV head's
+ *           query heads and the evaluated window queries: how little
+ *           keeping the head's top share f perturbs the residual stream
+ *           x, where o is the head's attention output with every token
+ *           and o_kept its output over the kept tokens (the softmax
+ *           renormalised over them, as the runtime computes it).  Unlike
+ *           the mass, this sees that broad attention over similar values
+ *           loses little, and weighs layers by how much their attention
+ *           moves the residual stream.
+ */
+enum prof_objective { PROF_OBJ_OUTPUT = 0, PROF_OBJ_MASS = 1 };
+
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */
 	int		 sample_tokens;	/* T tokens each (2048) */
@@ -30,6 +45,7 @@ typedef struct prof_opts {
 	int		 pool_kernel;	/* odd (7) */
 	int		 gqa;		/* enum plan_gqa (mean) */
 	int		 sinks;		/* always-kept leading tokens (4) */
+	int		 objective;	/* PROF_OBJ_OUTPUT (default) or MASS */
 	int		 progress;	/* progress lines on stderr */
 } prof_opts;
 
@@ -39,6 +55,7 @@ typedef struct profile {
 	int		 samples, sample_tokens, span;
 	uint64_t	 seed;
 	int		 window, pool, pool_kernel, gqa, sinks;
+	int		 objective;
 	int64_t		 corpus_tokens;
 	char		 corpus[256];	/* base names, comma separated */
 	double		*R;		/* [n_layer][n_head_kv][grid] */

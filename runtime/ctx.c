@@ -319,7 +319,8 @@ select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int l,
 
 /* Forward hook: save the window queries, then compress the layer. */
 static kvx_status
-prefill_hook(void *arg, int seq, int l, const float *wq, int w)
+prefill_hook(void *arg, int seq, int l, const float *wq, int w,
+    const float *xw)
 {
 	kvx_ctx *c = arg;
 	const kvx_model_info *mi = &c->m->info;

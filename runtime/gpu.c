@@ -735,7 +735,8 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 {
 	const kvx_plan *P = g->plan;
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
-	int caps[64] = { 0 }, keep[64], cnt[64], w, pw, sinks, h, wv, sk, maxc = 0;
+	int caps[64] = { 0 }, keep[64], cnt[64], w, pw, sinks, h, wv, sk;
+	int maxc = 0;
 	long long tl[6][64];
 	size_t rb = (size_t)D * 2;
 	char *dt = g->tab;
@@ -981,7 +982,11 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 					int add = sg->cap / 2 > 64 ? sg->cap /
 					    2 : 64;
 
+					/* a segment never needs more than
+					   n_ctx rows: stay inside a chunk */
 					caps[h] = sg->cap + add;
+					if (caps[h] > g->p.n_ctx + 64)
+						caps[h] = g->p.n_ctx + 64;
 					grow = 1;
 				}
 			}

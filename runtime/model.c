@@ -752,7 +752,7 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 					    s->q + ((size_t)(T - w + j) * H +
 					    h) * D, (size_t)D * sizeof(float));
 			if ((rc = b->hook(b->hook_arg, b->seq[0], l, s->wq,
-			    w)) != KVX_OK)
+			    w, s->x + (size_t)(T - w) * E)) != KVX_OK)
 				return rc;
 		}
 		if (b->no_head && l == mi->n_layer - 1)

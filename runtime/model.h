@@ -48,10 +48,11 @@ struct kvx_model {
  * Selection hook: called by the forward pass right after layer l's
  * attention has run over a whole prefill (so that layer's cache holds
  * every prompt token), with that layer's last-w post-RoPE queries for the
- * sequence: wq[head][w][d] for all n_head query heads.
+ * sequence: wq[head][w][d] for all n_head query heads, and xw, the
+ * layer's input residual stream at those w tokens (w x n_embd).
  */
 typedef kvx_status (*fw_layer_hook)(void *arg, int seq, int layer,
-    const float *wq, int w);
+    const float *wq, int w, const float *xw);
 
 typedef struct fw_batch {
 	int		 n;		/* tokens */
