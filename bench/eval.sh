@@ -3,7 +3,8 @@
 # budgets against the full cache, on the evaluation texts of
 # tools/fetch-evaltext (perplexity, KL, top-1) and, unless PASSKEY=0, pass-key
 # retrieval.  Writes bench/eval.csv (format: kvx-eval(1)), bench/eval.svg
-# and the table as bench/eval.txt.
+# and the table as bench/eval.txt.  The defaults take about half an hour
+# on two CPU cores, most of it in the 8K-token pass-key prefills.
 #
 # usage: bench/eval.sh [BUILDDIR]     (default: the source tree)
 # environment:

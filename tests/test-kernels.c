@@ -478,7 +478,14 @@ test_layers(int rep)
 	void *da, *db, *dw, *dout, *dout2, *dids, *dpos, *doff;
 	double err;
 
-	n = (size_t)T * (ld > 2 * f ? ld : 2 * f) + (size_t)V * e + 4096;
+	int ldn = e + 4 * irand(0, 3);
+
+	nm = irand(1, 4);
+	rows = irand(1, 30);
+	col0 = irand(0, 200);
+	ncol = col0 + rows + irand(0, 5);
+	n = (size_t)T * (ld + ldn + 2 * f) + (size_t)V * e +
+	    (size_t)nm * rows * ncol + 4096;
 	a = malloc(n * sizeof(float));
 	b = malloc(n * sizeof(float));
 	w = malloc(n * sizeof(float));
@@ -506,8 +513,8 @@ test_layers(int rep)
 	kvx_cuda_free(dids);
 	kvx_cuda_free(dout);
 
-	/* RMS norm, f32 and f16 out */
-	for (i = 0; i < T * ld; i++)
+	/* RMS norm, f32 and f16 out, rows ldn apart */
+	for (i = 0; i < T * (ld > ldn ? ld : ldn); i++)
 		a[i] = frand() * (rep % 4 + 1);
 	for (i = 0; i < e; i++)
 		w[i] = frand();
@@ -516,31 +523,34 @@ test_layers(int rep)
 		float inv;
 
 		for (i = 0; i < e; i++)
-			ss += (double)a[(size_t)t * ld + i] * a[(size_t)t * ld +
-			    i];
+			ss += (double)a[(size_t)t * ldn + i] *
+			    a[(size_t)t * ldn + i];
 		inv = 1.0f / sqrtf((float)(ss / e) + 1e-5f);
 		for (i = 0; i < e; i++)
-			ref[(size_t)t * e + i] = a[(size_t)t * ld + i] * inv *
+			ref[(size_t)t * e + i] = a[(size_t)t * ldn + i] * inv *
 			    w[i];
 	}
-	da = dev(a, (size_t)T * ld * 4);
+	da = dev(a, (size_t)T * ldn * 4);
 	dw = dev(w, (size_t)e * 4);
 	dout = poisoned((size_t)T * e * 4);
 	dout2 = poisoned((size_t)T * e * 2);
-	check(kvx_cuda_rmsnorm(da, ld, dw, T, e, 1e-5f, dout, KVX_CUDA_F32, e,
+	check(kvx_cuda_rmsnorm(da, ldn, dw, T, e, 1e-5f, dout, KVX_CUDA_F32, e,
 	    0), "rmsnorm");
-	check(kvx_cuda_rmsnorm(da, ld, dw, T, e, 1e-5f, dout2, KVX_CUDA_F16, e,
-	    0), "rmsnorm f16");
+	check(kvx_cuda_rmsnorm(da, ldn, dw, T, e, 1e-5f, dout2, KVX_CUDA_F16,
+	    e, 0), "rmsnorm f16");
 	back(got, dout, (size_t)T * e);
 	err = relerr(got, ref, (size_t)T * e);
 	ok(err < 1e-6, "rmsnorm T=%d e=%d ld=%d: relative error %.2e", T, e,
-	    ld, err);
+	    ldn, err);
 	back_h(got, dout2, (size_t)T * e);
 	err = relerr(got, ref, (size_t)T * e);
 	ok(err < 1e-3, "rmsnorm to f16: relative error %.2e", err);
+	kvx_cuda_free(da);
 	kvx_cuda_free(dw);
 	kvx_cuda_free(dout);
 	kvx_cuda_free(dout2);
+
+	da = dev(a, (size_t)T * ld * 4);
 
 	/* RoPE out of place (rows ld -> nh*d) and in place */
 	for (t = 0; t < T; t++)
@@ -631,10 +641,6 @@ test_layers(int rep)
 	kvx_cuda_free(dout);
 
 	/* causal softmax of nm matrices, rows see col0 + r + 1 columns */
-	nm = irand(1, 4);
-	rows = irand(1, 30);
-	col0 = irand(0, 200);
-	ncol = col0 + rows + irand(0, 5);
 	for (i = 0; i < nm * rows * ncol; i++)
 		a[i] = frand() * 8.0f;
 	for (i = 0; i < nm * rows; i++) {

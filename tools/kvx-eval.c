@@ -68,6 +68,7 @@ struct pk_row {
 	char		 answer[16];
 };
 
+/* Print the option summary. */
 static void
 usage(FILE *f)
 {
