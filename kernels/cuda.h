@@ -59,6 +59,17 @@ int	 kvx_cuda_score(const float *d_q, const void *d_k, int dtype,
 	    const long long *d_soff, void *d_scratch, float *d_score,
 	    cudaStream_t stream);
 /*
+ * The same with the window queries anywhere: query (segment s, head h,
+ * window position p) at d_q + (s*g + h)*qhs + p*qps elements
+ * (kvx_cuda_score is qhs = w*d, qps = d).  The GPU forward passes its
+ * rotated queries of the last w tokens in place.
+ */
+int	 kvx_cuda_score_q(const float *d_q, long long qhs, long long qps,
+	    const void *d_k, int dtype, const long long *d_koff, const int *d_n,
+	    int nseg, int max_n, int g, int w, int d, int ld, float scale,
+	    int gqa, const long long *d_soff, void *d_scratch, float *d_score,
+	    cudaStream_t stream);
+/*
  * Twin of sel_pool: pools the n[s] - w scores of each segment (at
  * d_in + soff[s]) with odd kernel ks into d_out + soff[s].  d_in and
  * d_out must not overlap.

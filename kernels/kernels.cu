@@ -186,133 +186,295 @@ block_scan(int v, int *sh, int *total)
 
 // --- 1. scoring and pooling --------------------------------------------------
 
-#define SC_CH 256	/* keys per block = threads per block */
+/*
+ * Scoring runs in three launches over tiles of SC_TK keys: per tile and
+ * window query, the max and the sum of exponentials of its logits; their
+ * merge per query; then per key the probabilities summed over the window.
+ * A block holds its tile's keys in shared memory as floats, rows padded
+ * so that 16-byte reads of successive rows fall in distinct banks; each
+ * warp takes one query at a time, each lane two keys, so every reduction
+ * stays within a warp.
+ */
+#define SC_TK 64	/* keys per block */
+#define SC_W 8		/* warps per block */
 
 static int
-score_chunks(int max_n)
+score_tiles(int max_n)
 {
-	return (max_n + SC_CH - 1) / SC_CH;
+	return (max_n + SC_TK - 1) / SC_TK;
 }
 
 extern "C" size_t
 kvx_cuda_score_scratch(int nseg, int g, int w, int max_n)
 {
-	return sizeof(float2) * (size_t)nseg * g * w * score_chunks(max_n);
+	return sizeof(float2) * (size_t)nseg * g * w * (score_tiles(max_n) +
+	    1);
 }
 
-/* Scaled logit (log2 units) of the query in shared memory with key row kr. */
-template <typename T>
-static __device__ __forceinline__ float
-logit(const float *sq, const T *kr, int d, float scale2)
+/* Floats per padded row of d elements. */
+static __host__ __device__ __forceinline__ int
+score_pad(int d)
 {
-	float a0 = 0.0f, a1 = 0.0f;
+	return ((d + 3) & ~3) + 4;
+}
+
+/* Shared-memory bytes of the scoring kernels. */
+static size_t
+score_smem(int g, int d)
+{
+	return sizeof(float) * ((size_t)(SC_TK + SC_W) * score_pad(d) +
+	    (size_t)SC_W * g * SC_TK);
+}
+
+/* Tile rows t0 .. t0 + SC_TK - 1 (those below lim) of K into sk, as
+ * floats, zero-padded. */
+template <typename T>
+static __device__ void
+score_load(const T *ks, int ld_, int t0, int lim, int d, float *sk)
+{
+	int dp = score_pad(d), i;
+
+	for (i = threadIdx.x; i < SC_TK * dp; i += blockDim.x) {
+		int r = i / dp, c = i - r * dp;
+
+		sk[i] = t0 + r < lim && c < d ?
+		    ld(ks + (size_t)(t0 + r) * ld_ + c) : 0.0f;
+	}
+}
+
+/* The window query j (head j / w, position j % w) of segment s into this
+ * warp's row wq, zero-padded. */
+static __device__ __forceinline__ void
+score_query(const float *q, long long qhs, long long qps, int s, int g,
+    int w, int d, int j, float *wq)
+{
+	const float *qj = q + (size_t)(s * g + j / w) * qhs +
+	    (size_t)(j % w) * qps;
+	int lane = threadIdx.x & 31, i;
+
+	__syncwarp();
+	for (i = lane; i < score_pad(d); i += 32)
+		wq[i] = i < d ? __ldg(qj + i) : 0.0f;
+	__syncwarp();
+}
+
+/* Dot product of two padded shared rows, in 16-byte steps. */
+static __device__ __forceinline__ float
+score_dot(const float *a, const float *b, int d)
+{
+	float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 	int i;
 
-	for (i = 0; i + 1 < d; i += 2) {
-		a0 += sq[i] * ld(kr + i);
-		a1 += sq[i + 1] * ld(kr + i + 1);
+	for (i = 0; i < d; i += 4) {
+		float4 x = *(const float4 *)(a + i), y = *(const float4 *)(b + i);
+
+		acc.x += x.x * y.x;
+		acc.y += x.y * y.y;
+		acc.z += x.z * y.z;
+		acc.w += x.w * y.w;
 	}
-	if (i < d)
-		a0 += sq[i] * ld(kr + i);
-	return (a0 + a1) * scale2;
+	return (acc.x + acc.y) + (acc.z + acc.w);
 }
 
-/*
- * Pass 1: for each window query, the max and the sum of exponentials of
- * its logits over this block's chunk of keys (its causal prefix only).
- */
+/* Pass 1: per tile and window query, the max and the sum of exponentials
+ * of its logits over the keys it sees (its causal prefix). */
 template <typename T>
-static __global__ void
-score_stats(const float *q, const T *k, const long long *koff, const int *nrow,
-    int g, int w, int d, int ld_, float scale2, int nchunk, float2 *stats)
+static __global__ void __launch_bounds__(SC_W * 32)
+score_stats(const float *q, long long qhs, long long qps, const T *k,
+    const long long *koff, const int *nrow, int g, int w, int d, int ld_,
+    float scale2, int nt, float2 *stats)
 {
-	extern __shared__ float sq[];	/* d floats, then 32 for reductions */
-	float *red = sq + d;
+	extern __shared__ float4 sm4[];
+	float *sk = (float *)sm4, *wq;
 	int s = blockIdx.y, c = blockIdx.x, n = nrow[s], gw = g * w;
-	int t = c * SC_CH + threadIdx.x, j, i;
-	const float *qs = q + (size_t)s * gw * d;
-	const T *ks = k + koff[s];
+	int t0 = c * SC_TK, dp = score_pad(d), lane = threadIdx.x & 31;
+	int wid = threadIdx.x >> 5, j, o;
 
-	for (j = 0; j < gw; j++) {
-		int lim = n - w + j % w;	/* last key query j sees */
-		float lg = -INFINITY, mx, sm;
+	wq = sk + SC_TK * dp + wid * dp;
+	if (t0 >= n) {
+		for (j = threadIdx.x; j < gw; j += blockDim.x)
+			stats[((size_t)s * gw + j) * nt + c] =
+			    make_float2(-INFINITY, 0.0f);
+		return;
+	}
+	score_load(k + koff[s], ld_, t0, n, d, sk);
+	__syncthreads();
+	for (j = wid; j < gw; j += SC_W) {
+		int lim = n - w + j % w, ta = t0 + lane, tb = ta + 32;
+		float la = -INFINITY, lb = -INFINITY, mx, sm;
 
-		__syncthreads();
-		for (i = threadIdx.x; i < d; i += blockDim.x)
-			sq[i] = qs[(size_t)j * d + i];
-		__syncthreads();
-		if (c * SC_CH > lim) {
-			if (threadIdx.x == 0)
-				stats[((size_t)s * gw + j) * nchunk + c] =
+		score_query(q, qhs, qps, s, g, w, d, j, wq);
+		if (ta <= lim)
+			la = score_dot(wq, sk + lane * dp, d) * scale2;
+		if (tb <= lim)
+			lb = score_dot(wq, sk + (lane + 32) * dp, d) * scale2;
+		mx = fmaxf(la, lb);
+		for (o = 16; o > 0; o >>= 1)
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+		if (mx == -INFINITY) {
+			if (lane == 0)
+				stats[((size_t)s * gw + j) * nt + c] =
 				    make_float2(-INFINITY, 0.0f);
 			continue;
 		}
-		if (t <= lim)
-			lg = logit(sq, ks + (size_t)t * ld_, d, scale2);
-		mx = block_max(lg, red);
-		sm = block_sum(t <= lim ? exp2f(lg - mx) : 0.0f, red);
-		if (threadIdx.x == 0)
-			stats[((size_t)s * gw + j) * nchunk + c] =
-			    make_float2(mx, sm);
+		sm = (ta <= lim ? exp2f(la - mx) : 0.0f) +
+		    (tb <= lim ? exp2f(lb - mx) : 0.0f);
+		for (o = 16; o > 0; o >>= 1)
+			sm += __shfl_xor_sync(0xffffffffu, sm, o);
+		if (lane == 0)
+			stats[((size_t)s * gw + j) * nt + c] = make_float2(mx,
+			    sm);
 	}
 }
 
+/* Pass 2: one warp per (segment, query) merges its tiles' statistics
+ * into the max and 1 / (sum * w). */
+static __global__ void
+score_merge(const float2 *stats, int nq, int nt, int w, float2 *ms)
+{
+	int qi = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+	int lane = threadIdx.x & 31, c, o;
+	const float2 *st;
+	float mx = -INFINITY, L = 0.0f;
+
+	if (qi >= nq)
+		return;
+	st = stats + (size_t)qi * nt;
+	for (c = lane; c < nt; c += 32)
+		if (st[c].y > 0.0f)
+			mx = fmaxf(mx, st[c].x);
+	for (o = 16; o > 0; o >>= 1)
+		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+	for (c = lane; c < nt; c += 32)
+		if (st[c].y > 0.0f)
+			L += st[c].y * exp2f(st[c].x - mx);
+	for (o = 16; o > 0; o >>= 1)
+		L += __shfl_xor_sync(0xffffffffu, L, o);
+	if (lane == 0)
+		ms[qi] = make_float2(mx, 1.0f / (L * (float)w));
+}
+
 /*
- * Pass 2: merges the chunk statistics, then each thread scores its key:
- * the mean over the window of each head's probabilities, combined over
- * the heads by mean or max.
+ * Pass 3: each key's score, the mean over the window of each head's
+ * probabilities, combined over the heads by mean or max.  Warps take the
+ * window positions in turn; their partial sums meet in shared memory and
+ * are added in a fixed order.
  */
 template <typename T>
-static __global__ void
-score_prob(const float *q, const T *k, const long long *koff, const int *nrow,
-    int g, int w, int d, int ld_, float scale2, int gqa, int nchunk,
-    const float2 *stats, const long long *soff, float *score)
+static __global__ void __launch_bounds__(SC_W * 32)
+score_prob(const float *q, long long qhs, long long qps, const T *k,
+    const long long *koff, const int *nrow, int g, int w, int d, int ld_,
+    float scale2, int gqa, const float2 *ms, const long long *soff,
+    float *score)
 {
-	extern __shared__ float sh[];	/* d (query), gw (max), gw (1/sum) */
+	extern __shared__ float4 sm4[];
+	float *sk = (float *)sm4, *wq, *part;
 	int s = blockIdx.y, n = nrow[s], gw = g * w, nc = n - w;
-	int t = blockIdx.x * SC_CH + threadIdx.x, j, h, c;
-	float *sq = sh, *M = sh + d, *IL = M + gw, res = 0.0f;
-	const float *qs = q + (size_t)s * gw * d;
-	const T *ks = k + koff[s];
+	int t0 = blockIdx.x * SC_TK, dp = score_pad(d), lane = threadIdx.x & 31;
+	int wid = threadIdx.x >> 5, h, p, i;
+	const float2 *mq = ms + (size_t)s * gw;
 
-	if (blockIdx.x * SC_CH >= nc)
+	if (t0 >= nc)
 		return;
-	for (j = threadIdx.x; j < gw; j += blockDim.x) {
-		const float2 *st = stats + ((size_t)s * gw + j) * nchunk;
-		float mx = -INFINITY, L = 0.0f;
-
-		for (c = 0; c < nchunk; c++)
-			if (st[c].y > 0.0f)
-				mx = fmaxf(mx, st[c].x);
-		for (c = 0; c < nchunk; c++)
-			if (st[c].y > 0.0f)
-				L += st[c].y * exp2f(st[c].x - mx);
-		M[j] = mx;
-		IL[j] = 1.0f / (L * (float)w);
-	}
+	wq = sk + SC_TK * dp + wid * dp;
+	part = sk + (SC_TK + SC_W) * dp;
+	score_load(k + koff[s], ld_, t0, nc, d, sk);
+	__syncthreads();
 	for (h = 0; h < g; h++) {
-		float acc = 0.0f;
+		float a0 = 0.0f, a1 = 0.0f;
 
-		for (j = h * w; j < (h + 1) * w; j++) {
-			int i;
+		for (p = wid; p < w; p += SC_W) {
+			float2 m = mq[h * w + p];
 
-			__syncthreads();
-			for (i = threadIdx.x; i < d; i += blockDim.x)
-				sq[i] = qs[(size_t)j * d + i];
-			__syncthreads();
-			if (t < nc)
-				acc += exp2f(logit(sq, ks + (size_t)t * ld_, d,
-				    scale2) - M[j]) * IL[j];
+			score_query(q, qhs, qps, s, g, w, d, h * w + p, wq);
+			a0 += exp2f(score_dot(wq, sk + lane * dp, d) * scale2 -
+			    m.x) * m.y;
+			a1 += exp2f(score_dot(wq, sk + (lane + 32) * dp, d) *
+			    scale2 - m.x) * m.y;
 		}
-		if (h == 0)
-			res = acc;
-		else if (gqa == 1)
-			res = fmaxf(res, acc);
-		else
-			res += acc;
+		part[(wid * g + h) * SC_TK + lane] = a0;
+		part[(wid * g + h) * SC_TK + lane + 32] = a1;
 	}
-	if (t < nc)
-		score[soff[s] + t] = gqa == 1 ? res : res / (float)g;
+	__syncthreads();
+	if (threadIdx.x < SC_TK && t0 + (int)threadIdx.x < nc) {
+		float res = 0.0f;
+
+		for (h = 0; h < g; h++) {
+			float acc = 0.0f;
+
+			for (i = 0; i < SC_W; i++)
+				acc += part[(i * g + h) * SC_TK + threadIdx.x];
+			if (h == 0)
+				res = acc;
+			else if (gqa == 1)
+				res = fmaxf(res, acc);
+			else
+				res += acc;
+		}
+		score[soff[s] + t0 + threadIdx.x] = gqa == 1 ? res :
+		    res / (float)g;
+	}
+}
+
+/* The three scoring launches for one storage type. */
+template <typename T>
+static int
+score_run(const float *q, long long qhs, long long qps, const T *k,
+    const long long *koff, const int *n, int nseg, int max_n, int g, int w,
+    int d, int ld_, float s2, int gqa, const long long *soff, void *scratch,
+    float *score, cudaStream_t stream)
+{
+	static size_t raised;
+	int nt = score_tiles(max_n), nq = nseg * g * w;
+	float2 *stats = (float2 *)scratch, *ms = stats + (size_t)nq * nt;
+	size_t smb = score_smem(g, d);
+
+	if (smb > 48 * 1024 && smb > raised) {
+		if (cudaFuncSetAttribute(score_stats<T>,
+		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
+		    cudaSuccess ||
+		    cudaFuncSetAttribute(score_prob<T>,
+		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
+		    cudaSuccess)
+			return launched();
+		raised = smb;
+	}
+	score_stats<T><<<dim3(nt, nseg), SC_W * 32, smb, stream>>>(q, qhs, qps,
+	    k, koff, n, g, w, d, ld_, s2, nt, stats);
+	score_merge<<<(nq + 7) / 8, 256, 0, stream>>>(stats, nq, nt, w, ms);
+	score_prob<T><<<dim3(score_tiles(max_n - w), nseg), SC_W * 32, smb,
+	    stream>>>(q, qhs, qps, k, koff, n, g, w, d, ld_, s2, gqa, ms, soff,
+	    score);
+	return launched();
+}
+
+extern "C" int
+kvx_cuda_score_q(const float *q, long long qhs, long long qps, const void *k,
+    int dtype, const long long *koff, const int *n, int nseg, int max_n,
+    int g, int w, int d, int ld_, float scale, int gqa,
+    const long long *soff, void *scratch, float *score, cudaStream_t stream)
+{
+	float s2 = scale * LOG2E;
+
+	if (nseg <= 0)
+		return 0;
+	if (max_n <= w || w < 1 || g < 1 || d < 1 || d > 256 ||
+	    score_smem(g, d) > 200 * 1024 || nseg > 65535)
+		return KVX_CUDA_EINVAL;
+	switch (dtype) {
+	case KVX_CUDA_F32:
+		return score_run(q, qhs, qps, (const float *)k, koff, n, nseg,
+		    max_n, g, w, d, ld_, s2, gqa, soff, scratch, score, stream);
+	case KVX_CUDA_F16:
+		return score_run(q, qhs, qps, (const __half *)k, koff, n, nseg,
+		    max_n, g, w, d, ld_, s2, gqa, soff, scratch, score, stream);
+	case KVX_CUDA_BF16:
+		return score_run(q, qhs, qps, (const __nv_bfloat16 *)k, koff, n,
+		    nseg, max_n, g, w, d, ld_, s2, gqa, soff, scratch, score,
+		    stream);
+	default:
+		return KVX_CUDA_EINVAL;
+	}
 }
 
 extern "C" int
@@ -321,43 +483,8 @@ kvx_cuda_score(const float *q, const void *k, int dtype, const long long *koff,
     float scale, int gqa, const long long *soff, void *scratch, float *score,
     cudaStream_t stream)
 {
-	int nchunk = score_chunks(max_n);
-	float2 *stats = (float2 *)scratch;
-	dim3 grid(nchunk, nseg);
-	size_t sm1 = sizeof(float) * (d + 32);
-	size_t sm2 = sizeof(float) * (d + 2 * (size_t)g * w);
-	float s2 = scale * LOG2E;
-
-	if (nseg <= 0)
-		return 0;
-	if (max_n <= w || w < 1 || g < 1 || d < 1 || sm2 > 48 * 1024 ||
-	    nseg > 65535)
-		return KVX_CUDA_EINVAL;
-	switch (dtype) {
-	case KVX_CUDA_F32:
-		score_stats<<<grid, SC_CH, sm1, stream>>>(q, (const float *)k,
-		    koff, n, g, w, d, ld_, s2, nchunk, stats);
-		score_prob<<<grid, SC_CH, sm2, stream>>>(q, (const float *)k,
-		    koff, n, g, w, d, ld_, s2, gqa, nchunk, stats, soff, score);
-		break;
-	case KVX_CUDA_F16:
-		score_stats<<<grid, SC_CH, sm1, stream>>>(q, (const __half *)k,
-		    koff, n, g, w, d, ld_, s2, nchunk, stats);
-		score_prob<<<grid, SC_CH, sm2, stream>>>(q, (const __half *)k,
-		    koff, n, g, w, d, ld_, s2, gqa, nchunk, stats, soff, score);
-		break;
-	case KVX_CUDA_BF16:
-		score_stats<<<grid, SC_CH, sm1, stream>>>(q,
-		    (const __nv_bfloat16 *)k, koff, n, g, w, d, ld_, s2, nchunk,
-		    stats);
-		score_prob<<<grid, SC_CH, sm2, stream>>>(q,
-		    (const __nv_bfloat16 *)k, koff, n, g, w, d, ld_, s2, gqa,
-		    nchunk, stats, soff, score);
-		break;
-	default:
-		return KVX_CUDA_EINVAL;
-	}
-	return launched();
+	return kvx_cuda_score_q(q, (long long)w * d, d, k, dtype, koff, n, nseg,
+	    max_n, g, w, d, ld_, scale, gqa, soff, scratch, score, stream);
 }
 
 /* Pooling of each segment's scores, the window clipped at the borders. */
@@ -414,6 +541,48 @@ fkey(float x)
 }
 
 /*
+ * Warp 0 of select_k: the highest digit at which the keys above reach
+ * *need, as a scan from digit 255 down; each lane holds 8 digits, lane 0
+ * the highest.  Digit 0 takes whatever is left, as in the serial form.
+ */
+static __device__ void
+select_digit(const int *hist, int shift, int *need_s, int *gt_s,
+    uint32_t *prefix_s, uint32_t prefix)
+{
+	int lane = threadIdx.x & 31, need = *need_s, v = 0, x, y, o, c, hit;
+	int dg = -1, before = 0;
+	unsigned who;
+
+	for (x = 0; x < 8; x++)
+		v += hist[255 - lane * 8 - x];
+	y = v;
+	for (o = 1; o < 32; o <<= 1) {
+		int u = __shfl_up_sync(0xffffffffu, y, o);
+
+		if (lane >= o)
+			y += u;
+	}
+	c = y - v;	/* keys in higher digits than this lane's */
+	for (x = 0; x < 8 && dg < 0; x++) {
+		int d = 255 - lane * 8 - x;
+
+		if (d == 0 || c + hist[d] >= need) {
+			dg = d;
+			before = c;
+		} else
+			c += hist[d];
+	}
+	hit = dg >= 0;
+	who = __ballot_sync(0xffffffffu, hit);
+	if (lane == __ffs(who) - 1) {
+		*need_s = need - before;
+		*gt_s += before;
+		*prefix_s = prefix | (uint32_t)dg << shift;
+	}
+	__syncwarp();
+}
+
+/*
  * One block per segment: radix select of the threshold key over 8-bit
  * digits, then an ordered compaction that takes every key above the
  * threshold and the lowest-indexed ties, as sel_select does.
@@ -464,23 +633,28 @@ select_k(const float *pooled, const long long *soff, const int *nrow,
 		for (t = threadIdx.x; t < 256; t += blockDim.x)
 			hist[t] = 0;
 		__syncthreads();
-		for (t = threadIdx.x; t < nc; t += blockDim.x) {
-			uint32_t key = fkey(a[t]);
+		/* lanes with the same digit add once: the scores of one
+		 * segment share their top bits, and per-lane atomics on
+		 * one counter would run one after another */
+		for (base = 0; base < nc; base += blockDim.x) {
+			int i = base + threadIdx.x, dg = 256;
+			unsigned peers;
 
-			if ((key & mask) == prefix)
-				atomicAdd(&hist[(key >> shift) & 255], 1);
+			if (i < nc) {
+				uint32_t key = fkey(a[i]);
+
+				if ((key & mask) == prefix)
+					dg = (int)(key >> shift) & 255;
+			}
+			peers = __match_any_sync(0xffffffffu, dg);
+			if (dg < 256 && (threadIdx.x & 31) ==
+			    __ffs(peers) - 1)
+				atomicAdd(&hist[dg], __popc(peers));
 		}
 		__syncthreads();
-		if (threadIdx.x == 0) {
-			int dg, need = need_s;
-
-			for (dg = 255; dg > 0 && hist[dg] < need; dg--) {
-				need -= hist[dg];
-				gt_s += hist[dg];
-			}
-			need_s = need;
-			prefix_s = prefix | (uint32_t)dg << shift;
-		}
+		if (threadIdx.x < 32)
+			select_digit(hist, shift, &need_s, &gt_s, &prefix_s,
+			    prefix);
 		__syncthreads();
 		prefix = prefix_s;
 		mask |= 255u << shift;
