@@ -5,7 +5,8 @@
  *
  * For each configuration one context holds as many sequences as the
  * budget allows: two distinct prompts of ctx random tokens are prefilled
- * (timed: prefill, and within it scoring + selection + compaction), the
+ * (timed: prefill wall time, and within it the device time of scoring +
+ * pooling, top-k selection and compaction, between events), the
  * measured per-sequence KV bytes (kept rows plus decode headroom) fix the
  * batch, the other sequences are copies of the two, and then every
  * sequence decodes one token per step (LM head included, logits left on
@@ -32,6 +33,7 @@
 struct result {
 	char	 name[64];
 	double	 mib_seq, tok_s, step_ms, prefill_ms, select_ms;
+	double	 score_ms, topk_ms, gather_ms;
 	int	 batch;
 };
 
@@ -84,6 +86,9 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	st = gpu_get_stats(g);
 	r->prefill_ms = st->prefill_s * 1e3 / 2;
 	r->select_ms = st->select_s * 1e3 / 2;
+	r->score_ms = st->score_s * 1e3 / 2;
+	r->topk_ms = st->topk_s * 1e3 / 2;
+	r->gather_ms = st->gather_s * 1e3 / 2;
 	gpu_memory(g, &mem);
 	per = (double)mem.kv_bytes / 2;
 	r->mib_seq = per / (1 << 20);
@@ -188,14 +193,17 @@ main(int argc, char **argv)
 	}
 
 	printf("\n| config | KV MiB/seq | batch | step ms | tokens/s | vs full "
-	    "| prefill ms | select ms | select share |\n");
-	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+	    "| prefill ms | select ms | score | top-k | gather | "
+	    "select share |\n");
+	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+	    "| --- | --- |\n");
 	for (i = 0; i < n; i++) {
 		printf("| %s | %.1f | %d | %.2f | %.0f | %.2f | %.1f | %.2f | "
-		    "%.1f%% |\n", res[i].name, res[i].mib_seq, res[i].batch,
-		    res[i].step_ms, res[i].tok_s, res[0].tok_s > 0 ?
-		    res[i].tok_s / res[0].tok_s : 0.0, res[i].prefill_ms,
-		    res[i].select_ms, 100.0 * res[i].select_ms /
+		    "%.2f | %.2f | %.2f | %.1f%% |\n", res[i].name,
+		    res[i].mib_seq, res[i].batch, res[i].step_ms, res[i].tok_s,
+		    res[0].tok_s > 0 ? res[i].tok_s / res[0].tok_s : 0.0,
+		    res[i].prefill_ms, res[i].select_ms, res[i].score_ms,
+		    res[i].topk_ms, res[i].gather_ms, 100.0 * res[i].select_ms /
 		    res[i].prefill_ms);
 		if (i > 0) {
 			tot_pf += res[i].prefill_ms;

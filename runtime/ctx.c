@@ -350,94 +350,19 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 
 // --- inference -----------------------------------------------------------------
 
-kvx_status
-kvx_prefill(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
+/*
+ * Run n tokens of one sequence from position p0 through the CPU forward:
+ * a prefill (hook set: save window queries, compress each layer) or an
+ * extend.  logits: 1 the last token's, 2 every token's, into out if set.
+ */
+static kvx_status
+run_seq(kvx_ctx *c, int seq, const int32_t *ids, int n, int p0,
+    int logits, float *out, fw_layer_hook hook)
 {
-	int *sq = NULL, *pos = NULL, i;
+	int *sq, *pos, i;
 	kvx_status rc;
 	fw_batch b;
 
-	if ((rc = check_seq(c, seq)) != KVX_OK)
-		return rc;
-	if (ids == NULL || n < 1)
-		return kvx__fail(KVX_ERR_ARG, "kvx_prefill: no tokens");
-#ifdef HAVE_CUDA
-	if (c->g != NULL) {
-		if (gpu_seq_len(c->g, seq) != 0)
-			return kvx__fail(KVX_ERR_ARG, "kvx_prefill: sequence "
-			    "%d is not empty", seq);
-		if (n > c->p.n_ctx)
-			return kvx__fail(KVX_ERR_CAPACITY, "prompt of %d "
-			    "tokens exceeds the context size %d", n,
-			    c->p.n_ctx);
-		return gpu_prefill(c->g, seq, ids, n, logits);
-	}
-#endif
-	if (c->kv->n_pos[seq] != 0)
-		return kvx__fail(KVX_ERR_ARG, "kvx_prefill: sequence %d is "
-		    "not empty (use kvx_extend, or kvx_seq_clear first)", seq);
-	if (n > c->p.n_ctx)
-		return kvx__fail(KVX_ERR_CAPACITY, "prompt of %d tokens "
-		    "exceeds the context size %d", n, c->p.n_ctx);
-	if ((rc = ensure_scratch(c, n)) != KVX_OK)
-		return rc;
-	sq = kvx__malloc_array((size_t)n, sizeof(int));
-	pos = kvx__malloc_array((size_t)n, sizeof(int));
-	if (sq == NULL || pos == NULL) {
-		free(sq);
-		free(pos);
-		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-	}
-	for (i = 0; i < n; i++) {
-		sq[i] = seq;
-		pos[i] = i;
-	}
-	memset(&b, 0, sizeof b);
-	b.n = n;
-	b.ids = ids;
-	b.seq = sq;
-	b.pos = pos;
-	b.logits = logits != NULL ? 1 : 0;
-	b.out = logits;
-	b.window = WIN_SAVE;
-	b.hook = prefill_hook;
-	b.hook_arg = c;
-	rc = model_forward(c->m, c->kv, c->s, &b);
-	free(sq);
-	free(pos);
-	if (rc != KVX_OK) {
-		kv_seq_clear(c->kv, seq);
-		return rc;
-	}
-	c->kv->n_pos[seq] = n;
-	c->kv->compressed[seq] = c->plan != NULL;
-	return KVX_OK;
-}
-
-kvx_status
-kvx_extend(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
-{
-	int *sq = NULL, *pos = NULL, i, p0;
-	kvx_status rc;
-	fw_batch b;
-
-	if ((rc = check_seq(c, seq)) != KVX_OK)
-		return rc;
-	if (ids == NULL || n < 1)
-		return kvx__fail(KVX_ERR_ARG, "kvx_extend: no tokens");
-#ifdef HAVE_CUDA
-	if (c->g != NULL) {
-		if (gpu_seq_len(c->g, seq) + n > c->p.n_ctx)
-			return kvx__fail(KVX_ERR_CAPACITY, "sequence %d would "
-			    "exceed the context size %d", seq, c->p.n_ctx);
-		return gpu_extend(c->g, seq, ids, n, logits);
-	}
-#endif
-	p0 = c->kv->n_pos[seq];
-	if (p0 + n > c->p.n_ctx)
-		return kvx__fail(KVX_ERR_CAPACITY, "sequence %d would reach "
-		    "%d tokens, beyond the context size %d", seq, p0 + n,
-		    c->p.n_ctx);
 	if ((rc = ensure_scratch(c, n)) != KVX_OK)
 		return rc;
 	sq = kvx__malloc_array((size_t)n, sizeof(int));
@@ -456,12 +381,68 @@ kvx_extend(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
 	b.ids = ids;
 	b.seq = sq;
 	b.pos = pos;
-	b.logits = logits != NULL ? 2 : 0;
-	b.out = logits;
+	b.logits = out != NULL ? logits : 0;
+	b.out = out;
+	if (hook != NULL) {
+		b.window = WIN_SAVE;
+		b.hook = hook;
+		b.hook_arg = c;
+	}
 	rc = model_forward(c->m, c->kv, c->s, &b);
 	free(sq);
 	free(pos);
-	if (rc != KVX_OK)
+	return rc;
+}
+
+kvx_status
+kvx_prefill(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
+{
+	kvx_status rc;
+
+	if ((rc = check_seq(c, seq)) != KVX_OK)
+		return rc;
+	if (ids == NULL || n < 1)
+		return kvx__fail(KVX_ERR_ARG, "kvx_prefill: no tokens");
+	if (kvx_seq_len(c, seq) != 0)
+		return kvx__fail(KVX_ERR_ARG, "kvx_prefill: sequence %d is "
+		    "not empty (use kvx_extend, or kvx_seq_clear first)", seq);
+	if (n > c->p.n_ctx)
+		return kvx__fail(KVX_ERR_CAPACITY, "prompt of %d tokens "
+		    "exceeds the context size %d", n, c->p.n_ctx);
+#ifdef HAVE_CUDA
+	if (c->g != NULL)
+		return gpu_prefill(c->g, seq, ids, n, logits);
+#endif
+	if ((rc = run_seq(c, seq, ids, n, 0, 1, logits, prefill_hook)) !=
+	    KVX_OK) {
+		kv_seq_clear(c->kv, seq);
+		return rc;
+	}
+	c->kv->n_pos[seq] = n;
+	c->kv->compressed[seq] = c->plan != NULL;
+	return KVX_OK;
+}
+
+kvx_status
+kvx_extend(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
+{
+	kvx_status rc;
+	int p0;
+
+	if ((rc = check_seq(c, seq)) != KVX_OK)
+		return rc;
+	if (ids == NULL || n < 1)
+		return kvx__fail(KVX_ERR_ARG, "kvx_extend: no tokens");
+	p0 = kvx_seq_len(c, seq);
+	if (p0 + n > c->p.n_ctx)
+		return kvx__fail(KVX_ERR_CAPACITY, "sequence %d would reach "
+		    "%d tokens, beyond the context size %d", seq, p0 + n,
+		    c->p.n_ctx);
+#ifdef HAVE_CUDA
+	if (c->g != NULL)
+		return gpu_extend(c->g, seq, ids, n, logits);
+#endif
+	if ((rc = run_seq(c, seq, ids, n, p0, 2, logits, NULL)) != KVX_OK)
 		return rc;
 	c->kv->n_pos[seq] = p0 + n;
 	return KVX_OK;

@@ -94,7 +94,7 @@ struct gpu_ctx {
 	/* prefill scratch, for up to pmax tokens */
 	int		 pmax;
 	void		*qh, *kt, *vt, *P;
-	float		*S, *wq, *score, *pooled;
+	float		*S, *score, *pooled;
 	void		*sscr;
 	int		*idx, *cnt;
 	void		*tab;		/* small per-layer tables */
@@ -104,6 +104,7 @@ struct gpu_ctx {
 	float		*pm, *pl, *pacc;
 	int		 part_cap;	/* items the partial buffers hold */
 	int		 timing, head;
+	cudaEvent_t	*ev;		/* 4 a layer, timing the compression */
 	gpu_stats	 st;
 };
 
@@ -426,7 +427,6 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->vt);
 	cudaFree(g->P);
 	cudaFree(g->S);
-	cudaFree(g->wq);
 	cudaFree(g->score);
 	cudaFree(g->pooled);
 	cudaFree(g->sscr);
@@ -438,6 +438,10 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->pl);
 	cudaFree(g->pacc);
 	cudaFreeHost(g->h_step);
+	if (g->ev != NULL)
+		for (l = 0; l < 4 * g->L; l++)
+			cudaEventDestroy(g->ev[l]);
+	free(g->ev);
 	if (g->blas != NULL)
 		cublasDestroy(g->blas);
 	free(g->lw);
@@ -592,8 +596,6 @@ ensure_prefill(gpu_ctx *g, int n)
 	    (rc = regrow(&g->vt, kvr)) != KVX_OK ||
 	    (rc = regrow((void **)&g->S, G * qb * N * 4)) != KVX_OK ||
 	    (rc = regrow(&g->P, G * qb * N * 2)) != KVX_OK ||
-	    (rc = regrow((void **)&g->wq, (size_t)g->H * WIN_MAX * g->D *
-	    4)) != KVX_OK ||
 	    (rc = regrow((void **)&g->score, (size_t)g->Hkv * N * 4)) !=
 	    KVX_OK ||
 	    (rc = regrow((void **)&g->pooled, (size_t)g->Hkv * N * 4)) !=
@@ -725,10 +727,23 @@ prefill_attn(gpu_ctx *g, int n)
 	return KVX_OK;
 }
 
+/* Event i of layer l's compression, when timing (0: start, 1: scored,
+ * 2: selected, 3: gathered). */
+static kvx_status
+mark(gpu_ctx *g, int l, int i)
+{
+	if (g->timing)
+		CK(cudaEventRecord(g->ev[4 * l + i], 0));
+	return KVX_OK;
+}
+
 /*
  * Compress layer l of sequence s (its n rows in the K/V scratch, the
  * rotated queries in q) to the plan, into a new block: all rows without
- * a plan, else the SnapKV selection of ctx.c's select_layer.
+ * a plan, else the SnapKV selection of ctx.c's select_layer.  Scoring
+ * reads the window queries where they are; the tables that depend only
+ * on n go up once, at layer 0, and each layer adds one upload of its
+ * budgets and offsets.
  */
 static kvx_status
 prefill_select(gpu_ctx *g, int s, int l, int n)
@@ -737,11 +752,14 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
 	int caps[64] = { 0 }, keep[64], cnt[64], w, pw, sinks, h, wv, sk;
 	int maxc = 0;
-	long long tl[6][64];
+	long long tl[2][64];
+	struct { long long dst[64]; int keep[64]; } lt;
 	size_t rb = (size_t)D * 2;
 	char *dt = g->tab;
 	kvx_status rc;
 
+	if ((rc = mark(g, l, 0)) != KVX_OK)
+		return rc;
 	if (P == NULL || n <= 1) {
 		for (h = 0; h < Hkv; h++)
 			caps[h] = n + hr;
@@ -758,7 +776,10 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 			    cudaMemcpyDeviceToDevice, 0));
 			sg->len = n;
 		}
-		return KVX_OK;
+		if ((rc = mark(g, l, 1)) != KVX_OK ||
+		    (rc = mark(g, l, 2)) != KVX_OK)
+			return rc;
+		return mark(g, l, 3);
 	}
 
 	w = n < WIN_MAX ? n : WIN_MAX;
@@ -766,31 +787,33 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	if (pw >= n)
 		pw = n - 1;
 	sinks = P->sinks;
-	/* the last pw queries of each head, [H][pw][D] */
-	for (h = 0; h < g->H; h++)
-		CK(cudaMemcpy2DAsync(g->wq + (size_t)h * pw * D, rb * 2,
-		    g->q + ((size_t)(n - pw) * g->H + h) * D,
-		    (size_t)g->H * D * 4, rb * 2, pw, cudaMemcpyDeviceToDevice,
+	/* tables: koff, soff (= ioff), n; then per layer the destination
+	   offsets and the budgets */
+	if (l == 0) {
+		for (h = 0; h < Hkv; h++) {
+			tl[0][h] = (long long)h * D;
+			tl[1][h] = (long long)h * n;
+			cnt[h] = n;
+		}
+		CK(cudaMemcpyAsync(dt, tl[0], Hkv * 8, cudaMemcpyHostToDevice,
 		    0));
-	/* tables: koff, soff (= ioff), src_off; then n and keep as ints */
-	for (h = 0; h < Hkv; h++) {
-		tl[0][h] = (long long)h * D;
-		tl[1][h] = (long long)h * n;
+		CK(cudaMemcpyAsync(dt + 64 * 8, tl[1], Hkv * 8,
+		    cudaMemcpyHostToDevice, 0));
+		CK(cudaMemcpyAsync(dt + 128 * 8, cnt, Hkv * 4,
+		    cudaMemcpyHostToDevice, 0));
 	}
-	CK(cudaMemcpyAsync(dt, tl[0], Hkv * 8, cudaMemcpyHostToDevice, 0));
-	CK(cudaMemcpyAsync(dt + 64 * 8, tl[1], Hkv * 8,
-	    cudaMemcpyHostToDevice, 0));
-	for (h = 0; h < Hkv; h++)
-		cnt[h] = n;
-	CK(cudaMemcpyAsync(dt + 128 * 8, cnt, Hkv * 4, cudaMemcpyHostToDevice,
-	    0));
-	CK(kvx_cuda_score(g->wq, g->kt, KVX_CUDA_F16, (const long long *)dt,
+	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
+	   positions H*D apart */
+	CK(kvx_cuda_score_q(g->q + (size_t)(n - pw) * g->H * D, D,
+	    (long long)g->H * D, g->kt, KVX_CUDA_F16, (const long long *)dt,
 	    (const int *)(dt + 128 * 8), Hkv, n, G, pw, D, Hkv * D,
 	    1.0f / sqrtf((float)D), P->gqa, (const long long *)(dt + 64 * 8),
 	    g->sscr, g->score, 0));
 	CK(kvx_cuda_pool(g->score, (const long long *)(dt + 64 * 8),
 	    (const int *)(dt + 128 * 8), Hkv, n, pw, P->pool_kernel, P->pool,
 	    g->pooled, 0));
+	if ((rc = mark(g, l, 1)) != KVX_OK)
+		return rc;
 
 	if (P->mode == KVX_PLAN_HYBRID) {
 		int per = plan_tokens(P, l, -1, n), fixed, total, ncand, fl;
@@ -841,19 +864,23 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	}
 	if ((rc = blk_alloc(g, s, l, caps)) != KVX_OK)
 		return rc;
-	for (h = 0; h < Hkv; h++)
-		tl[2][h] = seg_at(g, s, l, h)->off;
-	CK(cudaMemcpyAsync(dt + 192 * 8, keep, Hkv * 4, cudaMemcpyHostToDevice,
-	    0));
-	CK(cudaMemcpyAsync(dt + 256 * 8, tl[2], Hkv * 8,
+	for (h = 0; h < Hkv; h++) {
+		lt.dst[h] = seg_at(g, s, l, h)->off;
+		lt.keep[h] = keep[h];
+	}
+	CK(cudaMemcpyAsync(dt + 192 * 8, &lt, sizeof lt,
 	    cudaMemcpyHostToDevice, 0));
 	CK(kvx_cuda_select(g->pooled, (const long long *)(dt + 64 * 8),
-	    (const int *)(dt + 128 * 8), (const int *)(dt + 192 * 8), Hkv, pw,
+	    (const int *)(dt + 128 * 8), (const int *)(dt + 256 * 8), Hkv, pw,
 	    sinks, (const long long *)(dt + 64 * 8), g->idx, g->cnt, 0));
+	if ((rc = mark(g, l, 2)) != KVX_OK)
+		return rc;
 	CK(kvx_cuda_gather(g->kt, g->vt, g->kbase, g->vbase, KVX_CUDA_F16, D,
-	    Hkv * D, D, (const long long *)dt, (const long long *)(dt + 256 *
+	    Hkv * D, D, (const long long *)dt, (const long long *)(dt + 192 *
 	    8), g->idx, (const long long *)(dt + 64 * 8), g->cnt, Hkv, maxc,
 	    0));
+	if ((rc = mark(g, l, 3)) != KVX_OK)
+		return rc;
 	for (h = 0; h < Hkv; h++)
 		seg_at(g, s, l, h)->len = cnt[h];
 	return KVX_OK;
@@ -864,7 +891,8 @@ static kvx_status
 prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 {
 	int *pos, l, i;
-	double t0 = 0.0, ts = 0.0;
+	double t0 = 0.0;
+	float ms[3];
 	kvx_status rc;
 
 	if ((rc = ensure_fw(g, n)) != KVX_OK ||
@@ -875,6 +903,15 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 	for (i = 0; i < n; i++)
 		pos[i] = i;
 	if (g->timing) {
+		if (g->ev == NULL) {
+			if ((g->ev = kvx__calloc((size_t)4 * g->L,
+			    sizeof *g->ev)) == NULL) {
+				free(pos);
+				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			}
+			for (l = 0; l < 4 * g->L; l++)
+				CK(cudaEventCreate(&g->ev[l]));
+		}
 		CK(cudaDeviceSynchronize());
 		t0 = kvx__now();
 	}
@@ -896,16 +933,8 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 		    g->vt, 0));
 		if ((rc = prefill_attn(g, n)) != KVX_OK)
 			return rc;
-		if (g->timing) {
-			CK(cudaDeviceSynchronize());
-			ts = kvx__now();
-		}
 		if ((rc = prefill_select(g, s, l, n)) != KVX_OK)
 			return rc;
-		if (g->timing) {
-			CK(cudaDeviceSynchronize());
-			g->st.select_s += kvx__now() - ts;
-		}
 		if ((rc = out_ffn(g, l, n)) != KVX_OK)
 			return rc;
 	}
@@ -919,6 +948,15 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 	if (g->timing) {
 		g->st.prefill_s += kvx__now() - t0;
 		g->st.prefill_tokens += n;
+		for (l = 0; l < g->L; l++) {
+			for (i = 0; i < 3; i++)
+				CK(cudaEventElapsedTime(&ms[i],
+				    g->ev[4 * l + i], g->ev[4 * l + i + 1]));
+			g->st.score_s += ms[0] * 1e-3;
+			g->st.topk_s += ms[1] * 1e-3;
+			g->st.gather_s += ms[2] * 1e-3;
+			g->st.select_s += (ms[0] + ms[1] + ms[2]) * 1e-3;
+		}
 	}
 	return KVX_OK;
 }

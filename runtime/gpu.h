@@ -15,11 +15,15 @@
 
 typedef struct gpu_ctx gpu_ctx;
 
-/* Wall time spent, measured only when timing is on (each phase then
- * synchronises the device). */
+/* Time spent, measured only when timing is on: wall time for whole
+ * prefills and decode steps (synchronising the device around each), and
+ * device time between events for the compression inside prefills. */
 typedef struct gpu_stats {
 	double		prefill_s;	/* whole prefills */
 	double		select_s;	/* scoring, selection and compaction */
+	double		score_s;	/* of which scoring and pooling */
+	double		topk_s;		/* top-k selection (and its upload) */
+	double		gather_s;	/* compaction into the segments */
 	double		decode_s;	/* decode steps */
 	int64_t		prefill_tokens;
 	int64_t		decode_tokens;

@@ -20,6 +20,7 @@
 
 #include "plan.h"
 #include "select.h"
+#include "vexp.h"
 
 /* Window queries whose softmax statistics live on the stack. */
 #define SEL_STACK_QUERIES 256
@@ -40,59 +41,7 @@ dot(const float *a, const float *b, int d)
 	return s;
 }
 
-/*
- * exp(x) for x <= 0 in a branch-free form that the compiler vectorises:
- * x = n ln2 + r, a degree-6 polynomial for e^r, 2^n from the exponent
- * bits.  Relative error about 2e-7; inputs below -87 return e^-87.
- */
-static inline float
-fexp(float x)
-{
-	float n, r, p;
-	int32_t e;
-
-	x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-	n = floorf(x * 1.44269504f + 0.5f);
-	r = x - n * 0.693359375f + n * 2.12194440e-4f;
-	p = 1.9875691500e-4f;
-	p = p * r + 1.3981999507e-3f;
-	p = p * r + 8.3334519073e-3f;
-	p = p * r + 4.1665795894e-2f;
-	p = p * r + 1.6666665459e-1f;
-	p = p * r + 5.0000001201e-1f;
-	p = p * r * r + r + 1.0f;
-	e = ((int32_t)n + 127) << 23;
-	memcpy(&n, &e, sizeof n);
-	return p * n;
-}
-
 #if defined(__AVX2__) && defined(__FMA__)
-/* Eight lanes of fexp. */
-static inline __m256
-fexp8(__m256 x)
-{
-	__m256 n, r, p;
-	__m256i e;
-
-	x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)),
-	    _mm256_set1_ps(88.0f));
-	n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f),
-	    _mm256_set1_ps(0.5f)));
-	r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-	r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-	p = _mm256_set1_ps(1.9875691500e-4f);
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-	p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r,
-	    _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-	    _mm256_set1_epi32(127)), 23);
-	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 /* Dot products of eight query rows (d a multiple of 8) with key row kt. */
 static inline __m256
 dot8x8(const float *q, int d, const float *kt)
@@ -154,15 +103,15 @@ stats_update(float *m, float *l, const float *s, int w)
 		__m256 mn = _mm256_max_ps(mo, sv);
 
 		_mm256_storeu_ps(l + j, _mm256_fmadd_ps(_mm256_loadu_ps(l + j),
-		    fexp8(_mm256_sub_ps(mo, mn)),
-		    fexp8(_mm256_sub_ps(sv, mn))));
+		    vexp256(_mm256_sub_ps(mo, mn)),
+		    vexp256(_mm256_sub_ps(sv, mn))));
 		_mm256_storeu_ps(m + j, mn);
 	}
 #endif
 	for (; j < w; j++) {
 		float mn = s[j] > m[j] ? s[j] : m[j];
 
-		l[j] = l[j] * fexp(m[j] - mn) + fexp(s[j] - mn);
+		l[j] = l[j] * vexp1(m[j] - mn) + vexp1(s[j] - mn);
 		m[j] = mn;
 	}
 }
@@ -179,7 +128,7 @@ prob_sum(const float *s, const float *m, const float *il, int w)
 	__m128 h;
 
 	for (; j + 8 <= w; j += 8)
-		a = _mm256_fmadd_ps(fexp8(_mm256_sub_ps(_mm256_loadu_ps(s + j),
+		a = _mm256_fmadd_ps(vexp256(_mm256_sub_ps(_mm256_loadu_ps(s + j),
 		    _mm256_loadu_ps(m + j))), _mm256_loadu_ps(il + j), a);
 	h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
 	h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -187,7 +136,7 @@ prob_sum(const float *s, const float *m, const float *il, int w)
 	acc = _mm_cvtss_f32(h);
 #endif
 	for (; j < w; j++)
-		acc += fexp(s[j] - m[j]) * il[j];
+		acc += vexp1(s[j] - m[j]) * il[j];
 	return acc;
 }
 

@@ -12,8 +12,38 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
+#endif
+
+/* One lane of the same arithmetic, for row tails that must match the
+ * vector lanes. */
+static inline float
+vexp1(float x)
+{
+	float n, r, p;
+	int32_t e;
+
+	x = x < -87.3365478515625f ? -87.3365478515625f :
+	    (x > 88.3762626647949f ? 88.3762626647949f : x);
+	n = nearbyintf(x * 1.44269504088896341f);
+	r = x - n * 0.693359375f;
+	r = r + n * 2.12194440e-4f;
+	p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	p = p * r * r + r + 1.0f;
+	e = ((int32_t)n + 127) << 23;
+	memcpy(&n, &e, sizeof n);
+	return p * n;
+}
+
+#ifdef __AVX2__
 
 static inline __m256
 vexp256(__m256 x)

@@ -130,7 +130,9 @@ relerr(const float *a, const float *b, size_t n)
 static void
 test_score_select(int rep)
 {
-	int nseg = irand(1, 6), g = irand(1, 4), w = irand(1, 40);
+	/* rep 13: 8 query heads of d = 128, over 48 KB of shared memory */
+	int nseg = irand(1, 6), g = rep == 13 ? 8 : irand(1, 4);
+	int w = rep == 13 ? 64 : irand(1, 40);
 	int d = rep % 3 == 0 ? 64 : (rep % 3 == 1 ? 128 : irand(1, 48));
 	int dtype = rep % 3, gqa = rep & 1, ks = 2 * irand(0, 4) + 1;
 	int pool = rep % 4 == 3 ? PLAN_POOL_AVG : PLAN_POOL_MAX, sinks;
@@ -186,8 +188,30 @@ test_score_select(int rep)
 	didx = poisoned(sizeof(int) * ti);
 	dcnt = poisoned(sizeof(int) * nseg);
 
-	check(kvx_cuda_score(dq, dk, dtype, dkoff, dn, nseg, max_n, g, w, d, d,
-	    1.0f / sqrtf((float)d), gqa, dsoff, dscr, dsc, NULL), "score");
+	if (rep % 4 >= 2) {
+		/* the forward's layout: window position outermost, as the
+		   rotated queries of the last w tokens lie */
+		float *qt = malloc(sizeof(float) * nseg * g * w * d);
+		void *dqt;
+		int j, p;
+
+		for (j = 0; j < nseg * g; j++)
+			for (p = 0; p < w; p++)
+				memcpy(qt + ((size_t)p * nseg * g + j) * d,
+				    q + ((size_t)j * w + p) * d,
+				    sizeof(float) * d);
+		dqt = dev(qt, sizeof(float) * nseg * g * w * d);
+		check(kvx_cuda_score_q(dqt, d, (long long)nseg * g * d, dk,
+		    dtype, dkoff, dn, nseg, max_n, g, w, d, d,
+		    1.0f / sqrtf((float)d), gqa, dsoff, dscr, dsc, NULL),
+		    "score_q");
+		check(kvx_cuda_sync(), "score_q run");
+		kvx_cuda_free(dqt);
+		free(qt);
+	} else
+		check(kvx_cuda_score(dq, dk, dtype, dkoff, dn, nseg, max_n, g,
+		    w, d, d, 1.0f / sqrtf((float)d), gqa, dsoff, dscr, dsc,
+		    NULL), "score");
 	check(kvx_cuda_pool(dsc, dsoff, dn, nseg, max_n, w, ks, pool, dpo,
 	    NULL), "pool");
 	check(kvx_cuda_sync(), "score/pool run");
