@@ -10,7 +10,9 @@
  * measured per-sequence KV bytes (kept rows plus decode headroom) fix the
  * batch, the other sequences are copies of the two, and then every
  * sequence decodes one token per step (LM head included, logits left on
- * the device).  Throughput = batch x steps / time of the timed steps.
+ * the device).  Each timed step is timed alone (wall time, the device
+ * synchronised around it); step ms is their median, min-max their
+ * spread, and throughput = batch / median step.
  *
  * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
  *        [-r headroom] [plan.yaml ...]
@@ -34,8 +36,18 @@ struct result {
 	char	 name[64];
 	double	 mib_seq, tok_s, step_ms, prefill_ms, select_ms;
 	double	 score_ms, topk_ms, gather_ms;
+	double	 step_min, step_max;	/* fastest and slowest step, ms */
 	int	 batch;
 };
+
+/* For qsort: doubles in increasing order. */
+static int
+cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 
@@ -59,7 +71,7 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	kvx_memory mem;
 	int32_t *ids = NULL, *tok = NULL;
 	int *seqs = NULL, i, s, batch, warm = 2;
-	double t0, per;
+	double t0, per, *ts = NULL;
 	const gpu_stats *st;
 
 	memset(r, 0, sizeof *r);
@@ -74,7 +86,8 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	ids = malloc((size_t)ctx * sizeof *ids);
 	tok = malloc(MAXSEQ * sizeof *tok);
 	seqs = malloc(MAXSEQ * sizeof *seqs);
-	if (ids == NULL || tok == NULL || seqs == NULL)
+	ts = malloc((size_t)steps * sizeof *ts);
+	if (ids == NULL || tok == NULL || seqs == NULL || ts == NULL)
 		goto fail;
 	gpu_set_options(g, 1, 1);
 	for (s = 0; s < 2; s++) {
@@ -111,13 +124,19 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	for (i = 0; i < warm; i++)
 		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
 			goto fail;
-	t0 = kvx__now();
-	for (i = 0; i < steps; i++)
+	for (i = 0; i < steps; i++) {
+		t0 = kvx__now();
 		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
 			goto fail;
-	t0 = kvx__now() - t0;
-	r->step_ms = t0 * 1e3 / steps;
-	r->tok_s = (double)batch * steps / t0;
+		ts[i] = (kvx__now() - t0) * 1e3;
+	}
+	qsort(ts, (size_t)steps, sizeof *ts, cmp_dbl);
+	r->step_ms = steps % 2 ? ts[steps / 2] : (ts[steps / 2 - 1] +
+	    ts[steps / 2]) / 2;
+	r->step_min = ts[0];
+	r->step_max = ts[steps - 1];
+	r->tok_s = batch * 1e3 / r->step_ms;
+	free(ts);
 	free(ids);
 	free(tok);
 	free(seqs);
@@ -125,6 +144,7 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	return 0;
 fail:
 	fprintf(stderr, "%s: %s\n", name, kvx_errmsg());
+	free(ts);
 	free(ids);
 	free(tok);
 	free(seqs);
@@ -192,15 +212,16 @@ main(int argc, char **argv)
 		kvx_plan_free(&p);
 	}
 
-	printf("\n| config | KV MiB/seq | batch | step ms | tokens/s | vs full "
-	    "| prefill ms | select ms | score | top-k | gather | "
-	    "select share |\n");
+	printf("\n| config | KV MiB/seq | batch | step ms | min-max | "
+	    "tokens/s | vs full | prefill ms | select ms | score | top-k | "
+	    "gather | select share |\n");
 	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-	    "| --- | --- |\n");
+	    "| --- | --- | --- |\n");
 	for (i = 0; i < n; i++) {
-		printf("| %s | %.1f | %d | %.2f | %.0f | %.2f | %.1f | %.2f | "
-		    "%.2f | %.2f | %.2f | %.1f%% |\n", res[i].name,
-		    res[i].mib_seq, res[i].batch, res[i].step_ms, res[i].tok_s,
+		printf("| %s | %.1f | %d | %.2f | %.2f-%.2f | %.0f | %.2f | "
+		    "%.1f | %.2f | %.2f | %.2f | %.2f | %.1f%% |\n",
+		    res[i].name, res[i].mib_seq, res[i].batch, res[i].step_ms,
+		    res[i].step_min, res[i].step_max, res[i].tok_s,
 		    res[0].tok_s > 0 ? res[i].tok_s / res[0].tok_s : 0.0,
 		    res[i].prefill_ms, res[i].select_ms, res[i].score_ms,
 		    res[i].topk_ms, res[i].gather_ms, 100.0 * res[i].select_ms /

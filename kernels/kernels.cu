@@ -234,6 +234,7 @@ score_load(const T *ks, int ld_, int t0, int lim, int d, float *sk)
 {
 	int dp = score_pad(d), i;
 
+#pragma unroll 4
 	for (i = threadIdx.x; i < SC_TK * dp; i += blockDim.x) {
 		int r = i / dp, c = i - r * dp;
 
@@ -242,19 +243,36 @@ score_load(const T *ks, int ld_, int t0, int lim, int d, float *sk)
 	}
 }
 
-/* The window query j (head j / w, position j % w) of segment s into this
- * warp's row wq, zero-padded. */
+/* Elements of a query each lane holds (d <= 256, padded). */
+#define SC_QR 9
+
+/* Loads this lane's part of window query j (head j / w, position j % w)
+ * of segment s into registers, zero-padded; issued one query ahead so
+ * that the load overlaps the current query's arithmetic. */
 static __device__ __forceinline__ void
-score_query(const float *q, long long qhs, long long qps, int s, int g,
-    int w, int d, int j, float *wq)
+score_qload(const float *q, long long qhs, long long qps, int s, int g,
+    int w, int d, int j, float *qr)
 {
 	const float *qj = q + (size_t)(s * g + j / w) * qhs +
 	    (size_t)(j % w) * qps;
-	int lane = threadIdx.x & 31, i;
+	int lane = threadIdx.x & 31, x;
+
+#pragma unroll
+	for (x = 0; x < SC_QR; x++)
+		qr[x] = lane + 32 * x < d ? __ldg(qj + lane + 32 * x) : 0.0f;
+}
+
+/* The loaded query into this warp's padded row wq. */
+static __device__ __forceinline__ void
+score_qstore(const float *qr, int d, float *wq)
+{
+	int lane = threadIdx.x & 31, dp = score_pad(d), x;
 
 	__syncwarp();
-	for (i = lane; i < score_pad(d); i += 32)
-		wq[i] = i < d ? __ldg(qj + i) : 0.0f;
+#pragma unroll
+	for (x = 0; x < SC_QR; x++)
+		if (lane + 32 * x < dp)
+			wq[lane + 32 * x] = qr[x];
 	__syncwarp();
 }
 
@@ -266,7 +284,8 @@ score_dot(const float *a, const float *b, int d)
 	int i;
 
 	for (i = 0; i < d; i += 4) {
-		float4 x = *(const float4 *)(a + i), y = *(const float4 *)(b + i);
+		float4 x = *(const float4 *)(a + i);
+		float4 y = *(const float4 *)(b + i);
 
 		acc.x += x.x * y.x;
 		acc.y += x.y * y.y;
@@ -289,6 +308,7 @@ score_stats(const float *q, long long qhs, long long qps, const T *k,
 	int s = blockIdx.y, c = blockIdx.x, n = nrow[s], gw = g * w;
 	int t0 = c * SC_TK, dp = score_pad(d), lane = threadIdx.x & 31;
 	int wid = threadIdx.x >> 5, j, o;
+	float qr[SC_QR];
 
 	wq = sk + SC_TK * dp + wid * dp;
 	if (t0 >= n) {
@@ -297,13 +317,17 @@ score_stats(const float *q, long long qhs, long long qps, const T *k,
 			    make_float2(-INFINITY, 0.0f);
 		return;
 	}
+	if (wid < gw)
+		score_qload(q, qhs, qps, s, g, w, d, wid, qr);
 	score_load(k + koff[s], ld_, t0, n, d, sk);
 	__syncthreads();
 	for (j = wid; j < gw; j += SC_W) {
 		int lim = n - w + j % w, ta = t0 + lane, tb = ta + 32;
 		float la = -INFINITY, lb = -INFINITY, mx, sm;
 
-		score_query(q, qhs, qps, s, g, w, d, j, wq);
+		score_qstore(qr, d, wq);
+		if (j + SC_W < gw)
+			score_qload(q, qhs, qps, s, g, w, d, j + SC_W, qr);
 		if (ta <= lim)
 			la = score_dot(wq, sk + lane * dp, d) * scale2;
 		if (tb <= lim)
@@ -373,11 +397,16 @@ score_prob(const float *q, long long qhs, long long qps, const T *k,
 	int t0 = blockIdx.x * SC_TK, dp = score_pad(d), lane = threadIdx.x & 31;
 	int wid = threadIdx.x >> 5, h, p, i;
 	const float2 *mq = ms + (size_t)s * gw;
+	float qr[SC_QR];
 
 	if (t0 >= nc)
 		return;
 	wq = sk + SC_TK * dp + wid * dp;
 	part = sk + (SC_TK + SC_W) * dp;
+	/* this warp's queries, in order: heads outer, positions wid,
+	   wid + SC_W, ... inner */
+	if (wid < w)
+		score_qload(q, qhs, qps, s, g, w, d, wid, qr);
 	score_load(k + koff[s], ld_, t0, nc, d, sk);
 	__syncthreads();
 	for (h = 0; h < g; h++) {
@@ -386,7 +415,13 @@ score_prob(const float *q, long long qhs, long long qps, const T *k,
 		for (p = wid; p < w; p += SC_W) {
 			float2 m = mq[h * w + p];
 
-			score_query(q, qhs, qps, s, g, w, d, h * w + p, wq);
+			score_qstore(qr, d, wq);
+			if (p + SC_W < w)
+				score_qload(q, qhs, qps, s, g, w, d,
+				    h * w + p + SC_W, qr);
+			else if (h + 1 < g)
+				score_qload(q, qhs, qps, s, g, w, d,
+				    (h + 1) * w + wid, qr);
 			a0 += exp2f(score_dot(wq, sk + lane * dp, d) * scale2 -
 			    m.x) * m.y;
 			a1 += exp2f(score_dot(wq, sk + (lane + 32) * dp, d) *
@@ -805,9 +840,14 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 	constexpr int STEP = NSG * AT_TILE;
 	__shared__ float sm_m[NSG][G], sm_l[NSG][G], sm_acc[NSG][G][D];
 	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i, r, rw;
-	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
+	const T *kb, *vb;
 	float qr[G][8], m[G], l[G], acc[G][8];
 
+	/* a pad of a fixed grid: nothing to do (uniform over the block) */
+	if (it.seg < 0)
+		return;
+	kb = k + off[it.seg];
+	vb = v + off[it.seg];
 	for (h = 0; h < G; h++) {
 		const float4 *qp = (const float4 *)(q + ((size_t)it.seg * G + h) *
 		    D + li * 8);
@@ -954,6 +994,83 @@ attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
 }
 
 /*
+ * After item ii of segment s is written: the block that finishes the
+ * segment's last item merges its partials into out (the combine of
+ * attn_combine_k, done by one block), so that no second launch waits
+ * for the whole grid.  Counters count finished items per segment; the
+ * merging block sets its counter back to zero for the next launch.
+ */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_finish(int s, const int *first, int *cnt, const float *pm,
+    const float *pl, const float *pacc, float *out)
+{
+	__shared__ int s_last;
+	int j0 = first[s], j1 = first[s + 1], i;
+
+	/* this block's partial, visible before the count says so */
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0)
+		s_last = j1 - j0 == 1 || atomicAdd(&cnt[s], 1) == j1 - j0 - 1;
+	__syncthreads();
+	if (!s_last)
+		return;
+	__threadfence();
+	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
+		int h = i / D, e = i % D, j;
+		float M = -INFINITY, L = 0.0f, A = 0.0f;
+
+		for (j = j0; j < j1; j++)
+			if (__ldcg(pl + (size_t)j * G + h) > 0.0f)
+				M = fmaxf(M, __ldcg(pm + (size_t)j * G + h));
+#pragma unroll 4
+		for (j = j0; j < j1; j++) {
+			float lj = __ldcg(pl + (size_t)j * G + h), f;
+
+			f = lj > 0.0f ? exp2f(__ldcg(pm + (size_t)j * G + h) -
+			    M) : 0.0f;
+			L += lj * f;
+			A += f > 0.0f ? __ldcg(pacc + ((size_t)j * G + h) * D +
+			    e) * f : 0.0f;
+		}
+		out[((size_t)s * G + h) * D + e] = L > 0.0f ? A / L : 0.0f;
+	}
+	if (threadIdx.x == 0 && j1 - j0 > 1)
+		cnt[s] = 0;
+}
+
+/*
+ * Partial attention and combine in one launch: the items as in
+ * attn_partial_k, each followed by attn_finish.  Segments without items
+ * get zeros, written by the blocks in turn.
+ */
+template <int G, int D, typename T>
+static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
+attn_fused_k(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, const struct kvx_cuda_work *items,
+    const int *bfirst, const int *first, int nseg, int *cnt, float *pm,
+    float *pl, float *pacc, float *out)
+{
+	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
+	int i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1, ii, s;
+
+	for (ii = i0; ii < i1; ii++) {
+		struct kvx_cuda_work it = items[ii];
+
+		if (it.seg < 0)
+			continue;
+		attn_item<G, D, T>(q, k, v, off, ld_, scale2, it, ii, pm, pl,
+		    pacc);
+		attn_finish<G, D>(it.seg, first, cnt, pm, pl, pacc, out);
+	}
+	for (s = blockIdx.x; s < nseg; s += gridDim.x)
+		if (first[s] == first[s + 1])
+			for (ii = threadIdx.x; ii < G * D; ii += AT_THREADS)
+				out[(size_t)s * G * D + ii] = 0.0f;
+}
+
+/*
  * Rows per item for a whole number of waves of blocks (three fit on a
  * multiprocessor) with items of about 512 rows: small items let the
  * block scheduler even out ragged segments, and a partial costs only
@@ -1058,6 +1175,9 @@ struct attn_args {
 	const struct kvx_cuda_work	*items;
 	const int			*bfirst;
 	float				*m, *l, *acc;
+	const int			*first;		/* fused only */
+	int				*cnt, nseg;	/* fused only */
+	float				*out;		/* fused when set */
 	cudaStream_t			 st;
 	int				*occupancy;	/* query only */
 };
@@ -1070,9 +1190,15 @@ attn_launch_t(const struct attn_args *a)
 	if (a->occupancy != NULL)
 		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
 		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
-	attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
-	    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2, a->items,
-	    a->bfirst, a->m, a->l, a->acc);
+	if (a->out != NULL)
+		attn_fused_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
+		    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2,
+		    a->items, a->bfirst, a->first, a->nseg, a->cnt, a->m, a->l,
+		    a->acc, a->out);
+	else
+		attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(
+		    a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
+		    a->s2, a->items, a->bfirst, a->m, a->l, a->acc);
 	return launched();
 }
 
@@ -1157,6 +1283,76 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
 	a.acc = acc;
 	a.st = stream;
 	return attn_dispatch(g, d, &a);
+}
+
+extern "C" int
+kvx_cuda_attn_fused(const float *q, const void *k, const void *v, int dtype,
+    const long long *off, int g, int d, int ld_, float scale,
+    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    const int *first, int nseg, int *cnt, float *m, float *l, float *acc,
+    float *out, cudaStream_t stream)
+{
+	struct attn_args a;
+
+	if (nseg <= 0)
+		return 0;
+	if (ld_ % 8 != 0 || ((uintptr_t)k | (uintptr_t)v) % 16 != 0 ||
+	    out == NULL || cnt == NULL || first == NULL)
+		return KVX_CUDA_EINVAL;
+	if (nblocks <= 0)
+		nblocks = 1;	/* still zeroes the empty segments */
+	memset(&a, 0, sizeof a);
+	a.q = q;
+	a.k = k;
+	a.v = v;
+	a.dtype = dtype;
+	a.ld = ld_;
+	a.nblk = nblocks;
+	a.off = off;
+	a.s2 = scale * LOG2E;
+	a.items = items;
+	a.bfirst = bfirst;
+	a.m = m;
+	a.l = l;
+	a.acc = acc;
+	a.first = first;
+	a.nseg = nseg;
+	a.cnt = cnt;
+	a.out = out;
+	a.st = stream;
+	return attn_dispatch(g, d, &a);
+}
+
+/*
+ * Balanced lists pay off once each resident block has rows enough to
+ * keep its loads in flight (about 2048, measured on an H100); below
+ * that, several waves of ~512-row items let blocks that finish early
+ * take more work.
+ */
+extern "C" int
+kvx_cuda_attn_plan(const int *len, int nseg, int g, int d, int dtype,
+    struct kvx_cuda_work *items, int cap, int *first, int *bfirst,
+    int *nblocks, int *balanced)
+{
+	long long rows = 0;
+	int s, res = kvx_cuda_attn_blocks(g, d, dtype), n;
+
+	if (res < 1)
+		return -1;
+	for (s = 0; s < nseg; s++)
+		rows += len[s] > 0 ? len[s] : 0;
+	if (rows >= (long long)res * KVX_CUDA_BALANCE_ROWS) {
+		n = kvx_cuda_attn_balance(len, nseg, res, items, cap, first,
+		    bfirst);
+		*nblocks = res;
+		*balanced = 1;
+		return n;
+	}
+	n = kvx_cuda_attn_worklist(len, nseg, kvx_cuda_attn_chunk(rows,
+	    kvx_cuda_sm_count()), items, cap, first);
+	*nblocks = n;
+	*balanced = 0;
+	return n;
 }
 
 #define CB_WARPS 8

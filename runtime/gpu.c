@@ -46,6 +46,8 @@
 #define QBLK 1024
 /* Bytes of each half (K, V) of an arena chunk, at least. */
 #define CHUNK_HALF ((size_t)64 << 20)
+/* cuBLAS workspace bytes (its advice for Hopper) */
+#define BLAS_WS ((size_t)32 << 20)
 
 typedef struct gseg {
 	long long	off;	/* element offset of row 0 from the K base */
@@ -104,6 +106,12 @@ struct gpu_ctx {
 	float		*pm, *pl, *pacc;
 	int		 part_cap;	/* items the partial buffers hold */
 	int		 timing, head;
+	/* decode steps run as one CUDA graph on their own stream */
+	cudaStream_t	 ds, cs;	/* decode stream; stream in use */
+	void		*blas_ws;	/* cuBLAS workspace, fixed for graphs */
+	cudaGraphExec_t	 gx;
+	int		 gx_n, gx_cap, gx_head, nograph;
+	const void	*gx_key[8];	/* buffers the graph was made with */
 	cudaEvent_t	*ev;		/* 4 a layer, timing the compression */
 	gpu_stats	 st;
 };
@@ -438,6 +446,11 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->pl);
 	cudaFree(g->pacc);
 	cudaFreeHost(g->h_step);
+	if (g->gx != NULL)
+		cudaGraphExecDestroy(g->gx);
+	if (g->ds != NULL)
+		cudaStreamDestroy(g->ds);
+	cudaFree(g->blas_ws);
 	if (g->ev != NULL)
 		for (l = 0; l < 4 * g->L; l++)
 			cudaEventDestroy(g->ev[l]);
@@ -495,6 +508,15 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 		rc = kvx__fail(KVX_ERR_DEVICE, "cannot create a cuBLAS handle");
 		goto fail;
 	}
+	/* a blocking stream: ordered with the prefill's work on stream 0 */
+	if (cudaStreamCreate(&g->ds) != cudaSuccess ||
+	    cudaMalloc(&g->blas_ws, BLAS_WS) != cudaSuccess) {
+		cudaGetLastError();
+		rc = kvx__fail(KVX_ERR_DEVICE, "cannot create the decode "
+		    "stream");
+		goto fail;
+	}
+	g->nograph = getenv("KVX_GPU_NOGRAPH") != NULL;
 	nsl = (size_t)g->p.n_seq * g->L;
 	g->lw = kvx__calloc((size_t)g->L, sizeof *g->lw);
 	g->seg = kvx__calloc(nsl * g->Hkv, sizeof *g->seg);
@@ -636,14 +658,14 @@ qkv_rope(gpu_ctx *g, int l, int T)
 	kvx_status rc;
 
 	CK(kvx_cuda_rmsnorm(g->x, g->E, w->an, T, g->E, mi->rms_eps, g->xh,
-	    KVX_CUDA_F16, g->E, 0));
+	    KVX_CUDA_F16, g->E, g->cs));
 	if ((rc = gemm(g, w->wqkv, g->NQKV, g->E, g->xh, T, g->qkv, g->NQKV,
 	    0.0f)) != KVX_OK)
 		return rc;
 	CK(kvx_cuda_rope(g->qkv, g->NQKV, g->q, g->H * g->D, T, g->H, g->D,
-	    g->pos, mi->rope_theta, 0));
+	    g->pos, mi->rope_theta, g->cs));
 	CK(kvx_cuda_rope(g->qkv + g->H * g->D, g->NQKV, g->qkv + g->H * g->D,
-	    g->NQKV, T, g->Hkv, g->D, g->pos, mi->rope_theta, 0));
+	    g->NQKV, T, g->Hkv, g->D, g->pos, mi->rope_theta, g->cs));
 	return KVX_OK;
 }
 
@@ -655,23 +677,22 @@ out_ffn(gpu_ctx *g, int l, int T)
 	glayer *w = &g->lw[l];
 	kvx_status rc;
 
-	CK(kvx_cuda_f2h(g->att, g->xh, (size_t)T * g->H * g->D, 0));
+	CK(kvx_cuda_f2h(g->att, g->xh, (size_t)T * g->H * g->D, g->cs));
 	if ((rc = gemm(g, w->wo, g->E, g->H * g->D, g->xh, T, g->x, g->E,
 	    1.0f)) != KVX_OK)
 		return rc;
 	CK(kvx_cuda_rmsnorm(g->x, g->E, w->fn, T, g->E, g->m->info.rms_eps,
-	    g->xh, KVX_CUDA_F16, g->E, 0));
+	    g->xh, KVX_CUDA_F16, g->E, g->cs));
 	if ((rc = gemm(g, w->wgu, 2 * g->F, g->E, g->xh, T, g->gu, 2 * g->F,
 	    0.0f)) != KVX_OK)
 		return rc;
-	CK(kvx_cuda_swiglu(g->gu, T, g->F, g->xh, 0));
+	CK(kvx_cuda_swiglu(g->gu, T, g->F, g->xh, g->cs));
 	return gemm(g, w->wd, g->E, g->F, g->xh, T, g->x, g->E, 1.0f);
 }
 
-/* Final norm and LM head of n rows of x starting at row r0, into the
- * device logits buffer. */
+/* Device logits for n rows. */
 static kvx_status
-lm_head(gpu_ctx *g, int r0, int n)
+ensure_logits(gpu_ctx *g, int n)
 {
 	kvx_status rc;
 
@@ -682,8 +703,20 @@ lm_head(gpu_ctx *g, int r0, int n)
 			return rc;
 		g->lrows = n;
 	}
+	return KVX_OK;
+}
+
+/* Final norm and LM head of n rows of x starting at row r0, into the
+ * device logits buffer. */
+static kvx_status
+lm_head(gpu_ctx *g, int r0, int n)
+{
+	kvx_status rc;
+
+	if ((rc = ensure_logits(g, n)) != KVX_OK)
+		return rc;
 	CK(kvx_cuda_rmsnorm(g->x + (size_t)r0 * g->E, g->E, g->onorm, n, g->E,
-	    g->m->info.rms_eps, g->xh, KVX_CUDA_F16, g->E, 0));
+	    g->m->info.rms_eps, g->xh, KVX_CUDA_F16, g->E, g->cs));
 	return gemm(g, g->out, g->V, g->E, g->xh, n, g->logits, g->V, 0.0f);
 }
 
@@ -989,24 +1022,136 @@ a16(size_t n)
 }
 
 /*
+ * The device work of one decode step on stream g->cs, over the tables at
+ * g->d_step laid out by lo[]: embedding, the layers (the partial
+ * attention over a fixed grid of cap items a layer, the surplus empty),
+ * and the LM head when head is set.  Issued directly or captured.
+ */
+static kvx_status
+step_issue(gpu_ctx *g, int n, int cap, const size_t *lo, int head)
+{
+	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv, l, e;
+	char *d = g->d_step;
+	kvx_status rc;
+
+	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, g->cs));
+	for (l = 0; l < g->L; l++) {
+		if ((rc = qkv_rope(g, l, n)) != KVX_OK)
+			return rc;
+		if ((e = kvx_cuda_kv_store(g->qkv + g->H * D, g->qkv + (g->H +
+		    Hkv) * D, g->NQKV, n, Hkv, D,
+		    (const long long *)(d + lo[l * 4 + 1]), g->kbase, g->vbase,
+		    g->cs)) != 0 ||
+		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
+		    KVX_CUDA_F16, (const long long *)(d + lo[l * 4]), G, D, D,
+		    1.0f / sqrtf((float)D), (const struct kvx_cuda_work *)(d +
+		    lo[l * 4 + 3]), NULL, cap, g->pm, g->pl, g->pacc,
+		    g->cs)) != 0 ||
+		    (e = kvx_cuda_attn_combine((const int *)(d + lo[l * 4 + 2]),
+		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, g->cs)) != 0)
+			return cuda_fail(e, __FILE__, __LINE__,
+			    "decode attention");
+		if ((rc = out_ffn(g, l, n)) != KVX_OK)
+			return rc;
+	}
+	return head ? lm_head(g, 0, n) : KVX_OK;
+}
+
+/* Points cuBLAS at stream st with the fixed workspace. */
+static kvx_status
+blas_stream(gpu_ctx *g, cudaStream_t st)
+{
+	CB(cublasSetStream(g->blas, st));
+	/* setting the stream resets the workspace to the library's pool */
+	CB(cublasSetWorkspace(g->blas, g->blas_ws, BLAS_WS));
+	g->cs = st;
+	return KVX_OK;
+}
+
+/*
+ * Captures the step into g->gx (replacing the old graph) for batch n and
+ * cap items a layer; the buffers it names are remembered so that a
+ * regrown buffer forces a new capture.
+ */
+static kvx_status
+step_capture(gpu_ctx *g, int n, int cap, const size_t *lo, int head)
+{
+	cudaGraph_t gr = NULL;
+	kvx_status rc, rc2;
+	int e;
+
+	if (g->gx != NULL) {
+		cudaGraphExecDestroy(g->gx);
+		g->gx = NULL;
+	}
+	if ((rc = blas_stream(g, g->ds)) != KVX_OK)
+		return rc;
+	if ((e = cudaStreamBeginCapture(g->ds,
+	    cudaStreamCaptureModeThreadLocal)) != cudaSuccess) {
+		blas_stream(g, 0);
+		return cuda_fail(e, __FILE__, __LINE__, "graph capture");
+	}
+	rc = step_issue(g, n, cap, lo, head);
+	e = cudaStreamEndCapture(g->ds, &gr);
+	rc2 = blas_stream(g, 0);
+	if (rc == KVX_OK && e != cudaSuccess)
+		rc = cuda_fail(e, __FILE__, __LINE__, "graph capture");
+	if (rc == KVX_OK && rc2 != KVX_OK)
+		rc = rc2;
+	if (rc == KVX_OK && (e = cudaGraphInstantiate(&g->gx, gr, 0)) !=
+	    cudaSuccess) {
+		g->gx = NULL;
+		rc = cuda_fail(e, __FILE__, __LINE__, "graph instantiation");
+	}
+	if (gr != NULL)
+		cudaGraphDestroy(gr);
+	if (rc != KVX_OK) {
+		cudaGetLastError();
+		return rc;
+	}
+	g->gx_n = n;
+	g->gx_cap = cap;
+	g->gx_head = head;
+	g->gx_key[0] = g->d_step;
+	g->gx_key[1] = g->pm;
+	g->gx_key[2] = g->x;
+	g->gx_key[3] = g->logits;
+	g->gx_key[4] = g->ids;
+	return KVX_OK;
+}
+
+/* 1 when the captured graph fits a step of batch n, cap items a layer. */
+static int
+graph_fits(const gpu_ctx *g, int n, int cap, int head)
+{
+	return g->gx != NULL && g->gx_n == n && g->gx_cap >= cap &&
+	    g->gx_head == head && g->gx_key[0] == g->d_step &&
+	    g->gx_key[1] == g->pm && g->gx_key[2] == g->x &&
+	    g->gx_key[3] == g->logits && g->gx_key[4] == g->ids;
+}
+
+/*
  * One token for each of n distinct sequences.  Grows full segments
  * first, then lays out on the host: ids, positions, and per layer the
- * segment offsets, the append offsets, the split-K items and each
- * segment's first item; one upload, then the layers.
+ * segment offsets, the append offsets, each segment's first item and
+ * the split-K items, padded to a fixed count so that the captured step
+ * replays unchanged; one upload, then the graph (captured again only
+ * when the batch, the item count or a buffer changes).
  */
 static kvx_status
 decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
     float *logits)
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
-	int i, l, h, maxit = 0, caps[64] = { 0 }, *len;
-	size_t need, *lo;
+	int i, l, h, cap = 0, caps[64] = { 0 }, *len, *chunk;
+	int head = logits != NULL || g->head;
+	size_t need, lo[4];
 	struct kvx_cuda_work *items;
 	double t0 = 0.0;
 	kvx_status rc;
-	int *nit;
 
-	if ((rc = ensure_fw(g, n)) != KVX_OK)
+	if ((rc = ensure_fw(g, n)) != KVX_OK ||
+	    (head && (rc = ensure_logits(g, n)) != KVX_OK))
 		return rc;
 	for (i = 0; i < n; i++)
 		for (l = 0; l < g->L; l++) {
@@ -1036,37 +1181,36 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		CK(cudaDeviceSynchronize());
 		t0 = kvx__now();
 	}
-	/* sizes: per layer at most nseg + rows / chunk + 1 items */
-	lo = kvx__malloc_array((size_t)g->L * 5, sizeof(size_t));
-	nit = kvx__malloc_array((size_t)g->L, sizeof(int));
 	len = kvx__malloc_array((size_t)nseg, sizeof(int));
-	if (lo == NULL || nit == NULL || len == NULL) {
-		free(lo);
-		free(nit);
+	chunk = kvx__malloc_array((size_t)g->L, sizeof(int));
+	if (len == NULL || chunk == NULL) {
 		free(len);
+		free(chunk);
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	}
-	need = a16((size_t)n * 4) * 2;
+	/* per layer at most nseg + rows / chunk + 1 items */
 	for (l = 0; l < g->L; l++) {
 		long long rows = 0;
-		int chunk, cap;
 
 		for (i = 0; i < n; i++)
 			for (h = 0; h < Hkv; h++)
 				rows += seg_at(g, seqs[i], l, h)->len + 1;
-		chunk = kvx_cuda_attn_chunk(rows, g->sm);
-		cap = (int)(rows / chunk) + nseg + 1;
-		nit[l] = cap;
-		lo[l * 5 + 0] = need;			/* off */
-		need += a16((size_t)nseg * 8);
-		lo[l * 5 + 1] = need;			/* append offsets */
-		need += a16((size_t)nseg * 8);
-		lo[l * 5 + 2] = need;			/* first */
-		need += a16((size_t)(nseg + 1) * 4);
-		lo[l * 5 + 3] = need;			/* items */
-		need += a16((size_t)cap * sizeof(struct kvx_cuda_work));
-		lo[l * 5 + 4] = (size_t)chunk;
+		chunk[l] = kvx_cuda_attn_chunk(rows, g->sm);
+		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
+			cap = (int)(rows / chunk[l]) + nseg + 1;
 	}
+	/* room to grow, so that a graph outlives many steps */
+	if (graph_fits(g, n, cap, head))
+		cap = g->gx_cap;
+	else
+		cap += cap / 4 + 16;
+	/* one layout for every layer, layer l's tables lo[] + l * stride */
+	lo[0] = a16((size_t)n * 4) * 2;
+	lo[1] = lo[0] + a16((size_t)nseg * 8);
+	lo[2] = lo[1] + a16((size_t)nseg * 8);
+	lo[3] = lo[2] + a16((size_t)(nseg + 1) * 4);
+	need = lo[3] + a16((size_t)cap * sizeof(struct kvx_cuda_work));
+	need = lo[0] + (need - lo[0]) * (size_t)g->L;
 	if (need > g->step_cap) {
 		cudaFreeHost(g->h_step);
 		g->h_step = NULL;
@@ -1074,110 +1218,108 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		if (cudaMallocHost((void **)&g->h_step, need) != cudaSuccess ||
 		    (rc = regrow((void **)&g->d_step, need)) != KVX_OK) {
 			cudaGetLastError();
-			free(lo);
-			free(nit);
 			free(len);
+			free(chunk);
 			return kvx__fail(KVX_ERR_NOMEM, "cannot allocate the "
 			    "decode tables");
 		}
 		g->step_cap = need;
 	}
-	memcpy(g->h_step, ids, (size_t)n * 4);
-	for (i = 0; i < n; i++)
-		((int *)(g->h_step + a16((size_t)n * 4)))[i] = g->npos[seqs[i]];
-	for (l = 0; l < g->L; l++) {
-		long long *off = (long long *)(g->h_step + lo[l * 5]);
-		long long *app = (long long *)(g->h_step + lo[l * 5 + 1]);
-		int *first = (int *)(g->h_step + lo[l * 5 + 2]);
-
-		items = (struct kvx_cuda_work *)(g->h_step + lo[l * 5 + 3]);
-		for (i = 0; i < n; i++)
-			for (h = 0; h < Hkv; h++) {
-				gseg *sg = seg_at(g, seqs[i], l, h);
-
-				off[i * Hkv + h] = sg->off;
-				app[i * Hkv + h] = sg->off + (long long)sg->len *
-				    D;
-				len[i * Hkv + h] = sg->len + 1;
-			}
-		nit[l] = kvx_cuda_attn_worklist(len, nseg, (int)lo[l * 5 + 4],
-		    items, nit[l], first);
-		if (nit[l] < 0) {
-			free(lo);
-			free(nit);
-			free(len);
-			return kvx__fail(KVX_ERR_DEVICE, "work list overflow");
-		}
-		if (nit[l] > maxit)
-			maxit = nit[l];
-	}
-	if (maxit > g->part_cap) {
+	if (cap > g->part_cap) {
 		g->part_cap = 0;
-		if ((rc = regrow((void **)&g->pm, (size_t)maxit * G * 4)) !=
+		if ((rc = regrow((void **)&g->pm, (size_t)cap * G * 4)) !=
 		    KVX_OK ||
-		    (rc = regrow((void **)&g->pl, (size_t)maxit * G * 4)) !=
+		    (rc = regrow((void **)&g->pl, (size_t)cap * G * 4)) !=
 		    KVX_OK ||
-		    (rc = regrow((void **)&g->pacc, (size_t)maxit * G * D * 4)) !=
+		    (rc = regrow((void **)&g->pacc, (size_t)cap * G * D * 4)) !=
 		    KVX_OK) {
-			free(lo);
-			free(nit);
 			free(len);
+			free(chunk);
 			return rc;
 		}
-		g->part_cap = maxit;
+		g->part_cap = cap;
 	}
-	if (cudaMemcpyAsync(g->d_step, g->h_step, need,
-	    cudaMemcpyHostToDevice, 0) != cudaSuccess ||
-	    cudaMemcpyAsync(g->ids, g->d_step, (size_t)n * 4,
-	    cudaMemcpyDeviceToDevice, 0) != cudaSuccess ||
-	    cudaMemcpyAsync(g->pos, g->d_step + a16((size_t)n * 4),
-	    (size_t)n * 4, cudaMemcpyDeviceToDevice, 0) != cudaSuccess) {
-		free(lo);
-		free(nit);
-		free(len);
-		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table upload "
-		    "failed", __FILE__, __LINE__);
-	}
-	rc = KVX_OK;
-	if (kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, 0) != 0)
-		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: embedding launch failed",
-		    __FILE__, __LINE__);
-	for (l = 0; l < g->L && rc == KVX_OK; l++) {
-		char *d = g->d_step;
-		int e;
+	{
+		size_t stride = (need - lo[0]) / (size_t)g->L;
+		size_t *ll = kvx__malloc_array((size_t)g->L * 4,
+		    sizeof(size_t));
 
-		if ((rc = qkv_rope(g, l, n)) != KVX_OK)
-			break;
-		if ((e = kvx_cuda_kv_store(g->qkv + g->H * D, g->qkv + (g->H +
-		    Hkv) * D, g->NQKV, n, Hkv, D,
-		    (const long long *)(d + lo[l * 5 + 1]), g->kbase, g->vbase,
-		    0)) != 0 ||
-		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
-		    KVX_CUDA_F16, (const long long *)(d + lo[l * 5]), G, D, D,
-		    1.0f / sqrtf((float)D), (const struct kvx_cuda_work *)(d +
-		    lo[l * 5 + 3]), NULL, nit[l], g->pm, g->pl, g->pacc, 0)) !=
-		    0 ||
-		    (e = kvx_cuda_attn_combine((const int *)(d + lo[l * 5 + 2]),
-		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, 0)) != 0) {
-			rc = cuda_fail(e, __FILE__, __LINE__, "decode attention");
-			break;
+		if (ll == NULL) {
+			free(len);
+			free(chunk);
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		}
-		rc = out_ffn(g, l, n);
+		for (l = 0; l < g->L; l++)
+			for (i = 0; i < 4; i++)
+				ll[l * 4 + i] = lo[i] + (size_t)l * stride;
+		memcpy(g->h_step, ids, (size_t)n * 4);
+		for (i = 0; i < n; i++)
+			((int *)(g->h_step + a16((size_t)n * 4)))[i] =
+			    g->npos[seqs[i]];
+		rc = KVX_OK;
+		for (l = 0; l < g->L && rc == KVX_OK; l++) {
+			long long *off = (long long *)(g->h_step + ll[l * 4]);
+			long long *app = (long long *)(g->h_step +
+			    ll[l * 4 + 1]);
+			int *first = (int *)(g->h_step + ll[l * 4 + 2]), nit;
+
+			items = (struct kvx_cuda_work *)(g->h_step +
+			    ll[l * 4 + 3]);
+			for (i = 0; i < n; i++)
+				for (h = 0; h < Hkv; h++) {
+					gseg *sg = seg_at(g, seqs[i], l, h);
+
+					off[i * Hkv + h] = sg->off;
+					app[i * Hkv + h] = sg->off +
+					    (long long)sg->len * D;
+					len[i * Hkv + h] = sg->len + 1;
+				}
+			nit = kvx_cuda_attn_worklist(len, nseg, chunk[l], items,
+			    cap, first);
+			if (nit < 0) {
+				rc = kvx__fail(KVX_ERR_DEVICE, "work list "
+				    "overflow");
+				break;
+			}
+			/* the fixed grid's surplus blocks get empty items */
+			memset(items + nit, 0, (size_t)(cap - nit) *
+			    sizeof *items);
+		}
+		free(len);
+		free(chunk);
+		if (rc == KVX_OK && (cudaMemcpyAsync(g->d_step, g->h_step, need,
+		    cudaMemcpyHostToDevice, g->ds) != cudaSuccess ||
+		    cudaMemcpyAsync(g->ids, g->d_step, (size_t)n * 4,
+		    cudaMemcpyDeviceToDevice, g->ds) != cudaSuccess ||
+		    cudaMemcpyAsync(g->pos, g->d_step + a16((size_t)n * 4),
+		    (size_t)n * 4, cudaMemcpyDeviceToDevice, g->ds) !=
+		    cudaSuccess))
+			rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table "
+			    "upload failed", __FILE__, __LINE__);
+		if (rc == KVX_OK && g->nograph) {
+			if ((rc = blas_stream(g, g->ds)) == KVX_OK) {
+				rc = step_issue(g, n, cap, ll, head);
+				if (blas_stream(g, 0) != KVX_OK && rc == KVX_OK)
+					rc = kvx__fail(KVX_ERR_DEVICE,
+					    "cannot reset the cuBLAS stream");
+			}
+		} else if (rc == KVX_OK) {
+			if (!graph_fits(g, n, cap, head))
+				rc = step_capture(g, n, cap, ll, head);
+			if (rc == KVX_OK && cudaGraphLaunch(g->gx, g->ds) !=
+			    cudaSuccess)
+				rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: graph "
+				    "launch failed", __FILE__, __LINE__);
+		}
+		free(ll);
 	}
-	free(lo);
-	free(nit);
-	free(len);
 	if (rc != KVX_OK)
 		return rc;
-	if (logits != NULL || g->head) {
-		if ((rc = lm_head(g, 0, n)) != KVX_OK)
-			return rc;
-	}
 	if (logits != NULL)
-		CK(cudaMemcpy(logits, g->logits, (size_t)n * g->V * 4,
-		    cudaMemcpyDeviceToHost));
+		CK(cudaMemcpyAsync(logits, g->logits, (size_t)n * g->V * 4,
+		    cudaMemcpyDeviceToHost, g->ds));
 	/* the tables stay in use until the step ends */
-	CK(cudaStreamSynchronize(0));
+	CK(cudaStreamSynchronize(g->ds));
 	for (i = 0; i < n; i++) {
 		for (l = 0; l < g->L; l++)
 			for (h = 0; h < Hkv; h++)
