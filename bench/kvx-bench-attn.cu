@@ -5,10 +5,12 @@
  * over the device's copy bandwidth measured in the same run.
  * SPDX-License-Identifier: MIT
  *
- * usage: kvx-bench-attn [out.tsv]   (bench/sdpa.py reads out.tsv)
- * Each decode step runs the 32 layers' partial + combine launches,
- * captured once in a CUDA graph; layers rotate over separate buffers
- * (as many as fit) so that the L2 cache does not serve repeated reads.
+ * usage: kvx-bench-attn [out.tsv [max_batch]]   (bench/sdpa.py reads
+ * out.tsv)
+ * Each decode step runs the 32 layers' launches (partial + combine, or
+ * the fused kernel alone), captured once in a CUDA graph; layers rotate
+ * over separate buffers (as many as fit) so that the L2 cache does not
+ * serve repeated reads.
  */
 #include <algorithm>
 #include <cmath>
@@ -98,19 +100,22 @@ struct layer {
 	float *q, *out, *m, *l, *acc;
 	long long *off;
 	struct kvx_cuda_work *items;
-	int *first;
+	int *first, *cnt;
 };
 
 /*
  * Median time of one decode step (all layers) for per-(seq, head) lengths
  * len: chunk 0 balances rows over the resident blocks
  * (kvx_cuda_attn_balance), chunk -1 cuts items of kvx_cuda_attn_chunk
- * rows, chunk > 0 items of that many rows, one block each.
+ * rows, chunk > 0 items of that many rows, one block each, chunk -2
+ * takes the library's choice (kvx_cuda_attn_plan; *bal says which).
+ * fused: kvx_cuda_attn_fused instead of partial + combine.
  */
 static double
-step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
+step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
+    int *nbuf, int *bal)
 {
-	int nseg = (int)len.size(), s, i, nl, ni, cap, nb;
+	int nseg = (int)len.size(), s, i, nl, ni, cap, nb, isbal = 0;
 	int *bfirst_d = NULL;
 	std::vector<int> bfirst;
 	long long rows = 0;
@@ -130,7 +135,22 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 		off[s] = rows * D;
 		rows += len[s];
 	}
-	if (chunk == 0) {
+	if (chunk == -2) {
+		int res = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
+
+		cap = res + nseg + (int)(rows / kvx_cuda_attn_chunk(rows,
+		    kvx_cuda_sm_count())) + 1;
+		it.resize(cap);
+		bfirst.resize(res + 1);
+		ni = kvx_cuda_attn_plan(len.data(), nseg, G, D, KVX_CUDA_F16,
+		    it.data(), cap, first.data(), bfirst.data(), &nb, &isbal);
+		if (isbal) {
+			CK(cudaMalloc(&bfirst_d, sizeof(int) * (nb + 1)));
+			CK(cudaMemcpy(bfirst_d, bfirst.data(), sizeof(int) *
+			    (nb + 1), cudaMemcpyHostToDevice));
+		}
+	} else if (chunk == 0) {
+		isbal = 1;
 		nb = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
 		bfirst.resize(nb + 1);
 		cap = nb + nseg;
@@ -174,6 +194,8 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 		CK(cudaMalloc(&y.off, sizeof(long long) * nseg));
 		CK(cudaMalloc(&y.items, sizeof(*y.items) * ni));
 		CK(cudaMalloc(&y.first, sizeof(int) * (nseg + 1)));
+		CK(cudaMalloc(&y.cnt, sizeof(int) * nseg));
+		CK(cudaMemset(y.cnt, 0, sizeof(int) * nseg));
 		fill_half<<<1024, 256>>>(y.k, (size_t)rows * D, 17 + i);
 		fill_half<<<1024, 256>>>(y.v, (size_t)rows * D, 91 + i);
 		fill_float<<<64, 256>>>(y.q, (size_t)nseg * G * D, 5 + i);
@@ -191,6 +213,13 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 	for (i = 0; i < NLAYER; i++) {
 		layer &y = L[i % nl];
 
+		if (fused) {
+			KC(kvx_cuda_attn_fused(y.q, y.k, y.v, KVX_CUDA_F16,
+			    y.off, G, D, D, 1.0f / sqrtf((float)D), y.items,
+			    bfirst_d, nb, y.first, nseg, y.cnt, y.m, y.l, y.acc,
+			    y.out, st));
+			continue;
+		}
 		KC(kvx_cuda_attn_partial(y.q, y.k, y.v, KVX_CUDA_F16, y.off, G,
 		    D, D, 1.0f / sqrtf((float)D), y.items, bfirst_d, nb, y.m,
 		    y.l, y.acc, st));
@@ -219,11 +248,13 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 
 		cudaFree(y.k); cudaFree(y.v); cudaFree(y.q); cudaFree(y.out);
 		cudaFree(y.m); cudaFree(y.l); cudaFree(y.acc); cudaFree(y.off);
-		cudaFree(y.items); cudaFree(y.first);
+		cudaFree(y.items); cudaFree(y.first); cudaFree(y.cnt);
 	}
 	cudaFree(bfirst_d);
 	*nitems = ni;
 	*nbuf = nl;
+	if (bal != NULL)
+		*bal = isbal;
 	return ms[ms.size() / 2] * 1e-3;
 }
 
@@ -251,6 +282,7 @@ main(int argc, char **argv)
 	static const int batches[] = { 1, 4, 16, 64 };
 	static const int ctxs[] = { 4096, 32768, 131072 };
 	FILE *tsv = fopen(argc > 1 ? argv[1] : "kvx-bench-attn.tsv", "w");
+	int maxb = argc > 2 ? atoi(argv[2]) : 64;
 	cudaDeviceProp pr;
 	double bw;
 	int bi, ci, skew;
@@ -264,39 +296,42 @@ main(int argc, char **argv)
 	printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n",
 	    pr.name, pr.multiProcessorCount, bw / 1e9);
 	fprintf(tsv, "copy\t%.6e\n", bw);
-	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %6s\n", "batch", "ctx",
-	    "lens", "KV MB/step", "step us", "share", "chunked", "1-item",
-	    "items");
+	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %8s %6s\n", "batch",
+	    "ctx", "lens", "KV MB/step", "step us", "fused", "balanced",
+	    "chunked", "1-item", "items");
 	for (skew = 0; skew < 2; skew++)
 	for (bi = 0; bi < 4; bi++)
 	for (ci = 0; ci < 3; ci++) {
-		int b = batches[bi], T = ctxs[ci], ni, nb, ni1, nb1;
+		int b = batches[bi], T = ctxs[ci], ni, nb, ni1, nb1, bal = 0;
 		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
 		long long rows = 0;
-		double bytes, t, tc, t1 = 0.0;
-		int nic, nbc;
+		double bytes, t, tb, tc, t1 = 0.0;
+		int nic, nbc, nif, nbf;
 		size_t s;
 
-		if ((long long)b * T > 64LL * 65536)
+		if ((long long)b * T > 64LL * 65536 || b > maxb)
 			continue;
 		for (s = 0; s < len.size(); s++)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
-		t = step_time(len, 0, &ni, &nb);
-		tc = step_time(len, -1, &nic, &nbc);
+		t = step_time(len, -2, 1, &nif, &nbf, &bal);
+		tb = step_time(len, 0, 0, &ni, &nb, NULL);
+		tc = step_time(len, -1, 0, &nic, &nbc, NULL);
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
-			t1 = step_time(len, T, &ni1, &nb1);
-		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%% %7.1f%% %7.1f%% "
-		    "%6d\n", b, T, skew ? "skewed" : "equal", bytes / 1e6,
-		    t * 1e6, 100.0 * bytes / t / bw, 100.0 * bytes / tc / bw,
-		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, ni);
+			t1 = step_time(len, T, 0, &ni1, &nb1, NULL);
+		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c %7.1f%% %7.1f%% "
+		    "%7.1f%% %6d\n", b, T, skew ? "skewed" : "equal",
+		    bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,
+		    bal ? 'b' : 'c', 100.0 * bytes / tb / bw,
+		    100.0 * bytes / tc / bw,
+		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, nif);
 		fflush(stdout);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
-		    bytes, t, t1, nb);
+		    bytes, t, t1, nbf);
 		for (s = 0; s < len.size(); s++)
 			fprintf(tsv, "%c%d", s ? ',' : '\t', len[s]);
-		fprintf(tsv, "\n");
+		fprintf(tsv, "\t%.6e\t%.6e\t%d\n", tb, tc, bal);
 	}
 	fclose(tsv);
 	return 0;

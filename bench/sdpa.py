@@ -81,10 +81,12 @@ def main():
     tbw = copy_bw()
     print(f"torch {torch.__version__}; copy bandwidth kvx run "
           f"{bw / 1e9:.0f} GB/s, torch {tbw / 1e9:.0f} GB/s")
-    hdr = ("batch", "ctx", "lens", "kvx", "sdpa=", "kvx/sdpa=", "padded/rag",
-           "sdpa-pad", "speed-up", "1-item")
-    print("%-5s %-6s %-6s %7s %7s %9s %10s %8s %8s %7s" % hdr)
-    print("# kvx, sdpa=, sdpa-pad, 1-item: KV bytes read per second as a "
+    hdr = ("batch", "ctx", "lens", "kvx", "2-launch", "sdpa=", "kvx/sdpa=",
+           "padded/rag", "sdpa-pad", "speed-up", "1-item")
+    print("%-5s %-6s %-6s %8s %8s %7s %9s %10s %8s %8s %7s" % hdr)
+    print("# kvx (fused kernel, the library's list: b balanced, c chunked), "
+          "2-launch (partial + combine, best of balanced and chunked), "
+          "sdpa=, sdpa-pad, 1-item: KV bytes read per second as a "
           "share of copy bandwidth; sdpa= on the same bytes as kvx, "
           "sdpa-pad on every head padded to the longest; speed-up = "
           "sdpa-pad time / kvx time")
@@ -92,6 +94,8 @@ def main():
         b, ctx, skew = int(r[1]), int(r[2]), int(r[3])
         nbytes, t, t1 = float(r[4]), float(r[5]), float(r[6])
         lens = [int(x) for x in r[8].split(",")]
+        t2 = min(float(r[9]), float(r[10])) if len(r) > 10 else t
+        bal = "b" if len(r) > 11 and r[11] == "1" else "c"
         teq = max(1, round(sum(lens) / len(lens)))
         tmax = max(lens)
         eq_bytes = b * HKV * teq * D * 4 * NLAYER
@@ -103,8 +107,10 @@ def main():
         share = nbytes / t / bw
         share_eq = eq_bytes / t_eq / bw
         share_pad = b * HKV * tmax * D * 4 * NLAYER / t_pad / bw
-        print("%-5d %-6d %-6s %6.1f%% %6.1f%% %9.2f %10.2f %7.1f%% %8.2f %6s"
-              % (b, ctx, "skewed" if skew else "equal", 100 * share,
+        print("%-5d %-6d %-6s %6.1f%%%s %7.1f%% %6.1f%% %9.2f %10.2f %7.1f%% "
+              "%8.2f %6s"
+              % (b, ctx, "skewed" if skew else "equal", 100 * share, bal,
+                 100 * nbytes / t2 / bw,
                  100 * share_eq, share / share_eq, tmax * len(lens) /
                  sum(lens), 100 * share_pad, t_pad / t,
                  "%.1f%%" % (100 * nbytes / t1 / bw) if t1 > 0 else "-"),

@@ -106,7 +106,8 @@ int	 kvx_cuda_gather(const void *d_ksrc, const void *d_vsrc, void *d_kdst,
 	    int nseg, int max_count, cudaStream_t stream);
 
 /* --- 4. ragged split-K decode attention -------------------------------- */
-/* One work item: rows [r0, r1) of segment seg (seg < 0: a pad, skipped). */
+/* One work item: rows [r0, r1) of segment seg (seg < 0: a pad, which
+ * only kvx_cuda_attn_fused accepts). */
 struct kvx_cuda_work {
 	int	seg, r0, r1, pad;
 };

@@ -840,14 +840,9 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 	constexpr int STEP = NSG * AT_TILE;
 	__shared__ float sm_m[NSG][G], sm_l[NSG][G], sm_acc[NSG][G][D];
 	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i, r, rw;
-	const T *kb, *vb;
+	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
 	float qr[G][8], m[G], l[G], acc[G][8];
 
-	/* a pad of a fixed grid: nothing to do (uniform over the block) */
-	if (it.seg < 0)
-		return;
-	kb = k + off[it.seg];
-	vb = v + off[it.seg];
 	for (h = 0; h < G; h++) {
 		const float4 *qp = (const float4 *)(q + ((size_t)it.seg * G + h) *
 		    D + li * 8);

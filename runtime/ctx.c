@@ -53,7 +53,6 @@ kvx_ctx_params_init(kvx_ctx_params *p)
 	p->n_seq = 1;
 	p->n_ctx = 0;
 	p->decode_headroom = 256;
-	p->n_threads = 0;
 	p->device = KVX_DEVICE_AUTO;
 }
 

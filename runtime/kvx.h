@@ -124,8 +124,6 @@ typedef struct kvx_ctx_params {
 	int	n_ctx;		/* max tokens per sequence (default: model's) */
 	int	decode_headroom;/* slots reserved per segment after
 				   compression for decode (default 256) */
-	int	n_threads;	/* <= 0: the model's */
-	int	keep_logits;	/* reserved, 0 */
 	int	device;		/* KVX_DEVICE_AUTO (default): the GPU when
 				   libkvx has CUDA and one is usable, unless
 				   the environment sets KVX_DEVICE=cpu */

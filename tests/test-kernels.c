@@ -327,6 +327,96 @@ test_score_select(int rep)
 }
 
 /*
+ * The fused kernel on the same list, twice (its counters must come back
+ * to zero), chunked lists padded with three skipped items; the output
+ * must match attn_gqa as the two-launch form does.
+ */
+static void
+fused_check(void *dq, void *dk, void *dv, int dtype, void *doff, int g, int d,
+    int ld, float scale, const struct kvx_cuda_work *it, int ni, void *dbf,
+    int nb, void *dfirst, int nseg, void *dm, void *dl, void *dacc,
+    void *dout, float *got, const float *ref)
+{
+	struct kvx_cuda_work *pit = malloc(sizeof(*pit) * (ni + 3));
+	int *cnt = malloc(sizeof(int) * nseg), pads = dbf == NULL ? 3 : 0;
+	int k, i, zero = 1;
+	void *dit, *dcnt;
+	double e = 0.0, ek;
+
+	memcpy(pit, it, sizeof(*pit) * ni);
+	for (i = ni; i < ni + 3; i++) {
+		pit[i].seg = -1;
+		pit[i].r0 = pit[i].r1 = pit[i].pad = 0;
+	}
+	dit = dev(pit, sizeof(*pit) * (ni + 3));
+	dcnt = poisoned(sizeof(int) * nseg);
+	check(kvx_cuda_memset(dcnt, 0, sizeof(int) * nseg), "memset");
+	for (k = 0; k < 2; k++) {
+		check(kvx_cuda_memset(dout, 0xff, sizeof(float) * nseg * g * d),
+		    "memset");
+		check(kvx_cuda_attn_fused(dq, dk, dv, dtype, doff, g, d, ld,
+		    scale, dit, dbf, nb + pads, dfirst, nseg, dcnt, dm, dl,
+		    dacc, dout, NULL), "attn fused");
+		check(kvx_cuda_sync(), "fused run");
+		check(kvx_cuda_d2h(got, dout, sizeof(float) * nseg * g * d),
+		    "copy back");
+		ek = relerr(got, ref, (size_t)nseg * g * d);
+		e = ek > e || ek != ek ? ek : e;
+	}
+	check(kvx_cuda_d2h(cnt, dcnt, sizeof(int) * nseg), "copy back");
+	for (i = 0; i < nseg; i++)
+		zero &= cnt[i] == 0;
+	ok(e < 2e-5 && zero, "fused attention, %d blocks (%d pads), twice: "
+	    "rel %.2g, counters back to zero %d", nb + pads, pads, e, zero);
+	kvx_cuda_free(dit);
+	kvx_cuda_free(dcnt);
+	free(pit);
+	free(cnt);
+}
+
+/*
+ * The library's choice of work list: balanced exactly when the rows give
+ * each resident block KVX_CUDA_BALANCE_ROWS, and a valid list either way.
+ */
+static void
+test_attn_plan(void)
+{
+	static const int tot[4] = { 4096, 32768, 1 << 20, 4 << 20 };
+	int res = kvx_cuda_attn_blocks(4, 128, KVX_CUDA_F16), t, s;
+
+	for (t = 0; t < 4; t++) {
+		int nseg = 8, len[8], first[9], *bfirst, nb = 0, bal = -1, n;
+		int cap, bad = 0, r, j, want;
+		long long rows = 0;
+		struct kvx_cuda_work *it;
+
+		for (s = 0; s < nseg; s++) {
+			len[s] = tot[t] / nseg + (s == 0 ? 37 : 0);
+			rows += len[s];
+		}
+		want = rows >= (long long)res * KVX_CUDA_BALANCE_ROWS;
+		cap = res + nseg + (int)(rows / 16) + 1;
+		it = malloc(sizeof(*it) * cap);
+		bfirst = malloc(sizeof(int) * (res + 1));
+		n = kvx_cuda_attn_plan(len, nseg, 4, 128, KVX_CUDA_F16, it, cap,
+		    first, bfirst, &nb, &bal);
+		for (s = 0; s < nseg && n >= 0; s++) {
+			for (r = 0, j = first[s]; j < first[s + 1]; j++) {
+				bad += it[j].seg != s || it[j].r0 != r;
+				r = it[j].r1;
+			}
+			bad += r != len[s];
+		}
+		ok(n > 0 && bad == 0 && bal == want && nb == (bal ? res : n),
+		    "work list choice for %lld rows over %d resident blocks: "
+		    "balanced %d (want %d), %d blocks, %d items", rows, res,
+		    bal, want, nb, n);
+		free(it);
+		free(bfirst);
+	}
+}
+
+/*
  * Kernel 4: ragged split-K decode attention plus combine against
  * attn_gqa on the same (exactly converted) K/V, at several chunk sizes.
  */
@@ -432,6 +522,9 @@ test_attn(int rep)
 		ok(e < 2e-5, "attention %d segs (%lld rows) g=%d d=%d ld=%d %s "
 		    "%d blocks, %d items: rel %.2g", nseg, rows, g, d, ld,
 		    dtname[dtype], nb, ni, e);
+		fused_check(dq, dk, dv, dtype, doff, g, d, ld, scale, it, ni,
+		    ci >= 4 ? dbf : NULL, nb, dfirst, nseg, dm, dl, dacc, dout,
+		    got, ref);
 		kvx_cuda_free(dit);
 		kvx_cuda_free(dbf);
 		free(bfirst);
@@ -719,6 +812,7 @@ main(void)
 		test_score_select(rep);
 	for (rep = 0; rep < nrep && rep < 16; rep++)
 		test_attn(rep);
+	test_attn_plan();
 	for (rep = 0; rep < nrep; rep++)
 		test_layers(rep);
 	return tap_done();

@@ -1051,7 +1051,6 @@ main(int argc, char **argv)
 
 	kvx_ctx_params_init(&cp);
 	cp.n_ctx = n_ctx;
-	cp.n_threads = n_threads;
 	/*
 	 * No decode headroom: kv_bytes, read right after compression, is then
 	 * the compressed cache alone, comparable with the plan's own byte
