@@ -1016,18 +1016,23 @@ attn_finish(int s, const int *first, int *cnt, const float *pm,
 		int h = i / D, e = i % D, j;
 		float M = -INFINITY, L = 0.0f, A = 0.0f;
 
-		for (j = j0; j < j1; j++)
-			if (__ldcg(pl + (size_t)j * G + h) > 0.0f)
-				M = fmaxf(M, __ldcg(pm + (size_t)j * G + h));
-#pragma unroll 4
+		/* one pass, rescaling as the maximum grows: the loads of
+		   successive items are independent and issue together */
+#pragma unroll 8
 		for (j = j0; j < j1; j++) {
-			float lj = __ldcg(pl + (size_t)j * G + h), f;
+			float lj = __ldcg(pl + (size_t)j * G + h);
+			float mj = __ldcg(pm + (size_t)j * G + h);
+			float aj = __ldcg(pacc + ((size_t)j * G + h) * D + e);
+			float mn, fo, fj;
 
-			f = lj > 0.0f ? exp2f(__ldcg(pm + (size_t)j * G + h) -
-			    M) : 0.0f;
-			L += lj * f;
-			A += f > 0.0f ? __ldcg(pacc + ((size_t)j * G + h) * D +
-			    e) * f : 0.0f;
+			if (!(lj > 0.0f))
+				continue;
+			mn = fmaxf(M, mj);
+			fo = M == -INFINITY ? 0.0f : exp2f(M - mn);
+			fj = exp2f(mj - mn);
+			L = L * fo + lj * fj;
+			A = A * fo + aj * fj;
+			M = mn;
 		}
 		out[((size_t)s * G + h) * D + e] = L > 0.0f ? A / L : 0.0f;
 	}
