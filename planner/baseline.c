@@ -247,6 +247,18 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 			b->allowed[(size_t)i * G + j] = b->tok[j] >= fl ||
 			    j + 1 >= G || b->tok[j + 1] > fl;
 		}
+		/*
+		 * Count value as the loss against keeping everything (<= 0):
+		 * the same argmax, but GLPK's relative gap is then relative to
+		 * the loss, which is what differs between plans, and not to a
+		 * total near the number of heads.
+		 */
+		{
+			double top = b->value[(size_t)i * G + G - 1];
+
+			for (j = 0; j < G; j++)
+				b->value[(size_t)i * G + j] -= top;
+		}
 	}
 
 	/*
