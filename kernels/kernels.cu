@@ -988,12 +988,18 @@ attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
 		    pl, pacc);
 }
 
+/* Items whose merge weights attn_finish keeps in shared memory. */
+#define FM_ITEMS 128
+
 /*
  * After item ii of segment s is written: the block that finishes the
  * segment's last item merges its partials into out (the combine of
  * attn_combine_k, done by one block), so that no second launch waits
  * for the whole grid.  Counters count finished items per segment; the
- * merging block sets its counter back to zero for the next launch.
+ * merging block sets its counter back to zero for the next launch.  The
+ * merge is two passes: a warp per head finds the maximum, the sum and
+ * the items' weights; then each thread sums its outputs over the items
+ * with independent loads.
  */
 template <int G, int D>
 static __device__ __forceinline__ void
@@ -1001,42 +1007,67 @@ attn_finish(int s, const int *first, int *cnt, const float *pm,
     const float *pl, const float *pacc, float *out)
 {
 	__shared__ int s_last;
-	int j0 = first[s], j1 = first[s + 1], i;
+	__shared__ float s_w[FM_ITEMS][G], s_M[G], s_L[G];
+	int j0 = first[s], j1 = first[s + 1], n = j1 - j0, i, j, h;
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
 
 	/* this block's partial, visible before the count says so */
 	__threadfence();
 	__syncthreads();
 	if (threadIdx.x == 0)
-		s_last = j1 - j0 == 1 || atomicAdd(&cnt[s], 1) == j1 - j0 - 1;
+		s_last = n == 1 || atomicAdd(&cnt[s], 1) == n - 1;
 	__syncthreads();
 	if (!s_last)
 		return;
 	__threadfence();
-	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
-		int h = i / D, e = i % D, j;
-		float M = -INFINITY, L = 0.0f, A = 0.0f;
+	for (h = wid; h < G; h += AT_THREADS / 32) {
+		float M = -INFINITY, L = 0.0f;
+		int o;
 
-		/* one pass, rescaling as the maximum grows: the loads of
-		   successive items are independent and issue together */
-#pragma unroll 8
-		for (j = j0; j < j1; j++) {
-			float lj = __ldcg(pl + (size_t)j * G + h);
-			float mj = __ldcg(pm + (size_t)j * G + h);
-			float aj = __ldcg(pacc + ((size_t)j * G + h) * D + e);
-			float mn, fo, fj;
+		for (j = lane; j < n; j += 32)
+			if (__ldcg(pl + (size_t)(j0 + j) * G + h) > 0.0f)
+				M = fmaxf(M, __ldcg(pm + (size_t)(j0 + j) * G +
+				    h));
+		for (o = 16; o > 0; o >>= 1)
+			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+		for (j = lane; j < n; j += 32) {
+			float lj = __ldcg(pl + (size_t)(j0 + j) * G + h);
+			float w = lj > 0.0f ? exp2f(__ldcg(pm + (size_t)(j0 +
+			    j) * G + h) - M) : 0.0f;
 
-			if (!(lj > 0.0f))
-				continue;
-			mn = fmaxf(M, mj);
-			fo = M == -INFINITY ? 0.0f : exp2f(M - mn);
-			fj = exp2f(mj - mn);
-			L = L * fo + lj * fj;
-			A = A * fo + aj * fj;
-			M = mn;
+			L += w * lj;
+			if (j < FM_ITEMS)
+				s_w[j][h] = w;
 		}
-		out[((size_t)s * G + h) * D + e] = L > 0.0f ? A / L : 0.0f;
+		for (o = 16; o > 0; o >>= 1)
+			L += __shfl_xor_sync(0xffffffffu, L, o);
+		if (lane == 0) {
+			s_M[h] = M;
+			s_L[h] = L;
+		}
 	}
-	if (threadIdx.x == 0 && j1 - j0 > 1)
+	__syncthreads();
+	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
+		int e = i % D;
+		float A = 0.0f;
+
+		h = i / D;
+#pragma unroll 8
+		for (j = 0; j < n && j < FM_ITEMS; j++)
+			A += s_w[j][h] * __ldcg(pacc + ((size_t)(j0 + j) * G +
+			    h) * D + e);
+		for (j = FM_ITEMS; j < n; j++) {
+			float lj = __ldcg(pl + (size_t)(j0 + j) * G + h);
+
+			if (lj > 0.0f)
+				A += exp2f(__ldcg(pm + (size_t)(j0 + j) * G +
+				    h) - s_M[h]) * __ldcg(pacc + ((size_t)(j0 +
+				    j) * G + h) * D + e);
+		}
+		out[((size_t)s * G + h) * D + e] = s_L[h] > 0.0f ? A /
+		    s_L[h] : 0.0f;
+	}
+	if (threadIdx.x == 0 && n > 1)
 		cnt[s] = 0;
 }
 

@@ -105,7 +105,6 @@ struct gpu_ctx {
 	size_t		 step_cap;
 	float		*pm, *pl, *pacc;
 	int		 part_cap;	/* items the partial buffers hold */
-	int		*acnt, acnt_cap;	/* fused attention's counters */
 	int		 timing, head;
 	/* decode steps run as one CUDA graph on their own stream */
 	cudaStream_t	 ds, cs;	/* decode stream; stream in use */
@@ -446,7 +445,6 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->pm);
 	cudaFree(g->pl);
 	cudaFree(g->pacc);
-	cudaFree(g->acnt);
 	cudaFreeHost(g->h_step);
 	if (g->gx != NULL)
 		cudaGraphExecDestroy(g->gx);
@@ -1025,8 +1023,9 @@ a16(size_t n)
 
 /*
  * The device work of one decode step on stream g->cs, over the tables at
- * g->d_step laid out by lo[]: embedding, the layers (the fused split-K
- * attention over a fixed grid of cap items a layer, the surplus pads),
+ * g->d_step laid out by lo[]: embedding, the layers (the split-K partial
+ * attention over a fixed grid of cap items a layer, the surplus empty,
+ * then the combine: kvx_cuda_attn_fused measured slower here),
  * and the LM head when head is set.  Issued directly or captured.
  */
 static kvx_status
@@ -1044,11 +1043,13 @@ step_issue(gpu_ctx *g, int n, int cap, const size_t *lo, int head)
 		    Hkv) * D, g->NQKV, n, Hkv, D,
 		    (const long long *)(d + lo[l * 4 + 1]), g->kbase, g->vbase,
 		    g->cs)) != 0 ||
-		    (e = kvx_cuda_attn_fused(g->q, g->kbase, g->vbase,
+		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
 		    KVX_CUDA_F16, (const long long *)(d + lo[l * 4]), G, D, D,
 		    1.0f / sqrtf((float)D), (const struct kvx_cuda_work *)(d +
-		    lo[l * 4 + 3]), NULL, cap, (const int *)(d + lo[l * 4 + 2]),
-		    nseg, g->acnt, g->pm, g->pl, g->pacc, g->att, g->cs)) != 0)
+		    lo[l * 4 + 3]), NULL, cap, g->pm, g->pl, g->pacc,
+		    g->cs)) != 0 ||
+		    (e = kvx_cuda_attn_combine((const int *)(d + lo[l * 4 + 2]),
+		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, g->cs)) != 0)
 			return cuda_fail(e, __FILE__, __LINE__,
 			    "decode attention");
 		if ((rc = out_ffn(g, l, n)) != KVX_OK)
@@ -1117,7 +1118,6 @@ step_capture(gpu_ctx *g, int n, int cap, const size_t *lo, int head)
 	g->gx_key[2] = g->x;
 	g->gx_key[3] = g->logits;
 	g->gx_key[4] = g->ids;
-	g->gx_key[5] = g->acnt;
 	return KVX_OK;
 }
 
@@ -1128,8 +1128,7 @@ graph_fits(const gpu_ctx *g, int n, int cap, int head)
 	return g->gx != NULL && g->gx_n == n && g->gx_cap >= cap &&
 	    g->gx_head == head && g->gx_key[0] == g->d_step &&
 	    g->gx_key[1] == g->pm && g->gx_key[2] == g->x &&
-	    g->gx_key[3] == g->logits && g->gx_key[4] == g->ids &&
-	    g->gx_key[5] == g->acnt;
+	    g->gx_key[3] == g->logits && g->gx_key[4] == g->ids;
 }
 
 /*
@@ -1241,23 +1240,6 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		}
 		g->part_cap = cap;
 	}
-	if (nseg > g->acnt_cap) {
-		g->acnt_cap = 0;
-		if ((rc = regrow((void **)&g->acnt, (size_t)nseg * 4)) !=
-		    KVX_OK) {
-			free(len);
-			free(chunk);
-			return rc;
-		}
-		/* zero once: each launch leaves them zero */
-		if (cudaMemset(g->acnt, 0, (size_t)nseg * 4) != cudaSuccess) {
-			free(len);
-			free(chunk);
-			return kvx__fail(KVX_ERR_DEVICE, "%s:%d: cudaMemset "
-			    "failed", __FILE__, __LINE__);
-		}
-		g->acnt_cap = nseg;
-	}
 	{
 		size_t stride = (need - lo[0]) / (size_t)g->L;
 		size_t *ll = kvx__malloc_array((size_t)g->L * 4,
@@ -1300,8 +1282,9 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 				    "overflow");
 				break;
 			}
-			/* the fixed grid's surplus blocks get pads (seg -1) */
-			memset(items + nit, 0xff, (size_t)(cap - nit) *
+			/* the fixed grid's surplus blocks get empty items,
+			   past every segment's range, so never combined */
+			memset(items + nit, 0, (size_t)(cap - nit) *
 			    sizeof *items);
 		}
 		free(len);
