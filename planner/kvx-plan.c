@@ -134,7 +134,7 @@ usage(FILE *f)
 "                [--method kvx|uniform|pyramid|ada|layer] [--mode static|hybrid]\n"
 "                [--solver greedy|dp|glpk] [--granularity layer-head|layer|head]\n"
 "                [--samples n] [--sample-tokens n] [--seed s] [--profile-span n]\n"
-"                [--objective output|mass]\n"
+"                [--objective output|output-abs|mass]\n"
 "                [--grid n] [--window n] [--pool max|avg|none] [--pool-kernel k]\n"
 "                [--gqa mean|max] [--sinks n] [--alpha a] [--beta b]\n"
 "                [--save-profile file] [--from-profile file]\n"
@@ -413,9 +413,11 @@ parse_args(struct cli *c, int argc, char **argv)
 				c->po.objective = PROF_OBJ_OUTPUT;
 			else if (strcmp(optarg, "mass") == 0)
 				c->po.objective = PROF_OBJ_MASS;
+			else if (strcmp(optarg, "output-abs") == 0)
+				c->po.objective = PROF_OBJ_ABS;
 			else
 				return die(EX_BADUSE, "unknown --objective '%s' "
-				    "(output or mass)", optarg);
+				    "(output, output-abs or mass)", optarg);
 			break;
 		case O_SPAN:
 			if (parse_int(optarg, 0, 1 << 24, &v) != 0)

@@ -74,7 +74,7 @@ prof_opts_init(prof_opts *o)
 	o->pool_kernel = 7;
 	o->gqa = PLAN_GQA_MEAN;
 	o->sinks = 4;
-	o->objective = PROF_OBJ_OUTPUT;
+	o->objective = PROF_OBJ_ABS;
 }
 
 /* Release a profile and clear the pointer. */
@@ -419,13 +419,14 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 			z += r->pooled[i];
 		for (i = 0; i < s; i++)
 			sink += r->pooled[i];
-		if (o->objective == PROF_OBJ_OUTPUT) {
+		if (o->objective != PROF_OBJ_MASS) {
 			int kc[OUT_CHECKS], jc[OUT_CHECKS], c;
 			double xn = 0;
 
 			for (j = w - 1; j >= 0; j -= OUT_STRIDE)
 				for (i = 0; i < r->E; i++)
-					xn += (double)xw[(size_t)j * r->E + i] *
+					xn += o->objective == PROF_OBJ_ABS ? 1.0 :
+					    (double)xw[(size_t)j * r->E + i] *
 					    xw[(size_t)j * r->E + i];
 			xn *= g;
 			for (i = 0; i < m; i++)
@@ -590,7 +591,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
 	}
-	if (o->objective == PROF_OBJ_OUTPUT && (mi->head_dim > 256 ||
+	if (o->objective != PROF_OBJ_MASS && (mi->head_dim > 256 ||
 	    (rc = build_gram(&r)) != KVX_OK)) {
 		if (rc == KVX_OK)
 			rc = kvx__fail(KVX_ERR_UNSUPPORTED, "the output "
@@ -661,7 +662,8 @@ done:
 
 static const char *const pool_word[] = { "max", "avg", "none" };
 static const char *const gqa_word[] = { "mean", "max" };
-static const char *const objective_word[] = { "output", "mass" };
+static const char *const objective_word[] = { "output", "mass",
+    "output-abs" };
 
 /* Write the profile as "key value" lines and one line per curve. */
 kvx_status
@@ -774,7 +776,7 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 			continue;
 		}
 		if (strcmp(key, "objective") == 0) {
-			if ((p->objective = word_index(objective_word, 2,
+			if ((p->objective = word_index(objective_word, 3,
 			    val)) < 0)
 				goto bad;
 			continue;

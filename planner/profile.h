@@ -31,8 +31,13 @@
  *           the mass, this sees that broad attention over similar values
  *           loses little, and weighs layers by how much their attention
  *           moves the residual stream.
+ *   ABS     the same error over n_embd instead of |x|^2 (per residual
+ *           dimension), so that layers count alike whatever the size of
+ *           their residual stream.
  */
-enum prof_objective { PROF_OBJ_OUTPUT = 0, PROF_OBJ_MASS = 1 };
+enum prof_objective {
+	PROF_OBJ_OUTPUT = 0, PROF_OBJ_MASS = 1, PROF_OBJ_ABS = 2
+};
 
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */
@@ -45,7 +50,7 @@ typedef struct prof_opts {
 	int		 pool_kernel;	/* odd (7) */
 	int		 gqa;		/* enum plan_gqa (mean) */
 	int		 sinks;		/* always-kept leading tokens (4) */
-	int		 objective;	/* PROF_OBJ_OUTPUT (default) or MASS */
+	int		 objective;	/* PROF_OBJ_ABS (default), OUTPUT, MASS */
 	int		 progress;	/* progress lines on stderr */
 } prof_opts;
 
