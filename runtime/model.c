@@ -703,6 +703,9 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 				    "tokens must be adjacent in a batch");
 	}
 	w = b->window < T ? b->window : T;
+#ifndef HAVE_OPENBLAS
+	(void)single;		/* without BLAS every batch takes one path */
+#endif
 
 	for (t = 0; t < T; t++)
 		if ((rc = quant_dequant(m->embd.type, (const char *)m->embd.q +
