@@ -115,18 +115,6 @@ profile_eval(const profile *p, int layer, int head, double f)
 	return r[j] + (x - j) * (r[j + 1] - r[j]);
 }
 
-/* splitmix64: a small, well-mixed generator, so offsets only depend on
- * the seed. */
-static uint64_t
-rng_next(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 /* Uniform integer in [0, n]. */
 static int64_t
 rng_upto(uint64_t *s, int64_t n)
@@ -135,52 +123,9 @@ rng_upto(uint64_t *s, int64_t n)
 
 	lim = UINT64_MAX - UINT64_MAX % range;
 	do
-		x = rng_next(s);
+		x = kvx__splitmix64(s);
 	while (x >= lim);
 	return (int64_t)(x % range);
-}
-
-/* Read a whole file into a NUL-terminated buffer. */
-static kvx_status
-read_file(const char *path, char **out, size_t *len)
-{
-	FILE *f;
-	char *buf = NULL, *nb;
-	size_t cap = 0, n = 0, r;
-
-	*out = NULL;
-	if ((f = fopen(path, "rb")) == NULL)
-		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
-	for (;;) {
-		if (n + 65536 + 1 > cap) {
-			cap = cap ? cap * 2 : 1 << 20;
-			if (cap > CORPUS_MAX_BYTES + 65536 + 1 ||
-			    (nb = realloc(buf, cap)) == NULL) {
-				free(buf);
-				fclose(f);
-				return kvx__fail(KVX_ERR_IO, "%s: larger than "
-				    "%zu MiB (use a smaller calibration file)",
-				    path, CORPUS_MAX_BYTES >> 20);
-			}
-			buf = nb;
-		}
-		r = fread(buf + n, 1, 65536, f);
-		n += r;
-		if (r < 65536)
-			break;
-	}
-	if (ferror(f)) {
-		free(buf);
-		fclose(f);
-		return kvx__fail(KVX_ERR_IO, "%s: read error", path);
-	}
-	fclose(f);
-	if (buf == NULL && (buf = malloc(1)) == NULL)
-		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-	buf[n] = '\0';
-	*out = buf;
-	*len = n;
-	return KVX_OK;
 }
 
 /* Tokenize every file and concatenate the ids. */
@@ -207,7 +152,8 @@ load_corpus(const kvx_model *m, const char *const *files, int n_files,
 				strcat(names, ",");
 			strcat(names, base);
 		}
-		if ((rc = read_file(files[i], &text, &len)) != KVX_OK)
+		if ((rc = kvx__read_file(files[i], CORPUS_MAX_BYTES, &text,
+		    &len)) != KVX_OK)
 			goto fail;
 		if (len > INT32_MAX / 2) {
 			free(text);

@@ -509,3 +509,16 @@ solve_run(const char *solver, const solve_problem *p,
 	return solve__fail(res, KVX_ERR_ARG, SOLVE_UNKNOWN,
 	    "unknown solver '%s' (greedy, dp or glpk)", solver);
 }
+
+/* gcd of two non-negative numbers (cost units of dp and glpk). */
+int64_t
+solve__gcd64(int64_t a, int64_t b)
+{
+	while (b != 0) {
+		int64_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	return a;
+}

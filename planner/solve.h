@@ -142,6 +142,7 @@ int		 solve_concave(const solve_problem *);
 int		 solve_equal_steps(const solve_problem *);
 
 /* Private to the solver sources. */
+int64_t		 solve__gcd64(int64_t, int64_t);
 int		 solve__usable(const solve_problem *, int i, int j);
 int		 solve__floor_level(const solve_problem *, int i);
 kvx_status	 solve__finish(const solve_problem *, solve_result *,

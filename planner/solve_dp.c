@@ -61,19 +61,6 @@ typedef struct dp {
 	int64_t		 max_cells;
 } dp;
 
-/* gcd of two non-negative numbers. */
-static int64_t
-gcd64(int64_t a, int64_t b)
-{
-	while (b != 0) {
-		int64_t t = a % b;
-
-		a = b;
-		b = t;
-	}
-	return a;
-}
-
 /*
  * dst[k] = max(dst[k] (unless first), s[0][k] + v[0], ..., s[3][k] + v[3])
  * for k < n: four options of one block at a time, so that each dst vector
@@ -140,8 +127,8 @@ item_options(dp *d, const solve_params *params, solve_result *res)
 		d->floor_cost[i] = p->cost[(size_t)i * L + fl];
 		for (j = fl; j < L; j++)
 			if (solve__usable(p, i, j))
-				g = gcd64(g, p->cost[(size_t)i * L + j] -
-				    d->floor_cost[i]);
+				g = solve__gcd64(g, p->cost[(size_t)i * L +
+				    j] - d->floor_cost[i]);
 	}
 	d->q = g > 0 ? g : 1;
 	if (params->quantum > 0) {

@@ -39,19 +39,6 @@ typedef struct mip {
 	double		*ar;
 } mip;
 
-/* gcd of two non-negative numbers. */
-static int64_t
-gcd64(int64_t a, int64_t b)
-{
-	while (b != 0) {
-		int64_t t = a % b;
-
-		a = b;
-		b = t;
-	}
-	return a;
-}
-
 /* Follow the search to know the gap when it stops early. */
 static void
 mip_callback(glp_tree *tree, void *info)
@@ -114,8 +101,8 @@ build(mip *m, solve_result *res)
 		fsum += m->floor_cost[i];
 		for (j = fl; j < L; j++)
 			if (solve__usable(p, i, j)) {
-				gq = gcd64(gq, p->cost[(size_t)i * L + j] -
-				    m->floor_cost[i]);
+				gq = solve__gcd64(gq, p->cost[(size_t)i * L +
+				    j] - m->floor_cost[i]);
 				m->n_col++;
 			}
 	}

@@ -218,18 +218,19 @@ check_seq(const kvx_ctx *c, int seq)
 // --- selection -----------------------------------------------------------------
 
 /*
- * Compress layer l of sequence sseq in src into sequence dseq of dst (the
- * two may be the same), by dst's plan, given that layer's window queries
- * wq[H][w][D].  Without a plan the rows are copied whole.
+ * Compress layer l of sequence sseq in src, which holds all n prompt
+ * tokens, into sequence dseq of dst (the two may be the same), by dst's
+ * plan, given that layer's window queries wq[H][w][D].  Without a plan
+ * the rows are copied whole.
  */
 static kvx_status
-select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int l,
-    const float *wq, int w)
+select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
+    int l, const float *wq, int w)
 {
 	const kvx_model_info *mi = &dst->m->info;
 	const kvx_plan *P = dst->plan;
 	int Hkv = mi->n_head_kv, D = mi->head_dim, g = mi->n_head / Hkv;
-	int n = src->n_pos[sseq], h, i, cnt, keep, sinks, pw;
+	int h, i, cnt, keep, sinks, pw;
 	int counts[64];
 	const float *pp[64];
 	kvx_status rc;
@@ -274,20 +275,9 @@ select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int l,
 	}
 
 	if (P->mode == KVX_PLAN_HYBRID) {
-		int per = plan_tokens(P, l, -1, n), fixed, total, ncand, fl;
+		int total, ncand, fl;
 
-		fixed = pw + sinks;
-		if (fixed > n)
-			fixed = n;
-		ncand = n - pw - sinks;
-		if (ncand < 0)
-			ncand = 0;
-		total = (per - fixed) * Hkv;
-		if (total < 0)
-			total = 0;
-		if (total > ncand * Hkv)
-			total = ncand * Hkv;
-		fl = (int)floor(P->alpha * total / Hkv);
+		plan_hybrid_share(P, l, n, pw, Hkv, &ncand, &total, &fl);
 		for (h = 0; h < Hkv; h++)
 			pp[h] = dst->pooled + (size_t)h * (n + 1) +
 			    (sinks < n - pw ? sinks : n - pw);
@@ -342,9 +332,9 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 		}
 		return KVX_OK;
 	}
-	/* the forward appended the prompt already: n_pos is not yet set */
-	c->kv->n_pos[seq] = kv_seg_cget(c->kv, seq, l, 0)->len;
-	return select_layer(c, seq, c->kv, seq, l, wq, w);
+	/* the forward has appended the whole prompt to this layer */
+	return select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq, l,
+	    0)->len, l, wq, w);
 }
 
 // --- inference -----------------------------------------------------------------
@@ -528,7 +518,8 @@ kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src, int sseq)
 		const float *wq = src->winq + ((size_t)sseq * mi->n_layer + l) *
 		    per;
 
-		if ((rc = select_layer(dst, dseq, src->kv, sseq, l, wq,
+		if ((rc = select_layer(dst, dseq, src->kv, sseq,
+		    src->kv->n_pos[sseq], l, wq,
 		    src->winq_n[sseq])) != KVX_OK) {
 			kv_seq_clear(dst->kv, dseq);
 			return rc;

@@ -849,18 +849,11 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 		return rc;
 
 	if (P->mode == KVX_PLAN_HYBRID) {
-		int per = plan_tokens(P, l, -1, n), fixed, total, ncand, fl;
+		int total, ncand, fl;
 		const float *pp[64];
 		float *hp;
 
-		fixed = pw + sinks > n ? n : pw + sinks;
-		ncand = n - pw - sinks < 0 ? 0 : n - pw - sinks;
-		total = (per - fixed) * Hkv;
-		if (total < 0)
-			total = 0;
-		if (total > ncand * Hkv)
-			total = ncand * Hkv;
-		fl = (int)floor(P->alpha * total / Hkv);
+		plan_hybrid_share(P, l, n, pw, Hkv, &ncand, &total, &fl);
 		for (h = 0; h < Hkv; h++)
 			cnt[h] = 0;
 		if (ncand > 0) {

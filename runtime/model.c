@@ -474,7 +474,7 @@ lin_work(void *arg, int ith, int nth)
 
 /* y_i = x W_i^T for up to three matrices with the same input width. */
 static kvx_status
-linear(kvx_model *m, fw_scratch *s, const float *x, int T, int n, mat **w,
+linear(kvx_model *m, const float *x, int T, int n, mat **w,
     float **y)
 {
 	struct lin_job j;
@@ -722,7 +722,7 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 			    L->attn_norm, E, mi->rms_eps);
 		ws[0] = &L->wq; ws[1] = &L->wk; ws[2] = &L->wv;
 		ys[0] = s->q; ys[1] = s->k; ys[2] = s->v;
-		if ((rc = linear(m, s, s->xn, T, 3, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->xn, T, 3, ws, ys)) != KVX_OK)
 			return rc;
 		for (t = 0; t < T; t++) {
 			rope(s->q + (size_t)t * H * D, H, D, b->pos[t],
@@ -763,7 +763,7 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 
 		ws[0] = &L->wo;
 		ys[0] = s->xn;
-		if ((rc = linear(m, s, s->att, T, 1, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->att, T, 1, ws, ys)) != KVX_OK)
 			return rc;
 		for (i = 0; i < T * E; i++)
 			s->x[i] += s->xn[i];
@@ -774,12 +774,12 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 			    L->ffn_norm, E, mi->rms_eps);
 		ws[0] = &L->wg; ws[1] = &L->wu;
 		ys[0] = s->ffa; ys[1] = s->ffb;
-		if ((rc = linear(m, s, s->xn, T, 2, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->xn, T, 2, ws, ys)) != KVX_OK)
 			return rc;
 		swiglu(s->ffa, s->ffb, (size_t)T * F);
 		ws[0] = &L->wd;
 		ys[0] = s->xn;
-		if ((rc = linear(m, s, s->ffa, T, 1, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->ffa, T, 1, ws, ys)) != KVX_OK)
 			return rc;
 		for (i = 0; i < T * E; i++)
 			s->x[i] += s->xn[i];
@@ -792,12 +792,12 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		    mi->rms_eps);
 		ws[0] = &m->out;
 		ys[0] = b->out;
-		return linear(m, s, s->xn, 1, 1, ws, ys);
+		return linear(m, s->xn, 1, 1, ws, ys);
 	}
 	for (t = 0; t < T; t++)
 		rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E,
 		    m->out_norm, E, mi->rms_eps);
 	ws[0] = &m->out;
 	ys[0] = b->out;
-	return linear(m, s, s->xn, T, 1, ws, ys);
+	return linear(m, s->xn, T, 1, ws, ys);
 }

@@ -571,6 +571,25 @@ plan_tokens(const kvx_plan *p, int layer, int head, int n)
 	return (int)b;
 }
 
+/* The hybrid split's candidates, shared total and per-head floor. */
+void
+plan_hybrid_share(const kvx_plan *p, int layer, int n, int w, int n_head_kv,
+    int *ncand, int *total, int *floor_share)
+{
+	int fixed = w + p->sinks, t;
+
+	if (fixed > n)
+		fixed = n;
+	*ncand = n - w - p->sinks < 0 ? 0 : n - w - p->sinks;
+	t = (plan_tokens(p, layer, -1, n) - fixed) * n_head_kv;
+	if (t < 0)
+		t = 0;
+	if (t > *ncand * n_head_kv)
+		t = *ncand * n_head_kv;
+	*total = t;
+	*floor_share = (int)floor(p->alpha * t / n_head_kv);
+}
+
 /* Recomputes the planned and full K+V bytes at ref_context. */
 void
 plan_update_bytes(kvx_plan *p, int bytes_per_elem)

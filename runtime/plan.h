@@ -81,6 +81,15 @@ int		 plan_n_budgets(const kvx_plan *);
  * Returns 0 when layer or head is out of range or n <= 0.
  */
 int		 plan_tokens(const kvx_plan *, int layer, int head, int n);
+/*
+ * Hybrid plans: for layer l after a prompt of n tokens with an observation
+ * window of w, the candidates per head (n - w - sinks, at least 0), the
+ * candidate tokens the layer's heads share in all (its budget less each
+ * head's window and sinks) and the floor of each head's share (alpha of
+ * an even split).  The heads then split total by sel_hybrid_split.
+ */
+void		 plan_hybrid_share(const kvx_plan *, int layer, int n, int w,
+		     int n_head_kv, int *ncand, int *total, int *floor);
 /* Fill ref_bytes / ref_bytes_full for ref_context (bytes_per_elem is the
  * runtime's KV element size). */
 void		 plan_update_bytes(kvx_plan *, int bytes_per_elem);

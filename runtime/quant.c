@@ -985,51 +985,48 @@ dot_i8x32(const int8_t *qs, const float *x)
 }
 #endif
 
+/* Any type quant_dequant handles: up to 256 weights at a time. */
+static void
+matvec_f32_generic(int wtype, const uint8_t *base, int cols, int r0, int r1,
+    const float *x, float *y)
+{
+	int be = ggml_type_block_elems(wtype), chunk = be == 1 ? 256 : be;
+	size_t rb = (size_t)cols / be * ggml_type_block_bytes(wtype);
+	float blk[256];
+	int r, c, k, e;
+
+	for (r = r0; r < r1; r++) {
+		const uint8_t *row = base + (size_t)r * rb;
+		double s = 0.0;
+
+		for (c = 0; c < cols; c += e) {
+			e = cols - c < chunk ? cols - c : chunk;
+			quant_dequant(wtype, row + (size_t)(c / be) *
+			    ggml_type_block_bytes(wtype), blk, (size_t)e);
+			for (k = 0; k < e; k++)
+				s += blk[k] * x[c + k];
+		}
+		y[r] = (float)s;
+	}
+}
+
 void
 quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
     const float *x, float *y)
 {
 	const uint8_t *base = w;
-	int nb = cols / QK, r, b, j;
-	float xs_stack[256], *xs = xs_stack;
+	int nb = cols / QK, r, b;
+#ifndef __AVX2__
+	int j;
+#endif
+	float xs[256];
 
 	if (r1 <= r0)
 		return;
-	if (wtype == GGML_F32 || wtype == GGML_F16 || nb > 256 ||
-	    cols % QK != 0) {
-		float row[QK];
-
-		/* plain types, or rows too wide for the stack sums */
-		for (r = r0; r < r1; r++) {
-			double s = 0.0;
-			size_t rb = (size_t)cols / ggml_type_block_elems(wtype) *
-			    ggml_type_block_bytes(wtype);
-			int c;
-
-			if (wtype == GGML_F32) {
-				const float *wr = (const float *)(base +
-				    (size_t)r * rb);
-
-				for (c = 0; c < cols; c++)
-					s += wr[c] * x[c];
-			} else {
-				int be = ggml_type_block_elems(wtype);
-
-				for (c = 0; c < cols; c += be) {
-					int e = be <= QK ? be : QK, k;
-
-					if (be > QK)
-						break;
-					quant_dequant(wtype, base + (size_t)r *
-					    rb + (size_t)(c / be) *
-					    ggml_type_block_bytes(wtype), row,
-					    (size_t)e);
-					for (k = 0; k < e; k++)
-						s += row[k] * x[c + k];
-				}
-			}
-			y[r] = (float)s;
-		}
+	/* the block sums live on the stack, hence the width limit */
+	if ((wtype != GGML_Q4_0 && wtype != GGML_Q4_1 && wtype != GGML_Q8_0) ||
+	    nb > 256 || cols % QK != 0) {
+		matvec_f32_generic(wtype, base, cols, r0, r1, x, y);
 		return;
 	}
 	if (wtype == GGML_Q4_1 || wtype == GGML_Q4_0)
@@ -1104,18 +1101,6 @@ quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
 #endif
 			}
 			break;
-		}
-		default: {
-			/* other block types: dequantise a block at a time */
-			float row[QK];
-			size_t bb = ggml_type_block_bytes(wtype);
-
-			for (b = 0; b < nb; b++) {
-				quant_dequant(wtype, base + ((size_t)r * nb +
-				    b) * bb, row, QK);
-				for (j = 0; j < QK; j++)
-					s += row[j] * x[b * QK + j];
-			}
 		}
 		}
 #ifdef __AVX2__

@@ -38,9 +38,9 @@ void		 quant_matvec_scalar(int wtype, const void *w, int cols, int r0,
 
 /*
  * The same product with the activation kept in f32 (no rounding of x):
- * y[r] for r in [r0, r1), indexed from y[0] like quant_matvec.  Handles
- * F32, F16, Q4_0, Q4_1, Q8_0 with AVX2, and any dequantisable type with
- * a block of at most 32 elements through quant_dequant.
+ * y[r] for r in [r0, r1), indexed from y[0] like quant_matvec.  Q4_0,
+ * Q4_1 and Q8_0 have AVX2 kernels; every other type quant_dequant handles
+ * is expanded a block at a time.
  */
 void		 quant_matvec_f32(int wtype, const void *w, int cols, int r0,
 		     int r1, const float *x, float *y);

@@ -4,6 +4,7 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -99,6 +100,65 @@ kvx__ncpu(void)
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 
 	return n > 0 ? (int)n : 1;
+}
+
+uint64_t
+kvx__splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+kvx_status
+kvx__read_file(const char *path, size_t max, char **out, size_t *len)
+{
+	int is_stdin = strcmp(path, "-") == 0;
+	FILE *f = is_stdin ? stdin : fopen(path, "rb");
+	size_t cap = 0, n = 0, r;
+	char *buf = NULL, *nb;
+
+	*out = NULL;
+	if (f == NULL)
+		return kvx__fail(KVX_ERR_IO, "%s: %s", path, strerror(errno));
+	for (;;) {
+		if (n + 65536 + 1 > cap) {
+			cap = cap ? cap * 2 : 1 << 20;
+			if ((nb = realloc(buf, cap)) == NULL) {
+				free(buf);
+				if (!is_stdin)
+					fclose(f);
+				return kvx__fail(KVX_ERR_NOMEM, "%s: out of "
+				    "memory", path);
+			}
+			buf = nb;
+		}
+		r = fread(buf + n, 1, 65536, f);
+		n += r;
+		if (max > 0 && n > max) {
+			free(buf);
+			if (!is_stdin)
+				fclose(f);
+			return kvx__fail(KVX_ERR_IO, "%s: larger than %zu MiB",
+			    path, max >> 20);
+		}
+		if (r < 65536)
+			break;
+	}
+	if (ferror(f)) {
+		free(buf);
+		if (!is_stdin)
+			fclose(f);
+		return kvx__fail(KVX_ERR_IO, "%s: read error", path);
+	}
+	if (!is_stdin)
+		fclose(f);
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return KVX_OK;
 }
 
 /* --- half precision ------------------------------------------------------- */

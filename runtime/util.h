@@ -36,6 +36,16 @@ float		 kvx__h2f(uint16_t);
 uint16_t	 kvx__f2h(float);
 float		 kvx__bf2f(uint16_t);
 
+/* splitmix64: a small, well-mixed seeded generator. */
+uint64_t	 kvx__splitmix64(uint64_t *state);
+/*
+ * Read a whole file ("-": standard input) into a malloc'd, NUL-terminated
+ * buffer.  KVX_ERR_IO, with "PATH: reason" as the message, when it cannot
+ * be read or holds more than max bytes (0: no limit).
+ */
+kvx_status	 kvx__read_file(const char *path, size_t max, char **out,
+		     size_t *len);
+
 /* SHA-256 of a buffer, written as 64 hex digits plus NUL. */
 typedef struct kvx__sha256 {
 	uint32_t	h[8];

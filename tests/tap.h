@@ -10,6 +10,7 @@
 #define KVX_TAP_H
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -62,6 +63,46 @@ tap_done(void)
 {
 	printf("1..%d\n", tap_n);
 	return tap_fail ? 1 : 0;
+}
+
+/* --- shared helpers: reproducible random inputs, argmax ------------------ */
+
+/* State of the xorshift64* generator; a test may reseed it. */
+static uint64_t tap_rng TAP_UNUSED = 0x9e3779b97f4a7c15ULL;
+
+static uint64_t TAP_UNUSED
+tap_next(void)
+{
+	tap_rng ^= tap_rng >> 12;
+	tap_rng ^= tap_rng << 25;
+	tap_rng ^= tap_rng >> 27;
+	return tap_rng * 2685821657736338717ULL;
+}
+
+/* Uniform in [-1, 1). */
+static float TAP_UNUSED
+tap_frand(void)
+{
+	return (float)((tap_next() >> 40) / (double)(1 << 23) - 1.0);
+}
+
+/* Uniform integer in [lo, hi]. */
+static int TAP_UNUSED
+tap_irand(int lo, int hi)
+{
+	return lo + (int)(tap_next() % (uint64_t)(hi - lo + 1));
+}
+
+/* Index of the largest of v[0..n), the first on ties. */
+static int TAP_UNUSED
+tap_argmax(const float *v, int n)
+{
+	int i, b = 0;
+
+	for (i = 1; i < n; i++)
+		if (v[i] > v[b])
+			b = i;
+	return b;
 }
 
 /* The default model, or NULL (the caller skips) when it is not present. */

@@ -38,17 +38,6 @@ rel_diff(const float *a, const float *b, int n)
 	return md / mb;
 }
 
-static int
-argmax(const float *v, int n)
-{
-	int i, b = 0;
-
-	for (i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = i;
-	return b;
-}
-
 /* Tokenize the start of a text file, up to n tokens. */
 static int
 load_tokens(const char *path, int32_t *ids, int n)
@@ -85,7 +74,7 @@ decode_greedy(kvx_ctx *c, int seq, float *lg, int steps, int32_t *toks)
 	int i;
 
 	for (i = 0; i < steps; i++) {
-		toks[i] = argmax(lg, INFO->n_vocab);
+		toks[i] = tap_argmax(lg, INFO->n_vocab);
 		if (kvx_decode(c, 1, &seq, &toks[i], lg) != KVX_OK)
 			return 0;
 	}
@@ -266,7 +255,7 @@ main(void)
 		for (s = 0; s < 3; s++) {
 			kvx_prefill(cb, s, ids + 50 * s, lens[s],
 			    lbatch + (size_t)s * V);
-			nxt[s] = argmax(lbatch + (size_t)s * V, V);
+			nxt[s] = tap_argmax(lbatch + (size_t)s * V, V);
 		}
 		ok(kvx_decode(cb, 3, seqs, nxt, lbatch) == KVX_OK,
 		    "batched decode of 3 sequences");

@@ -69,17 +69,6 @@ relerr(const float *a, const float *b, int n)
 	return sqrt(num / (den > 0.0 ? den : 1.0));
 }
 
-static int
-argmax(const float *v, int n)
-{
-	int i, b = 0;
-
-	for (i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = i;
-	return b;
-}
-
 static kvx_ctx *
 new_ctx(const kvx_plan *p, int device, int n_seq)
 {
@@ -143,8 +132,8 @@ compare_run(const char *what, const kvx_plan *p, const char *text,
 		goto out;
 	e = relerr(lg, lc, NV);
 	ok(e < 1e-2, "%s: prefill logits, relative error %.2e < 1e-2", what, e);
-	tc = argmax(lc, NV);
-	tg = argmax(lg, NV);
+	tc = tap_argmax(lc, NV);
+	tg = tap_argmax(lg, NV);
 	ok(tc == tg, "%s: prefill top-1 %d (GPU %d)", what, tc, tg);
 	kvx_ctx_memory(cc, &mc);
 	kvx_ctx_memory(gc, &mg);
@@ -167,8 +156,8 @@ compare_run(const char *what, const kvx_plan *p, const char *text,
 		e = relerr(lg, lc, NV);
 		if (e > worst)
 			worst = e;
-		tc = argmax(lc, NV);
-		tg = argmax(lg, NV);
+		tc = tap_argmax(lc, NV);
+		tg = tap_argmax(lg, NV);
 		if (tc != tg)
 			same = 0;
 	}
@@ -216,7 +205,7 @@ compare_batch(const kvx_plan *p)
 			ok(0, "batch: prefill %d: %s", i, kvx_errmsg());
 			goto out;
 		}
-		tok[i] = argmax(lc, NV);
+		tok[i] = tap_argmax(lc, NV);
 	}
 	for (i = 0; i < 3 * NV; i++)
 		lg[i] = NAN;
@@ -230,7 +219,7 @@ compare_batch(const kvx_plan *p)
 
 		if (ei > e)
 			e = ei;
-		if (argmax(lg + (size_t)i * NV, NV) != argmax(lc + (size_t)i *
+		if (tap_argmax(lg + (size_t)i * NV, NV) != tap_argmax(lc + (size_t)i *
 		    NV, NV))
 			ok_all = 0;
 	}
@@ -295,7 +284,7 @@ compare_graph(const kvx_plan *p)
 			ok(0, "graph: prefill %d: %s", i, kvx_errmsg());
 			goto out;
 		}
-		tok[i] = argmax(lb, NV);
+		tok[i] = tap_argmax(lb, NV);
 	}
 	for (st = 0; st < 6; st++) {
 		/* rotate which sequences the step takes */
@@ -319,7 +308,7 @@ compare_graph(const kvx_plan *p)
 				e = ej;
 		}
 		for (j = 0; j < nb[st]; j++)
-			tok[j] = argmax(lb + (size_t)j * NV, NV);
+			tok[j] = tap_argmax(lb + (size_t)j * NV, NV);
 	}
 	for (i = 0; i < 3; i++)
 		if (kvx_seq_len(ga, i) != kvx_seq_len(gb, i))

@@ -17,32 +17,6 @@
 #include "tap.h"
 #include "util.h"
 
-static uint64_t rng = 0x2545f4914f6cdd1dULL;
-
-/* xorshift64*: reproducible inputs. */
-static uint64_t
-next(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 2685821657736338717ULL;
-}
-
-/* Uniform in [-1, 1). */
-static float
-frand(void)
-{
-	return (float)((next() >> 40) / (double)(1 << 23) - 1.0);
-}
-
-/* Uniform integer in [lo, hi]. */
-static int
-irand(int lo, int hi)
-{
-	return lo + (int)(next() % (uint64_t)(hi - lo + 1));
-}
-
 /* Stops the test on a failed CUDA call: nothing after it can be trusted. */
 static void
 check(int rc, const char *what)
@@ -83,7 +57,7 @@ fill_kv(int dtype, void *dst, float *f, size_t n, float amp)
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		float x = frand() * amp;
+		float x = tap_frand() * amp;
 
 		if (dtype == KVX_CUDA_F32) {
 			((float *)dst)[i] = x;
@@ -131,10 +105,10 @@ static void
 test_score_select(int rep)
 {
 	/* rep 13: 8 query heads of d = 128, over 48 KB of shared memory */
-	int nseg = irand(1, 6), g = rep == 13 ? 8 : irand(1, 4);
-	int w = rep == 13 ? 64 : irand(1, 40);
-	int d = rep % 3 == 0 ? 64 : (rep % 3 == 1 ? 128 : irand(1, 48));
-	int dtype = rep % 3, gqa = rep & 1, ks = 2 * irand(0, 4) + 1;
+	int nseg = tap_irand(1, 6), g = rep == 13 ? 8 : tap_irand(1, 4);
+	int w = rep == 13 ? 64 : tap_irand(1, 40);
+	int d = rep % 3 == 0 ? 64 : (rep % 3 == 1 ? 128 : tap_irand(1, 48));
+	int dtype = rep % 3, gqa = rep & 1, ks = 2 * tap_irand(0, 4) + 1;
 	int pool = rep % 4 == 3 ? PLAN_POOL_AVG : PLAN_POOL_MAX, sinks;
 	int *n = malloc(sizeof(int) * nseg), *keep = malloc(sizeof(int) * nseg);
 	long long *koff = malloc(sizeof(long long) * nseg);
@@ -149,9 +123,9 @@ test_score_select(int rep)
 	void *didx, *dcnt, *dkeep;
 	int *idx, *gidx, *cnt;
 
-	sinks = irand(0, 5);
+	sinks = tap_irand(0, 5);
 	for (s = 0; s < nseg; s++) {
-		n[s] = w + irand(1, rep < 6 ? 40 : 3000);
+		n[s] = w + tap_irand(1, rep < 6 ? 40 : 3000);
 		koff[s] = tk;
 		soff[s] = ts;
 		ioff[s] = ti;
@@ -159,7 +133,7 @@ test_score_select(int rep)
 		ts += n[s] - w;
 		ti += n[s];
 		max_n = n[s] > max_n ? n[s] : max_n;
-		keep[s] = irand(0, n[s] + 2);
+		keep[s] = tap_irand(0, n[s] + 2);
 	}
 	q = malloc(sizeof(float) * nseg * g * w * d);
 	kf = malloc(sizeof(float) * tk);
@@ -172,7 +146,7 @@ test_score_select(int rep)
 	gidx = malloc(sizeof(int) * ti);
 	cnt = malloc(sizeof(int) * nseg);
 	for (t = 0; t < nseg * g * w * d; t++)
-		q[t] = frand() * 2.0f;
+		q[t] = tap_frand() * 2.0f;
 	fill_kv(dtype, kh, kf, tk, 2.0f);
 
 	dq = dev(q, sizeof(float) * nseg * g * w * d);
@@ -238,7 +212,7 @@ test_score_select(int rep)
 	/* selection on the GPU's pooled scores, with added ties */
 	for (t = 0; t < ts; t++)
 		if (rep % 2 == 0 && t % 3 == 0)
-			gpo[t] = (float)(next() % 4) * 0.25f;
+			gpo[t] = (float)(tap_next() % 4) * 0.25f;
 	check(kvx_cuda_h2d(dpo, gpo, sizeof(float) * ts), "copy");
 	check(kvx_cuda_select(dpo, dsoff, dn, dkeep, nseg, w, sinks, dioff,
 	    didx, dcnt, NULL), "select");
@@ -423,7 +397,7 @@ test_attn_plan(void)
 static void
 test_attn(int rep)
 {
-	int nseg = irand(1, 24), g = irand(1, 8), d = rep & 1 ? 128 : 64;
+	int nseg = tap_irand(1, 24), g = tap_irand(1, 8), d = rep & 1 ? 128 : 64;
 	int dtype = rep % 4 < 2 ? KVX_CUDA_F16 : KVX_CUDA_BF16, s, i, ci;
 	int ld = d + (rep % 3 == 2 ? 8 : 0);
 	int *len = malloc(sizeof(int) * nseg), *first;
@@ -435,7 +409,7 @@ test_attn(int rep)
 
 	for (s = 0; s < nseg; s++) {
 		len[s] = s == 0 && rep % 5 == 0 ? 0 :
-		    irand(1, rep < 4 ? 300 : 6000);
+		    tap_irand(1, rep < 4 ? 300 : 6000);
 		if (s == 1 && rep % 5 == 1)
 			len[s] = 1;
 		off[s] = tot;
@@ -452,7 +426,7 @@ test_attn(int rep)
 	got = malloc(sizeof(float) * nseg * g * d);
 	scr = malloc(sizeof(float) * g * (maxlen + 1));
 	for (i = 0; i < nseg * g * d; i++)
-		q[i] = frand() * 3.0f;
+		q[i] = tap_frand() * 3.0f;
 	fill_kv(dtype, kh, kf, tot, 1.0f);
 	fill_kv(dtype, vh, vf, tot, 1.0f);
 	for (s = 0; s < nseg; s++)
@@ -584,9 +558,9 @@ back_h(float *h, const void *d, size_t n)
 static void
 test_layers(int rep)
 {
-	int T = irand(1, 40), e = 8 * irand(4, 80), nh = irand(1, 6);
-	int d = rep % 2 ? 64 : 128, f = irand(1, 300), V = irand(50, 400);
-	int ld = nh * d + irand(0, 3) * 4, i, t, h, c, rows, ncol, col0, nm;
+	int T = tap_irand(1, 40), e = 8 * tap_irand(4, 80), nh = tap_irand(1, 6);
+	int d = rep % 2 ? 64 : 128, f = tap_irand(1, 300), V = tap_irand(50, 400);
+	int ld = nh * d + tap_irand(0, 3) * 4, i, t, h, c, rows, ncol, col0, nm;
 	size_t n;
 	float *a, *b, *w, *ref, *got, theta = rep % 3 ? 10000.0f : 100000.0f;
 	uint16_t *tab;
@@ -595,12 +569,12 @@ test_layers(int rep)
 	void *da, *db, *dw, *dout, *dout2, *dids, *dpos, *doff;
 	double err;
 
-	int ldn = e + 4 * irand(0, 3);
+	int ldn = e + 4 * tap_irand(0, 3);
 
-	nm = irand(1, 4);
-	rows = irand(1, 30);
-	col0 = irand(0, 200);
-	ncol = col0 + rows + irand(0, 5);
+	nm = tap_irand(1, 4);
+	rows = tap_irand(1, 30);
+	col0 = tap_irand(0, 200);
+	ncol = col0 + rows + tap_irand(0, 5);
 	n = (size_t)T * (ld + ldn + 2 * f) + (size_t)V * e +
 	    (size_t)nm * rows * ncol + 4096;
 	a = malloc(n * sizeof(float));
@@ -616,7 +590,7 @@ test_layers(int rep)
 	/* embedding */
 	fill_kv(KVX_CUDA_F16, tab, w, (size_t)V * e, 2.0f);
 	for (t = 0; t < T; t++)
-		ids[t] = irand(0, V - 1);
+		ids[t] = tap_irand(0, V - 1);
 	da = dev(tab, (size_t)V * e * 2);
 	dids = dev(ids, (size_t)T * sizeof(int));
 	dout = poisoned((size_t)T * e * 4);
@@ -632,9 +606,9 @@ test_layers(int rep)
 
 	/* RMS norm, f32 and f16 out, rows ldn apart */
 	for (i = 0; i < T * (ld > ldn ? ld : ldn); i++)
-		a[i] = frand() * (rep % 4 + 1);
+		a[i] = tap_frand() * (rep % 4 + 1);
 	for (i = 0; i < e; i++)
-		w[i] = frand();
+		w[i] = tap_frand();
 	for (t = 0; t < T; t++) {
 		double ss = 0.0;
 		float inv;
@@ -671,7 +645,7 @@ test_layers(int rep)
 
 	/* RoPE out of place (rows ld -> nh*d) and in place */
 	for (t = 0; t < T; t++)
-		pos[t] = irand(0, rep % 2 ? 100 : 9000);
+		pos[t] = tap_irand(0, rep % 2 ? 100 : 9000);
 	for (t = 0; t < T; t++)
 		for (i = 0; i < d; i += 2) {
 			double fr = pow((double)theta, -(double)i / d);
@@ -739,7 +713,7 @@ test_layers(int rep)
 
 	/* SwiGLU */
 	for (i = 0; i < T * 2 * f; i++)
-		a[i] = frand() * 4.0f;
+		a[i] = tap_frand() * 4.0f;
 	for (t = 0; t < T; t++)
 		for (i = 0; i < f; i++) {
 			float gt = a[(size_t)t * 2 * f + i];
@@ -759,7 +733,7 @@ test_layers(int rep)
 
 	/* causal softmax of nm matrices, rows see col0 + r + 1 columns */
 	for (i = 0; i < nm * rows * ncol; i++)
-		a[i] = frand() * 8.0f;
+		a[i] = tap_frand() * 8.0f;
 	for (i = 0; i < nm * rows; i++) {
 		int r = i % rows, vis = col0 + r + 1 < ncol ? col0 + r + 1 :
 		    ncol;
@@ -805,6 +779,7 @@ main(void)
 	const char *e = getenv("KVX_TEST_REPS");
 	int rep, nrep = e != NULL && atoi(e) > 0 ? atoi(e) : 18;
 
+	tap_rng = 0x2545f4914f6cdd1dULL;
 	if (!kvx_cuda_available())
 		tap_skip_all("no CUDA device");
 	/* fewer repetitions for runs under compute-sanitizer */

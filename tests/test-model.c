@@ -129,17 +129,6 @@ lse(const float *v, int n)
 }
 
 static int
-argmax(const float *v, int n)
-{
-	int i, b = 0;
-
-	for (i = 1; i < n; i++)
-		if (v[i] > v[b])
-			b = i;
-	return b;
-}
-
-static int
 close_hf(double a, double ref)
 {
 	return fabs(a - ref) <= 2e-3 + 1e-4 * fabs(ref);
@@ -211,8 +200,8 @@ main(void)
 			ok(0, "%s: prefill: %s", g->name, kvx_errmsg());
 			continue;
 		}
-		ok(argmax(lg, V) == g->top_id[0], "%s: top-1 token %d equals "
-		    "transformers' %d", g->name, argmax(lg, V), g->top_id[0]);
+		ok(tap_argmax(lg, V) == g->top_id[0], "%s: top-1 token %d equals "
+		    "transformers' %d", g->name, tap_argmax(lg, V), g->top_id[0]);
 		for (k = 0; k < g->n_top; k++) {
 			if (!close_hf(lg[g->top_id[k]], g->top_logit[k]))
 				good = 0;
@@ -250,7 +239,7 @@ main(void)
 			int seq = 0, same = 1;
 
 			for (k = 0; k < g->n_greedy; k++) {
-				tok = argmax(lg, V);
+				tok = tap_argmax(lg, V);
 				if (tok != g->greedy[k]) {
 					diag("greedy step %d: %d, reference %d",
 					    k, tok, g->greedy[k]);
@@ -283,7 +272,7 @@ main(void)
 		for (k = 0; k < V; k++)
 			if (fabs(lg[k] - l2[k]) > md)
 				md = fabs(lg[k] - l2[k]);
-		ok(md < 2e-3 && argmax(lg, V) == argmax(l2, V), "prefill "
+		ok(md < 2e-3 && tap_argmax(lg, V) == tap_argmax(l2, V), "prefill "
 		    "(f32 GEMM) and decode (quantised weights, f32 "
 		    "activations) paths agree: max |diff| %.2g", md);
 		free(l2);

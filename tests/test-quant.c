@@ -490,6 +490,58 @@ check_matvec(int type, int rows, int cols, int r0, int r1)
 	free(xqv);
 }
 
+/*
+ * quant_matvec_f32, the decode path of the runtime: f32 activations, so
+ * against the double-precision product it may differ only by float
+ * rounding; rows outside [r0, r1) stay untouched.
+ */
+static void
+check_matvec_f32(int type, int rows, int cols, int r0, int r1)
+{
+	size_t be = (size_t)ggml_type_block_elems(type);
+	size_t rb = (size_t)cols / be * ggml_type_block_bytes(type);
+	uint8_t *w = malloc(rb * (size_t)rows);
+	float *x = malloc((size_t)cols * sizeof *x);
+	float *y = malloc(((size_t)rows + 2) * sizeof *y);
+	double *wd = malloc((size_t)cols * sizeof *wd);
+	double ref, nw, nx = 0, e, worst = 0;
+	int r, c, good = 1;
+
+	random_blocks(type, w, (size_t)rows * (size_t)cols / be);
+	for (c = 0; c < cols; c++) {
+		x[c] = (float)(urnd() * (c % 17 == 0 ? 8.0 : 1.0));
+		nx += (double)x[c] * x[c];
+	}
+	nx = sqrt(nx);
+	for (r = 0; r < rows + 2; r++)
+		y[r] = -12345.0f;
+	quant_matvec_f32(type, w, cols, r0, r1, x, y + 1);
+	for (r = 0; r < rows; r++) {
+		if (r < r0 || r >= r1) {
+			if (y[r + 1] != -12345.0f)
+				good = 0;
+			continue;
+		}
+		ref_dequant(type, w + (size_t)r * rb, wd, (size_t)cols);
+		ref = 0;
+		nw = 0;
+		for (c = 0; c < cols; c++) {
+			ref += wd[c] * x[c];
+			nw += wd[c] * wd[c];
+		}
+		e = fabs(y[r + 1] - ref) / (sqrt(nw) * nx + 1e-30);
+		worst = e > worst ? e : worst;
+	}
+	good = good && y[0] == -12345.0f && y[rows + 1] == -12345.0f;
+	ok(good && worst < 1e-5, "matvec_f32 %s %dx%d rows [%d,%d): "
+	    "err/|w||x| %.2g (limit 1e-5)%s", ggml_type_name(type), rows, cols,
+	    r0, r1, worst, good ? "" : ", rows outside the range were written");
+	free(w);
+	free(x);
+	free(y);
+	free(wd);
+}
+
 /* Products with real model tensors, checked against dequantised rows. */
 static void
 check_matvec_model(gguf_file *f, const char *name, int nrows)
@@ -638,6 +690,17 @@ main(void)
 		check_matvec(type, 37, 1536, 0, 37);
 		check_matvec(type, 192, 576, 5, 190);
 		check_matvec(type, 9, 96, 4, 4);
+	}
+	for (k = 0; k < sizeof dq_types / sizeof dq_types[0]; k++) {
+		type = dq_types[k];
+		if (ggml_type_block_elems(type) == 256) {
+			check_matvec_f32(type, 5, 512, 1, 4);
+			continue;
+		}
+		check_matvec_f32(type, 7, 64, 0, 7);
+		check_matvec_f32(type, 37, 1536, 3, 30);
+		/* wider than the stack's block sums: the generic path */
+		check_matvec_f32(type, 3, 8224, 0, 3);
 	}
 	ok(quant_matvec_supported(GGML_Q4_1) &&
 	    !quant_matvec_supported(GGML_Q6_K), "matvec type support");

@@ -17,32 +17,6 @@
 #include "tap.h"
 #include "util.h"
 
-static uint64_t rng = 0x9e3779b97f4a7c15ULL;
-
-/* xorshift64*: reproducible inputs without libc's rand. */
-static uint64_t
-next(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 2685821657736338717ULL;
-}
-
-/* Uniform in [-1, 1). */
-static float
-frand(void)
-{
-	return (float)((next() >> 40) / (double)(1 << 23) - 1.0);
-}
-
-/* Uniform integer in [lo, hi]. */
-static int
-irand(int lo, int hi)
-{
-	return lo + (int)(next() % (uint64_t)(hi - lo + 1));
-}
-
 /* Scores drawn from a few values, so that ties are common. */
 static void
 fill_scores(float *a, int n, int levels)
@@ -50,8 +24,8 @@ fill_scores(float *a, int n, int levels)
 	int i;
 
 	for (i = 0; i < n; i++)
-		a[i] = levels > 0 ? (float)irand(0, levels - 1) / levels :
-		    frand();
+		a[i] = levels > 0 ? (float)tap_irand(0, levels - 1) / levels :
+		    tap_frand();
 }
 
 /* Naive SnapKV score in double precision, straight from the definition. */
@@ -283,9 +257,9 @@ test_score(void)
 		sc = malloc(sizeof(float) * n);
 		ref = malloc(sizeof(double) * n);
 		for (t = 0; t < g * w * d; t++)
-			q[t] = frand() * big;
+			q[t] = tap_frand() * big;
 		for (t = 0; t < n * d; t++)
-			k[t] = frand() * big;
+			k[t] = tap_frand() * big;
 		for (t = 0; t < n; t++)
 			sc[t] = NAN;
 		sel_score(q, k, n, w, g, d, 1.0f / sqrtf((float)d), gqa, sc);
@@ -323,7 +297,7 @@ test_pool(void)
 		float *in, *out;
 		double *ref;
 
-		n = irand(1, rep < 20 ? 40 : 3000);
+		n = tap_irand(1, rep < 20 ? 40 : 3000);
 		in = malloc(sizeof(float) * n);
 		out = malloc(sizeof(float) * n);
 		ref = malloc(sizeof(double) * n);
@@ -358,16 +332,16 @@ test_topk(void)
 		float *a;
 		int *got, *want;
 
-		n = irand(1, rep < 300 ? 60 : 5000);
+		n = tap_irand(1, rep < 300 ? 60 : 5000);
 		a = malloc(sizeof(float) * n);
 		got = malloc(sizeof(int) * (n + 1));
 		want = malloc(sizeof(int) * (n + 1));
-		fill_scores(a, n, rep % 4 == 0 ? 0 : irand(1, 6));
+		fill_scores(a, n, rep % 4 == 0 ? 0 : tap_irand(1, 6));
 		if (rep % 7 == 0)
 			for (i = 0; i < n; i += 3)
 				a[i] = (i & 1) ? -a[i] : (i % 5 ? INFINITY :
 				    -0.0f);
-		k = rep % 5 == 0 ? 0 : rep % 5 == 1 ? n : irand(0, n);
+		k = rep % 5 == 0 ? 0 : rep % 5 == 1 ? n : tap_irand(0, n);
 		got[k] = 0x5a5a5a5a;
 		for (i = 0; i < k; i++)
 			got[i] = -1;
@@ -396,10 +370,10 @@ test_select(void)
 		float *p;
 		int *idx, *want, c0, nc;
 
-		n = irand(1, rep < 400 ? 80 : 4000);
-		w = irand(0, n + 2);
-		s = irand(0, 6);
-		keep = irand(-3, n + 5);
+		n = tap_irand(1, rep < 400 ? 80 : 4000);
+		w = tap_irand(0, n + 2);
+		s = tap_irand(0, 6);
+		keep = tap_irand(-3, n + 5);
 		if (rep % 9 == 0)
 			keep = 0;
 		if (rep % 9 == 1)
@@ -453,14 +427,14 @@ test_hybrid(void)
 		const float *p[12];
 		int got[12], want[12], sum = 0;
 
-		h = irand(1, 12);
-		nc = irand(0, rep < 200 ? 30 : 2000);
-		total = irand(-2, h * nc + 3);
-		fl = irand(-1, nc + 2);
+		h = tap_irand(1, 12);
+		nc = tap_irand(0, rep < 200 ? 30 : 2000);
+		total = tap_irand(-2, h * nc + 3);
+		fl = tap_irand(-1, nc + 2);
 		if (rep % 6 == 0)
 			fl = 0;
 		buf = malloc(sizeof(float) * (h * nc + 1));
-		fill_scores(buf, h * nc, rep % 3 ? irand(1, 5) : 0);
+		fill_scores(buf, h * nc, rep % 3 ? tap_irand(1, 5) : 0);
 		for (i = 0; i < h; i++)
 			p[i] = buf + i * nc;
 		for (i = 0; i < h; i++)
@@ -493,9 +467,9 @@ test_attn(void)
 		double *ref, e1, e2;
 		int cut[9];
 
-		g = irand(1, 8);
-		d = irand(1, 4) * 32;
-		len = irand(1, rep < 20 ? 50 : 3000);
+		g = tap_irand(1, 8);
+		d = tap_irand(1, 4) * 32;
+		len = tap_irand(1, rep < 20 ? 50 : 3000);
 		q = malloc(sizeof(float) * g * d);
 		k = malloc(sizeof(float) * len * d);
 		v = malloc(sizeof(float) * len * d);
@@ -506,10 +480,10 @@ test_attn(void)
 		acc = malloc(sizeof(float) * 8 * g * d);
 		ref = malloc(sizeof(double) * g * d);
 		for (i = 0; i < g * d; i++)
-			q[i] = frand() * 3.0f;
+			q[i] = tap_frand() * 3.0f;
 		for (i = 0; i < len * d; i++) {
-			k[i] = frand();
-			v[i] = frand();
+			k[i] = tap_frand();
+			v[i] = tap_frand();
 		}
 		ref_attn(q, g, d, k, v, len, 1.0 / sqrt((double)d), ref);
 		for (i = 0; i < g * d; i++)
@@ -558,9 +532,9 @@ report_speed(void)
 	double t0, t1, t2, t3;
 
 	for (i = 0; i < g * w * d; i++)
-		q[i] = frand();
+		q[i] = tap_frand();
 	for (i = 0; i < n * d; i++)
-		k[i] = frand();
+		k[i] = tap_frand();
 	t0 = kvx__now();
 	sel_score(q, k, n, w, g, d, 0.125f, PLAN_GQA_MEAN, sc);
 	t1 = kvx__now();
@@ -581,6 +555,7 @@ report_speed(void)
 int
 main(void)
 {
+	tap_rng = 0x9e3779b97f4a7c15ULL;
 	test_score();
 	test_pool();
 	test_topk();

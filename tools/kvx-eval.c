@@ -24,6 +24,7 @@
 
 #include "kvx.h"
 #include "plan.h"
+#include "util.h"
 
 /* exit codes, documented in kvx-eval(1) */
 #define EXIT_RUN	1	/* inference failed */
@@ -160,45 +161,6 @@ num_list(const char *s, const char *opt, long lo, long hi, int *out)
 	if (n == 0)
 		fail(EXIT_USAGE, "%s: '%s' is an empty list", opt, s);
 	return n;
-}
-
-/* Read a whole file into a NUL-terminated buffer; NULL with errno set. */
-static char *
-slurp(const char *path, size_t *len)
-{
-	size_t cap = 1 << 16, n = 0, r;
-	char *buf, *nb;
-	FILE *f;
-
-	if ((f = fopen(path, "rb")) == NULL)
-		return NULL;
-	if ((buf = malloc(cap)) == NULL) {
-		fclose(f);
-		return NULL;
-	}
-	while ((r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-		n += r;
-		if (n + 1 == cap) {
-			if ((nb = realloc(buf, cap * 2)) == NULL) {
-				free(buf);
-				fclose(f);
-				errno = ENOMEM;
-				return NULL;
-			}
-			buf = nb;
-			cap *= 2;
-		}
-	}
-	if (ferror(f)) {
-		free(buf);
-		fclose(f);
-		errno = EIO;
-		return NULL;
-	}
-	fclose(f);
-	buf[n] = '\0';
-	*len = n;
-	return buf;
 }
 
 /* Tokenize text (no special tokens); *out is malloc'd. */
@@ -369,17 +331,6 @@ eval_text(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
 
 // --- pass key ------------------------------------------------------------------
 
-/* splitmix64: seeded pass keys. */
-static uint64_t
-rng_next(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* 1 when token id ends a sentence or a line, a good place for a needle. */
 static int
 ends_sentence(const kvx_model *m, int32_t id)
@@ -490,7 +441,7 @@ passkey(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
 		fail(EXIT_RUN, "out of memory");
 	for (li = 0; li < n_len; li++)
 		for (di = 0; di < n_depth; di++) {
-			key = 10000 + (int)(rng_next(&rng) % 90000);
+			key = 10000 + (int)(kvx__splitmix64(&rng) % 90000);
 			snprintf(want, sizeof want, "%d", key);
 			snprintf(ntext, sizeof ntext, " The pass key is %d. "
 			    "Remember it. %d is the pass key.", key, key);
@@ -1029,9 +980,8 @@ main(int argc, char **argv)
 		fail(EXIT_RUN, "out of memory");
 	for (t = 0; t < n_text; t++) {
 		texts[t].path = text_paths[t];
-		if ((buf = slurp(texts[t].path, &len)) == NULL)
-			fail(EXIT_TEXT, "%s: %s", texts[t].path,
-			    strerror(errno));
+		if (kvx__read_file(texts[t].path, 0, &buf, &len) != KVX_OK)
+			fail(EXIT_TEXT, "%s", kvx_errmsg());
 		if (tokenize(model, buf, len, &texts[t].ids, &texts[t].n) !=
 		    KVX_OK)
 			fail(EXIT_TEXT, "%s: %s", texts[t].path, kvx_errmsg());

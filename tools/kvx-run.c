@@ -53,36 +53,6 @@ fail(int code, const char *fmt, const char *arg)
 	exit(code);
 }
 
-/* Read a whole file (or stdin for "-") into a NUL-terminated buffer. */
-static char *
-slurp(const char *path, size_t *len)
-{
-	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-	size_t cap = 1 << 16, n = 0, r;
-	char *buf, *nb;
-
-	if (f == NULL)
-		return NULL;
-	if ((buf = malloc(cap)) == NULL)
-		return NULL;
-	while ((r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-		n += r;
-		if (n + 1 == cap) {
-			if ((nb = realloc(buf, cap * 2)) == NULL) {
-				free(buf);
-				return NULL;
-			}
-			buf = nb;
-			cap *= 2;
-		}
-	}
-	if (f != stdin)
-		fclose(f);
-	buf[n] = '\0';
-	*len = n;
-	return buf;
-}
-
 /* Parse a non-negative integer option. */
 static long
 num(const char *s, const char *opt, long lo, long hi)
@@ -98,17 +68,6 @@ num(const char *s, const char *opt, long lo, long hi)
 		exit(EXIT_USAGE);
 	}
 	return v;
-}
-
-/* splitmix64: a small seeded generator for sampling. */
-static uint64_t
-rng_next(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
 }
 
 /* Greedy argmax, or a draw from softmax(logits / temp). */
@@ -128,7 +87,7 @@ sample(const float *logits, int n, float temp, uint64_t *rng)
 		return best;
 	for (i = 0; i < n; i++)
 		sum += exp((logits[i] - mx) / temp);
-	r = (double)(rng_next(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
+	r = (double)(kvx__splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
 	for (i = 0; i < n; i++) {
 		r -= exp((logits[i] - mx) / temp);
 		if (r <= 0.0)
@@ -211,8 +170,8 @@ main(int argc, char **argv)
 		fail(EXIT_USAGE, "%s", "give exactly one of -p PROMPT and "
 		    "-f FILE");
 	if (file != NULL) {
-		if ((text = slurp(file, &len)) == NULL)
-			fail(EXIT_USAGE, "cannot read prompt file %s", file);
+		if (kvx__read_file(file, 0, &text, &len) != KVX_OK)
+			fail(EXIT_USAGE, "%s", kvx_errmsg());
 	} else {
 		text = strdup(prompt);
 		len = strlen(text);
