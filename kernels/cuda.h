@@ -50,14 +50,18 @@ int	 kvx_cuda_sm_count(void);
  * starting at element koff[s] of d_k (rows ld elements apart, type
  * dtype), and its g x w x d window queries (float) at d_q + s*g*w*d.
  * Writes n[s] - w scores at d_score + soff[s].  d_scratch holds
- * kvx_cuda_score_scratch(nseg, g, w, max_n) bytes.
+ * scratch_bytes, at least kvx_cuda_score_scratch(nseg, g, w, max_n, 0);
+ * with kvx_cuda_score_scratch(..., 1) or more the logits of the first
+ * pass are kept there for the last, which then reads them instead of
+ * computing them again (faster; the same scores).
  */
-size_t	 kvx_cuda_score_scratch(int nseg, int g, int w, int max_n);
+size_t	 kvx_cuda_score_scratch(int nseg, int g, int w, int max_n,
+	    int logits);
 int	 kvx_cuda_score(const float *d_q, const void *d_k, int dtype,
 	    const long long *d_koff, const int *d_n, int nseg, int max_n,
 	    int g, int w, int d, int ld, float scale, int gqa,
-	    const long long *d_soff, void *d_scratch, float *d_score,
-	    cudaStream_t stream);
+	    const long long *d_soff, void *d_scratch, size_t scratch_bytes,
+	    float *d_score, cudaStream_t stream);
 /*
  * The same with the window queries anywhere: query (segment s, head h,
  * window position p) at d_q + (s*g + h)*qhs + p*qps elements
@@ -67,8 +71,8 @@ int	 kvx_cuda_score(const float *d_q, const void *d_k, int dtype,
 int	 kvx_cuda_score_q(const float *d_q, long long qhs, long long qps,
 	    const void *d_k, int dtype, const long long *d_koff, const int *d_n,
 	    int nseg, int max_n, int g, int w, int d, int ld, float scale,
-	    int gqa, const long long *d_soff, void *d_scratch, float *d_score,
-	    cudaStream_t stream);
+	    int gqa, const long long *d_soff, void *d_scratch,
+	    size_t scratch_bytes, float *d_score, cudaStream_t stream);
 /*
  * Twin of sel_pool: pools the n[s] - w scores of each segment (at
  * d_in + soff[s]) with odd kernel ks into d_out + soff[s].  d_in and
@@ -91,6 +95,26 @@ int	 kvx_cuda_select(const float *d_pooled, const long long *d_soff,
 	    const int *d_n, const int *d_keep, int nseg, int w, int sinks,
 	    const long long *d_ioff, int *d_idx, int *d_count,
 	    cudaStream_t stream);
+
+/*
+ * Twin of sel_hybrid_split: splits total kept candidates over the h (at
+ * most 64) heads of one layer, head i's n_cand candidates at d_pooled +
+ * soff[i] + c0, each head first reserving its top floor; writes the
+ * heads' counts to d_counts.  d_scratch holds 2h ints.  With lay, also
+ * lays the heads out in one block, in head order: keep[i] =
+ * min(counts[i] + add, nmax) (the keep kvx_cuda_select takes) and
+ * d_dst[i] = base + row * (sum over j < i of max(keep[j], minc) +
+ * headroom).  The floors run a block per head, the shared rest one
+ * block.
+ */
+struct kvx_cuda_hlayout {
+	int		add, nmax, minc, headroom;
+	long long	base, row;
+};
+int	 kvx_cuda_hybrid_split(const float *d_pooled, const long long *d_soff,
+	    int c0, int h, int n_cand, int total, int floor,
+	    int *d_counts, int *d_scratch, const struct kvx_cuda_hlayout *lay,
+	    long long *d_dst, int *d_keep, cudaStream_t stream);
 
 /* --- 3. gather / compaction ------------------------------------------- */
 /*

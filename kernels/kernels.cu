@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -197,6 +198,7 @@ block_scan(int v, int *sh, int *total)
  */
 #define SC_TK 64	/* keys per block */
 #define SC_W 8		/* warps per block */
+#define SC_QB 4		/* queries a warp takes at once */
 
 static int
 score_tiles(int max_n)
@@ -204,11 +206,15 @@ score_tiles(int max_n)
 	return (max_n + SC_TK - 1) / SC_TK;
 }
 
+/* Scratch bytes: the tiles' statistics and the merged ones, then (when
+ * logits) nseg x g x w rows of max_n logits. */
 extern "C" size_t
-kvx_cuda_score_scratch(int nseg, int g, int w, int max_n)
+kvx_cuda_score_scratch(int nseg, int g, int w, int max_n, int logits)
 {
-	return sizeof(float2) * (size_t)nseg * g * w * (score_tiles(max_n) +
-	    1);
+	size_t b = sizeof(float2) * (size_t)nseg * g * w *
+	    (score_tiles(max_n) + 1);
+
+	return logits ? b + sizeof(float) * (size_t)nseg * g * w * max_n : b;
 }
 
 /* Floats per padded row of d elements. */
@@ -222,7 +228,7 @@ score_pad(int d)
 static size_t
 score_smem(int g, int d)
 {
-	return sizeof(float) * ((size_t)(SC_TK + SC_W) * score_pad(d) +
+	return sizeof(float) * ((size_t)(SC_TK + SC_W * SC_QB) * score_pad(d) +
 	    (size_t)SC_W * g * SC_TK);
 }
 
@@ -243,12 +249,20 @@ score_load(const T *ks, int ld_, int t0, int lim, int d, float *sk)
 	}
 }
 
-/* Elements of a query each lane holds (d <= 256, padded). */
-#define SC_QR 9
+/* Elements of a query each lane holds: QR = ceil(score_pad(d) / 32),
+ * 3 for d <= 64, 5 for d <= 128, 9 for d <= 256 (score_qr). */
+static int
+score_qr(int d)
+{
+	int dp = score_pad(d);
+
+	return dp <= 96 ? 3 : dp <= 160 ? 5 : 9;
+}
 
 /* Loads this lane's part of window query j (head j / w, position j % w)
- * of segment s into registers, zero-padded; issued one query ahead so
- * that the load overlaps the current query's arithmetic. */
+ * of segment s into registers, zero-padded; issued one step ahead so
+ * that the load overlaps the current step's arithmetic. */
+template <int QR>
 static __device__ __forceinline__ void
 score_qload(const float *q, long long qhs, long long qps, int s, int g,
     int w, int d, int j, float *qr)
@@ -258,11 +272,12 @@ score_qload(const float *q, long long qhs, long long qps, int s, int g,
 	int lane = threadIdx.x & 31, x;
 
 #pragma unroll
-	for (x = 0; x < SC_QR; x++)
+	for (x = 0; x < QR; x++)
 		qr[x] = lane + 32 * x < d ? __ldg(qj + lane + 32 * x) : 0.0f;
 }
 
 /* The loaded query into this warp's padded row wq. */
+template <int QR>
 static __device__ __forceinline__ void
 score_qstore(const float *qr, int d, float *wq)
 {
@@ -270,84 +285,157 @@ score_qstore(const float *qr, int d, float *wq)
 
 	__syncwarp();
 #pragma unroll
-	for (x = 0; x < SC_QR; x++)
+	for (x = 0; x < QR; x++)
 		if (lane + 32 * x < dp)
 			wq[lane + 32 * x] = qr[x];
 	__syncwarp();
 }
 
-/* Dot product of two padded shared rows, in 16-byte steps. */
-static __device__ __forceinline__ float
-score_dot(const float *a, const float *b, int d)
+/*
+ * Dot products of SC_QB padded query rows (wq, rows dp apart) with two
+ * padded key rows ka and kb, in 16-byte steps: each key element read
+ * from shared memory serves SC_QB queries.  Each product sums as a
+ * four-way split added pairwise, the same for every query.
+ */
+static __device__ __forceinline__ void
+score_dot4(const float *wq, int dp, const float *ka, const float *kb, int d,
+    float *ra, float *rb)
 {
-	float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-	int i;
+	float4 aa[SC_QB], ab[SC_QB];
+	int i, u;
 
-	for (i = 0; i < d; i += 4) {
-		float4 x = *(const float4 *)(a + i);
-		float4 y = *(const float4 *)(b + i);
-
-		acc.x += x.x * y.x;
-		acc.y += x.y * y.y;
-		acc.z += x.z * y.z;
-		acc.w += x.w * y.w;
+#pragma unroll
+	for (u = 0; u < SC_QB; u++) {
+		aa[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		ab[u] = aa[u];
 	}
-	return (acc.x + acc.y) + (acc.z + acc.w);
+	for (i = 0; i < d; i += 4) {
+		float4 y = *(const float4 *)(ka + i);
+		float4 z = *(const float4 *)(kb + i);
+
+#pragma unroll
+		for (u = 0; u < SC_QB; u++) {
+			float4 x = *(const float4 *)(wq + u * dp + i);
+
+			aa[u].x += x.x * y.x;
+			aa[u].y += x.y * y.y;
+			aa[u].z += x.z * y.z;
+			aa[u].w += x.w * y.w;
+			ab[u].x += x.x * z.x;
+			ab[u].y += x.y * z.y;
+			ab[u].z += x.z * z.z;
+			ab[u].w += x.w * z.w;
+		}
+	}
+#pragma unroll
+	for (u = 0; u < SC_QB; u++) {
+		ra[u] = (aa[u].x + aa[u].y) + (aa[u].z + aa[u].w);
+		rb[u] = (ab[u].x + ab[u].y) + (ab[u].z + ab[u].w);
+	}
+}
+
+/* score_qload for the SC_QB queries idx[u] (those < nq; the rest zero). */
+template <int QR>
+static __device__ __forceinline__ void
+score_qload4(const float *q, long long qhs, long long qps, int s, int g,
+    int w, int d, const int *idx, int nq, float (*qr)[QR])
+{
+	int u, x;
+
+#pragma unroll
+	for (u = 0; u < SC_QB; u++) {
+		if (idx[u] < nq)
+			score_qload<QR>(q, qhs, qps, s, g, w, d, idx[u], qr[u]);
+		else
+#pragma unroll
+			for (x = 0; x < QR; x++)
+				qr[u][x] = 0.0f;
+	}
 }
 
 /* Pass 1: per tile and window query, the max and the sum of exponentials
- * of its logits over the keys it sees (its causal prefix). */
-template <typename T>
-static __global__ void __launch_bounds__(SC_W * 32)
+ * of its logits over the keys it sees (its causal prefix).  A warp takes
+ * SC_QB queries at a time, the next ones loading meanwhile, and reduces
+ * their statistics together. */
+template <typename T, int QR>
+static __global__ void __launch_bounds__(SC_W * 32, QR <= 3 ? 3 : 2)
 score_stats(const float *q, long long qhs, long long qps, const T *k,
     const long long *koff, const int *nrow, int g, int w, int d, int ld_,
-    float scale2, int nt, float2 *stats)
+    float scale2, int nt, float2 *stats, float *lg, int max_n)
 {
 	extern __shared__ float4 sm4[];
 	float *sk = (float *)sm4, *wq;
 	int s = blockIdx.y, c = blockIdx.x, n = nrow[s], gw = g * w;
 	int t0 = c * SC_TK, dp = score_pad(d), lane = threadIdx.x & 31;
-	int wid = threadIdx.x >> 5, j, o;
-	float qr[SC_QR];
+	int wid = threadIdx.x >> 5, j, o, u, idx[SC_QB];
+	float qr[SC_QB][QR];
 
-	wq = sk + SC_TK * dp + wid * dp;
+	wq = sk + SC_TK * dp + wid * SC_QB * dp;
 	if (t0 >= n) {
 		for (j = threadIdx.x; j < gw; j += blockDim.x)
 			stats[((size_t)s * gw + j) * nt + c] =
 			    make_float2(-INFINITY, 0.0f);
 		return;
 	}
-	if (wid < gw)
-		score_qload(q, qhs, qps, s, g, w, d, wid, qr);
+	for (u = 0; u < SC_QB; u++)
+		idx[u] = wid * SC_QB + u;
+	score_qload4<QR>(q, qhs, qps, s, g, w, d, idx, gw, qr);
 	score_load(k + koff[s], ld_, t0, n, d, sk);
 	__syncthreads();
-	for (j = wid; j < gw; j += SC_W) {
-		int lim = n - w + j % w, ta = t0 + lane, tb = ta + 32;
-		float la = -INFINITY, lb = -INFINITY, mx, sm;
+	for (j = wid * SC_QB; j < gw; j += SC_W * SC_QB) {
+		int ta = t0 + lane, tb = ta + 32, lim[SC_QB];
+		float ra[SC_QB], rb[SC_QB], mx[SC_QB], sm[SC_QB];
 
-		score_qstore(qr, d, wq);
-		if (j + SC_W < gw)
-			score_qload(q, qhs, qps, s, g, w, d, j + SC_W, qr);
-		if (ta <= lim)
-			la = score_dot(wq, sk + lane * dp, d) * scale2;
-		if (tb <= lim)
-			lb = score_dot(wq, sk + (lane + 32) * dp, d) * scale2;
-		mx = fmaxf(la, lb);
-		for (o = 16; o > 0; o >>= 1)
-			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-		if (mx == -INFINITY) {
-			if (lane == 0)
-				stats[((size_t)s * gw + j) * nt + c] =
-				    make_float2(-INFINITY, 0.0f);
-			continue;
+#pragma unroll
+		for (u = 0; u < SC_QB; u++)
+			score_qstore<QR>(qr[u], d, wq + u * dp);
+#pragma unroll
+		for (u = 0; u < SC_QB; u++)
+			idx[u] = j + SC_W * SC_QB + u;
+		if (idx[0] < gw)
+			score_qload4<QR>(q, qhs, qps, s, g, w, d, idx, gw, qr);
+		score_dot4(wq, dp, sk + lane * dp, sk + (lane + 32) * dp, d,
+		    ra, rb);
+		/* past gw: no keys (lim below every key) */
+#pragma unroll
+		for (u = 0; u < SC_QB; u++) {
+			lim[u] = j + u < gw ? n - w + (j + u) % w : -1;
+			/* the candidates' logits, for score_prob_lg */
+			if (lg != NULL && j + u < gw) {
+				float *row = lg + ((size_t)s * gw + j + u) *
+				    max_n;
+
+				if (ta < n - w)
+					row[ta] = ra[u];
+				if (tb < n - w)
+					row[tb] = rb[u];
+			}
+			ra[u] = ta <= lim[u] ? ra[u] * scale2 : -INFINITY;
+			rb[u] = tb <= lim[u] ? rb[u] * scale2 : -INFINITY;
+			mx[u] = fmaxf(ra[u], rb[u]);
 		}
-		sm = (ta <= lim ? exp2f(la - mx) : 0.0f) +
-		    (tb <= lim ? exp2f(lb - mx) : 0.0f);
 		for (o = 16; o > 0; o >>= 1)
-			sm += __shfl_xor_sync(0xffffffffu, sm, o);
+#pragma unroll
+			for (u = 0; u < SC_QB; u++)
+				mx[u] = fmaxf(mx[u], __shfl_xor_sync(0xffffffffu,
+				    mx[u], o));
+#pragma unroll
+		for (u = 0; u < SC_QB; u++)
+			sm[u] = mx[u] == -INFINITY ? 0.0f :
+			    (ta <= lim[u] ? exp2f(ra[u] - mx[u]) : 0.0f) +
+			    (tb <= lim[u] ? exp2f(rb[u] - mx[u]) : 0.0f);
+		for (o = 16; o > 0; o >>= 1)
+#pragma unroll
+			for (u = 0; u < SC_QB; u++)
+				sm[u] += __shfl_xor_sync(0xffffffffu, sm[u], o);
 		if (lane == 0)
-			stats[((size_t)s * gw + j) * nt + c] = make_float2(mx,
-			    sm);
+#pragma unroll
+			for (u = 0; u < SC_QB; u++)
+				if (j + u < gw)
+					stats[((size_t)s * gw + j + u) * nt +
+					    c] = mx[u] == -INFINITY ?
+					    make_float2(-INFINITY, 0.0f) :
+					    make_float2(mx[u], sm[u]);
 	}
 }
 
@@ -381,11 +469,11 @@ score_merge(const float2 *stats, int nq, int nt, int w, float2 *ms)
 /*
  * Pass 3: each key's score, the mean over the window of each head's
  * probabilities, combined over the heads by mean or max.  Warps take the
- * window positions in turn; their partial sums meet in shared memory and
- * are added in a fixed order.
+ * window positions in turn, SC_QB at a time; their partial sums meet in
+ * shared memory and are added in a fixed order.
  */
-template <typename T>
-static __global__ void __launch_bounds__(SC_W * 32)
+template <typename T, int QR>
+static __global__ void __launch_bounds__(SC_W * 32, QR <= 3 ? 3 : 2)
 score_prob(const float *q, long long qhs, long long qps, const T *k,
     const long long *koff, const int *nrow, int g, int w, int d, int ld_,
     float scale2, int gqa, const float2 *ms, const long long *soff,
@@ -395,37 +483,52 @@ score_prob(const float *q, long long qhs, long long qps, const T *k,
 	float *sk = (float *)sm4, *wq, *part;
 	int s = blockIdx.y, n = nrow[s], gw = g * w, nc = n - w;
 	int t0 = blockIdx.x * SC_TK, dp = score_pad(d), lane = threadIdx.x & 31;
-	int wid = threadIdx.x >> 5, h, p, i;
+	int wid = threadIdx.x >> 5, h, p, i, u, idx[SC_QB], pos[SC_QB];
 	const float2 *mq = ms + (size_t)s * gw;
-	float qr[SC_QR];
+	float qr[SC_QB][QR];
 
 	if (t0 >= nc)
 		return;
-	wq = sk + SC_TK * dp + wid * dp;
-	part = sk + (SC_TK + SC_W) * dp;
+	wq = sk + SC_TK * dp + wid * SC_QB * dp;
+	part = sk + (SC_TK + SC_W * SC_QB) * dp;
 	/* this warp's queries, in order: heads outer, positions wid,
-	   wid + SC_W, ... inner */
-	if (wid < w)
-		score_qload(q, qhs, qps, s, g, w, d, wid, qr);
+	   wid + SC_W, ... inner, SC_QB of them a step (past w: none) */
+	for (u = 0; u < SC_QB; u++)
+		idx[u] = wid + u * SC_W < w ? wid + u * SC_W : gw;
+	score_qload4<QR>(q, qhs, qps, s, g, w, d, idx, gw, qr);
 	score_load(k + koff[s], ld_, t0, nc, d, sk);
 	__syncthreads();
 	for (h = 0; h < g; h++) {
 		float a0 = 0.0f, a1 = 0.0f;
 
-		for (p = wid; p < w; p += SC_W) {
-			float2 m = mq[h * w + p];
+		for (p = wid; p < w; p += SC_W * SC_QB) {
+			float ra[SC_QB], rb[SC_QB];
+			int hn = h, pn = p + SC_W * SC_QB;
 
-			score_qstore(qr, d, wq);
-			if (p + SC_W < w)
-				score_qload(q, qhs, qps, s, g, w, d,
-				    h * w + p + SC_W, qr);
-			else if (h + 1 < g)
-				score_qload(q, qhs, qps, s, g, w, d,
-				    (h + 1) * w + wid, qr);
-			a0 += exp2f(score_dot(wq, sk + lane * dp, d) * scale2 -
-			    m.x) * m.y;
-			a1 += exp2f(score_dot(wq, sk + (lane + 32) * dp, d) *
-			    scale2 - m.x) * m.y;
+			for (u = 0; u < SC_QB; u++) {
+				score_qstore<QR>(qr[u], d, wq + u * dp);
+				pos[u] = p + u * SC_W;
+			}
+			/* the warp's next step: later positions, or the
+			   next head's first ones */
+			if (pn >= w) {
+				hn = h + 1;
+				pn = wid;
+			}
+			for (u = 0; u < SC_QB; u++)
+				idx[u] = hn < g && pn + u * SC_W < w ?
+				    hn * w + pn + u * SC_W : gw;
+			if (idx[0] < gw)
+				score_qload4<QR>(q, qhs, qps, s, g, w, d, idx,
+				    gw, qr);
+			score_dot4(wq, dp, sk + lane * dp, sk + (lane + 32) *
+			    dp, d, ra, rb);
+			for (u = 0; u < SC_QB && pos[u] < w; u++) {
+				float2 m = mq[h * w + pos[u]];
+
+				a0 += exp2f(ra[u] * scale2 - m.x) * m.y;
+				a1 += exp2f(rb[u] * scale2 - m.x) * m.y;
+			}
 		}
 		part[(wid * g + h) * SC_TK + lane] = a0;
 		part[(wid * g + h) * SC_TK + lane + 32] = a1;
@@ -451,62 +554,139 @@ score_prob(const float *q, long long qhs, long long qps, const T *k,
 	}
 }
 
-/* The three scoring launches for one storage type. */
-template <typename T>
+/*
+ * score_prob from the logits score_stats kept: a thread per key, adding
+ * in score_prob's order (for each head, warp i's positions i, i + SC_W,
+ * ... summed, then the warps' sums in turn), so the scores are the same.
+ */
+static __global__ void
+score_prob_lg(const float *lg, int max_n, const int *nrow, int g, int w,
+    float scale2, int gqa, const float2 *ms, const long long *soff,
+    float *score)
+{
+	int s = blockIdx.y, gw = g * w, nc = nrow[s] - w, h, i, p;
+	int t = blockIdx.x * blockDim.x + threadIdx.x;
+	const float2 *mq = ms + (size_t)s * gw;
+	const float *row = lg + (size_t)s * gw * max_n + t;
+	float res = 0.0f;
+
+	if (t >= nc)
+		return;
+	for (h = 0; h < g; h++) {
+		float acc = 0.0f;
+
+		for (i = 0; i < SC_W; i++) {
+			float a = 0.0f;
+
+			/* loads unrolled ahead of the ordered adds */
+#pragma unroll 4
+			for (p = i; p < w; p += SC_W) {
+				float2 m = mq[h * w + p];
+
+				a += exp2f(__ldg(row + (size_t)(h * w + p) *
+				    max_n) * scale2 - m.x) * m.y;
+			}
+			acc += a;
+		}
+		if (h == 0)
+			res = acc;
+		else if (gqa == 1)
+			res = fmaxf(res, acc);
+		else
+			res += acc;
+	}
+	score[soff[s] + t] = gqa == 1 ? res : res / (float)g;
+}
+
+/* The three scoring launches for one storage type and query width. */
+template <typename T, int QR>
 static int
-score_run(const float *q, long long qhs, long long qps, const T *k,
+score_run_q(const float *q, long long qhs, long long qps, const T *k,
     const long long *koff, const int *n, int nseg, int max_n, int g, int w,
     int d, int ld_, float s2, int gqa, const long long *soff, void *scratch,
-    float *score, cudaStream_t stream)
+    size_t sbytes, float *score, cudaStream_t stream)
 {
 	static size_t raised;
 	int nt = score_tiles(max_n), nq = nseg * g * w;
 	float2 *stats = (float2 *)scratch, *ms = stats + (size_t)nq * nt;
+	float *lg = sbytes >= kvx_cuda_score_scratch(nseg, g, w, max_n, 1) ?
+	    (float *)(ms + nq) : NULL;
 	size_t smb = score_smem(g, d);
 
 	if (smb > 48 * 1024 && smb > raised) {
-		if (cudaFuncSetAttribute(score_stats<T>,
+		if (cudaFuncSetAttribute(score_stats<T, QR>,
 		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
 		    cudaSuccess ||
-		    cudaFuncSetAttribute(score_prob<T>,
+		    cudaFuncSetAttribute(score_prob<T, QR>,
 		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
 		    cudaSuccess)
 			return launched();
 		raised = smb;
 	}
-	score_stats<T><<<dim3(nt, nseg), SC_W * 32, smb, stream>>>(q, qhs, qps,
-	    k, koff, n, g, w, d, ld_, s2, nt, stats);
+	score_stats<T, QR><<<dim3(nt, nseg), SC_W * 32, smb, stream>>>(q, qhs,
+	    qps, k, koff, n, g, w, d, ld_, s2, nt, stats, lg, max_n);
 	score_merge<<<(nq + 7) / 8, 256, 0, stream>>>(stats, nq, nt, w, ms);
-	score_prob<T><<<dim3(score_tiles(max_n - w), nseg), SC_W * 32, smb,
-	    stream>>>(q, qhs, qps, k, koff, n, g, w, d, ld_, s2, gqa, ms, soff,
-	    score);
+	if (lg != NULL)
+		score_prob_lg<<<dim3((max_n - w + 63) / 64, nseg), 64, 0,
+		    stream>>>(lg, max_n, n, g, w, s2, gqa, ms, soff, score);
+	else
+		score_prob<T, QR><<<dim3(score_tiles(max_n - w), nseg),
+		    SC_W * 32, smb, stream>>>(q, qhs, qps, k, koff, n, g, w, d,
+		    ld_, s2, gqa, ms, soff, score);
 	return launched();
+}
+
+template <typename T>
+static int
+score_run(const float *q, long long qhs, long long qps, const T *k,
+    const long long *koff, const int *n, int nseg, int max_n, int g, int w,
+    int d, int ld_, float s2, int gqa, const long long *soff, void *scratch,
+    size_t sbytes, float *score, cudaStream_t stream)
+{
+	switch (score_qr(d)) {
+	case 3:
+		return score_run_q<T, 3>(q, qhs, qps, k, koff, n, nseg, max_n,
+		    g, w, d, ld_, s2, gqa, soff, scratch, sbytes, score,
+		    stream);
+	case 5:
+		return score_run_q<T, 5>(q, qhs, qps, k, koff, n, nseg, max_n,
+		    g, w, d, ld_, s2, gqa, soff, scratch, sbytes, score,
+		    stream);
+	default:
+		return score_run_q<T, 9>(q, qhs, qps, k, koff, n, nseg, max_n,
+		    g, w, d, ld_, s2, gqa, soff, scratch, sbytes, score,
+		    stream);
+	}
 }
 
 extern "C" int
 kvx_cuda_score_q(const float *q, long long qhs, long long qps, const void *k,
     int dtype, const long long *koff, const int *n, int nseg, int max_n,
     int g, int w, int d, int ld_, float scale, int gqa,
-    const long long *soff, void *scratch, float *score, cudaStream_t stream)
+    const long long *soff, void *scratch, size_t sbytes, float *score,
+    cudaStream_t stream)
 {
 	float s2 = scale * LOG2E;
 
 	if (nseg <= 0)
 		return 0;
 	if (max_n <= w || w < 1 || g < 1 || d < 1 || d > 256 ||
-	    score_smem(g, d) > 200 * 1024 || nseg > 65535)
+	    score_smem(g, d) > 200 * 1024 || nseg > 65535 ||
+	    sbytes < kvx_cuda_score_scratch(nseg, g, w, max_n, 0))
 		return KVX_CUDA_EINVAL;
 	switch (dtype) {
 	case KVX_CUDA_F32:
 		return score_run(q, qhs, qps, (const float *)k, koff, n, nseg,
-		    max_n, g, w, d, ld_, s2, gqa, soff, scratch, score, stream);
+		    max_n, g, w, d, ld_, s2, gqa, soff, scratch, sbytes, score,
+		    stream);
 	case KVX_CUDA_F16:
 		return score_run(q, qhs, qps, (const __half *)k, koff, n, nseg,
-		    max_n, g, w, d, ld_, s2, gqa, soff, scratch, score, stream);
+		    max_n, g, w, d, ld_, s2, gqa, soff, scratch, sbytes, score,
+		    stream);
 	case KVX_CUDA_BF16:
 		return score_run(q, qhs, qps, (const __nv_bfloat16 *)k, koff, n,
-		    nseg, max_n, g, w, d, ld_, s2, gqa, soff, scratch, score,
-		    stream);
+		    nseg, max_n, g, w, d, ld_, s2, gqa, soff, scratch, sbytes,
+		    score, stream);
 	default:
 		return KVX_CUDA_EINVAL;
 	}
@@ -515,11 +695,12 @@ kvx_cuda_score_q(const float *q, long long qhs, long long qps, const void *k,
 extern "C" int
 kvx_cuda_score(const float *q, const void *k, int dtype, const long long *koff,
     const int *n, int nseg, int max_n, int g, int w, int d, int ld_,
-    float scale, int gqa, const long long *soff, void *scratch, float *score,
-    cudaStream_t stream)
+    float scale, int gqa, const long long *soff, void *scratch, size_t sbytes,
+    float *score, cudaStream_t stream)
 {
 	return kvx_cuda_score_q(q, (long long)w * d, d, k, dtype, koff, n, nseg,
-	    max_n, g, w, d, ld_, scale, gqa, soff, scratch, score, stream);
+	    max_n, g, w, d, ld_, scale, gqa, soff, scratch, sbytes, score,
+	    stream);
 }
 
 /* Pooling of each segment's scores, the window clipped at the borders. */
@@ -731,6 +912,291 @@ kvx_cuda_select(const float *pooled, const long long *soff, const int *n,
 	return launched();
 }
 
+/* Keys the split keeps in shared memory (160 KiB); beyond, it reads the
+ * scores again at each pass. */
+#define HS_KEYS 40960
+
+/*
+ * Histogram of the current digit over the keys of heads hb .. hb + nh - 1
+ * that match their prefixes (per_head: one histogram each), or over the
+ * remaining candidates of all heads (keys below each head's lim, one
+ * shared prefix).  Keys come from keys (rows of n_cand, head key0's
+ * first) when set, else from the scores.  Each thread adds a run of equal bins at once: in the
+ * first passes most keys share their bin, and an add per key would
+ * queue on one counter.
+ */
+static __device__ void
+hs_hist(const uint32_t *keys, int key0, const float *pooled,
+    const long long *soff, int c0, int n_cand, int hb, int nh, int per_head,
+    const int *mode, const uint32_t *lim, const uint32_t *prefix,
+    uint32_t mask, int shift, int *hist)
+{
+	int i, t, run = -1, cnt = 0;
+
+	for (i = hb; i < hb + nh; i++) {
+		int md = per_head ? 0 : mode[i];
+		int base = per_head ? (i - hb) * 256 : 0;
+		uint32_t pf = per_head ? prefix[i - hb] : prefix[0];
+		uint32_t lm = md == 1 ? lim[i] : 0xffffffffu;
+		const uint32_t *kk = keys ? keys + (size_t)(i - key0) * n_cand :
+		    NULL;
+		const float *ps = pooled + soff[i] + c0;
+
+		if (md == 2)
+			continue;
+#pragma unroll 4
+		for (t = threadIdx.x; t < n_cand; t += blockDim.x) {
+			uint32_t key = kk ? kk[t] : fkey(ps[t]);
+			int slot;
+
+			/* mode 1 keeps the keys below lim, mode 0 all */
+			if ((md == 1 && key >= lm) || (key & mask) != pf)
+				continue;
+			slot = base + (int)(key >> shift & 255);
+			if (slot != run) {
+				if (cnt > 0)
+					atomicAdd(&hist[run], cnt);
+				run = slot;
+				cnt = 0;
+			}
+			cnt++;
+		}
+		/* the last runs, summed over the lanes that share a bin
+		   (the whole block's, in the first passes) */
+		{
+			unsigned peers = __match_any_sync(0xffffffffu, cnt > 0 ?
+			    run : -1);
+			unsigned sum = __reduce_add_sync(peers, (unsigned)cnt);
+
+			if (cnt > 0 && (threadIdx.x & 31) == __ffs(peers) - 1)
+				atomicAdd(&hist[run], (int)sum);
+			cnt = 0;
+			run = -1;
+		}
+	}
+}
+
+/* The split's floor, total and shared rest after sel_hybrid_split's
+ * clamps. */
+static __host__ __device__ __forceinline__ void
+hs_clamp(int h, int *n_cand, int *total, int floor_, int *f, int *r)
+{
+	if (*n_cand < 0)
+		*n_cand = 0;
+	if (*total < 0)
+		*total = 0;
+	if ((long long)*total > (long long)h * *n_cand)
+		*total = h * *n_cand;
+	*f = floor_ < 0 ? 0 : (floor_ > *n_cand ? *n_cand : floor_);
+	if ((long long)*f * h > *total)
+		*f = *total / h;
+	*r = *total - *f * h;
+}
+
+/*
+ * The floors, a block per head (0 < f < n_cand): the f-th largest key of
+ * head blockIdx.x (flim) and how many keys equal to it the floor leaves
+ * (fextra).  With cached set, the head's keys first go to shared memory.
+ */
+static __global__ void __launch_bounds__(SEL_T)
+hybrid_floor_k(const float *pooled, const long long *soff, int c0,
+    int n_cand, int f, int cached, uint32_t *flim, int *fextra)
+{
+	extern __shared__ uint32_t kc[];
+	__shared__ int hist[256], need_s, gt_s;
+	__shared__ uint32_t pre_s;
+	int i = blockIdx.x, j, t, shift;
+	uint32_t prefix = 0, mask = 0;
+
+	if (cached)
+		for (j = threadIdx.x; j < n_cand; j += blockDim.x)
+			kc[j] = fkey(pooled[soff[i] + c0 + j]);
+	if (threadIdx.x == 0) {
+		need_s = f;
+		gt_s = 0;
+	}
+	for (shift = 24; shift >= 0; shift -= 8) {
+		for (t = threadIdx.x; t < 256; t += blockDim.x)
+			hist[t] = 0;
+		__syncthreads();
+		hs_hist(cached ? kc : NULL, i, pooled, soff, c0, n_cand, i, 1, 1,
+		    NULL, NULL, &prefix, mask, shift, hist);
+		__syncthreads();
+		if (threadIdx.x < 32)
+			select_digit(hist, shift, &need_s, &gt_s, &pre_s,
+			    prefix);
+		__syncthreads();
+		prefix = pre_s;
+		mask |= 255u << shift;
+	}
+	/* hist still holds the last digit's counts: the keys equal to lim */
+	if (threadIdx.x == 0) {
+		flim[i] = prefix;
+		fextra[i] = hist[prefix & 255] - (f - gt_s);
+	}
+}
+
+/*
+ * One block, after hybrid_floor_k: the twin of sel_hybrid_split.  One
+ * radix select over what the heads' floors leave finds the threshold of
+ * the shared rest, and the ties at it go to the heads in order.  Modes
+ * per head: 0 all keys remain, 1 keys below lim plus extra copies of
+ * lim, 2 none.  With cached set, the keys first go to shared memory.
+ */
+static __global__ void __launch_bounds__(SEL_T)
+hybrid_split_k(const float *pooled, const long long *soff, int c0, int h,
+    int n_cand, int total, int floor_, int cached, const uint32_t *flim,
+    const int *fextra, int *counts, struct kvx_cuda_hlayout lay,
+    long long *dst, int *keep)
+{
+	extern __shared__ uint32_t kc[];
+	__shared__ int hist[256], need_s, gt_s;
+	__shared__ uint32_t pre_s, lim[64];
+	__shared__ int mode[64], extra[64], hgt[64], hge[64];
+	int f, r, i, j, shift, t;
+	uint32_t prefix = 0, mask = 0;
+	const uint32_t *keys = cached ? kc : NULL;
+
+	hs_clamp(h, &n_cand, &total, floor_, &f, &r);
+	for (i = threadIdx.x; i < h; i += blockDim.x) {
+		mode[i] = f == 0 ? 0 : (f >= n_cand ? 2 : 1);
+		lim[i] = mode[i] == 1 ? flim[i] : 0u;
+		extra[i] = mode[i] == 1 ? fextra[i] : 0;
+		hgt[i] = hge[i] = 0;
+	}
+	if (cached && r > 0)
+		for (i = 0; i < h; i++)
+			for (j = threadIdx.x; j < n_cand; j += blockDim.x)
+				kc[(size_t)i * n_cand + j] = fkey(pooled[soff[i] +
+				    c0 + j]);
+	__syncthreads();
+	if (r > 0) {
+		int cg, ce;
+
+		/* the r-th largest of what the floors leave */
+		if (threadIdx.x == 0) {
+			need_s = r;
+			gt_s = 0;
+		}
+		for (shift = 24; shift >= 0; shift -= 8) {
+			for (t = threadIdx.x; t < 256; t += blockDim.x)
+				hist[t] = 0;
+			__syncthreads();
+			hs_hist(keys, 0, pooled, soff, c0, n_cand, 0, h, 0, mode,
+			    lim, &prefix, mask, shift, hist);
+			__syncthreads();
+			if (threadIdx.x == 0)
+				for (i = 0; i < h; i++)
+					if (mode[i] == 1 && extra[i] > 0 &&
+					    (lim[i] & mask) == prefix)
+						hist[lim[i] >> shift & 255] +=
+						    extra[i];
+			__syncthreads();
+			if (threadIdx.x < 32)
+				select_digit(hist, shift, &need_s, &gt_s,
+				    &pre_s, prefix);
+			__syncthreads();
+			prefix = pre_s;
+			mask |= 255u << shift;
+		}
+		/* per head: remaining keys above and at the threshold */
+		for (i = 0; i < h; i++) {
+			const uint32_t *kk = keys ? keys + (size_t)i * n_cand :
+			    NULL;
+			const float *ps = pooled + soff[i] + c0;
+			uint32_t lm = mode[i] == 1 ? lim[i] : 0xffffffffu;
+
+			if (mode[i] == 2)
+				continue;
+			cg = ce = 0;
+#pragma unroll 4
+			for (t = threadIdx.x; t < n_cand; t += blockDim.x) {
+				uint32_t key = kk ? kk[t] : fkey(ps[t]);
+
+				if (mode[i] == 1 && key >= lm)
+					continue;
+				cg += key > prefix;
+				ce += key == prefix;
+			}
+			cg = (int)__reduce_add_sync(0xffffffffu, (unsigned)cg);
+			ce = (int)__reduce_add_sync(0xffffffffu, (unsigned)ce);
+			if ((threadIdx.x & 31) == 0) {
+				atomicAdd(&hgt[i], cg);
+				atomicAdd(&hge[i], ce);
+			}
+		}
+		__syncthreads();
+	}
+	if (threadIdx.x != 0)
+		return;
+	{
+		int q = r > 0 ? r - gt_s : 0, ge;
+		long long at = lay.base;
+
+		for (i = 0; i < h; i++) {
+			if (r > 0 && mode[i] == 1) {
+				if (lim[i] > prefix)
+					hgt[i] += extra[i];
+				else if (lim[i] == prefix)
+					hge[i] += extra[i];
+			}
+			ge = hge[i] > q ? q : hge[i];
+			q -= ge;
+			counts[i] = f + (r > 0 ? hgt[i] + ge : 0);
+			if (keep != NULL) {
+				int kp = counts[i] + lay.add, c;
+
+				kp = kp > lay.nmax ? lay.nmax : kp;
+				c = kp < lay.minc ? lay.minc : kp;
+				keep[i] = kp;
+				dst[i] = at;
+				at += (long long)(c + lay.headroom) * lay.row;
+			}
+		}
+	}
+}
+
+extern "C" int
+kvx_cuda_hybrid_split(const float *pooled, const long long *soff, int c0,
+    int h, int n_cand, int total, int floor_, int *counts, int *scratch,
+    const struct kvx_cuda_hlayout *lay, long long *dst, int *keep,
+    cudaStream_t stream)
+{
+	static int ready;
+	struct kvx_cuda_hlayout none = { 0, 0, 0, 0, 0, 0 };
+	int f, r, nc = n_cand, tot = total;
+	long long nk;
+
+	if (h <= 0)
+		return 0;
+	if (h > 64 || c0 < 0 || counts == NULL || scratch == NULL ||
+	    (lay != NULL && (dst == NULL || keep == NULL)))
+		return KVX_CUDA_EINVAL;
+	hs_clamp(h, &nc, &tot, floor_, &f, &r);
+	nk = (long long)h * nc;
+	if (nk > INT_MAX)
+		return KVX_CUDA_EINVAL;
+	if (!ready) {
+		if (cudaFuncSetAttribute(hybrid_split_k,
+		    cudaFuncAttributeMaxDynamicSharedMemorySize,
+		    HS_KEYS * 4) != cudaSuccess ||
+		    cudaFuncSetAttribute(hybrid_floor_k,
+		    cudaFuncAttributeMaxDynamicSharedMemorySize,
+		    HS_KEYS * 4) != cudaSuccess)
+			return launched();
+		ready = 1;
+	}
+	if (f > 0 && f < nc)
+		hybrid_floor_k<<<h, SEL_T, nc <= HS_KEYS ? (size_t)nc * 4 : 0,
+		    stream>>>(pooled, soff, c0, nc, f, nc <= HS_KEYS,
+		    (uint32_t *)scratch, scratch + h);
+	hybrid_split_k<<<1, SEL_T, r > 0 && nk <= HS_KEYS ? (size_t)nk * 4 :
+	    0, stream>>>(pooled, soff, c0, h, n_cand, total, floor_,
+	    r > 0 && nk <= HS_KEYS, (const uint32_t *)scratch, scratch + h,
+	    counts, lay ? *lay : none, lay ? dst : NULL, lay ? keep : NULL);
+	return launched();
+}
+
 // --- 3. gather -----------------------------------------------------------------
 
 /* One warp a row; 16-byte copies when rows allow, else 2- or 4-byte ones. */
@@ -830,21 +1296,91 @@ unpack8(uint4 u, float *f, const __nv_bfloat16 *)
  * rows.  The groups then merge in shared memory, so K and V are read once
  * for the whole GQA group.
  */
-template <int G, int D, typename T>
+/*
+ * One lane's share of TR rows: scores of its 8 elements against the G
+ * queries, summed over the LPR lanes of the row, then the online-softmax
+ * update of m, l and acc; rows at or past nvalid count as -inf.
+ */
+template <int G, int LPR, int TR, typename T>
 static __device__ __forceinline__ void
-attn_item(const float *q, const T *k, const T *v, const long long *off,
-    int ld_, float scale2, struct kvx_cuda_work it, int ii, float *pm,
-    float *pl, float *pacc)
+attn_tile(const float (&qr)[G][8], const uint4 *kr, const uint4 *vr,
+    int nvalid, float (&m)[G], float (&l)[G], float (&acc)[G][8])
 {
-	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
-	constexpr int STEP = NSG * AT_TILE;
-	__shared__ float sm_m[NSG][G], sm_l[NSG][G], sm_acc[NSG][G][D];
-	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i, r, rw;
-	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
-	float qr[G][8], m[G], l[G], acc[G][8];
+	float s[TR][G];
+	int i, h, e;
+
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+		float kf[8];
+
+		unpack8(kr[i], kf, (const T *)0);
+#pragma unroll
+		for (h = 0; h < G; h++) {
+			float a = 0.0f;
+
+#pragma unroll
+			for (e = 0; e < 8; e++)
+				a += qr[h][e] * kf[e];
+			s[i][h] = a;
+		}
+	}
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+#pragma unroll
+		for (h = 0; h < G; h++) {
+			int o;
+
+			for (o = LPR / 2; o > 0; o >>= 1)
+				s[i][h] += __shfl_xor_sync(0xffffffffu,
+				    s[i][h], o);
+			if (i >= nvalid)
+				s[i][h] = -INFINITY;
+		}
+	}
+#pragma unroll
+	for (h = 0; h < G; h++) {
+		float mt = m[h], alpha;
+
+#pragma unroll
+		for (i = 0; i < TR; i++)
+			mt = fmaxf(mt, s[i][h]);
+		/* a group may have no rows yet: keep it empty */
+		alpha = mt == -INFINITY ? 1.0f : exp2f(m[h] - mt);
+		m[h] = mt;
+		l[h] *= alpha;
+#pragma unroll
+		for (e = 0; e < 8; e++)
+			acc[h][e] *= alpha;
+#pragma unroll
+		for (i = 0; i < TR; i++) {
+			s[i][h] = s[i][h] == -INFINITY ? 0.0f :
+			    exp2f(s[i][h] - mt);
+			l[h] += s[i][h];
+		}
+	}
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+		float vf[8];
+
+		unpack8(vr[i], vf, (const T *)0);
+#pragma unroll
+		for (h = 0; h < G; h++)
+#pragma unroll
+			for (e = 0; e < 8; e++)
+				acc[h][e] += s[i][h] * vf[e];
+	}
+}
+
+/* The lane's 8 query elements of each head, scaled, and empty state. */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_init(const float *q, int seg, int li, float scale2, float (&qr)[G][8],
+    float (&m)[G], float (&l)[G], float (&acc)[G][8])
+{
+	int h, e;
 
 	for (h = 0; h < G; h++) {
-		const float4 *qp = (const float4 *)(q + ((size_t)it.seg * G + h) *
+		const float4 *qp = (const float4 *)(q + ((size_t)seg * G + h) *
 		    D + li * 8);
 		float4 a = qp[0], b = qp[1];
 
@@ -857,91 +1393,29 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 		for (e = 0; e < 8; e++)
 			acc[h][e] = 0.0f;
 	}
-	/* the loop bound is uniform over a warp, for the shuffles below */
-	for (rw = it.r0 + (threadIdx.x >> 5) * GPW * AT_TILE; rw < it.r1;
-	    rw += STEP) {
-		uint4 kr[AT_TILE], vr[AT_TILE];
-		float s[AT_TILE][G];
+}
 
-		r = rw + (sg % GPW) * AT_TILE;
+/*
+ * The lane groups' states merged in shared memory (sm_acc: NSG x G x D
+ * floats) into item ii's partial.
+ */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_merge(int ii, const float (&m)[G], const float (&l)[G],
+    const float (&acc)[G][8], float *sm_acc, float *pm, float *pl,
+    float *pacc)
+{
+	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR;
+	__shared__ float sm_m[NSG][G], sm_l[NSG][G];
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i;
 
-#pragma unroll
-		for (i = 0; i < AT_TILE; i++) {
-			int row = r + i < it.r1 ? r + i : it.r1 - 1;
-
-			kr[i] = __ldg((const uint4 *)(kb + (size_t)row * ld_) +
-			    li);
-			vr[i] = __ldg((const uint4 *)(vb + (size_t)row * ld_) +
-			    li);
-		}
-#pragma unroll
-		for (i = 0; i < AT_TILE; i++) {
-			float kf[8];
-
-			unpack8(kr[i], kf, (const T *)0);
-#pragma unroll
-			for (h = 0; h < G; h++) {
-				float a = 0.0f;
-
-#pragma unroll
-				for (e = 0; e < 8; e++)
-					a += qr[h][e] * kf[e];
-				s[i][h] = a;
-			}
-		}
-#pragma unroll
-		for (i = 0; i < AT_TILE; i++) {
-#pragma unroll
-			for (h = 0; h < G; h++) {
-				int o;
-
-				for (o = LPR / 2; o > 0; o >>= 1)
-					s[i][h] += __shfl_xor_sync(0xffffffffu,
-					    s[i][h], o);
-				if (r + i >= it.r1)
-					s[i][h] = -INFINITY;
-			}
-		}
-#pragma unroll
-		for (h = 0; h < G; h++) {
-			float mt = m[h], alpha;
-
-#pragma unroll
-			for (i = 0; i < AT_TILE; i++)
-				mt = fmaxf(mt, s[i][h]);
-			/* a group may have no rows yet: keep it empty */
-			alpha = mt == -INFINITY ? 1.0f : exp2f(m[h] - mt);
-			m[h] = mt;
-			l[h] *= alpha;
-#pragma unroll
-			for (e = 0; e < 8; e++)
-				acc[h][e] *= alpha;
-#pragma unroll
-			for (i = 0; i < AT_TILE; i++) {
-				s[i][h] = s[i][h] == -INFINITY ? 0.0f :
-				    exp2f(s[i][h] - mt);
-				l[h] += s[i][h];
-			}
-		}
-#pragma unroll
-		for (i = 0; i < AT_TILE; i++) {
-			float vf[8];
-
-			unpack8(vr[i], vf, (const T *)0);
-#pragma unroll
-			for (h = 0; h < G; h++)
-#pragma unroll
-				for (e = 0; e < 8; e++)
-					acc[h][e] += s[i][h] * vf[e];
-		}
-	}
 	for (h = 0; h < G; h++) {
 		if (li == 0) {
 			sm_m[sg][h] = m[h];
 			sm_l[sg][h] = l[h];
 		}
 		for (e = 0; e < 8; e++)
-			sm_acc[sg][h][li * 8 + e] = acc[h][e];
+			sm_acc[(sg * G + h) * D + li * 8 + e] = acc[h][e];
 	}
 	__syncthreads();
 	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
@@ -957,7 +1431,7 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 				continue;
 			f = exp2f(sm_m[g][h] - M);
 			L += sm_l[g][h] * f;
-			A += sm_acc[g][h][e] * f;
+			A += sm_acc[(g * G + h) * D + e] * f;
 		}
 		pacc[((size_t)ii * G + h) * D + e] = A;
 		if (e == 0) {
@@ -967,6 +1441,41 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 	}
 	/* the next item reuses the shared arrays */
 	__syncthreads();
+}
+
+template <int G, int D, typename T>
+static __device__ __forceinline__ void
+attn_item(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, struct kvx_cuda_work it, int ii, float *pm,
+    float *pl, float *pacc)
+{
+	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
+	constexpr int STEP = NSG * AT_TILE;
+	__shared__ float sm_acc[NSG * G * D];
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, i, r, rw;
+	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
+	float qr[G][8], m[G], l[G], acc[G][8];
+
+	attn_init<G, D>(q, it.seg, li, scale2, qr, m, l, acc);
+	/* the loop bound is uniform over a warp, for the shuffles below */
+	for (rw = it.r0 + (threadIdx.x >> 5) * GPW * AT_TILE; rw < it.r1;
+	    rw += STEP) {
+		uint4 kr[AT_TILE], vr[AT_TILE];
+
+		r = rw + (sg % GPW) * AT_TILE;
+
+#pragma unroll
+		for (i = 0; i < AT_TILE; i++) {
+			int row = r + i < it.r1 ? r + i : it.r1 - 1;
+
+			kr[i] = __ldg((const uint4 *)(kb + (size_t)row * ld_) +
+			    li);
+			vr[i] = __ldg((const uint4 *)(vb + (size_t)row * ld_) +
+			    li);
+		}
+		attn_tile<G, LPR, AT_TILE, T>(qr, kr, vr, it.r1 - r, m, l, acc);
+	}
+	attn_merge<G, D>(ii, m, l, acc, sm_acc, pm, pl, pacc);
 }
 
 /*

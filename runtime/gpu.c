@@ -46,6 +46,8 @@
 #define QBLK 1024
 /* Bytes of each half (K, V) of an arena chunk, at least. */
 #define CHUNK_HALF ((size_t)64 << 20)
+/* Scoring scratch that may hold the window logits (else computed twice) */
+#define SCORE_KEEP ((size_t)256 << 20)
 /* cuBLAS workspace bytes (its advice for Hopper) */
 #define BLAS_WS ((size_t)32 << 20)
 
@@ -98,6 +100,7 @@ struct gpu_ctx {
 	void		*qh, *kt, *vt, *P;
 	float		*S, *score, *pooled;
 	void		*sscr;
+	size_t		 sscr_bytes;
 	int		*idx, *cnt;
 	void		*tab;		/* small per-layer tables */
 	/* decode step tables */
@@ -606,13 +609,17 @@ static kvx_status
 ensure_prefill(gpu_ctx *g, int n)
 {
 	size_t N = (size_t)n, qb = N < QBLK ? N : QBLK, G = g->H / g->Hkv;
-	size_t kvr = N * g->Hkv * g->D * 2, tabb;
+	size_t kvr = N * g->Hkv * g->D * 2, tabb, sbytes;
 	kvx_status rc;
 
 	if (n <= g->pmax)
 		return KVX_OK;
 	g->pmax = 0;
 	tabb = (size_t)320 * 8;
+	/* the scoring keeps its logits between passes up to SCORE_KEEP */
+	sbytes = kvx_cuda_score_scratch(g->Hkv, (int)G, WIN_MAX, n, 1);
+	if (sbytes > SCORE_KEEP)
+		sbytes = kvx_cuda_score_scratch(g->Hkv, (int)G, WIN_MAX, n, 0);
 	if ((rc = regrow(&g->qh, N * g->H * g->D * 2)) != KVX_OK ||
 	    (rc = regrow(&g->kt, kvr)) != KVX_OK ||
 	    (rc = regrow(&g->vt, kvr)) != KVX_OK ||
@@ -622,13 +629,14 @@ ensure_prefill(gpu_ctx *g, int n)
 	    KVX_OK ||
 	    (rc = regrow((void **)&g->pooled, (size_t)g->Hkv * N * 4)) !=
 	    KVX_OK ||
-	    (rc = regrow(&g->sscr, kvx_cuda_score_scratch(g->Hkv, (int)G,
-	    WIN_MAX, n))) != KVX_OK ||
+	    (rc = regrow(&g->sscr, sbytes)) != KVX_OK ||
 	    (rc = regrow((void **)&g->idx, (size_t)g->Hkv * N * 4)) !=
 	    KVX_OK ||
-	    (rc = regrow((void **)&g->cnt, (size_t)g->Hkv * 4)) != KVX_OK ||
+	    (rc = regrow((void **)&g->cnt, (size_t)(g->L + 3) * g->Hkv *
+	    4)) != KVX_OK ||
 	    (rc = regrow(&g->tab, tabb)) != KVX_OK)
 		return rc;
+	g->sscr_bytes = sbytes;
 	g->pmax = n;
 	return KVX_OK;
 }
@@ -784,7 +792,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	const kvx_plan *P = g->plan;
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
 	int caps[64] = { 0 }, keep[64], cnt[64], w, pw, sinks, h, wv, sk;
-	int maxc = 0;
+	int maxc = 0, hyb, total = 0, ncand = 0, fl = 0;
 	long long tl[2][64];
 	struct { long long dst[64]; int keep[64]; } lt;
 	size_t rb = (size_t)D * 2;
@@ -841,39 +849,22 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	    (long long)g->H * D, g->kt, KVX_CUDA_F16, (const long long *)dt,
 	    (const int *)(dt + 128 * 8), Hkv, n, G, pw, D, Hkv * D,
 	    1.0f / sqrtf((float)D), P->gqa, (const long long *)(dt + 64 * 8),
-	    g->sscr, g->score, 0));
+	    g->sscr, g->sscr_bytes, g->score, 0));
 	CK(kvx_cuda_pool(g->score, (const long long *)(dt + 64 * 8),
 	    (const int *)(dt + 128 * 8), Hkv, n, pw, P->pool_kernel, P->pool,
 	    g->pooled, 0));
 	if ((rc = mark(g, l, 1)) != KVX_OK)
 		return rc;
 
-	if (P->mode == KVX_PLAN_HYBRID) {
-		int total, ncand, fl;
-		const float *pp[64];
-		float *hp;
-
+	hyb = P->mode == KVX_PLAN_HYBRID;
+	if (hyb) {
+		/* the split itself runs on the device; the block is sized
+		   here, by any split of the same total (no head reaches n,
+		   so caps sum the same), and the heads are placed in it by
+		   the split kernel; hybrid_finish reads the counts back */
 		plan_hybrid_share(P, l, n, pw, Hkv, &ncand, &total, &fl);
 		for (h = 0; h < Hkv; h++)
-			cnt[h] = 0;
-		if (ncand > 0) {
-			hp = kvx__malloc_array((size_t)Hkv * n, sizeof(float));
-			if (hp == NULL)
-				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-			if (cudaMemcpy(hp, g->pooled, (size_t)Hkv * n * 4,
-			    cudaMemcpyDeviceToHost) != cudaSuccess) {
-				free(hp);
-				return kvx__fail(KVX_ERR_DEVICE, "%s:%d: pooled "
-				    "scores copy failed", __FILE__, __LINE__);
-			}
-			for (h = 0; h < Hkv; h++)
-				pp[h] = hp + (size_t)h * n +
-				    (sinks < n - pw ? sinks : n - pw);
-			sel_hybrid_split(pp, Hkv, ncand, total, fl, cnt);
-			free(hp);
-		}
-		for (h = 0; h < Hkv; h++)
-			keep[h] = cnt[h] + pw + sinks;
+			keep[h] = total / Hkv + (h < total % Hkv) + pw + sinks;
 	} else
 		for (h = 0; h < Hkv; h++)
 			keep[h] = plan_tokens(P, l, h, n);
@@ -890,12 +881,30 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	}
 	if ((rc = blk_alloc(g, s, l, caps)) != KVX_OK)
 		return rc;
-	for (h = 0; h < Hkv; h++) {
-		lt.dst[h] = seg_at(g, s, l, h)->off;
-		lt.keep[h] = keep[h];
+	if (hyb) {
+		struct kvx_cuda_hlayout hl;
+
+		hl.add = pw + sinks;
+		hl.nmax = n;
+		hl.minc = wv + sk;
+		hl.headroom = hr;
+		hl.base = seg_at(g, s, l, 0)->off;
+		hl.row = D;
+		maxc = pw + sinks + (total < ncand ? total : ncand);
+		maxc = maxc > n ? n : (maxc < wv + sk ? wv + sk : maxc);
+		CK(kvx_cuda_hybrid_split(g->pooled, (const long long *)(dt +
+		    64 * 8), sinks < n - pw ? sinks : n - pw, Hkv, ncand, total,
+		    fl, g->cnt + (size_t)Hkv * (1 + l), g->cnt + (size_t)Hkv *
+		    (1 + g->L), &hl,
+		    (long long *)(dt + 192 * 8), (int *)(dt + 256 * 8), 0));
+	} else {
+		for (h = 0; h < Hkv; h++) {
+			lt.dst[h] = seg_at(g, s, l, h)->off;
+			lt.keep[h] = keep[h];
+		}
+		CK(cudaMemcpyAsync(dt + 192 * 8, &lt, sizeof lt,
+		    cudaMemcpyHostToDevice, 0));
 	}
-	CK(cudaMemcpyAsync(dt + 192 * 8, &lt, sizeof lt,
-	    cudaMemcpyHostToDevice, 0));
 	CK(kvx_cuda_select(g->pooled, (const long long *)(dt + 64 * 8),
 	    (const int *)(dt + 128 * 8), (const int *)(dt + 256 * 8), Hkv, pw,
 	    sinks, (const long long *)(dt + 64 * 8), g->idx, g->cnt, 0));
@@ -907,8 +916,66 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	    0));
 	if ((rc = mark(g, l, 3)) != KVX_OK)
 		return rc;
+	/* hybrid layers' lengths come with hybrid_finish */
 	for (h = 0; h < Hkv; h++)
-		seg_at(g, s, l, h)->len = cnt[h];
+		seg_at(g, s, l, h)->len = hyb ? 0 : cnt[h];
+	return KVX_OK;
+}
+
+/*
+ * After a compressed prefill of n tokens with a hybrid plan (the device
+ * idle): each layer's split counts, read back at once, give its heads'
+ * kept rows and their places in the block, as the split kernel laid
+ * them out.
+ */
+static kvx_status
+hybrid_finish(gpu_ctx *g, int s, int n)
+{
+	const kvx_plan *P = g->plan;
+	int Hkv = g->Hkv, hr = g->p.decode_headroom, w, pw, sinks, sk, l, h;
+	int *c;
+	long long at, was, now;
+
+	if (P == NULL || P->mode != KVX_PLAN_HYBRID || n <= 1)
+		return KVX_OK;
+	w = n < WIN_MAX ? n : WIN_MAX;
+	pw = P->window < w ? P->window : w;
+	if (pw >= n)
+		pw = n - 1;
+	sinks = P->sinks;
+	sk = sinks < 0 ? 0 : (sinks > n - pw ? n - pw : sinks);
+	if ((c = kvx__malloc_array((size_t)g->L * Hkv, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	if (cudaMemcpy(c, g->cnt + Hkv, (size_t)g->L * Hkv * sizeof(int),
+	    cudaMemcpyDeviceToHost) != cudaSuccess) {
+		free(c);
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: split counts copy "
+		    "failed", __FILE__, __LINE__);
+	}
+	for (l = 0; l < g->L; l++) {
+		at = seg_at(g, s, l, 0)->off;
+		was = now = 0;
+		for (h = 0; h < Hkv; h++) {
+			gseg *sg = seg_at(g, s, l, h);
+			int k = c[l * Hkv + h] + pw + sinks;
+
+			k = k > n ? n : k;
+			k = k < pw + sk ? pw + sk : k;
+			was += sg->cap;
+			sg->off = at;
+			sg->len = k;
+			sg->cap = k + hr;
+			now += sg->cap;
+			at += (long long)sg->cap * g->D;
+		}
+		if (now != was) {
+			free(c);
+			return kvx__fail(KVX_ERR_DEVICE, "layer %d: the heads' "
+			    "split (%lld rows) does not fill its block (%lld)",
+			    l, now, was);
+		}
+	}
+	free(c);
 	return KVX_OK;
 }
 
@@ -971,6 +1038,8 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 		    cudaMemcpyDeviceToHost));
 	}
 	CK(cudaDeviceSynchronize());
+	if ((rc = hybrid_finish(g, s, n)) != KVX_OK)
+		return rc;
 	if (g->timing) {
 		g->st.prefill_s += kvx__now() - t0;
 		g->st.prefill_tokens += n;

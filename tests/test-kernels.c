@@ -118,6 +118,7 @@ test_score_select(int rep)
 	int s, t, max_n = 0, esz = dtype == KVX_CUDA_F32 ? 4 : 2;
 	int bad_sel = 0, bad_cnt = 0, bad_pool = 0;
 	double worst = 0.0;
+	size_t sbytes;
 	float *q, *kf, *sc, *po, *gsc, *gpo;
 	void *kh, *dq, *dk, *dsc, *dpo, *dscr, *dn, *dkoff, *dsoff, *dioff;
 	void *didx, *dcnt, *dkeep;
@@ -156,7 +157,10 @@ test_score_select(int rep)
 	dkoff = dev(koff, sizeof(long long) * nseg);
 	dsoff = dev(soff, sizeof(long long) * nseg);
 	dioff = dev(ioff, sizeof(long long) * nseg);
-	dscr = poisoned(kvx_cuda_score_scratch(nseg, g, w, max_n));
+	/* even repetitions keep the logits between the passes, odd ones
+	   compute them twice; both must give the same scores */
+	sbytes = kvx_cuda_score_scratch(nseg, g, w, max_n, rep % 2 == 0);
+	dscr = poisoned(sbytes);
 	dsc = poisoned(sizeof(float) * ts);
 	dpo = poisoned(sizeof(float) * ts);
 	didx = poisoned(sizeof(int) * ti);
@@ -177,15 +181,15 @@ test_score_select(int rep)
 		dqt = dev(qt, sizeof(float) * nseg * g * w * d);
 		check(kvx_cuda_score_q(dqt, d, (long long)nseg * g * d, dk,
 		    dtype, dkoff, dn, nseg, max_n, g, w, d, d,
-		    1.0f / sqrtf((float)d), gqa, dsoff, dscr, dsc, NULL),
-		    "score_q");
+		    1.0f / sqrtf((float)d), gqa, dsoff, dscr, sbytes, dsc,
+		    NULL), "score_q");
 		check(kvx_cuda_sync(), "score_q run");
 		kvx_cuda_free(dqt);
 		free(qt);
 	} else
 		check(kvx_cuda_score(dq, dk, dtype, dkoff, dn, nseg, max_n, g,
-		    w, d, d, 1.0f / sqrtf((float)d), gqa, dsoff, dscr, dsc,
-		    NULL), "score");
+		    w, d, d, 1.0f / sqrtf((float)d), gqa, dsoff, dscr, sbytes,
+		    dsc, NULL), "score");
 	check(kvx_cuda_pool(dsc, dsoff, dn, nseg, max_n, w, ks, pool, dpo,
 	    NULL), "pool");
 	check(kvx_cuda_sync(), "score/pool run");
@@ -204,8 +208,33 @@ test_score_select(int rep)
 		if (relerr(gpo + soff[s], po + soff[s], n[s] - w) > 1e-6)
 			bad_pool++;
 	}
-	ok(worst < 1e-4, "score %d segs g=%d w=%d d=%d %s %s: rel %.2g", nseg,
-	    g, w, d, dtname[dtype], gqa ? "max" : "mean", worst);
+	ok(worst < 1e-4, "score %d segs g=%d w=%d d=%d %s %s, logits %s: rel "
+	    "%.2g", nseg, g, w, d, dtname[dtype], gqa ? "max" : "mean",
+	    rep % 2 == 0 ? "kept" : "recomputed", worst);
+	/* the other way of the last pass, on the same inputs */
+	{
+		size_t ob = kvx_cuda_score_scratch(nseg, g, w, max_n,
+		    rep % 2 != 0);
+		void *oscr = poisoned(ob), *osc = poisoned(sizeof(float) * ts);
+		float *other = malloc(sizeof(float) * (ts + 1));
+
+		check(kvx_cuda_score(dq, dk, dtype, dkoff, dn, nseg, max_n, g,
+		    w, d, d, 1.0f / sqrtf((float)d), gqa, dsoff, oscr, ob, osc,
+		    NULL), "score");
+		check(kvx_cuda_sync(), "score run");
+		check(kvx_cuda_d2h(other, osc, sizeof(float) * ts),
+		    "copy back");
+		ok(relerr(other, gsc, (size_t)ts) < 1e-6, "score with the "
+		    "logits %s: rel %.2g to the other way", rep % 2 != 0 ?
+		    "kept" : "recomputed", relerr(other, gsc, (size_t)ts));
+		ok(kvx_cuda_score(dq, dk, dtype, dkoff, dn, nseg, max_n, g, w,
+		    d, d, 1.0f, gqa, dsoff, oscr, kvx_cuda_score_scratch(nseg,
+		    g, w, max_n, 0) - 1, osc, NULL) == KVX_CUDA_EINVAL,
+		    "score refuses a short scratch");
+		kvx_cuda_free(oscr);
+		kvx_cuda_free(osc);
+		free(other);
+	}
 	ok(bad_pool == 0, "pool ks=%d %s: %d segments differ", ks,
 	    pool == PLAN_POOL_AVG ? "avg" : "max", bad_pool);
 
@@ -773,6 +802,97 @@ test_layers(int rep)
 	free(off);
 }
 
+/*
+ * The hybrid split against sel_hybrid_split: h heads of n candidates
+ * (with a gap of c0 scores before them and ragged strides), scores drawn
+ * from few values on odd repetitions so that thresholds fall on ties,
+ * totals and floors over their whole ranges and past them; and the
+ * layout the split writes when asked.
+ */
+static void
+test_hybrid(int rep)
+{
+	static const int hs[] = { 1, 3, 8, 9, 17, 64 };
+	int h = hs[rep % 6], n = tap_irand(0, rep % 3 == 0 ? 40 : 3000);
+	int c0 = tap_irand(0, 5), total, fl, i, t, bad = 0, badl = 0;
+	long long *soff = malloc(sizeof(long long) * h), at = 0, base = 12345;
+	int *want = malloc(sizeof(int) * h), *got = malloc(sizeof(int) * h);
+	int *gk = malloc(sizeof(int) * h);
+	long long *gd = malloc(sizeof(long long) * h), pos;
+	const float **pp = malloc(sizeof(float *) * h);
+	float *sc;
+	void *dsc, *dsoff, *dcnt, *dtmp, *dkeep, *ddst;
+	struct kvx_cuda_hlayout hl = { 7, 0, 3, 5, 0, 64 };
+	size_t ts;
+
+	for (i = 0; i < h; i++) {
+		soff[i] = at;
+		at += c0 + n + tap_irand(0, 9);
+	}
+	ts = (size_t)at;
+	sc = malloc(sizeof(float) * (ts + 1));
+	for (t = 0; t < (int)ts; t++)
+		sc[t] = rep % 2 ? (float)tap_irand(0, 6) * 0.5f : tap_frand();
+	for (i = 0; i < h; i++)
+		pp[i] = sc + soff[i] + c0;
+	switch (rep % 4) {
+	case 0: total = tap_irand(0, h * n + 20) - 10; break;
+	case 1: total = h * n; break;
+	default: total = tap_irand(0, h * n / 2 + 1);
+	}
+	fl = tap_irand(-2, n + 3);
+	if (rep % 5 == 0)
+		fl = total / h;
+	sel_hybrid_split(pp, h, n, total, fl, want);
+	dsc = dev(sc, sizeof(float) * (ts + 1));
+	dsoff = dev(soff, sizeof(long long) * h);
+	dcnt = poisoned(sizeof(int) * h);
+	dtmp = poisoned(sizeof(int) * 2 * h);
+	dkeep = poisoned(sizeof(int) * h);
+	ddst = poisoned(sizeof(long long) * h);
+	hl.nmax = n + tap_irand(0, 7);
+	hl.base = base;
+	check(kvx_cuda_hybrid_split(dsc, dsoff, c0, h, n, total, fl, dcnt,
+	    dtmp, &hl, ddst, dkeep, NULL), "hybrid split");
+	check(kvx_cuda_sync(), "hybrid split run");
+	check(kvx_cuda_d2h(got, dcnt, sizeof(int) * h), "copy back");
+	check(kvx_cuda_d2h(gk, dkeep, sizeof(int) * h), "copy back");
+	check(kvx_cuda_d2h(gd, ddst, sizeof(long long) * h), "copy back");
+	pos = base;
+	for (i = 0; i < h; i++) {
+		int kp = want[i] + hl.add > hl.nmax ? hl.nmax : want[i] + hl.add;
+
+		bad += got[i] != want[i];
+		badl += gk[i] != kp || gd[i] != pos;
+		pos += (long long)((kp < hl.minc ? hl.minc : kp) + hl.headroom) *
+		    hl.row;
+	}
+	ok(bad == 0 && badl == 0, "hybrid split h=%d n=%d total=%d floor=%d "
+	    "%s: %d counts and %d layouts differ", h, n, total, fl,
+	    rep % 2 ? "ties" : "distinct", bad, badl);
+	/* without a layout: counts only */
+	kvx_cuda_memset(dcnt, 0xff, sizeof(int) * h);
+	check(kvx_cuda_hybrid_split(dsc, dsoff, c0, h, n, total, fl, dcnt,
+	    dtmp, NULL, NULL, NULL, NULL), "hybrid split");
+	check(kvx_cuda_sync(), "hybrid split run");
+	check(kvx_cuda_d2h(got, dcnt, sizeof(int) * h), "copy back");
+	ok(memcmp(got, want, sizeof(int) * h) == 0, "hybrid split h=%d n=%d, "
+	    "counts only", h, n);
+	kvx_cuda_free(dsc);
+	kvx_cuda_free(dsoff);
+	kvx_cuda_free(dcnt);
+	kvx_cuda_free(dtmp);
+	kvx_cuda_free(dkeep);
+	kvx_cuda_free(ddst);
+	free(soff);
+	free(want);
+	free(got);
+	free(gk);
+	free(gd);
+	free(pp);
+	free(sc);
+}
+
 int
 main(void)
 {
@@ -785,6 +905,13 @@ main(void)
 	/* fewer repetitions for runs under compute-sanitizer */
 	for (rep = 0; rep < nrep; rep++)
 		test_score_select(rep);
+	for (rep = 0; rep < 4 * nrep; rep++)
+		test_hybrid(rep);
+	if (kvx_cuda_hybrid_split(NULL, NULL, 0, 65, 1, 1, 0, NULL, NULL, NULL,
+	    NULL, NULL, NULL) != KVX_CUDA_EINVAL)
+		ok(0, "hybrid split takes 65 heads");
+	else
+		ok(1, "hybrid split refuses 65 heads");
 	for (rep = 0; rep < nrep && rep < 16; rep++)
 		test_attn(rep);
 	test_attn_plan();
