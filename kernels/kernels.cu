@@ -1,6 +1,8 @@
 /*
  * kernels.cu - CUDA kernels of libkvx: window scoring and pooling, per-head
- * top-k selection, K/V gather, and ragged split-K decode attention.
+ * top-k selection and the hybrid split of a layer's budget over its
+ * heads, K/V gather, ragged split-K decode attention, and the layer
+ * kernels of the forward.
  * SPDX-License-Identifier: MIT
  *
  * Each kernel is the twin of a CPU function in runtime/select.c or

@@ -20,8 +20,11 @@
  * scratch buffer, causal attention runs on them with batched GEMMs, then
  * the layer is scored, selected and gathered into blocks sized to the
  * plan (kept rows plus decode headroom), so the full cache exists for one
- * layer at a time.  Decode builds, per step, each layer's segment table
- * and split-K work list on the host and uploads them in one copy.
+ * layer at a time.  Hybrid plans split each layer's budget over its heads
+ * on the device too; the host reads the heads' counts once, after the
+ * last layer, so the prefill never waits.  Decode builds, per step, each
+ * layer's segment table and split-K work list on the host and uploads
+ * them in one copy.
  */
 #include "config.h"
 
@@ -783,8 +786,10 @@ mark(gpu_ctx *g, int l, int i)
  * rotated queries in q) to the plan, into a new block: all rows without
  * a plan, else the SnapKV selection of ctx.c's select_layer.  Scoring
  * reads the window queries where they are; the tables that depend only
- * on n go up once, at layer 0, and each layer adds one upload of its
- * budgets and offsets.
+ * on n go up once, at layer 0, and each static layer adds one upload of
+ * its budgets and offsets.  A hybrid layer's budgets and offsets come
+ * from kvx_cuda_hybrid_split instead, and its segments' lengths from
+ * hybrid_finish.
  */
 static kvx_status
 prefill_select(gpu_ctx *g, int s, int l, int n)
