@@ -468,6 +468,14 @@ score_merge(const float2 *stats, int nq, int nt, int w, float2 *ms)
 		ms[qi] = make_float2(mx, 1.0f / (L * (float)w));
 }
 
+/* Head h's window sum acc joined to the heads before it: max (gqa 1) or
+ * sum (later divided by g). */
+static __device__ __forceinline__ float
+score_heads(float res, float acc, int h, int gqa)
+{
+	return h == 0 ? acc : (gqa == 1 ? fmaxf(res, acc) : res + acc);
+}
+
 /*
  * Pass 3: each key's score, the mean over the window of each head's
  * probabilities, combined over the heads by mean or max.  Warps take the
@@ -544,12 +552,7 @@ score_prob(const float *q, long long qhs, long long qps, const T *k,
 
 			for (i = 0; i < SC_W; i++)
 				acc += part[(i * g + h) * SC_TK + threadIdx.x];
-			if (h == 0)
-				res = acc;
-			else if (gqa == 1)
-				res = fmaxf(res, acc);
-			else
-				res += acc;
+			res = score_heads(res, acc, h, gqa);
 		}
 		score[soff[s] + t0 + threadIdx.x] = gqa == 1 ? res :
 		    res / (float)g;
@@ -590,12 +593,7 @@ score_prob_lg(const float *lg, int max_n, const int *nrow, int g, int w,
 			}
 			acc += a;
 		}
-		if (h == 0)
-			res = acc;
-		else if (gqa == 1)
-			res = fmaxf(res, acc);
-		else
-			res += acc;
+		res = score_heads(res, acc, h, gqa);
 	}
 	score[soff[s] + t] = gqa == 1 ? res : res / (float)g;
 }
@@ -801,6 +799,80 @@ select_digit(const int *hist, int shift, int *need_s, int *gt_s,
 }
 
 /*
+ * Histogram adds by runs: a thread counts consecutive keys of one bin
+ * and adds the count when the bin changes (hs_add), then the lanes of a
+ * warp that end in the same bin add their counts once (hs_flush, the
+ * whole warp).  The keys of one segment share their top bits, so an add
+ * per key would queue on one counter in the first passes.
+ */
+static __device__ __forceinline__ void
+hs_add(int *hist, int slot, int *run, int *cnt)
+{
+	if (slot != *run) {
+		if (*cnt > 0)
+			atomicAdd(&hist[*run], *cnt);
+		*run = slot;
+		*cnt = 0;
+	}
+	(*cnt)++;
+}
+
+static __device__ __forceinline__ void
+hs_flush(int *hist, int *run, int *cnt)
+{
+	unsigned peers = __match_any_sync(0xffffffffu, *cnt > 0 ? *run : -1);
+	unsigned sum = __reduce_add_sync(peers, (unsigned)*cnt);
+
+	if (*cnt > 0 && (threadIdx.x & 31) == __ffs(peers) - 1)
+		atomicAdd(&hist[*run], (int)sum);
+	*run = -1;
+	*cnt = 0;
+}
+
+/*
+ * The whole block: the k-th largest (1 <= k <= n) of n keys, keys[] when
+ * set, else the keys of the scores a[]; four passes of 8-bit digits, most
+ * significant first, as radix_kth in runtime/select.c.  Returns it, with
+ * *gt_s the number of keys above it; hist keeps the last digit's counts,
+ * so hist[key & 255] is the number equal to it.
+ */
+static __device__ uint32_t
+block_kth(const uint32_t *keys, const float *a, int n, int k, int *hist,
+    int *need_s, int *gt_s, uint32_t *pre_s)
+{
+	uint32_t prefix = 0, mask = 0;
+	int shift, t;
+
+	if (threadIdx.x == 0) {
+		*need_s = k;
+		*gt_s = 0;
+	}
+	for (shift = 24; shift >= 0; shift -= 8) {
+		int run = -1, cnt = 0;
+
+		for (t = threadIdx.x; t < 256; t += blockDim.x)
+			hist[t] = 0;
+		__syncthreads();
+#pragma unroll 4
+		for (t = threadIdx.x; t < n; t += blockDim.x) {
+			uint32_t key = keys ? keys[t] : fkey(a[t]);
+
+			if ((key & mask) == prefix)
+				hs_add(hist, (int)(key >> shift & 255), &run,
+				    &cnt);
+		}
+		hs_flush(hist, &run, &cnt);
+		__syncthreads();
+		if (threadIdx.x < 32)
+			select_digit(hist, shift, need_s, gt_s, pre_s, prefix);
+		__syncthreads();
+		prefix = *pre_s;
+		mask |= 255u << shift;
+	}
+	return prefix;
+}
+
+/*
  * One block per segment: radix select of the threshold key over 8-bit
  * digits, then an ordered compaction that takes every key above the
  * threshold and the lowest-indexed ties, as sel_select does.
@@ -813,10 +885,10 @@ select_k(const float *pooled, const long long *soff, const int *nrow,
 	__shared__ int hist[256], sh[32];
 	__shared__ uint32_t prefix_s;
 	__shared__ int need_s, gt_s;
-	int s = blockIdx.x, n = nrow[s], wv, sv, kp, kc, nc, t, shift, base;
+	int s = blockIdx.x, n = nrow[s], wv, sv, kp, kc, nc, t, base;
 	int *out = idx + ioff[s];
 	const float *a;
-	uint32_t prefix = 0, mask = 0;
+	uint32_t prefix;
 
 	if (n <= 0) {
 		if (threadIdx.x == 0)
@@ -843,40 +915,7 @@ select_k(const float *pooled, const long long *soff, const int *nrow,
 			out[sv + t] = sv + t;
 		return;
 	}
-	if (threadIdx.x == 0) {
-		need_s = kc;
-		gt_s = 0;
-	}
-	for (shift = 24; shift >= 0; shift -= 8) {
-		for (t = threadIdx.x; t < 256; t += blockDim.x)
-			hist[t] = 0;
-		__syncthreads();
-		/* lanes with the same digit add once: the scores of one
-		 * segment share their top bits, and per-lane atomics on
-		 * one counter would run one after another */
-		for (base = 0; base < nc; base += blockDim.x) {
-			int i = base + threadIdx.x, dg = 256;
-			unsigned peers;
-
-			if (i < nc) {
-				uint32_t key = fkey(a[i]);
-
-				if ((key & mask) == prefix)
-					dg = (int)(key >> shift) & 255;
-			}
-			peers = __match_any_sync(0xffffffffu, dg);
-			if (dg < 256 && (threadIdx.x & 31) ==
-			    __ffs(peers) - 1)
-				atomicAdd(&hist[dg], __popc(peers));
-		}
-		__syncthreads();
-		if (threadIdx.x < 32)
-			select_digit(hist, shift, &need_s, &gt_s, &prefix_s,
-			    prefix);
-		__syncthreads();
-		prefix = prefix_s;
-		mask |= 255u << shift;
-	}
+	prefix = block_kth(NULL, a, nc, kc, hist, &need_s, &gt_s, &prefix_s);
 	{
 		int ties = kc - gt_s, eq_before = 0, taken_before = 0, tot;
 
@@ -919,29 +958,22 @@ kvx_cuda_select(const float *pooled, const long long *soff, const int *n,
 #define HS_KEYS 40960
 
 /*
- * Histogram of the current digit over the keys of heads hb .. hb + nh - 1
- * that match their prefixes (per_head: one histogram each), or over the
- * remaining candidates of all heads (keys below each head's lim, one
- * shared prefix).  Keys come from keys (rows of n_cand, head key0's
- * first) when set, else from the scores.  Each thread adds a run of equal bins at once: in the
- * first passes most keys share their bin, and an add per key would
- * queue on one counter.
+ * Histogram of the current digit over the candidates that the heads'
+ * floors leave (keys below each head's lim in mode 1, all in mode 0,
+ * none in mode 2) and that match prefix.  Keys come from keys (h rows
+ * of n_cand) when set, else from the scores.
  */
 static __device__ void
-hs_hist(const uint32_t *keys, int key0, const float *pooled,
-    const long long *soff, int c0, int n_cand, int hb, int nh, int per_head,
-    const int *mode, const uint32_t *lim, const uint32_t *prefix,
-    uint32_t mask, int shift, int *hist)
+hs_hist(const uint32_t *keys, const float *pooled, const long long *soff,
+    int c0, int n_cand, int h, const int *mode, const uint32_t *lim,
+    uint32_t prefix, uint32_t mask, int shift, int *hist)
 {
 	int i, t, run = -1, cnt = 0;
 
-	for (i = hb; i < hb + nh; i++) {
-		int md = per_head ? 0 : mode[i];
-		int base = per_head ? (i - hb) * 256 : 0;
-		uint32_t pf = per_head ? prefix[i - hb] : prefix[0];
-		uint32_t lm = md == 1 ? lim[i] : 0xffffffffu;
-		const uint32_t *kk = keys ? keys + (size_t)(i - key0) * n_cand :
-		    NULL;
+	for (i = 0; i < h; i++) {
+		int md = mode[i];
+		uint32_t lm = lim[i];
+		const uint32_t *kk = keys ? keys + (size_t)i * n_cand : NULL;
 		const float *ps = pooled + soff[i] + c0;
 
 		if (md == 2)
@@ -949,32 +981,12 @@ hs_hist(const uint32_t *keys, int key0, const float *pooled,
 #pragma unroll 4
 		for (t = threadIdx.x; t < n_cand; t += blockDim.x) {
 			uint32_t key = kk ? kk[t] : fkey(ps[t]);
-			int slot;
 
-			/* mode 1 keeps the keys below lim, mode 0 all */
-			if ((md == 1 && key >= lm) || (key & mask) != pf)
-				continue;
-			slot = base + (int)(key >> shift & 255);
-			if (slot != run) {
-				if (cnt > 0)
-					atomicAdd(&hist[run], cnt);
-				run = slot;
-				cnt = 0;
-			}
-			cnt++;
+			if ((md == 0 || key < lm) && (key & mask) == prefix)
+				hs_add(hist, (int)(key >> shift & 255), &run,
+				    &cnt);
 		}
-		/* the last runs, summed over the lanes that share a bin
-		   (the whole block's, in the first passes) */
-		{
-			unsigned peers = __match_any_sync(0xffffffffu, cnt > 0 ?
-			    run : -1);
-			unsigned sum = __reduce_add_sync(peers, (unsigned)cnt);
-
-			if (cnt > 0 && (threadIdx.x & 31) == __ffs(peers) - 1)
-				atomicAdd(&hist[run], (int)sum);
-			cnt = 0;
-			run = -1;
-		}
+		hs_flush(hist, &run, &cnt);
 	}
 }
 
@@ -1007,34 +1019,19 @@ hybrid_floor_k(const float *pooled, const long long *soff, int c0,
 	extern __shared__ uint32_t kc[];
 	__shared__ int hist[256], need_s, gt_s;
 	__shared__ uint32_t pre_s;
-	int i = blockIdx.x, j, t, shift;
-	uint32_t prefix = 0, mask = 0;
+	const float *a = pooled + soff[blockIdx.x] + c0;
+	uint32_t lim;
+	int j;
 
 	if (cached)
 		for (j = threadIdx.x; j < n_cand; j += blockDim.x)
-			kc[j] = fkey(pooled[soff[i] + c0 + j]);
+			kc[j] = fkey(a[j]);
+	/* (block_kth's first barrier orders the keys before their use) */
+	lim = block_kth(cached ? kc : NULL, a, n_cand, f, hist, &need_s,
+	    &gt_s, &pre_s);
 	if (threadIdx.x == 0) {
-		need_s = f;
-		gt_s = 0;
-	}
-	for (shift = 24; shift >= 0; shift -= 8) {
-		for (t = threadIdx.x; t < 256; t += blockDim.x)
-			hist[t] = 0;
-		__syncthreads();
-		hs_hist(cached ? kc : NULL, i, pooled, soff, c0, n_cand, i, 1, 1,
-		    NULL, NULL, &prefix, mask, shift, hist);
-		__syncthreads();
-		if (threadIdx.x < 32)
-			select_digit(hist, shift, &need_s, &gt_s, &pre_s,
-			    prefix);
-		__syncthreads();
-		prefix = pre_s;
-		mask |= 255u << shift;
-	}
-	/* hist still holds the last digit's counts: the keys equal to lim */
-	if (threadIdx.x == 0) {
-		flim[i] = prefix;
-		fextra[i] = hist[prefix & 255] - (f - gt_s);
+		flim[blockIdx.x] = lim;
+		fextra[blockIdx.x] = hist[lim & 255] - (f - gt_s);
 	}
 }
 
@@ -1084,8 +1081,8 @@ hybrid_split_k(const float *pooled, const long long *soff, int c0, int h,
 			for (t = threadIdx.x; t < 256; t += blockDim.x)
 				hist[t] = 0;
 			__syncthreads();
-			hs_hist(keys, 0, pooled, soff, c0, n_cand, 0, h, 0, mode,
-			    lim, &prefix, mask, shift, hist);
+			hs_hist(keys, pooled, soff, c0, n_cand, h, mode, lim,
+			    prefix, mask, shift, hist);
 			__syncthreads();
 			if (threadIdx.x == 0)
 				for (i = 0; i < h; i++)
