@@ -108,7 +108,13 @@ struct gpu_ctx {
 	void		*tab;		/* small per-layer tables */
 	/* decode step tables */
 	char		*h_step, *d_step;
-	size_t		 step_cap;
+	size_t		 step_cap, dstep_room;	/* bytes of h_step, d_step */
+	/* the next step's tables, laid out while a step runs (decode_step) */
+	char		*h_pre;
+	size_t		 pre_room;
+	int		*pre_seqs, pre_max, pre_n, pre_cap, pre_head, pre_ok;
+	unsigned long	 gen, pre_gen;	/* gen: bumped by every change of
+					   blocks */
 	float		*pm, *pl, *pacc;
 	int		 part_cap;	/* items the partial buffers hold */
 	int		 timing, head;
@@ -299,6 +305,7 @@ blk_free(gpu_ctx *g, int s, int l)
 	gblk *b = blk_at(g, s, l);
 	int h;
 
+	g->gen++;
 	if (b->chunk >= 0) {
 		gchunk *c = &g->ch[b->chunk];
 
@@ -330,6 +337,7 @@ blk_alloc(gpu_ctx *g, int s, int l, const int *caps)
 	kvx_status rc;
 	int c, h;
 
+	g->gen++;
 	for (h = 0; h < g->Hkv; h++)
 		rows += (size_t)caps[h];
 	bytes = (rows * rb + 255) & ~(size_t)255;
@@ -452,6 +460,8 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->pl);
 	cudaFree(g->pacc);
 	cudaFreeHost(g->h_step);
+	cudaFreeHost(g->h_pre);
+	free(g->pre_seqs);
 	if (g->gx != NULL)
 		cudaGraphExecDestroy(g->gx);
 	if (g->ds != NULL)
@@ -528,7 +538,9 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	g->seg = kvx__calloc(nsl * g->Hkv, sizeof *g->seg);
 	g->blk = kvx__calloc(nsl, sizeof *g->blk);
 	g->npos = kvx__calloc((size_t)g->p.n_seq, sizeof *g->npos);
-	if (!g->lw || !g->seg || !g->blk || !g->npos) {
+	g->pre_seqs = kvx__calloc((size_t)g->p.n_seq, sizeof *g->pre_seqs);
+	g->pre_max = g->p.n_seq;
+	if (!g->lw || !g->seg || !g->blk || !g->npos || !g->pre_seqs) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -1199,23 +1211,130 @@ graph_fits(const gpu_ctx *g, int n, int cap, int head)
 }
 
 /*
+ * Item capacity a layer of a step over seqs whose segments will hold
+ * len + 1 + ahead rows, and each layer's chunk: the graph's capacity
+ * when the graph fits, else the need plus room to grow, so that a graph
+ * outlives many steps.  Per layer at most nseg + rows / chunk + 1 items.
+ */
+static int
+step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
+    int *chunk)
+{
+	int Hkv = g->Hkv, nseg = n * Hkv, i, l, h, cap = 0;
+
+	for (l = 0; l < g->L; l++) {
+		long long rows = 0;
+
+		for (i = 0; i < n; i++)
+			for (h = 0; h < Hkv; h++)
+				rows += seg_at(g, seqs[i], l, h)->len + 1 +
+				    ahead;
+		chunk[l] = kvx_cuda_attn_chunk(rows, g->sm);
+		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
+			cap = (int)(rows / chunk[l]) + nseg + 1;
+	}
+	if (graph_fits(g, n, cap, head))
+		return g->gx_cap;
+	return cap + cap / 4 + 16;
+}
+
+/* Table offsets of a step of batch n and cap items a layer: layer l's
+ * four tables at lo[l * 4 + i]; returns the bytes. */
+static size_t
+step_layout(const gpu_ctx *g, int n, int cap, size_t *lo)
+{
+	size_t f[4], stride;
+	int nseg = n * g->Hkv, l, i;
+
+	f[0] = a16((size_t)n * 4) * 2;
+	f[1] = f[0] + a16((size_t)nseg * 8);
+	f[2] = f[1] + a16((size_t)nseg * 8);
+	f[3] = f[2] + a16((size_t)(nseg + 1) * 4);
+	stride = f[3] - f[0] + a16((size_t)cap * sizeof(struct kvx_cuda_work));
+	for (l = 0; l < g->L; l++)
+		for (i = 0; i < 4; i++)
+			lo[l * 4 + i] = f[i] + (size_t)l * stride;
+	return f[0] + stride * (size_t)g->L;
+}
+
+/*
+ * The tables of that step in buf (all but the token ids): positions, and
+ * per layer the segment offsets, the append offsets, each segment's
+ * first item and the split-K items, padded to cap with empty items past
+ * every segment's range (never combined).  len: nseg ints of scratch.
+ */
+static kvx_status
+step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
+    const int *chunk, const size_t *lo, char *buf, int *len)
+{
+	int Hkv = g->Hkv, D = g->D, nseg = n * Hkv, i, l, h, nit;
+
+	for (i = 0; i < n; i++)
+		((int *)(buf + a16((size_t)n * 4)))[i] = g->npos[seqs[i]] +
+		    ahead;
+	for (l = 0; l < g->L; l++) {
+		long long *off = (long long *)(buf + lo[l * 4]);
+		long long *app = (long long *)(buf + lo[l * 4 + 1]);
+		int *first = (int *)(buf + lo[l * 4 + 2]);
+		struct kvx_cuda_work *items = (struct kvx_cuda_work *)(buf +
+		    lo[l * 4 + 3]);
+
+		for (i = 0; i < n; i++)
+			for (h = 0; h < Hkv; h++) {
+				gseg *sg = seg_at(g, seqs[i], l, h);
+
+				off[i * Hkv + h] = sg->off;
+				app[i * Hkv + h] = sg->off +
+				    (long long)(sg->len + ahead) * D;
+				len[i * Hkv + h] = sg->len + 1 + ahead;
+			}
+		nit = kvx_cuda_attn_worklist(len, nseg, chunk[l], items, cap,
+		    first);
+		if (nit < 0)
+			return kvx__fail(KVX_ERR_DEVICE, "work list overflow");
+		memset(items + nit, 0, (size_t)(cap - nit) * sizeof *items);
+	}
+	return KVX_OK;
+}
+
+/* Pinned host buffer *p of at least need bytes (*have its size). */
+static kvx_status
+host_room(char **p, size_t *have, size_t need)
+{
+	if (need <= *have)
+		return KVX_OK;
+	cudaFreeHost(*p);
+	*p = NULL;
+	*have = 0;
+	if (cudaMallocHost((void **)p, need) != cudaSuccess) {
+		cudaGetLastError();
+		*p = NULL;
+		return kvx__fail(KVX_ERR_NOMEM, "cannot allocate the decode "
+		    "tables");
+	}
+	*have = need;
+	return KVX_OK;
+}
+
+/*
  * One token for each of n distinct sequences.  Grows full segments
- * first, then lays out on the host: ids, positions, and per layer the
- * segment offsets, the append offsets, each segment's first item and
- * the split-K items, padded to a fixed count so that the captured step
- * replays unchanged; one upload, then the graph (captured again only
- * when the batch, the item count or a buffer changes).
+ * first; then the step's tables, laid out on the host (step_fill), go up
+ * in one upload and the graph runs (captured again only when the batch,
+ * the item count or a buffer changes).  While it runs, the host lays
+ * out the tables of the next step of the same batch (every segment one
+ * row longer), which that step uses unless the batch or any segment
+ * changed in between (g->gen), so that the host's part of a step
+ * overlaps the device's.
  */
 static kvx_status
 decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
     float *logits)
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
-	int i, l, h, cap = 0, caps[64] = { 0 }, *len, *chunk;
-	int head = logits != NULL || g->head;
-	size_t need, lo[4];
-	struct kvx_cuda_work *items;
-	double t0 = 0.0;
+	int i, l, h, cap, caps[64] = { 0 }, *len = NULL, *chunk = NULL;
+	int head = logits != NULL || g->head, pre;
+	size_t need, *ll = NULL;
+	double t0 = 0.0, t1;
 	kvx_status rc;
 
 	if ((rc = ensure_fw(g, n)) != KVX_OK ||
@@ -1251,47 +1370,43 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	}
 	len = kvx__malloc_array((size_t)nseg, sizeof(int));
 	chunk = kvx__malloc_array((size_t)g->L, sizeof(int));
-	if (len == NULL || chunk == NULL) {
-		free(len);
-		free(chunk);
-		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	ll = kvx__malloc_array((size_t)g->L * 4, sizeof(size_t));
+	if (len == NULL || chunk == NULL || ll == NULL) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto out;
 	}
-	/* per layer at most nseg + rows / chunk + 1 items */
-	for (l = 0; l < g->L; l++) {
-		long long rows = 0;
+	/* the tables laid out during the last step, if still right */
+	pre = g->pre_ok && g->pre_n == n && g->pre_gen == g->gen &&
+	    g->pre_head == head && memcmp(g->pre_seqs, seqs, (size_t)n *
+	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head) &&
+	    g->gx_cap == g->pre_cap;
+	g->pre_ok = 0;
+	if (pre) {
+		char *t = g->h_step;
+		size_t tc = g->step_cap;
 
-		for (i = 0; i < n; i++)
-			for (h = 0; h < Hkv; h++)
-				rows += seg_at(g, seqs[i], l, h)->len + 1;
-		chunk[l] = kvx_cuda_attn_chunk(rows, g->sm);
-		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
-			cap = (int)(rows / chunk[l]) + nseg + 1;
+		g->h_step = g->h_pre;
+		g->step_cap = g->pre_room;
+		g->h_pre = t;
+		g->pre_room = tc;
+		cap = g->pre_cap;
+		need = step_layout(g, n, cap, ll);
+	} else {
+		cap = step_items(g, n, seqs, 0, head, chunk);
+		need = step_layout(g, n, cap, ll);
+		if ((rc = host_room(&g->h_step, &g->step_cap, need)) != KVX_OK)
+			goto out;
+		if ((rc = step_fill(g, n, seqs, 0, cap, chunk, ll, g->h_step,
+		    len)) != KVX_OK)
+			goto out;
 	}
-	/* room to grow, so that a graph outlives many steps */
-	if (graph_fits(g, n, cap, head))
-		cap = g->gx_cap;
-	else
-		cap += cap / 4 + 16;
-	/* one layout for every layer, layer l's tables lo[] + l * stride */
-	lo[0] = a16((size_t)n * 4) * 2;
-	lo[1] = lo[0] + a16((size_t)nseg * 8);
-	lo[2] = lo[1] + a16((size_t)nseg * 8);
-	lo[3] = lo[2] + a16((size_t)(nseg + 1) * 4);
-	need = lo[3] + a16((size_t)cap * sizeof(struct kvx_cuda_work));
-	need = lo[0] + (need - lo[0]) * (size_t)g->L;
-	if (need > g->step_cap) {
-		cudaFreeHost(g->h_step);
-		g->h_step = NULL;
-		g->step_cap = 0;
-		if (cudaMallocHost((void **)&g->h_step, need) != cudaSuccess ||
-		    (rc = regrow((void **)&g->d_step, need)) != KVX_OK) {
-			cudaGetLastError();
-			free(len);
-			free(chunk);
-			return kvx__fail(KVX_ERR_NOMEM, "cannot allocate the "
-			    "decode tables");
-		}
-		g->step_cap = need;
+	memcpy(g->h_step, ids, (size_t)n * 4);
+	if (g->timing)
+		g->st.decode_host_s += kvx__now() - t0;
+	if (need > g->dstep_room) {
+		if ((rc = regrow((void **)&g->d_step, need)) != KVX_OK)
+			goto out;
+		g->dstep_room = need;
 	}
 	if (cap > g->part_cap) {
 		g->part_cap = 0;
@@ -1300,95 +1415,74 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		    (rc = regrow((void **)&g->pl, (size_t)cap * G * 4)) !=
 		    KVX_OK ||
 		    (rc = regrow((void **)&g->pacc, (size_t)cap * G * D * 4)) !=
-		    KVX_OK) {
-			free(len);
-			free(chunk);
-			return rc;
-		}
+		    KVX_OK)
+			goto out;
 		g->part_cap = cap;
 	}
-	{
-		size_t stride = (need - lo[0]) / (size_t)g->L;
-		size_t *ll = kvx__malloc_array((size_t)g->L * 4,
-		    sizeof(size_t));
-
-		if (ll == NULL) {
-			free(len);
-			free(chunk);
-			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	if (cudaMemcpyAsync(g->d_step, g->h_step, need,
+	    cudaMemcpyHostToDevice, g->ds) != cudaSuccess ||
+	    cudaMemcpyAsync(g->ids, g->d_step, (size_t)n * 4,
+	    cudaMemcpyDeviceToDevice, g->ds) != cudaSuccess ||
+	    cudaMemcpyAsync(g->pos, g->d_step + a16((size_t)n * 4),
+	    (size_t)n * 4, cudaMemcpyDeviceToDevice, g->ds) != cudaSuccess) {
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table upload "
+		    "failed", __FILE__, __LINE__);
+		goto out;
+	}
+	if (g->nograph) {
+		if ((rc = blas_stream(g, g->ds)) == KVX_OK) {
+			rc = step_issue(g, n, cap, ll, head);
+			if (blas_stream(g, 0) != KVX_OK && rc == KVX_OK)
+				rc = kvx__fail(KVX_ERR_DEVICE, "cannot reset "
+				    "the cuBLAS stream");
 		}
-		for (l = 0; l < g->L; l++)
-			for (i = 0; i < 4; i++)
-				ll[l * 4 + i] = lo[i] + (size_t)l * stride;
-		memcpy(g->h_step, ids, (size_t)n * 4);
-		for (i = 0; i < n; i++)
-			((int *)(g->h_step + a16((size_t)n * 4)))[i] =
-			    g->npos[seqs[i]];
-		rc = KVX_OK;
-		for (l = 0; l < g->L && rc == KVX_OK; l++) {
-			long long *off = (long long *)(g->h_step + ll[l * 4]);
-			long long *app = (long long *)(g->h_step +
-			    ll[l * 4 + 1]);
-			int *first = (int *)(g->h_step + ll[l * 4 + 2]), nit;
-
-			items = (struct kvx_cuda_work *)(g->h_step +
-			    ll[l * 4 + 3]);
-			for (i = 0; i < n; i++)
-				for (h = 0; h < Hkv; h++) {
-					gseg *sg = seg_at(g, seqs[i], l, h);
-
-					off[i * Hkv + h] = sg->off;
-					app[i * Hkv + h] = sg->off +
-					    (long long)sg->len * D;
-					len[i * Hkv + h] = sg->len + 1;
-				}
-			nit = kvx_cuda_attn_worklist(len, nseg, chunk[l], items,
-			    cap, first);
-			if (nit < 0) {
-				rc = kvx__fail(KVX_ERR_DEVICE, "work list "
-				    "overflow");
-				break;
-			}
-			/* the fixed grid's surplus blocks get empty items,
-			   past every segment's range, so never combined */
-			memset(items + nit, 0, (size_t)(cap - nit) *
-			    sizeof *items);
-		}
-		free(len);
-		free(chunk);
-		if (rc == KVX_OK && (cudaMemcpyAsync(g->d_step, g->h_step, need,
-		    cudaMemcpyHostToDevice, g->ds) != cudaSuccess ||
-		    cudaMemcpyAsync(g->ids, g->d_step, (size_t)n * 4,
-		    cudaMemcpyDeviceToDevice, g->ds) != cudaSuccess ||
-		    cudaMemcpyAsync(g->pos, g->d_step + a16((size_t)n * 4),
-		    (size_t)n * 4, cudaMemcpyDeviceToDevice, g->ds) !=
-		    cudaSuccess))
-			rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table "
-			    "upload failed", __FILE__, __LINE__);
-		if (rc == KVX_OK && g->nograph) {
-			if ((rc = blas_stream(g, g->ds)) == KVX_OK) {
-				rc = step_issue(g, n, cap, ll, head);
-				if (blas_stream(g, 0) != KVX_OK && rc == KVX_OK)
-					rc = kvx__fail(KVX_ERR_DEVICE,
-					    "cannot reset the cuBLAS stream");
-			}
-		} else if (rc == KVX_OK) {
-			if (!graph_fits(g, n, cap, head))
-				rc = step_capture(g, n, cap, ll, head);
-			if (rc == KVX_OK && cudaGraphLaunch(g->gx, g->ds) !=
-			    cudaSuccess)
-				rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: graph "
-				    "launch failed", __FILE__, __LINE__);
-		}
-		free(ll);
+	} else {
+		if (!graph_fits(g, n, cap, head))
+			rc = step_capture(g, n, cap, ll, head);
+		if (rc == KVX_OK && cudaGraphLaunch(g->gx, g->ds) !=
+		    cudaSuccess)
+			rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: graph launch "
+			    "failed", __FILE__, __LINE__);
 	}
 	if (rc != KVX_OK)
-		return rc;
-	if (logits != NULL)
-		CK(cudaMemcpyAsync(logits, g->logits, (size_t)n * g->V * 4,
-		    cudaMemcpyDeviceToHost, g->ds));
+		goto out;
+	if (logits != NULL && cudaMemcpyAsync(logits, g->logits, (size_t)n *
+	    g->V * 4, cudaMemcpyDeviceToHost, g->ds) != cudaSuccess) {
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: logits copy failed",
+		    __FILE__, __LINE__);
+		goto out;
+	}
+	/* meanwhile, the next step's tables: only when no segment will
+	   need to grow and the graph will still fit */
+	t1 = kvx__now();
+	for (i = 0, pre = 1; i < n && pre; i++)
+		for (l = 0; l < g->L && pre; l++)
+			for (h = 0; h < Hkv; h++)
+				if (seg_at(g, seqs[i], l, h)->len + 2 >
+				    seg_at(g, seqs[i], l, h)->cap)
+					pre = 0;
+	if (pre && n <= g->pre_max &&
+	    (cap = step_items(g, n, seqs, 1, head, chunk)) == g->gx_cap &&
+	    graph_fits(g, n, cap, head) && step_layout(g, n, cap, ll) ==
+	    need && host_room(&g->h_pre, &g->pre_room, need) == KVX_OK &&
+	    step_fill(g, n, seqs, 1, cap, chunk, ll, g->h_pre, len) ==
+	    KVX_OK) {
+		memcpy(g->pre_seqs, seqs, (size_t)n * sizeof(int));
+		g->pre_n = n;
+		g->pre_cap = cap;
+		g->pre_head = head;
+		g->pre_gen = g->gen;
+		g->pre_ok = 1;
+	}
+	if (g->timing)
+		g->st.decode_ahead_s += kvx__now() - t1;
 	/* the tables stay in use until the step ends */
-	CK(cudaStreamSynchronize(g->ds));
+	if (cudaStreamSynchronize(g->ds) != cudaSuccess) {
+		g->pre_ok = 0;
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode step failed: %s",
+		    __FILE__, __LINE__, cudaGetErrorString(cudaGetLastError()));
+		goto out;
+	}
 	for (i = 0; i < n; i++) {
 		for (l = 0; l < g->L; l++)
 			for (h = 0; h < Hkv; h++)
@@ -1399,7 +1493,11 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->st.decode_s += kvx__now() - t0;
 		g->st.decode_tokens += n;
 	}
-	return KVX_OK;
+out:
+	free(len);
+	free(chunk);
+	free(ll);
+	return rc;
 }
 
 kvx_status

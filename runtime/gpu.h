@@ -25,6 +25,10 @@ typedef struct gpu_stats {
 	double		topk_s;		/* top-k selection (and its upload) */
 	double		gather_s;	/* compaction into the segments */
 	double		decode_s;	/* decode steps */
+	double		decode_host_s;	/* of which building their tables on
+					   the host, the device idle */
+	double		decode_ahead_s;	/* building the next step's tables
+					   while the device runs a step */
 	int64_t		prefill_tokens;
 	int64_t		decode_tokens;
 } gpu_stats;
