@@ -1404,6 +1404,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	if (g->timing)
 		g->st.decode_host_s += kvx__now() - t0;
 	if (need > g->dstep_room) {
+		g->dstep_room = 0;
 		if ((rc = regrow((void **)&g->d_step, need)) != KVX_OK)
 			goto out;
 		g->dstep_room = need;
