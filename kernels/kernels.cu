@@ -1793,6 +1793,37 @@ kvx_cuda_attn_blocks(int g, int d, int dtype)
 	return occ * sm;
 }
 
+/* The arguments partial and fused launches share. */
+static void
+attn_args_init(struct attn_args *a, const float *q, const void *k,
+    const void *v, int dtype, const long long *off, int ld_, float scale,
+    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    float *m, float *l, float *acc, cudaStream_t stream)
+{
+	memset(a, 0, sizeof *a);
+	a->q = q;
+	a->k = k;
+	a->v = v;
+	a->dtype = dtype;
+	a->ld = ld_;
+	a->nblk = nblocks;
+	a->off = off;
+	a->s2 = scale * LOG2E;
+	a->items = items;
+	a->bfirst = bfirst;
+	a->m = m;
+	a->l = l;
+	a->acc = acc;
+	a->st = stream;
+}
+
+/* 16-byte row loads need rows that start on 16-byte boundaries. */
+static int
+attn_aligned(const void *k, const void *v, int ld_)
+{
+	return ld_ % 8 == 0 && ((uintptr_t)k | (uintptr_t)v) % 16 == 0;
+}
+
 extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     const long long *off, int g, int d, int ld_, float scale,
@@ -1803,24 +1834,10 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
 
 	if (nblocks <= 0)
 		return 0;
-	/* 16-byte row loads need rows that start on 16-byte boundaries */
-	if (ld_ % 8 != 0 || ((uintptr_t)k | (uintptr_t)v) % 16 != 0)
+	if (!attn_aligned(k, v, ld_))
 		return KVX_CUDA_EINVAL;
-	memset(&a, 0, sizeof a);
-	a.q = q;
-	a.k = k;
-	a.v = v;
-	a.dtype = dtype;
-	a.ld = ld_;
-	a.nblk = nblocks;
-	a.off = off;
-	a.s2 = scale * LOG2E;
-	a.items = items;
-	a.bfirst = bfirst;
-	a.m = m;
-	a.l = l;
-	a.acc = acc;
-	a.st = stream;
+	attn_args_init(&a, q, k, v, dtype, off, ld_, scale, items, bfirst,
+	    nblocks, m, l, acc, stream);
 	return attn_dispatch(g, d, &a);
 }
 
@@ -1835,30 +1852,16 @@ kvx_cuda_attn_fused(const float *q, const void *k, const void *v, int dtype,
 
 	if (nseg <= 0)
 		return 0;
-	if (ld_ % 8 != 0 || ((uintptr_t)k | (uintptr_t)v) % 16 != 0 ||
-	    out == NULL || cnt == NULL || first == NULL)
+	if (!attn_aligned(k, v, ld_) || out == NULL || cnt == NULL ||
+	    first == NULL)
 		return KVX_CUDA_EINVAL;
-	if (nblocks <= 0)
-		nblocks = 1;	/* still zeroes the empty segments */
-	memset(&a, 0, sizeof a);
-	a.q = q;
-	a.k = k;
-	a.v = v;
-	a.dtype = dtype;
-	a.ld = ld_;
-	a.nblk = nblocks;
-	a.off = off;
-	a.s2 = scale * LOG2E;
-	a.items = items;
-	a.bfirst = bfirst;
-	a.m = m;
-	a.l = l;
-	a.acc = acc;
+	/* at least one block, which still zeroes the empty segments */
+	attn_args_init(&a, q, k, v, dtype, off, ld_, scale, items, bfirst,
+	    nblocks > 0 ? nblocks : 1, m, l, acc, stream);
 	a.first = first;
 	a.nseg = nseg;
 	a.cnt = cnt;
 	a.out = out;
-	a.st = stream;
 	return attn_dispatch(g, d, &a);
 }
 

@@ -143,37 +143,6 @@ usage(FILE *f)
 "                [--ref-context n] [--svg file] [--time-limit s] [-t threads] [-q]\n");
 }
 
-/* Parse a whole number in [lo, hi]; 0 on success. */
-static int
-parse_int(const char *s, long lo, long hi, long *out)
-{
-	char *end;
-	long v;
-
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/* Parse a finite number in [lo, hi]; 0 on success. */
-static int
-parse_num(const char *s, double lo, double hi, double *out)
-{
-	char *end;
-	double v;
-
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno != 0 || end == s || *end != '\0' || !isfinite(v) ||
-	    v < lo || v > hi)
-		return -1;
-	*out = v;
-	return 0;
-}
-
 /* A budget: "25%", "0.25", or a token count ("512", "512t", "512 tokens"). */
 static int
 parse_budget(struct cli *c, const char *s)
@@ -341,7 +310,7 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->corpus[c->n_corpus++] = optarg;
 			break;
 		case 't':
-			if (parse_int(optarg, 1, 1024, &v) != 0)
+			if (kvx__parse_long(optarg, 1, 1024, &v) != 0)
 				return die(EX_BADUSE, "bad --threads '%s'",
 				    optarg);
 			c->threads = (int)v;
@@ -369,7 +338,7 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->set_mode = 1;
 			break;
 		case O_ALPHA:
-			if (parse_num(optarg, 0, 1, &c->alpha) != 0)
+			if (kvx__parse_double(optarg, 0, 1, &c->alpha) != 0)
 				return die(EX_BADUSE, "bad --alpha '%s' (a "
 				    "number in [0, 1])", optarg);
 			break;
@@ -391,19 +360,19 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->set_gran = 1;
 			break;
 		case O_SAMPLES:
-			if (parse_int(optarg, 1, 100000, &v) != 0)
+			if (kvx__parse_long(optarg, 1, 100000, &v) != 0)
 				return die(EX_BADUSE, "bad --samples '%s'",
 				    optarg);
 			c->po.samples = (int)v;
 			break;
 		case O_STOKENS:
-			if (parse_int(optarg, 16, 1 << 20, &v) != 0)
+			if (kvx__parse_long(optarg, 16, 1 << 20, &v) != 0)
 				return die(EX_BADUSE, "bad --sample-tokens "
 				    "'%s' (16 or more)", optarg);
 			c->po.sample_tokens = (int)v;
 			break;
 		case O_SEED:
-			if (parse_int(optarg, 0, LONG_MAX, &v) != 0)
+			if (kvx__parse_long(optarg, 0, LONG_MAX, &v) != 0)
 				return die(EX_BADUSE, "bad --seed '%s'",
 				    optarg);
 			c->po.seed = (uint64_t)v;
@@ -420,19 +389,19 @@ parse_args(struct cli *c, int argc, char **argv)
 				    "(output, output-abs or mass)", optarg);
 			break;
 		case O_SPAN:
-			if (parse_int(optarg, 0, 1 << 24, &v) != 0)
+			if (kvx__parse_long(optarg, 0, 1 << 24, &v) != 0)
 				return die(EX_BADUSE, "bad --profile-span '%s'",
 				    optarg);
 			c->po.span = (int)v;
 			break;
 		case O_GRID:
-			if (parse_int(optarg, 2, PROFILE_MAX_GRID, &v) != 0)
+			if (kvx__parse_long(optarg, 2, PROFILE_MAX_GRID, &v) != 0)
 				return die(EX_BADUSE, "bad --grid '%s' (2 to "
 				    "%d)", optarg, PROFILE_MAX_GRID);
 			c->po.grid = (int)v;
 			break;
 		case O_WINDOW:
-			if (parse_int(optarg, 1, PROFILE_MAX_WINDOW, &v) != 0)
+			if (kvx__parse_long(optarg, 1, PROFILE_MAX_WINDOW, &v) != 0)
 				return die(EX_BADUSE, "bad --window '%s' (1 to "
 				    "%d)", optarg, PROFILE_MAX_WINDOW);
 			c->po.window = (int)v;
@@ -445,7 +414,7 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->set_pool = 1;
 			break;
 		case O_KERNEL:
-			if (parse_int(optarg, 1, 255, &v) != 0 || v % 2 == 0)
+			if (kvx__parse_long(optarg, 1, 255, &v) != 0 || v % 2 == 0)
 				return die(EX_BADUSE, "bad --pool-kernel '%s' "
 				    "(an odd number from 1 to 255)", optarg);
 			c->po.pool_kernel = (int)v;
@@ -458,7 +427,7 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->set_gqa = 1;
 			break;
 		case O_SINKS:
-			if (parse_int(optarg, 0, 1 << 20, &v) != 0)
+			if (kvx__parse_long(optarg, 0, 1 << 20, &v) != 0)
 				return die(EX_BADUSE, "bad --sinks '%s'",
 				    optarg);
 			c->po.sinks = (int)v;
@@ -474,7 +443,7 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->weights = optarg;
 			break;
 		case O_PAGE:
-			if (parse_int(optarg, 1, 1 << 24, &v) != 0)
+			if (kvx__parse_long(optarg, 1, 1 << 24, &v) != 0)
 				return die(EX_BADUSE, "bad --page '%s'",
 				    optarg);
 			c->ao.page = (int)v;
@@ -483,7 +452,7 @@ parse_args(struct cli *c, int argc, char **argv)
 		case O_MAXF:
 		case O_LMIN:
 		case O_LMAX:
-			if (parse_num(optarg, 0, 1, &d) != 0)
+			if (kvx__parse_double(optarg, 0, 1, &d) != 0)
 				return die(EX_BADUSE, "bad --%s '%s' (a share "
 				    "in [0, 1])", ch == O_MINF ? "min-frac" :
 				    ch == O_MAXF ? "max-frac" : ch == O_LMIN ?
@@ -498,13 +467,13 @@ parse_args(struct cli *c, int argc, char **argv)
 				c->ao.layer_max = d;
 			break;
 		case O_SHARDS:
-			if (parse_int(optarg, 1, 4096, &v) != 0)
+			if (kvx__parse_long(optarg, 1, 4096, &v) != 0)
 				return die(EX_BADUSE, "bad --shards '%s'",
 				    optarg);
 			c->ao.shards = (int)v;
 			break;
 		case O_REFCTX:
-			if (parse_int(optarg, 1, 1 << 26, &v) != 0)
+			if (kvx__parse_long(optarg, 1, 1 << 26, &v) != 0)
 				return die(EX_BADUSE, "bad --ref-context '%s'",
 				    optarg);
 			c->ao.ref_context = v;
@@ -513,13 +482,13 @@ parse_args(struct cli *c, int argc, char **argv)
 			c->svg = optarg;
 			break;
 		case O_TLIMIT:
-			if (parse_num(optarg, 0.01, 1e6, &c->ao.sp.time_limit)
+			if (kvx__parse_double(optarg, 0.01, 1e6, &c->ao.sp.time_limit)
 			    != 0)
 				return die(EX_BADUSE, "bad --time-limit '%s'",
 				    optarg);
 			break;
 		case O_BETA:
-			if (parse_num(optarg, 1, 1e6, &c->ao.beta) != 0)
+			if (kvx__parse_double(optarg, 1, 1e6, &c->ao.beta) != 0)
 				return die(EX_BADUSE, "bad --beta '%s' (1 or "
 				    "more)", optarg);
 			break;

@@ -60,7 +60,9 @@ bind_mat(const gguf_file *gf, const char *name, int rows, int cols, mat *m,
 		    (unsigned long long)t->ne[0],
 		    (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols,
 		    rows);
-	if (!quant_matvec_supported(t->type) || !quant_supported(t->type))
+	/* prefill dequantises (quant_dequant), decode runs
+	   quant_matvec_f32: both take every type quant_supported names */
+	if (!quant_supported(t->type))
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "tensor %s has type %s, "
 		    "which kvx cannot multiply", name, ggml_type_name(t->type));
 	m->q = t->data;

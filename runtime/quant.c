@@ -190,34 +190,50 @@ dq_q5_1(const blk_q5_1 *b, float *y, size_t nb)
 	}
 }
 
+/* One block of 32 int8 values with scale d. */
+static inline void
+dq_i8_block(float d, const int8_t *qs, float *y)
+{
+	int j;
+
+	for (j = 0; j < QK; j++)
+		y[j] = d * qs[j];
+}
+
 /* Dequantises nb Q8_0 blocks. */
 static void
 dq_q8_0(const blk_q8_0 *b, float *y, size_t nb)
 {
 	size_t i;
-	int j;
-	float d;
 
-	for (i = 0; i < nb; i++, y += QK) {
-		d = h2f(b[i].d);
-		for (j = 0; j < QK; j++)
-			y[j] = d * b[i].qs[j];
-	}
+	for (i = 0; i < nb; i++, y += QK)
+		dq_i8_block(h2f(b[i].d), b[i].qs, y);
 }
 
-/* Dequantises nb Q8_1 blocks. */
+/* Dequantises nb Q8_1 blocks (the stored sum is not needed). */
 static void
 dq_q8_1(const blk_q8_1 *b, float *y, size_t nb)
 {
 	size_t i;
-	int j;
-	float d;
 
-	for (i = 0; i < nb; i++, y += QK) {
-		d = h2f(b[i].d);
-		for (j = 0; j < QK; j++)
-			y[j] = d * b[i].qs[j];
-	}
+	for (i = 0; i < nb; i++, y += QK)
+		dq_i8_block(h2f(b[i].d), b[i].qs, y);
+}
+
+/* Scales and minima of the two 32-weight groups 2p and 2p + 1 of a
+ * Q4_K/Q5_K block. */
+static inline void
+k_pair(const uint8_t *scales, int p, float d, float dmin, float *d0,
+    float *m0, float *d1, float *m1)
+{
+	uint8_t sc, mn;
+
+	k_scale_min(2 * p, scales, &sc, &mn);
+	*d0 = d * sc;
+	*m0 = dmin * mn;
+	k_scale_min(2 * p + 1, scales, &sc, &mn);
+	*d1 = d * sc;
+	*m1 = dmin * mn;
 }
 
 /* Dequantises nb Q4_K blocks. */
@@ -227,7 +243,6 @@ dq_q4_k(const blk_q4_k *b, float *y, size_t nb)
 	const uint8_t *q;
 	size_t i;
 	int p, l;
-	uint8_t sc0, mn0, sc1, mn1;
 	float d, dmin, d0, m0, d1, m1;
 
 	for (i = 0; i < nb; i++) {
@@ -235,12 +250,7 @@ dq_q4_k(const blk_q4_k *b, float *y, size_t nb)
 		dmin = h2f(b[i].dmin);
 		q = b[i].qs;
 		for (p = 0; p < 4; p++, q += 32, y += 64) {
-			k_scale_min(2 * p, b[i].scales, &sc0, &mn0);
-			k_scale_min(2 * p + 1, b[i].scales, &sc1, &mn1);
-			d0 = d * sc0;
-			m0 = dmin * mn0;
-			d1 = d * sc1;
-			m1 = dmin * mn1;
+			k_pair(b[i].scales, p, d, dmin, &d0, &m0, &d1, &m1);
 			for (l = 0; l < 32; l++) {
 				y[l] = d0 * (q[l] & 15) - m0;
 				y[l + 32] = d1 * (q[l] >> 4) - m1;
@@ -256,7 +266,6 @@ dq_q5_k(const blk_q5_k *b, float *y, size_t nb)
 	const uint8_t *q;
 	size_t i;
 	int p, l, h0, h1;
-	uint8_t sc0, mn0, sc1, mn1;
 	float d, dmin, d0, m0, d1, m1;
 
 	for (i = 0; i < nb; i++) {
@@ -264,12 +273,7 @@ dq_q5_k(const blk_q5_k *b, float *y, size_t nb)
 		dmin = h2f(b[i].dmin);
 		q = b[i].qs;
 		for (p = 0; p < 4; p++, q += 32, y += 64) {
-			k_scale_min(2 * p, b[i].scales, &sc0, &mn0);
-			k_scale_min(2 * p + 1, b[i].scales, &sc1, &mn1);
-			d0 = d * sc0;
-			m0 = dmin * mn0;
-			d1 = d * sc1;
-			m1 = dmin * mn1;
+			k_pair(b[i].scales, p, d, dmin, &d0, &m0, &d1, &m1);
 			for (l = 0; l < 32; l++) {
 				h0 = (b[i].qh[l] >> (2 * p)) & 1;
 				h1 = (b[i].qh[l] >> (2 * p + 1)) & 1;

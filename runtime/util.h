@@ -38,6 +38,11 @@ float		 kvx__bf2f(uint16_t);
 
 /* splitmix64: a small, well-mixed seeded generator. */
 uint64_t	 kvx__splitmix64(uint64_t *state);
+/* A whole decimal integer / finite number in [lo, hi] into *out; 0 on
+ * success, -1 (nothing written) otherwise.  For command-line options. */
+int		 kvx__parse_long(const char *s, long lo, long hi, long *out);
+int		 kvx__parse_double(const char *s, double lo, double hi,
+		     double *out);
 /*
  * Read a whole file ("-": standard input) into a malloc'd, NUL-terminated
  * buffer.  KVX_ERR_IO, with "PATH: reason" as the message, when it cannot

@@ -175,18 +175,42 @@ out:
 	kvx_ctx_free(&gc);
 }
 
+/* Three prompts of different lengths, prefilled as sequences 0-2. */
+static const char *texts3[3] = {
+	"The capital of France is",
+	"Water boils at a temperature of",
+	"def fibonacci(n):\n    if n < 2:\n        return n\n",
+};
+
+/*
+ * Prefills texts3 into contexts a and b (logits to la and lb); tok[i] is
+ * the greedy next token of sequence i by a.  0 on success.
+ */
+static int
+prefill3(kvx_ctx *a, kvx_ctx *b, float *la, float *lb, int32_t *tok,
+    const char *what)
+{
+	static int32_t ids[MAXTOK];
+	int i, n;
+
+	for (i = 0; i < 3; i++) {
+		n = tokenize(texts3[i], ids);
+		if (kvx_prefill(a, i, ids, n, la) != KVX_OK ||
+		    kvx_prefill(b, i, ids, n, lb) != KVX_OK) {
+			ok(0, "%s: prefill %d: %s", what, i, kvx_errmsg());
+			return -1;
+		}
+		tok[i] = tap_argmax(la, NV);
+	}
+	return 0;
+}
+
 /* Three sequences of different lengths decoded in one batch, then an
  * extend of one of them. */
 static void
 compare_batch(const kvx_plan *p)
 {
-	static const char *texts[3] = {
-		"The capital of France is",
-		"Water boils at a temperature of",
-		"def fibonacci(n):\n    if n < 2:\n        return n\n",
-	};
-	static int32_t ids[MAXTOK];
-	int seqs[3] = { 0, 1, 2 }, i, n, ok_all = 1;
+	int seqs[3] = { 0, 1, 2 }, i, ok_all = 1;
 	int32_t tok[3], ext[3] = { 13, 330, 1183 };
 	float *lc, *lg;
 	kvx_ctx *cc, *gc;
@@ -198,15 +222,8 @@ compare_batch(const kvx_plan *p)
 	lg = malloc((size_t)3 * NV * sizeof(float));
 	if (cc == NULL || gc == NULL || lc == NULL || lg == NULL)
 		goto out;
-	for (i = 0; i < 3; i++) {
-		n = tokenize(texts[i], ids);
-		if (kvx_prefill(cc, i, ids, n, lc) != KVX_OK ||
-		    kvx_prefill(gc, i, ids, n, lg) != KVX_OK) {
-			ok(0, "batch: prefill %d: %s", i, kvx_errmsg());
-			goto out;
-		}
-		tok[i] = tap_argmax(lc, NV);
-	}
+	if (prefill3(cc, gc, lc, lg, tok, "batch") != 0)
+		goto out;
 	for (i = 0; i < 3 * NV; i++)
 		lg[i] = NAN;
 	if (!ok(kvx_decode(cc, 3, seqs, tok, lc) == KVX_OK &&
@@ -256,14 +273,8 @@ out:
 static void
 compare_graph(const kvx_plan *p)
 {
-	static const char *texts[3] = {
-		"The capital of France is",
-		"Water boils at a temperature of",
-		"def fibonacci(n):\n    if n < 2:\n        return n\n",
-	};
 	static const int nb[6] = { 3, 3, 1, 1, 2, 3 };
-	static int32_t ids[MAXTOK];
-	int seqs[3], i, j, n, st, same = 1, lens = 1;
+	int seqs[3], i, j, st, same = 1, lens = 1;
 	int32_t tok[3];
 	float *la, *lb;
 	kvx_ctx *ga, *gb;
@@ -277,15 +288,8 @@ compare_graph(const kvx_plan *p)
 	lb = malloc((size_t)3 * NV * sizeof(float));
 	if (ga == NULL || gb == NULL || la == NULL || lb == NULL)
 		goto out;
-	for (i = 0; i < 3; i++) {
-		n = tokenize(texts[i], ids);
-		if (kvx_prefill(ga, i, ids, n, la) != KVX_OK ||
-		    kvx_prefill(gb, i, ids, n, lb) != KVX_OK) {
-			ok(0, "graph: prefill %d: %s", i, kvx_errmsg());
-			goto out;
-		}
-		tok[i] = tap_argmax(lb, NV);
-	}
+	if (prefill3(gb, ga, lb, la, tok, "graph") != 0)
+		goto out;
 	for (st = 0; st < 6; st++) {
 		/* rotate which sequences the step takes */
 		for (j = 0; j < nb[st]; j++)

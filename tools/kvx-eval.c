@@ -130,12 +130,9 @@ progress(const char *fmt, ...)
 static long
 num(const char *s, const char *opt, long lo, long hi)
 {
-	char *end;
 	long v;
 
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0 || *end != '\0' || end == s || v < lo || v > hi)
+	if (kvx__parse_long(s, lo, hi, &v) != 0)
 		fail(EXIT_USAGE, "%s: '%s' is not an integer in [%ld, %ld]",
 		    opt, s, lo, hi);
 	return v;

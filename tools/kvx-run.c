@@ -5,7 +5,6 @@
  */
 #include "config.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
@@ -57,12 +56,9 @@ fail(int code, const char *fmt, const char *arg)
 static long
 num(const char *s, const char *opt, long lo, long hi)
 {
-	char *end;
 	long v;
 
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0 || *end != '\0' || end == s || v < lo || v > hi) {
+	if (kvx__parse_long(s, lo, hi, &v) != 0) {
 		fprintf(stderr, "%s: %s: '%s' is not an integer in [%ld, %ld]\n",
 		    progname, opt, s, lo, hi);
 		exit(EXIT_USAGE);
