@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "cuda.h"
+#include "kvx_cuda.h"
 
 #define LOG2E 1.4426950408889634f
 

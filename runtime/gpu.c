@@ -35,7 +35,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
-#include "../kernels/cuda.h"
+#include "../kernels/kvx_cuda.h"
 #include "gpu.h"
 #include "model.h"
 #include "plan.h"

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kernels/cuda.h"
+#include "../kernels/kvx_cuda.h"
 #include "attn.h"
 #include "plan.h"
 #include "select.h"

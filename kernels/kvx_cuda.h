@@ -1,5 +1,5 @@
 /*
- * cuda.h - C interface to the kvx CUDA kernels.
+ * kvx_cuda.h - C interface to the kvx CUDA kernels.
  * SPDX-License-Identifier: MIT
  *
  * Every kernel works on a batch of segments, one per (sequence, KV head)
