@@ -17,30 +17,11 @@ int		 quant_supported(int type);
 
 /*
  * Matrix-vector product with a quantised weight matrix W of rows x cols
- * (row-major as stored in GGUF: ne[0] = cols contiguous):
- *   y[r] = sum_c W[r][c] * x[c]   for r in [r0, r1)
- * x is first quantised to the matching activation format by
- * quant_prepare_x (scratch from quant_scratch_bytes).  Supported weight
- * types: F32, F16, Q4_0, Q4_1, Q8_0.
- */
-size_t		 quant_scratch_bytes(int wtype, int cols);
-void		 quant_prepare_x(int wtype, const float *x, int cols,
-		     void *scratch);
-void		 quant_matvec(int wtype, const void *w, int cols, int r0, int r1,
-		     const void *xq, float *y);
-int		 quant_matvec_supported(int wtype);
-/* The portable paths of quant_prepare_x and quant_matvec, which the
- * vector paths are tested against. */
-void		 quant_prepare_x_scalar(int wtype, const float *x, int cols,
-		     void *scratch);
-void		 quant_matvec_scalar(int wtype, const void *w, int cols, int r0,
-		     int r1, const void *xq, float *y);
-
-/*
- * The same product with the activation kept in f32 (no rounding of x):
- * y[r] for r in [r0, r1), indexed from y[0] like quant_matvec.  Q4_0,
- * Q4_1 and Q8_0 have AVX2 kernels; every other type quant_dequant handles
- * is expanded a block at a time.
+ * (row-major as stored in GGUF: ne[0] = cols contiguous) and an f32
+ * activation x (no rounding of x):
+ *   y[r] = sum_c W[r][c] * x[c]   for r in [r0, r1), indexed from y[0].
+ * Q4_0, Q4_1 and Q8_0 have AVX2 kernels; every other type quant_dequant
+ * handles is expanded a block at a time.
  */
 void		 quant_matvec_f32(int wtype, const void *w, int cols, int r0,
 		     int r1, const float *x, float *y);
