@@ -185,7 +185,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "kvx-bench-e2e: no CUDA device\n");
 		return 77;
 	}
-	if (kvx_model_open(model, 0, &m) != KVX_OK) {
+	if (kvx_model_open(model, NULL, &m) != KVX_OK) {
 		fprintf(stderr, "kvx-bench-e2e: %s\n", kvx_errmsg());
 		return 1;
 	}

@@ -670,6 +670,7 @@ get_profile(struct cli *c, kvx_model *m, profile **prof)
 int
 main(int argc, char **argv)
 {
+	kvx_model_params mp;
 	struct cli c;
 	kvx_model *m = NULL;
 	kvx_plan *plan = NULL;
@@ -694,7 +695,9 @@ main(int argc, char **argv)
 	    (ex = check_new(&c, c.save_prof, "--save-profile")) != EX_OK)
 		return ex;
 
-	if ((rc = kvx_model_open(c.model, c.threads, &m)) != KVX_OK)
+	kvx_model_params_init(&mp);
+	mp.n_threads = c.threads;
+	if ((rc = kvx_model_open(c.model, &mp, &m)) != KVX_OK)
 		return die(EX_MODEL, "%s (a GGUF model of a Llama-family "
 		    "architecture)", kvx_errmsg());
 	mi = kvx_model_get_info(m);

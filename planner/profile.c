@@ -464,6 +464,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	const kvx_model_info *mi = kvx_model_get_info(m);
 	struct prof_run r;
 	fw_scratch *scr = NULL;
+	kvx_pool *pool = NULL;
 	kv_cache *kv = NULL;
 	profile *p = NULL;
 	int32_t *ids = NULL;
@@ -547,7 +548,13 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	for (i = 0; i < T; i++)
 		pos[i] = i;
 	if ((rc = kv_new(1, L, mi->n_head_kv, mi->head_dim, T, &kv)) !=
-	    KVX_OK || (rc = fw_scratch_new(m, T, T, &scr)) != KVX_OK)
+	    KVX_OK)
+		goto done;
+	if ((pool = pool_new(m->n_threads)) == NULL) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "cannot start threads");
+		goto done;
+	}
+	if ((rc = fw_scratch_new(m, pool, T, T, &scr)) != KVX_OK)
 		goto done;
 	r.kv = kv;
 
@@ -592,6 +599,7 @@ done:
 	profile_free(&p);
 	kv_free(&kv);
 	fw_scratch_free(&scr);
+	pool_free(&pool);
 	free(r.score);
 	free(r.pooled);
 	free(r.cand);

@@ -26,8 +26,8 @@
 #include "util.h"
 
 /* Window queries kept per sequence so that another context can compress
- * from this one's prefill (kvx_compress_from). */
-#define WIN_SAVE 64
+ * from this one's prefill (kvx_compress_from): as many as any plan uses. */
+#define WIN_SAVE KVX_WINDOW_MAX
 
 struct kvx_ctx {
 	kvx_model	*m;
@@ -35,6 +35,7 @@ struct kvx_ctx {
 	kvx_ctx_params	 p;
 	kv_cache	*kv;
 	fw_scratch	*s;
+	kvx_pool	*pool;		/* CPU workers; NULL until first used */
 	int		 s_tokens;	/* scratch capacity in tokens */
 	float		*winq;		/* [seq][layer][head][WIN_SAVE][D] */
 	int		*winq_n;	/* per seq: saved window length */
@@ -69,6 +70,7 @@ kvx_ctx_free(kvx_ctx **pc)
 	kvx_plan_free(&c->plan);
 	kv_free(&c->kv);
 	fw_scratch_free(&c->s);
+	pool_free(&c->pool);
 	free(c->winq);
 	free(c->winq_n);
 	free(c->score);
@@ -135,9 +137,9 @@ kvx_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *pp,
 	if (pp->n_seq < 1 || pp->n_seq > 4096)
 		return kvx__fail(KVX_ERR_ARG, "n_seq %d is out of range "
 		    "[1, 4096]", pp->n_seq);
-	if (pp->n_ctx < 0 || pp->decode_headroom < 0)
-		return kvx__fail(KVX_ERR_ARG, "n_ctx and decode_headroom "
-		    "must not be negative");
+	if (pp->n_ctx < 0 || pp->decode_headroom < 0 || pp->n_threads < 0)
+		return kvx__fail(KVX_ERR_ARG, "n_ctx, decode_headroom and "
+		    "n_threads must not be negative");
 	if (plan != NULL && (rc = kvx_plan_check(plan, m)) != KVX_OK)
 		return rc;
 	if ((c = calloc(1, sizeof *c)) == NULL)
@@ -198,7 +200,12 @@ ensure_scratch(kvx_ctx *c, int n)
 		return KVX_OK;
 	want = n < 64 ? 64 : n;
 	fw_scratch_free(&c->s);
-	if ((rc = fw_scratch_new(c->m, want, c->p.n_ctx, &c->s)) != KVX_OK)
+	if (c->pool == NULL && (c->pool = pool_new(c->p.n_threads > 0 ?
+	    c->p.n_threads : c->m->n_threads)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "cannot start the context's "
+		    "threads");
+	if ((rc = fw_scratch_new(c->m, c->pool, want, c->p.n_ctx, &c->s)) !=
+	    KVX_OK)
 		return rc;
 	c->s_tokens = want;
 	return KVX_OK;

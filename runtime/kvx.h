@@ -66,9 +66,25 @@ typedef struct kvx_model_info {
 						   and key metadata */
 } kvx_model_info;
 
-/* Open a GGUF model (mmap).  n_threads <= 0 picks the number of CPUs. */
-kvx_status	 kvx_model_open(const char *path, int n_threads,
-		     kvx_model **out);
+/*
+ * Options of kvx_model_open.  Fill with kvx_model_params_init first, then
+ * set what differs: fields may be added at the end in later versions, and
+ * the init call gives them their defaults.
+ */
+typedef struct kvx_model_params {
+	int	n_threads;	/* CPU worker threads of each context made
+				   from the model that does not set its own
+				   (<= 0, the default: the online CPUs) */
+} kvx_model_params;
+
+void		 kvx_model_params_init(kvx_model_params *);
+/*
+ * Open a GGUF model (mmap).  params NULL means the defaults.  The model is
+ * immutable once open: any number of contexts made from it may run at the
+ * same time on different threads.  It must outlive them.
+ */
+kvx_status	 kvx_model_open(const char *path,
+		     const kvx_model_params *params, kvx_model **out);
 void		 kvx_model_close(kvx_model **);
 const kvx_model_info *kvx_model_get_info(const kvx_model *);
 
@@ -101,6 +117,13 @@ typedef enum kvx_plan_mode {
 	KVX_PLAN_HYBRID = 1	/* budgets per layer; heads share at run time */
 } kvx_plan_mode;
 
+/*
+ * Largest observation window (selection.window) a plan may have: the
+ * runtime keeps at most this many window queries per layer, and plan
+ * loading and kvx-plan refuse a larger window.
+ */
+#define KVX_WINDOW_MAX 128
+
 kvx_status	 kvx_plan_load(const char *path, kvx_plan **out);
 /* Parse a plan held in memory; name is used in messages. */
 kvx_status	 kvx_plan_load_mem(const char *buf, size_t len,
@@ -127,6 +150,8 @@ typedef struct kvx_ctx_params {
 	int	device;		/* KVX_DEVICE_AUTO (default): the GPU when
 				   libkvx has CUDA and one is usable, unless
 				   the environment sets KVX_DEVICE=cpu */
+	int	n_threads;	/* CPU worker threads of this context (0, the
+				   default: the model's n_threads) */
 } kvx_ctx_params;
 
 enum { KVX_DEVICE_AUTO = 0, KVX_DEVICE_CPU = 1, KVX_DEVICE_GPU = 2 };

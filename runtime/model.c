@@ -138,9 +138,17 @@ fingerprint(const kvx_model *m, char out[65])
 	kvx__sha256_hex(&s, out);
 }
 
-kvx_status
-kvx_model_open(const char *path, int n_threads, kvx_model **out)
+void
+kvx_model_params_init(kvx_model_params *p)
 {
+	memset(p, 0, sizeof *p);
+	p->n_threads = 0;
+}
+
+kvx_status
+kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
+{
+	kvx_model_params dp;
 	kvx_model *m;
 	kvx_status rc;
 	char name[96];
@@ -149,6 +157,10 @@ kvx_model_open(const char *path, int n_threads, kvx_model **out)
 	if (out == NULL || path == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_model_open: NULL argument");
 	*out = NULL;
+	if (mp == NULL) {
+		kvx_model_params_init(&dp);
+		mp = &dp;
+	}
 	if ((m = calloc(1, sizeof *m)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	pthread_mutex_init(&m->lazy_mu, NULL);
@@ -253,12 +265,7 @@ kvx_model_open(const char *path, int n_threads, kvx_model **out)
 	m->info.name = m->name;
 	fingerprint(m, m->info.fingerprint);
 
-	m->n_threads = n_threads > 0 ? n_threads : kvx__ncpu();
-	if ((m->pool = pool_new(m->n_threads)) == NULL) {
-		rc = kvx__fail(KVX_ERR_NOMEM, "cannot start threads");
-		goto fail;
-	}
-	m->n_threads = pool_size(m->pool);
+	m->n_threads = mp->n_threads > 0 ? mp->n_threads : kvx__ncpu();
 #ifdef HAVE_OPENBLAS
 	openblas_set_num_threads(1);
 #endif
@@ -304,7 +311,6 @@ kvx_model_close(kvx_model **pm)
 		mat_free(&m->out, NULL);
 	mat_free(&m->embd, NULL);
 	tok_free(&m->tok);
-	pool_free(&m->pool);
 	gguf_close(&m->gf);
 	pthread_mutex_destroy(&m->lazy_mu);
 	free(m);
@@ -331,6 +337,8 @@ model_mat_f32(kvx_model *m, mat *w)
 	kvx_status rc = KVX_OK;
 	float *f;
 
+	if (model_mat_f32_get(w) != NULL)
+		return KVX_OK;
 	pthread_mutex_lock(&m->lazy_mu);
 	if (w->f == NULL) {
 		f = kvx__malloc_array((size_t)w->rows * w->cols, sizeof *f);
@@ -340,16 +348,26 @@ model_mat_f32(kvx_model *m, mat *w)
 		else if ((rc = quant_dequant(w->type, w->q, f,
 		    (size_t)w->rows * w->cols)) != KVX_OK)
 			free(f);
-		else
-			w->f = f;
+		else {
+			__atomic_store_n(&w->f, f, __ATOMIC_RELEASE);
+			/* the tied LM head shares the embedding's copy */
+			if (m->out.q == m->embd.q && (w == &m->embd ||
+			    w == &m->out)) {
+				__atomic_store_n(&m->out.f, f,
+				    __ATOMIC_RELEASE);
+				__atomic_store_n(&m->embd.f, f,
+				    __ATOMIC_RELEASE);
+			}
+		}
 	}
 	pthread_mutex_unlock(&m->lazy_mu);
-	/* the tied LM head shares the embedding's copy */
-	if (rc == KVX_OK && w == &m->embd && m->out.q == m->embd.q)
-		m->out.f = m->embd.f;
-	if (rc == KVX_OK && w == &m->out && m->out.q == m->embd.q)
-		m->embd.f = m->out.f;
 	return rc;
+}
+
+const float *
+model_mat_f32_get(const mat *w)
+{
+	return __atomic_load_n(&w->f, __ATOMIC_ACQUIRE);
 }
 
 // --- scratch -------------------------------------------------------------------
@@ -358,6 +376,7 @@ struct fw_scratch {
 	int		 max_tokens, max_ctx;
 	float		*x, *xn, *q, *k, *v, *att, *ffa, *ffb;
 	float		*wq;		/* window queries: H x w x D */
+	kvx_pool	*pool;		/* the owner's workers */
 	float		*att_s;		/* per thread attention scores */
 	size_t		 att_s_stride;
 	int		*rank;		/* token's index within its sequence */
@@ -389,8 +408,8 @@ fw_scratch_free(fw_scratch **ps)
 }
 
 kvx_status
-fw_scratch_new(const kvx_model *m, int max_tokens, int max_ctx,
-    fw_scratch **out)
+fw_scratch_new(const kvx_model *m, kvx_pool *pool, int max_tokens,
+    int max_ctx, fw_scratch **out)
 {
 	const kvx_model_info *mi = &m->info;
 	size_t T = (size_t)max_tokens;
@@ -399,6 +418,7 @@ fw_scratch_new(const kvx_model *m, int max_tokens, int max_ctx,
 	*out = NULL;
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	s->pool = pool;
 	s->max_tokens = max_tokens;
 	s->max_ctx = max_ctx;
 	s->att_s_stride = (size_t)ATT_BLOCK * (size_t)(max_ctx + 1);
@@ -415,9 +435,9 @@ fw_scratch_new(const kvx_model *m, int max_tokens, int max_ctx,
 	    sizeof(float));
 	s->ffa = kvx__malloc_array(T * mi->n_ff, sizeof(float));
 	s->ffb = kvx__malloc_array(T * mi->n_ff, sizeof(float));
-	s->wq = kvx__malloc_array((size_t)mi->n_head * 256 * mi->head_dim,
-	    sizeof(float));
-	s->att_s = kvx__malloc_array((size_t)m->n_threads * s->att_s_stride,
+	s->wq = kvx__malloc_array((size_t)mi->n_head * KVX_WINDOW_MAX *
+	    mi->head_dim, sizeof(float));
+	s->att_s = kvx__malloc_array((size_t)pool_size(pool) * s->att_s_stride,
 	    sizeof(float));
 	s->rank = kvx__malloc_array(T, sizeof(int));
 	s->len0 = kvx__malloc_array(T * mi->n_head_kv, sizeof(int));
@@ -476,8 +496,8 @@ lin_work(void *arg, int ith, int nth)
 
 /* y_i = x W_i^T for up to three matrices with the same input width. */
 static kvx_status
-linear(kvx_model *m, const float *x, int T, int n, mat **w,
-    float **y)
+linear(kvx_model *m, kvx_pool *pool, const float *x, int T, int n,
+    mat **w, float **y)
 {
 	struct lin_job j;
 	kvx_status rc;
@@ -493,11 +513,11 @@ linear(kvx_model *m, const float *x, int T, int n, mat **w,
 	for (i = 0; i < n; i++) {
 		j.w[i] = w[i];
 		j.y[i] = y[i];
-		if (j.gemm && w[i]->f == NULL &&
+		if (j.gemm && model_mat_f32_get(w[i]) == NULL &&
 		    (rc = model_mat_f32(m, w[i])) != KVX_OK)
 			return rc;
 	}
-	pool_run(m->pool, lin_work, &j);
+	pool_run(pool, lin_work, &j);
 	return KVX_OK;
 }
 
@@ -724,7 +744,7 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 			    L->attn_norm, E, mi->rms_eps);
 		ws[0] = &L->wq; ws[1] = &L->wk; ws[2] = &L->wv;
 		ys[0] = s->q; ys[1] = s->k; ys[2] = s->v;
-		if ((rc = linear(m, s->xn, T, 3, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->pool, s->xn, T, 3, ws, ys)) != KVX_OK)
 			return rc;
 		for (t = 0; t < T; t++) {
 			rope(s->q + (size_t)t * H * D, H, D, b->pos[t],
@@ -743,10 +763,10 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		aj.layer = l;
 #ifdef HAVE_OPENBLAS
 		if (single && T >= GEMM_MIN_TOKENS)
-			pool_run(m->pool, att_gemm_work, &aj);
+			pool_run(s->pool, att_gemm_work, &aj);
 		else
 #endif
-			pool_run(m->pool, att_tok_work, &aj);
+			pool_run(s->pool, att_tok_work, &aj);
 
 		if (b->hook != NULL && w > 0) {
 			int h, j;
@@ -765,7 +785,7 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 
 		ws[0] = &L->wo;
 		ys[0] = s->xn;
-		if ((rc = linear(m, s->att, T, 1, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->pool, s->att, T, 1, ws, ys)) != KVX_OK)
 			return rc;
 		for (i = 0; i < T * E; i++)
 			s->x[i] += s->xn[i];
@@ -776,12 +796,12 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 			    L->ffn_norm, E, mi->rms_eps);
 		ws[0] = &L->wg; ws[1] = &L->wu;
 		ys[0] = s->ffa; ys[1] = s->ffb;
-		if ((rc = linear(m, s->xn, T, 2, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->pool, s->xn, T, 2, ws, ys)) != KVX_OK)
 			return rc;
 		swiglu(s->ffa, s->ffb, (size_t)T * F);
 		ws[0] = &L->wd;
 		ys[0] = s->xn;
-		if ((rc = linear(m, s->ffa, T, 1, ws, ys)) != KVX_OK)
+		if ((rc = linear(m, s->pool, s->ffa, T, 1, ws, ys)) != KVX_OK)
 			return rc;
 		for (i = 0; i < T * E; i++)
 			s->x[i] += s->xn[i];
@@ -794,12 +814,12 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		    mi->rms_eps);
 		ws[0] = &m->out;
 		ys[0] = b->out;
-		return linear(m, s->xn, 1, 1, ws, ys);
+		return linear(m, s->pool, s->xn, 1, 1, ws, ys);
 	}
 	for (t = 0; t < T; t++)
 		rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E,
 		    m->out_norm, E, mi->rms_eps);
 	ws[0] = &m->out;
 	ys[0] = b->out;
-	return linear(m, s->xn, T, 1, ws, ys);
+	return linear(m, s->pool, s->xn, T, 1, ws, ys);
 }

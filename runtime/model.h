@@ -39,9 +39,12 @@ struct kvx_model {
 	mat		 embd;		/* n_vocab x n_embd */
 	mat		 out;		/* LM head (tied to embd when absent) */
 	const float	*out_norm;
-	int		 n_threads;
-	kvx_pool	*pool;
-	pthread_mutex_t	 lazy_mu;	/* guards the lazy f32 copies */
+	int		 n_threads;	/* contexts' default worker count */
+	pthread_mutex_t	 lazy_mu;	/* guards making the lazy f32 copies;
+					   they are published with release
+					   stores and read with acquire loads,
+					   so contexts on other threads see a
+					   whole copy or none */
 };
 
 /*
@@ -73,15 +76,19 @@ typedef struct fw_batch {
 	int		 span;
 } fw_batch;
 
-/* Forward scratch sized for up to max_tokens per batch. */
+/* Forward scratch sized for up to max_tokens per batch.  It runs its work
+ * on pool, which the caller owns and which must outlive it: each context
+ * has its own pool and scratch, so contexts of one model run in parallel. */
 typedef struct fw_scratch fw_scratch;
 
-kvx_status	 fw_scratch_new(const kvx_model *, int max_tokens, int max_ctx,
-		     fw_scratch **out);
+kvx_status	 fw_scratch_new(const kvx_model *, kvx_pool *pool,
+		     int max_tokens, int max_ctx, fw_scratch **out);
 void		 fw_scratch_free(fw_scratch **);
 kvx_status	 model_forward(kvx_model *, kv_cache *, fw_scratch *,
 		     const fw_batch *);
-/* f32 copy of a matrix, made once. */
+/* f32 copy of a matrix, made once, safe to call from several threads. */
 kvx_status	 model_mat_f32(kvx_model *, mat *);
+/* The matrix's f32 copy, or NULL before model_mat_f32 made it. */
+const float	*model_mat_f32_get(const mat *);
 
 #endif

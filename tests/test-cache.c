@@ -94,6 +94,7 @@ make_plan(int mode, double f)
 int
 main(void)
 {
+	kvx_model_params mp;
 	const char *path = tap_model_path();
 	const char *text = "/usr/share/common-licenses/GPL-3";
 	int32_t ids[1200], t_full[8], t_100[8], t_a[8], t_b[8];
@@ -107,7 +108,9 @@ main(void)
 
 	if (path == NULL)
 		tap_skip_all("model not present (set KVX_MODEL)");
-	if (kvx_model_open(path, 2, &M) != KVX_OK) {
+	kvx_model_params_init(&mp);
+	mp.n_threads = 2;
+	if (kvx_model_open(path, &mp, &M) != KVX_OK) {
 		ok(0, "open model: %s", kvx_errmsg());
 		return tap_done();
 	}

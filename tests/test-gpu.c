@@ -340,7 +340,7 @@ main(void)
 #endif
 	if (path == NULL)
 		tap_skip_all("no model (set KVX_MODEL)");
-	if (kvx_model_open(path, 0, &M) != KVX_OK)
+	if (kvx_model_open(path, NULL, &M) != KVX_OK)
 		tap_skip_all("model does not open");
 	{
 		kvx_ctx_params cp;

@@ -155,6 +155,7 @@ rank_of(const float *v, int n, int id)
 int
 main(void)
 {
+	kvx_model_params mp;
 	const char *path = tap_model_path(), *srcdir = getenv("top_srcdir");
 	char gpath[1024];
 	const kvx_model_info *info;
@@ -175,7 +176,9 @@ main(void)
 	if (!ok(load_golden(&LC, gpath) >= 3, "llama.cpp goldens loaded from "
 	    "%s", gpath))
 		return tap_done();
-	if (!ok(kvx_model_open(path, 2, &m) == KVX_OK, "open model"))
+	kvx_model_params_init(&mp);
+	mp.n_threads = 2;
+	if (!ok(kvx_model_open(path, &mp, &m) == KVX_OK, "open model"))
 		return tap_done();
 	info = kvx_model_get_info(m);
 	V = info->n_vocab;
@@ -290,11 +293,11 @@ main(void)
 		fwrite(buf, 1, n, f);
 		fclose(f);
 		fclose(src);
-		ok(kvx_model_open(tmp, 1, &b) == KVX_ERR_FORMAT && b == NULL,
+		ok(kvx_model_open(tmp, NULL, &b) == KVX_ERR_FORMAT && b == NULL,
 		    "a model truncated to 1 MiB is rejected: %s",
 		    kvx_errmsg());
 		unlink(tmp);
-		ok(kvx_model_open("/nonexistent/model.gguf", 1, &b) ==
+		ok(kvx_model_open("/nonexistent/model.gguf", NULL, &b) ==
 		    KVX_ERR_IO, "a missing model: %s", kvx_errmsg());
 	}
 

@@ -825,6 +825,7 @@ write_plot(FILE *f, const char *path, const struct entry *ents, int n_ent,
 int
 main(int argc, char **argv)
 {
+	kvx_model_params mp;
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },
 		{ "plan", required_argument, NULL, 'P' },
@@ -914,7 +915,9 @@ main(int argc, char **argv)
 		fail(EXIT_USAGE, "no text given (--text FILE)");
 	show_progress = !quiet && isatty(STDERR_FILENO);
 
-	if (kvx_model_open(model_path, n_threads, &model) != KVX_OK)
+	kvx_model_params_init(&mp);
+	mp.n_threads = n_threads;
+	if (kvx_model_open(model_path, &mp, &model) != KVX_OK)
 		fail(EXIT_MODEL, "%s", kvx_errmsg());
 	info = kvx_model_get_info(model);
 	if (print_fp) {

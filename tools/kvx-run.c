@@ -95,6 +95,7 @@ sample(const float *logits, int n, float temp, uint64_t *rng)
 int
 main(int argc, char **argv)
 {
+	kvx_model_params mp;
 	static const struct option opts[] = {
 		{ "model", required_argument, NULL, 'm' },
 		{ "prompt", required_argument, NULL, 'p' },
@@ -173,7 +174,9 @@ main(int argc, char **argv)
 		len = strlen(text);
 	}
 
-	if ((rc = kvx_model_open(model_path, n_threads, &model)) != KVX_OK)
+	kvx_model_params_init(&mp);
+	mp.n_threads = n_threads;
+	if ((rc = kvx_model_open(model_path, &mp, &model)) != KVX_OK)
 		fail(EXIT_MODEL, "%s", kvx_errmsg());
 	info = kvx_model_get_info(model);
 	if (plan_path != NULL) {
