@@ -16,7 +16,7 @@
 
 #include "kvx.h"
 
-#define PROFILE_MAX_WINDOW	256	/* the forward keeps 256 window queries */
+#define PROFILE_MAX_WINDOW	KVX_WINDOW_MAX	/* the largest a plan may hold */
 #define PROFILE_MAX_GRID	4096
 
 /*

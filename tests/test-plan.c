@@ -334,6 +334,7 @@ test_invalid_fixtures(void)
 		{ "negative", KVX_ERR_PLAN, ":21:10:", "got -2" },
 		{ "zero", KVX_ERR_PLAN, ":9:13:", "got 0" },
 		{ "even-kernel", KVX_ERR_PLAN, ":19:16:", "odd" },
+		{ "window", KVX_ERR_PLAN, ":15:11:", "[1, 128], got 129" },
 		{ "duplicate", KVX_ERR_PLAN, ":8:3:", "duplicate key 'layers'" },
 		{ "version", KVX_ERR_PLAN, ":2:11:", "version 2" },
 		{ "both-budgets", KVX_ERR_PLAN, ":13:3:", "exactly one" },
