@@ -237,13 +237,15 @@ select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 	const kvx_model_info *mi = &dst->m->info;
 	const kvx_plan *P = dst->plan;
 	int Hkv = mi->n_head_kv, D = mi->head_dim, g = mi->n_head / Hkv;
-	int h, i, cnt, keep, sinks, pw;
-	int counts[64];
-	const float *pp[64];
+	int h, i, cnt, pw;
+	int counts[SEL_MAX_KV_HEADS];
+	const float *pp[SEL_MAX_KV_HEADS];
+	sel_counts sc;
 	kvx_status rc;
 
-	if (Hkv > 64)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "more than 64 KV heads");
+	if (Hkv > SEL_MAX_KV_HEADS)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "more than %d KV heads",
+		    SEL_MAX_KV_HEADS);
 	if (P == NULL || n <= 1) {
 		for (h = 0; h < Hkv; h++) {
 			const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
@@ -258,11 +260,8 @@ select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 		return KVX_OK;
 	}
 
-	/* the plan's window: the last pw of the w queries we have */
-	pw = P->window < w ? P->window : w;
-	if (pw >= n)
-		pw = n - 1;
-	sinks = P->sinks;
+	sel_rule(P, l, n, w, Hkv, &sc);
+	pw = sc.pw;
 	for (h = 0; h < Hkv; h++) {
 		const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
 		float *pooled = dst->pooled + (size_t)h * (n + 1);
@@ -281,31 +280,24 @@ select_layer(kvx_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 		sel_pool(dst->score, n - pw, P->pool_kernel, P->pool, pooled);
 	}
 
-	if (P->mode == KVX_PLAN_HYBRID) {
-		int total, ncand, fl;
-
-		plan_hybrid_share(P, l, n, pw, Hkv, &ncand, &total, &fl);
+	if (sc.hybrid) {
 		for (h = 0; h < Hkv; h++)
-			pp[h] = dst->pooled + (size_t)h * (n + 1) +
-			    (sinks < n - pw ? sinks : n - pw);
-		if (ncand > 0)
-			sel_hybrid_split(pp, Hkv, ncand, total, fl, counts);
+			pp[h] = dst->pooled + (size_t)h * (n + 1) + sc.sinks;
+		if (sc.ncand > 0)
+			sel_hybrid_split(pp, Hkv, sc.ncand, sc.total, sc.floor,
+			    counts);
 		else
 			for (h = 0; h < Hkv; h++)
 				counts[h] = 0;
+		for (h = 0; h < Hkv; h++)
+			sc.keep[h] = sel_keep(&sc, counts[h]);
 	}
 
 	for (h = 0; h < Hkv; h++) {
 		const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
 
-		if (P->mode == KVX_PLAN_HYBRID)
-			keep = counts[h] + pw + sinks;
-		else
-			keep = plan_tokens(P, l, h, n);
-		if (keep > n)
-			keep = n;
 		cnt = sel_select(dst->pooled + (size_t)h * (n + 1), n, pw,
-		    sinks, keep, dst->idx);
+		    sc.sinks, sc.keep[h], dst->idx);
 		if ((rc = kv_compact(dst->kv, kv_seg_at(dst->kv, dseq, l, h),
 		    ss, dst->idx, cnt, dst->p.decode_headroom)) != KVX_OK)
 			return rc;

@@ -352,6 +352,65 @@ sel_topk(const float *score, int n, int k, int *idx)
 	}
 }
 
+/*
+ * The rows every head keeps of n: the window clamped to [0, n], then the
+ * sinks to what the window leaves.  sel_select and sel_rule both clamp
+ * here, so the counts a plan gives are the counts selection arrives at.
+ */
+static inline void
+fixed_rows(int n, int w, int sinks, int *wv, int *s)
+{
+	*wv = w < 0 ? 0 : (w > n ? n : w);
+	*s = sinks < 0 ? 0 : (sinks > n - *wv ? n - *wv : sinks);
+}
+
+/* keep clamped to [lo, n]. */
+static inline int
+clamp_keep(int keep, int lo, int n)
+{
+	if (keep < lo)
+		keep = lo;
+	return keep > n ? n : keep;
+}
+
+int
+sel_rule(const kvx_plan *P, int layer, int n, int w, int n_head_kv,
+    sel_counts *c)
+{
+	int h, pw, even, rest;
+
+	if (n_head_kv < 1 || n_head_kv > SEL_MAX_KV_HEADS)
+		return -1;
+	memset(c, 0, sizeof *c);
+	/* the last pw of the w queries at hand, and at least one candidate */
+	pw = P->window < w ? P->window : w;
+	if (pw >= n)
+		pw = n - 1;
+	fixed_rows(n, pw, P->sinks, &c->pw, &c->sinks);
+	c->fixed = c->pw + c->sinks;
+	c->ncand = n - c->fixed;
+	if (P->mode != KVX_PLAN_HYBRID) {
+		for (h = 0; h < n_head_kv; h++)
+			c->keep[h] = clamp_keep(plan_tokens(P, layer, h, n),
+			    c->fixed, n);
+		return 0;
+	}
+	c->hybrid = 1;
+	plan_hybrid_share(P, layer, n, c->pw, n_head_kv, &c->ncand, &c->total,
+	    &c->floor);
+	even = c->total / n_head_kv;
+	rest = c->total % n_head_kv;
+	for (h = 0; h < n_head_kv; h++)
+		c->keep[h] = sel_keep(c, even + (h < rest));
+	return 0;
+}
+
+int
+sel_keep(const sel_counts *c, int share)
+{
+	return clamp_keep(share + c->fixed, c->fixed, c->fixed + c->ncand);
+}
+
 int
 sel_select(const float *pooled, int n, int w, int sinks, int keep, int *idx)
 {
@@ -359,12 +418,8 @@ sel_select(const float *pooled, int n, int w, int sinks, int keep, int *idx)
 
 	if (n <= 0)
 		return 0;
-	wv = w < 0 ? 0 : (w > n ? n : w);
-	s = sinks < 0 ? 0 : (sinks > n - wv ? n - wv : sinks);
-	if (keep < wv + s)
-		keep = wv + s;
-	if (keep > n)
-		keep = n;
+	fixed_rows(n, w, sinks, &wv, &s);
+	keep = clamp_keep(keep, wv + s, n);
 	nc = n - wv - s;
 	for (t = 0; t < s; t++)
 		idx[t] = t;

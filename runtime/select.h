@@ -13,6 +13,50 @@
 
 #include <stddef.h>
 
+#include "kvx.h"
+
+/* KV heads of one layer that sel_counts holds. */
+#define SEL_MAX_KV_HEADS 64
+
+/*
+ * How a plan turns into the rows each KV head of one layer keeps after a
+ * prompt of n tokens: sel_rule fills it, and the CPU and GPU paths take
+ * their counts from it.  Every head keeps its sinks first tokens and its
+ * pw last ones; the ncand candidates between them compete by score.
+ */
+typedef struct sel_counts {
+	int	pw;		/* window tokens kept; their queries score the
+				   rest: min(plan window, w, n - 1) */
+	int	sinks;		/* leading tokens kept: the plan's sinks
+				   clamped to [0, n - pw] */
+	int	fixed;		/* pw + sinks: rows a head keeps whatever
+				   its scores */
+	int	ncand;		/* candidates per head: n - fixed */
+	int	hybrid;		/* 1: the heads split total at run time */
+	int	total;		/* hybrid: candidate rows the heads share, at
+				   most n_head_kv * ncand (plan_hybrid_share);
+				   static: 0 */
+	int	floor;		/* hybrid: each head's least share of total;
+				   static: 0 */
+	int	keep[SEL_MAX_KV_HEADS];
+				/* rows each head keeps, in [fixed, n]:
+				   static, plan_tokens; hybrid, fixed plus an
+				   even split of total, which sums as any
+				   split does (sel_keep gives a head's rows
+				   once the split is known) */
+} sel_counts;
+
+/*
+ * Fill c for layer of plan P after a prompt of n >= 2 tokens, with the
+ * last w window queries at hand (w >= 1).  Returns -1, filling nothing,
+ * when n_head_kv is not in [1, SEL_MAX_KV_HEADS].
+ */
+int		 sel_rule(const kvx_plan *P, int layer, int n, int w,
+		     int n_head_kv, sel_counts *c);
+/* Rows a hybrid head keeps given its share of total (from
+ * sel_hybrid_split): share plus the fixed rows. */
+int		 sel_keep(const sel_counts *c, int share);
+
 /*
  * score[t] for t in [0, n - w): softmax attention of each window query
  * over its causal prefix, taken at key t, averaged over the w queries and

@@ -456,6 +456,105 @@ test_hybrid(void)
 	    sumbad);
 }
 
+/*
+ * sel_rule against the counts the selection arrives at from the plan's raw
+ * window, sinks and budgets: static heads keep plan_tokens, hybrid heads
+ * their split share beside the window and sinks, as many rows in all as
+ * the layer's budget.
+ */
+static void
+test_rule(void)
+{
+	kvx_model_info info;
+	kvx_plan *P;
+	sel_counts c;
+	float *sc = malloc(sizeof(float) * 1200);
+	const float *pp[SEL_MAX_KV_HEADS];
+	int *idx = malloc(sizeof(int) * 1200), got[SEL_MAX_KV_HEADS];
+	int rep, l, h, n, w, pw, sk, keep, sum, bad = 0, hbad = 0, nh = 0;
+
+	memset(&info, 0, sizeof info);
+	info.arch = "llama";
+	memset(info.fingerprint, '0', 64);
+	info.n_layer = 3;
+	info.head_dim = 8;
+	for (rep = 0; rep < 600; rep++) {
+		info.n_head_kv = rep % 50 == 0 ? SEL_MAX_KV_HEADS :
+		    tap_irand(1, 8);
+		info.n_head = info.n_head_kv * tap_irand(1, 3);
+		if (plan_new(&info, rep & 1, 0.5, &P) != KVX_OK)
+			break;
+		P->window = tap_irand(1, KVX_WINDOW_MAX);
+		P->sinks = rep % 5 == 0 ? 0 : tap_irand(0, 40);
+		P->min_tokens = rep % 7 == 0 ? tap_irand(0, 200) : 0;
+		P->alpha = tap_frand();
+		if (rep % 3 == 0) {
+			P->budget_kind = PLAN_BUDGET_TOKENS;
+			P->ref_context = tap_irand(1, 1000);
+		}
+		for (h = 0; h < plan_n_budgets(P); h++)
+			P->budgets[h] = rep % 11 == 0 ? 0 : tap_frand();
+		n = tap_irand(2, rep < 400 ? 200 : 1000);
+		w = tap_irand(1, KVX_WINDOW_MAX);
+		l = tap_irand(0, 2);
+		if (sel_rule(P, l, n, w, info.n_head_kv, &c) != 0) {
+			bad++;
+			kvx_plan_free(&P);
+			continue;
+		}
+		pw = P->window < w ? P->window : w;
+		pw = pw < n ? pw : n - 1;
+		sk = P->sinks < n - pw ? P->sinks : n - pw;
+		if (c.pw != pw || c.sinks != sk || c.fixed != pw + sk ||
+		    c.ncand != n - pw - sk || c.hybrid != (rep & 1))
+			bad++;
+		fill_scores(sc, n, 0);
+		if (!c.hybrid) {
+			for (h = 0; h < info.n_head_kv; h++) {
+				keep = plan_tokens(P, l, h, n);
+				keep = keep > n ? n : keep;
+				if (c.keep[h] != sel_select(sc, n, pw, P->sinks,
+				    keep, idx))
+					bad++;
+			}
+			kvx_plan_free(&P);
+			continue;
+		}
+		nh++;
+		keep = plan_tokens(P, l, -1, n);
+		keep = keep < c.fixed ? c.fixed : keep > n ? n : keep;
+		for (sum = h = 0; h < info.n_head_kv; h++) {
+			sum += c.keep[h];
+			pp[h] = sc + c.sinks;
+		}
+		if (sum != keep * info.n_head_kv || c.total != sum -
+		    c.fixed * info.n_head_kv)
+			hbad++;
+		sel_hybrid_split(pp, info.n_head_kv, c.ncand, c.total, c.floor,
+		    got);
+		for (h = 0; h < info.n_head_kv; h++) {
+			keep = got[h] + pw + P->sinks;
+			keep = keep > n ? n : keep;
+			if (sel_keep(&c, got[h]) != sel_select(sc, n, pw,
+			    P->sinks, keep, idx))
+				hbad++;
+		}
+		kvx_plan_free(&P);
+	}
+	ok(rep == 600 && bad == 0, "rule: window, sinks and static keeps "
+	    "are the counts selection arrives at (%d of %d bad)", bad, rep);
+	ok(nh > 0 && hbad == 0, "rule: hybrid keeps sum to the layer's "
+	    "budget and match the split (%d of %d bad)", hbad, nh);
+	info.n_head_kv = SEL_MAX_KV_HEADS + 1;
+	info.n_head = info.n_head_kv;
+	ok(plan_new(&info, 0, 0.5, &P) == KVX_OK &&
+	    sel_rule(P, 0, 100, 32, info.n_head_kv, &c) == -1,
+	    "rule: more than %d KV heads is refused", SEL_MAX_KV_HEADS);
+	kvx_plan_free(&P);
+	free(sc);
+	free(idx);
+}
+
 /* attn_gqa and the split-K partials + combine against double precision. */
 static void
 test_attn(void)
@@ -561,6 +660,7 @@ main(void)
 	test_topk();
 	test_select();
 	test_hybrid();
+	test_rule();
 	test_attn();
 	report_speed();
 	return tap_done();
