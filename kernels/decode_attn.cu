@@ -1,0 +1,725 @@
+/*
+ * decode_attn.cu - ragged split-K decode attention: partial attention of each
+ * work item and the log-sum-exp combine per segment, the twin of
+ * attn_gqa in runtime/attn.c.
+ * SPDX-License-Identifier: MIT
+ */
+#include <string.h>
+
+#include "device.cuh"
+
+#define AT_THREADS 128
+#define AT_TILE 8	/* rows a lane group has in flight */
+
+/* Eight elements of a 16-byte K/V chunk as floats. */
+static __device__ __forceinline__ void
+unpack8(uint4 u, float *f, const __half *)
+{
+	const __half2 *h = (const __half2 *)&u;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		float2 x = __half22float2(h[i]);
+
+		f[2 * i] = x.x;
+		f[2 * i + 1] = x.y;
+	}
+}
+
+static __device__ __forceinline__ void
+unpack8(uint4 u, float *f, const __nv_bfloat16 *)
+{
+	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		float2 x = __bfloat1622float2(h[i]);
+
+		f[2 * i] = x.x;
+		f[2 * i + 1] = x.y;
+	}
+}
+
+/*
+ * Work item ii, rows [r0, r1) of one segment, by a whole block.  A row of
+ * D elements is read by D/8 lanes with 16-byte loads; each lane group
+ * walks its share of the rows AT_TILE at a time, K and V of a tile loaded
+ * together, keeping for all G query heads an online softmax over its
+ * rows.  The groups then merge in shared memory, so K and V are read once
+ * for the whole GQA group.
+ */
+/*
+ * One lane's share of TR rows: scores of its 8 elements against the G
+ * queries, summed over the LPR lanes of the row, then the online-softmax
+ * update of m, l and acc; rows at or past nvalid count as -inf.
+ */
+template <int G, int LPR, int TR, typename T>
+static __device__ __forceinline__ void
+attn_tile(const float (&qr)[G][8], const uint4 *kr, const uint4 *vr,
+    int nvalid, float (&m)[G], float (&l)[G], float (&acc)[G][8])
+{
+	float s[TR][G];
+	int i, h, e;
+
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+		float kf[8];
+
+		unpack8(kr[i], kf, (const T *)0);
+#pragma unroll
+		for (h = 0; h < G; h++) {
+			float a = 0.0f;
+
+#pragma unroll
+			for (e = 0; e < 8; e++)
+				a += qr[h][e] * kf[e];
+			s[i][h] = a;
+		}
+	}
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+#pragma unroll
+		for (h = 0; h < G; h++) {
+			int o;
+
+			for (o = LPR / 2; o > 0; o >>= 1)
+				s[i][h] += __shfl_xor_sync(0xffffffffu,
+				    s[i][h], o);
+			if (i >= nvalid)
+				s[i][h] = -INFINITY;
+		}
+	}
+#pragma unroll
+	for (h = 0; h < G; h++) {
+		float mt = m[h], alpha;
+
+#pragma unroll
+		for (i = 0; i < TR; i++)
+			mt = fmaxf(mt, s[i][h]);
+		/* a group may have no rows yet: keep it empty */
+		alpha = mt == -INFINITY ? 1.0f : exp2f(m[h] - mt);
+		m[h] = mt;
+		l[h] *= alpha;
+#pragma unroll
+		for (e = 0; e < 8; e++)
+			acc[h][e] *= alpha;
+#pragma unroll
+		for (i = 0; i < TR; i++) {
+			s[i][h] = s[i][h] == -INFINITY ? 0.0f :
+			    exp2f(s[i][h] - mt);
+			l[h] += s[i][h];
+		}
+	}
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+		float vf[8];
+
+		unpack8(vr[i], vf, (const T *)0);
+#pragma unroll
+		for (h = 0; h < G; h++)
+#pragma unroll
+			for (e = 0; e < 8; e++)
+				acc[h][e] += s[i][h] * vf[e];
+	}
+}
+
+/* The lane's 8 query elements of each head, scaled, and empty state. */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_init(const float *q, int seg, int li, float scale2, float (&qr)[G][8],
+    float (&m)[G], float (&l)[G], float (&acc)[G][8])
+{
+	int h, e;
+
+	for (h = 0; h < G; h++) {
+		const float4 *qp = (const float4 *)(q + ((size_t)seg * G + h) *
+		    D + li * 8);
+		float4 a = qp[0], b = qp[1];
+
+		qr[h][0] = a.x * scale2; qr[h][1] = a.y * scale2;
+		qr[h][2] = a.z * scale2; qr[h][3] = a.w * scale2;
+		qr[h][4] = b.x * scale2; qr[h][5] = b.y * scale2;
+		qr[h][6] = b.z * scale2; qr[h][7] = b.w * scale2;
+		m[h] = -INFINITY;
+		l[h] = 0.0f;
+		for (e = 0; e < 8; e++)
+			acc[h][e] = 0.0f;
+	}
+}
+
+/*
+ * The lane groups' states merged in shared memory (sm_acc: NSG x G x D
+ * floats) into item ii's partial.
+ */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_merge(int ii, const float (&m)[G], const float (&l)[G],
+    const float (&acc)[G][8], float *sm_acc, float *pm, float *pl,
+    float *pacc)
+{
+	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR;
+	__shared__ float sm_m[NSG][G], sm_l[NSG][G];
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i;
+
+	for (h = 0; h < G; h++) {
+		if (li == 0) {
+			sm_m[sg][h] = m[h];
+			sm_l[sg][h] = l[h];
+		}
+		for (e = 0; e < 8; e++)
+			sm_acc[(sg * G + h) * D + li * 8 + e] = acc[h][e];
+	}
+	__syncthreads();
+	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
+		float M = -INFINITY, L = 0.0f, A = 0.0f, f;
+		int g;
+
+		h = i / D;
+		e = i % D;
+		for (g = 0; g < NSG; g++)
+			M = fmaxf(M, sm_m[g][h]);
+		for (g = 0; g < NSG; g++) {
+			if (sm_m[g][h] == -INFINITY)
+				continue;
+			f = exp2f(sm_m[g][h] - M);
+			L += sm_l[g][h] * f;
+			A += sm_acc[(g * G + h) * D + e] * f;
+		}
+		pacc[((size_t)ii * G + h) * D + e] = A;
+		if (e == 0) {
+			pm[(size_t)ii * G + h] = M;
+			pl[(size_t)ii * G + h] = L;
+		}
+	}
+	/* the next item reuses the shared arrays */
+	__syncthreads();
+}
+
+template <int G, int D, typename T>
+static __device__ __forceinline__ void
+attn_item(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, struct kvx_cuda_work it, int ii, float *pm,
+    float *pl, float *pacc)
+{
+	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
+	constexpr int STEP = NSG * AT_TILE;
+	__shared__ float sm_acc[NSG * G * D];
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, i, r, rw;
+	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
+	float qr[G][8], m[G], l[G], acc[G][8];
+
+	attn_init<G, D>(q, it.seg, li, scale2, qr, m, l, acc);
+	/* the loop bound is uniform over a warp, for the shuffles below */
+	for (rw = it.r0 + (threadIdx.x >> 5) * GPW * AT_TILE; rw < it.r1;
+	    rw += STEP) {
+		uint4 kr[AT_TILE], vr[AT_TILE];
+
+		r = rw + (sg % GPW) * AT_TILE;
+
+#pragma unroll
+		for (i = 0; i < AT_TILE; i++) {
+			int row = r + i < it.r1 ? r + i : it.r1 - 1;
+
+			kr[i] = __ldg((const uint4 *)(kb + (size_t)row * ld_) +
+			    li);
+			vr[i] = __ldg((const uint4 *)(vb + (size_t)row * ld_) +
+			    li);
+		}
+		attn_tile<G, LPR, AT_TILE, T>(qr, kr, vr, it.r1 - r, m, l, acc);
+	}
+	attn_merge<G, D>(ii, m, l, acc, sm_acc, pm, pl, pacc);
+}
+
+/*
+ * Block b takes items bfirst[b] .. bfirst[b + 1] - 1 (a balanced list
+ * from kvx_cuda_attn_balance), or item b alone when bfirst is NULL.
+ * Up to four query heads, three blocks fit on a multiprocessor.
+ */
+template <int G, int D, typename T>
+static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
+attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, const struct kvx_cuda_work *items,
+    const int *bfirst, float *pm, float *pl, float *pacc)
+{
+	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
+	int i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1, ii;
+
+	for (ii = i0; ii < i1; ii++)
+		attn_item<G, D, T>(q, k, v, off, ld_, scale2, items[ii], ii, pm,
+		    pl, pacc);
+}
+
+/* Items whose merge weights attn_finish keeps in shared memory. */
+#define FM_ITEMS 128
+
+/*
+ * After item ii of segment s is written: the block that finishes the
+ * segment's last item merges its partials into out (the combine of
+ * attn_combine_k, done by one block), so that no second launch waits
+ * for the whole grid.  Counters count finished items per segment; the
+ * merging block sets its counter back to zero for the next launch.  The
+ * merge is two passes: a warp per head finds the maximum, the sum and
+ * the items' weights; then each thread sums its outputs over the items
+ * with independent loads.
+ */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_finish(int s, const int *first, int *cnt, const float *pm,
+    const float *pl, const float *pacc, float *out)
+{
+	__shared__ int s_last;
+	__shared__ float s_w[FM_ITEMS][G], s_M[G], s_L[G];
+	int j0 = first[s], j1 = first[s + 1], n = j1 - j0, i, j, h;
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+
+	/* this block's partial, visible before the count says so */
+	__threadfence();
+	__syncthreads();
+	if (threadIdx.x == 0)
+		s_last = n == 1 || atomicAdd(&cnt[s], 1) == n - 1;
+	__syncthreads();
+	if (!s_last)
+		return;
+	__threadfence();
+	for (h = wid; h < G; h += AT_THREADS / 32) {
+		float M = -INFINITY, L = 0.0f;
+		int o;
+
+		for (j = lane; j < n; j += 32)
+			if (__ldcg(pl + (size_t)(j0 + j) * G + h) > 0.0f)
+				M = fmaxf(M, __ldcg(pm + (size_t)(j0 + j) * G +
+				    h));
+		for (o = 16; o > 0; o >>= 1)
+			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+		for (j = lane; j < n; j += 32) {
+			float lj = __ldcg(pl + (size_t)(j0 + j) * G + h);
+			float w = lj > 0.0f ? exp2f(__ldcg(pm + (size_t)(j0 +
+			    j) * G + h) - M) : 0.0f;
+
+			L += w * lj;
+			if (j < FM_ITEMS)
+				s_w[j][h] = w;
+		}
+		for (o = 16; o > 0; o >>= 1)
+			L += __shfl_xor_sync(0xffffffffu, L, o);
+		if (lane == 0) {
+			s_M[h] = M;
+			s_L[h] = L;
+		}
+	}
+	__syncthreads();
+	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
+		int e = i % D;
+		float A = 0.0f;
+
+		h = i / D;
+#pragma unroll 8
+		for (j = 0; j < n && j < FM_ITEMS; j++)
+			A += s_w[j][h] * __ldcg(pacc + ((size_t)(j0 + j) * G +
+			    h) * D + e);
+		for (j = FM_ITEMS; j < n; j++) {
+			float lj = __ldcg(pl + (size_t)(j0 + j) * G + h);
+
+			if (lj > 0.0f)
+				A += exp2f(__ldcg(pm + (size_t)(j0 + j) * G +
+				    h) - s_M[h]) * __ldcg(pacc + ((size_t)(j0 +
+				    j) * G + h) * D + e);
+		}
+		out[((size_t)s * G + h) * D + e] = s_L[h] > 0.0f ? A /
+		    s_L[h] : 0.0f;
+	}
+	if (threadIdx.x == 0 && n > 1)
+		cnt[s] = 0;
+}
+
+/*
+ * Partial attention and combine in one launch: the items as in
+ * attn_partial_k, each followed by attn_finish.  Segments without items
+ * get zeros, written by the blocks in turn.
+ */
+template <int G, int D, typename T>
+static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
+attn_fused_k(const float *q, const T *k, const T *v, const long long *off,
+    int ld_, float scale2, const struct kvx_cuda_work *items,
+    const int *bfirst, const int *first, int nseg, int *cnt, float *pm,
+    float *pl, float *pacc, float *out)
+{
+	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
+	int i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1, ii, s;
+
+	for (ii = i0; ii < i1; ii++) {
+		struct kvx_cuda_work it = items[ii];
+
+		if (it.seg < 0)
+			continue;
+		attn_item<G, D, T>(q, k, v, off, ld_, scale2, it, ii, pm, pl,
+		    pacc);
+		attn_finish<G, D>(it.seg, first, cnt, pm, pl, pacc, out);
+	}
+	for (s = blockIdx.x; s < nseg; s += gridDim.x)
+		if (first[s] == first[s + 1])
+			for (ii = threadIdx.x; ii < G * D; ii += AT_THREADS)
+				out[(size_t)s * G * D + ii] = 0.0f;
+}
+
+/*
+ * Rows per item for a whole number of waves of blocks (three fit on a
+ * multiprocessor) with items of about 512 rows: small items let the
+ * block scheduler even out ragged segments, and a partial costs only
+ * g x d floats against 512 rows of K and V.
+ */
+extern "C" int
+kvx_cuda_attn_chunk(long long total_rows, int sm_count)
+{
+	long long slots = 3LL * (sm_count > 0 ? sm_count : 132), waves, c;
+
+	waves = (total_rows + slots * 256) / (slots * 512);
+	if (waves < 1)
+		waves = 1;
+	c = (total_rows + slots * waves - 1) / (slots * waves);
+	return (int)(c < 16 ? 16 : (c > (1 << 30) ? (1 << 30) : c));
+}
+
+/*
+ * Each segment is cut into round(len / chunk) (at least one) parts of
+ * equal size, so that items stay close to chunk rows and balanced.
+ */
+extern "C" int
+kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
+    struct kvx_cuda_work *items, int cap, int *first)
+{
+	int s, p, np, n = 0;
+
+	if (chunk < 1)
+		return -1;
+	for (s = 0; s < nseg; s++) {
+		first[s] = n;
+		if (len[s] <= 0)
+			continue;
+		np = (int)(((long long)len[s] + chunk / 2) / chunk);
+		np = np < 1 ? 1 : np;
+		for (p = 0; p < np; p++) {
+			if (n >= cap)
+				return -1;
+			items[n].seg = s;
+			items[n].r0 = (int)((long long)len[s] * p / np);
+			items[n].r1 = (int)((long long)len[s] * (p + 1) / np);
+			items[n].pad = 0;
+			n++;
+		}
+	}
+	first[nseg] = n;
+	return n;
+}
+
+/*
+ * Blocks b take rows [b T / nblk, (b + 1) T / nblk) of the T rows of all
+ * segments laid end to end, cut at segment borders into items.
+ */
+extern "C" int
+kvx_cuda_attn_balance(const int *len, int nseg, int nblk,
+    struct kvx_cuda_work *items, int cap, int *first, int *bfirst)
+{
+	long long total = 0, g0, g1, base = 0;
+	int b, s = 0, n = 0, j;
+
+	if (nblk < 1)
+		return -1;
+	for (j = 0; j < nseg; j++)
+		total += len[j] > 0 ? len[j] : 0;
+	for (b = 0; b < nblk; b++) {
+		bfirst[b] = n;
+		g0 = total * b / nblk;
+		g1 = total * (b + 1) / nblk;
+		while (g0 < g1) {
+			while (s < nseg && base + (len[s] > 0 ? len[s] : 0) <=
+			    g0) {
+				base += len[s] > 0 ? len[s] : 0;
+				s++;
+			}
+			if (n >= cap || s >= nseg)
+				return -1;
+			items[n].seg = s;
+			items[n].r0 = (int)(g0 - base);
+			items[n].r1 = (int)((g1 < base + len[s] ? g1 :
+			    base + len[s]) - base);
+			items[n].pad = 0;
+			g0 = base + items[n].r1;
+			n++;
+		}
+	}
+	bfirst[nblk] = n;
+	for (s = 0, j = 0; s <= nseg; s++) {
+		while (j < n && items[j].seg < s)
+			j++;
+		first[s] = j;
+	}
+	return n;
+}
+
+/* Arguments of one partial-attention launch. */
+struct attn_args {
+	const float			*q;
+	const void			*k, *v;
+	int				 dtype, ld, nblk;
+	const long long			*off;
+	float				 s2;
+	const struct kvx_cuda_work	*items;
+	const int			*bfirst;
+	float				*m, *l, *acc;
+	const int			*first;		/* fused only */
+	int				*cnt, nseg;	/* fused only */
+	float				*out;		/* fused when set */
+	cudaStream_t			 st;
+	int				*occupancy;	/* query only */
+};
+
+/* Launch (or occupancy query) for one (G, D) pair of run-time arguments. */
+template <int G, int D, typename T>
+static int
+attn_launch_t(const struct attn_args *a)
+{
+	if (a->occupancy != NULL)
+		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
+	if (a->out != NULL)
+		attn_fused_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
+		    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2,
+		    a->items, a->bfirst, a->first, a->nseg, a->cnt, a->m, a->l,
+		    a->acc, a->out);
+	else
+		attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(
+		    a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
+		    a->s2, a->items, a->bfirst, a->m, a->l, a->acc);
+	return launched();
+}
+
+template <int G, int D>
+static int
+attn_launch(const struct attn_args *a)
+{
+	if (a->dtype == KVX_CUDA_F16)
+		return attn_launch_t<G, D, __half>(a);
+	if (a->dtype == KVX_CUDA_BF16)
+		return attn_launch_t<G, D, __nv_bfloat16>(a);
+	return KVX_CUDA_EINVAL;
+}
+
+template <int D>
+static int
+attn_launch_g(int g, const struct attn_args *a)
+{
+	switch (g) {
+	case 1: return attn_launch<1, D>(a);
+	case 2: return attn_launch<2, D>(a);
+	case 3: return attn_launch<3, D>(a);
+	case 4: return attn_launch<4, D>(a);
+	case 5: return attn_launch<5, D>(a);
+	case 6: return attn_launch<6, D>(a);
+	case 7: return attn_launch<7, D>(a);
+	case 8: return attn_launch<8, D>(a);
+	}
+	return KVX_CUDA_EINVAL;
+}
+
+static int
+attn_dispatch(int g, int d, const struct attn_args *a)
+{
+	if (d == 64)
+		return attn_launch_g<64>(g, a);
+	if (d == 128)
+		return attn_launch_g<128>(g, a);
+	return KVX_CUDA_EINVAL;
+}
+
+extern "C" int
+kvx_cuda_attn_blocks(int g, int d, int dtype)
+{
+	struct attn_args a;
+	int occ = 0, sm = kvx_cuda_sm_count();
+
+	memset(&a, 0, sizeof a);
+	a.dtype = dtype;
+	a.occupancy = &occ;
+	if (attn_dispatch(g, d, &a) != 0 || occ < 1 || sm < 1)
+		return 0;
+	return occ * sm;
+}
+
+/* The arguments partial and fused launches share. */
+static void
+attn_args_init(struct attn_args *a, const float *q, const void *k,
+    const void *v, int dtype, const long long *off, int ld_, float scale,
+    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    float *m, float *l, float *acc, cudaStream_t stream)
+{
+	memset(a, 0, sizeof *a);
+	a->q = q;
+	a->k = k;
+	a->v = v;
+	a->dtype = dtype;
+	a->ld = ld_;
+	a->nblk = nblocks;
+	a->off = off;
+	a->s2 = scale * LOG2E;
+	a->items = items;
+	a->bfirst = bfirst;
+	a->m = m;
+	a->l = l;
+	a->acc = acc;
+	a->st = stream;
+}
+
+/* 16-byte row loads need rows that start on 16-byte boundaries. */
+static int
+attn_aligned(const void *k, const void *v, int ld_)
+{
+	return ld_ % 8 == 0 && ((uintptr_t)k | (uintptr_t)v) % 16 == 0;
+}
+
+extern "C" int
+kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
+    const long long *off, int g, int d, int ld_, float scale,
+    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    float *m, float *l, float *acc, cudaStream_t stream)
+{
+	struct attn_args a;
+
+	if (nblocks <= 0)
+		return 0;
+	if (!attn_aligned(k, v, ld_))
+		return KVX_CUDA_EINVAL;
+	attn_args_init(&a, q, k, v, dtype, off, ld_, scale, items, bfirst,
+	    nblocks, m, l, acc, stream);
+	return attn_dispatch(g, d, &a);
+}
+
+extern "C" int
+kvx_cuda_attn_fused(const float *q, const void *k, const void *v, int dtype,
+    const long long *off, int g, int d, int ld_, float scale,
+    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    const int *first, int nseg, int *cnt, float *m, float *l, float *acc,
+    float *out, cudaStream_t stream)
+{
+	struct attn_args a;
+
+	if (nseg <= 0)
+		return 0;
+	if (!attn_aligned(k, v, ld_) || out == NULL || cnt == NULL ||
+	    first == NULL)
+		return KVX_CUDA_EINVAL;
+	/* at least one block, which still zeroes the empty segments */
+	attn_args_init(&a, q, k, v, dtype, off, ld_, scale, items, bfirst,
+	    nblocks > 0 ? nblocks : 1, m, l, acc, stream);
+	a.first = first;
+	a.nseg = nseg;
+	a.cnt = cnt;
+	a.out = out;
+	return attn_dispatch(g, d, &a);
+}
+
+/*
+ * Balanced lists pay off once each resident block has rows enough to
+ * keep its loads in flight (about 2048, measured on an H100); below
+ * that, several waves of ~512-row items let blocks that finish early
+ * take more work.
+ */
+extern "C" int
+kvx_cuda_attn_plan(const int *len, int nseg, int g, int d, int dtype,
+    struct kvx_cuda_work *items, int cap, int *first, int *bfirst,
+    int *nblocks, int *balanced)
+{
+	long long rows = 0;
+	int s, res = kvx_cuda_attn_blocks(g, d, dtype), n;
+
+	if (res < 1)
+		return -1;
+	for (s = 0; s < nseg; s++)
+		rows += len[s] > 0 ? len[s] : 0;
+	if (rows >= (long long)res * KVX_CUDA_BALANCE_ROWS) {
+		n = kvx_cuda_attn_balance(len, nseg, res, items, cap, first,
+		    bfirst);
+		*nblocks = res;
+		*balanced = 1;
+		return n;
+	}
+	n = kvx_cuda_attn_worklist(len, nseg, kvx_cuda_attn_chunk(rows,
+	    kvx_cuda_sm_count()), items, cap, first);
+	*nblocks = n;
+	*balanced = 0;
+	return n;
+}
+
+#define CB_WARPS 8
+#define CB_T (CB_WARPS * 32)
+
+/*
+ * Merge of one (segment, query head)'s partials.  The items' weights are
+ * worked out together first, so that the warps, taking the items in
+ * turn, issue independent loads; their sums meet in shared memory.
+ */
+static __global__ void __launch_bounds__(CB_T)
+attn_combine_k(const int *first, int g, int d, const float *pm,
+    const float *pl, const float *pacc, float *out)
+{
+	extern __shared__ float sA[];	/* CB_WARPS x d */
+	__shared__ float red[32], sW[CB_T];
+	float M = -INFINITY, L = 0.0f, a[8];
+	int s = blockIdx.x, h = blockIdx.y, j0 = first[s], j1 = first[s + 1];
+	int wid = threadIdx.x >> 5, lane = threadIdx.x & 31, j, jb, n, k, e;
+
+	for (j = j0 + threadIdx.x; j < j1; j += CB_T)
+		if (pl[(size_t)j * g + h] > 0.0f)
+			M = fmaxf(M, pm[(size_t)j * g + h]);
+	M = block_max(M, red);
+	for (k = 0; k < 8; k++)
+		a[k] = 0.0f;
+	for (jb = j0; jb < j1; jb += CB_T) {
+		n = j1 - jb < CB_T ? j1 - jb : CB_T;
+		__syncthreads();
+		if ((int)threadIdx.x < n) {
+			j = jb + threadIdx.x;
+			sW[threadIdx.x] = pl[(size_t)j * g + h] > 0.0f ?
+			    exp2f(pm[(size_t)j * g + h] - M) : 0.0f;
+			L += sW[threadIdx.x] * pl[(size_t)j * g + h];
+		}
+		__syncthreads();
+#pragma unroll 4
+		for (j = wid; j < n; j += CB_WARPS) {
+			const float *pa = pacc + ((size_t)(jb + j) * g + h) * d;
+			float f = sW[j];
+
+#pragma unroll
+			for (k = 0; k < 8; k++)
+				if (lane + 32 * k < d && f > 0.0f)
+					a[k] += pa[lane + 32 * k] * f;
+		}
+	}
+	L = block_sum(L, red);
+#pragma unroll
+	for (k = 0; k < 8; k++)
+		if (lane + 32 * k < d)
+			sA[wid * d + lane + 32 * k] = a[k];
+	__syncthreads();
+	for (e = threadIdx.x; e < d; e += CB_T) {
+		float A = 0.0f;
+
+		for (k = 0; k < CB_WARPS; k++)
+			A += sA[k * d + e];
+		out[((size_t)s * g + h) * d + e] = L > 0.0f ? A / L : 0.0f;
+	}
+}
+
+extern "C" int
+kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
+    const float *m, const float *l, const float *acc, float *out,
+    cudaStream_t stream)
+{
+	if (nseg <= 0)
+		return 0;
+	if (d < 1 || d > 256 || g < 1 || g > 65535)
+		return KVX_CUDA_EINVAL;
+	attn_combine_k<<<dim3(nseg, g), CB_T, sizeof(float) * CB_WARPS * d,
+	    stream>>>(first, g, d, m, l, acc, out);
+	return launched();
+}

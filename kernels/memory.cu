@@ -1,0 +1,75 @@
+/*
+ * memory.cu - device discovery, memory and copies for the tests and the
+ * benchmarks.
+ * SPDX-License-Identifier: MIT
+ */
+#include "device.cuh"
+
+extern "C" int
+kvx_cuda_available(void)
+{
+	int n = 0;
+
+	if (cudaGetDeviceCount(&n) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return n > 0;
+}
+
+extern "C" const char *
+kvx_cuda_strerror(int code)
+{
+	if (code == KVX_CUDA_EINVAL)
+		return "invalid argument";
+	return cudaGetErrorString((cudaError_t)code);
+}
+
+extern "C" int
+kvx_cuda_malloc(void **p, size_t bytes)
+{
+	return (int)cudaMalloc(p, bytes);
+}
+
+extern "C" int
+kvx_cuda_free(void *p)
+{
+	return (int)cudaFree(p);
+}
+
+extern "C" int
+kvx_cuda_h2d(void *dst, const void *src, size_t bytes)
+{
+	return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+}
+
+extern "C" int
+kvx_cuda_d2h(void *dst, const void *src, size_t bytes)
+{
+	return (int)cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+
+extern "C" int
+kvx_cuda_memset(void *p, int byte, size_t bytes)
+{
+	return (int)cudaMemset(p, byte, bytes);
+}
+
+extern "C" int
+kvx_cuda_sync(void)
+{
+	return (int)cudaDeviceSynchronize();
+}
+
+extern "C" int
+kvx_cuda_sm_count(void)
+{
+	int dev, n;
+
+	if (cudaGetDevice(&dev) != cudaSuccess ||
+	    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) !=
+	    cudaSuccess)
+		return 0;
+	return n;
+}
+
