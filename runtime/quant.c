@@ -104,21 +104,38 @@ k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *mn)
 	}
 }
 
+/*
+ * One block of 32 4- or 5-bit weights (Q4_0, Q4_1, Q5_0, Q5_1); qh holds
+ * the fifth bits, 0 for the 4-bit types.  With a min (has_m) a weight is
+ * d * q + m, without one d * (q - zero).
+ */
+static inline void
+dq_32_block(float d, int has_m, float m, int zero, uint32_t qh,
+    const uint8_t *qs, float *y)
+{
+	int j, lo, hi;
+
+	for (j = 0; j < 16; j++) {
+		lo = (qs[j] & 15) | (int)(qh >> j & 1) << 4;
+		hi = (qs[j] >> 4) | (int)(qh >> (j + 16) & 1) << 4;
+		if (has_m) {
+			y[j] = d * lo + m;
+			y[j + 16] = d * hi + m;
+		} else {
+			y[j] = d * (lo - zero);
+			y[j + 16] = d * (hi - zero);
+		}
+	}
+}
+
 /* Dequantises nb Q4_0 blocks. */
 static void
 dq_q4_0(const blk_q4_0 *b, float *y, size_t nb)
 {
 	size_t i;
-	int j;
-	float d;
 
-	for (i = 0; i < nb; i++, y += QK) {
-		d = h2f(b[i].d);
-		for (j = 0; j < 16; j++) {
-			y[j] = d * ((b[i].qs[j] & 15) - 8);
-			y[j + 16] = d * ((b[i].qs[j] >> 4) - 8);
-		}
-	}
+	for (i = 0; i < nb; i++, y += QK)
+		dq_32_block(h2f(b[i].d), 0, 0.0f, 8, 0, b[i].qs, y);
 }
 
 /* Dequantises nb Q4_1 blocks. */
@@ -126,17 +143,9 @@ static void
 dq_q4_1(const blk_q4_1 *b, float *y, size_t nb)
 {
 	size_t i;
-	int j;
-	float d, m;
 
-	for (i = 0; i < nb; i++, y += QK) {
-		d = h2f(b[i].d);
-		m = h2f(b[i].m);
-		for (j = 0; j < 16; j++) {
-			y[j] = d * (b[i].qs[j] & 15) + m;
-			y[j + 16] = d * (b[i].qs[j] >> 4) + m;
-		}
-	}
+	for (i = 0; i < nb; i++, y += QK)
+		dq_32_block(h2f(b[i].d), 1, h2f(b[i].m), 0, 0, b[i].qs, y);
 }
 
 /* Dequantises nb Q5_0 blocks. */
@@ -145,18 +154,10 @@ dq_q5_0(const blk_q5_0 *b, float *y, size_t nb)
 {
 	size_t i;
 	uint32_t qh;
-	int j;
-	float d;
 
 	for (i = 0; i < nb; i++, y += QK) {
-		d = h2f(b[i].d);
 		memcpy(&qh, b[i].qh, 4);
-		for (j = 0; j < 16; j++) {
-			y[j] = d * ((int)((b[i].qs[j] & 15) |
-			    ((qh >> j & 1) << 4)) - 16);
-			y[j + 16] = d * ((int)((b[i].qs[j] >> 4) |
-			    ((qh >> (j + 16) & 1) << 4)) - 16);
-		}
+		dq_32_block(h2f(b[i].d), 0, 0.0f, 16, qh, b[i].qs, y);
 	}
 }
 
@@ -166,19 +167,10 @@ dq_q5_1(const blk_q5_1 *b, float *y, size_t nb)
 {
 	size_t i;
 	uint32_t qh;
-	int j;
-	float d, m;
 
 	for (i = 0; i < nb; i++, y += QK) {
-		d = h2f(b[i].d);
-		m = h2f(b[i].m);
 		memcpy(&qh, b[i].qh, 4);
-		for (j = 0; j < 16; j++) {
-			y[j] = d * ((b[i].qs[j] & 15) | ((qh >> j & 1) << 4)) +
-			    m;
-			y[j + 16] = d * ((b[i].qs[j] >> 4) |
-			    ((qh >> (j + 16) & 1) << 4)) + m;
-		}
+		dq_32_block(h2f(b[i].d), 1, h2f(b[i].m), 0, qh, b[i].qs, y);
 	}
 }
 
@@ -228,52 +220,49 @@ k_pair(const uint8_t *scales, int p, float d, float dmin, float *d0,
 	*m1 = dmin * mn;
 }
 
+/*
+ * One Q4_K (qh NULL) or Q5_K block: the two share d, dmin and the packed
+ * scales, and Q5_K takes a fifth bit of each weight from qh.
+ */
+static inline void
+dq_k_block(uint16_t hd, uint16_t hdmin, const uint8_t *scales,
+    const uint8_t *qh, const uint8_t *q, float *y)
+{
+	float d = h2f(hd), dmin = h2f(hdmin), d0, m0, d1, m1;
+	int p, l, h0 = 0, h1 = 0;
+
+	for (p = 0; p < 4; p++, q += 32, y += 64) {
+		k_pair(scales, p, d, dmin, &d0, &m0, &d1, &m1);
+		for (l = 0; l < 32; l++) {
+			if (qh != NULL) {
+				h0 = (qh[l] >> (2 * p)) & 1;
+				h1 = (qh[l] >> (2 * p + 1)) & 1;
+			}
+			y[l] = d0 * ((q[l] & 15) | h0 << 4) - m0;
+			y[l + 32] = d1 * ((q[l] >> 4) | h1 << 4) - m1;
+		}
+	}
+}
+
 /* Dequantises nb Q4_K blocks. */
 static void
 dq_q4_k(const blk_q4_k *b, float *y, size_t nb)
 {
-	const uint8_t *q;
 	size_t i;
-	int p, l;
-	float d, dmin, d0, m0, d1, m1;
 
-	for (i = 0; i < nb; i++) {
-		d = h2f(b[i].d);
-		dmin = h2f(b[i].dmin);
-		q = b[i].qs;
-		for (p = 0; p < 4; p++, q += 32, y += 64) {
-			k_pair(b[i].scales, p, d, dmin, &d0, &m0, &d1, &m1);
-			for (l = 0; l < 32; l++) {
-				y[l] = d0 * (q[l] & 15) - m0;
-				y[l + 32] = d1 * (q[l] >> 4) - m1;
-			}
-		}
-	}
+	for (i = 0; i < nb; i++, y += QKK)
+		dq_k_block(b[i].d, b[i].dmin, b[i].scales, NULL, b[i].qs, y);
 }
 
 /* Dequantises nb Q5_K blocks. */
 static void
 dq_q5_k(const blk_q5_k *b, float *y, size_t nb)
 {
-	const uint8_t *q;
 	size_t i;
-	int p, l, h0, h1;
-	float d, dmin, d0, m0, d1, m1;
 
-	for (i = 0; i < nb; i++) {
-		d = h2f(b[i].d);
-		dmin = h2f(b[i].dmin);
-		q = b[i].qs;
-		for (p = 0; p < 4; p++, q += 32, y += 64) {
-			k_pair(b[i].scales, p, d, dmin, &d0, &m0, &d1, &m1);
-			for (l = 0; l < 32; l++) {
-				h0 = (b[i].qh[l] >> (2 * p)) & 1;
-				h1 = (b[i].qh[l] >> (2 * p + 1)) & 1;
-				y[l] = d0 * ((q[l] & 15) | h0 << 4) - m0;
-				y[l + 32] = d1 * ((q[l] >> 4) | h1 << 4) - m1;
-			}
-		}
-	}
+	for (i = 0; i < nb; i++, y += QKK)
+		dq_k_block(b[i].d, b[i].dmin, b[i].scales, b[i].qh, b[i].qs,
+		    y);
 }
 
 /* Dequantises nb Q6_K blocks. */
@@ -386,6 +375,10 @@ block_sums(const float *x, int nb, float *xs)
 }
 
 #ifdef __AVX2__
+/* A row's block dot products: eight lanes, summed once at the row's end. */
+typedef __m256 row_acc;
+
+/* Sum of the eight lanes. */
 static inline float
 hsum256(__m256 v)
 {
@@ -397,45 +390,104 @@ hsum256(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* sum_j q_j x_j over one 32-block of 4-bit values packed as ggml does. */
+/* sum_j q_j x_j over 32 integers held eight to each of q0..q3. */
 static inline __m256
+dot_i32x32(__m256i q0, __m256i q1, __m256i q2, __m256i q3, const float *x)
+{
+	__m256 acc;
+
+	acc = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), _mm256_loadu_ps(x));
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), _mm256_loadu_ps(x + 8),
+	    acc);
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q2), _mm256_loadu_ps(x + 16),
+	    acc);
+	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q3), _mm256_loadu_ps(x + 24),
+	    acc);
+	return acc;
+}
+
+/* sum_j q_j x_j over one 32-block of 4-bit values packed as ggml does. */
+static inline row_acc
 dot_nib32(const uint8_t *qs, const float *x)
 {
 	const __m128i mask = _mm_set1_epi8(15);
 	__m128i raw = _mm_loadu_si128((const __m128i *)qs);
 	__m128i lo = _mm_and_si128(raw, mask);
 	__m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-	__m256 acc;
 
-	acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
-	    _mm256_loadu_ps(x));
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-	    _mm_srli_si128(lo, 8))), _mm256_loadu_ps(x + 8), acc);
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
-	    _mm256_loadu_ps(x + 16), acc);
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-	    _mm_srli_si128(hi, 8))), _mm256_loadu_ps(x + 24), acc);
-	return acc;
+	return dot_i32x32(_mm256_cvtepu8_epi32(lo),
+	    _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+	    _mm256_cvtepu8_epi32(hi),
+	    _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), x);
 }
 
 /* sum_j q_j x_j over one 32-block of int8 values. */
-static inline __m256
+static inline row_acc
 dot_i8x32(const int8_t *qs, const float *x)
 {
 	__m256i a = _mm256_loadu_si256((const __m256i *)qs);
 	__m128i l = _mm256_castsi256_si128(a), h = _mm256_extracti128_si256(a,
 	    1);
-	__m256 acc;
 
-	acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(l)),
-	    _mm256_loadu_ps(x));
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-	    _mm_srli_si128(l, 8))), _mm256_loadu_ps(x + 8), acc);
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(h)),
-	    _mm256_loadu_ps(x + 16), acc);
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-	    _mm_srli_si128(h, 8))), _mm256_loadu_ps(x + 24), acc);
-	return acc;
+	return dot_i32x32(_mm256_cvtepi8_epi32(l),
+	    _mm256_cvtepi8_epi32(_mm_srli_si128(l, 8)),
+	    _mm256_cvtepi8_epi32(h),
+	    _mm256_cvtepi8_epi32(_mm_srli_si128(h, 8)), x);
+}
+
+/* Adds d times a block's dot product to the row: to acc's lanes. */
+static inline void
+add_block(float d, row_acc dot, row_acc *acc, float *s)
+{
+	*acc = _mm256_fmadd_ps(dot, _mm256_set1_ps(d), *acc);
+}
+
+/* A row's value from its scalar sum and its lanes. */
+static inline float
+row_value(float s, row_acc acc)
+{
+	return s + hsum256(acc);
+}
+#else
+/* Without AVX2 every block goes straight into the scalar sum. */
+typedef float row_acc;
+
+/* sum_j q_j x_j over one 32-block of 4-bit values packed as ggml does. */
+static inline row_acc
+dot_nib32(const uint8_t *qs, const float *x)
+{
+	float t = 0.0f;
+	int j;
+
+	for (j = 0; j < 16; j++)
+		t += (qs[j] & 15) * x[j] + (qs[j] >> 4) * x[j + 16];
+	return t;
+}
+
+/* sum_j q_j x_j over one 32-block of int8 values. */
+static inline row_acc
+dot_i8x32(const int8_t *qs, const float *x)
+{
+	float t = 0.0f;
+	int j;
+
+	for (j = 0; j < QK; j++)
+		t += qs[j] * x[j];
+	return t;
+}
+
+/* Adds d times a block's dot product to the row: to s. */
+static inline void
+add_block(float d, row_acc dot, row_acc *acc, float *s)
+{
+	*s += d * dot;
+}
+
+/* A row's value from its scalar sum (acc holds nothing here). */
+static inline float
+row_value(float s, row_acc acc)
+{
+	return s;
 }
 #endif
 
@@ -464,102 +516,61 @@ matvec_f32_generic(int wtype, const uint8_t *base, int cols, int r0, int r1,
 	}
 }
 
+/* y[r] = W[r] . x for r in [r0, r1), x kept in f32. */
 void
 quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
     const float *x, float *y)
 {
-	const uint8_t *base = w;
+	const uint8_t *row;
+	const blk_q4_0 *b40;
+	const blk_q4_1 *b41;
+	const blk_q8_0 *b80;
+	size_t rb;
 	int nb = cols / QK, r, b;
-#ifndef __AVX2__
-	int j;
-#endif
-	float xs[256];
+	float xs[256], s, d;
+	row_acc acc;
 
 	if (r1 <= r0)
 		return;
 	/* the block sums live on the stack, hence the width limit */
 	if ((wtype != GGML_Q4_0 && wtype != GGML_Q4_1 && wtype != GGML_Q8_0) ||
 	    nb > 256 || cols % QK != 0) {
-		matvec_f32_generic(wtype, base, cols, r0, r1, x, y);
+		matvec_f32_generic(wtype, w, cols, r0, r1, x, y);
 		return;
 	}
 	if (wtype == GGML_Q4_1 || wtype == GGML_Q4_0)
 		block_sums(x, nb, xs);
+	rb = (size_t)nb * ggml_type_block_bytes(wtype);
 
 	for (r = r0; r < r1; r++) {
-		float s = 0.0f;
-#ifdef __AVX2__
-		__m256 acc = _mm256_setzero_ps();
-#endif
-
+		row = (const uint8_t *)w + (size_t)r * rb;
+		s = 0.0f;
+		memset(&acc, 0, sizeof acc);
 		switch (wtype) {
-		case GGML_Q4_1: {
-			const blk_q4_1 *bl = (const blk_q4_1 *)(base +
-			    (size_t)r * nb * sizeof(blk_q4_1));
-
+		case GGML_Q4_1:
+			b41 = (const blk_q4_1 *)row;
 			for (b = 0; b < nb; b++) {
-#ifdef __AVX2__
-				acc = _mm256_fmadd_ps(dot_nib32(bl[b].qs,
-				    x + b * QK), _mm256_set1_ps(
-				    h2f(bl[b].d)), acc);
-#else
-				float t = 0.0f;
-
-				for (j = 0; j < 16; j++)
-					t += (bl[b].qs[j] & 15) * x[b * QK + j] +
-					    (bl[b].qs[j] >> 4) *
-					    x[b * QK + j + 16];
-				s += h2f(bl[b].d) * t;
-#endif
-				s += h2f(bl[b].m) * xs[b];
+				add_block(h2f(b41[b].d), dot_nib32(b41[b].qs,
+				    x + b * QK), &acc, &s);
+				s += h2f(b41[b].m) * xs[b];
 			}
 			break;
-		}
-		case GGML_Q4_0: {
-			const blk_q4_0 *bl = (const blk_q4_0 *)(base +
-			    (size_t)r * nb * sizeof(blk_q4_0));
-
+		case GGML_Q4_0:
+			b40 = (const blk_q4_0 *)row;
 			for (b = 0; b < nb; b++) {
-				float d = h2f(bl[b].d);
-#ifdef __AVX2__
-				acc = _mm256_fmadd_ps(dot_nib32(bl[b].qs,
-				    x + b * QK), _mm256_set1_ps(d), acc);
-#else
-				float t = 0.0f;
-
-				for (j = 0; j < 16; j++)
-					t += (bl[b].qs[j] & 15) * x[b * QK + j] +
-					    (bl[b].qs[j] >> 4) *
-					    x[b * QK + j + 16];
-				s += d * t;
-#endif
+				d = h2f(b40[b].d);
+				add_block(d, dot_nib32(b40[b].qs, x + b * QK),
+				    &acc, &s);
 				s -= 8.0f * d * xs[b];
 			}
 			break;
-		}
-		case GGML_Q8_0: {
-			const blk_q8_0 *bl = (const blk_q8_0 *)(base +
-			    (size_t)r * nb * sizeof(blk_q8_0));
-
-			for (b = 0; b < nb; b++) {
-#ifdef __AVX2__
-				acc = _mm256_fmadd_ps(dot_i8x32(bl[b].qs,
-				    x + b * QK), _mm256_set1_ps(
-				    h2f(bl[b].d)), acc);
-#else
-				float t = 0.0f;
-
-				for (j = 0; j < QK; j++)
-					t += bl[b].qs[j] * x[b * QK + j];
-				s += h2f(bl[b].d) * t;
-#endif
-			}
+		case GGML_Q8_0:
+			b80 = (const blk_q8_0 *)row;
+			for (b = 0; b < nb; b++)
+				add_block(h2f(b80[b].d), dot_i8x32(b80[b].qs,
+				    x + b * QK), &acc, &s);
 			break;
 		}
-		}
-#ifdef __AVX2__
-		s += hsum256(acc);
-#endif
-		y[r] = s;
+		y[r] = row_value(s, acc);
 	}
 }
