@@ -561,6 +561,12 @@ kvx_seq_len(const kvx_ctx *c, int seq)
 	return c->kv->n_pos[seq];
 }
 
+int
+kvx_ctx_get_device(const kvx_ctx *c)
+{
+	return c == NULL ? -1 : c->p.device;
+}
+
 kvx_status
 kvx_ctx_memory(const kvx_ctx *c, kvx_memory *mem)
 {

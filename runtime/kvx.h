@@ -16,12 +16,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvx_version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define KVX_VERSION_MAJOR 0
-#define KVX_VERSION_MINOR 1
+/* libkvx is built with hidden visibility: what this header declares is
+ * exactly what the shared library exports. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
 
 typedef enum kvx_status {
 	KVX_OK = 0,
@@ -40,8 +45,11 @@ typedef struct kvx_model kvx_model;
 typedef struct kvx_plan kvx_plan;
 typedef struct kvx_ctx kvx_ctx;
 
-/* Version string of the library, e.g. "0.1.0". */
+/* Version of the library as linked (the macros in kvx_version.h give the
+ * headers' version): the string, e.g. "0.1.0", and KVX_VERSION_NUMBER's
+ * form, e.g. 100. */
 const char	*kvx_version(void);
+int		 kvx_version_number(void);
 /* Static description of a status code. */
 const char	*kvx_strerror(kvx_status);
 /* Message of the last failing call in this thread ("" if none). */
@@ -140,6 +148,49 @@ kvx_plan_mode	 kvx_plan_get_mode(const kvx_plan *);
  * hybrid plan, the layer's share. */
 double		 kvx_plan_get_budget(const kvx_plan *, int layer, int head);
 
+typedef enum kvx_budget_kind {
+	KVX_BUDGET_FRACTION = 0,	/* a share of the prompt's tokens */
+	KVX_BUDGET_TOKENS = 1		/* tokens per head at ref_context */
+} kvx_budget_kind;
+
+/*
+ * What a plan holds besides its budgets, as kvx-plan(5) names it.  The
+ * strings point into the plan and live as long as it does.  Fields to
+ * come take the place of reserved, so the struct keeps its size.
+ */
+typedef struct kvx_plan_info {
+	const char	*method;	/* uniform, pyramid, ada, layer, kvx or
+					   full */
+	kvx_plan_mode	 mode;
+	kvx_budget_kind	 budget_kind;
+	double		 budget;	/* share in (0, 1], or tokens */
+	int		 window;	/* observation window, at most
+					   KVX_WINDOW_MAX */
+	int		 sinks;		/* leading tokens always kept */
+	const char	*pool;		/* max, avg or none */
+	int		 pool_kernel;	/* odd width of the pooling */
+	const char	*gqa;		/* mean or max over a query group */
+	double		 alpha;		/* hybrid: each head's floor, a share
+					   of an even split; static: 0 */
+	int		 min_tokens;	/* floor per head, tokens */
+	int64_t		 ref_context;	/* tokens the byte counts are for */
+	uint64_t	 ref_bytes;	/* planned K+V bytes at ref_context,
+					   0 if the plan omits them */
+	uint64_t	 ref_bytes_full;/* a full cache's bytes, likewise */
+	/* the model the plan was made for */
+	const char	*arch;
+	const char	*name;		/* its general.name, or "" */
+	int		 n_layer;
+	int		 n_head;
+	int		 n_head_kv;
+	int		 head_dim;
+	const char	*fingerprint;	/* 64 hex digits, as kvx_model_info */
+	double		 reserved[16];	/* zero */
+} kvx_plan_info;
+
+/* Fill info from the plan: KVX_ERR_ARG when either is NULL. */
+kvx_status	 kvx_plan_get_info(const kvx_plan *, kvx_plan_info *info);
+
 /* --- contexts and inference ----------------------------------------- */
 
 typedef struct kvx_ctx_params {
@@ -199,8 +250,14 @@ typedef struct kvx_memory {
 } kvx_memory;
 
 kvx_status	 kvx_ctx_memory(const kvx_ctx *, kvx_memory *);
+/* The device the context runs on: KVX_DEVICE_CPU or KVX_DEVICE_GPU (never
+ * KVX_DEVICE_AUTO; -1 for NULL). */
+int		 kvx_ctx_get_device(const kvx_ctx *);
 int		 kvx_seq_len(const kvx_ctx *, int seq);
 
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -45,7 +45,13 @@ kvx_errmsg(void)
 const char *
 kvx_version(void)
 {
-	return PACKAGE_VERSION;
+	return KVX_VERSION_STRING;
+}
+
+int
+kvx_version_number(void)
+{
+	return KVX_VERSION_NUMBER;
 }
 
 const char *

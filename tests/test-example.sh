@@ -10,7 +10,7 @@ sed -n '/example-begin/,/example-end/p' "$top_srcdir/man/libkvx.3" |
 if grep -q 'kvx_prefill' "$tmp/example.c"; then echo "ok 1 - example extracted from libkvx.3"
 else echo "not ok 1 - example extracted from libkvx.3"; fi
 lib="$top_builddir/runtime/.libs"
-if ${CC:-cc} -o "$tmp/example" "$tmp/example.c" -I"$top_srcdir/runtime" \
+if ${CC:-cc} -o "$tmp/example" "$tmp/example.c" -I"$top_srcdir/runtime" -I"$top_builddir/runtime" \
     -L"$lib" -Wl,-rpath,"$lib" -lkvx 2>"$tmp/cc.log"; then
 	echo "ok 2 - example compiles and links against libkvx"
 else
