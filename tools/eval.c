@@ -1,0 +1,396 @@
+/*
+ * eval.c - kvx-eval's protocol: continuation perplexity, KL divergence
+ * and top-1 agreement on real text under teacher forcing, and pass-key
+ * retrieval in prose.
+ * SPDX-License-Identifier: MIT
+ *
+ * Every text is prefilled once with a full cache; each plan then
+ * compresses that prefill (kvx_compress_from) and runs the continuation,
+ * so a plan costs its compression and its continuation only, and every
+ * plan sees exactly the same prefill.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eval.h"
+#include "plan.h"
+
+/* Tokenize text (no special tokens); *out is malloc'd. */
+kvx_status
+eval_tokenize(const kvx_model *m, const char *s, size_t len, int32_t **out,
+    int *n)
+{
+	int cap = (int)(len + 16);
+	kvx_status rc;
+
+	if (len > (size_t)INT32_MAX - 16)
+		fail(EXIT_TEXT, "text of %zu bytes is too large", len);
+	if ((*out = malloc(sizeof **out * (size_t)cap)) == NULL)
+		fail(EXIT_RUN, "out of memory");
+	if ((rc = kvx_tokenize(m, s, len, 0, *out, cap, n)) != KVX_OK) {
+		free(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+/* The plan's short name: its file name without directory or extension. */
+void
+eval_label(struct entry *e)
+{
+	const char *b = strrchr(e->path, '/');
+	char *dot;
+
+	snprintf(e->name, sizeof e->name, "%s", b != NULL ? b + 1 : e->path);
+	if ((dot = strrchr(e->name, '.')) != NULL && dot != e->name)
+		*dot = '\0';
+	snprintf(e->method, sizeof e->method, "%s",
+	    e->plan->method[0] != '\0' ? e->plan->method : "unknown");
+	if (e->plan->budget_kind == PLAN_BUDGET_TOKENS)
+		snprintf(e->budget, sizeof e->budget, "%.0ft",
+		    e->plan->budget);
+	else
+		snprintf(e->budget, sizeof e->budget, "%.4g", e->plan->budget);
+}
+
+/* Index of the largest of n logits. */
+static int
+argmax(const float *x, int n)
+{
+	int i, best = 0;
+
+	for (i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}
+
+/* log sum exp of n logits, in double. */
+static double
+logsumexp(const float *x, int n)
+{
+	double s = 0.0, mx = x[argmax(x, n)];
+	int i;
+
+	for (i = 0; i < n; i++)
+		s += exp((double)x[i] - mx);
+	return mx + log(s);
+}
+
+/* KL(p || q) between the softmax distributions of two logit rows. */
+static double
+kl_rows(const float *p, const float *q, int n)
+{
+	double lp = logsumexp(p, n), lq = logsumexp(q, n), kl = 0.0, a;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		a = (double)p[i] - lp;
+		kl += exp(a) * (a - ((double)q[i] - lq));
+	}
+	return kl > 0.0 ? kl : 0.0;
+}
+
+/* The logits predicting continuation token i: the prefill's last row for
+ * the first token, then row i - 1 of the teacher-forced rows. */
+static const float *
+pred_row(const float *last, const float *rows, int i, int V)
+{
+	return i == 0 ? last : rows + (size_t)(i - 1) * V;
+}
+
+/*
+ * Compress the shared prefill in src into e's context, teacher-force the
+ * continuation, and leave its M - 1 logit rows in rows.
+ */
+static void
+run_continuation(struct entry *e, kvx_ctx *src, const int32_t *cont, int M,
+    float *rows, struct result *r)
+{
+	kvx_memory mem;
+
+	kvx_seq_clear(e->ctx, 0);
+	if (kvx_compress_from(e->ctx, 0, src, 0) != KVX_OK)
+		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
+	if (kvx_ctx_memory(e->ctx, &mem) != KVX_OK)
+		fail(EXIT_RUN, "%s", kvx_errmsg());
+	r->kv_bytes = mem.kv_bytes;
+	/* the last continuation token predicts nothing we score */
+	if (M > 1 && kvx_extend(e->ctx, 0, cont, M - 1, rows) != KVX_OK)
+		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
+	kvx_seq_clear(e->ctx, 0);
+}
+
+/* Perplexity, KL from the full cache and top-1 agreement of one plan. */
+static void
+score(const float *last, const float *rows, const float *frows,
+    const int32_t *cont, int M, int V, int is_full, struct result *r)
+{
+	const float *p, *f;
+	double nll = 0.0, kl = 0.0;
+	int i, agree = 0;
+
+	for (i = 0; i < M; i++) {
+		p = pred_row(last, rows, i, V);
+		nll += logsumexp(p, V) - (double)p[cont[i]];
+		if (is_full) {
+			agree++;
+			continue;
+		}
+		f = pred_row(last, frows, i, V);
+		kl += kl_rows(f, p, V);
+		agree += argmax(f, V) == argmax(p, V);
+	}
+	r->ppl = exp(nll / M);
+	r->kl = kl / M;
+	r->top1 = (double)agree / M;
+}
+
+/* Evaluate every entry on one text; res gets one result per entry. */
+void
+eval_text(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
+    const struct text *t, int ti, int n_text, int N, int M,
+    struct result *res)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	int V = mi->n_vocab, i;
+	size_t rowsz = (size_t)(M > 1 ? M - 1 : 1) * V;
+	float *last, *frows, *rows;
+	const int32_t *cont = t->ids + N;
+
+	last = malloc(sizeof *last * (size_t)V);
+	frows = malloc(sizeof *frows * rowsz);
+	rows = malloc(sizeof *rows * rowsz);
+	if (last == NULL || frows == NULL || rows == NULL)
+		fail(EXIT_RUN, "out of memory");
+	progress("text %d/%d: prefill of %d tokens", ti + 1, n_text, N);
+	kvx_seq_clear(src, 0);
+	if (kvx_prefill(src, 0, t->ids, N, last) != KVX_OK)
+		fail(EXIT_RUN, "%s: %s", t->path, kvx_errmsg());
+	for (i = 0; i < n_ent; i++) {
+		progress("text %d/%d: %s", ti + 1, n_text, ents[i].name);
+		run_continuation(&ents[i], src, cont, M, i == 0 ? frows : rows,
+		    &res[i]);
+		score(last, i == 0 ? frows : rows, frows, cont, M, V, i == 0,
+		    &res[i]);
+		res[i].kv_bytes_full = res[0].kv_bytes;
+	}
+	kvx_seq_clear(src, 0);
+	free(last);
+	free(frows);
+	free(rows);
+}
+
+// --- pass key --------------------------------------------------------------
+
+/* 1 when token id ends a sentence or a line, a good place for a needle. */
+static int
+ends_sentence(const kvx_model *m, int32_t id)
+{
+	char piece[64];
+	size_t len;
+
+	if (kvx_token_piece(m, id, piece, sizeof piece, &len) != KVX_OK ||
+	    len == 0)
+		return 0;
+	return strchr(".!?\n", piece[len - 1]) != NULL;
+}
+
+/*
+ * Build a prompt of prose with the needle at depth percent: f prose
+ * tokens, the needle inserted after the sentence end nearest before the
+ * depth, then the question if q != NULL.  Returns the prompt length.
+ */
+static int
+build_haystack(const kvx_model *m, const int32_t *prose, int f,
+    const int32_t *needle, int nn, const int32_t *q, int nq, int depth,
+    int32_t *out)
+{
+	int at = (int)((long long)f * depth / 100), j, n = 0;
+
+	if (at > 0 && at < f)
+		for (j = at - 1; j >= 0 && j >= at - 128; j--)
+			if (ends_sentence(m, prose[j])) {
+				at = j + 1;
+				break;
+			}
+	memcpy(out, prose, sizeof *out * (size_t)at);
+	n = at;
+	memcpy(out + n, needle, sizeof *out * (size_t)nn);
+	n += nn;
+	memcpy(out + n, prose + at, sizeof *out * (size_t)(f - at));
+	n += f - at;
+	if (q != NULL) {
+		memcpy(out + n, q, sizeof *out * (size_t)nq);
+		n += nq;
+	}
+	return n;
+}
+
+/*
+ * Greedy-decode ANSWER_TOKENS tokens from first's logits in e's context and
+ * write the first run of digits of the text into answer.
+ */
+static void
+decode_answer(const kvx_model *m, struct entry *e, float *logits, int V,
+    char *answer, size_t size)
+{
+	char text[256], piece[64];
+	size_t tl = 0, pl;
+	int32_t tok;
+	int i, seq = 0, k = 0;
+	const char *p;
+
+	text[0] = '\0';
+	for (i = 0; i < ANSWER_TOKENS; i++) {
+		tok = argmax(logits, V);
+		if (kvx_token_is_eog(m, tok))
+			break;
+		if (kvx_token_piece(m, tok, piece, sizeof piece, &pl) ==
+		    KVX_OK && tl + pl < sizeof text) {
+			memcpy(text + tl, piece, pl);
+			text[tl += pl] = '\0';
+		}
+		if (i + 1 < ANSWER_TOKENS &&
+		    kvx_decode(e->ctx, 1, &seq, &tok, logits) != KVX_OK)
+			fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
+	}
+	for (p = text; *p != '\0' && !isdigit((unsigned char)*p); p++)
+		;
+	while (isdigit((unsigned char)*p) && (size_t)k + 1 < size)
+		answer[k++] = *p++;
+	answer[k] = '\0';
+}
+
+/*
+ * Run the pass-key trials: for each length and depth, a question-agnostic
+ * prefill (question after compression) and a question-aware one (question
+ * inside the prefill); *out gets n_ent rows per trial.
+ */
+int
+eval_passkey(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
+    const int32_t *prose, int n_prose, const int *lens, int n_len,
+    const int *depths, int n_depth, uint64_t seed, struct pk_row **out)
+{
+	static const char *question = "\nWhat is the pass key? The pass key is";
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	int V = mi->n_vocab, li, di, aware, i, nq, nn, f, n, nrow = 0, key;
+	int32_t *q, *needle, *ids;
+	float *last, *qrows, *logits;
+	char ntext[128], want[16];
+	struct pk_row *rows, *r;
+	uint64_t rng = seed;
+
+	if (eval_tokenize(m, question, strlen(question), &q, &nq) != KVX_OK)
+		fail(EXIT_RUN, "%s", kvx_errmsg());
+	rows = calloc((size_t)n_len * n_depth * 2 * n_ent, sizeof *rows);
+	ids = malloc(sizeof *ids * (size_t)(lens[n_len - 1] + 64));
+	last = malloc(sizeof *last * (size_t)V);
+	logits = malloc(sizeof *logits * (size_t)V);
+	qrows = malloc(sizeof *qrows * (size_t)nq * V);
+	if (rows == NULL || ids == NULL || last == NULL || logits == NULL ||
+	    qrows == NULL)
+		fail(EXIT_RUN, "out of memory");
+	for (li = 0; li < n_len; li++)
+		for (di = 0; di < n_depth; di++) {
+			key = 10000 + (int)(kvx__splitmix64(&rng) % 90000);
+			snprintf(want, sizeof want, "%d", key);
+			snprintf(ntext, sizeof ntext, " The pass key is %d. "
+			    "Remember it. %d is the pass key.", key, key);
+			if (eval_tokenize(m, ntext, strlen(ntext), &needle,
+			    &nn) != KVX_OK)
+				fail(EXIT_RUN, "%s", kvx_errmsg());
+			/* the length covers prose, needle, question, answer */
+			f = lens[li] - nn - nq - ANSWER_TOKENS;
+			if (f < 1 || f > n_prose)
+				fail(EXIT_TEXT, "pass key: %d prose tokens "
+				    "cannot fill a context of %d tokens",
+				    n_prose, lens[li]);
+			for (aware = 0; aware < 2; aware++) {
+				progress("pass key: length %d, depth %d%%, "
+				    "%s", lens[li], depths[di], aware ?
+				    "question-aware" : "question-agnostic");
+				n = build_haystack(m, prose, f, needle, nn,
+				    aware ? q : NULL, nq, depths[di], ids);
+				kvx_seq_clear(src, 0);
+				if (kvx_prefill(src, 0, ids, n, last) != KVX_OK)
+					fail(EXIT_RUN, "pass key: %s",
+					    kvx_errmsg());
+				for (i = 0; i < n_ent; i++) {
+					struct entry *e = &ents[i];
+
+					kvx_seq_clear(e->ctx, 0);
+					if (kvx_compress_from(e->ctx, 0, src,
+					    0) != KVX_OK)
+						fail(EXIT_RUN, "%s: %s",
+						    e->name, kvx_errmsg());
+					if (aware)
+						memcpy(logits, last,
+						    sizeof *logits * V);
+					else {
+						if (kvx_extend(e->ctx, 0, q, nq,
+						    qrows) != KVX_OK)
+							fail(EXIT_RUN, "%s: %s",
+							    e->name,
+							    kvx_errmsg());
+						memcpy(logits, qrows +
+						    (size_t)(nq - 1) * V,
+						    sizeof *logits * V);
+					}
+					r = &rows[nrow++];
+					r->plan = i;
+					r->length = lens[li];
+					r->depth = depths[di];
+					r->aware = aware;
+					r->key = key;
+					decode_answer(m, e, logits, V,
+					    r->answer, sizeof r->answer);
+					r->match = strcmp(r->answer, want) == 0;
+					kvx_seq_clear(e->ctx, 0);
+				}
+			}
+			free(needle);
+		}
+	kvx_seq_clear(src, 0);
+	free(q);
+	free(ids);
+	free(last);
+	free(logits);
+	free(qrows);
+	*out = rows;
+	return nrow;
+}
+
+/* Mean over texts of each entry's results. */
+void
+eval_mean(const struct result *res, int n_text, int n_ent,
+    struct result *mean)
+{
+	int t, i;
+
+	for (i = 0; i < n_ent; i++) {
+		double ppl = 0, kl = 0, top1 = 0, kb = 0, kf = 0;
+
+		for (t = 0; t < n_text; t++) {
+			const struct result *r = &res[(size_t)t * n_ent + i];
+
+			ppl += r->ppl;
+			kl += r->kl;
+			top1 += r->top1;
+			kb += (double)r->kv_bytes;
+			kf += (double)r->kv_bytes_full;
+		}
+		mean[i].ppl = ppl / n_text;
+		mean[i].kl = kl / n_text;
+		mean[i].top1 = top1 / n_text;
+		mean[i].kv_bytes = (uint64_t)llround(kb / n_text);
+		mean[i].kv_bytes_full = (uint64_t)llround(kf / n_text);
+	}
+}
+

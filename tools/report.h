@@ -1,0 +1,30 @@
+/*
+ * report.h - kvx-eval's output: the tables on standard output, the CSV
+ * file and the SVG plot, in the formats kvx-eval(1) documents.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KVX_REPORT_H
+#define KVX_REPORT_H
+
+#include <stdio.h>
+
+#include "eval.h"
+
+/* One table of results, one row per entry. */
+void	report_table(FILE *, const struct entry *ents, int n_ent,
+	    const struct result *res);
+/* The pass-key scores: per entry and variant, hits per length. */
+void	report_passkey(FILE *, const struct entry *ents, int n_ent,
+	    const struct pk_row *rows, int nrow, const int *lens, int n_len,
+	    int n_depth);
+/* Write the CSV file and close f; exits with EXIT_OUTPUT on failure. */
+void	report_csv(FILE *f, const char *path, const struct entry *ents,
+	    int n_ent, const struct text *texts, int n_text,
+	    const struct result *res, const struct result *mean,
+	    const struct pk_row *pk, int npk);
+/* Write the two-panel SVG plot of mean quality against KV memory and
+ * close f; exits with EXIT_OUTPUT on failure. */
+void	report_plot(FILE *f, const char *path, const struct entry *ents,
+	    int n_ent, const struct result *mean, int n_text, int N, int M);
+
+#endif
