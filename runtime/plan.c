@@ -86,6 +86,8 @@ static const struct field fields[] = {
 	    method_names },
 	{ "", "model", F_SECTION, 0, 0, 0, 0, 0, NULL },
 	{ "model", "arch", F_STR, OFF(arch), SZ(arch), 0, 0, 0, NULL },
+	{ "model", "name", F_STR, OFF(name), SZ(name), 0, 0, FL_OPTIONAL,
+	    NULL },
 	{ "model", "layers", F_INT, OFF(n_layer), 0, 1, PLAN_MAX_LAYERS, 0,
 	    NULL },
 	{ "model", "heads", F_INT, OFF(n_head), 0, 1, PLAN_MAX_HEADS, 0,
@@ -420,6 +422,30 @@ plan_validate(const kvx_plan *p)
 
 /* --- plans in memory ----------------------------------------------------- */
 
+/*
+ * The model's name as a plan holds it: cut at a character boundary to
+ * fit, and left out when it holds a control character, which a plan's
+ * strings may not.
+ */
+static void
+copy_name(char *dst, size_t size, const char *name)
+{
+	size_t n, i;
+
+	dst[0] = '\0';
+	if (name == NULL)
+		return;
+	for (i = 0; name[i] != '\0'; i++)
+		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+			return;
+	n = i < size - 1 ? i : size - 1;
+	if (n < i)
+		while (n > 0 && ((unsigned char)name[n] & 0xc0) == 0x80)
+			n--;
+	memcpy(dst, name, n);
+	dst[n] = '\0';
+}
+
 /* Allocates a plan for info with default selection settings. */
 kvx_status
 plan_new(const kvx_model_info *info, int mode, double fraction,
@@ -445,6 +471,7 @@ plan_new(const kvx_model_info *info, int mode, double fraction,
 	p->version = KVX_PLAN_FORMAT_VERSION;
 	snprintf(p->method, sizeof p->method, "kvx");
 	snprintf(p->arch, sizeof p->arch, "%s", info->arch);
+	copy_name(p->name, sizeof p->name, info->name);
 	p->n_layer = info->n_layer;
 	p->n_head = info->n_head;
 	p->n_head_kv = info->n_head_kv;
@@ -544,6 +571,39 @@ kvx_plan_get_budget(const kvx_plan *p, int layer, int head)
 	if (head < 0 || head >= p->n_head_kv)
 		return -1;
 	return p->budgets[(size_t)layer * p->n_head_kv + head];
+}
+
+/* Everything but the budgets, for tools that report on a plan. */
+kvx_status
+kvx_plan_get_info(const kvx_plan *p, kvx_plan_info *info)
+{
+	if (p == NULL || info == NULL)
+		return kvx__fail(KVX_ERR_ARG, "kvx_plan_get_info: no %s",
+		    p == NULL ? "plan" : "info");
+	memset(info, 0, sizeof *info);
+	info->method = p->method;
+	info->mode = kvx_plan_get_mode(p);
+	info->budget_kind = p->budget_kind == PLAN_BUDGET_TOKENS ?
+	    KVX_BUDGET_TOKENS : KVX_BUDGET_FRACTION;
+	info->budget = p->budget;
+	info->window = p->window;
+	info->sinks = p->sinks;
+	info->pool = pool_names[p->pool];
+	info->pool_kernel = p->pool_kernel;
+	info->gqa = gqa_names[p->gqa];
+	info->alpha = p->alpha;
+	info->min_tokens = p->min_tokens;
+	info->ref_context = p->ref_context;
+	info->ref_bytes = p->ref_bytes;
+	info->ref_bytes_full = p->ref_bytes_full;
+	info->arch = p->arch;
+	info->name = p->name;
+	info->n_layer = p->n_layer;
+	info->n_head = p->n_head;
+	info->n_head_kv = p->n_head_kv;
+	info->head_dim = p->head_dim;
+	info->fingerprint = p->fingerprint;
+	return KVX_OK;
 }
 
 /* Kept tokens for a head (or a hybrid layer, per head) after n tokens. */

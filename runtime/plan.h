@@ -12,8 +12,10 @@
 #define KVX_PLAN_FORMAT_VERSION 1
 
 enum plan_budget_kind {
-	PLAN_BUDGET_FRACTION = 0,	/* share of the prompt tokens */
-	PLAN_BUDGET_TOKENS = 1		/* fixed token count per head */
+	PLAN_BUDGET_FRACTION = KVX_BUDGET_FRACTION,	/* share of the prompt
+							   tokens */
+	PLAN_BUDGET_TOKENS = KVX_BUDGET_TOKENS		/* fixed token count
+							   per head */
 };
 
 enum plan_pool { PLAN_POOL_MAX = 0, PLAN_POOL_AVG = 1, PLAN_POOL_NONE = 2 };
@@ -25,6 +27,7 @@ struct kvx_plan {
 
 	/* model identity */
 	char		 arch[32];
+	char		 name[64];	/* the model's general.name; optional */
 	int		 n_layer, n_head, n_head_kv, head_dim;
 	char		 fingerprint[65];
 

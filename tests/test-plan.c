@@ -77,6 +77,7 @@ plans_equal(const kvx_plan *a, const kvx_plan *b, char *why, size_t size)
 	DIFF(a->version != b->version, "version");
 	DIFF(strcmp(a->method, b->method), "method");
 	DIFF(strcmp(a->arch, b->arch), "arch");
+	DIFF(strcmp(a->name, b->name), "name");
 	DIFF(a->n_layer != b->n_layer, "n_layer");
 	DIFF(a->n_head != b->n_head, "n_head");
 	DIFF(a->n_head_kv != b->n_head_kv, "n_head_kv");
@@ -180,6 +181,7 @@ test_round_trip(int mode, int kind, uint64_t seed)
 	p->sample_tokens = 2048;
 	p->seed = seed;
 	snprintf(p->created_by, sizeof p->created_by, "test-plan");
+	snprintf(p->name, sizeof p->name, "%s", corpora[(k + 2) % 8]);
 	plan_update_bytes(p, 2);
 
 	snprintf(why, sizeof why, "rt-%d-%d-%d-a.yaml", mode, kind, k);
@@ -303,6 +305,84 @@ test_valid_fixtures(void)
 		    "hybrid fraction fixture: budgets scale with n");
 		kvx_plan_free(&p);
 	}
+}
+
+/*
+ * kvx_plan_get_info: every field of two fixtures as the files give them,
+ * strings that live in the plan, and the model's name as plan_new keeps
+ * it.
+ */
+static void
+test_info(void)
+{
+	kvx_model_info mi;
+	kvx_plan_info in;
+	kvx_plan *p;
+	char name[80];
+	size_t len;
+	int i, zero;
+
+	if (!ok(kvx_plan_load(fixture("plan-static-fraction.yaml"), &p) ==
+	    KVX_OK, "info: static fixture loads: %s", kvx_errmsg()))
+		return;
+	memset(&in, 0xff, sizeof in);
+	ok(kvx_plan_get_info(p, &in) == KVX_OK &&
+	    strcmp(in.method, "kvx") == 0 && in.mode == KVX_PLAN_STATIC &&
+	    in.budget_kind == KVX_BUDGET_FRACTION && in.budget == 0.4 &&
+	    in.window == 4 && in.sinks == 2 && strcmp(in.pool, "max") == 0 &&
+	    in.pool_kernel == 3 && strcmp(in.gqa, "mean") == 0 &&
+	    in.alpha == 0 && in.min_tokens == 0 && in.ref_context == 100 &&
+	    in.ref_bytes == 10624 && in.ref_bytes_full == 25600,
+	    "info: static fixture's method, budget and selection");
+	ok(strcmp(in.arch, "llama") == 0 &&
+	    strcmp(in.name, "Toy LM: 4 layers") == 0 && in.n_layer == 4 &&
+	    in.n_head == 4 && in.n_head_kv == 2 && in.head_dim == 8 &&
+	    strcmp(in.fingerprint, "0123456789abcdef0123456789abcdef"
+	    "0123456789abcdef0123456789abcdef") == 0 &&
+	    in.method == p->method && in.fingerprint == p->fingerprint,
+	    "info: static fixture's model, strings inside the plan");
+	for (zero = 1, i = 0; i < 16; i++)
+		zero &= in.reserved[i] == 0;
+	ok(zero, "info: reserved is zero");
+	kvx_plan_free(&p);
+
+	if (!ok(kvx_plan_load(fixture("plan-hybrid-tokens.yaml"), &p) ==
+	    KVX_OK, "info: hybrid fixture loads: %s", kvx_errmsg()))
+		return;
+	ok(kvx_plan_get_info(p, &in) == KVX_OK &&
+	    strcmp(in.method, "ada") == 0 && in.mode == KVX_PLAN_HYBRID &&
+	    in.budget_kind == KVX_BUDGET_TOKENS && in.budget == 20 &&
+	    in.alpha == 0.25 && strcmp(in.pool, "avg") == 0 &&
+	    in.pool_kernel == 5 && strcmp(in.gqa, "max") == 0 &&
+	    in.min_tokens == 8 && in.ref_bytes == 9984 &&
+	    in.ref_bytes_full == 51200 && strcmp(in.name, "") == 0 &&
+	    strcmp(in.fingerprint, "fedcba9876543210fedcba9876543210"
+	    "fedcba9876543210fedcba9876543210") == 0,
+	    "info: hybrid tokens fixture, no model name");
+	ok(kvx_plan_get_info(NULL, &in) == KVX_ERR_ARG &&
+	    kvx_plan_get_info(p, NULL) == KVX_ERR_ARG,
+	    "info: a NULL plan or info is refused");
+	kvx_plan_free(&p);
+
+	/* a name that does not fit is cut before the character that
+	   crosses the end (here a two-byte one at bytes 63 and 64) */
+	toy_info(&mi);
+	memset(name, 'a', 62);
+	snprintf(name + 62, sizeof name - 62, "\xc3\xa4 tail");
+	mi.name = name;
+	len = 0;
+	if (plan_new(&mi, KVX_PLAN_STATIC, 0.5, &p) == KVX_OK &&
+	    kvx_plan_get_info(p, &in) == KVX_OK &&
+	    strncmp(in.name, name, 62) == 0)
+		len = strlen(in.name);
+	ok(len == 62, "info: a long name is cut at a character boundary "
+	    "(%zu bytes)", len);
+	kvx_plan_free(&p);
+	mi.name = "two\nlines";
+	ok(plan_new(&mi, KVX_PLAN_STATIC, 0.5, &p) == KVX_OK &&
+	    kvx_plan_get_info(p, &in) == KVX_OK && in.name[0] == '\0',
+	    "info: a name with a control character is left out");
+	kvx_plan_free(&p);
 }
 
 /* One invalid fixture per error class: code, position and keyword. */
@@ -616,6 +696,7 @@ main(void)
 	test_round_trip(KVX_PLAN_HYBRID, PLAN_BUDGET_FRACTION, 6);
 	test_round_trip(KVX_PLAN_STATIC, PLAN_BUDGET_TOKENS, 7);
 	test_valid_fixtures();
+	test_info();
 	test_invalid_fixtures();
 	test_check_info();
 	test_tokens();
