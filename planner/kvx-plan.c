@@ -12,11 +12,11 @@
 #endif
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +24,7 @@
 
 #include "baseline.h"
 #include "kvx.h"
+#include "opt.h"
 #include "plan.h"
 #include "profile.h"
 #include "solve.h"
@@ -45,70 +46,19 @@ enum {
 	EX_EXISTS = 6
 };
 
-#define MAX_CORPUS	64
-
-enum {
-	O_METHOD = 256, O_BASELINE, O_MODE, O_ALPHA, O_SOLVER, O_GRAN,
-	O_SAMPLES, O_STOKENS, O_SEED, O_SPAN, O_GRID, O_WINDOW, O_POOL,
-	O_KERNEL, O_GQA, O_SINKS, O_SAVEP, O_FROMP, O_LWEIGHTS, O_PAGE,
-	O_MINF, O_MAXF, O_LMIN, O_LMAX, O_SHARDS, O_REFCTX, O_SVG, O_TLIMIT,
-	O_BETA, O_OBJECTIVE
-};
-
-static const struct option longopts[] = {
-	{ "model", required_argument, NULL, 'm' },
-	{ "output", required_argument, NULL, 'o' },
-	{ "force", no_argument, NULL, 'f' },
-	{ "budget", required_argument, NULL, 'b' },
-	{ "corpus", required_argument, NULL, 'c' },
-	{ "threads", required_argument, NULL, 't' },
-	{ "quiet", no_argument, NULL, 'q' },
-	{ "help", no_argument, NULL, 'h' },
-	{ "version", no_argument, NULL, 'V' },
-	{ "method", required_argument, NULL, O_METHOD },
-	{ "baseline", required_argument, NULL, O_BASELINE },
-	{ "mode", required_argument, NULL, O_MODE },
-	{ "alpha", required_argument, NULL, O_ALPHA },
-	{ "solver", required_argument, NULL, O_SOLVER },
-	{ "granularity", required_argument, NULL, O_GRAN },
-	{ "samples", required_argument, NULL, O_SAMPLES },
-	{ "sample-tokens", required_argument, NULL, O_STOKENS },
-	{ "seed", required_argument, NULL, O_SEED },
-	{ "profile-span", required_argument, NULL, O_SPAN },
-	{ "objective", required_argument, NULL, O_OBJECTIVE },
-	{ "grid", required_argument, NULL, O_GRID },
-	{ "window", required_argument, NULL, O_WINDOW },
-	{ "pool", required_argument, NULL, O_POOL },
-	{ "pool-kernel", required_argument, NULL, O_KERNEL },
-	{ "gqa", required_argument, NULL, O_GQA },
-	{ "sinks", required_argument, NULL, O_SINKS },
-	{ "save-profile", required_argument, NULL, O_SAVEP },
-	{ "from-profile", required_argument, NULL, O_FROMP },
-	{ "layer-weights", required_argument, NULL, O_LWEIGHTS },
-	{ "page", required_argument, NULL, O_PAGE },
-	{ "min-frac", required_argument, NULL, O_MINF },
-	{ "max-frac", required_argument, NULL, O_MAXF },
-	{ "layer-min", required_argument, NULL, O_LMIN },
-	{ "layer-max", required_argument, NULL, O_LMAX },
-	{ "shards", required_argument, NULL, O_SHARDS },
-	{ "ref-context", required_argument, NULL, O_REFCTX },
-	{ "svg", required_argument, NULL, O_SVG },
-	{ "time-limit", required_argument, NULL, O_TLIMIT },
-	{ "beta", required_argument, NULL, O_BETA },
-	{ NULL, 0, NULL, 0 }
-};
-
 struct cli {
-	const char	*model, *out, *svg, *save_prof, *from_prof, *weights;
-	const char	*corpus[MAX_CORPUS];
-	int		 n_corpus, force, quiet, threads, method, mode;
-	int		 tokens_budget;	/* --budget gave a token count */
-	double		 budget_tokens;
-	prof_opts	 po;
-	alloc_opts	 ao;
-	int		 set_window, set_pool, set_kernel, set_gqa, set_sinks;
-	int		 set_mode, set_gran;
-	double		 alpha;
+	const char		*model, *out, *svg, *save_prof, *from_prof;
+	const char		*weights;
+	struct opt_files	 corpus;
+	int			 force, quiet, threads, method, mode, solver;
+	int			 help, version;
+	int			 tokens_budget;	/* -b gave a token count */
+	double			 budget_tokens;
+	prof_opts		 po;
+	alloc_opts		 ao;
+	int			 set_window, set_pool, set_kernel, set_gqa;
+	int			 set_sinks, set_mode, set_gran;
+	double			 alpha;
 };
 
 /* Print the one-line error and return the exit status. */
@@ -125,40 +75,21 @@ die(int code, const char *fmt, ...)
 	return code;
 }
 
-/* The synopsis, for -h. */
-static void
-usage(FILE *f)
-{
-	fprintf(f,
-"usage: kvx-plan -m model [-o plan.yaml] [-f] [-b budget] [-c file ...]\n"
-"                [--method kvx|uniform|pyramid|ada|layer] [--mode static|hybrid]\n"
-"                [--solver greedy|dp|glpk] [--granularity layer-head|layer|head]\n"
-"                [--samples n] [--sample-tokens n] [--seed s] [--profile-span n]\n"
-"                [--objective output|output-abs|mass]\n"
-"                [--grid n] [--window n] [--pool max|avg|none] [--pool-kernel k]\n"
-"                [--gqa mean|max] [--sinks n] [--alpha a] [--beta b]\n"
-"                [--save-profile file] [--from-profile file]\n"
-"                [--layer-weights file] [--page n] [--min-frac f] [--max-frac f]\n"
-"                [--layer-min f] [--layer-max f] [--shards k]\n"
-"                [--ref-context n] [--svg file] [--time-limit s] [-t threads] [-q]\n");
-}
-
 /* A budget: "25%", "0.25", or a token count ("512", "512t", "512 tokens"). */
 static int
-parse_budget(struct cli *c, const char *s)
+parse_budget(void *set, const char *s, char *err, size_t size)
 {
+	struct cli *c = set;
 	char *end;
 	double v;
 
 	errno = 0;
 	v = strtod(s, &end);
 	if (errno != 0 || end == s || !isfinite(v) || v <= 0)
-		return -1;
+		goto bad;
 	while (*end == ' ')
 		end++;
-	if (strcmp(end, "%") == 0) {
-		if (v > 100)
-			return -1;
+	if (strcmp(end, "%") == 0 && v <= 100) {
 		c->ao.budget = v / 100;
 		c->tokens_budget = 0;
 		return 0;
@@ -174,20 +105,150 @@ parse_budget(struct cli *c, const char *s)
 		c->tokens_budget = 1;
 		return 0;
 	}
+bad:
+	snprintf(err, size, "bad budget '%s' (a share such as 25%% or 0.25, "
+	    "or a token count such as 512t)", s);
 	return -1;
 }
 
-/* Index of s in a NULL-terminated list, or -1. */
+/* A method by name (baseline.c knows the names and their aliases). */
 static int
-word(const char *s, const char *const *list)
+parse_method(void *set, const char *s, char *err, size_t size)
 {
-	int i;
+	struct cli *c = set;
 
-	for (i = 0; list[i] != NULL; i++)
-		if (strcmp(s, list[i]) == 0)
-			return i;
+	if ((c->method = alloc_method_parse(s)) >= 0)
+		return 0;
+	snprintf(err, size, "unknown method '%s' (kvx, uniform, pyramid, ada "
+	    "or layer)", s);
 	return -1;
 }
+
+/* Word lists in the order of the enums they index. */
+static const char *const modes[] = { "static", "hybrid", NULL };
+static const char *const grans[] = { "layer-head", "layer", "head", NULL };
+static const char *const pools[] = { "max", "avg", "none", NULL };
+static const char *const gqas[] = { "mean", "max", NULL };
+static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
+static const char *const objectives[] = { "output", "mass", "output-abs",
+	NULL };
+
+#define OFF(m)	offsetof(struct cli, m)
+
+/* In --help order; kvx-plan(1) describes each. */
+static const struct opt options[] = {
+	{ .key = 'm', .name = "model", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(model), .help = "GGUF model" },
+	{ .key = 'o', .name = "output", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(out), .help = "write the plan there" },
+	{ .key = 'f', .name = "force", .kind = OPT_FLAG, .dst = OFF(force),
+	    .help = "overwrite the plan, --svg and --save-profile" },
+	{ .key = 'b', .name = "budget", .kind = OPT_FUNC, .arg = "B",
+	    .fn = parse_budget,
+	    .help = "a share (25% or 0.25) or tokens per head (512t);\n"
+	    "default 25%" },
+	{ .key = 'c', .name = "corpus", .kind = OPT_FILES, .arg = "FILE",
+	    .dst = OFF(corpus),
+	    .help = "calibration text: every file up to the next option" },
+	{ .name = "method", .kind = OPT_FUNC, .arg = "M", .fn = parse_method,
+	    .help = "kvx (default), uniform, pyramid, ada or layer" },
+	{ .name = "baseline", .kind = OPT_FUNC, .arg = "M", .fn = parse_method,
+	    .help = "the same as --method" },
+	{ .name = "mode", .kind = OPT_WORD, .arg = "MODE", .dst = OFF(mode),
+	    .names = modes, .noun = "mode", .flags = OPT_GIVEN,
+	    .given = OFF(set_mode), .help = "static (default) or hybrid" },
+	{ .name = "solver", .kind = OPT_WORD, .arg = "S", .dst = OFF(solver),
+	    .names = solvers, .noun = "solver",
+	    .help = "greedy, dp (default) or glpk" },
+	{ .name = "granularity", .kind = OPT_WORD, .arg = "G",
+	    .dst = OFF(ao.gran), .names = grans, .noun = "granularity",
+	    .flags = OPT_GIVEN, .given = OFF(set_gran),
+	    .help = "layer-head (default), layer or head" },
+	{ .name = "samples", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = 100000, .dst = OFF(po.samples),
+	    .help = "windows to profile; default 8" },
+	{ .name = "sample-tokens", .kind = OPT_INT, .arg = "N", .lo = 16,
+	    .hi = 1 << 20, .dst = OFF(po.sample_tokens),
+	    .help = "tokens per window; default 2048" },
+	{ .name = "seed", .kind = OPT_U64, .arg = "S", .lo = 0, .hi = LONG_MAX,
+	    .dst = OFF(po.seed),
+	    .help = "seed of the window offsets; default 1" },
+	{ .name = "profile-span", .kind = OPT_INT, .arg = "N", .lo = 0,
+	    .hi = 1 << 24, .dst = OFF(po.span),
+	    .help = "local attention span; 0: full; default 512" },
+	{ .name = "objective", .kind = OPT_WORD, .arg = "O",
+	    .dst = OFF(po.objective), .names = objectives, .noun = "objective",
+	    .help = "output, mass or output-abs (default)" },
+	{ .name = "grid", .kind = OPT_INT, .arg = "N", .lo = 2,
+	    .hi = PROFILE_MAX_GRID, .dst = OFF(po.grid),
+	    .help = "levels of the retention curves; default 256" },
+	{ .name = "window", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = KVX_WINDOW_MAX, .dst = OFF(po.window), .flags = OPT_GIVEN,
+	    .given = OFF(set_window),
+	    .help = "observation window; default 32" },
+	{ .name = "pool", .kind = OPT_WORD, .arg = "P", .dst = OFF(po.pool),
+	    .names = pools, .noun = "pool", .flags = OPT_GIVEN,
+	    .given = OFF(set_pool), .help = "max (default), avg or none" },
+	{ .name = "pool-kernel", .kind = OPT_INT, .arg = "K", .lo = 1,
+	    .hi = 255, .dst = OFF(po.pool_kernel), .flags = OPT_ODD | OPT_GIVEN,
+	    .given = OFF(set_kernel), .help = "odd pooling kernel; default 7" },
+	{ .name = "gqa", .kind = OPT_WORD, .arg = "G", .dst = OFF(po.gqa),
+	    .names = gqas, .noun = "gqa", .flags = OPT_GIVEN,
+	    .given = OFF(set_gqa),
+	    .help = "mean (default) or max over a query group" },
+	{ .name = "sinks", .kind = OPT_INT, .arg = "N", .lo = 0, .hi = 1 << 20,
+	    .dst = OFF(po.sinks), .flags = OPT_GIVEN, .given = OFF(set_sinks),
+	    .help = "leading tokens always kept; default 4" },
+	{ .name = "alpha", .kind = OPT_NUM, .arg = "A", .lo = 0, .hi = 1,
+	    .dst = OFF(alpha),
+	    .help = "hybrid: each head's floor, a share of an even\n"
+	    "split; default 0.2" },
+	{ .name = "beta", .kind = OPT_NUM, .arg = "B", .lo = 1, .hi = 1e6,
+	    .dst = OFF(ao.beta), .help = "pyramid: first-to-last knob; "
+	    "default 20" },
+	{ .name = "save-profile", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(save_prof), .help = "save the curves" },
+	{ .name = "from-profile", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(from_prof), .help = "use saved curves, not -c" },
+	{ .name = "layer-weights", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(weights), .help = "one weight per layer per line" },
+	{ .name = "page", .kind = OPT_INT, .arg = "N", .lo = 1, .hi = 1 << 24,
+	    .dst = OFF(ao.page), .help = "budgets in steps of N tokens" },
+	{ .name = "min-frac", .kind = OPT_NUM, .arg = "F", .lo = 0, .hi = 1,
+	    .dst = OFF(ao.min_frac), .help = "floor of every head's share" },
+	{ .name = "max-frac", .kind = OPT_NUM, .arg = "F", .lo = 0, .hi = 1,
+	    .dst = OFF(ao.max_frac), .help = "most of every head's share" },
+	{ .name = "layer-min", .kind = OPT_NUM, .arg = "F", .lo = 0, .hi = 1,
+	    .dst = OFF(ao.layer_min), .help = "floor of every layer's share" },
+	{ .name = "layer-max", .kind = OPT_NUM, .arg = "F", .lo = 0, .hi = 1,
+	    .dst = OFF(ao.layer_max), .help = "most of every layer's share" },
+	{ .name = "shards", .kind = OPT_INT, .arg = "K", .lo = 1, .hi = 4096,
+	    .dst = OFF(ao.shards),
+	    .help = "tensor-parallel shards to balance (glpk)" },
+	{ .name = "ref-context", .kind = OPT_I64, .arg = "N", .lo = 1,
+	    .hi = 1 << 26, .dst = OFF(ao.ref_context),
+	    .help = "reference context of the costs; default 4096" },
+	{ .name = "svg", .kind = OPT_STR, .arg = "FILE", .dst = OFF(svg),
+	    .help = "write a heatmap of the budgets" },
+	{ .name = "time-limit", .kind = OPT_NUM, .arg = "S", .lo = 0.01,
+	    .hi = 1e6, .dst = OFF(ao.sp.time_limit),
+	    .help = "seconds for glpk; default 5" },
+	{ .key = 't', .name = "threads", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = 1024, .dst = OFF(threads),
+	    .help = "worker threads; default all CPUs" },
+	{ .key = 'q', .name = "quiet", .kind = OPT_FLAG, .dst = OFF(quiet),
+	    .help = "no table and no progress" },
+	{ .key = 'h', .name = "help", .kind = OPT_EXIT, .dst = OFF(help),
+	    .help = "show this help" },
+	{ .key = 'V', .name = "version", .kind = OPT_EXIT, .dst = OFF(version),
+	    .help = "show the version" },
+};
+
+static const struct opt_cmd cmd = {
+	"kvx-plan",
+	"kvx-plan -m model [-o plan.yaml] [-b budget] [-c file ...] [options]",
+	options, (int)(sizeof options / sizeof options[0])
+};
 
 /* Read one weight per layer; '#' starts a comment. */
 static int
@@ -274,235 +335,30 @@ check_new(const struct cli *c, const char *path, const char *what)
 static int
 parse_args(struct cli *c, int argc, char **argv)
 {
-	static const char *const modes[] = { "static", "hybrid", NULL };
-	static const char *const grans[] = { "layer-head", "layer", "head",
-		NULL };
-	static const char *const pools[] = { "max", "avg", "none", NULL };
-	static const char *const gqas[] = { "mean", "max", NULL };
-	static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
-	long v;
-	double d;
-	int ch, i;
+	char err[256];
+	int i;
 
-	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":m:o:fb:c:t:qhV", longopts,
-	    NULL)) != -1) {
-		switch (ch) {
-		case 'm':
-			c->model = optarg;
-			break;
-		case 'o':
-			c->out = optarg;
-			break;
-		case 'f':
-			c->force = 1;
-			break;
-		case 'b':
-			if (parse_budget(c, optarg) != 0)
-				return die(EX_BADUSE, "bad budget '%s' (a "
-				    "share such as 25%% or 0.25, or a token "
-				    "count such as 512t)", optarg);
-			break;
-		case 'c':
-			if (c->n_corpus == MAX_CORPUS)
-				return die(EX_BADUSE, "more than %d corpus "
-				    "files", MAX_CORPUS);
-			c->corpus[c->n_corpus++] = optarg;
-			break;
-		case 't':
-			if (kvx__parse_long(optarg, 1, 1024, &v) != 0)
-				return die(EX_BADUSE, "bad --threads '%s'",
-				    optarg);
-			c->threads = (int)v;
-			break;
-		case 'q':
-			c->quiet = 1;
-			break;
-		case 'h':
-			usage(stdout);
-			return EX_OK;
-		case 'V':
+	switch (opt_parse(&cmd, c, argc, argv, err, sizeof err)) {
+	case OPT_OK:
+		break;
+	case OPT_STOP:
+		if (c->help)
+			opt_usage(&cmd, stdout);
+		else
 			printf("kvx-plan %s\n", PACKAGE_VERSION);
-			return EX_OK;
-		case O_METHOD:
-		case O_BASELINE:
-			if ((c->method = alloc_method_parse(optarg)) < 0)
-				return die(EX_BADUSE, "unknown method '%s' "
-				    "(kvx, uniform, pyramid, ada or layer)",
-				    optarg);
-			break;
-		case O_MODE:
-			if ((c->mode = word(optarg, modes)) < 0)
-				return die(EX_BADUSE, "unknown mode '%s' "
-				    "(static or hybrid)", optarg);
-			c->set_mode = 1;
-			break;
-		case O_ALPHA:
-			if (kvx__parse_double(optarg, 0, 1, &c->alpha) != 0)
-				return die(EX_BADUSE, "bad --alpha '%s' (a "
-				    "number in [0, 1])", optarg);
-			break;
-		case O_SOLVER:
-			if (word(optarg, solvers) < 0)
-				return die(EX_BADUSE, "unknown solver '%s' "
-				    "(greedy, dp or glpk)", optarg);
-#ifndef HAVE_GLPK
-			if (strcmp(optarg, "glpk") == 0)
-				return die(EX_BADUSE, "solver glpk is not "
-				    "built in (reconfigure with --with-glpk)");
-#endif
-			c->ao.solver = optarg;
-			break;
-		case O_GRAN:
-			if ((c->ao.gran = word(optarg, grans)) < 0)
-				return die(EX_BADUSE, "unknown granularity "
-				    "'%s' (layer-head, layer or head)", optarg);
-			c->set_gran = 1;
-			break;
-		case O_SAMPLES:
-			if (kvx__parse_long(optarg, 1, 100000, &v) != 0)
-				return die(EX_BADUSE, "bad --samples '%s'",
-				    optarg);
-			c->po.samples = (int)v;
-			break;
-		case O_STOKENS:
-			if (kvx__parse_long(optarg, 16, 1 << 20, &v) != 0)
-				return die(EX_BADUSE, "bad --sample-tokens "
-				    "'%s' (16 or more)", optarg);
-			c->po.sample_tokens = (int)v;
-			break;
-		case O_SEED:
-			if (kvx__parse_long(optarg, 0, LONG_MAX, &v) != 0)
-				return die(EX_BADUSE, "bad --seed '%s'",
-				    optarg);
-			c->po.seed = (uint64_t)v;
-			break;
-		case O_OBJECTIVE:
-			if (strcmp(optarg, "output") == 0)
-				c->po.objective = PROF_OBJ_OUTPUT;
-			else if (strcmp(optarg, "mass") == 0)
-				c->po.objective = PROF_OBJ_MASS;
-			else if (strcmp(optarg, "output-abs") == 0)
-				c->po.objective = PROF_OBJ_ABS;
-			else
-				return die(EX_BADUSE, "unknown --objective '%s' "
-				    "(output, output-abs or mass)", optarg);
-			break;
-		case O_SPAN:
-			if (kvx__parse_long(optarg, 0, 1 << 24, &v) != 0)
-				return die(EX_BADUSE, "bad --profile-span '%s'",
-				    optarg);
-			c->po.span = (int)v;
-			break;
-		case O_GRID:
-			if (kvx__parse_long(optarg, 2, PROFILE_MAX_GRID, &v) != 0)
-				return die(EX_BADUSE, "bad --grid '%s' (2 to "
-				    "%d)", optarg, PROFILE_MAX_GRID);
-			c->po.grid = (int)v;
-			break;
-		case O_WINDOW:
-			if (kvx__parse_long(optarg, 1, PROFILE_MAX_WINDOW, &v) != 0)
-				return die(EX_BADUSE, "bad --window '%s' (1 to "
-				    "%d)", optarg, PROFILE_MAX_WINDOW);
-			c->po.window = (int)v;
-			c->set_window = 1;
-			break;
-		case O_POOL:
-			if ((c->po.pool = word(optarg, pools)) < 0)
-				return die(EX_BADUSE, "unknown pool '%s' (max, "
-				    "avg or none)", optarg);
-			c->set_pool = 1;
-			break;
-		case O_KERNEL:
-			if (kvx__parse_long(optarg, 1, 255, &v) != 0 || v % 2 == 0)
-				return die(EX_BADUSE, "bad --pool-kernel '%s' "
-				    "(an odd number from 1 to 255)", optarg);
-			c->po.pool_kernel = (int)v;
-			c->set_kernel = 1;
-			break;
-		case O_GQA:
-			if ((c->po.gqa = word(optarg, gqas)) < 0)
-				return die(EX_BADUSE, "unknown gqa '%s' (mean "
-				    "or max)", optarg);
-			c->set_gqa = 1;
-			break;
-		case O_SINKS:
-			if (kvx__parse_long(optarg, 0, 1 << 20, &v) != 0)
-				return die(EX_BADUSE, "bad --sinks '%s'",
-				    optarg);
-			c->po.sinks = (int)v;
-			c->set_sinks = 1;
-			break;
-		case O_SAVEP:
-			c->save_prof = optarg;
-			break;
-		case O_FROMP:
-			c->from_prof = optarg;
-			break;
-		case O_LWEIGHTS:
-			c->weights = optarg;
-			break;
-		case O_PAGE:
-			if (kvx__parse_long(optarg, 1, 1 << 24, &v) != 0)
-				return die(EX_BADUSE, "bad --page '%s'",
-				    optarg);
-			c->ao.page = (int)v;
-			break;
-		case O_MINF:
-		case O_MAXF:
-		case O_LMIN:
-		case O_LMAX:
-			if (kvx__parse_double(optarg, 0, 1, &d) != 0)
-				return die(EX_BADUSE, "bad --%s '%s' (a share "
-				    "in [0, 1])", ch == O_MINF ? "min-frac" :
-				    ch == O_MAXF ? "max-frac" : ch == O_LMIN ?
-				    "layer-min" : "layer-max", optarg);
-			if (ch == O_MINF)
-				c->ao.min_frac = d;
-			else if (ch == O_MAXF)
-				c->ao.max_frac = d;
-			else if (ch == O_LMIN)
-				c->ao.layer_min = d;
-			else
-				c->ao.layer_max = d;
-			break;
-		case O_SHARDS:
-			if (kvx__parse_long(optarg, 1, 4096, &v) != 0)
-				return die(EX_BADUSE, "bad --shards '%s'",
-				    optarg);
-			c->ao.shards = (int)v;
-			break;
-		case O_REFCTX:
-			if (kvx__parse_long(optarg, 1, 1 << 26, &v) != 0)
-				return die(EX_BADUSE, "bad --ref-context '%s'",
-				    optarg);
-			c->ao.ref_context = v;
-			break;
-		case O_SVG:
-			c->svg = optarg;
-			break;
-		case O_TLIMIT:
-			if (kvx__parse_double(optarg, 0.01, 1e6, &c->ao.sp.time_limit)
-			    != 0)
-				return die(EX_BADUSE, "bad --time-limit '%s'",
-				    optarg);
-			break;
-		case O_BETA:
-			if (kvx__parse_double(optarg, 1, 1e6, &c->ao.beta) != 0)
-				return die(EX_BADUSE, "bad --beta '%s' (1 or "
-				    "more)", optarg);
-			break;
-		case ':':
-			return die(EX_BADUSE, "option %s needs a value (see "
-			    "kvx-plan -h)", argv[optind - 1]);
-		default:
-			return die(EX_BADUSE, "unknown option %s (see kvx-plan "
-			    "-h)", argv[optind - 1]);
-		}
+		return EX_OK;
+	case OPT_NOMEM:
+		return die(EX_RUNTIME, "out of memory");
+	default:
+		return die(EX_BADUSE, "%s", err);
 	}
-	if (optind < argc)
-		return die(EX_BADUSE, "unexpected argument '%s' (options "
-		    "only; see kvx-plan(1))", argv[optind]);
+	if (c->solver >= 0)
+		c->ao.solver = solvers[c->solver];
+#ifndef HAVE_GLPK
+	if (strcmp(c->ao.solver, "glpk") == 0)
+		return die(EX_BADUSE, "solver glpk is not built in "
+		    "(reconfigure with --with-glpk)");
+#endif
 	if (c->model == NULL)
 		return die(EX_BADUSE, "no model (give -m model.gguf)");
 	if (c->ao.min_frac > c->ao.max_frac)
@@ -528,21 +384,21 @@ parse_args(struct cli *c, int argc, char **argv)
 	if (c->mode == KVX_PLAN_HYBRID && c->ao.gran == GRAN_HEAD)
 		return die(EX_BADUSE, "--granularity head with --mode hybrid "
 		    "is the ada method (use --method ada)");
-	if (c->n_corpus > 0 && c->from_prof != NULL)
+	if (c->corpus.n > 0 && c->from_prof != NULL)
 		return die(EX_BADUSE, "give calibration text (-c) or "
 		    "--from-profile, not both");
-	if (c->save_prof != NULL && c->n_corpus == 0)
+	if (c->save_prof != NULL && c->corpus.n == 0)
 		return die(EX_BADUSE, "--save-profile needs calibration text "
 		    "(-c file)");
-	if (alloc_needs_profile(c->method) && c->n_corpus == 0 &&
+	if (alloc_needs_profile(c->method) && c->corpus.n == 0 &&
 	    c->from_prof == NULL)
 		return die(EX_BADUSE, "method %s needs calibration text (give "
 		    "-c file or --from-profile file)",
 		    alloc_method_name(c->method));
-	for (i = 0; i < c->n_corpus; i++)
-		if (access(c->corpus[i], R_OK) != 0)
+	for (i = 0; i < c->corpus.n; i++)
+		if (access(c->corpus.v[i], R_OK) != 0)
 			return die(EX_CORPUS, "%s: %s (calibration text)",
-			    c->corpus[i], strerror(errno));
+			    c->corpus.v[i], strerror(errno));
 	return -1;
 }
 
@@ -551,9 +407,6 @@ parse_args(struct cli *c, int argc, char **argv)
 static int
 adopt_profile(struct cli *c, const profile *p)
 {
-	static const char *const pools[] = { "max", "avg", "none" };
-	static const char *const gqas[] = { "mean", "max" };
-
 	if ((c->set_window && c->po.window != p->window) ||
 	    (c->set_sinks && c->po.sinks != p->sinks) ||
 	    (c->set_kernel && c->po.pool_kernel != p->pool_kernel) ||
@@ -651,10 +504,10 @@ get_profile(struct cli *c, kvx_model *m, profile **prof)
 			return ex;
 		return EX_OK;
 	}
-	if (c->n_corpus == 0)
+	if (c->corpus.n == 0)
 		return EX_OK;
 	c->po.progress = !c->quiet && isatty(STDERR_FILENO);
-	rc = profile_run(m, c->corpus, c->n_corpus, &c->po, prof);
+	rc = profile_run(m, c->corpus.v, c->corpus.n, &c->po, prof);
 	if (rc == KVX_ERR_ARG || rc == KVX_ERR_IO)
 		return die(EX_CORPUS, "%s (give more calibration text with -c, "
 		    "or lower --sample-tokens)", kvx_errmsg());
@@ -687,19 +540,22 @@ main(int argc, char **argv)
 	prof_opts_init(&c.po);
 	alloc_opts_init(&c.ao);
 	c.method = ALLOC_KVX;
+	c.solver = -1;
 	c.alpha = 0.2;
 	if ((ex = parse_args(&c, argc, argv)) >= 0)
-		return ex;
+		goto out;
 	if ((ex = check_new(&c, c.out, "the plan")) != EX_OK ||
 	    (ex = check_new(&c, c.svg, "--svg")) != EX_OK ||
 	    (ex = check_new(&c, c.save_prof, "--save-profile")) != EX_OK)
-		return ex;
+		goto out;
 
 	kvx_model_params_init(&mp);
 	mp.n_threads = c.threads;
-	if ((rc = kvx_model_open(c.model, &mp, &m)) != KVX_OK)
-		return die(EX_MODEL, "%s (a GGUF model of a Llama-family "
+	if ((rc = kvx_model_open(c.model, &mp, &m)) != KVX_OK) {
+		ex = die(EX_MODEL, "%s (a GGUF model of a Llama-family "
 		    "architecture)", kvx_errmsg());
+		goto out;
+	}
 	mi = kvx_model_get_info(m);
 	if (c.weights != NULL &&
 	    (ex = read_weights(c.weights, mi->n_layer, &weights)) != EX_OK)
@@ -778,5 +634,6 @@ out:
 	profile_free(&prof);
 	free(weights);
 	kvx_model_close(&m);
+	opt_free(&cmd, &c);
 	return ex;
 }
