@@ -5,44 +5,79 @@
  */
 #include "config.h"
 
-#include <getopt.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kvx.h"
+#include "opt.h"
 #include "util.h"
 
 /* exit codes, documented in kvx-run(1) */
 #define EXIT_RUN	1	/* inference failed */
 #define EXIT_USAGE	2	/* bad command line */
 #define EXIT_MODEL	3	/* model missing, unreadable or malformed */
-#define EXIT_PLAN	4	/* plan missing, malformed or for another model */
+#define EXIT_PLAN	4	/* plan missing, malformed, for another model */
 
 static const char *progname = "kvx-run";
 
-static void
-usage(FILE *f)
-{
-	fprintf(f,
-"usage: kvx-run -m MODEL (-p PROMPT | -f FILE) [options]\n"
-"  -m, --model FILE     GGUF model\n"
-"  -p, --prompt TEXT    prompt text\n"
-"  -f, --file FILE      read the prompt from FILE ('-' for stdin)\n"
-"  -n, --n-predict N    tokens to generate (default 64)\n"
-"      --plan FILE      compress the KV cache to this kvx plan\n"
-"      --temp T         sampling temperature; 0 is greedy (default 0)\n"
-"      --seed S         random seed for sampling (default 1)\n"
-"      --chat           wrap the prompt in the model's chat template\n"
-"      --stats          print statistics on stderr\n"
-"  -c, --ctx N          context size in tokens (default: the model's)\n"
-"  -t, --threads N      worker threads (default: all CPUs)\n"
-"  -h, --help           show this help\n"
-"  -V, --version        show the version\n");
-}
+/* The command line's settings, written by the option table. */
+struct args {
+	const char	*model, *prompt, *file, *plan;
+	int		 n_predict, chat, stats, n_ctx, n_threads;
+	int		 help, version;
+	double		 temp;
+	uint64_t	 seed;
+};
 
+#define OFF(m)	offsetof(struct args, m)
+
+/* In --help order; kvx-run(1) describes each. */
+static const struct opt options[] = {
+	{ .key = 'm', .name = "model", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(model), .help = "GGUF model" },
+	{ .key = 'p', .name = "prompt", .kind = OPT_STR, .arg = "TEXT",
+	    .dst = OFF(prompt), .help = "prompt text" },
+	{ .key = 'f', .name = "file", .kind = OPT_STR, .arg = "FILE",
+	    .dst = OFF(file),
+	    .help = "read the prompt from FILE ('-' for stdin)" },
+	{ .key = 'n', .name = "n-predict", .kind = OPT_INT, .arg = "N",
+	    .lo = 0, .hi = 1 << 20, .dst = OFF(n_predict),
+	    .help = "tokens to generate (default 64)" },
+	{ .name = "plan", .kind = OPT_STR, .arg = "FILE", .dst = OFF(plan),
+	    .help = "compress the KV cache to this kvx plan" },
+	{ .name = "temp", .kind = OPT_NUM, .arg = "T", .lo = 0, .hi = 100,
+	    .dst = OFF(temp),
+	    .help = "sampling temperature; 0 is greedy (default 0)" },
+	{ .name = "seed", .kind = OPT_U64, .arg = "S", .lo = 0,
+	    .hi = 0x7fffffff, .dst = OFF(seed),
+	    .help = "random seed for sampling (default 1)" },
+	{ .name = "chat", .kind = OPT_FLAG, .dst = OFF(chat),
+	    .help = "wrap the prompt in the model's chat template" },
+	{ .name = "stats", .kind = OPT_FLAG, .dst = OFF(stats),
+	    .help = "print statistics on stderr" },
+	{ .key = 'c', .name = "ctx", .kind = OPT_INT, .arg = "N", .lo = 16,
+	    .hi = 1 << 20, .dst = OFF(n_ctx),
+	    .help = "context size in tokens (default: the model's)" },
+	{ .key = 't', .name = "threads", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = 256, .dst = OFF(n_threads),
+	    .help = "worker threads (default: all CPUs)" },
+	{ .key = 'h', .name = "help", .kind = OPT_EXIT, .dst = OFF(help),
+	    .help = "show this help" },
+	{ .key = 'V', .name = "version", .kind = OPT_EXIT, .dst = OFF(version),
+	    .help = "show the version" },
+};
+
+static const struct opt_cmd cmd = {
+	"kvx-run",
+	"kvx-run -m MODEL (-p PROMPT | -f FILE) [options]",
+	options, (int)(sizeof options / sizeof options[0])
+};
+
+/* Print "kvx-run: message" and exit with code. */
 static void
 fail(int code, const char *fmt, const char *arg)
 {
@@ -52,18 +87,33 @@ fail(int code, const char *fmt, const char *arg)
 	exit(code);
 }
 
-/* Parse a non-negative integer option. */
-static long
-num(const char *s, const char *opt, long lo, long hi)
+/* Parse the command line into a, or exit: help, version, usage error. */
+static void
+parse_args(struct args *a, int argc, char **argv)
 {
-	long v;
+	char err[256];
+	int rc;
 
-	if (kvx__parse_long(s, lo, hi, &v) != 0) {
-		fprintf(stderr, "%s: %s: '%s' is not an integer in [%ld, %ld]\n",
-		    progname, opt, s, lo, hi);
-		exit(EXIT_USAGE);
+	memset(a, 0, sizeof *a);
+	a->n_predict = 64;
+	a->seed = 1;
+	rc = opt_parse(&cmd, a, argc, argv, err, sizeof err);
+	if (rc == OPT_STOP) {
+		if (a->help)
+			opt_usage(&cmd, stdout);
+		else
+			printf("kvx-run %s\n", kvx_version());
+		exit(0);
 	}
-	return v;
+	if (rc == OPT_NOMEM)
+		fail(EXIT_RUN, "%s", "out of memory");
+	if (rc != OPT_OK)
+		fail(EXIT_USAGE, "%s", err);
+	if (a->model == NULL)
+		fail(EXIT_USAGE, "%s", "no model given (-m MODEL)");
+	if ((a->prompt == NULL) == (a->file == NULL))
+		fail(EXIT_USAGE, "%s", "give exactly one of -p PROMPT and "
+		    "-f FILE");
 }
 
 /* Greedy argmax, or a draw from softmax(logits / temp). */
@@ -83,7 +133,8 @@ sample(const float *logits, int n, float temp, uint64_t *rng)
 		return best;
 	for (i = 0; i < n; i++)
 		sum += exp((logits[i] - mx) / temp);
-	r = (double)(kvx__splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
+	r = (double)(kvx__splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) *
+	    sum;
 	for (i = 0; i < n; i++) {
 		r -= exp((logits[i] - mx) / temp);
 		if (r <= 0.0)
@@ -92,33 +143,16 @@ sample(const float *logits, int n, float temp, uint64_t *rng)
 	return best;
 }
 
+/* Prefill the prompt, then sample and print tokens one at a time. */
 int
 main(int argc, char **argv)
 {
 	kvx_model_params mp;
-	static const struct option opts[] = {
-		{ "model", required_argument, NULL, 'm' },
-		{ "prompt", required_argument, NULL, 'p' },
-		{ "file", required_argument, NULL, 'f' },
-		{ "n-predict", required_argument, NULL, 'n' },
-		{ "plan", required_argument, NULL, 'P' },
-		{ "temp", required_argument, NULL, 'T' },
-		{ "seed", required_argument, NULL, 'S' },
-		{ "chat", no_argument, NULL, 'C' },
-		{ "stats", no_argument, NULL, 's' },
-		{ "ctx", required_argument, NULL, 'c' },
-		{ "threads", required_argument, NULL, 't' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 }
-	};
-	const char *model_path = NULL, *prompt = NULL, *file = NULL;
-	const char *plan_path = NULL;
-	char *text = NULL, *chat = NULL, *end, piece[512];
-	int n_predict = 64, stats = 0, use_chat = 0, n_ctx = 0, n_threads = 0;
-	int ch, n_prompt = 0, n_gen = 0, n_dec = 0, cap, i, seq = 0;
-	float temp = 0.0f, *logits;
-	uint64_t rng = 1;
+	struct args a;
+	char *text = NULL, *chat = NULL, piece[512];
+	int n_prompt = 0, n_gen = 0, n_dec = 0, cap, i, seq = 0;
+	float *logits;
+	uint64_t rng;
 	size_t len = 0, plen;
 	kvx_model *model = NULL;
 	kvx_plan *plan = NULL;
@@ -130,65 +164,31 @@ main(int argc, char **argv)
 	const kvx_model_info *info;
 	kvx_status rc;
 
-	while ((ch = getopt_long(argc, argv, "m:p:f:n:c:t:hV", opts, NULL)) !=
-	    -1) {
-		switch (ch) {
-		case 'm': model_path = optarg; break;
-		case 'p': prompt = optarg; break;
-		case 'f': file = optarg; break;
-		case 'n': n_predict = (int)num(optarg, "-n", 0, 1 << 20); break;
-		case 'P': plan_path = optarg; break;
-		case 'T':
-			temp = strtof(optarg, &end);
-			if (*end != '\0' || end == optarg || !(temp >= 0.0f) ||
-			    temp > 100.0f)
-				fail(EXIT_USAGE, "--temp: '%s' is not a "
-				    "temperature in [0, 100]", optarg);
-			break;
-		case 'S':
-			rng = (uint64_t)num(optarg, "--seed", 0, 0x7fffffffL);
-			break;
-		case 'C': use_chat = 1; break;
-		case 's': stats = 1; break;
-		case 'c': n_ctx = (int)num(optarg, "--ctx", 16, 1 << 20); break;
-		case 't': n_threads = (int)num(optarg, "--threads", 1, 256);
-			break;
-		case 'h': usage(stdout); return 0;
-		case 'V': printf("kvx-run %s\n", kvx_version()); return 0;
-		default: usage(stderr); return EXIT_USAGE;
-		}
-	}
-	if (optind < argc)
-		fail(EXIT_USAGE, "unexpected argument '%s' (see --help)",
-		    argv[optind]);
-	if (model_path == NULL)
-		fail(EXIT_USAGE, "%s", "no model given (-m MODEL)");
-	if ((prompt == NULL) == (file == NULL))
-		fail(EXIT_USAGE, "%s", "give exactly one of -p PROMPT and "
-		    "-f FILE");
-	if (file != NULL) {
-		if (kvx__read_file(file, 0, &text, &len) != KVX_OK)
+	parse_args(&a, argc, argv);
+	rng = a.seed;
+	if (a.file != NULL) {
+		if (kvx__read_file(a.file, 0, &text, &len) != KVX_OK)
 			fail(EXIT_USAGE, "%s", kvx_errmsg());
 	} else {
-		text = strdup(prompt);
+		text = strdup(a.prompt);
 		len = strlen(text);
 	}
 
 	kvx_model_params_init(&mp);
-	mp.n_threads = n_threads;
-	if ((rc = kvx_model_open(model_path, &mp, &model)) != KVX_OK)
+	mp.n_threads = a.n_threads;
+	if ((rc = kvx_model_open(a.model, &mp, &model)) != KVX_OK)
 		fail(EXIT_MODEL, "%s", kvx_errmsg());
 	info = kvx_model_get_info(model);
-	if (plan_path != NULL) {
-		if ((rc = kvx_plan_load(plan_path, &plan)) != KVX_OK)
+	if (a.plan != NULL) {
+		if ((rc = kvx_plan_load(a.plan, &plan)) != KVX_OK)
 			fail(EXIT_PLAN, "%s", kvx_errmsg());
 		if ((rc = kvx_plan_check(plan, model)) != KVX_OK) {
-			fprintf(stderr, "%s: %s: %s\n", progname, plan_path,
+			fprintf(stderr, "%s: %s: %s\n", progname, a.plan,
 			    kvx_errmsg());
 			return EXIT_PLAN;
 		}
 	}
-	if (use_chat) {
+	if (a.chat) {
 		if (kvx_chat_format(model, NULL, text, &chat) != KVX_OK)
 			fail(EXIT_RUN, "%s", kvx_errmsg());
 		free(text);
@@ -199,22 +199,22 @@ main(int argc, char **argv)
 	cap = (int)(len + 16);
 	if ((ids = malloc(sizeof *ids * (size_t)cap)) == NULL)
 		fail(EXIT_RUN, "%s", "out of memory");
-	if (kvx_tokenize(model, text, len, use_chat, ids, cap, &n_prompt) !=
+	if (kvx_tokenize(model, text, len, a.chat, ids, cap, &n_prompt) !=
 	    KVX_OK)
 		fail(EXIT_RUN, "%s", kvx_errmsg());
 	if (n_prompt == 0)
 		fail(EXIT_USAGE, "%s", "the prompt is empty");
 
 	kvx_ctx_params_init(&cp);
-	cp.n_ctx = n_ctx > 0 ? n_ctx : info->n_ctx_train;
-	if (n_prompt + n_predict > cp.n_ctx) {
+	cp.n_ctx = a.n_ctx > 0 ? a.n_ctx : info->n_ctx_train;
+	if (n_prompt + a.n_predict > cp.n_ctx) {
 		fprintf(stderr, "%s: prompt (%d tokens) plus -n %d exceeds the "
 		    "context of %d tokens (use --ctx)\n", progname, n_prompt,
-		    n_predict, cp.n_ctx);
+		    a.n_predict, cp.n_ctx);
 		return EXIT_USAGE;
 	}
 	/* room for exactly the tokens we will generate */
-	cp.decode_headroom = n_predict;
+	cp.decode_headroom = a.n_predict;
 	if ((rc = kvx_ctx_new(model, plan, &cp, &ctx)) != KVX_OK)
 		fail(rc == KVX_ERR_PLAN || rc == KVX_ERR_MISMATCH ? EXIT_PLAN :
 		    EXIT_RUN, "%s", kvx_errmsg());
@@ -227,8 +227,8 @@ main(int argc, char **argv)
 	t_prefill = kvx__now() - t0;
 
 	t0 = kvx__now();
-	for (i = 0; i < n_predict; i++) {
-		tok = sample(logits, info->n_vocab, temp, &rng);
+	for (i = 0; i < a.n_predict; i++) {
+		tok = sample(logits, info->n_vocab, (float)a.temp, &rng);
 		if (kvx_token_is_eog(model, tok))
 			break;
 		if (kvx_token_piece(model, tok, piece, sizeof piece, &plen) ==
@@ -236,7 +236,7 @@ main(int argc, char **argv)
 			fwrite(piece, 1, plen, stdout);
 		fflush(stdout);
 		n_gen++;
-		if (i + 1 == n_predict)
+		if (i + 1 == a.n_predict)
 			break;
 		if (kvx_decode(ctx, 1, &seq, &tok, logits) != KVX_OK)
 			fail(EXIT_RUN, "%s", kvx_errmsg());
@@ -245,7 +245,7 @@ main(int argc, char **argv)
 	t_decode = kvx__now() - t0;
 	fputc('\n', stdout);
 
-	if (stats) {
+	if (a.stats) {
 		kvx_ctx_memory(ctx, &mem);
 		fprintf(stderr, "prompt_tokens: %d\n", n_prompt);
 		fprintf(stderr, "generated_tokens: %d\n", n_gen);
@@ -260,7 +260,7 @@ main(int argc, char **argv)
 		    (unsigned long long)mem.kv_bytes_full);
 		fprintf(stderr, "kv_ratio: %.3f\n", mem.kv_bytes_full ?
 		    (double)mem.kv_bytes / mem.kv_bytes_full : 0.0);
-		fprintf(stderr, "plan: %s\n", plan_path ? plan_path : "none");
+		fprintf(stderr, "plan: %s\n", a.plan ? a.plan : "none");
 	}
 	free(logits);
 	free(ids);
