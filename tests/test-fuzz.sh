@@ -16,13 +16,13 @@ fi
 echo "1..4"
 rt=$top_srcdir/runtime
 core=$top_builddir/runtime/.libs/libkvxcore.a
-flags="-g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -mavx2 -mfma -mf16c -I$top_builddir -I$rt"
+flags="-g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 -mavx2 -mfma -mf16c -I$top_builddir -I$top_builddir/runtime -I$rt"
 libs="$core -lyaml $(pkg-config --libs openblas 2>/dev/null || echo -lopenblas) -lm -lpthread"
 n=0
 for h in gguf plan; do
 	case $h in
 	gguf) src="$rt/gguf.c $rt/util.c";;
-	plan) src="$rt/plan.c $rt/util.c";;
+	plan) src="$rt/plan_schema.c $rt/plan_load.c $rt/plan_save.c $rt/util.c";;
 	esac
 	n=$((n + 1))
 	# shellcheck disable=SC2086
