@@ -355,8 +355,8 @@ quant_dequant(int type, const void *src, float *dst, size_t n)
  * The decode path uses these: the activation stays f32 and each weight is
  * expanded in registers, so the result equals the f32 GEMM of the prefill
  * up to summation order, and greedy decoding follows the exact model
- * rather than the noise of 8-bit activations.  A decode step is bound by
- * reading the weights (bench/bench-quant measures how closely).
+ * rather than the noise of 8-bit activations.  bench/bench-quant sets the
+ * rate of each type against a plain read of the same bytes.
  */
 
 /* Sum of each 32-element block of x. */
