@@ -2,7 +2,8 @@
 # kvx-eval on a short real text: full-cache perplexity against llama.cpp's
 # (tests/golden/ppl.txt, made by tools/golden-ppl.py), a 100% plan equal to
 # the full cache, a 25% plan's exact byte count, the CSV and plot formats,
-# and the documented exit codes of kvx-eval(1).  TAP output.
+# several files after one --plan or --text, and the documented exit codes
+# of kvx-eval(1).  TAP output.
 top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
 eval_bin="$top_builddir/tools/kvx-eval"
@@ -113,6 +114,23 @@ check "the plot is an SVG with a line per method" \
 check "the plot is well-formed XML" python3 -c \
     "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])" \
     "$tmp/out.svg"
+
+# --- several files after one --plan and one --text ----------------------------
+head -c 3000 "$text" > "$tmp/second.txt"
+small="--context 64 --continuation 16 -q"
+"$eval_bin" -m "$KVX_MODEL" --plan "$tmp/u100.yaml" "$tmp/u25.yaml" \
+    --text "$text" "$tmp/second.txt" $small --csv "$tmp/one.csv" \
+    > "$tmp/one.txt" &&
+    "$eval_bin" -m "$KVX_MODEL" --plan "$tmp/u100.yaml" \
+    --plan "$tmp/u25.yaml" --text "$text" --text "$tmp/second.txt" $small \
+    --csv "$tmp/two.csv" > "$tmp/two.txt" &&
+    cmp -s "$tmp/one.csv" "$tmp/two.csv" && cmp -s "$tmp/one.txt" "$tmp/two.txt"
+ok $? "two files after one --plan and one --text: the run of two of each"
+check "every file is evaluated: two texts and their mean, three rows each" \
+    test "$(grep -c '^# text: ' "$tmp/one.csv"),$(grep -c \
+    '^# mean over 2 texts$' "$tmp/one.csv"),$(grep -c '^u25,' \
+    "$tmp/one.csv"),$(grep -v '^#' "$tmp/one.csv" | sed 1d | wc -l)" = \
+    "2,1,3,9"
 
 # --- errors: exit code and one line naming the problem ------------------------
 # expect CODE PATTERN ARGS...: kvx-eval exits CODE with one line matching

@@ -23,12 +23,15 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..31"
+echo "1..36"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
-[ "$(wc -l < "$tmp/examples")" -eq 5 ]
-ok $? "five examples extracted from kvx-plan.1"
+[ "$(wc -l < "$tmp/examples")" -eq 6 ]
+ok $? "six examples extracted from kvx-plan.1"
+# the directory of text files the last example globs
+mkdir "$tmp/corpus" && cp "$gpl" "$tmp/corpus/gpl.txt" &&
+    cp "$apache" "$tmp/corpus/apache.txt"
 i=0
 while IFS= read -r line; do
 	i=$((i + 1))
@@ -75,6 +78,8 @@ ok $? "layer example writes a tokens plan"
 awk '/^- \[/ {gsub(/[][,-]/, ""); if ($1 != $2 || $2 != $3) bad=1}
     END {exit bad}' "$tmp/layer-512.yaml"
 ok $? "layer plan: heads of a layer share one budget"
+grep -q '^  corpus: apache.txt,gpl.txt$' "$tmp/corpus-20.yaml"
+ok $? "glob example: the plan was profiled on every file, in order"
 
 # --- baselines without a corpus ------------------------------------------------
 "$plan" -m "$KVX_MODEL" --method pyramid -b 10% -q -o "$tmp/pyr.yaml"
@@ -92,6 +97,17 @@ ok $? "pyramid: mean share 10%, first layer about 2B - B/20, non-increasing"
     -c "$apache" $fast --seed 7 -q --save-profile "$tmp/b.prof" &&
     cmp -s "$tmp/a.prof" "$tmp/b.prof"
 ok $? "same seed, same profile"
+"$plan" -m "$KVX_MODEL" -c "$gpl" "$apache" $fast --seed 7 -q \
+    --save-profile "$tmp/c.prof" && cmp -s "$tmp/a.prof" "$tmp/c.prof"
+ok $? "two files after one -c: the profile of two -c"
+# as a shell expands -c corpus/*: the files in its order, then options
+mkdir "$tmp/glob" && cp "$gpl" "$apache" "$tmp/glob/" &&
+    "$plan" -m "$KVX_MODEL" -c "$tmp"/glob/* $fast --seed 7 -q \
+    --save-profile "$tmp/glob.prof" && "$plan" -m "$KVX_MODEL" \
+    -c "$apache" -c "$gpl" $fast --seed 7 -q --save-profile "$tmp/ag.prof" &&
+    cmp -s "$tmp/glob.prof" "$tmp/ag.prof" &&
+    grep -q '^corpus Apache-2.0,GPL-3$' "$tmp/glob.prof"
+ok $? "a glob after -c: every file, in the shell's order"
 # a retention curve never decreases and ends at 1
 awk '/^curve/ {for (i = 5; i <= NF; i++) if ($i < $(i-1)) bad = 1;
     if ($NF < 0.999999) bad = 1; c++} END {exit !(c == 90 && !bad)}' "$tmp/a.prof"
@@ -113,6 +129,8 @@ err 4 "has 0 tokens" "empty corpus" -- -m "$KVX_MODEL" -c "$tmp/empty.txt" $fast
 err 4 "has [0-9]* tokens, fewer than one sample of 256" "too-short corpus" -- \
     -m "$KVX_MODEL" -c "$tmp/short.txt" $fast
 err 4 "nonexistent" "missing corpus file" -- -m "$KVX_MODEL" -c "$tmp/nonexistent"
+err 4 "nonexistent" "missing second file after one -c" -- -m "$KVX_MODEL" \
+    -c "$gpl" "$tmp/nonexistent"
 err 2 "unknown solver 'simplex'" "unknown solver" -- -m "$KVX_MODEL" \
     --solver simplex --from-profile "$tmp/a.prof"
 err 6 "exists.*--force" "existing output without --force" -- \

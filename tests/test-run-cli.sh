@@ -25,7 +25,7 @@ printf 'not a model' > "$tmp/text.gguf"
 head -c 9000 /usr/share/common-licenses/GPL-3 > "$tmp/doc.txt"
 sed 's/^\(  fingerprint:\) [0-9a-f]*$/\1 0000000000000000000000000000000000000000000000000000000000000000/' \
     "$top_srcdir/plans/smollm2-135m-uniform-20.yaml" > "$tmp/other.yaml"
-echo "1..11"
+echo "1..12"
 check "no model" 2 "no model given" -- "$run" -p hi
 check "both -p and -f" 2 "exactly one of" -- "$run" -m "$m" -p hi -f "$tmp/doc.txt"
 check "bad -n" 2 "not an integer" -- "$run" -m "$m" -p hi -n lots
@@ -36,6 +36,8 @@ check "malformed plan" 4 "plan-bad-syntax.yaml:[0-9]+:[0-9]+:" -- "$run" -m "$m"
     --plan "$top_srcdir/tests/data/plan-bad-syntax.yaml"
 check "plan for another model" 4 "fingerprint" -- "$run" -m "$m" -p hi --plan "$tmp/other.yaml"
 check "prompt beyond the context" 2 "exceeds the context" -- "$run" -m "$m" -f "$tmp/doc.txt" -c 64
+check "one prompt file only" 2 "unexpected argument '.*doc.txt'" -- "$run" -m "$m" \
+    -f "$tmp/doc.txt" "$tmp/doc.txt"
 check "25% plan on a 2000-token document" 0 "^kv_ratio: 0\.2[0-9]" -- "$run" -m "$m" \
     -f "$tmp/doc.txt" -n 8 --stats --plan "$top_srcdir/plans/smollm2-135m-uniform-20.yaml"
 n=$((n + 1))
