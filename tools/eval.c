@@ -19,7 +19,6 @@
 #include <string.h>
 
 #include "eval.h"
-#include "plan.h"
 
 /* Tokenize text (no special tokens); *out is malloc'd. */
 kvx_status
@@ -40,23 +39,29 @@ eval_tokenize(const kvx_model *m, const char *s, size_t len, int32_t **out,
 	return rc;
 }
 
-/* The plan's short name: its file name without directory or extension. */
+/*
+ * The plan's columns: its file name without directory or extension, and
+ * the method and budget it records (kvx_plan_get_info).
+ */
 void
 eval_label(struct entry *e)
 {
 	const char *b = strrchr(e->path, '/');
+	kvx_plan_info pi;
 	char *dot;
 
+	if (kvx_plan_get_info(e->plan, &pi) != KVX_OK)
+		fail(EXIT_PLAN, "%s: %s", e->path, kvx_errmsg());
 	snprintf(e->name, sizeof e->name, "%s", b != NULL ? b + 1 : e->path);
 	if ((dot = strrchr(e->name, '.')) != NULL && dot != e->name)
 		*dot = '\0';
 	snprintf(e->method, sizeof e->method, "%s",
-	    e->plan->method[0] != '\0' ? e->plan->method : "unknown");
-	if (e->plan->budget_kind == PLAN_BUDGET_TOKENS)
-		snprintf(e->budget, sizeof e->budget, "%.0ft",
-		    e->plan->budget);
+	    pi.method != NULL && pi.method[0] != '\0' ? pi.method :
+	    "unknown");
+	if (pi.budget_kind == KVX_BUDGET_TOKENS)
+		snprintf(e->budget, sizeof e->budget, "%.0ft", pi.budget);
 	else
-		snprintf(e->budget, sizeof e->budget, "%.4g", e->plan->budget);
+		snprintf(e->budget, sizeof e->budget, "%.4g", pi.budget);
 }
 
 /* Index of the largest of n logits. */
