@@ -177,6 +177,18 @@ check "no text: exit 2" expect 2 "no text given" -m "$M"
 check "unwritable CSV: exit 6" expect 6 "no/such/dir/x.csv" -m "$M" \
     --text "$text" --context 512 --continuation 32 \
     --csv "$tmp/no/such/dir/x.csv"
+check "unknown option: exit 2" expect 2 "unknown option --bogus" -m "$M" \
+    --text "$text" --bogus
+check "a word that belongs to no option: exit 2" \
+    expect 2 "unexpected argument 'stray'" -m "$M" --context 64 stray
+
+# --- the manual documents the options --help lists, and no others -------------
+help=$("$eval_bin" --help |
+    sed -n 's/^ *\(-[a-zA-Z], \)\{0,1\}--\([a-z-]*\).*/\2/p' | sort)
+doc=$(grep '^\.It Fl' "$top_srcdir/man/kvx-eval.1" | grep -o 'Fl -[a-z-]*' |
+    sed 's/^Fl -//' | sort -u)
+check "kvx-eval --help and kvx-eval(1) list the same options" \
+    test -n "$help" -a "$help" = "$doc"
 
 echo "1..$n"
 [ $fails -eq 0 ]

@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..36"
+echo "1..41"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -145,3 +145,17 @@ sed 's/^fingerprint .*/fingerprint 000000000000000000000000000000000000000000000
 err 3 "another model" "profile of another model" -- -m "$KVX_MODEL" \
     --from-profile "$tmp/other.prof"
 err 3 "" "model that is not GGUF" -- -m "$gpl" --method uniform
+err 2 "unknown option --bogus" "unknown option" -- -m "$KVX_MODEL" --bogus
+err 2 "option -c needs a value" "-c without a file" -- -m "$KVX_MODEL" -c
+err 2 "unexpected argument 'stray'" "a word that belongs to no option" -- \
+    -m "$KVX_MODEL" --method uniform stray
+err 2 "--grid: '1' is not an integer in \[2, " "a number out of range" -- \
+    -m "$KVX_MODEL" --grid 1
+
+# --- the manual documents the options -h lists, and no others ----------------
+help=$("$plan" -h | sed -n 's/^ *\(-[a-zA-Z], \)\{0,1\}--\([a-z-]*\).*/\2/p' |
+    sort)
+doc=$(grep '^\.It Fl' "$man" | grep -o 'Fl -[a-z-]*' | sed 's/^Fl -//' |
+    sort -u)
+[ -n "$help" ] && [ "$help" = "$doc" ]
+ok $? "kvx-plan -h and kvx-plan(1) list the same $(echo $help | wc -w) options"

@@ -25,7 +25,7 @@ printf 'not a model' > "$tmp/text.gguf"
 head -c 9000 /usr/share/common-licenses/GPL-3 > "$tmp/doc.txt"
 sed 's/^\(  fingerprint:\) [0-9a-f]*$/\1 0000000000000000000000000000000000000000000000000000000000000000/' \
     "$top_srcdir/plans/smollm2-135m-uniform-20.yaml" > "$tmp/other.yaml"
-echo "1..12"
+echo "1..13"
 check "no model" 2 "no model given" -- "$run" -p hi
 check "both -p and -f" 2 "exactly one of" -- "$run" -m "$m" -p hi -f "$tmp/doc.txt"
 check "bad -n" 2 "not an integer" -- "$run" -m "$m" -p hi -n lots
@@ -47,3 +47,13 @@ case "$keys" in
 	echo "ok $n - --stats prints the documented keys";;
 *)	echo "not ok $n - --stats prints the documented keys: $keys";;
 esac
+n=$((n + 1))
+help=$("$run" --help | sed -n 's/^ *\(-[a-zA-Z], \)\{0,1\}--\([a-z-]*\).*/\2/p' |
+    sort)
+doc=$(grep '^\.It Fl' "$top_srcdir/man/kvx-run.1" | grep -o 'Fl -[a-z-]*' |
+    sed 's/^Fl -//' | sort -u)
+if [ -n "$help" ] && [ "$help" = "$doc" ]; then
+	echo "ok $n - kvx-run --help and kvx-run(1) list the same options"
+else
+	echo "not ok $n - kvx-run --help and kvx-run(1) list the same options"
+fi

@@ -113,63 +113,6 @@ parse_word(const struct opt *o, const char *s, int *v, char *err,
 	return -1;
 }
 
-/* Store option o with argument arg (NULL for a flag) in set. */
-static int
-take(const struct opt *o, void *set, const char *arg, char *err,
-    size_t size)
-{
-	double d;
-	long v;
-
-	switch (o->kind) {
-	case OPT_FLAG:
-	case OPT_EXIT:
-		*AT(set, o->dst, int) = 1;
-		break;
-	case OPT_STR:
-		*AT(set, o->dst, const char *) = arg;
-		break;
-	case OPT_INT:
-	case OPT_I64:
-	case OPT_U64:
-		if (parse_int(o, arg, &v, err, size) != 0)
-			return -1;
-		if (o->kind == OPT_INT)
-			*AT(set, o->dst, int) = (int)v;
-		else if (o->kind == OPT_I64)
-			*AT(set, o->dst, int64_t) = v;
-		else
-			*AT(set, o->dst, uint64_t) = (uint64_t)v;
-		break;
-	case OPT_NUM:
-		if (kvx__parse_double(arg, o->lo, o->hi, &d) != 0) {
-			snprintf(err, size, "--%s: '%s' is not a number in "
-			    "[%g, %g]", o->name, arg, o->lo, o->hi);
-			return -1;
-		}
-		*AT(set, o->dst, double) = d;
-		break;
-	case OPT_WORD:
-		if (parse_word(o, arg, AT(set, o->dst, int), err, size) != 0)
-			return -1;
-		break;
-	case OPT_INTS:
-		if (parse_ints(o, arg, AT(set, o->dst, struct opt_ints), err,
-		    size) != 0)
-			return -1;
-		break;
-	case OPT_FUNC:
-		if (o->fn(set, arg, err, size) != 0)
-			return -1;
-		break;
-	case OPT_FILES:
-		return -1;
-	}
-	if (o->flags & OPT_GIVEN)
-		*AT(set, o->given, int) = 1;
-	return 0;
-}
-
 /*
  * Append first and every following argument that is not an option to
  * o's file list, as a shell expands "-c corpus/ *.txt" into several
@@ -189,6 +132,67 @@ take_files(const struct opt *o, void *set, const char *first, int argc,
 	while (optind < argc && (argv[optind][0] != '-' ||
 	    strcmp(argv[optind], "-") == 0))
 		l->v[l->n++] = argv[optind++];
+	return OPT_OK;
+}
+
+/*
+ * Store option o with argument arg (NULL for a flag) in set; argv from
+ * optind on holds the words after it.  Returns OPT_OK, or OPT_BAD with the
+ * reason in err, or OPT_NOMEM.
+ */
+static int
+take(const struct opt *o, void *set, const char *arg, int argc,
+    char **argv, char *err, size_t size)
+{
+	double d;
+	long v;
+
+	switch (o->kind) {
+	case OPT_FLAG:
+	case OPT_EXIT:
+		*AT(set, o->dst, int) = 1;
+		break;
+	case OPT_STR:
+		*AT(set, o->dst, const char *) = arg;
+		break;
+	case OPT_INT:
+	case OPT_I64:
+	case OPT_U64:
+		if (parse_int(o, arg, &v, err, size) != 0)
+			return OPT_BAD;
+		if (o->kind == OPT_INT)
+			*AT(set, o->dst, int) = (int)v;
+		else if (o->kind == OPT_I64)
+			*AT(set, o->dst, int64_t) = v;
+		else
+			*AT(set, o->dst, uint64_t) = (uint64_t)v;
+		break;
+	case OPT_NUM:
+		if (kvx__parse_double(arg, o->lo, o->hi, &d) != 0) {
+			snprintf(err, size, "--%s: '%s' is not a number in "
+			    "[%g, %g]", o->name, arg, o->lo, o->hi);
+			return OPT_BAD;
+		}
+		*AT(set, o->dst, double) = d;
+		break;
+	case OPT_WORD:
+		if (parse_word(o, arg, AT(set, o->dst, int), err, size) != 0)
+			return OPT_BAD;
+		break;
+	case OPT_INTS:
+		if (parse_ints(o, arg, AT(set, o->dst, struct opt_ints), err,
+		    size) != 0)
+			return OPT_BAD;
+		break;
+	case OPT_FUNC:
+		if (o->fn(set, arg, err, size) != 0)
+			return OPT_BAD;
+		break;
+	case OPT_FILES:
+		if (take_files(o, set, arg, argc, argv) != OPT_OK)
+			return OPT_NOMEM;
+		break;
+	}
 	if (o->flags & OPT_GIVEN)
 		*AT(set, o->given, int) = 1;
 	return OPT_OK;
@@ -269,11 +273,8 @@ opt_parse(const struct opt_cmd *cmd, void *set, int argc, char **argv,
 		if ((o = lookup(cmd, ch)) == NULL) {
 			scan_error(cmd, ch, argv, err, size);
 			rc = OPT_BAD;
-		} else if (o->kind == OPT_FILES)
-			rc = take_files(o, set, optarg, argc, argv);
-		else if (take(o, set, optarg, err, size) != 0)
-			rc = OPT_BAD;
-		else if (o->kind == OPT_EXIT)
+		} else if ((rc = take(o, set, optarg, argc, argv, err,
+		    size)) == OPT_OK && o->kind == OPT_EXIT)
 			rc = OPT_STOP;
 	}
 	if (rc == OPT_OK && optind < argc) {
