@@ -395,8 +395,10 @@ parse_args(struct cli *c, int argc, char **argv)
 		return die(EX_BADUSE, "method %s needs calibration text (give "
 		    "-c file or --from-profile file)",
 		    alloc_method_name(c->method));
+	/* "-" is standard input, read when profiling */
 	for (i = 0; i < c->corpus.n; i++)
-		if (access(c->corpus.v[i], R_OK) != 0)
+		if (strcmp(c->corpus.v[i], "-") != 0 &&
+		    access(c->corpus.v[i], R_OK) != 0)
 			return die(EX_CORPUS, "%s: %s (calibration text)",
 			    c->corpus.v[i], strerror(errno));
 	return -1;

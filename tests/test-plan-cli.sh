@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..41"
+echo "1..42"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -100,6 +100,12 @@ ok $? "same seed, same profile"
 "$plan" -m "$KVX_MODEL" -c "$gpl" "$apache" $fast --seed 7 -q \
     --save-profile "$tmp/c.prof" && cmp -s "$tmp/a.prof" "$tmp/c.prof"
 ok $? "two files after one -c: the profile of two -c"
+"$plan" -m "$KVX_MODEL" -c - "$apache" $fast --seed 7 -q \
+    --save-profile "$tmp/stdin.prof" < "$gpl" &&
+    grep -q '^corpus -,Apache-2.0$' "$tmp/stdin.prof" &&
+    [ "$(grep -v '^corpus ' "$tmp/stdin.prof")" = \
+    "$(grep -v '^corpus ' "$tmp/a.prof")" ]
+ok $? "-c - reads standard input among the files"
 # as a shell expands -c corpus/*: the files in its order, then options
 mkdir "$tmp/glob" && cp "$gpl" "$apache" "$tmp/glob/" &&
     "$plan" -m "$KVX_MODEL" -c "$tmp"/glob/* $fast --seed 7 -q \
