@@ -7,8 +7,8 @@
  *
  * usage: kvx-bench-attn [out.tsv [max_batch]]   (bench/sdpa.py reads
  * out.tsv)
- * Each decode step runs the 32 layers' launches (partial + combine, or
- * the fused kernel alone), captured once in a CUDA graph; layers rotate
+ * Each decode step runs the 32 layers' launches (partial + combine),
+ * captured once in a CUDA graph; layers rotate
  * over separate buffers (as many as fit) so that the L2 cache does not
  * serve repeated reads.
  */
@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include "kvx_cuda.h"
+#include "worklist.h"
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
 	fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, \
@@ -99,21 +100,20 @@ struct layer {
 	__half *k, *v;
 	float *q, *out, *m, *l, *acc;
 	long long *off;
-	struct kvx_cuda_work *items;
-	int *first, *cnt;
+	struct wl_item *items;
+	int *first;
 };
 
 /*
  * Median time of one decode step (all layers) for per-(seq, head) lengths
- * len: chunk 0 balances rows over the resident blocks
- * (kvx_cuda_attn_balance), chunk -1 cuts items of kvx_cuda_attn_chunk
- * rows, chunk > 0 items of that many rows, one block each, chunk -2
- * takes the library's choice (kvx_cuda_attn_plan; *bal says which).
- * fused: kvx_cuda_attn_fused instead of partial + combine.
+ * len: chunk 0 balances rows over the resident blocks (wl_balanced),
+ * chunk -1 cuts items of wl_chunk rows, chunk > 0 items of that many
+ * rows, one block each, chunk -2 takes the library's choice (wl_plan;
+ * *bal says which).
  */
 static double
-step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
-    int *nbuf, int *bal)
+step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf,
+    int *bal)
 {
 	int nseg = (int)len.size(), s, i, nl, ni, cap, nb, isbal = 0;
 	int *bfirst_d = NULL;
@@ -122,7 +122,7 @@ step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
 	std::vector<long long> off(nseg);
 	size_t free_b, total_b, per;
 	std::vector<layer> L;
-	std::vector<struct kvx_cuda_work> it;
+	std::vector<struct wl_item> it;
 	std::vector<int> first(nseg + 1);
 	cudaStream_t st;
 	cudaGraph_t gr;
@@ -138,11 +138,11 @@ step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
 	if (chunk == -2) {
 		int res = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
 
-		cap = res + nseg + (int)(rows / kvx_cuda_attn_chunk(rows,
+		cap = res + nseg + (int)(rows / wl_chunk(rows,
 		    kvx_cuda_sm_count())) + 1;
 		it.resize(cap);
 		bfirst.resize(res + 1);
-		ni = kvx_cuda_attn_plan(len.data(), nseg, G, D, KVX_CUDA_F16,
+		ni = wl_plan(len.data(), nseg, res, kvx_cuda_sm_count(),
 		    it.data(), cap, first.data(), bfirst.data(), &nb, &isbal);
 		if (isbal) {
 			CK(cudaMalloc(&bfirst_d, sizeof(int) * (nb + 1)));
@@ -155,18 +155,18 @@ step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
 		bfirst.resize(nb + 1);
 		cap = nb + nseg;
 		it.resize(cap);
-		ni = kvx_cuda_attn_balance(len.data(), nseg, nb, it.data(), cap,
+		ni = wl_balanced(len.data(), nseg, nb, it.data(), cap,
 		    first.data(), bfirst.data());
 		CK(cudaMalloc(&bfirst_d, sizeof(int) * (nb + 1)));
 		CK(cudaMemcpy(bfirst_d, bfirst.data(), sizeof(int) * (nb + 1),
 		    cudaMemcpyHostToDevice));
 	} else {
 		if (chunk < 0)
-			chunk = kvx_cuda_attn_chunk(rows, kvx_cuda_sm_count());
+			chunk = wl_chunk(rows, kvx_cuda_sm_count());
 		cap = (int)(rows / chunk) + nseg + 1;
 		it.resize(cap);
-		ni = kvx_cuda_attn_worklist(len.data(), nseg, chunk, it.data(),
-		    cap, first.data());
+		ni = wl_chunked(len.data(), nseg, chunk, it.data(), cap,
+		    first.data());
 		nb = ni;
 	}
 	if (ni < 0) {
@@ -194,8 +194,6 @@ step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
 		CK(cudaMalloc(&y.off, sizeof(long long) * nseg));
 		CK(cudaMalloc(&y.items, sizeof(*y.items) * ni));
 		CK(cudaMalloc(&y.first, sizeof(int) * (nseg + 1)));
-		CK(cudaMalloc(&y.cnt, sizeof(int) * nseg));
-		CK(cudaMemset(y.cnt, 0, sizeof(int) * nseg));
 		fill_half<<<1024, 256>>>(y.k, (size_t)rows * D, 17 + i);
 		fill_half<<<1024, 256>>>(y.v, (size_t)rows * D, 91 + i);
 		fill_float<<<64, 256>>>(y.q, (size_t)nseg * G * D, 5 + i);
@@ -213,13 +211,6 @@ step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
 	for (i = 0; i < NLAYER; i++) {
 		layer &y = L[i % nl];
 
-		if (fused) {
-			KC(kvx_cuda_attn_fused(y.q, y.k, y.v, KVX_CUDA_F16,
-			    y.off, G, D, D, 1.0f / sqrtf((float)D), y.items,
-			    bfirst_d, nb, y.first, nseg, y.cnt, y.m, y.l, y.acc,
-			    y.out, st));
-			continue;
-		}
 		KC(kvx_cuda_attn_partial(y.q, y.k, y.v, KVX_CUDA_F16, y.off, G,
 		    D, D, 1.0f / sqrtf((float)D), y.items, bfirst_d, nb, y.m,
 		    y.l, y.acc, st));
@@ -248,7 +239,7 @@ step_time(const std::vector<int> &len, int chunk, int fused, int *nitems,
 
 		cudaFree(y.k); cudaFree(y.v); cudaFree(y.q); cudaFree(y.out);
 		cudaFree(y.m); cudaFree(y.l); cudaFree(y.acc); cudaFree(y.off);
-		cudaFree(y.items); cudaFree(y.first); cudaFree(y.cnt);
+		cudaFree(y.items); cudaFree(y.first);
 	}
 	cudaFree(bfirst_d);
 	*nitems = ni;
@@ -297,7 +288,7 @@ main(int argc, char **argv)
 	    pr.name, pr.multiProcessorCount, bw / 1e9);
 	fprintf(tsv, "copy\t%.6e\n", bw);
 	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %8s %6s\n", "batch",
-	    "ctx", "lens", "KV MB/step", "step us", "fused", "balanced",
+	    "ctx", "lens", "KV MB/step", "step us", "chosen", "balanced",
 	    "chunked", "1-item", "items");
 	for (skew = 0; skew < 2; skew++)
 	for (bi = 0; bi < 4; bi++)
@@ -314,12 +305,12 @@ main(int argc, char **argv)
 		for (s = 0; s < len.size(); s++)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
-		t = step_time(len, -2, 1, &nif, &nbf, &bal);
-		tb = step_time(len, 0, 0, &ni, &nb, NULL);
-		tc = step_time(len, -1, 0, &nic, &nbc, NULL);
+		t = step_time(len, -2, &nif, &nbf, &bal);
+		tb = step_time(len, 0, &ni, &nb, NULL);
+		tc = step_time(len, -1, &nic, &nbc, NULL);
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
-			t1 = step_time(len, T, 0, &ni1, &nb1, NULL);
+			t1 = step_time(len, T, &ni1, &nb1, NULL);
 		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c %7.1f%% %7.1f%% "
 		    "%7.1f%% %6d\n", b, T, skew ? "skewed" : "equal",
 		    bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,

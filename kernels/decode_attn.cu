@@ -198,7 +198,7 @@ attn_merge(int ii, const float (&m)[G], const float (&l)[G],
 template <int G, int D, typename T>
 static __device__ __forceinline__ void
 attn_item(const float *q, const T *k, const T *v, const long long *off,
-    int ld_, float scale2, struct kvx_cuda_work it, int ii, float *pm,
+    int ld_, float scale2, struct wl_item it, int ii, float *pm,
     float *pl, float *pacc)
 {
 	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
@@ -232,13 +232,13 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 
 /*
  * Block b takes items bfirst[b] .. bfirst[b + 1] - 1 (a balanced list
- * from kvx_cuda_attn_balance), or item b alone when bfirst is NULL.
+ * from wl_balanced), or item b alone when bfirst is NULL.
  * Up to four query heads, three blocks fit on a multiprocessor.
  */
 template <int G, int D, typename T>
 static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
 attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
-    int ld_, float scale2, const struct kvx_cuda_work *items,
+    int ld_, float scale2, const struct wl_item *items,
     const int *bfirst, float *pm, float *pl, float *pacc)
 {
 	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
@@ -249,214 +249,6 @@ attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
 		    pl, pacc);
 }
 
-/* Items whose merge weights attn_finish keeps in shared memory. */
-#define FM_ITEMS 128
-
-/*
- * After item ii of segment s is written: the block that finishes the
- * segment's last item merges its partials into out (the combine of
- * attn_combine_k, done by one block), so that no second launch waits
- * for the whole grid.  Counters count finished items per segment; the
- * merging block sets its counter back to zero for the next launch.  The
- * merge is two passes: a warp per head finds the maximum, the sum and
- * the items' weights; then each thread sums its outputs over the items
- * with independent loads.
- */
-template <int G, int D>
-static __device__ __forceinline__ void
-attn_finish(int s, const int *first, int *cnt, const float *pm,
-    const float *pl, const float *pacc, float *out)
-{
-	__shared__ int s_last;
-	__shared__ float s_w[FM_ITEMS][G], s_M[G], s_L[G];
-	int j0 = first[s], j1 = first[s + 1], n = j1 - j0, i, j, h;
-	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-
-	/* this block's partial, visible before the count says so */
-	__threadfence();
-	__syncthreads();
-	if (threadIdx.x == 0)
-		s_last = n == 1 || atomicAdd(&cnt[s], 1) == n - 1;
-	__syncthreads();
-	if (!s_last)
-		return;
-	__threadfence();
-	for (h = wid; h < G; h += AT_THREADS / 32) {
-		float M = -INFINITY, L = 0.0f;
-		int o;
-
-		for (j = lane; j < n; j += 32)
-			if (__ldcg(pl + (size_t)(j0 + j) * G + h) > 0.0f)
-				M = fmaxf(M, __ldcg(pm + (size_t)(j0 + j) * G +
-				    h));
-		for (o = 16; o > 0; o >>= 1)
-			M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-		for (j = lane; j < n; j += 32) {
-			float lj = __ldcg(pl + (size_t)(j0 + j) * G + h);
-			float w = lj > 0.0f ? exp2f(__ldcg(pm + (size_t)(j0 +
-			    j) * G + h) - M) : 0.0f;
-
-			L += w * lj;
-			if (j < FM_ITEMS)
-				s_w[j][h] = w;
-		}
-		for (o = 16; o > 0; o >>= 1)
-			L += __shfl_xor_sync(0xffffffffu, L, o);
-		if (lane == 0) {
-			s_M[h] = M;
-			s_L[h] = L;
-		}
-	}
-	__syncthreads();
-	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
-		int e = i % D;
-		float A = 0.0f;
-
-		h = i / D;
-#pragma unroll 8
-		for (j = 0; j < n && j < FM_ITEMS; j++)
-			A += s_w[j][h] * __ldcg(pacc + ((size_t)(j0 + j) * G +
-			    h) * D + e);
-		for (j = FM_ITEMS; j < n; j++) {
-			float lj = __ldcg(pl + (size_t)(j0 + j) * G + h);
-
-			if (lj > 0.0f)
-				A += exp2f(__ldcg(pm + (size_t)(j0 + j) * G +
-				    h) - s_M[h]) * __ldcg(pacc + ((size_t)(j0 +
-				    j) * G + h) * D + e);
-		}
-		out[((size_t)s * G + h) * D + e] = s_L[h] > 0.0f ? A /
-		    s_L[h] : 0.0f;
-	}
-	if (threadIdx.x == 0 && n > 1)
-		cnt[s] = 0;
-}
-
-/*
- * Partial attention and combine in one launch: the items as in
- * attn_partial_k, each followed by attn_finish.  Segments without items
- * get zeros, written by the blocks in turn.
- */
-template <int G, int D, typename T>
-static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
-attn_fused_k(const float *q, const T *k, const T *v, const long long *off,
-    int ld_, float scale2, const struct kvx_cuda_work *items,
-    const int *bfirst, const int *first, int nseg, int *cnt, float *pm,
-    float *pl, float *pacc, float *out)
-{
-	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
-	int i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1, ii, s;
-
-	for (ii = i0; ii < i1; ii++) {
-		struct kvx_cuda_work it = items[ii];
-
-		if (it.seg < 0)
-			continue;
-		attn_item<G, D, T>(q, k, v, off, ld_, scale2, it, ii, pm, pl,
-		    pacc);
-		attn_finish<G, D>(it.seg, first, cnt, pm, pl, pacc, out);
-	}
-	for (s = blockIdx.x; s < nseg; s += gridDim.x)
-		if (first[s] == first[s + 1])
-			for (ii = threadIdx.x; ii < G * D; ii += AT_THREADS)
-				out[(size_t)s * G * D + ii] = 0.0f;
-}
-
-/*
- * Rows per item for a whole number of waves of blocks (three fit on a
- * multiprocessor) with items of about 512 rows: small items let the
- * block scheduler even out ragged segments, and a partial costs only
- * g x d floats against 512 rows of K and V.
- */
-extern "C" int
-kvx_cuda_attn_chunk(long long total_rows, int sm_count)
-{
-	long long slots = 3LL * (sm_count > 0 ? sm_count : 132), waves, c;
-
-	waves = (total_rows + slots * 256) / (slots * 512);
-	if (waves < 1)
-		waves = 1;
-	c = (total_rows + slots * waves - 1) / (slots * waves);
-	return (int)(c < 16 ? 16 : (c > (1 << 30) ? (1 << 30) : c));
-}
-
-/*
- * Each segment is cut into round(len / chunk) (at least one) parts of
- * equal size, so that items stay close to chunk rows and balanced.
- */
-extern "C" int
-kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
-    struct kvx_cuda_work *items, int cap, int *first)
-{
-	int s, p, np, n = 0;
-
-	if (chunk < 1)
-		return -1;
-	for (s = 0; s < nseg; s++) {
-		first[s] = n;
-		if (len[s] <= 0)
-			continue;
-		np = (int)(((long long)len[s] + chunk / 2) / chunk);
-		np = np < 1 ? 1 : np;
-		for (p = 0; p < np; p++) {
-			if (n >= cap)
-				return -1;
-			items[n].seg = s;
-			items[n].r0 = (int)((long long)len[s] * p / np);
-			items[n].r1 = (int)((long long)len[s] * (p + 1) / np);
-			items[n].pad = 0;
-			n++;
-		}
-	}
-	first[nseg] = n;
-	return n;
-}
-
-/*
- * Blocks b take rows [b T / nblk, (b + 1) T / nblk) of the T rows of all
- * segments laid end to end, cut at segment borders into items.
- */
-extern "C" int
-kvx_cuda_attn_balance(const int *len, int nseg, int nblk,
-    struct kvx_cuda_work *items, int cap, int *first, int *bfirst)
-{
-	long long total = 0, g0, g1, base = 0;
-	int b, s = 0, n = 0, j;
-
-	if (nblk < 1)
-		return -1;
-	for (j = 0; j < nseg; j++)
-		total += len[j] > 0 ? len[j] : 0;
-	for (b = 0; b < nblk; b++) {
-		bfirst[b] = n;
-		g0 = total * b / nblk;
-		g1 = total * (b + 1) / nblk;
-		while (g0 < g1) {
-			while (s < nseg && base + (len[s] > 0 ? len[s] : 0) <=
-			    g0) {
-				base += len[s] > 0 ? len[s] : 0;
-				s++;
-			}
-			if (n >= cap || s >= nseg)
-				return -1;
-			items[n].seg = s;
-			items[n].r0 = (int)(g0 - base);
-			items[n].r1 = (int)((g1 < base + len[s] ? g1 :
-			    base + len[s]) - base);
-			items[n].pad = 0;
-			g0 = base + items[n].r1;
-			n++;
-		}
-	}
-	bfirst[nblk] = n;
-	for (s = 0, j = 0; s <= nseg; s++) {
-		while (j < n && items[j].seg < s)
-			j++;
-		first[s] = j;
-	}
-	return n;
-}
-
 /* Arguments of one partial-attention launch. */
 struct attn_args {
 	const float			*q;
@@ -464,12 +256,9 @@ struct attn_args {
 	int				 dtype, ld, nblk;
 	const long long			*off;
 	float				 s2;
-	const struct kvx_cuda_work	*items;
+	const struct wl_item		*items;
 	const int			*bfirst;
 	float				*m, *l, *acc;
-	const int			*first;		/* fused only */
-	int				*cnt, nseg;	/* fused only */
-	float				*out;		/* fused when set */
 	cudaStream_t			 st;
 	int				*occupancy;	/* query only */
 };
@@ -482,15 +271,9 @@ attn_launch_t(const struct attn_args *a)
 	if (a->occupancy != NULL)
 		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
 		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
-	if (a->out != NULL)
-		attn_fused_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
-		    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2,
-		    a->items, a->bfirst, a->first, a->nseg, a->cnt, a->m, a->l,
-		    a->acc, a->out);
-	else
-		attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(
-		    a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
-		    a->s2, a->items, a->bfirst, a->m, a->l, a->acc);
+	attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
+	    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2, a->items,
+	    a->bfirst, a->m, a->l, a->acc);
 	return launched();
 }
 
@@ -546,30 +329,6 @@ kvx_cuda_attn_blocks(int g, int d, int dtype)
 	return occ * sm;
 }
 
-/* The arguments partial and fused launches share. */
-static void
-attn_args_init(struct attn_args *a, const float *q, const void *k,
-    const void *v, int dtype, const long long *off, int ld_, float scale,
-    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
-    float *m, float *l, float *acc, cudaStream_t stream)
-{
-	memset(a, 0, sizeof *a);
-	a->q = q;
-	a->k = k;
-	a->v = v;
-	a->dtype = dtype;
-	a->ld = ld_;
-	a->nblk = nblocks;
-	a->off = off;
-	a->s2 = scale * LOG2E;
-	a->items = items;
-	a->bfirst = bfirst;
-	a->m = m;
-	a->l = l;
-	a->acc = acc;
-	a->st = stream;
-}
-
 /* 16-byte row loads need rows that start on 16-byte boundaries. */
 static int
 attn_aligned(const void *k, const void *v, int ld_)
@@ -580,7 +339,7 @@ attn_aligned(const void *k, const void *v, int ld_)
 extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     const long long *off, int g, int d, int ld_, float scale,
-    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
+    const struct wl_item *items, const int *bfirst, int nblocks,
     float *m, float *l, float *acc, cudaStream_t stream)
 {
 	struct attn_args a;
@@ -589,65 +348,22 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
 		return 0;
 	if (!attn_aligned(k, v, ld_))
 		return KVX_CUDA_EINVAL;
-	attn_args_init(&a, q, k, v, dtype, off, ld_, scale, items, bfirst,
-	    nblocks, m, l, acc, stream);
+	memset(&a, 0, sizeof a);
+	a.q = q;
+	a.k = k;
+	a.v = v;
+	a.dtype = dtype;
+	a.ld = ld_;
+	a.nblk = nblocks;
+	a.off = off;
+	a.s2 = scale * LOG2E;
+	a.items = items;
+	a.bfirst = bfirst;
+	a.m = m;
+	a.l = l;
+	a.acc = acc;
+	a.st = stream;
 	return attn_dispatch(g, d, &a);
-}
-
-extern "C" int
-kvx_cuda_attn_fused(const float *q, const void *k, const void *v, int dtype,
-    const long long *off, int g, int d, int ld_, float scale,
-    const struct kvx_cuda_work *items, const int *bfirst, int nblocks,
-    const int *first, int nseg, int *cnt, float *m, float *l, float *acc,
-    float *out, cudaStream_t stream)
-{
-	struct attn_args a;
-
-	if (nseg <= 0)
-		return 0;
-	if (!attn_aligned(k, v, ld_) || out == NULL || cnt == NULL ||
-	    first == NULL)
-		return KVX_CUDA_EINVAL;
-	/* at least one block, which still zeroes the empty segments */
-	attn_args_init(&a, q, k, v, dtype, off, ld_, scale, items, bfirst,
-	    nblocks > 0 ? nblocks : 1, m, l, acc, stream);
-	a.first = first;
-	a.nseg = nseg;
-	a.cnt = cnt;
-	a.out = out;
-	return attn_dispatch(g, d, &a);
-}
-
-/*
- * Balanced lists pay off once each resident block has rows enough to
- * keep its loads in flight (about 2048, measured on an H100); below
- * that, several waves of ~512-row items let blocks that finish early
- * take more work.
- */
-extern "C" int
-kvx_cuda_attn_plan(const int *len, int nseg, int g, int d, int dtype,
-    struct kvx_cuda_work *items, int cap, int *first, int *bfirst,
-    int *nblocks, int *balanced)
-{
-	long long rows = 0;
-	int s, res = kvx_cuda_attn_blocks(g, d, dtype), n;
-
-	if (res < 1)
-		return -1;
-	for (s = 0; s < nseg; s++)
-		rows += len[s] > 0 ? len[s] : 0;
-	if (rows >= (long long)res * KVX_CUDA_BALANCE_ROWS) {
-		n = kvx_cuda_attn_balance(len, nseg, res, items, cap, first,
-		    bfirst);
-		*nblocks = res;
-		*balanced = 1;
-		return n;
-	}
-	n = kvx_cuda_attn_worklist(len, nseg, kvx_cuda_attn_chunk(rows,
-	    kvx_cuda_sm_count()), items, cap, first);
-	*nblocks = n;
-	*balanced = 0;
-	return n;
 }
 
 #define CB_WARPS 8

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <cuda_runtime_api.h>
 
+#include "worklist.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -130,30 +132,7 @@ int	 kvx_cuda_gather(const void *d_ksrc, const void *d_vsrc, void *d_kdst,
 	    int nseg, int max_count, cudaStream_t stream);
 
 /* --- 4. ragged split-K decode attention -------------------------------- */
-/* One work item: rows [r0, r1) of segment seg (seg < 0: a pad, which
- * only kvx_cuda_attn_fused accepts). */
-struct kvx_cuda_work {
-	int	seg, r0, r1, pad;
-};
-/* Rows per work item that fill the device for total_rows rows. */
-int	 kvx_cuda_attn_chunk(long long total_rows, int sm_count);
-/*
- * Host side: cuts each segment of len[s] rows into round(len[s] / chunk)
- * (at least one) items of equal size, in segment order; first[s] ..
- * first[s + 1] are segment s's items.  Returns the item count (at most
- * cap, which len / chunk + nseg + 1 always satisfies; -1 when too small).
- */
-int	 kvx_cuda_attn_worklist(const int *len, int nseg, int chunk,
-	    struct kvx_cuda_work *items, int cap, int *first);
-/*
- * Host side, balanced form: cuts the rows of all segments, laid end to
- * end, into nblk equal ranges, one per block, each cut at segment borders
- * into items; block b's items are bfirst[b] .. bfirst[b + 1] - 1, and
- * first[] is as above.  cap = nblk + nseg always suffices.  Returns the
- * item count or -1.
- */
-int	 kvx_cuda_attn_balance(const int *len, int nseg, int nblk,
-	    struct kvx_cuda_work *items, int cap, int *first, int *bfirst);
+/* The work lists come from runtime/worklist.h (wl_plan and its parts). */
 /* Blocks of the partial kernel resident at once (0 on error). */
 int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
 /*
@@ -167,38 +146,9 @@ int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
  */
 int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    const void *d_v, int dtype, const long long *d_off, int g, int d,
-	    int ld, float scale, const struct kvx_cuda_work *d_items,
+	    int ld, float scale, const struct wl_item *d_items,
 	    const int *d_bfirst, int nblocks, float *d_m, float *d_l,
 	    float *d_acc, cudaStream_t stream);
-/*
- * Partial attention and merge in one launch: as kvx_cuda_attn_partial,
- * and the block that finishes a segment's last item merges its partials
- * into d_out + s*g*d (zeros for segments without items).  d_first[s] ..
- * d_first[s + 1] are segment s's items; items with seg < 0 are skipped
- * (pads of a fixed grid).  d_cnt holds nseg ints that are zero before
- * the launch and zero again after it; a launch that failed may leave
- * them otherwise.
- */
-int	 kvx_cuda_attn_fused(const float *d_q, const void *d_k,
-	    const void *d_v, int dtype, const long long *d_off, int g, int d,
-	    int ld, float scale, const struct kvx_cuda_work *d_items,
-	    const int *d_bfirst, int nblocks, const int *d_first, int nseg,
-	    int *d_cnt, float *d_m, float *d_l, float *d_acc, float *d_out,
-	    cudaStream_t stream);
-/* Rows per resident block from which balanced lists beat chunked ones. */
-#define KVX_CUDA_BALANCE_ROWS 2048
-/*
- * Host side: the work list the library prefers for these lengths:
- * balanced over the resident blocks (kvx_cuda_attn_blocks) when the rows
- * give each at least KVX_CUDA_BALANCE_ROWS, else chunked.  Sets
- * *nblocks (the grid) and *balanced (1: pass bfirst to the kernels,
- * 0: one item a block, pass NULL).  cap = max(resident + nseg,
- * rows / kvx_cuda_attn_chunk(rows) + nseg + 1) suffices.  Returns the
- * item count or -1.
- */
-int	 kvx_cuda_attn_plan(const int *len, int nseg, int g, int d,
-	    int dtype, struct kvx_cuda_work *items, int cap, int *first,
-	    int *bfirst, int *nblocks, int *balanced);
 /* Log-sum-exp merge of each segment's items into d_out + s*g*d. */
 int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 	    const float *d_m, const float *d_l, const float *d_acc,

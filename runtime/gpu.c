@@ -42,6 +42,7 @@
 #include "quant.h"
 #include "select.h"
 #include "util.h"
+#include "worklist.h"
 
 /* Window queries available to the selection, as on the CPU path. */
 #define WIN_MAX 64
@@ -1104,8 +1105,8 @@ a16(size_t n)
  * The device work of one decode step on stream g->cs, over the tables at
  * g->d_step laid out by lo[]: embedding, the layers (the split-K partial
  * attention over a fixed grid of cap items a layer, the surplus empty,
- * then the combine: kvx_cuda_attn_fused measured slower here),
- * and the LM head when head is set.  Issued directly or captured.
+ * then the combine), and the LM head when head is set.  Issued directly
+ * or captured.
  */
 static kvx_status
 step_issue(gpu_ctx *g, int n, int cap, const size_t *lo, int head)
@@ -1124,7 +1125,7 @@ step_issue(gpu_ctx *g, int n, int cap, const size_t *lo, int head)
 		    g->cs)) != 0 ||
 		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
 		    KVX_CUDA_F16, (const long long *)(d + lo[l * 4]), G, D, D,
-		    1.0f / sqrtf((float)D), (const struct kvx_cuda_work *)(d +
+		    1.0f / sqrtf((float)D), (const struct wl_item *)(d +
 		    lo[l * 4 + 3]), NULL, cap, g->pm, g->pl, g->pacc,
 		    g->cs)) != 0 ||
 		    (e = kvx_cuda_attn_combine((const int *)(d + lo[l * 4 + 2]),
@@ -1229,7 +1230,7 @@ step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
 			for (h = 0; h < Hkv; h++)
 				rows += seg_at(g, seqs[i], l, h)->len + 1 +
 				    ahead;
-		chunk[l] = kvx_cuda_attn_chunk(rows, g->sm);
+		chunk[l] = wl_chunk(rows, g->sm);
 		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
 			cap = (int)(rows / chunk[l]) + nseg + 1;
 	}
@@ -1250,7 +1251,7 @@ step_layout(const gpu_ctx *g, int n, int cap, size_t *lo)
 	f[1] = f[0] + a16((size_t)nseg * 8);
 	f[2] = f[1] + a16((size_t)nseg * 8);
 	f[3] = f[2] + a16((size_t)(nseg + 1) * 4);
-	stride = f[3] - f[0] + a16((size_t)cap * sizeof(struct kvx_cuda_work));
+	stride = f[3] - f[0] + a16((size_t)cap * sizeof(struct wl_item));
 	for (l = 0; l < g->L; l++)
 		for (i = 0; i < 4; i++)
 			lo[l * 4 + i] = f[i] + (size_t)l * stride;
@@ -1276,7 +1277,7 @@ step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
 		long long *off = (long long *)(buf + lo[l * 4]);
 		long long *app = (long long *)(buf + lo[l * 4 + 1]);
 		int *first = (int *)(buf + lo[l * 4 + 2]);
-		struct kvx_cuda_work *items = (struct kvx_cuda_work *)(buf +
+		struct wl_item *items = (struct wl_item *)(buf +
 		    lo[l * 4 + 3]);
 
 		for (i = 0; i < n; i++)
@@ -1288,8 +1289,7 @@ step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
 				    (long long)(sg->len + ahead) * D;
 				len[i * Hkv + h] = sg->len + 1 + ahead;
 			}
-		nit = kvx_cuda_attn_worklist(len, nseg, chunk[l], items, cap,
-		    first);
+		nit = wl_chunked(len, nseg, chunk[l], items, cap, first);
 		if (nit < 0)
 			return kvx__fail(KVX_ERR_DEVICE, "work list overflow");
 		memset(items + nit, 0, (size_t)(cap - nit) * sizeof *items);

@@ -1,0 +1,134 @@
+/*
+ * worklist.c - work lists of the split-K decode attention.
+ * SPDX-License-Identifier: MIT
+ */
+#include "config.h"
+
+#include "worklist.h"
+
+/*
+ * Rows per item for a whole number of waves of blocks (three fit on a
+ * multiprocessor) with items of about 512 rows: small items let the
+ * block scheduler even out ragged segments, and a partial costs only
+ * g x d floats against 512 rows of K and V.
+ */
+int
+wl_chunk(long long total_rows, int sm_count)
+{
+	long long slots = 3LL * (sm_count > 0 ? sm_count : 132), waves, c;
+
+	waves = (total_rows + slots * 256) / (slots * 512);
+	if (waves < 1)
+		waves = 1;
+	c = (total_rows + slots * waves - 1) / (slots * waves);
+	return (int)(c < 16 ? 16 : (c > (1 << 30) ? (1 << 30) : c));
+}
+
+/*
+ * Each segment is cut into round(len / chunk) (at least one) parts of
+ * equal size, so that items stay close to chunk rows and balanced.
+ */
+int
+wl_chunked(const int *len, int nseg, int chunk, struct wl_item *items,
+    int cap, int *first)
+{
+	int s, p, np, n = 0;
+
+	if (chunk < 1)
+		return -1;
+	for (s = 0; s < nseg; s++) {
+		first[s] = n;
+		if (len[s] <= 0)
+			continue;
+		np = (int)(((long long)len[s] + chunk / 2) / chunk);
+		np = np < 1 ? 1 : np;
+		for (p = 0; p < np; p++) {
+			if (n >= cap)
+				return -1;
+			items[n].seg = s;
+			items[n].r0 = (int)((long long)len[s] * p / np);
+			items[n].r1 = (int)((long long)len[s] * (p + 1) / np);
+			items[n].pad = 0;
+			n++;
+		}
+	}
+	first[nseg] = n;
+	return n;
+}
+
+/*
+ * Blocks b take rows [b T / nblk, (b + 1) T / nblk) of the T rows of all
+ * segments laid end to end, cut at segment borders into items.
+ */
+int
+wl_balanced(const int *len, int nseg, int nblk, struct wl_item *items,
+    int cap, int *first, int *bfirst)
+{
+	long long total = 0, g0, g1, base = 0;
+	int b, s = 0, n = 0, j;
+
+	if (nblk < 1)
+		return -1;
+	for (j = 0; j < nseg; j++)
+		total += len[j] > 0 ? len[j] : 0;
+	for (b = 0; b < nblk; b++) {
+		bfirst[b] = n;
+		g0 = total * b / nblk;
+		g1 = total * (b + 1) / nblk;
+		while (g0 < g1) {
+			while (s < nseg && base + (len[s] > 0 ? len[s] : 0) <=
+			    g0) {
+				base += len[s] > 0 ? len[s] : 0;
+				s++;
+			}
+			if (n >= cap || s >= nseg)
+				return -1;
+			items[n].seg = s;
+			items[n].r0 = (int)(g0 - base);
+			items[n].r1 = (int)((g1 < base + len[s] ? g1 :
+			    base + len[s]) - base);
+			items[n].pad = 0;
+			g0 = base + items[n].r1;
+			n++;
+		}
+	}
+	bfirst[nblk] = n;
+	for (s = 0, j = 0; s <= nseg; s++) {
+		while (j < n && items[j].seg < s)
+			j++;
+		first[s] = j;
+	}
+	return n;
+}
+
+/*
+ * Balanced lists pay off once each resident block has rows enough to
+ * keep its loads in flight (about 2048, measured on an H100); below
+ * that, several waves of ~512-row items let blocks that finish early
+ * take more work.
+ */
+int
+wl_plan(const int *len, int nseg, int resident, int sm_count,
+    struct wl_item *items, int cap, int *first, int *bfirst, int *nblocks,
+    int *balanced)
+{
+	long long rows = 0;
+	int s, n;
+
+	if (resident < 1)
+		return -1;
+	for (s = 0; s < nseg; s++)
+		rows += len[s] > 0 ? len[s] : 0;
+	if (rows >= (long long)resident * WL_BALANCE_ROWS) {
+		n = wl_balanced(len, nseg, resident, items, cap, first,
+		    bfirst);
+		*nblocks = resident;
+		*balanced = 1;
+		return n;
+	}
+	n = wl_chunked(len, nseg, wl_chunk(rows, sm_count), items, cap,
+	    first);
+	*nblocks = n;
+	*balanced = 0;
+	return n;
+}

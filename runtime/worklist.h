@@ -1,0 +1,62 @@
+/*
+ * worklist.h - the work lists of the split-K decode attention, built on
+ * the host: which rows of which segment each block of the partial kernel
+ * (kvx_cuda_attn_partial) reads.  Plain C, in every build; the kernels
+ * take struct wl_item as it is laid out here.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KVX_WORKLIST_H
+#define KVX_WORKLIST_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One work item: rows [r0, r1) of segment seg (pad keeps it 16 bytes). */
+struct wl_item {
+	int	seg, r0, r1, pad;
+};
+
+/* Rows per resident block from which balanced lists beat chunked ones. */
+#define WL_BALANCE_ROWS 2048
+
+/* Rows per work item that fill a device of sm_count multiprocessors for
+ * total_rows rows. */
+int	 wl_chunk(long long total_rows, int sm_count);
+/*
+ * Chunked form, one item a block: cuts each segment of len[s] rows into
+ * round(len[s] / chunk) (at least one) items of equal size, in segment
+ * order; a segment of no rows has none.  first[s] .. first[s + 1] are
+ * segment s's items.  Returns the item count (at most cap, which
+ * len / chunk + nseg + 1 always satisfies; -1 when too small).
+ */
+int	 wl_chunked(const int *len, int nseg, int chunk,
+	    struct wl_item *items, int cap, int *first);
+/*
+ * Balanced form: cuts the rows of all segments, laid end to end, into
+ * nblk equal ranges, one per block, each cut at segment borders into
+ * items; block b's items are bfirst[b] .. bfirst[b + 1] - 1, and first[]
+ * is as above.  cap = nblk + nseg always suffices.  Returns the item
+ * count or -1.
+ */
+int	 wl_balanced(const int *len, int nseg, int nblk,
+	    struct wl_item *items, int cap, int *first, int *bfirst);
+/*
+ * The list the library prefers for these lengths on a device with
+ * resident blocks of the partial kernel at once (kvx_cuda_attn_blocks)
+ * and sm_count multiprocessors: balanced over the resident blocks when
+ * the rows give each at least WL_BALANCE_ROWS, else chunked
+ * (wl_chunk).  Sets *nblocks (the grid) and *balanced (1: pass bfirst
+ * to the kernels, 0: one item a block, pass NULL).  cap = max(resident
+ * + nseg, rows / wl_chunk(rows, sm_count) + nseg + 1) suffices.  Returns
+ * the item count or -1.
+ */
+int	 wl_plan(const int *len, int nseg, int resident, int sm_count,
+	    struct wl_item *items, int cap, int *first, int *bfirst,
+	    int *nblocks, int *balanced);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
