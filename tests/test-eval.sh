@@ -181,6 +181,10 @@ check "unknown option: exit 2" expect 2 "unknown option --bogus" -m "$M" \
     --text "$text" --bogus
 check "a word that belongs to no option: exit 2" \
     expect 2 "unexpected argument 'stray'" -m "$M" --context 64 stray
+check "a prefix of two options: exit 2" expect 2 "option --cont is ambiguous" \
+    -m "$M" --text "$text" --cont 64
+check "a unique prefix is the option" expect 2 "--continuation: 'x'" \
+    -m "$M" --text "$text" --contin=x
 
 # --- the manual documents the options --help lists, and no others -------------
 help=$("$eval_bin" --help |

@@ -198,6 +198,24 @@ take(const struct opt *o, void *set, const char *arg, int argc,
 	return OPT_OK;
 }
 
+/* How many long names start with the name in "--name[=value]"; 1 for an
+ * exact match, which getopt_long takes whatever else it prefixes. */
+static int
+prefix_matches(const struct opt_cmd *cmd, const char *as)
+{
+	size_t len = strcspn(as + 2, "=");
+	int i, n = 0;
+
+	for (i = 0; i < cmd->n_opts; i++) {
+		if (strncmp(cmd->opts[i].name, as + 2, len) != 0)
+			continue;
+		if (cmd->opts[i].name[len] == '\0')
+			return 1;
+		n++;
+	}
+	return n;
+}
+
 /* Describe the option getopt_long could not take (it returned ch). */
 static void
 scan_error(const struct opt_cmd *cmd, int ch, char **argv, char *err,
@@ -214,6 +232,9 @@ scan_error(const struct opt_cmd *cmd, int ch, char **argv, char *err,
 	else if (optopt != 0)
 		snprintf(err, size, "unknown option -%c (see %s --help)",
 		    optopt, cmd->prog);
+	else if (strncmp(as, "--", 2) == 0 && prefix_matches(cmd, as) > 1)
+		snprintf(err, size, "option %.*s is ambiguous (see %s --help)",
+		    (int)strcspn(as, "="), as, cmd->prog);
 	else
 		snprintf(err, size, "unknown option %s (see %s --help)", as,
 		    cmd->prog);
