@@ -3,6 +3,10 @@
  * sel_score and sel_pool in runtime/select.c.
  * SPDX-License-Identifier: MIT
  */
+#include <pthread.h>
+
+#include <atomic>
+
 #include "device.cuh"
 
 /*
@@ -414,6 +418,38 @@ score_prob_lg(const float *lg, int max_n, const int *nrow, int g, int w,
 	score[soff[s] + t] = gqa == 1 ? res : res / (float)g;
 }
 
+/*
+ * Lets the scoring kernels of one storage type and query width use smb
+ * bytes of dynamic shared memory.  The limit only rises: it is raised
+ * under a lock, and read without one once high enough, so that contexts
+ * on several threads may score at once.
+ */
+template <typename T, int QR>
+static int
+score_smem_allow(size_t smb)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static std::atomic<size_t> raised(48 * 1024);
+	int rc = 0;
+
+	if (smb <= raised.load(std::memory_order_acquire))
+		return 0;
+	pthread_mutex_lock(&lock);
+	if (smb > raised.load(std::memory_order_relaxed)) {
+		if (cudaFuncSetAttribute(score_stats<T, QR>,
+		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
+		    cudaSuccess ||
+		    cudaFuncSetAttribute(score_prob<T, QR>,
+		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
+		    cudaSuccess)
+			rc = launched();
+		else
+			raised.store(smb, std::memory_order_release);
+	}
+	pthread_mutex_unlock(&lock);
+	return rc;
+}
+
 /* The three scoring launches for one storage type and query width. */
 template <typename T, int QR>
 static int
@@ -422,23 +458,14 @@ score_run_q(const float *q, long long qhs, long long qps, const T *k,
     int d, int ld_, float s2, int gqa, const long long *soff, void *scratch,
     size_t sbytes, float *score, cudaStream_t stream)
 {
-	static size_t raised;
-	int nt = score_tiles(max_n), nq = nseg * g * w;
+	int nt = score_tiles(max_n), nq = nseg * g * w, rc;
 	float2 *stats = (float2 *)scratch, *ms = stats + (size_t)nq * nt;
 	float *lg = sbytes >= kvx_cuda_score_scratch(nseg, g, w, max_n, 1) ?
 	    (float *)(ms + nq) : NULL;
 	size_t smb = score_smem(g, d);
 
-	if (smb > 48 * 1024 && smb > raised) {
-		if (cudaFuncSetAttribute(score_stats<T, QR>,
-		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
-		    cudaSuccess ||
-		    cudaFuncSetAttribute(score_prob<T, QR>,
-		    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smb) !=
-		    cudaSuccess)
-			return launched();
-		raised = smb;
-	}
+	if (smb > 48 * 1024 && (rc = score_smem_allow<T, QR>(smb)) != 0)
+		return rc;
 	score_stats<T, QR><<<dim3(nt, nseg), SC_W * 32, smb, stream>>>(q, qhs,
 	    qps, k, koff, n, g, w, d, ld_, s2, nt, stats, lg, max_n);
 	score_merge<<<(nq + 7) / 8, 256, 0, stream>>>(stats, nq, nt, w, ms);

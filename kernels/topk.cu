@@ -5,6 +5,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include <limits.h>
+#include <pthread.h>
 
 #include "device.cuh"
 
@@ -455,13 +456,32 @@ hybrid_split_k(const float *pooled, const long long *soff, int c0, int h,
 	}
 }
 
+/*
+ * The split kernels keep up to HS_KEYS keys in shared memory; the limit
+ * is raised once for every thread, and what that returned (0 or a CUDA
+ * error) kept for all calls.
+ */
+static pthread_once_t hs_once = PTHREAD_ONCE_INIT;
+static int hs_allowed;
+
+static void
+hs_allow(void)
+{
+	if (cudaFuncSetAttribute(hybrid_split_k,
+	    cudaFuncAttributeMaxDynamicSharedMemorySize, HS_KEYS * 4) !=
+	    cudaSuccess ||
+	    cudaFuncSetAttribute(hybrid_floor_k,
+	    cudaFuncAttributeMaxDynamicSharedMemorySize, HS_KEYS * 4) !=
+	    cudaSuccess)
+		hs_allowed = launched();
+}
+
 extern "C" int
 kvx_cuda_hybrid_split(const float *pooled, const long long *soff, int c0,
     int h, int n_cand, int total, int floor_, int *counts, int *scratch,
     const struct kvx_cuda_hlayout *lay, long long *dst, int *keep,
     cudaStream_t stream)
 {
-	static int ready;
 	struct kvx_cuda_hlayout none = { 0, 0, 0, 0, 0, 0 };
 	int f, r, nc = n_cand, tot = total;
 	long long nk;
@@ -475,16 +495,9 @@ kvx_cuda_hybrid_split(const float *pooled, const long long *soff, int c0,
 	nk = (long long)h * nc;
 	if (nk > INT_MAX)
 		return KVX_CUDA_EINVAL;
-	if (!ready) {
-		if (cudaFuncSetAttribute(hybrid_split_k,
-		    cudaFuncAttributeMaxDynamicSharedMemorySize,
-		    HS_KEYS * 4) != cudaSuccess ||
-		    cudaFuncSetAttribute(hybrid_floor_k,
-		    cudaFuncAttributeMaxDynamicSharedMemorySize,
-		    HS_KEYS * 4) != cudaSuccess)
-			return launched();
-		ready = 1;
-	}
+	pthread_once(&hs_once, hs_allow);
+	if (hs_allowed != 0)
+		return hs_allowed;
 	if (f > 0 && f < nc)
 		hybrid_floor_k<<<h, SEL_T, nc <= HS_KEYS ? (size_t)nc * 4 : 0,
 		    stream>>>(pooled, soff, c0, nc, f, nc <= HS_KEYS,

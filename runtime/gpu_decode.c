@@ -1,0 +1,453 @@
+/*
+ * gpu_decode.c - batched decode steps on the device.
+ * SPDX-License-Identifier: MIT
+ *
+ * Each step builds, per layer, the segments' table and the split-K work
+ * list on the host and uploads them in one copy; the step's launches run
+ * as one CUDA graph, captured again only when the batch, the item count
+ * or a buffer changes.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_impl.h"
+#include "util.h"
+
+/*
+ * Where the tables of a decode step lie in h_step and d_step, as byte
+ * offsets: the token ids, their positions, then per layer the tables
+ * step_fill writes.
+ */
+struct step_lay {
+	size_t			 ids, pos;
+	struct step_ltab {
+		size_t	off;	/* long long a segment: its row 0 */
+		size_t	app;	/* long long a segment: the new row */
+		size_t	first;	/* int a segment, and one more */
+		size_t	items;	/* cap struct wl_item */
+	}			*l;	/* one a layer */
+};
+
+/* Round up to 16 bytes. */
+static size_t
+a16(size_t n)
+{
+	return (n + 15) & ~(size_t)15;
+}
+
+/*
+ * The device work of one decode step on the context's stream, over the
+ * tables at g->d_step laid out by lo: embedding, the layers (the split-K
+ * partial attention over a fixed grid of cap items a layer, the surplus
+ * empty, then the combine), and the LM head when head is set.  Issued
+ * directly or captured.
+ */
+static kvx_status
+step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
+    int head)
+{
+	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv, l, e;
+	char *d = g->d_step;
+	kvx_status rc;
+
+	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, g->stream));
+	for (l = 0; l < g->L; l++) {
+		const struct step_ltab *t = &lo->l[l];
+
+		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
+			return rc;
+		if ((e = kvx_cuda_kv_store(g->qkv + g->H * D, g->qkv + (g->H +
+		    Hkv) * D, g->NQKV, n, Hkv, D,
+		    (const long long *)(d + t->app), g->kbase, g->vbase,
+		    g->stream)) != 0 ||
+		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
+		    KVX_CUDA_F16, (const long long *)(d + t->off), G, D, D,
+		    1.0f / sqrtf((float)D),
+		    (const struct wl_item *)(d + t->items), NULL, cap, g->pm,
+		    g->pl, g->pacc, g->stream)) != 0 ||
+		    (e = kvx_cuda_attn_combine((const int *)(d + t->first),
+		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, g->stream)) != 0)
+			return gpu__cuda_fail(e, __FILE__, __LINE__,
+			    "decode attention");
+		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
+			return rc;
+	}
+	return head ? gpu__lm_head(g, 0, n) : KVX_OK;
+}
+
+/*
+ * Captures the step into g->gx (replacing the old graph) for batch n and
+ * cap items a layer; the buffers it names are remembered so that a
+ * regrown buffer forces a new capture.
+ */
+static kvx_status
+step_capture(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
+    int head)
+{
+	cudaGraph_t gr = NULL;
+	kvx_status rc;
+	int e;
+
+	if (g->gx != NULL) {
+		cudaGraphExecDestroy(g->gx);
+		g->gx = NULL;
+	}
+	/* thread-local: other threads' contexts may allocate meanwhile */
+	if ((e = cudaStreamBeginCapture(g->stream,
+	    cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
+		return gpu__cuda_fail(e, __FILE__, __LINE__, "graph capture");
+	rc = step_issue(g, n, cap, lo, head);
+	e = cudaStreamEndCapture(g->stream, &gr);
+	if (rc == KVX_OK && e != cudaSuccess)
+		rc = gpu__cuda_fail(e, __FILE__, __LINE__, "graph capture");
+	if (rc == KVX_OK && (e = cudaGraphInstantiate(&g->gx, gr, 0)) !=
+	    cudaSuccess) {
+		g->gx = NULL;
+		rc = gpu__cuda_fail(e, __FILE__, __LINE__,
+		    "graph instantiation");
+	}
+	if (gr != NULL)
+		cudaGraphDestroy(gr);
+	if (rc != KVX_OK) {
+		cudaGetLastError();
+		return rc;
+	}
+	g->gx_n = n;
+	g->gx_cap = cap;
+	g->gx_head = head;
+	g->gx_key[0] = g->d_step;
+	g->gx_key[1] = g->pm;
+	g->gx_key[2] = g->x;
+	g->gx_key[3] = g->logits;
+	g->gx_key[4] = g->ids;
+	return KVX_OK;
+}
+
+/* 1 when the captured graph fits a step of batch n, cap items a layer. */
+static int
+graph_fits(const gpu_ctx *g, int n, int cap, int head)
+{
+	return g->gx != NULL && g->gx_n == n && g->gx_cap >= cap &&
+	    g->gx_head == head && g->gx_key[0] == g->d_step &&
+	    g->gx_key[1] == g->pm && g->gx_key[2] == g->x &&
+	    g->gx_key[3] == g->logits && g->gx_key[4] == g->ids;
+}
+
+/*
+ * Item capacity a layer of a step over seqs whose segments will hold
+ * len + 1 + ahead rows, and each layer's chunk: the graph's capacity
+ * when the graph fits, else the need plus room to grow, so that a graph
+ * outlives many steps.  Per layer at most nseg + rows / chunk + 1 items.
+ */
+static int
+step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
+    int *chunk)
+{
+	int Hkv = g->Hkv, nseg = n * Hkv, i, l, h, cap = 0;
+
+	for (l = 0; l < g->L; l++) {
+		long long rows = 0;
+
+		for (i = 0; i < n; i++)
+			for (h = 0; h < Hkv; h++)
+				rows += seg_at(g, seqs[i], l, h)->len + 1 +
+				    ahead;
+		chunk[l] = wl_chunk(rows, g->sm);
+		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
+			cap = (int)(rows / chunk[l]) + nseg + 1;
+	}
+	if (graph_fits(g, n, cap, head))
+		return g->gx_cap;
+	return cap + cap / 4 + 16;
+}
+
+/* Lays out the tables of a step of batch n and cap items a layer in
+ * lo; returns their bytes. */
+static size_t
+step_layout(const gpu_ctx *g, int n, int cap, struct step_lay *lo)
+{
+	size_t nseg = (size_t)n * g->Hkv, at;
+	int l;
+
+	lo->ids = 0;
+	lo->pos = a16((size_t)n * sizeof(int32_t));
+	at = lo->pos + a16((size_t)n * sizeof(int));
+	for (l = 0; l < g->L; l++) {
+		lo->l[l].off = at;
+		lo->l[l].app = lo->l[l].off + a16(nseg * sizeof(long long));
+		lo->l[l].first = lo->l[l].app + a16(nseg * sizeof(long long));
+		lo->l[l].items = lo->l[l].first + a16((nseg + 1) *
+		    sizeof(int));
+		at = lo->l[l].items + a16((size_t)cap * sizeof(struct wl_item));
+	}
+	return at;
+}
+
+/*
+ * The tables of that step in buf (all but the token ids): positions, and
+ * per layer the segment offsets, the append offsets, each segment's
+ * first item and the split-K items, padded to cap with empty items past
+ * every segment's range (never combined).  len: nseg ints of scratch.
+ */
+static kvx_status
+step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
+    const int *chunk, const struct step_lay *lo, char *buf, int *len)
+{
+	int Hkv = g->Hkv, D = g->D, nseg = n * Hkv, i, l, h, nit;
+
+	for (i = 0; i < n; i++)
+		((int *)(buf + lo->pos))[i] = g->npos[seqs[i]] + ahead;
+	for (l = 0; l < g->L; l++) {
+		long long *off = (long long *)(buf + lo->l[l].off);
+		long long *app = (long long *)(buf + lo->l[l].app);
+		int *first = (int *)(buf + lo->l[l].first);
+		struct wl_item *items = (struct wl_item *)(buf +
+		    lo->l[l].items);
+
+		for (i = 0; i < n; i++)
+			for (h = 0; h < Hkv; h++) {
+				gseg *sg = seg_at(g, seqs[i], l, h);
+
+				off[i * Hkv + h] = sg->off;
+				app[i * Hkv + h] = sg->off +
+				    (long long)(sg->len + ahead) * D;
+				len[i * Hkv + h] = sg->len + 1 + ahead;
+			}
+		nit = wl_chunked(len, nseg, chunk[l], items, cap, first);
+		if (nit < 0)
+			return kvx__fail(KVX_ERR_DEVICE, "work list overflow");
+		memset(items + nit, 0, (size_t)(cap - nit) * sizeof *items);
+	}
+	return KVX_OK;
+}
+
+/* Pinned host buffer *p of at least need bytes (*have its size). */
+static kvx_status
+host_room(char **p, size_t *have, size_t need)
+{
+	if (need <= *have)
+		return KVX_OK;
+	cudaFreeHost(*p);
+	*p = NULL;
+	*have = 0;
+	if (cudaMallocHost((void **)p, need) != cudaSuccess) {
+		cudaGetLastError();
+		*p = NULL;
+		return kvx__fail(KVX_ERR_NOMEM, "cannot allocate the decode "
+		    "tables");
+	}
+	*have = need;
+	return KVX_OK;
+}
+
+/*
+ * One token for each of n distinct sequences.  Grows full segments
+ * first; then the step's tables, laid out on the host (step_fill), go up
+ * in one upload and the graph runs (captured again only when the batch,
+ * the item count or a buffer changes).  While it runs, the host lays
+ * out the tables of the next step of the same batch (every segment one
+ * row longer), which that step uses unless the batch or any segment
+ * changed in between (g->gen), so that the host's part of a step
+ * overlaps the device's.
+ */
+static kvx_status
+decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
+    float *logits)
+{
+	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
+	int i, l, h, cap, caps[SEL_MAX_KV_HEADS] = { 0 }, *len = NULL;
+	int *chunk = NULL, head = logits != NULL || g->head, pre;
+	size_t need;
+	struct step_lay lay = { 0, 0, NULL };
+	double t0 = 0.0, t1;
+	kvx_status rc;
+
+	if ((rc = gpu__ensure_fw(g, n)) != KVX_OK ||
+	    (head && (rc = gpu__ensure_logits(g, n)) != KVX_OK))
+		return rc;
+	for (i = 0; i < n; i++)
+		for (l = 0; l < g->L; l++) {
+			int grow = 0;
+
+			for (h = 0; h < Hkv; h++) {
+				gseg *sg = seg_at(g, seqs[i], l, h);
+
+				caps[h] = sg->cap;
+				if (sg->len + 1 > sg->cap) {
+					int add = sg->cap / 2 > 64 ? sg->cap /
+					    2 : 64;
+
+					/* a segment never needs more than
+					   n_ctx rows: stay inside a chunk */
+					caps[h] = sg->cap + add;
+					if (caps[h] > g->p.n_ctx + 64)
+						caps[h] = g->p.n_ctx + 64;
+					grow = 1;
+				}
+			}
+			if (grow && (rc = gpu__blk_move(g, seqs[i], l, caps)) !=
+			    KVX_OK)
+				return rc;
+		}
+	if (g->timing) {
+		CK(cudaStreamSynchronize(g->stream));
+		t0 = kvx__now();
+	}
+	len = kvx__malloc_array((size_t)nseg, sizeof(int));
+	chunk = kvx__malloc_array((size_t)g->L, sizeof(int));
+	lay.l = kvx__malloc_array((size_t)g->L, sizeof *lay.l);
+	if (len == NULL || chunk == NULL || lay.l == NULL) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* the tables laid out during the last step, if still right */
+	pre = g->pre_ok && g->pre_n == n && g->pre_gen == g->gen &&
+	    g->pre_head == head && memcmp(g->pre_seqs, seqs, (size_t)n *
+	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head) &&
+	    g->gx_cap == g->pre_cap;
+	g->pre_ok = 0;
+	if (pre) {
+		char *t = g->h_step;
+		size_t tc = g->step_cap;
+
+		g->h_step = g->h_pre;
+		g->step_cap = g->pre_room;
+		g->h_pre = t;
+		g->pre_room = tc;
+		cap = g->pre_cap;
+		need = step_layout(g, n, cap, &lay);
+	} else {
+		cap = step_items(g, n, seqs, 0, head, chunk);
+		need = step_layout(g, n, cap, &lay);
+		if ((rc = host_room(&g->h_step, &g->step_cap, need)) != KVX_OK)
+			goto out;
+		if ((rc = step_fill(g, n, seqs, 0, cap, chunk, &lay, g->h_step,
+		    len)) != KVX_OK)
+			goto out;
+	}
+	memcpy(g->h_step + lay.ids, ids, (size_t)n * sizeof(int32_t));
+	if (g->timing)
+		g->st.decode_host_s += kvx__now() - t0;
+	if (need > g->dstep_room) {
+		g->dstep_room = 0;
+		if ((rc = gpu__regrow((void **)&g->d_step, need)) != KVX_OK)
+			goto out;
+		g->dstep_room = need;
+	}
+	if (cap > g->part_cap) {
+		g->part_cap = 0;
+		if ((rc = gpu__regrow((void **)&g->pm, (size_t)cap * G * 4)) !=
+		    KVX_OK ||
+		    (rc = gpu__regrow((void **)&g->pl, (size_t)cap * G * 4)) !=
+		    KVX_OK ||
+		    (rc = gpu__regrow((void **)&g->pacc, (size_t)cap * G * D *
+		    4)) != KVX_OK)
+			goto out;
+		g->part_cap = cap;
+	}
+	if (cudaMemcpyAsync(g->d_step, g->h_step, need,
+	    cudaMemcpyHostToDevice, g->stream) != cudaSuccess ||
+	    cudaMemcpyAsync(g->ids, g->d_step + lay.ids, (size_t)n * 4,
+	    cudaMemcpyDeviceToDevice, g->stream) != cudaSuccess ||
+	    cudaMemcpyAsync(g->pos, g->d_step + lay.pos,
+	    (size_t)n * 4, cudaMemcpyDeviceToDevice, g->stream) !=
+	    cudaSuccess) {
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table upload "
+		    "failed", __FILE__, __LINE__);
+		goto out;
+	}
+	if (g->nograph)
+		rc = step_issue(g, n, cap, &lay, head);
+	else {
+		if (!graph_fits(g, n, cap, head))
+			rc = step_capture(g, n, cap, &lay, head);
+		if (rc == KVX_OK && cudaGraphLaunch(g->gx, g->stream) !=
+		    cudaSuccess)
+			rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: graph launch "
+			    "failed", __FILE__, __LINE__);
+	}
+	if (rc != KVX_OK)
+		goto out;
+	if (logits != NULL && cudaMemcpyAsync(logits, g->logits, (size_t)n *
+	    g->V * 4, cudaMemcpyDeviceToHost, g->stream) != cudaSuccess) {
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: logits copy failed",
+		    __FILE__, __LINE__);
+		goto out;
+	}
+	/* meanwhile, the next step's tables: only when no segment will
+	   need to grow and the graph will still fit */
+	t1 = kvx__now();
+	for (i = 0, pre = 1; i < n && pre; i++)
+		for (l = 0; l < g->L && pre; l++)
+			for (h = 0; h < Hkv; h++)
+				if (seg_at(g, seqs[i], l, h)->len + 2 >
+				    seg_at(g, seqs[i], l, h)->cap)
+					pre = 0;
+	if (pre && n <= g->pre_max &&
+	    (cap = step_items(g, n, seqs, 1, head, chunk)) == g->gx_cap &&
+	    graph_fits(g, n, cap, head) && step_layout(g, n, cap, &lay) ==
+	    need && host_room(&g->h_pre, &g->pre_room, need) == KVX_OK &&
+	    step_fill(g, n, seqs, 1, cap, chunk, &lay, g->h_pre, len) ==
+	    KVX_OK) {
+		memcpy(g->pre_seqs, seqs, (size_t)n * sizeof(int));
+		g->pre_n = n;
+		g->pre_cap = cap;
+		g->pre_head = head;
+		g->pre_gen = g->gen;
+		g->pre_ok = 1;
+	}
+	if (g->timing)
+		g->st.decode_ahead_s += kvx__now() - t1;
+	/* the tables stay in use until the step ends */
+	if (cudaStreamSynchronize(g->stream) != cudaSuccess) {
+		g->pre_ok = 0;
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode step failed: %s",
+		    __FILE__, __LINE__, cudaGetErrorString(cudaGetLastError()));
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		for (l = 0; l < g->L; l++)
+			for (h = 0; h < Hkv; h++)
+				seg_at(g, seqs[i], l, h)->len++;
+		g->npos[seqs[i]]++;
+	}
+	if (g->timing) {
+		g->st.decode_s += kvx__now() - t0;
+		g->st.decode_tokens += n;
+	}
+out:
+	free(len);
+	free(chunk);
+	free(lay.l);
+	return rc;
+}
+
+kvx_status
+gpu_decode(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
+    float *logits)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= g->V)
+			return kvx__fail(KVX_ERR_ARG, "token id %d out of range "
+			    "[0, %d)", ids[i], g->V);
+	return decode_step(g, n, seqs, ids, logits);
+}
+
+kvx_status
+gpu_extend(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
+{
+	kvx_status rc;
+	int i;
+
+	/* token by token: each sees the cache and the tokens before it */
+	for (i = 0; i < n; i++)
+		if ((rc = gpu_decode(g, 1, &s, ids + i, logits != NULL ?
+		    logits + (size_t)i * g->V : NULL)) != KVX_OK)
+			return rc;
+	return KVX_OK;
+}

@@ -1,0 +1,157 @@
+/*
+ * gpu_impl.h - what the parts of the CUDA back end share: the context,
+ * its K/V arena and the forward's layers.  gpu_arena.c holds the weights
+ * and the arena, gpu_prefill.c the prefill and its compression,
+ * gpu_decode.c the batched decode steps, gpu.c the context's life, the
+ * layers both passes run and the sequences.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef KVX_GPU_IMPL_H
+#define KVX_GPU_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "../kernels/kvx_cuda.h"
+#include "gpu.h"
+#include "model.h"
+#include "select.h"
+#include "worklist.h"
+
+/* Query rows per block of the prefill attention. */
+#define QBLK 1024
+/* Bytes of each half (K, V) of an arena chunk, at least. */
+#define CHUNK_HALF ((size_t)64 << 20)
+/* Scoring scratch that may hold the window logits (else computed twice) */
+#define SCORE_KEEP ((size_t)256 << 20)
+/* cuBLAS workspace bytes (its advice for Hopper) */
+#define BLAS_WS ((size_t)32 << 20)
+
+typedef struct gseg {
+	long long	off;	/* element offset of row 0 from the K base */
+	int		len, cap;
+} gseg;
+
+typedef struct gblk {
+	int		chunk;	/* -1: none */
+	size_t		at, bytes;
+} gblk;
+
+typedef struct gchunk {
+	char		*base;	/* K half; V half at base + half */
+	size_t		 top, live;
+} gchunk;
+
+typedef struct glayer {
+	void		*wqkv, *wo, *wgu, *wd;	/* fp16 */
+	float		*an, *fn;
+} glayer;
+
+struct gpu_ctx {
+	kvx_model	*m;
+	kvx_plan	*plan;
+	kvx_ctx_params	 p;
+	int		 E, H, Hkv, D, F, V, L, NQKV;
+	cublasHandle_t	 blas;
+	int		 sm;
+	/* weights */
+	glayer		*lw;
+	void		*embd, *out;	/* fp16; out may alias embd */
+	float		*onorm;
+	/* K/V arena */
+	gchunk		*ch;
+	int		 nch, capch;
+	size_t		 half;
+	char		*kbase, *vbase;
+	gseg		*seg;		/* [seq][layer][head] */
+	gblk		*blk;		/* [seq][layer] */
+	int		*npos;
+	/* forward scratch, for up to tmax tokens */
+	int		 tmax, lrows;
+	float		*x, *qkv, *q, *att, *gu, *logits;
+	void		*xh;
+	int		*ids, *pos;
+	/* prefill scratch, for up to pmax tokens */
+	int		 pmax;
+	void		*qh, *kt, *vt, *P;
+	float		*S, *score, *pooled;
+	void		*sscr;
+	size_t		 sscr_bytes;
+	int		*idx, *cnt;	/* kept rows, their counts */
+	int		*split, *split_scr;	/* in cnt: hybrid layers'
+						   counts, their scratch */
+	void		*tab;		/* small per-layer tables */
+	/* decode step tables */
+	char		*h_step, *d_step;
+	size_t		 step_cap, dstep_room;	/* bytes of h_step, d_step */
+	/* the next step's tables, laid out while a step runs (decode_step) */
+	char		*h_pre;
+	size_t		 pre_room;
+	int		*pre_seqs, pre_max, pre_n, pre_cap, pre_head, pre_ok;
+	unsigned long	 gen, pre_gen;	/* gen: bumped by every change of
+					   blocks */
+	float		*pm, *pl, *pacc;
+	int		 part_cap;	/* items the partial buffers hold */
+	int		 timing, head;
+	/* all the context's device work, decode steps as one CUDA graph */
+	cudaStream_t	 stream;	/* its own, non-blocking */
+	void		*blas_ws;	/* cuBLAS workspace, fixed for graphs */
+	cudaGraphExec_t	 gx;
+	int		 gx_n, gx_cap, gx_head, nograph;
+	const void	*gx_key[8];	/* buffers the graph was made with */
+	cudaEvent_t	*ev;		/* 4 a layer, timing the compression */
+	gpu_stats	 st;
+};
+
+/* A failed CUDA call or kernel launch, or cuBLAS call, with where it
+ * happened. */
+kvx_status	 gpu__cuda_fail(int code, const char *file, int line,
+		     const char *what);
+kvx_status	 gpu__blas_fail(int code, const char *file, int line);
+
+#define CK(x) do {							\
+	int ck_ = (int)(x);						\
+	if (ck_ != 0)							\
+		return gpu__cuda_fail(ck_, __FILE__, __LINE__, #x);	\
+} while (0)
+#define CB(x) do {							\
+	cublasStatus_t cb_ = (x);					\
+	if (cb_ != CUBLAS_STATUS_SUCCESS)				\
+		return gpu__blas_fail((int)cb_, __FILE__, __LINE__);	\
+} while (0)
+
+/* The segment of (sequence s, layer l, KV head h) and the block of
+ * (s, l). */
+static inline gseg *
+seg_at(const gpu_ctx *g, int s, int l, int h)
+{
+	return &g->seg[((size_t)s * g->L + l) * g->Hkv + h];
+}
+
+static inline gblk *
+blk_at(const gpu_ctx *g, int s, int l)
+{
+	return &g->blk[(size_t)s * g->L + l];
+}
+
+/* gpu_arena.c */
+kvx_status	 gpu__upload_weights(gpu_ctx *);
+kvx_status	 gpu__chunk_add(gpu_ctx *);
+void		 gpu__blk_free(gpu_ctx *, int s, int l);
+kvx_status	 gpu__blk_alloc(gpu_ctx *, int s, int l, const int *caps);
+kvx_status	 gpu__blk_move(gpu_ctx *, int s, int l, const int *caps);
+kvx_status	 gpu__regrow(void **p, size_t bytes);
+
+/* gpu.c: the forward's buffers and layers */
+kvx_status	 gpu__ensure_fw(gpu_ctx *, int t);
+kvx_status	 gpu__ensure_logits(gpu_ctx *, int n);
+kvx_status	 gpu__gemm(gpu_ctx *, const void *W, int rows, int cols,
+		     const void *X, int T, float *Y, int ldy, float beta);
+kvx_status	 gpu__qkv_rope(gpu_ctx *, int l, int T);
+kvx_status	 gpu__out_ffn(gpu_ctx *, int l, int T);
+kvx_status	 gpu__lm_head(gpu_ctx *, int r0, int n);
+
+#endif

@@ -1,0 +1,413 @@
+/*
+ * gpu_prefill.c - prefill of one sequence on the device, with per-layer
+ * compression to the plan.
+ * SPDX-License-Identifier: MIT
+ *
+ * Each layer's K/V of the whole prompt go to a scratch buffer, causal
+ * attention runs on them with batched GEMMs, then the layer is scored,
+ * selected and gathered into blocks sized to the plan (kept rows plus
+ * decode headroom), so the full cache exists for one layer at a time.
+ * Hybrid plans split each layer's budget over its heads on the device
+ * too; the host reads the heads' counts once, after the last layer, so
+ * the prefill never waits.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu_impl.h"
+#include "plan.h"
+#include "util.h"
+
+/*
+ * The table of a layer's compression on the device (g->tab), per KV
+ * head: koff, soff and n go up once a prefill, at layer 0; lay each
+ * static layer, or the hybrid split writes it.
+ */
+struct ptab {
+	/* its keys in the K scratch; its scores, pooled scores and kept
+	   rows; its rows (the prompt) */
+	long long	koff[SEL_MAX_KV_HEADS];
+	long long	soff[SEL_MAX_KV_HEADS];
+	int		n[SEL_MAX_KV_HEADS];
+	/* its segment, and the rows it keeps */
+	struct ptab_lay {
+		long long	dst[SEL_MAX_KV_HEADS];
+		int		keep[SEL_MAX_KV_HEADS];
+	} lay;
+};
+
+/* Device address of member f of the table. */
+#define PTAB(g, f) ((void *)((char *)(g)->tab + offsetof(struct ptab, f)))
+
+/* Window queries the selection takes after a prompt of n tokens. */
+static int
+window(int n)
+{
+	return n < KVX_WINDOW_MAX ? n : KVX_WINDOW_MAX;
+}
+
+/* Prefill buffers for n prompt tokens. */
+static kvx_status
+ensure_prefill(gpu_ctx *g, int n)
+{
+	size_t N = (size_t)n, qb = N < QBLK ? N : QBLK, G = g->H / g->Hkv;
+	size_t kvr = N * g->Hkv * g->D * 2, sbytes;
+	int w = g->plan != NULL ? g->plan->window : 1;
+	kvx_status rc;
+
+	if (n <= g->pmax)
+		return KVX_OK;
+	g->pmax = 0;
+	/* the scoring keeps its logits between passes up to SCORE_KEEP */
+	w = w < 1 ? 1 : (w > KVX_WINDOW_MAX ? KVX_WINDOW_MAX : w);
+	sbytes = kvx_cuda_score_scratch(g->Hkv, (int)G, w, n, 1);
+	if (sbytes > SCORE_KEEP)
+		sbytes = kvx_cuda_score_scratch(g->Hkv, (int)G, w, n, 0);
+	if ((rc = gpu__regrow(&g->qh, N * g->H * g->D * 2)) != KVX_OK ||
+	    (rc = gpu__regrow(&g->kt, kvr)) != KVX_OK ||
+	    (rc = gpu__regrow(&g->vt, kvr)) != KVX_OK ||
+	    (rc = gpu__regrow((void **)&g->S, G * qb * N * 4)) != KVX_OK ||
+	    (rc = gpu__regrow(&g->P, G * qb * N * 2)) != KVX_OK ||
+	    (rc = gpu__regrow((void **)&g->score, (size_t)g->Hkv * N * 4)) !=
+	    KVX_OK ||
+	    (rc = gpu__regrow((void **)&g->pooled, (size_t)g->Hkv * N * 4)) !=
+	    KVX_OK ||
+	    (rc = gpu__regrow(&g->sscr, sbytes)) != KVX_OK ||
+	    (rc = gpu__regrow((void **)&g->idx, (size_t)g->Hkv * N * 4)) !=
+	    KVX_OK ||
+	    (rc = gpu__regrow((void **)&g->cnt, (size_t)(g->L + 3) * g->Hkv *
+	    sizeof(int))) != KVX_OK ||
+	    (rc = gpu__regrow(&g->tab, sizeof(struct ptab))) != KVX_OK)
+		return rc;
+	/* after the selection's counts: each layer's split, its scratch */
+	g->split = g->cnt + g->Hkv;
+	g->split_scr = g->split + (size_t)g->L * g->Hkv;
+	g->sscr_bytes = sbytes;
+	g->pmax = n;
+	return KVX_OK;
+}
+
+/* Causal attention of the n prompt tokens at the current layer, over the
+ * K/V scratch, into att. */
+static kvx_status
+prefill_attn(gpu_ctx *g, int n)
+{
+	int G = g->H / g->Hkv, D = g->D, t0, rows, nk, j;
+	float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;
+	long long sS;
+
+	CK(kvx_cuda_f2h(g->q, g->qh, (size_t)n * g->H * D, g->stream));
+	for (t0 = 0; t0 < n; t0 += QBLK) {
+		rows = n - t0 < QBLK ? n - t0 : QBLK;
+		nk = t0 + rows;
+		sS = (long long)rows * nk;
+		for (j = 0; j < g->Hkv; j++) {
+			const char *kj = (const char *)g->kt + (size_t)j * D * 2;
+			const char *vj = (const char *)g->vt + (size_t)j * D * 2;
+			const char *qj = (const char *)g->qh +
+			    ((size_t)t0 * g->H + (size_t)j * G) * D * 2;
+
+			CB(cublasGemmStridedBatchedEx(g->blas, CUBLAS_OP_T,
+			    CUBLAS_OP_N, nk, rows, D, &scale, kj, CUDA_R_16F,
+			    g->Hkv * D, 0, qj, CUDA_R_16F, g->H * D, D, &zero,
+			    g->S, CUDA_R_32F, nk, sS, G, CUBLAS_COMPUTE_32F,
+			    CUBLAS_GEMM_DEFAULT));
+			CK(kvx_cuda_softmax_causal(g->S, G, rows, nk, t0, g->P,
+			    g->stream));
+			CB(cublasGemmStridedBatchedEx(g->blas, CUBLAS_OP_N,
+			    CUBLAS_OP_N, D, rows, nk, &one, vj, CUDA_R_16F,
+			    g->Hkv * D, 0, g->P, CUDA_R_16F, nk, sS, &zero,
+			    g->att + ((size_t)t0 * g->H + (size_t)j * G) * D,
+			    CUDA_R_32F, g->H * D, D, G, CUBLAS_COMPUTE_32F,
+			    CUBLAS_GEMM_DEFAULT));
+		}
+	}
+	return KVX_OK;
+}
+
+/* Event i of layer l's compression, when timing (0: start, 1: scored,
+ * 2: selected, 3: gathered). */
+static kvx_status
+mark(gpu_ctx *g, int l, int i)
+{
+	if (g->timing)
+		CK(cudaEventRecord(g->ev[4 * l + i], g->stream));
+	return KVX_OK;
+}
+
+/*
+ * Compress layer l of sequence s (its n rows in the K/V scratch, the
+ * rotated queries in q) to the plan, into a new block: all rows without
+ * a plan, else the SnapKV selection with the counts of sel_rule, as
+ * ctx.c's select_layer.  Scoring reads the window queries where they
+ * are; the table entries that depend only on n go up once, at layer 0,
+ * and each static layer adds one upload of its budgets and offsets.  A
+ * hybrid layer's budgets and offsets come from kvx_cuda_hybrid_split
+ * instead, and its segments' lengths from hybrid_finish.
+ */
+static kvx_status
+prefill_select(gpu_ctx *g, int s, int l, int n)
+{
+	const kvx_plan *P = g->plan;
+	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
+	int caps[SEL_MAX_KV_HEADS] = { 0 }, cnt[SEL_MAX_KV_HEADS], h, maxc = 0;
+	long long tl[2][SEL_MAX_KV_HEADS];
+	struct ptab_lay lt;
+	sel_counts sc;
+	size_t rb = (size_t)D * 2;
+	kvx_status rc;
+
+	if ((rc = mark(g, l, 0)) != KVX_OK)
+		return rc;
+	if (P == NULL || n <= 1) {
+		for (h = 0; h < Hkv; h++)
+			caps[h] = n + hr;
+		if ((rc = gpu__blk_alloc(g, s, l, caps)) != KVX_OK)
+			return rc;
+		for (h = 0; h < Hkv; h++) {
+			gseg *sg = seg_at(g, s, l, h);
+
+			CK(cudaMemcpy2DAsync(g->kbase + sg->off * 2, rb,
+			    (char *)g->kt + h * rb, Hkv * rb, rb, n,
+			    cudaMemcpyDeviceToDevice, g->stream));
+			CK(cudaMemcpy2DAsync(g->vbase + sg->off * 2, rb,
+			    (char *)g->vt + h * rb, Hkv * rb, rb, n,
+			    cudaMemcpyDeviceToDevice, g->stream));
+			sg->len = n;
+		}
+		if ((rc = mark(g, l, 1)) != KVX_OK ||
+		    (rc = mark(g, l, 2)) != KVX_OK)
+			return rc;
+		return mark(g, l, 3);
+	}
+
+	if (sel_rule(P, l, n, window(n), Hkv, &sc) != 0)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "%d KV heads", Hkv);
+	if (l == 0) {
+		for (h = 0; h < Hkv; h++) {
+			tl[0][h] = (long long)h * D;
+			tl[1][h] = (long long)h * n;
+			cnt[h] = n;
+		}
+		CK(cudaMemcpyAsync(PTAB(g, koff), tl[0], Hkv *
+		    sizeof(long long), cudaMemcpyHostToDevice, g->stream));
+		CK(cudaMemcpyAsync(PTAB(g, soff), tl[1], Hkv *
+		    sizeof(long long), cudaMemcpyHostToDevice, g->stream));
+		CK(cudaMemcpyAsync(PTAB(g, n), cnt, Hkv * sizeof(int),
+		    cudaMemcpyHostToDevice, g->stream));
+	}
+	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
+	   positions H*D apart */
+	CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
+	    (long long)g->H * D, g->kt, KVX_CUDA_F16, PTAB(g, koff),
+	    PTAB(g, n), Hkv, n, G, sc.pw, D, Hkv * D, 1.0f / sqrtf((float)D),
+	    P->gqa, PTAB(g, soff), g->sscr, g->sscr_bytes, g->score,
+	    g->stream));
+	CK(kvx_cuda_pool(g->score, PTAB(g, soff), PTAB(g, n), Hkv, n, sc.pw,
+	    P->pool_kernel, P->pool, g->pooled, g->stream));
+	if ((rc = mark(g, l, 1)) != KVX_OK)
+		return rc;
+
+	/* a hybrid layer's block is sized by the even split of its total,
+	   which sums as any split does, and the split kernel places the
+	   heads in it; hybrid_finish reads their counts back */
+	for (h = 0; h < Hkv; h++) {
+		caps[h] = sc.keep[h] + hr;
+		if (sc.keep[h] > maxc)
+			maxc = sc.keep[h];
+	}
+	if ((rc = gpu__blk_alloc(g, s, l, caps)) != KVX_OK)
+		return rc;
+	if (sc.hybrid) {
+		struct kvx_cuda_hlayout hl;
+
+		/* keep = sel_keep(&sc, share) */
+		hl.add = sc.fixed;
+		hl.nmax = sc.fixed + sc.ncand;
+		hl.minc = sc.fixed;
+		hl.headroom = hr;
+		hl.base = seg_at(g, s, l, 0)->off;
+		hl.row = D;
+		maxc = sel_keep(&sc, sc.total < sc.ncand ? sc.total : sc.ncand);
+		CK(kvx_cuda_hybrid_split(g->pooled, PTAB(g, soff), sc.sinks,
+		    Hkv, sc.ncand, sc.total, sc.floor, g->split + (size_t)Hkv *
+		    l, g->split_scr, &hl, PTAB(g, lay.dst), PTAB(g, lay.keep),
+		    g->stream));
+	} else {
+		for (h = 0; h < Hkv; h++) {
+			lt.dst[h] = seg_at(g, s, l, h)->off;
+			lt.keep[h] = sc.keep[h];
+		}
+		CK(cudaMemcpyAsync(PTAB(g, lay), &lt, sizeof lt,
+		    cudaMemcpyHostToDevice, g->stream));
+	}
+	CK(kvx_cuda_select(g->pooled, PTAB(g, soff), PTAB(g, n),
+	    PTAB(g, lay.keep), Hkv, sc.pw, sc.sinks, PTAB(g, soff), g->idx,
+	    g->cnt, g->stream));
+	if ((rc = mark(g, l, 2)) != KVX_OK)
+		return rc;
+	CK(kvx_cuda_gather(g->kt, g->vt, g->kbase, g->vbase, KVX_CUDA_F16, D,
+	    Hkv * D, D, PTAB(g, koff), PTAB(g, lay.dst), g->idx,
+	    PTAB(g, soff), g->cnt, Hkv, maxc, g->stream));
+	if ((rc = mark(g, l, 3)) != KVX_OK)
+		return rc;
+	/* hybrid layers' lengths come with hybrid_finish */
+	for (h = 0; h < Hkv; h++)
+		seg_at(g, s, l, h)->len = sc.hybrid ? 0 : sc.keep[h];
+	return KVX_OK;
+}
+
+/*
+ * After a compressed prefill of n tokens with a hybrid plan (the device
+ * idle): each layer's split counts, read back at once, give its heads'
+ * kept rows (sel_keep) and their places in the block, as the split
+ * kernel laid them out.
+ */
+static kvx_status
+hybrid_finish(gpu_ctx *g, int s, int n)
+{
+	const kvx_plan *P = g->plan;
+	int Hkv = g->Hkv, hr = g->p.decode_headroom, l, h;
+	int *c;
+	long long at, was, now;
+	sel_counts sc;
+
+	if (P == NULL || P->mode != KVX_PLAN_HYBRID || n <= 1)
+		return KVX_OK;
+	if ((c = kvx__malloc_array((size_t)g->L * Hkv, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	if (cudaMemcpyAsync(c, g->split, (size_t)g->L * Hkv * sizeof(int),
+	    cudaMemcpyDeviceToHost, g->stream) != cudaSuccess ||
+	    cudaStreamSynchronize(g->stream) != cudaSuccess) {
+		free(c);
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: split counts copy "
+		    "failed", __FILE__, __LINE__);
+	}
+	for (l = 0; l < g->L; l++) {
+		if (sel_rule(P, l, n, window(n), Hkv, &sc) != 0) {
+			free(c);
+			return kvx__fail(KVX_ERR_UNSUPPORTED, "%d KV heads",
+			    Hkv);
+		}
+		at = seg_at(g, s, l, 0)->off;
+		was = now = 0;
+		for (h = 0; h < Hkv; h++) {
+			gseg *sg = seg_at(g, s, l, h);
+			int k = sel_keep(&sc, c[l * Hkv + h]);
+
+			was += sg->cap;
+			sg->off = at;
+			sg->len = k;
+			sg->cap = k + hr;
+			now += sg->cap;
+			at += (long long)sg->cap * g->D;
+		}
+		if (now != was) {
+			free(c);
+			return kvx__fail(KVX_ERR_DEVICE, "layer %d: the heads' "
+			    "split (%lld rows) does not fill its block (%lld)",
+			    l, now, was);
+		}
+	}
+	free(c);
+	return KVX_OK;
+}
+
+/* The prefill of gpu_prefill, without the bookkeeping on failure. */
+static kvx_status
+prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
+{
+	int *pos, l, i;
+	double t0 = 0.0;
+	float ms[3];
+	kvx_status rc;
+
+	if ((rc = gpu__ensure_fw(g, n)) != KVX_OK ||
+	    (rc = ensure_prefill(g, n)) != KVX_OK)
+		return rc;
+	if ((pos = kvx__malloc_array((size_t)n, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++)
+		pos[i] = i;
+	if (g->timing) {
+		if (g->ev == NULL) {
+			if ((g->ev = kvx__calloc((size_t)4 * g->L,
+			    sizeof *g->ev)) == NULL) {
+				free(pos);
+				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			}
+			for (l = 0; l < 4 * g->L; l++)
+				CK(cudaEventCreate(&g->ev[l]));
+		}
+		CK(cudaStreamSynchronize(g->stream));
+		t0 = kvx__now();
+	}
+	if (cudaMemcpyAsync(g->pos, pos, (size_t)n * 4, cudaMemcpyHostToDevice,
+	    g->stream) != cudaSuccess ||
+	    cudaMemcpyAsync(g->ids, ids, (size_t)n * 4, cudaMemcpyHostToDevice,
+	    g->stream) != cudaSuccess ||
+	    cudaStreamSynchronize(g->stream) != cudaSuccess) {
+		free(pos);
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: token upload failed",
+		    __FILE__, __LINE__);
+	}
+	free(pos);
+	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, g->stream));
+	for (l = 0; l < g->L; l++) {
+		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
+			return rc;
+		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
+		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL, g->kt,
+		    g->vt, g->stream));
+		if ((rc = prefill_attn(g, n)) != KVX_OK)
+			return rc;
+		if ((rc = prefill_select(g, s, l, n)) != KVX_OK)
+			return rc;
+		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
+			return rc;
+	}
+	if (logits != NULL) {
+		if ((rc = gpu__lm_head(g, n - 1, 1)) != KVX_OK)
+			return rc;
+		CK(cudaMemcpyAsync(logits, g->logits, (size_t)g->V * 4,
+		    cudaMemcpyDeviceToHost, g->stream));
+	}
+	CK(cudaStreamSynchronize(g->stream));
+	if ((rc = hybrid_finish(g, s, n)) != KVX_OK)
+		return rc;
+	if (g->timing) {
+		g->st.prefill_s += kvx__now() - t0;
+		g->st.prefill_tokens += n;
+		for (l = 0; l < g->L; l++) {
+			for (i = 0; i < 3; i++)
+				CK(cudaEventElapsedTime(&ms[i],
+				    g->ev[4 * l + i], g->ev[4 * l + i + 1]));
+			g->st.score_s += ms[0] * 1e-3;
+			g->st.topk_s += ms[1] * 1e-3;
+			g->st.gather_s += ms[2] * 1e-3;
+			g->st.select_s += (ms[0] + ms[1] + ms[2]) * 1e-3;
+		}
+	}
+	return KVX_OK;
+}
+
+kvx_status
+gpu_prefill(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
+{
+	kvx_status rc;
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= g->V)
+			return kvx__fail(KVX_ERR_ARG, "token id %d out of range "
+			    "[0, %d)", ids[i], g->V);
+	if ((rc = prefill_run(g, s, ids, n, logits)) != KVX_OK) {
+		gpu_seq_clear(g, s);
+		return rc;
+	}
+	g->npos[s] = n;
+	return KVX_OK;
+}
