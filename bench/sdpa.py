@@ -84,7 +84,8 @@ def main():
     hdr = ("batch", "ctx", "lens", "kvx", "2-launch", "sdpa=", "kvx/sdpa=",
            "padded/rag", "sdpa-pad", "speed-up", "1-item")
     print("%-5s %-6s %-6s %8s %8s %7s %9s %10s %8s %8s %7s" % hdr)
-    print("# kvx (fused kernel, the library's list: b balanced, c chunked), "
+    print("# kvx (partial + combine, the library's list: b balanced, "
+          "c chunked), "
           "2-launch (partial + combine, best of balanced and chunked), "
           "sdpa=, sdpa-pad, 1-item: KV bytes read per second as a "
           "share of copy bandwidth; sdpa= on the same bytes as kvx, "

@@ -154,7 +154,7 @@ int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 	    const float *d_m, const float *d_l, const float *d_acc,
 	    float *d_out, cudaStream_t stream);
 
-/* --- 5. model layers (the GPU forward of runtime/gpu.c) ------------------ */
+/* --- 5. model layers (the GPU forward of runtime/gpu*.c) ----------------- */
 /*
  * Rows ids[t] of an fp16 table of rows of e elements, as floats, to
  * x + t*e, for t < T.

@@ -1,9 +1,10 @@
 /*
  * test-gpu.c - whole-model logits of GPU contexts against CPU contexts of
- * the same model: full cache and a 25% plan (static and hybrid), after the
- * prefill and after greedy decode steps, batched decode of several
- * sequences, extend, the calls the GPU path refuses, and decode steps
- * replayed from the captured graph against direct launches.
+ * the same model: full cache and a 25% plan (static and hybrid, also with
+ * the largest window and sinks), after the prefill and after greedy
+ * decode steps, batched decode of several sequences, extend, the calls
+ * the GPU path refuses, and decode steps replayed from the captured graph
+ * against direct launches.
  * SPDX-License-Identifier: MIT
  *
  * Tolerances.  The GPU keeps weights, K/V and GEMM inputs in fp16 (fp32
@@ -333,7 +334,7 @@ int
 main(void)
 {
 	const char *path = tap_model_path();
-	kvx_plan *p25 = NULL, *h25 = NULL;
+	kvx_plan *p25 = NULL, *h25 = NULL, *pw = NULL, *hw = NULL;
 
 #ifndef HAVE_CUDA
 	tap_skip_all("libkvx built without CUDA");
@@ -367,6 +368,13 @@ main(void)
 	compare_run("full, long", NULL, LONG_TEXT, 1e-2);
 	compare_run("25% static", p25, LONG_TEXT, 2e-2);
 	compare_run("25% hybrid", h25, LONG_TEXT, 3e-2);
+	/* the largest window: all its queries score, and sinks stay */
+	if (plan_copy(p25, &pw) != KVX_OK || plan_copy(h25, &hw) != KVX_OK)
+		return ok(0, "plan_copy: %s", kvx_errmsg()), tap_done();
+	pw->window = hw->window = KVX_WINDOW_MAX;
+	pw->sinks = hw->sinks = 4;
+	compare_run("25% static, largest window", pw, LONG_TEXT, 2e-2);
+	compare_run("25% hybrid, largest window", hw, LONG_TEXT, 3e-2);
 	compare_batch(NULL);
 	compare_batch(p25);
 	compare_graph(NULL);
@@ -374,6 +382,8 @@ main(void)
 
 	kvx_plan_free(&p25);
 	kvx_plan_free(&h25);
+	kvx_plan_free(&pw);
+	kvx_plan_free(&hw);
 	kvx_model_close(&M);
 	return tap_done();
 }
