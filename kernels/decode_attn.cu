@@ -41,14 +41,6 @@ unpack8(uint4 u, float *f, const __nv_bfloat16 *)
 }
 
 /*
- * Work item ii, rows [r0, r1) of one segment, by a whole block.  A row of
- * D elements is read by D/8 lanes with 16-byte loads; each lane group
- * walks its share of the rows AT_TILE at a time, K and V of a tile loaded
- * together, keeping for all G query heads an online softmax over its
- * rows.  The groups then merge in shared memory, so K and V are read once
- * for the whole GQA group.
- */
-/*
  * One lane's share of TR rows: scores of its 8 elements against the G
  * queries, summed over the LPR lanes of the row, then the online-softmax
  * update of m, l and acc; rows at or past nvalid count as -inf.
@@ -195,6 +187,14 @@ attn_merge(int ii, const float (&m)[G], const float (&l)[G],
 	__syncthreads();
 }
 
+/*
+ * Work item ii, rows [r0, r1) of one segment, by a whole block.  A row of
+ * D elements is read by D/8 lanes with 16-byte loads; each lane group
+ * walks its share of the rows AT_TILE at a time, K and V of a tile loaded
+ * together, keeping for all G query heads an online softmax over its
+ * rows.  The groups then merge in shared memory, so K and V are read once
+ * for the whole GQA group.
+ */
 template <int G, int D, typename T>
 static __device__ __forceinline__ void
 attn_item(const float *q, const T *k, const T *v, const long long *off,
@@ -277,6 +277,7 @@ attn_launch_t(const struct attn_args *a)
 	return launched();
 }
 
+/* attn_launch_t for the storage type of the arguments. */
 template <int G, int D>
 static int
 attn_launch(const struct attn_args *a)
@@ -288,6 +289,7 @@ attn_launch(const struct attn_args *a)
 	return KVX_CUDA_EINVAL;
 }
 
+/* attn_launch for the query heads per KV head, 1 to 8. */
 template <int D>
 static int
 attn_launch_g(int g, const struct attn_args *a)
@@ -305,6 +307,7 @@ attn_launch_g(int g, const struct attn_args *a)
 	return KVX_CUDA_EINVAL;
 }
 
+/* attn_launch_g for the head dimension, 64 or 128. */
 static int
 attn_dispatch(int g, int d, const struct attn_args *a)
 {
@@ -315,6 +318,8 @@ attn_dispatch(int g, int d, const struct attn_args *a)
 	return KVX_CUDA_EINVAL;
 }
 
+/* Resident blocks of the partial kernel: per multiprocessor times their
+ * count. */
 extern "C" int
 kvx_cuda_attn_blocks(int g, int d, int dtype)
 {
@@ -336,6 +341,7 @@ attn_aligned(const void *k, const void *v, int ld_)
 	return ld_ % 8 == 0 && ((uintptr_t)k | (uintptr_t)v) % 16 == 0;
 }
 
+/* Launches the partial kernel on a work list (kvx_cuda.h). */
 extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     const long long *off, int g, int d, int ld_, float scale,
@@ -426,6 +432,7 @@ attn_combine_k(const int *first, int g, int d, const float *pm,
 	}
 }
 
+/* Launches the merge of the partials, a block per (segment, head). */
 extern "C" int
 kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
     const float *m, const float *l, const float *acc, float *out,

@@ -7,6 +7,7 @@
  */
 #include "device.cuh"
 
+/* One block a token: its row of the table, as floats. */
 static __global__ void
 embed_k(const __half *table, int e, const int *ids, float *x)
 {
@@ -17,6 +18,7 @@ embed_k(const __half *table, int e, const int *ids, float *x)
 		x[(size_t)t * e + i] = __half2float(row[i]);
 }
 
+/* Launches embed_k. */
 extern "C" int
 kvx_cuda_embed(const void *table, int e, const int *ids, int T, float *x,
     cudaStream_t stream)
@@ -67,6 +69,7 @@ rmsnorm_k(const float *x, int ldx, const float *w, int e, float eps,
 	}
 }
 
+/* Launches rmsnorm_k, a block a row. */
 extern "C" int
 kvx_cuda_rmsnorm(const float *x, int ldx, const float *w, int T, int e,
     float eps, void *out, int out_dtype, int ldo, cudaStream_t stream)
@@ -104,6 +107,7 @@ rope_k(const float *in, int ldi, float *out, int ldo, int nhead, int d,
 	out[(size_t)t * ldo + h * d + i + 1] = x0 * s + x1 * c;
 }
 
+/* Launches rope_k, a row of blocks a token. */
 extern "C" int
 kvx_cuda_rope(const float *in, int ldi, float *out, int ldo, int T,
     int nhead, int d, const int *pos, float theta, cudaStream_t stream)
@@ -119,6 +123,7 @@ kvx_cuda_rope(const float *in, int ldi, float *out, int ldo, int T,
 	return launched();
 }
 
+/* One thread an output: silu(gate) * up as fp16. */
 static __global__ void
 swiglu_k(const float *gu, int f, size_t n, __half *out)
 {
@@ -133,6 +138,7 @@ swiglu_k(const float *gu, int f, size_t n, __half *out)
 	out[i] = __float2half(g / (1.0f + expf(-g)) * u);
 }
 
+/* Launches swiglu_k. */
 extern "C" int
 kvx_cuda_swiglu(const float *gu, int T, int f, void *out, cudaStream_t stream)
 {
@@ -145,6 +151,7 @@ kvx_cuda_swiglu(const float *gu, int T, int f, void *out, cudaStream_t stream)
 	return launched();
 }
 
+/* One thread an element. */
 static __global__ void
 f2h_k(const float *in, __half *out, size_t n)
 {
@@ -154,6 +161,7 @@ f2h_k(const float *in, __half *out, size_t n)
 		out[i] = __float2half(in[i]);
 }
 
+/* Launches f2h_k. */
 extern "C" int
 kvx_cuda_f2h(const float *in, void *out, size_t n, cudaStream_t stream)
 {
@@ -179,6 +187,7 @@ kv_store_k(const float *k, const float *v, int ld, int nhead, int d,
 	}
 }
 
+/* Launches kv_store_k. */
 extern "C" int
 kvx_cuda_kv_store(const float *k, const float *v, int ld, int T, int nhead,
     int d, const long long *dst_off, void *kd, void *vd, cudaStream_t stream)
@@ -215,6 +224,7 @@ softmax_causal_k(const float *s, int rows, int ncol, int col0, __half *p)
 		    inv : 0.0f);
 }
 
+/* Launches softmax_causal_k, a block a row. */
 extern "C" int
 kvx_cuda_softmax_causal(const float *s, int nmat, int rows, int ncol,
     int col0, void *p, cudaStream_t stream)

@@ -26,6 +26,7 @@ gather_k(const char *ksrc, const char *vsrc, char *kdst, char *vdst, int rowb,
 	}
 }
 
+/* Launches gather_k with the widest copies alignment allows. */
 extern "C" int
 kvx_cuda_gather(const void *ksrc, const void *vsrc, void *kdst, void *vdst,
     int dtype, int d, int ld_src, int ld_dst, const long long *src_off,

@@ -479,6 +479,7 @@ score_run_q(const float *q, long long qhs, long long qps, const T *k,
 	return launched();
 }
 
+/* score_run_q for the query width d needs. */
 template <typename T>
 static int
 score_run(const float *q, long long qhs, long long qps, const T *k,
@@ -502,6 +503,7 @@ score_run(const float *q, long long qhs, long long qps, const T *k,
 	}
 }
 
+/* Checks the arguments and runs the scoring for the storage type. */
 extern "C" int
 kvx_cuda_score_q(const float *q, long long qhs, long long qps, const void *k,
     int dtype, const long long *koff, const int *n, int nseg, int max_n,
@@ -535,6 +537,7 @@ kvx_cuda_score_q(const float *q, long long qhs, long long qps, const void *k,
 	}
 }
 
+/* kvx_cuda_score_q with the queries packed (qhs = w*d, qps = d). */
 extern "C" int
 kvx_cuda_score(const float *q, const void *k, int dtype, const long long *koff,
     const int *n, int nseg, int max_n, int g, int w, int d, int ld_,
@@ -566,6 +569,7 @@ pool_k(const float *in, const long long *soff, const int *nrow, int w, int r,
 	out[soff[s] + t] = avg ? acc / (float)(hi - lo + 1) : acc;
 }
 
+/* Launches pool_k, a row of blocks a segment. */
 extern "C" int
 kvx_cuda_pool(const float *in, const long long *soff, const int *n, int nseg,
     int max_n, int w, int ks, int pool, float *out, cudaStream_t stream)

@@ -242,6 +242,7 @@ select_k(const float *pooled, const long long *soff, const int *nrow,
 	}
 }
 
+/* Launches select_k, a block a segment. */
 extern "C" int
 kvx_cuda_select(const float *pooled, const long long *soff, const int *n,
     const int *keep, int nseg, int w, int sinks, const long long *ioff,
@@ -464,6 +465,7 @@ hybrid_split_k(const float *pooled, const long long *soff, int c0, int h,
 static pthread_once_t hs_once = PTHREAD_ONCE_INIT;
 static int hs_allowed;
 
+/* Raises the split kernels' shared memory to HS_KEYS keys. */
 static void
 hs_allow(void)
 {
@@ -476,6 +478,8 @@ hs_allow(void)
 		hs_allowed = launched();
 }
 
+/* Checks the arguments, then launches the floors (when some are
+ * partial) and the split. */
 extern "C" int
 kvx_cuda_hybrid_split(const float *pooled, const long long *soff, int c0,
     int h, int n_cand, int total, int floor_, int *counts, int *scratch,

@@ -28,6 +28,7 @@ gpu__cuda_fail(int code, const char *file, int line, const char *what)
 	    kvx_cuda_strerror(code));
 }
 
+/* A failed cuBLAS call, with where it happened. */
 kvx_status
 gpu__blas_fail(int code, const char *file, int line)
 {
@@ -116,6 +117,8 @@ gpu_ctx_free(gpu_ctx **pg)
 	*pg = NULL;
 }
 
+/* A context on the device for plan (NULL: the full cache): its stream,
+ * cuBLAS handle, the weights and the first arena chunk. */
 kvx_status
 gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
     gpu_ctx **out)
@@ -206,6 +209,7 @@ fail:
 	return rc;
 }
 
+/* Benchmarks: timing on or off, and the LM head on every decode step. */
 void
 gpu_set_options(gpu_ctx *g, int timing, int head)
 {
@@ -213,6 +217,7 @@ gpu_set_options(gpu_ctx *g, int timing, int head)
 	g->head = head;
 }
 
+/* The times gathered while timing is on. */
 const gpu_stats *
 gpu_get_stats(const gpu_ctx *g)
 {
@@ -351,12 +356,14 @@ gpu_seq_clear(gpu_ctx *g, int s)
 	return KVX_OK;
 }
 
+/* Positions sequence s holds. */
 int
 gpu_seq_len(const gpu_ctx *g, int s)
 {
 	return g->npos[s];
 }
 
+/* Copy sequence src's cache into the empty sequence dst. */
 kvx_status
 gpu_seq_copy(gpu_ctx *g, int dst, int src)
 {
@@ -390,6 +397,7 @@ gpu_seq_copy(gpu_ctx *g, int dst, int src)
 	return KVX_OK;
 }
 
+/* K/V rows and bytes held, used and a full cache would take. */
 kvx_status
 gpu_memory(const gpu_ctx *g, kvx_memory *mem)
 {

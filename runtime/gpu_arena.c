@@ -43,6 +43,7 @@ upload_mat(cudaStream_t st, const mat *w, void *d_dst, float *d_tmp,
 	return KVX_OK;
 }
 
+/* A new device copy *d of n floats. */
 static kvx_status
 upload_vec(cudaStream_t st, const float *v, int n, float **d)
 {

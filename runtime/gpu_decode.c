@@ -425,6 +425,7 @@ out:
 	return rc;
 }
 
+/* One decode step for n distinct sequences, their tokens checked first. */
 kvx_status
 gpu_decode(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
     float *logits)
@@ -438,6 +439,7 @@ gpu_decode(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	return decode_step(g, n, seqs, ids, logits);
 }
 
+/* Append n tokens to sequence s, one decode step each. */
 kvx_status
 gpu_extend(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 {

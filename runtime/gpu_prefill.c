@@ -394,6 +394,8 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 	return KVX_OK;
 }
 
+/* Prefill of sequence s with n tokens; on failure the sequence is left
+ * empty. */
 kvx_status
 gpu_prefill(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 {
