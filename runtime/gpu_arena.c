@@ -57,7 +57,7 @@ upload_vec(cudaStream_t st, const float *v, int n, float **d)
 kvx_status
 gpu__upload_weights(gpu_ctx *g)
 {
-	kvx_model *m = g->m;
+	const kvx_model *m = g->m;
 	cudaStream_t st = g->stream;
 	size_t big = (size_t)g->V * g->E, h2 = sizeof(uint16_t);
 	float *h_tmp = NULL, *d_tmp = NULL;
@@ -88,7 +88,7 @@ gpu__upload_weights(gpu_ctx *g)
 	if ((rc = upload_vec(st, m->out_norm, g->E, &g->onorm)) != KVX_OK)
 		goto out;
 	for (l = 0; l < g->L; l++) {
-		layer_w *w = &m->L[l];
+		const layer_w *w = &m->L[l];
 		glayer *d = &g->lw[l];
 		size_t E = g->E;
 

@@ -51,7 +51,7 @@ typedef struct glayer {
 } glayer;
 
 struct gpu_ctx {
-	kvx_model	*m;
+	const kvx_model	*m;	/* read only: its weights go up once */
 	kvx_plan	*plan;
 	kvx_ctx_params	 p;
 	int		 E, H, Hkv, D, F, V, L, NQKV;
