@@ -418,15 +418,9 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 			sum[j] += v > 1 ? 1 : v;
 		}
 	}
-	for (h = 0; h < r->Hkv; h++) {
-		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
-
-		r->kv->bytes -= (uint64_t)sg->cap * kv_row_bytes(r->kv);
-		free(sg->k);
-		free(sg->v);
-		free(sg->pos);
-		memset(sg, 0, sizeof *sg);
-	}
+	/* this layer is measured: free its rows for the next layers' */
+	for (h = 0; h < r->Hkv; h++)
+		kv_seg_release(r->kv, kv_seg_at(r->kv, seq, l, h));
 	return KVX_OK;
 }
 

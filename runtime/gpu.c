@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "gpu_impl.h"
 #include "plan.h"
 #include "util.h"
@@ -418,4 +419,85 @@ gpu_memory(const gpu_ctx *g, kvx_memory *mem)
 	mem->kv_bytes_used = (uint64_t)mem->n_kept * row;
 	mem->kv_bytes_full = (uint64_t)mem->n_tokens * g->L * g->Hkv * row;
 	return KVX_OK;
+}
+
+// --- the back end of GPU contexts (backend.h) -----------------------------
+
+/* Adapters from the back-end table's opaque state to the GPU context. */
+static kvx_status
+ops_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
+    void **out)
+{
+	gpu_ctx *g = NULL;
+	kvx_status rc;
+
+	rc = gpu_ctx_new(m, plan, p, &g);
+	*out = g;
+	return rc;
+}
+
+static void
+ops_destroy(void **pg)
+{
+	gpu_ctx *g = *pg;
+
+	gpu_ctx_free(&g);
+	*pg = NULL;
+}
+
+static kvx_status
+ops_prefill(void *g, int seq, const int32_t *ids, int n, float *logits)
+{
+	return gpu_prefill(g, seq, ids, n, logits);
+}
+
+static kvx_status
+ops_extend(void *g, int seq, const int32_t *ids, int n, float *logits)
+{
+	return gpu_extend(g, seq, ids, n, logits);
+}
+
+static kvx_status
+ops_decode(void *g, int n, const int *seqs, const int32_t *ids,
+    float *logits)
+{
+	return gpu_decode(g, n, seqs, ids, logits);
+}
+
+static kvx_status
+ops_seq_clear(void *g, int seq)
+{
+	return gpu_seq_clear(g, seq);
+}
+
+static int
+ops_seq_len(const void *g, int seq)
+{
+	return gpu_seq_len(g, seq);
+}
+
+static kvx_status
+ops_memory(const void *g, kvx_memory *mem)
+{
+	return gpu_memory(g, mem);
+}
+
+static const ctx_ops gpu_ops = {
+	.name = "gpu",
+	.available = gpu_available,
+	.create = ops_create,
+	.destroy = ops_destroy,
+	.prefill = ops_prefill,
+	.extend = ops_extend,
+	.decode = ops_decode,
+	.compress_from = NULL,
+	.seq_clear = ops_seq_clear,
+	.seq_len = ops_seq_len,
+	.memory = ops_memory,
+};
+
+const ctx_ops *
+gpu_ops_get(void)
+{
+	return &gpu_ops;
 }

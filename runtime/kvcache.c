@@ -4,6 +4,7 @@
  */
 #include "config.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,13 +39,11 @@ kv_new(int n_seq, int n_layer, int n_head_kv, int head_dim, int n_ctx,
 	return KVX_OK;
 }
 
-static void
-seg_release(kv_cache *c, kv_seg *s)
+void
+kv_seg_release(kv_cache *c, kv_seg *s)
 {
 	c->bytes -= (uint64_t)s->cap * kv_row_bytes(c);
-	free(s->k);
-	free(s->v);
-	free(s->pos);
+	free(s->k);		/* one block holds k, v and pos */
 	memset(s, 0, sizeof *s);
 }
 
@@ -59,7 +58,7 @@ kv_free(kv_cache **pc)
 	if (c->segs != NULL) {
 		n = (size_t)c->n_seq * c->n_layer * c->n_head_kv;
 		for (i = 0; i < n; i++)
-			seg_release(c, &c->segs[i]);
+			kv_seg_release(c, &c->segs[i]);
 	}
 	free(c->segs);
 	free(c->n_pos);
@@ -88,27 +87,34 @@ kv_seg_cget(const kv_cache *c, int seq, int layer, int head)
 	    head];
 }
 
-/* Resize a segment's arrays to cap rows, keeping the first len rows. */
+/*
+ * Resize a segment to cap rows, keeping the first len.  K, V and the
+ * positions share one block, so a segment costs one allocation, and a
+ * failure leaves it exactly as it was.
+ */
 static kvx_status
 seg_resize(kv_cache *c, kv_seg *s, int cap)
 {
-	size_t d = (size_t)c->head_dim;
-	float *k, *v;
-	int32_t *pos;
+	size_t d = (size_t)c->head_dim, n = (size_t)cap;
+	float *blk;
 
-	k = realloc(s->k, (size_t)cap * d * sizeof(float));
-	if (k == NULL)
+	if (n > SIZE_MAX / (2 * d * sizeof(float) + sizeof(int32_t)))
+		return kvx__fail(KVX_ERR_NOMEM, "kv cache: a segment of %d "
+		    "rows does not fit in memory", cap);
+	blk = malloc(n * (2 * d * sizeof(float) + sizeof(int32_t)));
+	if (blk == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "kv cache: out of memory "
 		    "growing a segment to %d rows", cap);
-	s->k = k;
-	v = realloc(s->v, (size_t)cap * d * sizeof(float));
-	if (v == NULL)
-		return kvx__fail(KVX_ERR_NOMEM, "kv cache: out of memory");
-	s->v = v;
-	pos = realloc(s->pos, (size_t)cap * sizeof(int32_t));
-	if (pos == NULL)
-		return kvx__fail(KVX_ERR_NOMEM, "kv cache: out of memory");
-	s->pos = pos;
+	if (s->len > 0) {
+		memcpy(blk, s->k, (size_t)s->len * d * sizeof(float));
+		memcpy(blk + n * d, s->v, (size_t)s->len * d * sizeof(float));
+		memcpy(blk + 2 * n * d, s->pos, (size_t)s->len *
+		    sizeof(int32_t));
+	}
+	free(s->k);
+	s->k = blk;
+	s->v = blk + n * d;
+	s->pos = (int32_t *)(blk + 2 * n * d);
 	c->bytes += ((uint64_t)cap - (uint64_t)s->cap) * kv_row_bytes(c);
 	s->cap = cap;
 	return KVX_OK;
@@ -150,7 +156,7 @@ kv_compact(kv_cache *c, kv_seg *dst, const kv_seg *src, const int *rows,
 
 	memset(&t, 0, sizeof t);
 	if (seg_resize(c, &t, n + headroom) != KVX_OK) {
-		seg_release(c, &t);
+		kv_seg_release(c, &t);
 		return KVX_ERR_NOMEM;
 	}
 	for (i = 0; i < n; i++) {
@@ -162,7 +168,7 @@ kv_compact(kv_cache *c, kv_seg *dst, const kv_seg *src, const int *rows,
 	}
 	t.len = n;
 	if (dst == src || dst->cap > 0)
-		seg_release(c, dst);
+		kv_seg_release(c, dst);
 	*dst = t;
 	return KVX_OK;
 }
@@ -174,7 +180,7 @@ kv_seq_clear(kv_cache *c, int seq)
 
 	for (l = 0; l < c->n_layer; l++)
 		for (h = 0; h < c->n_head_kv; h++)
-			seg_release(c, kv_seg_at(c, seq, l, h));
+			kv_seg_release(c, kv_seg_at(c, seq, l, h));
 	c->n_pos[seq] = 0;
 	c->compressed[seq] = 0;
 }

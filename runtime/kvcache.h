@@ -45,6 +45,8 @@ kvx_status	 kv_fit(kv_cache *, kv_seg *, int cap);
 kvx_status	 kv_compact(kv_cache *, kv_seg *dst, const kv_seg *src,
 		     const int *rows, int n, int headroom);
 void		 kv_seq_clear(kv_cache *, int seq);
+/* Free one segment's rows (its block) and empty it. */
+void		 kv_seg_release(kv_cache *, kv_seg *);
 /* Bytes per row of one segment (K and V). */
 size_t		 kv_row_bytes(const kv_cache *);
 

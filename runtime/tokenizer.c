@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model.h"
 #include "tokenizer.h"
 #include "unicode.h"
 #include "util.h"
@@ -1307,4 +1308,51 @@ tok_chat_format(const kvx_tokenizer *t, const char *system,
 		    ims);
 	*out = s;
 	return KVX_OK;
+}
+
+// --- the public calls, on a model's tokenizer ----------------------------
+
+kvx_status
+kvx_tokenize(const kvx_model *m, const char *text, size_t len,
+    int parse_special, int32_t *ids, int cap, int *n)
+{
+	if (m == NULL || (text == NULL && len > 0) || n == NULL)
+		return kvx__fail(KVX_ERR_ARG, "kvx_tokenize: NULL argument");
+	return tok_encode(m->tok, text, len, parse_special, ids, cap, n);
+}
+
+kvx_status
+kvx_token_piece(const kvx_model *m, int32_t id, char *buf, size_t size,
+    size_t *len)
+{
+	if (m == NULL || buf == NULL)
+		return kvx__fail(KVX_ERR_ARG, "kvx_token_piece: NULL argument");
+	return tok_piece(m->tok, id, buf, size, len);
+}
+
+int32_t
+kvx_token_bos(const kvx_model *m)
+{
+	return tok_bos(m->tok);
+}
+
+int32_t
+kvx_token_eos(const kvx_model *m)
+{
+	return tok_eos(m->tok);
+}
+
+int
+kvx_token_is_eog(const kvx_model *m, int32_t id)
+{
+	return tok_is_eog(m->tok, id);
+}
+
+kvx_status
+kvx_chat_format(const kvx_model *m, const char *system, const char *user,
+    char **out)
+{
+	if (m == NULL || user == NULL || out == NULL)
+		return kvx__fail(KVX_ERR_ARG, "kvx_chat_format: NULL argument");
+	return tok_chat_format(m->tok, system, user, out);
 }

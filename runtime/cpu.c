@@ -1,0 +1,494 @@
+/*
+ * cpu.c - the CPU back end of contexts: the f32 KV cache in ragged
+ * per-(sequence, layer, KV head) segments, prefill with per-layer
+ * compression to the plan, extend, batched decode, compression from
+ * another context's prefill, memory accounting.
+ * SPDX-License-Identifier: MIT
+ *
+ * Compression happens inside the prefill, one layer at a time, right after
+ * that layer's attention has seen the whole prompt (as SnapKV does): the
+ * full cache of the prompt exists for one layer at a time only, so the peak
+ * memory is the compressed cache plus one layer.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "kvcache.h"
+#include "model.h"
+#include "plan.h"
+#include "select.h"
+#include "util.h"
+
+/* Window queries kept per sequence so that another context can compress
+ * from this one's prefill (kvx_compress_from): as many as any plan uses. */
+#define WIN_SAVE KVX_WINDOW_MAX
+
+typedef struct cpu_ctx {
+	kvx_model	*m;
+	const kvx_plan	*plan;		/* NULL: full cache; the context's */
+	kvx_ctx_params	 p;
+	kv_cache	*kv;
+	fw_scratch	*s;
+	kvx_pool	*pool;		/* workers; made with the scratch */
+	int		 s_tokens;	/* scratch capacity in tokens */
+	float		*winq;		/* [seq][layer][head][WIN_SAVE][D] */
+	int		*winq_n;	/* per seq: saved window length */
+	/* selection scratch */
+	float		*score, *pooled, *wtmp;
+	int		*idx;
+} cpu_ctx;
+
+/* Frees the state and clears the caller's pointer. */
+static void
+cpu_destroy(void **pc)
+{
+	cpu_ctx *c = *pc;
+
+	if (c == NULL)
+		return;
+	kv_free(&c->kv);
+	fw_scratch_free(&c->s);
+	pool_free(&c->pool);
+	free(c->winq);
+	free(c->winq_n);
+	free(c->score);
+	free(c->pooled);
+	free(c->wtmp);
+	free(c->idx);
+	free(c);
+	*pc = NULL;
+}
+
+/* The CPU is always there. */
+static int
+cpu_available(void)
+{
+	return 1;
+}
+
+/* A CPU context: the cache and the selection scratch; the forward scratch
+ * and the workers come with the first batch. */
+static kvx_status
+cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
+    void **out)
+{
+	const kvx_model_info *mi = &m->info;
+	cpu_ctx *c;
+	kvx_status rc;
+	size_t nw, nctx;
+
+	*out = NULL;
+	if ((c = calloc(1, sizeof *c)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	c->m = m;
+	c->plan = plan;
+	c->p = *p;
+	if ((rc = kv_new(c->p.n_seq, mi->n_layer, mi->n_head_kv, mi->head_dim,
+	    c->p.n_ctx, &c->kv)) != KVX_OK) {
+		cpu_destroy((void **)&c);
+		return rc;
+	}
+	nw = (size_t)mi->n_layer * mi->n_head * WIN_SAVE * mi->head_dim;
+	nctx = (size_t)c->p.n_ctx + 1;
+	c->winq = kvx__malloc_array((size_t)c->p.n_seq * nw, sizeof(float));
+	c->winq_n = kvx__calloc((size_t)c->p.n_seq, sizeof(int));
+	c->score = kvx__malloc_array(nctx, sizeof(float));
+	c->pooled = kvx__malloc_array(nctx * mi->n_head_kv, sizeof(float));
+	c->wtmp = kvx__malloc_array((size_t)mi->n_head * WIN_SAVE *
+	    mi->head_dim, sizeof(float));
+	c->idx = kvx__malloc_array(nctx, sizeof(int));
+	if (!c->winq || !c->winq_n || !c->score || !c->pooled || !c->wtmp ||
+	    !c->idx) {
+		cpu_destroy((void **)&c);
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	}
+	*out = c;
+	return KVX_OK;
+}
+
+/* Make sure the forward scratch holds n tokens. */
+static kvx_status
+ensure_scratch(cpu_ctx *c, int n)
+{
+	kvx_status rc;
+	int want;
+
+	if (c->s != NULL && c->s_tokens >= n)
+		return KVX_OK;
+	want = n < 64 ? 64 : n;
+	if (c->pool == NULL && (c->pool = pool_new(c->p.n_threads > 0 ?
+	    c->p.n_threads : c->m->n_threads)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "cannot start the context's "
+		    "threads");
+	fw_scratch_free(&c->s);
+	c->s_tokens = 0;
+	if ((rc = fw_scratch_new(c->m, c->pool, want, c->p.n_ctx, &c->s)) !=
+	    KVX_OK)
+		return rc;
+	c->s_tokens = want;
+	return KVX_OK;
+}
+
+/*
+ * Undo a batch that failed part of the way through the layers: drop the
+ * rows at or past each of its sequences' next position, which only the
+ * batch can have appended, so the context is as it was before the call.
+ */
+static void
+rollback(cpu_ctx *c, int n, const int *seqs)
+{
+	kv_cache *kv = c->kv;
+	int i, l, h;
+
+	for (i = 0; i < n; i++)
+		for (l = 0; l < kv->n_layer; l++)
+			for (h = 0; h < kv->n_head_kv; h++) {
+				kv_seg *sg = kv_seg_at(kv, seqs[i], l, h);
+
+				while (sg->len > 0 && sg->pos[sg->len - 1] >=
+				    kv->n_pos[seqs[i]])
+					sg->len--;
+			}
+}
+
+// --- selection -----------------------------------------------------------------
+
+/*
+ * Compress layer l of sequence sseq in src, which holds all n prompt
+ * tokens, into sequence dseq of dst (the two may be the same), by dst's
+ * plan, given that layer's window queries wq[H][w][D].  Without a plan
+ * the rows are copied whole.
+ */
+static kvx_status
+select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
+    int l, const float *wq, int w)
+{
+	const kvx_model_info *mi = &dst->m->info;
+	const kvx_plan *P = dst->plan;
+	int Hkv = mi->n_head_kv, D = mi->head_dim, g = mi->n_head / Hkv;
+	int h, i, cnt, pw;
+	int counts[SEL_MAX_KV_HEADS];
+	const float *pp[SEL_MAX_KV_HEADS];
+	sel_counts sc;
+	kvx_status rc;
+
+	if (Hkv > SEL_MAX_KV_HEADS)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "more than %d KV heads",
+		    SEL_MAX_KV_HEADS);
+	if (P == NULL || n <= 1) {
+		for (h = 0; h < Hkv; h++) {
+			const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
+
+			for (i = 0; i < ss->len; i++)
+				dst->idx[i] = i;
+			if ((rc = kv_compact(dst->kv, kv_seg_at(dst->kv, dseq,
+			    l, h), ss, dst->idx, ss->len,
+			    dst->p.decode_headroom)) != KVX_OK)
+				return rc;
+		}
+		return KVX_OK;
+	}
+
+	sel_rule(P, l, n, w, Hkv, &sc);
+	pw = sc.pw;
+	for (h = 0; h < Hkv; h++) {
+		const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
+		float *pooled = dst->pooled + (size_t)h * (n + 1);
+		int j, q;
+
+		if (ss->len != n)
+			return kvx__fail(KVX_ERR_ARG, "sequence %d was already "
+			    "compressed", sseq);
+		for (q = 0; q < g; q++)
+			for (j = 0; j < pw; j++)
+				memcpy(dst->wtmp + ((size_t)q * pw + j) * D,
+				    wq + (((size_t)(h * g + q)) * w + (w - pw +
+				    j)) * D, (size_t)D * sizeof(float));
+		sel_score(dst->wtmp, ss->k, n, pw, g, D,
+		    1.0f / sqrtf((float)D), P->gqa, dst->score);
+		sel_pool(dst->score, n - pw, P->pool_kernel, P->pool, pooled);
+	}
+
+	if (sc.hybrid) {
+		for (h = 0; h < Hkv; h++)
+			pp[h] = dst->pooled + (size_t)h * (n + 1) + sc.sinks;
+		if (sc.ncand > 0)
+			sel_hybrid_split(pp, Hkv, sc.ncand, sc.total, sc.floor,
+			    counts);
+		else
+			for (h = 0; h < Hkv; h++)
+				counts[h] = 0;
+		for (h = 0; h < Hkv; h++)
+			sc.keep[h] = sel_keep(&sc, counts[h]);
+	}
+
+	for (h = 0; h < Hkv; h++) {
+		const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
+
+		cnt = sel_select(dst->pooled + (size_t)h * (n + 1), n, pw,
+		    sc.sinks, sc.keep[h], dst->idx);
+		if ((rc = kv_compact(dst->kv, kv_seg_at(dst->kv, dseq, l, h),
+		    ss, dst->idx, cnt, dst->p.decode_headroom)) != KVX_OK)
+			return rc;
+	}
+	return KVX_OK;
+}
+
+/* Forward hook: save the window queries, then compress the layer. */
+static kvx_status
+prefill_hook(void *arg, int seq, int l, const float *wq, int w,
+    const float *xw)
+{
+	cpu_ctx *c = arg;
+	const kvx_model_info *mi = &c->m->info;
+	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
+	float *dst = c->winq + ((size_t)seq * mi->n_layer + l) * per;
+
+	memcpy(dst, wq, (size_t)mi->n_head * w * mi->head_dim * sizeof(float));
+	c->winq_n[seq] = w;
+	if (c->plan == NULL) {
+		int h;
+		kvx_status rc;
+
+		/* the full cache, too, keeps the prompt plus the headroom */
+		for (h = 0; h < mi->n_head_kv; h++) {
+			kv_seg *sg = kv_seg_at(c->kv, seq, l, h);
+
+			if ((rc = kv_fit(c->kv, sg, sg->len +
+			    c->p.decode_headroom)) != KVX_OK)
+				return rc;
+		}
+		return KVX_OK;
+	}
+	/* the forward has appended the whole prompt to this layer */
+	return select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq, l,
+	    0)->len, l, wq, w);
+}
+
+// --- inference -----------------------------------------------------------------
+
+/*
+ * Run n tokens of one sequence from position p0 through the CPU forward:
+ * a prefill (hook set: save window queries, compress each layer) or an
+ * extend.  logits: 1 the last token's, 2 every token's, into out if set.
+ */
+static kvx_status
+run_seq(cpu_ctx *c, int seq, const int32_t *ids, int n, int p0,
+    int logits, float *out, fw_layer_hook hook)
+{
+	int *sq, *pos, i;
+	kvx_status rc;
+	fw_batch b;
+
+	if ((rc = ensure_scratch(c, n)) != KVX_OK)
+		return rc;
+	sq = kvx__malloc_array((size_t)n, sizeof(int));
+	pos = kvx__malloc_array((size_t)n, sizeof(int));
+	if (sq == NULL || pos == NULL) {
+		free(sq);
+		free(pos);
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < n; i++) {
+		sq[i] = seq;
+		pos[i] = p0 + i;
+	}
+	memset(&b, 0, sizeof b);
+	b.n = n;
+	b.ids = ids;
+	b.seq = sq;
+	b.pos = pos;
+	b.logits = out != NULL ? logits : 0;
+	b.out = out;
+	if (hook != NULL) {
+		b.window = WIN_SAVE;
+		b.hook = hook;
+		b.hook_arg = c;
+	}
+	rc = model_forward(c->m, c->kv, c->s, &b);
+	free(sq);
+	free(pos);
+	return rc;
+}
+
+/* Prefill: full attention over the prompt, each layer compressed as soon
+ * as it has seen it.  On failure the sequence is empty again. */
+static kvx_status
+cpu_prefill(void *be, int seq, const int32_t *ids, int n, float *logits)
+{
+	cpu_ctx *c = be;
+	kvx_status rc;
+
+	if ((rc = run_seq(c, seq, ids, n, 0, 1, logits, prefill_hook)) !=
+	    KVX_OK) {
+		kv_seq_clear(c->kv, seq);
+		c->winq_n[seq] = 0;
+		return rc;
+	}
+	c->kv->n_pos[seq] = n;
+	c->kv->compressed[seq] = c->plan != NULL;
+	return KVX_OK;
+}
+
+/* Tokens appended without compression; on failure the sequence is as it
+ * was. */
+static kvx_status
+cpu_extend(void *be, int seq, const int32_t *ids, int n, float *logits)
+{
+	cpu_ctx *c = be;
+	int p0 = c->kv->n_pos[seq];
+	kvx_status rc;
+
+	if ((rc = run_seq(c, seq, ids, n, p0, 2, logits, NULL)) != KVX_OK) {
+		rollback(c, 1, &seq);
+		return rc;
+	}
+	c->kv->n_pos[seq] = p0 + n;
+	return KVX_OK;
+}
+
+/* One token for each of n sequences; on failure every sequence is as it
+ * was. */
+static kvx_status
+cpu_decode(void *be, int n, const int *seqs, const int32_t *ids,
+    float *logits)
+{
+	cpu_ctx *c = be;
+	int *pos, i;
+	kvx_status rc;
+	fw_batch b;
+
+	if ((rc = ensure_scratch(c, n)) != KVX_OK)
+		return rc;
+	if ((pos = kvx__malloc_array((size_t)n, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (i = 0; i < n; i++)
+		pos[i] = c->kv->n_pos[seqs[i]];
+	memset(&b, 0, sizeof b);
+	b.n = n;
+	b.ids = ids;
+	b.seq = seqs;
+	b.pos = pos;
+	b.logits = logits != NULL ? 2 : 0;
+	b.out = logits;
+	rc = model_forward(c->m, c->kv, c->s, &b);
+	if (rc == KVX_OK)
+		for (i = 0; i < n; i++)
+			c->kv->n_pos[seqs[i]]++;
+	else
+		rollback(c, n, seqs);
+	free(pos);
+	return rc;
+}
+
+/* Compress sequence sseq of src, an uncompressed prefill, into the empty
+ * sequence dseq of dst, by dst's plan. */
+static kvx_status
+cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
+{
+	cpu_ctx *dst = dbe;
+	const cpu_ctx *src = sbe;
+	const kvx_model_info *mi = &dst->m->info;
+	size_t per;
+	kvx_status rc;
+	int l;
+
+	if (src->kv->compressed[sseq] || src->winq_n[sseq] == 0)
+		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: source "
+		    "sequence %d holds no uncompressed prefill", sseq);
+	if (dst->kv->n_pos[dseq] != 0)
+		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: sequence %d "
+		    "is not empty", dseq);
+	if (src->kv->n_pos[sseq] > dst->p.n_ctx)
+		return kvx__fail(KVX_ERR_CAPACITY, "source holds %d tokens, "
+		    "beyond the context size %d", src->kv->n_pos[sseq],
+		    dst->p.n_ctx);
+	per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
+	for (l = 0; l < mi->n_layer; l++) {
+		const float *wq = src->winq + ((size_t)sseq * mi->n_layer + l) *
+		    per;
+
+		if ((rc = select_layer(dst, dseq, src->kv, sseq,
+		    src->kv->n_pos[sseq], l, wq,
+		    src->winq_n[sseq])) != KVX_OK) {
+			kv_seq_clear(dst->kv, dseq);
+			return rc;
+		}
+	}
+	memcpy(dst->winq + (size_t)dseq * mi->n_layer * per,
+	    src->winq + (size_t)sseq * mi->n_layer * per,
+	    mi->n_layer * per * sizeof(float));
+	dst->winq_n[dseq] = src->winq_n[sseq];
+	dst->kv->n_pos[dseq] = src->kv->n_pos[sseq];
+	dst->kv->compressed[dseq] = dst->plan != NULL;
+	return KVX_OK;
+}
+
+/* Forget a sequence's tokens and its saved window. */
+static kvx_status
+cpu_seq_clear(void *be, int seq)
+{
+	cpu_ctx *c = be;
+
+	kv_seq_clear(c->kv, seq);
+	c->winq_n[seq] = 0;
+	return KVX_OK;
+}
+
+/* Tokens the sequence has seen. */
+static int
+cpu_seq_len(const void *be, int seq)
+{
+	const cpu_ctx *c = be;
+
+	return c->kv->n_pos[seq];
+}
+
+/* Bytes allocated and held, against a full cache of the same tokens. */
+static kvx_status
+cpu_memory(const void *be, kvx_memory *mem)
+{
+	const cpu_ctx *c = be;
+	const kv_cache *kv = c->kv;
+	size_t row = kv_row_bytes(kv);
+	int s, l, h;
+
+	memset(mem, 0, sizeof *mem);
+	mem->kv_bytes = kv->bytes;
+	for (s = 0; s < kv->n_seq; s++) {
+		mem->n_tokens += kv->n_pos[s];
+		for (l = 0; l < kv->n_layer; l++)
+			for (h = 0; h < kv->n_head_kv; h++)
+				mem->n_kept += kv_seg_cget(kv, s, l, h)->len;
+	}
+	mem->kv_bytes_used = (uint64_t)mem->n_kept * row;
+	mem->kv_bytes_full = (uint64_t)mem->n_tokens * kv->n_layer *
+	    kv->n_head_kv * row;
+	return KVX_OK;
+}
+
+const kv_cache *
+cpu_kv(const void *be)
+{
+	const cpu_ctx *c = be;
+
+	return c->kv;
+}
+
+const ctx_ops cpu_ops = {
+	.name = "cpu",
+	.available = cpu_available,
+	.create = cpu_create,
+	.destroy = cpu_destroy,
+	.prefill = cpu_prefill,
+	.extend = cpu_extend,
+	.decode = cpu_decode,
+	.compress_from = cpu_compress_from,
+	.seq_clear = cpu_seq_clear,
+	.seq_len = cpu_seq_len,
+	.memory = cpu_memory,
+};
