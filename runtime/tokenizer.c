@@ -1333,19 +1333,19 @@ kvx_token_piece(const kvx_model *m, int32_t id, char *buf, size_t size,
 int32_t
 kvx_token_bos(const kvx_model *m)
 {
-	return tok_bos(m->tok);
+	return m == NULL ? -1 : tok_bos(m->tok);
 }
 
 int32_t
 kvx_token_eos(const kvx_model *m)
 {
-	return tok_eos(m->tok);
+	return m == NULL ? -1 : tok_eos(m->tok);
 }
 
 int
 kvx_token_is_eog(const kvx_model *m, int32_t id)
 {
-	return tok_is_eog(m->tok, id);
+	return m != NULL && tok_is_eog(m->tok, id);
 }
 
 kvx_status
