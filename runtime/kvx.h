@@ -185,7 +185,14 @@ typedef struct kvx_plan_info {
 	int		 n_head_kv;
 	int		 head_dim;
 	const char	*fingerprint;	/* 64 hex digits, as kvx_model_info */
-	double		 reserved[16];	/* zero */
+	const char	*scorer;	/* snapkv, expected-attention or
+					   kvzip */
+	/* expected-attention's parameters; 0 and NULL under another */
+	int		 ea_queries;	/* prompt queries of the statistics */
+	int		 ea_future;	/* positions RoPE is averaged over */
+	const char	*ea_covariance;	/* full, diagonal or none */
+	int		 ea_value_norm;	/* 1: scores times the value norm */
+	double		 reserved[12];	/* zero */
 } kvx_plan_info;
 
 /* Fill info from the plan: KVX_ERR_ARG when either is NULL. */

@@ -20,6 +20,20 @@ enum plan_budget_kind {
 
 enum plan_pool { PLAN_POOL_MAX = 0, PLAN_POOL_AVG = 1, PLAN_POOL_NONE = 2 };
 enum plan_gqa { PLAN_GQA_MEAN = 0, PLAN_GQA_MAX = 1 };
+/* How tokens are scored; snapkv is the default a plan without the key
+ * gets (0), so that older plans read as they always did. */
+enum plan_scorer {
+	PLAN_SCORER_SNAPKV = 0,
+	PLAN_SCORER_EA = 1,		/* expected-attention */
+	PLAN_SCORER_KVZIP = 2
+};
+enum plan_cov { PLAN_COV_FULL = 0, PLAN_COV_DIAG = 1, PLAN_COV_NONE = 2 };
+
+/* Expected Attention's defaults (kvpress's ExpectedAttentionPress, with
+ * the statistics taken over the queries a context keeps). */
+#define PLAN_EA_QUERIES		KVX_WINDOW_MAX
+#define PLAN_EA_FUTURE		512
+#define PLAN_EA_MAX_FUTURE	(1 << 20)
 
 struct kvx_plan {
 	int		 version;	/* KVX_PLAN_FORMAT_VERSION */
@@ -45,6 +59,15 @@ struct kvx_plan {
 	int		 gqa;		/* enum plan_gqa */
 	int		 sinks;		/* always-kept leading tokens */
 	int		 min_tokens;	/* floor per head, tokens */
+	int		 scorer;	/* enum plan_scorer */
+
+	/* expected-attention: read and written only under that scorer */
+	int		 ea_queries;	/* last prompt queries of the
+					   statistics, [2, KVX_WINDOW_MAX] */
+	int		 ea_future;	/* future positions RoPE is averaged
+					   over */
+	int		 ea_cov;	/* enum plan_cov */
+	int		 ea_vnorm;	/* 1: times the value's norm */
 
 	/* budgets */
 	int		 mode;		/* kvx_plan_mode */
@@ -72,6 +95,13 @@ struct kvx_plan {
 kvx_status	 plan_new(const kvx_model_info *, int mode, double fraction,
 		     kvx_plan **out);
 kvx_status	 plan_copy(const kvx_plan *, kvx_plan **out);
+/* Set the plan's scorer (enum plan_scorer), with that scorer's default
+ * parameters. */
+void		 plan_set_scorer(kvx_plan *, int scorer);
+/* The scorer's name as kvx-plan(5) spells it, or NULL; and its value for
+ * a name, or -1. */
+const char	*plan_scorer_name(int scorer);
+int		 plan_scorer_parse(const char *name);
 /* Number of entries in budgets for the plan's mode. */
 int		 plan_n_budgets(const kvx_plan *);
 /*

@@ -38,6 +38,11 @@ static const char *const method_names[] = {
 static const char *const mode_names[] = { "static", "hybrid", NULL };
 static const char *const pool_names[] = { "max", "avg", "none", NULL };
 static const char *const gqa_names[] = { "mean", "max", NULL };
+static const char *const scorer_names[] = {
+	"snapkv", "expected-attention", "kvzip", NULL
+};
+static const char *const cov_names[] = { "full", "diagonal", "none", NULL };
+static const char *const bool_names[] = { "false", "true", NULL };
 /* --- the schema ---------------------------------------------------------- */
 
 #define OFF(m)	offsetof(struct kvx_plan, m)
@@ -82,6 +87,18 @@ const struct field plan_fields[] = {
 	    NULL },
 	{ "selection", "min_tokens", F_INT, OFF(min_tokens), 0, 0,
 	    PLAN_MAX_CONTEXT, 0, NULL },
+	{ "selection", "scorer", F_ENUM, OFF(scorer), 0, 0, 0, FL_OPTIONAL,
+	    scorer_names },
+	{ "", "expected_attention", F_SECTION, 0, 0, 0, 0,
+	    FL_OPTIONAL | FL_EA, NULL },
+	{ "expected_attention", "queries", F_INT, OFF(ea_queries), 0, 2,
+	    KVX_WINDOW_MAX, FL_EA, NULL },
+	{ "expected_attention", "future", F_INT, OFF(ea_future), 0, 1,
+	    PLAN_EA_MAX_FUTURE, FL_EA, NULL },
+	{ "expected_attention", "covariance", F_ENUM, OFF(ea_cov), 0, 0, 0,
+	    FL_EA, cov_names },
+	{ "expected_attention", "value_norm", F_ENUM, OFF(ea_vnorm), 0, 0, 0,
+	    FL_EA, bool_names },
 	{ "", "mode", F_ENUM, OFF(mode), 0, 0, 0, 0, mode_names },
 	{ "", "alpha", F_SPECIAL, 0, 0, 0, 0, FL_OPTIONAL, NULL },
 	{ "", "budgets", F_SPECIAL, 0, 0, 0, 0, 0, NULL },
@@ -173,6 +190,8 @@ plan_field_check(const struct field *f, const kvx_plan *p, char *why,
 	double d;
 	int64_t v;
 
+	if ((f->flags & FL_EA) && p->scorer != PLAN_SCORER_EA)
+		return 0;
 	switch (f->kind) {
 	case F_STR:
 		len = strnlen(base, f->size);
@@ -494,6 +513,36 @@ plan_copy(const kvx_plan *src, kvx_plan **out)
 	return KVX_OK;
 }
 
+/* Sets the scorer, and its parameters to their defaults. */
+void
+plan_set_scorer(kvx_plan *p, int scorer)
+{
+	p->scorer = scorer;
+	p->ea_queries = p->ea_future = p->ea_cov = p->ea_vnorm = 0;
+	if (scorer != PLAN_SCORER_EA)
+		return;
+	p->ea_queries = PLAN_EA_QUERIES;
+	p->ea_future = PLAN_EA_FUTURE;
+	p->ea_cov = PLAN_COV_FULL;
+	p->ea_vnorm = 1;
+}
+
+/* The scorer's name, or NULL when out of range. */
+const char *
+plan_scorer_name(int scorer)
+{
+	if (scorer < 0 || scorer > PLAN_SCORER_KVZIP)
+		return NULL;
+	return scorer_names[scorer];
+}
+
+/* The scorer named name, or -1. */
+int
+plan_scorer_parse(const char *name)
+{
+	return plan_name_index(scorer_names, name);
+}
+
 /* Frees a plan and clears the caller's handle. */
 void
 kvx_plan_free(kvx_plan **pp)
@@ -568,6 +617,13 @@ kvx_plan_get_info(const kvx_plan *p, kvx_plan_info *info)
 	info->n_head_kv = p->n_head_kv;
 	info->head_dim = p->head_dim;
 	info->fingerprint = p->fingerprint;
+	info->scorer = scorer_names[p->scorer];
+	if (p->scorer == PLAN_SCORER_EA) {
+		info->ea_queries = p->ea_queries;
+		info->ea_future = p->ea_future;
+		info->ea_covariance = cov_names[p->ea_cov];
+		info->ea_value_norm = p->ea_vnorm;
+	}
 	return KVX_OK;
 }
 
@@ -672,6 +728,12 @@ plan_check_info(const kvx_plan *p, const kvx_model_info *info)
 		    "fingerprint %.12s..., model has %.12s... (same shape, "
 		    "different weights: make a plan for this model)",
 		    p->fingerprint, info->fingerprint);
+	/* the format names kvzip so that plans can be written for it, but
+	 * this runtime cannot run its reconstruction pass yet */
+	if (p->scorer == PLAN_SCORER_KVZIP)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "plan's scorer kvzip "
+		    "is not implemented by this libkvx (use snapkv or "
+		    "expected-attention)");
 	return KVX_OK;
 }
 

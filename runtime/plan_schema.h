@@ -30,6 +30,8 @@ enum fkind {
 #define FL_ODD		0x02	/* integer must be odd */
 #define FL_HEX64	0x04	/* 64 hex digits */
 #define FL_WORDS	0x08	/* F_STR limited to names */
+#define FL_EA		0x10	/* read, checked and written only when
+				   selection.scorer is expected-attention */
 
 struct field {
 	const char		*sect;	/* "" for the top level */
@@ -44,7 +46,7 @@ struct field {
 
 /* The fields, in file order: the emitter walks the table, the loader and
  * plan_validate check it. */
-#define PLAN_NFIELDS	37
+#define PLAN_NFIELDS	43
 extern const struct field plan_fields[];
 
 /* Index of field sect.key in plan_fields, or -1. */

@@ -94,6 +94,11 @@ plans_equal(const kvx_plan *a, const kvx_plan *b, char *why, size_t size)
 	DIFF(a->gqa != b->gqa, "gqa");
 	DIFF(a->sinks != b->sinks, "sinks");
 	DIFF(a->min_tokens != b->min_tokens, "min_tokens");
+	DIFF(a->scorer != b->scorer, "scorer");
+	DIFF(a->ea_queries != b->ea_queries, "ea_queries");
+	DIFF(a->ea_future != b->ea_future, "ea_future");
+	DIFF(a->ea_cov != b->ea_cov, "ea_cov");
+	DIFF(a->ea_vnorm != b->ea_vnorm, "ea_vnorm");
 	DIFF(a->mode != b->mode, "mode");
 	DIFF(a->alpha != b->alpha, "alpha");
 	DIFF(strcmp(a->solver, b->solver), "solver");
@@ -182,6 +187,15 @@ test_round_trip(int mode, int kind, uint64_t seed)
 	p->seed = seed;
 	snprintf(p->created_by, sizeof p->created_by, "test-plan");
 	snprintf(p->name, sizeof p->name, "%s", corpora[(k + 2) % 8]);
+	/* seeds 4 to 7 cover every scorer and each parameter's range */
+	if (k >= 4)
+		plan_set_scorer(p, k % 3);
+	if (p->scorer == PLAN_SCORER_EA) {
+		p->ea_queries = k == 4 ? 2 : KVX_WINDOW_MAX;
+		p->ea_future = k == 4 ? 1 : PLAN_EA_MAX_FUTURE;
+		p->ea_cov = k == 4 ? PLAN_COV_NONE : PLAN_COV_DIAG;
+		p->ea_vnorm = k == 4 ? 0 : 1;
+	}
 	plan_update_bytes(p, 2);
 
 	snprintf(why, sizeof why, "rt-%d-%d-%d-a.yaml", mode, kind, k);
@@ -341,9 +355,13 @@ test_info(void)
 	    "0123456789abcdef0123456789abcdef") == 0 &&
 	    in.method == p->method && in.fingerprint == p->fingerprint,
 	    "info: static fixture's model, strings inside the plan");
-	for (zero = 1, i = 0; i < 16; i++)
+	for (zero = 1, i = 0; i < 12; i++)
 		zero &= in.reserved[i] == 0;
 	ok(zero, "info: reserved is zero");
+	ok(strcmp(in.scorer, "snapkv") == 0 && in.ea_queries == 0 &&
+	    in.ea_future == 0 && in.ea_covariance == NULL &&
+	    in.ea_value_norm == 0,
+	    "info: a plan without a scorer reads as snapkv, no parameters");
 	kvx_plan_free(&p);
 
 	if (!ok(kvx_plan_load(fixture("plan-hybrid-tokens.yaml"), &p) ==
@@ -359,6 +377,19 @@ test_info(void)
 	    strcmp(in.fingerprint, "fedcba9876543210fedcba9876543210"
 	    "fedcba9876543210fedcba9876543210") == 0,
 	    "info: hybrid tokens fixture, no model name");
+	kvx_plan_free(&p);
+
+	if (!ok(kvx_plan_load(fixture("plan-expected-attention.yaml"), &p) ==
+	    KVX_OK, "info: expected-attention fixture loads: %s",
+	    kvx_errmsg()))
+		return;
+	memset(&in, 0xff, sizeof in);
+	ok(kvx_plan_get_info(p, &in) == KVX_OK &&
+	    strcmp(in.scorer, "expected-attention") == 0 &&
+	    in.ea_queries == 64 && in.ea_future == 256 &&
+	    strcmp(in.ea_covariance, "diagonal") == 0 &&
+	    in.ea_value_norm == 0 && in.window == 4,
+	    "info: expected-attention fixture's scorer and parameters");
 	ok(kvx_plan_get_info(NULL, &in) == KVX_ERR_ARG &&
 	    kvx_plan_get_info(p, NULL) == KVX_ERR_ARG,
 	    "info: a NULL plan or info is refused");
@@ -426,6 +457,13 @@ test_invalid_fixtures(void)
 		{ "bytes", KVX_ERR_PLAN, ":14:20:", "expected 10624" },
 		{ "two-docs", KVX_ERR_PLAN, ":30:1:", "more than one" },
 		{ "empty", KVX_ERR_PLAN, ":1:1:", "empty" },
+		{ "scorer", KVX_ERR_PLAN, ":21:11:", "'h2o'" },
+		{ "ea-missing", KVX_ERR_PLAN, ":2:1:",
+		    "missing key 'expected_attention'" },
+		{ "ea-key", KVX_ERR_PLAN, ":23:3:", "missing key 'future'" },
+		{ "ea-range", KVX_ERR_PLAN, ":23:12:", "[2, 128], got 129" },
+		{ "ea-unused", KVX_ERR_PLAN, ":21:1:", "only read when" },
+		{ "ea-enum", KVX_ERR_PLAN, ":25:15:", "'low-rank'" },
 	};
 	char name[128], path[1024];
 	const char *msg;
@@ -489,6 +527,23 @@ test_check_info(void)
 	    strstr(kvx_errmsg(), "layers 5") != NULL,
 	    "the first differing field is named");
 	ok(kvx_plan_check(p, NULL) == KVX_ERR_ARG, "kvx_plan_check(NULL model)");
+	plan_set_scorer(p, PLAN_SCORER_EA);
+	ok(plan_check_info(p, &info) == KVX_OK, "expected-attention runs");
+	kvx_plan_free(&p);
+
+	/* kvzip is in the format, not yet in the runtime */
+	if (!ok(kvx_plan_load(fixture("plan-kvzip.yaml"), &p) == KVX_OK,
+	    "kvzip fixture loads: %s", kvx_errmsg()))
+		return;
+	m = info;
+	m.n_layer = 4;
+	m.n_head = 4;
+	m.n_head_kv = 2;
+	m.head_dim = 8;
+	snprintf(m.fingerprint, sizeof m.fingerprint, "%s", p->fingerprint);
+	ok(plan_check_info(p, &m) == KVX_ERR_UNSUPPORTED &&
+	    strstr(kvx_errmsg(), "kvzip") != NULL,
+	    "a kvzip plan is refused as unsupported: \"%s\"", kvx_errmsg());
 	kvx_plan_free(&p);
 }
 
