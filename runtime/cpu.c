@@ -39,6 +39,9 @@ typedef struct cpu_ctx {
 	int		*winq_n;	/* per seq: saved window length */
 	/* selection scratch */
 	float		*score, *pooled, *wtmp;
+	float		*ea;		/* expected-attention: a group's means
+					   and covariances, then n_ctx + 1
+					   logits */
 	int		*idx;
 } cpu_ctx;
 
@@ -58,6 +61,7 @@ cpu_destroy(void **pc)
 	free(c->score);
 	free(c->pooled);
 	free(c->wtmp);
+	free(c->ea);
 	free(c->idx);
 	free(c);
 	*pc = NULL;
@@ -101,8 +105,12 @@ cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	c->wtmp = kvx__malloc_array((size_t)mi->n_head * WIN_SAVE *
 	    mi->head_dim, sizeof(float));
 	c->idx = kvx__malloc_array(nctx, sizeof(int));
+	if (plan != NULL && plan->scorer == PLAN_SCORER_EA)
+		c->ea = kvx__malloc_array((size_t)(mi->n_head / mi->n_head_kv) *
+		    mi->head_dim * (mi->head_dim + 1) + nctx, sizeof(float));
 	if (!c->winq || !c->winq_n || !c->score || !c->pooled || !c->wtmp ||
-	    !c->idx) {
+	    !c->idx || (plan != NULL && plan->scorer == PLAN_SCORER_EA &&
+	    c->ea == NULL)) {
 		cpu_destroy((void **)&c);
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	}
@@ -158,6 +166,35 @@ rollback(cpu_ctx *c, int n, const int *seqs)
 // --- selection -----------------------------------------------------------------
 
 /*
+ * Expected Attention scores of KV head h's candidates (the pw window
+ * tokens excluded) into dst->score: statistics of the last of the w
+ * window queries, which sit at the rows n - w .. n - 1 of the prompt.
+ */
+static void
+ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int h, const float *wq,
+    int w, int pw, int sinks)
+{
+	const kvx_model_info *mi = &dst->m->info;
+	const kvx_plan *P = dst->plan;
+	int D = mi->head_dim, g = mi->n_head / mi->n_head_kv, q;
+	int nq = P->ea_queries < w ? P->ea_queries : w;
+	size_t cs = P->ea_cov == PLAN_COV_DIAG ? (size_t)D : (size_t)D * D;
+	float *mu = dst->ea, *cov = mu + (size_t)g * D;
+	sel_ea e;
+
+	e.future = P->ea_future;
+	e.cov = P->ea_cov;
+	e.vnorm = P->ea_vnorm;
+	e.theta = mi->rope_theta;
+	for (q = 0; q < g; q++)
+		sel_ea_stats(wq + ((size_t)(h * g + q) * w + (w - nq)) * D,
+		    ss->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,
+		    cov + q * cs);
+	sel_ea_score(mu, cov, ss->k, ss->v, n, n - pw, sinks, g, D, &e,
+	    P->gqa, cov + g * cs, dst->score);
+}
+
+/*
  * Compress layer l of sequence sseq in src, which holds all n prompt
  * tokens, into sequence dseq of dst (the two may be the same), by dst's
  * plan, given that layer's window queries wq[H][w][D].  Without a plan
@@ -203,6 +240,12 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 		if (ss->len != n)
 			return kvx__fail(KVX_ERR_ARG, "sequence %d was already "
 			    "compressed", sseq);
+		if (P->scorer == PLAN_SCORER_EA) {
+			ea_head(dst, ss, n, h, wq, w, pw, sc.sinks);
+			sel_pool(dst->score, n - pw, P->pool_kernel, P->pool,
+			    pooled);
+			continue;
+		}
 		for (q = 0; q < g; q++)
 			for (j = 0; j < pw; j++)
 				memcpy(dst->wtmp + ((size_t)q * pw + j) * D,

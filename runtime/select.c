@@ -1,6 +1,6 @@
 /*
- * select.c - SnapKV-style token scoring, pooling and top-k selection, and
- * the AdaKV hybrid split of a layer's budget over its heads.
+ * select.c - token scoring (SnapKV, Expected Attention), pooling and top-k
+ * selection, and the AdaKV hybrid split of a layer's budget over its heads.
  * SPDX-License-Identifier: MIT
  *
  * Selection is a radix select over order-preserving integer keys of the
@@ -509,4 +509,190 @@ sel_hybrid_split(const float *const *pooled, int h, int n_cand, int total,
 	}
 	if (ks != ks_stack)
 		free(ks);
+}
+
+/* --- Expected Attention ---------------------------------------------------- */
+
+/*
+ * Cosine and sine of RoPE pair i averaged over positions n .. n + F - 1:
+ * the mean of exp(i (n + j) f) over j is a Dirichlet kernel, exp(i (n +
+ * (F - 1) / 2) f) sin(F f / 2) / (F sin(f / 2)), so that no position is
+ * visited.
+ */
+static void
+avg_rot(int n, int F, double f, double *c, double *s)
+{
+	double h = sin(f / 2), r, a;
+
+	r = fabs(h) < 1e-12 ? 1.0 : sin(F * f / 2) / (F * h);
+	a = (n + (F - 1) / 2.0) * f;
+	*c = r * cos(a);
+	*s = r * sin(a);
+}
+
+void
+sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
+    const sel_ea *e, float *mu, float *cov)
+{
+	double m[2], x[2], f, c, s, ca, sa, cb, sb, s00, s01, s10, s11;
+	double *u, *S = NULL;
+	int i, j, a, b, full = e->cov != PLAN_COV_NONE;
+
+	if (w < 1 || d < 2)
+		return;
+	/* pre-RoPE queries in double: w x d, then their covariance */
+	if ((u = malloc(sizeof(double) * (size_t)w * d)) == NULL ||
+	    (full && (S = calloc((size_t)d * d, sizeof(double))) == NULL)) {
+		free(u);
+		for (i = 0; i < d; i++)
+			mu[i] = NAN;
+		return;
+	}
+	for (i = 0; i < d; i += 2) {
+		f = pow((double)e->theta, -(double)i / d);
+		m[0] = m[1] = 0;
+		for (j = 0; j < w; j++) {
+			const float *p = q + (size_t)j * d + i;
+
+			c = cos(pos[j] * f);
+			s = sin(pos[j] * f);
+			x[0] = p[0] * c + p[1] * s;
+			x[1] = -p[0] * s + p[1] * c;
+			u[(size_t)j * d + i] = x[0];
+			u[(size_t)j * d + i + 1] = x[1];
+			m[0] += x[0];
+			m[1] += x[1];
+		}
+		m[0] /= w;
+		m[1] /= w;
+		avg_rot(n, e->future, f, &c, &s);
+		mu[i] = (float)(c * m[0] - s * m[1]);
+		mu[i + 1] = (float)(s * m[0] + c * m[1]);
+		for (j = 0; j < w; j++) {
+			u[(size_t)j * d + i] -= m[0];
+			u[(size_t)j * d + i + 1] -= m[1];
+		}
+	}
+	if (!full) {
+		free(u);
+		return;
+	}
+	for (j = 0; j < w; j++) {
+		const double *r = u + (size_t)j * d;
+
+		for (a = 0; a < d; a++)
+			for (b = 0; b <= a; b++)
+				S[(size_t)a * d + b] += r[a] * r[b];
+	}
+	for (a = 0; a < d; a++)
+		for (b = 0; b <= a; b++) {
+			S[(size_t)a * d + b] /= w;
+			S[(size_t)b * d + a] = S[(size_t)a * d + b];
+		}
+	/* R S R^T, one 2 x 2 block at a time: block (a, b) is
+	 * B_a S_ab B_b^T with B = [c -s; s c] of its pair */
+	for (a = 0; a < d; a += 2) {
+		avg_rot(n, e->future, pow((double)e->theta, -(double)a / d),
+		    &ca, &sa);
+		for (b = 0; b < d; b += 2) {
+			const double *r0 = S + (size_t)a * d + b;
+			const double *r1 = r0 + d;
+			double t00, t01, t10, t11;
+
+			if (e->cov == PLAN_COV_DIAG && a != b)
+				continue;
+			avg_rot(n, e->future, pow((double)e->theta,
+			    -(double)b / d), &cb, &sb);
+			/* T = B_a S_ab */
+			t00 = ca * r0[0] - sa * r1[0];
+			t01 = ca * r0[1] - sa * r1[1];
+			t10 = sa * r0[0] + ca * r1[0];
+			t11 = sa * r0[1] + ca * r1[1];
+			/* T B_b^T */
+			s00 = t00 * cb - t01 * sb;
+			s01 = t00 * sb + t01 * cb;
+			s10 = t10 * cb - t11 * sb;
+			s11 = t10 * sb + t11 * cb;
+			if (e->cov == PLAN_COV_DIAG) {
+				cov[a] = (float)s00;
+				cov[a + 1] = (float)s11;
+				continue;
+			}
+			cov[(size_t)a * d + b] = (float)s00;
+			cov[(size_t)a * d + b + 1] = (float)s01;
+			cov[(size_t)(a + 1) * d + b] = (float)s10;
+			cov[(size_t)(a + 1) * d + b + 1] = (float)s11;
+		}
+	}
+	free(u);
+	free(S);
+}
+
+/* k^T C k for a symmetric d x d C, or for its diagonal alone. */
+static inline float
+quad(const float *C, const float *k, int d, int diag)
+{
+	float acc = 0.0f;
+	int i;
+
+	if (diag) {
+		for (i = 0; i < d; i++)
+			acc += C[i] * k[i] * k[i];
+		return acc;
+	}
+	for (i = 0; i < d; i++)
+		acc += k[i] * dot(C + (size_t)i * d, k, d);
+	return acc;
+}
+
+void
+sel_ea_score(const float *mu, const float *cov, const float *k,
+    const float *v, int n, int nc, int s0, int g, int d, const sel_ea *e,
+    int gqa, float *tmp, float *score)
+{
+	float scale = 1.0f / sqrtf((float)d), half = 0.5f / (float)d;
+	size_t cs = e->cov == PLAN_COV_DIAG ? (size_t)d : (size_t)d * d;
+	float mx, il, p;
+	double l;
+	int h, t;
+
+	if (n < 1 || nc < 1 || s0 < 0 || s0 >= n || g < 1)
+		return;
+	for (h = 0; h < g; h++) {
+		const float *m = mu + (size_t)h * d, *C = cov + h * cs;
+
+		mx = -INFINITY;
+		for (t = 0; t < n; t++) {
+			const float *kt = k + (size_t)t * d;
+
+			tmp[t] = dot(m, kt, d) * scale;
+			if (e->cov != PLAN_COV_NONE)
+				tmp[t] += quad(C, kt, d,
+				    e->cov == PLAN_COV_DIAG) * half;
+			if (t >= s0 && tmp[t] > mx)
+				mx = tmp[t];
+		}
+		l = 0;
+		for (t = s0; t < n; t++)
+			l += vexp1(tmp[t] - mx);
+		il = (float)(1.0 / l);
+		for (t = 0; t < nc; t++) {
+			/* the sinks are kept whatever their score: 0 keeps
+			 * their weight from spreading through the pooling */
+			p = t < s0 ? 0.0f : vexp1(tmp[t] - mx) * il;
+			if (h == 0)
+				score[t] = p;
+			else if (gqa == PLAN_GQA_MAX)
+				score[t] = p > score[t] ? p : score[t];
+			else
+				score[t] += p;
+		}
+	}
+	for (t = 0; t < nc; t++) {
+		if (gqa != PLAN_GQA_MAX)
+			score[t] /= (float)g;
+		if (e->vnorm)
+			score[t] *= sqrtf(dot(v + (size_t)t * d,
+			    v + (size_t)t * d, d));
+	}
 }

@@ -1,6 +1,7 @@
 /*
- * select.h - SnapKV-style token scoring and selection (CPU reference; the
- * CUDA kernels in kernels/ are checked against these functions).
+ * select.h - token scoring (SnapKV, Expected Attention) and selection (CPU
+ * reference; the CUDA kernels in kernels/ are checked against these
+ * functions).
  * SPDX-License-Identifier: MIT
  *
  * Layout: for one KV head with a GQA group of g query heads and head
@@ -12,6 +13,7 @@
 #define KVX_SELECT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kvx.h"
 
@@ -90,5 +92,43 @@ int		 sel_select(const float *pooled, int n, int w, int sinks,
  */
 void		 sel_hybrid_split(const float *const *pooled, int h, int n_cand,
 		     int total, int floor, int *counts);
+
+/*
+ * Expected Attention (arXiv 2510.00636): how a plan's expected-attention
+ * section and the model's RoPE turn into scoring settings.
+ */
+typedef struct sel_ea {
+	int	future;		/* positions RoPE is averaged over */
+	int	cov;		/* enum plan_cov: full, diagonal, none */
+	int	vnorm;		/* 1: scores times the value's norm */
+	float	theta;		/* RoPE base, adjacent pairs (dims 2i,
+				   2i + 1) at frequency theta^(-2i/d) */
+} sel_ea;
+
+/*
+ * Statistics of one query head for a prompt of n tokens: q holds w >= 1
+ * post-RoPE queries (rows of d) at positions pos[0..w).  Each is rotated
+ * back to its pre-RoPE value; their mean and (cov != none) covariance
+ * (divided by w) are then carried by R, the RoPE rotation averaged over
+ * positions n .. n + future - 1, as R mu and R Sigma R^T.  mu receives d
+ * floats, cov d x d (full) or the d diagonal entries of R Sigma R^T
+ * (diagonal); with none cov is not touched.  Needs d even.
+ */
+void		 sel_ea_stats(const float *q, const int32_t *pos, int w,
+		     int d, int n, const sel_ea *e, float *mu, float *cov);
+/*
+ * score[t] for t in [0, nc): the expected softmax weight of key t under a
+ * Gaussian query of each of the g heads' statistics (mu g x d, cov as
+ * sel_ea_stats gives it, per head), the log-normal moment
+ * exp(mu.k / sqrt(d) + k^T Sigma k / (2 d)), normalised over the keys
+ * [s0, n) (the sinks before s0 would dominate the sum); averaged
+ * (PLAN_GQA_MEAN) or maximised over the g heads, then times |v_t| when
+ * vnorm.  The sinks t < s0 score 0.  K and V are n x d; tmp holds n
+ * floats.  Needs 0 <= s0 < n and nc <= n.
+ */
+void		 sel_ea_score(const float *mu, const float *cov,
+		     const float *k, const float *v, int n, int nc, int s0,
+		     int g, int d, const sel_ea *e, int gqa, float *tmp,
+		     float *score);
 
 #endif

@@ -1,7 +1,7 @@
 /*
- * test-select.c - token scoring, pooling, top-k, selection and the hybrid
- * split against brute-force references; CPU attention against a naive
- * double-precision one.
+ * test-select.c - token scoring (SnapKV, Expected Attention), pooling,
+ * top-k, selection and the hybrid split against brute-force references;
+ * CPU attention against a naive double-precision one.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -282,6 +282,230 @@ test_score(void)
 			    "score mass %.6f in (0, 1]", sum);
 		free(q);
 		free(k);
+		free(sc);
+		free(ref);
+	}
+}
+
+/* RoPE of one d-vector at position p, adjacent pairs, in double. */
+static void
+ref_rope(const double *x, int d, double p, double theta, double *y)
+{
+	double a;
+	int i;
+
+	for (i = 0; i < d; i += 2) {
+		a = p * pow(theta, -(double)i / d);
+		y[i] = x[i] * cos(a) - x[i + 1] * sin(a);
+		y[i + 1] = x[i] * sin(a) + x[i + 1] * cos(a);
+	}
+}
+
+/*
+ * Naive Expected Attention in double precision from the pre-RoPE queries
+ * qp (g x w x d): mean and covariance, the d x d rotation averaged over
+ * positions n .. n + F - 1 summed position by position, the log-normal
+ * moment of every key, a softmax over [s0, n), the heads reduced, and the
+ * value norm.
+ */
+static void
+ref_ea(const double *qp, int w, const float *k, const float *v, int n,
+    int nc, int s0, int g, int d, int F, double theta, int cov, int vnorm,
+    int gqa, double *score)
+{
+	double *R = calloc((size_t)d * d, sizeof(double));
+	double *S = malloc(sizeof(double) * d * d);
+	double *T = malloc(sizeof(double) * d * d);
+	double *S2 = malloc(sizeof(double) * d * d);
+	double *mu = malloc(sizeof(double) * d), *m2 = malloc(sizeof(double) * d);
+	double *z = malloc(sizeof(double) * n), a, mx, l, x;
+	int h, i, j, f, t, r;
+
+	for (f = 0; f < F; f++)
+		for (i = 0; i < d; i += 2) {
+			a = (n + f) * pow(theta, -(double)i / d);
+			R[i * d + i] += cos(a) / F;
+			R[i * d + i + 1] -= sin(a) / F;
+			R[(i + 1) * d + i] += sin(a) / F;
+			R[(i + 1) * d + i + 1] += cos(a) / F;
+		}
+	for (t = 0; t < nc; t++)
+		score[t] = gqa == PLAN_GQA_MAX ? -1.0 : 0.0;
+	for (h = 0; h < g; h++) {
+		const double *Q = qp + (size_t)h * w * d;
+
+		for (i = 0; i < d; i++) {
+			mu[i] = 0;
+			for (j = 0; j < w; j++)
+				mu[i] += Q[j * d + i] / w;
+		}
+		for (i = 0; i < d; i++)
+			for (j = 0; j < d; j++) {
+				S[i * d + j] = 0;
+				for (r = 0; r < w; r++)
+					S[i * d + j] += (Q[r * d + i] - mu[i]) *
+					    (Q[r * d + j] - mu[j]) / w;
+			}
+		for (i = 0; i < d; i++) {
+			m2[i] = 0;
+			for (j = 0; j < d; j++)
+				m2[i] += R[i * d + j] * mu[j];
+		}
+		for (i = 0; i < d; i++)
+			for (j = 0; j < d; j++) {
+				T[i * d + j] = 0;
+				for (r = 0; r < d; r++)
+					T[i * d + j] += R[i * d + r] *
+					    S[r * d + j];
+			}
+		for (i = 0; i < d; i++)
+			for (j = 0; j < d; j++) {
+				S2[i * d + j] = 0;
+				for (r = 0; r < d; r++)
+					S2[i * d + j] += T[i * d + r] *
+					    R[j * d + r];
+				if (cov == PLAN_COV_NONE ||
+				    (cov == PLAN_COV_DIAG && i != j))
+					S2[i * d + j] = 0;
+			}
+		mx = -INFINITY;
+		for (t = 0; t < n; t++) {
+			z[t] = 0;
+			for (i = 0; i < d; i++)
+				z[t] += m2[i] * k[t * d + i] / sqrt((double)d);
+			for (i = 0; i < d; i++)
+				for (j = 0; j < d; j++)
+					z[t] += k[t * d + i] * S2[i * d + j] *
+					    k[t * d + j] / (2.0 * d);
+			if (t >= s0 && z[t] > mx)
+				mx = z[t];
+		}
+		l = 0;
+		for (t = s0; t < n; t++)
+			l += exp(z[t] - mx);
+		for (t = 0; t < nc; t++) {
+			x = t < s0 ? 0.0 : exp(z[t] - mx) / l;
+			if (gqa == PLAN_GQA_MAX)
+				score[t] = x > score[t] ? x : score[t];
+			else
+				score[t] += x / g;
+		}
+	}
+	for (t = 0; t < nc && vnorm; t++) {
+		for (x = 0, i = 0; i < d; i++)
+			x += (double)v[t * d + i] * v[t * d + i];
+		score[t] *= sqrt(x);
+	}
+	free(R);
+	free(S);
+	free(T);
+	free(S2);
+	free(mu);
+	free(m2);
+	free(z);
+}
+
+/*
+ * Expected Attention against the naive reference on random inputs: the
+ * queries are drawn before RoPE and handed over rotated to their
+ * positions, as the forward keeps them.
+ */
+static void
+test_ea(void)
+{
+	static const int shapes[][7] = {	/* n, w, g, d, F, s0, pw */
+		{ 2, 1, 1, 2, 1, 0, 1 }, { 40, 8, 3, 16, 512, 4, 8 },
+		{ 300, 32, 3, 64, 512, 4, 32 }, { 129, 128, 2, 8, 7, 0, 1 },
+		{ 500, 64, 1, 64, 5000, 2, 16 }, { 64, 3, 4, 6, 1, 1, 3 },
+	};
+	int si, cov, gqa, vn, n, w, g, d, F, s0, pw, t, i, j, h, bad;
+	float theta = 10000.0f;
+
+	for (si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
+	for (cov = 0; cov < 3; cov++)
+	for (gqa = 0; gqa < 2; gqa++) {
+		size_t cs;
+		float *q, *k, *v, *mu, *cv, *tmp, *sc, big;
+		double *qp, *ref, y[64], worst = 0.0, err, top = 0.0;
+		int32_t *pos;
+		sel_ea e;
+
+		n = shapes[si][0];
+		w = shapes[si][1];
+		g = shapes[si][2];
+		d = shapes[si][3];
+		F = shapes[si][4];
+		s0 = shapes[si][5];
+		pw = shapes[si][6];
+		vn = (si + cov) % 2;
+		big = si % 2 ? 2.0f : 1.0f;
+		cs = cov == PLAN_COV_DIAG ? (size_t)d : (size_t)d * d;
+		qp = malloc(sizeof(double) * g * w * d);
+		q = malloc(sizeof(float) * g * w * d);
+		pos = malloc(sizeof(int32_t) * w);
+		k = malloc(sizeof(float) * n * d);
+		v = malloc(sizeof(float) * n * d);
+		mu = malloc(sizeof(float) * g * d);
+		cv = malloc(sizeof(float) * g * d * d);
+		tmp = malloc(sizeof(float) * n);
+		sc = malloc(sizeof(float) * n);
+		ref = malloc(sizeof(double) * n);
+		for (j = 0; j < w; j++)
+			pos[j] = n - w + j;
+		for (h = 0; h < g; h++)
+			for (j = 0; j < w; j++) {
+				double *x = qp + ((size_t)h * w + j) * d;
+
+				for (i = 0; i < d; i++)
+					x[i] = tap_frand() * big + (i % 3 == 0);
+				ref_rope(x, d, pos[j], theta, y);
+				for (i = 0; i < d; i++)
+					q[((size_t)h * w + j) * d + i] =
+					    (float)y[i];
+				for (i = 0; i < d; i++)
+					x[i] = (double)q[((size_t)h * w + j) *
+					    d + i];
+				ref_rope(x, d, -pos[j], theta, y);
+				memcpy(x, y, sizeof(double) * d);
+			}
+		for (t = 0; t < n * d; t++) {
+			k[t] = tap_frand() * big;
+			v[t] = tap_frand();
+		}
+		e.future = F;
+		e.cov = cov;
+		e.vnorm = vn;
+		e.theta = theta;
+		for (h = 0; h < g; h++)
+			sel_ea_stats(q + (size_t)h * w * d, pos, w, d, n, &e,
+			    mu + (size_t)h * d, cv + h * cs);
+		for (t = 0; t < n; t++)
+			sc[t] = NAN;
+		sel_ea_score(mu, cv, k, v, n, n - pw, s0, g, d, &e, gqa, tmp,
+		    sc);
+		ref_ea(qp, w, k, v, n, n - pw, s0, g, d, F, theta, cov, vn,
+		    gqa, ref);
+		for (t = 0; t < n - pw; t++)
+			top = ref[t] > top ? ref[t] : top;
+		for (bad = 0, t = 0; t < n - pw; t++) {
+			err = fabs(sc[t] - ref[t]);
+			if (!(err <= 1e-4 * ref[t] + 1e-6 * top))
+				bad++;
+			if (ref[t] > 0 && err / ref[t] > worst)
+				worst = err / ref[t];
+		}
+		ok(bad == 0, "expected attention n=%d w=%d g=%d d=%d F=%d "
+		    "s0=%d cov %d %s%s: %d bad, worst rel %.2g", n, w, g, d,
+		    F, s0, cov, gqa ? "max" : "mean", vn ? " vnorm" : "", bad,
+		    worst);
+		free(qp);
+		free(q);
+		free(pos);
+		free(k);
+		free(v);
+		free(mu);
+		free(cv);
+		free(tmp);
 		free(sc);
 		free(ref);
 	}
@@ -656,6 +880,7 @@ main(void)
 {
 	tap_rng = 0x9e3779b97f4a7c15ULL;
 	test_score();
+	test_ea();
 	test_pool();
 	test_topk();
 	test_select();
