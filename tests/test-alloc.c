@@ -255,66 +255,6 @@ report(const char *what, const struct tally *t)
 }
 
 static void
-path_model_open(void)
-{
-	struct tally t;
-	kvx_model *m = NULL;
-	kvx_status rc;
-	long base, at;
-
-	memset(&t, 0, sizeof t);
-	base = live();
-	arm(0);
-	rc = kvx_model_open(model_path, NULL, &m);
-	t.n = disarm();
-	kvx_model_close(&m);
-	if (!ok(rc == KVX_OK && live() == base, "model opens and closes "
-	    "without injection, leaving nothing"))
-		return;
-	for (at = 1; at <= t.n; at++) {
-		arm(at);
-		rc = kvx_model_open(model_path, NULL, &m);
-		disarm();
-		if (rc != KVX_OK && m != NULL)
-			t.unusable++;
-		kvx_model_close(&m);
-		note(&t, at, rc, live() - base);
-	}
-	report("kvx_model_open", &t);
-	ok(t.unusable == 0, "a failed open leaves the handle NULL");
-}
-
-static void
-path_plan_load(void)
-{
-	struct tally t;
-	kvx_plan *p = NULL;
-	kvx_status rc;
-	long base, at;
-
-	memset(&t, 0, sizeof t);
-	base = live();
-	arm(0);
-	rc = kvx_plan_load(plan_path, &p);
-	t.n = disarm();
-	kvx_plan_free(&p);
-	if (!ok(rc == KVX_OK && live() == base, "plan loads and frees "
-	    "without injection, leaving nothing"))
-		return;
-	for (at = 1; at <= t.n; at++) {
-		arm(at);
-		rc = kvx_plan_load(plan_path, &p);
-		disarm();
-		if (rc != KVX_OK && p != NULL)
-			t.unusable++;
-		kvx_plan_free(&p);
-		note(&t, at, rc, live() - base);
-	}
-	report("kvx_plan_load", &t);
-	ok(t.unusable == 0, "a failed load leaves the handle NULL");
-}
-
-static void
 cpu_params(kvx_ctx_params *cp)
 {
 	kvx_ctx_params_init(cp);
@@ -322,38 +262,6 @@ cpu_params(kvx_ctx_params *cp)
 	cp->n_ctx = 256;
 	cp->n_seq = 2;
 	cp->n_threads = 1;
-}
-
-static void
-path_ctx_new(kvx_model *m, const kvx_plan *plan)
-{
-	struct tally t;
-	kvx_ctx_params cp;
-	kvx_ctx *c = NULL;
-	kvx_status rc;
-	long base, at;
-
-	memset(&t, 0, sizeof t);
-	cpu_params(&cp);
-	base = live();
-	arm(0);
-	rc = kvx_ctx_new(m, plan, &cp, &c);
-	t.n = disarm();
-	kvx_ctx_free(&c);
-	if (!ok(rc == KVX_OK && live() == base, "context made and freed "
-	    "without injection, leaving nothing"))
-		return;
-	for (at = 1; at <= t.n; at++) {
-		arm(at);
-		rc = kvx_ctx_new(m, plan, &cp, &c);
-		disarm();
-		if (rc != KVX_OK && c != NULL)
-			t.unusable++;
-		kvx_ctx_free(&c);
-		note(&t, at, rc, live() - base);
-	}
-	report("kvx_ctx_new", &t);
-	ok(t.unusable == 0, "a failed kvx_ctx_new leaves the handle NULL");
 }
 
 #define N_DEC 2
@@ -514,8 +422,8 @@ main(void)
 	snprintf(plan_path, sizeof plan_path, "%s/plans/"
 	    "smollm2-135m-kvx-20.yaml", top ? top : ".");
 
-	path_model_open();
-	path_plan_load();
+	path_make(&(struct maker){ "kvx_model_open", make_model, free_model });
+	path_make(&(struct maker){ "kvx_plan_load", make_plan, free_plan });
 
 	if (kvx_model_open(model_path, NULL, &m) != KVX_OK ||
 	    load_small(plan_path, &static_plan) != KVX_OK)
@@ -528,7 +436,9 @@ main(void)
 	    KVX_OK)
 		tap_skip_all(kvx_errmsg());
 
-	path_ctx_new(m, static_plan);
+	the_model = m;
+	the_plan = static_plan;
+	path_make(&(struct maker){ "kvx_ctx_new", make_ctx, free_ctx });
 	path_inference(m, NULL, "full cache");
 	path_inference(m, static_plan, "static plan");
 	path_inference(m, hybrid_plan, "hybrid plan");
