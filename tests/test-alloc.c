@@ -264,6 +264,89 @@ cpu_params(kvx_ctx_params *cp)
 	cp->n_threads = 1;
 }
 
+/* A call that makes an object, and the call that frees it. */
+struct maker {
+	const char	 *what;
+	kvx_status	(*make)(void **out);
+	void		(*free)(void **);
+};
+
+/*
+ * Fail each allocation of mk's call in turn: it must give KVX_ERR_NOMEM (or
+ * succeed), leave *out NULL when it fails, and leak nothing.
+ */
+static void
+path_make(const struct maker *mk)
+{
+	struct tally t;
+	void *obj = NULL;
+	kvx_status rc;
+	long base, at;
+
+	memset(&t, 0, sizeof t);
+	base = live();
+	arm(0);
+	rc = mk->make(&obj);
+	t.n = disarm();
+	mk->free(&obj);
+	if (!ok(rc == KVX_OK && live() == base, "%s and its free, without "
+	    "injection, leave nothing", mk->what))
+		return;
+	for (at = 1; at <= t.n; at++) {
+		arm(at);
+		rc = mk->make(&obj);
+		disarm();
+		if (rc != KVX_OK && obj != NULL)
+			t.unusable++;
+		mk->free(&obj);
+		note(&t, at, rc, live() - base);
+	}
+	report(mk->what, &t);
+	ok(t.unusable == 0, "a failed %s leaves the handle NULL", mk->what);
+}
+
+static kvx_model	*the_model;
+static kvx_plan		*the_plan;
+
+static kvx_status
+make_model(void **out)
+{
+	return kvx_model_open(model_path, NULL, (kvx_model **)out);
+}
+
+static void
+free_model(void **p)
+{
+	kvx_model_close((kvx_model **)p);
+}
+
+static kvx_status
+make_plan(void **out)
+{
+	return kvx_plan_load(plan_path, (kvx_plan **)out);
+}
+
+static void
+free_plan(void **p)
+{
+	kvx_plan_free((kvx_plan **)p);
+}
+
+static kvx_status
+make_ctx(void **out)
+{
+	kvx_ctx_params cp;
+
+	cpu_params(&cp);
+	return kvx_ctx_new(the_model, the_plan, &cp, (kvx_ctx **)out);
+}
+
+static void
+free_ctx(void **p)
+{
+	kvx_ctx_free((kvx_ctx **)p);
+}
+
 #define N_DEC 2
 
 /*
