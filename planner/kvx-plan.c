@@ -57,7 +57,7 @@ struct cli {
 	prof_opts		 po;
 	alloc_opts		 ao;
 	int			 set_window, set_pool, set_kernel, set_gqa;
-	int			 set_sinks, set_mode, set_gran;
+	int			 set_sinks, set_mode, set_gran, set_scorer;
 	double			 alpha;
 };
 
@@ -121,6 +121,23 @@ parse_method(void *set, const char *s, char *err, size_t size)
 		return 0;
 	snprintf(err, size, "unknown method '%s' (kvx, uniform, pyramid, ada "
 	    "or layer)", s);
+	return -1;
+}
+
+/* A scorer the runtime runs, by its plan name. */
+static int
+parse_scorer(void *set, const char *s, char *err, size_t size)
+{
+	struct cli *c = set;
+	int v = plan_scorer_parse(s);
+
+	if (v == PLAN_SCORER_SNAPKV || v == PLAN_SCORER_EA) {
+		c->po.scorer = v;
+		c->set_scorer = 1;
+		return 0;
+	}
+	snprintf(err, size, "%s scorer '%s' (snapkv or expected-attention)",
+	    v < 0 ? "unknown" : "not implemented yet:", s);
 	return -1;
 }
 
@@ -196,6 +213,9 @@ static const struct opt options[] = {
 	    .names = gqas, .noun = "gqa", .flags = OPT_GIVEN,
 	    .given = OFF(set_gqa),
 	    .help = "mean (default) or max over a query group" },
+	{ .name = "scorer", .kind = OPT_FUNC, .arg = "S", .fn = parse_scorer,
+	    .help = "snapkv (default) or expected-attention: how tokens are "
+	    "scored, when profiling and in the plan" },
 	{ .name = "sinks", .kind = OPT_INT, .arg = "N", .lo = 0, .hi = 1 << 20,
 	    .dst = OFF(po.sinks), .flags = OPT_GIVEN, .given = OFF(set_sinks),
 	    .help = "leading tokens always kept; default 4" },
@@ -413,17 +433,20 @@ adopt_profile(struct cli *c, const profile *p)
 	    (c->set_sinks && c->po.sinks != p->sinks) ||
 	    (c->set_kernel && c->po.pool_kernel != p->pool_kernel) ||
 	    (c->set_pool && c->po.pool != p->pool) ||
-	    (c->set_gqa && c->po.gqa != p->gqa))
+	    (c->set_gqa && c->po.gqa != p->gqa) ||
+	    (c->set_scorer && c->po.scorer != p->scorer))
 		return die(EX_BADUSE, "%s was measured with --window %d "
-		    "--sinks %d --pool %s --pool-kernel %d --gqa %s (drop "
-		    "the selection options or profile again)", c->from_prof,
-		    p->window, p->sinks, pools[p->pool], p->pool_kernel,
-		    gqas[p->gqa]);
+		    "--sinks %d --pool %s --pool-kernel %d --gqa %s --scorer "
+		    "%s (drop the selection options or profile again)",
+		    c->from_prof, p->window, p->sinks, pools[p->pool],
+		    p->pool_kernel, gqas[p->gqa],
+		    plan_scorer_name(p->scorer));
 	c->po.window = p->window;
 	c->po.sinks = p->sinks;
 	c->po.pool_kernel = p->pool_kernel;
 	c->po.pool = p->pool;
 	c->po.gqa = p->gqa;
+	c->po.scorer = p->scorer;
 	return EX_OK;
 }
 
@@ -578,6 +601,7 @@ main(int argc, char **argv)
 	plan->pool_kernel = c.po.pool_kernel;
 	plan->gqa = c.po.gqa;
 	plan->sinks = c.po.sinks;
+	plan_set_scorer(plan, c.po.scorer);
 	plan->ref_context = c.ao.ref_context;
 	if (mode == KVX_PLAN_HYBRID)
 		plan->alpha = c.alpha;

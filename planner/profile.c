@@ -44,6 +44,9 @@ struct prof_run {
 	int		 H, Hkv, D, E;
 	double		*sum;		/* [L][Hkv][G] curves summed */
 	float		*score, *pooled, *cand;
+	float		*wwin;		/* expected-attention: the scoring
+					   window's queries, H x window x D */
+	float		*ea;		/* its statistics and logits */
 	double		*prefix;
 	/* output objective */
 	float		*gram;		/* [L][H][D][D]: W_o,q^T W_o,q */
@@ -73,6 +76,7 @@ prof_opts_init(prof_opts *o)
 	o->pool = PLAN_POOL_MAX;
 	o->pool_kernel = 7;
 	o->gqa = PLAN_GQA_MEAN;
+	o->scorer = PLAN_SCORER_SNAPKV;
 	o->sinks = 4;
 	o->objective = PROF_OBJ_ABS;
 }
@@ -336,9 +340,37 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 }
 
 /*
+ * Expected Attention scores of KV head h's candidates into r->score, as
+ * the runtime computes them: statistics of the last of the wa queries at
+ * hand, the scoring window's w tokens left out.
+ */
+static void
+prof_ea(struct prof_run *r, const kv_seg *sg, int h, const float *wa,
+    int wa_n, int w, int s)
+{
+	int g = r->H / r->Hkv, D = r->D, n = r->n, q;
+	int nq = PLAN_EA_QUERIES < wa_n ? PLAN_EA_QUERIES : wa_n;
+	float *mu = r->ea, *cov = mu + (size_t)g * D;
+	sel_ea e;
+
+	e.future = PLAN_EA_FUTURE;
+	e.cov = PLAN_COV_FULL;
+	e.vnorm = 1;
+	e.theta = kvx_model_get_info(r->m)->rope_theta;
+	for (q = 0; q < g; q++)
+		sel_ea_stats(wa + ((size_t)(h * g + q) * wa_n + (wa_n - nq)) *
+		    D, sg->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,
+		    cov + (size_t)q * D * D);
+	sel_ea_score(mu, cov, sg->k, sg->v, n, n - w, s, g, D, &e,
+	    r->o->gqa, cov + (size_t)g * D * D, r->score);
+}
+
+/*
  * Forward hook: score each KV head of layer l with the window queries,
  * turn the pooled scores into a retention curve and add it to the sums,
- * then free the layer's K/V (later layers do not read it).
+ * then free the layer's K/V (later layers do not read it).  Under
+ * expected-attention the forward hands over the statistics' queries; the
+ * last window of them are the observation window of the objective.
  */
 static kvx_status
 prof_hook(void *arg, int seq, int l, const float *wq, int w,
@@ -348,7 +380,18 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 	const prof_opts *o = r->o;
 	int g = r->H / r->Hkv, n = r->n, G = o->grid, h, i, j;
 	float scale = 1.0f / sqrtf((float)r->D);
+	const float *wa = wq;
+	int wa_n = w;
 
+	if (o->scorer == PLAN_SCORER_EA && w > o->window) {
+		for (i = 0; i < r->H; i++)
+			memcpy(r->wwin + (size_t)i * o->window * r->D,
+			    wq + ((size_t)i * w + (w - o->window)) * r->D,
+			    (size_t)o->window * r->D * sizeof(float));
+		xw += (size_t)(w - o->window) * r->E;
+		wq = r->wwin;
+		w = o->window;
+	}
 	for (h = 0; h < r->Hkv; h++) {
 		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
 		double *sum = r->sum + ((size_t)l * r->Hkv + h) * G;
@@ -358,8 +401,11 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 		if (sg->len != n)
 			return kvx__fail(KVX_ERR_ARG, "layer %d head %d holds "
 			    "%d rows, expected %d", l, h, sg->len, n);
-		sel_score(wq + (size_t)h * g * w * r->D, sg->k, n, w, g, r->D,
-		    scale, o->gqa, r->score);
+		if (o->scorer == PLAN_SCORER_EA)
+			prof_ea(r, sg, h, wa, wa_n, w, s);
+		else
+			sel_score(wq + (size_t)h * g * w * r->D, sg->k, n, w,
+			    g, r->D, scale, o->gqa, r->score);
 		sel_pool(r->score, nc, o->pool_kernel, o->pool, r->pooled);
 		for (i = 0; i < nc; i++)
 			z += r->pooled[i];
@@ -444,6 +490,10 @@ check_opts(const prof_opts *o)
 	if (o->pool_kernel < 1 || o->pool_kernel % 2 == 0)
 		return kvx__fail(KVX_ERR_ARG, "--pool-kernel %d is not a "
 		    "positive odd number", o->pool_kernel);
+	if (o->scorer != PLAN_SCORER_SNAPKV && o->scorer != PLAN_SCORER_EA)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "profiling with the "
+		    "scorer %s is not implemented", plan_scorer_name(o->scorer) ?
+		    plan_scorer_name(o->scorer) : "?");
 	if (o->span < 0 || o->sinks < 0)
 		return kvx__fail(KVX_ERR_ARG, "negative --profile-span or "
 		    "--sinks");
@@ -506,6 +556,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	p->pool_kernel = o->pool_kernel;
 	p->gqa = o->gqa;
 	p->sinks = o->sinks;
+	p->scorer = o->scorer;
 	p->objective = o->objective;
 	p->corpus_tokens = n_ids;
 	snprintf(p->corpus, sizeof p->corpus, "%s", names);
@@ -527,8 +578,15 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	r.err = kvx__malloc_array(OUT_CHECKS, sizeof(double));
 	seq = kvx__calloc((size_t)T, sizeof *seq);
 	pos = kvx__malloc_array((size_t)T, sizeof *pos);
+	if (o->scorer == PLAN_SCORER_EA) {
+		r.wwin = kvx__malloc_array((size_t)r.H * o->window * r.D,
+		    sizeof(float));
+		r.ea = kvx__malloc_array((size_t)(r.H / r.Hkv) * r.D *
+		    (r.D + 1) + (size_t)T, sizeof(float));
+	}
 	if (!r.score || !r.pooled || !r.cand || !r.prefix || !r.order ||
-	    !r.prob || !r.err || !seq || !pos) {
+	    !r.prob || !r.err || !seq || !pos ||
+	    (o->scorer == PLAN_SCORER_EA && (!r.wwin || !r.ea))) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
 	}
@@ -563,7 +621,8 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		b.ids = ids + off;
 		b.seq = seq;
 		b.pos = pos;
-		b.window = o->window;
+		b.window = o->scorer == PLAN_SCORER_EA &&
+		    PLAN_EA_QUERIES > o->window ? PLAN_EA_QUERIES : o->window;
 		b.hook = prof_hook;
 		b.hook_arg = &r;
 		b.no_head = 1;
@@ -601,6 +660,8 @@ done:
 	free(r.order);
 	free(r.prob);
 	free(r.err);
+	free(r.wwin);
+	free(r.ea);
 	free(r.gram);
 	free(seq);
 	free(pos);
@@ -637,6 +698,10 @@ profile_save(const profile *p, const char *path, int overwrite)
 	fprintf(f, "window %d\npool %s\npool_kernel %d\ngqa %s\nsinks %d\n",
 	    p->window, pool_word[p->pool], p->pool_kernel, gqa_word[p->gqa],
 	    p->sinks);
+	/* written only when not the default, so older readers and files
+	 * agree on snapkv profiles */
+	if (p->scorer != PLAN_SCORER_SNAPKV)
+		fprintf(f, "scorer %s\n", plan_scorer_name(p->scorer));
 	fprintf(f, "objective %s\n", objective_word[p->objective]);
 	fprintf(f, "corpus_tokens %" PRId64 "\ncorpus %s\n", p->corpus_tokens,
 	    p->corpus[0] ? p->corpus : "-");
@@ -721,6 +786,11 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 		if (strcmp(key, "corpus") == 0) {
 			snprintf(p->corpus, sizeof p->corpus, "%s",
 			    strcmp(val, "-") == 0 ? "" : val);
+			continue;
+		}
+		if (strcmp(key, "scorer") == 0) {
+			if ((p->scorer = plan_scorer_parse(val)) < 0)
+				goto bad;
 			continue;
 		}
 		if (strcmp(key, "objective") == 0) {

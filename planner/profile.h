@@ -50,6 +50,8 @@ typedef struct prof_opts {
 	int		 pool_kernel;	/* odd (7) */
 	int		 gqa;		/* enum plan_gqa (mean) */
 	int		 sinks;		/* always-kept leading tokens (4) */
+	int		 scorer;	/* enum plan_scorer (snapkv); expected-
+					   attention with its plan defaults */
 	int		 objective;	/* PROF_OBJ_ABS (default), OUTPUT, MASS */
 	int		 progress;	/* progress lines on stderr */
 } prof_opts;
@@ -60,6 +62,7 @@ typedef struct profile {
 	int		 samples, sample_tokens, span;
 	uint64_t	 seed;
 	int		 window, pool, pool_kernel, gqa, sinks;
+	int		 scorer;	/* enum plan_scorer */
 	int		 objective;
 	int64_t		 corpus_tokens;
 	char		 corpus[256];	/* base names, comma separated */
