@@ -399,3 +399,160 @@ eval_mean(const struct result *res, int n_text, int n_ent,
 	}
 }
 
+
+// --- task suite ----------------------------------------------------------------
+
+/*
+ * Greedy-decode at most max tokens from logits in e's context; answer
+ * (size bytes) gets the text.  Stops at the end of a turn, or once every
+ * reference is in the answer, when more tokens cannot change the score.
+ */
+static void
+decode_task(const kvx_model *m, struct entry *e, float *logits, int V,
+    int max, const struct task_question *q, char *answer, size_t size)
+{
+	char piece[128];
+	size_t al = 0, pl;
+	int32_t tok;
+	int i, seq = 0;
+
+	answer[0] = '\0';
+	for (i = 0; i < max; i++) {
+		tok = argmax(logits, V);
+		if (kvx_token_is_eog(m, tok))
+			break;
+		if (kvx_token_piece(m, tok, piece, sizeof piece, &pl) ==
+		    KVX_OK && al + pl < size) {
+			memcpy(answer + al, piece, pl);
+			answer[al += pl] = '\0';
+		}
+		if (task_score(q->refs, q->n_ref, answer) == 1.0)
+			break;
+		if (i + 1 < max &&
+		    kvx_decode(e->ctx, 1, &seq, &tok, logits) != KVX_OK)
+			fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
+	}
+}
+
+/* Compress the prefill in src into e's context; *kv gets its bytes. */
+static void
+restore(struct entry *e, kvx_ctx *src, uint64_t *kv)
+{
+	kvx_memory mem;
+
+	kvx_seq_clear(e->ctx, 0);
+	if (kvx_compress_from(e->ctx, 0, src, 0) != KVX_OK)
+		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
+	if (kvx_ctx_memory(e->ctx, &mem) != KVX_OK)
+		fail(EXIT_RUN, "%s", kvx_errmsg());
+	*kv = mem.kv_bytes;
+}
+
+/* Append s and a separator to a row's answer. */
+static void
+join_answer(struct task_row *r, const char *s)
+{
+	size_t n = r->answer != NULL ? strlen(r->answer) : 0;
+
+	if ((r->answer = realloc(r->answer, n + strlen(s) + 4)) == NULL)
+		fail(EXIT_RUN, "out of memory");
+	snprintf(r->answer + n, strlen(s) + 4, "%s%s", n ? " | " : "", s);
+}
+
+/* Answer every question of every item with every entry. */
+void
+eval_tasks(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
+    const struct task_item *items, int n_items, int inside,
+    struct task_row *rows)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	int V = mi->n_vocab, it, q, i, nq, max_q = 1, max_p = 1;
+	const struct task_item *t;
+	const struct task_question *tq;
+	struct task_row *r;
+	float *logits, *qrows;
+	int32_t *ids;
+	char answer[4096];
+	uint64_t kv;
+	double *hits;
+
+	for (it = 0; it < n_items; it++) {
+		if (task_item_tokens(&items[it]) > max_p)
+			max_p = task_item_tokens(&items[it]);
+		for (q = 0; q < items[it].n_q; q++)
+			if (items[it].q[q].n_ids > max_q)
+				max_q = items[it].q[q].n_ids;
+	}
+	logits = malloc(sizeof *logits * (size_t)V);
+	qrows = malloc(sizeof *qrows * (size_t)max_q * V);
+	ids = malloc(sizeof *ids * (size_t)max_p);
+	hits = calloc((size_t)n_ent, sizeof *hits);
+	if (logits == NULL || qrows == NULL || ids == NULL || hits == NULL)
+		fail(EXIT_RUN, "out of memory");
+	for (it = 0; it < n_items; it++) {
+		t = &items[it];
+		progress("tasks: %s (%d/%d)", t->id, it + 1, n_items);
+		memset(hits, 0, sizeof *hits * (size_t)n_ent);
+		for (i = 0; i < n_ent; i++) {
+			r = &rows[(size_t)it * n_ent + i];
+			memset(r, 0, sizeof *r);
+			r->plan = i;
+			r->item = it;
+		}
+		if (!inside) {
+			kvx_seq_clear(src, 0);
+			if (kvx_prefill(src, 0, t->ids, t->n_ids, NULL) !=
+			    KVX_OK)
+				fail(EXIT_RUN, "%s: %s", t->id, kvx_errmsg());
+		}
+		for (q = nq = 0; q < t->n_q; nq += t->q[q++].n_ref) {
+			tq = &t->q[q];
+			if (inside) {
+				memcpy(ids, t->ids, sizeof *ids * t->n_ids);
+				memcpy(ids + t->n_ids, tq->ids,
+				    sizeof *ids * tq->n_ids);
+				kvx_seq_clear(src, 0);
+				if (kvx_prefill(src, 0, ids, t->n_ids +
+				    tq->n_ids, logits) != KVX_OK)
+					fail(EXIT_RUN, "%s: %s", t->id,
+					    kvx_errmsg());
+			}
+			for (i = 0; i < n_ent; i++) {
+				r = &rows[(size_t)it * n_ent + i];
+				/* a fresh copy of the prefill each time: no
+				 * question sees an earlier one */
+				restore(&ents[i], src, &kv);
+				if (q == 0)
+					r->kv_bytes = kv;
+				if (inside)
+					memcpy(qrows, logits, sizeof *qrows *
+					    (size_t)V);
+				else if (kvx_extend(ents[i].ctx, 0, tq->ids,
+				    tq->n_ids, qrows) != KVX_OK)
+					fail(EXIT_RUN, "%s: %s", ents[i].name,
+					    kvx_errmsg());
+				else
+					memmove(qrows, qrows +
+					    (size_t)(tq->n_ids - 1) * V,
+					    sizeof *qrows * (size_t)V);
+				decode_task(m, &ents[i], qrows, V,
+				    t->answer_tokens, tq, answer,
+				    sizeof answer);
+				hits[i] += tq->n_ref * task_score(tq->refs,
+				    tq->n_ref, answer);
+				join_answer(r, answer);
+				kvx_seq_clear(ents[i].ctx, 0);
+			}
+		}
+		for (i = 0; i < n_ent; i++) {
+			r = &rows[(size_t)it * n_ent + i];
+			r->score = nq > 0 ? hits[i] / nq : 0.0;
+			r->kv_bytes_full = rows[(size_t)it * n_ent].kv_bytes;
+		}
+	}
+	kvx_seq_clear(src, 0);
+	free(logits);
+	free(qrows);
+	free(ids);
+	free(hits);
+}

@@ -1,7 +1,8 @@
 /*
  * eval.h - what kvx-eval computes: continuation perplexity, KL divergence
  * and top-1 agreement of KV-cache plans against the full cache under
- * teacher forcing, and pass-key retrieval in prose; the results it
+ * teacher forcing, pass-key retrieval in prose, and the task suite
+ * (tasks.h) in either question mode; the results it
  * reports (report.c) and how the program shows errors and progress.
  * SPDX-License-Identifier: MIT
  */
@@ -13,6 +14,7 @@
 #include <stdio.h>
 
 #include "kvx.h"
+#include "tasks.h"
 #include "util.h"
 
 /* exit codes, documented in kvx-eval(1) */
@@ -54,6 +56,14 @@ struct pk_row {
 	char		 answer[16];
 };
 
+/* One plan's answer to one task item. */
+struct task_row {
+	int		 plan, item;
+	double		 score;		/* share of the item's references */
+	uint64_t	 kv_bytes, kv_bytes_full;
+	char		*answer;	/* the answers, joined by " | " */
+};
+
 /* Print "kvx-eval: message" and exit with code (kvx-eval.c). */
 void		 fail(int code, const char *fmt, ...) KVX_PRINTF(2, 3);
 /* Show what is running on a terminal; "" clears the line (kvx-eval.c). */
@@ -82,6 +92,16 @@ int		 eval_passkey(kvx_model *, kvx_ctx *src, struct entry *ents,
 		     int n_ent, const int32_t *prose, int n_prose,
 		     const int *lens, int n_len, const int *depths,
 		     int n_depth, uint64_t seed, struct pk_row **out);
+/*
+ * Answer every question of every item with every entry, greedily; rows
+ * gets n_items * n_ent rows, item-major.  With inside, the question ends
+ * the prefill (inside the observation window); otherwise the context is
+ * prefilled and compressed alone, and each question is appended to the
+ * compressed cache, which is rebuilt from the prefill before the next.
+ */
+void		 eval_tasks(kvx_model *, kvx_ctx *src, struct entry *ents,
+		     int n_ent, const struct task_item *items, int n_items,
+		     int inside, struct task_row *rows);
 /* Mean over the texts of each entry's results. */
 void		 eval_mean(const struct result *res, int n_text, int n_ent,
 		     struct result *mean);

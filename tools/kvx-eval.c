@@ -1,7 +1,8 @@
 /*
  * kvx-eval - measure how much KV-cache plans cost in quality against the
  * full cache: continuation perplexity, KL divergence and top-1 agreement
- * on real text under teacher forcing, and pass-key retrieval in prose.
+ * on real text under teacher forcing, pass-key retrieval in prose, and a
+ * RULER-style task suite with the question after or inside the context.
  * SPDX-License-Identifier: MIT
  *
  * This file is the command line: the table of options, and main, which
@@ -29,13 +30,21 @@ static int show_progress;
 /* The command line's settings, written by the option table. */
 struct args {
 	const char		*model, *csv, *plot;
-	struct opt_files	 plans, texts;
+	struct opt_files	 plans, texts, hay;
 	int			 N, M, n_ctx, n_threads;
 	int			 passkey, print_fp, quiet, help, version;
 	struct opt_ints		 lens, depths;
 	int			 lens_given;
 	uint64_t		 seed;
+	const char		*tasks, *words, *dump, *base;
+	struct opt_ints		 tlens;
+	int			 samples, inside, plain;
+	enum task_kind		 kinds[TASK_N];
+	int			 n_kinds;
 };
+
+static const char *const question_modes[] = { "after", "inside", NULL };
+static const char *const formats[] = { "chat", "plain", NULL };
 
 #define OFF(m)	offsetof(struct args, m)
 
@@ -66,9 +75,40 @@ static const struct opt options[] = {
 	{ .name = "passkey-depths", .kind = OPT_INTS, .arg = "D", .lo = 0,
 	    .hi = 100, .dst = OFF(depths),
 	    .help = "comma-separated depths in %\n(default 0,25,50,75,100)" },
+	{ .name = "tasks", .kind = OPT_STR, .arg = "LIST", .dst = OFF(tasks),
+	    .help = "comma-separated tasks: niah_single, niah_multikey,\n"
+	    "niah_multivalue, niah_multiquery, vt, cwe, fwe,\npasskey; "
+	    "ruler for all" },
+	{ .name = "task-lengths", .kind = OPT_INTS, .arg = "L", .lo = 64,
+	    .hi = 1 << 20, .dst = OFF(tlens),
+	    .help = "comma-separated prompt lengths in tokens\n"
+	    "(default 2048)" },
+	{ .name = "task-samples", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = 100000, .dst = OFF(samples),
+	    .help = "items per task and length (default 20)" },
+	{ .name = "question", .kind = OPT_WORD, .arg = "MODE",
+	    .dst = OFF(inside), .names = question_modes,
+	    .noun = "question mode",
+	    .help = "after (default): compress the context, then ask;\n"
+	    "inside: the question ends the prompt" },
+	{ .name = "format", .kind = OPT_WORD, .arg = "F", .dst = OFF(plain),
+	    .names = formats, .noun = "format",
+	    .help = "chat (default): the model's chat template;\n"
+	    "plain: the text alone" },
+	{ .name = "haystack", .kind = OPT_FILES, .arg = "FILE", .dst = OFF(hay),
+	    .help = "prose for the needle tasks (repeatable;\n"
+	    "default: a repeated noise sentence)" },
+	{ .name = "words", .kind = OPT_STR, .arg = "FILE", .dst = OFF(words),
+	    .help = "word list, one a line (default\n"
+	    "/usr/share/dict/words, else generated words)" },
+	{ .name = "baseline-plan", .kind = OPT_STR, .arg = "P", .dst = OFF(base),
+	    .help = "report each plan's paired difference from P\n"
+	    "(a --plan file, its name, or full)" },
+	{ .name = "dump-tasks", .kind = OPT_STR, .arg = "FILE", .dst = OFF(dump),
+	    .help = "write the task items as JSON lines" },
 	{ .name = "seed", .kind = OPT_U64, .arg = "S", .lo = 0,
 	    .hi = 0x7fffffff, .dst = OFF(seed),
-	    .help = "seed of the pass keys (default 1)" },
+	    .help = "seed of the pass keys and tasks (default 1)" },
 	{ .key = 'c', .name = "ctx", .kind = OPT_INT, .arg = "N", .lo = 16,
 	    .hi = 1 << 20, .dst = OFF(n_ctx),
 	    .help = "context size in tokens (default: the model's)" },
@@ -87,7 +127,8 @@ static const struct opt options[] = {
 
 static const struct opt_cmd cmd = {
 	"kvx-eval",
-	"kvx-eval -m MODEL --text FILE ... [--plan PLAN ...] [options]",
+	"kvx-eval -m MODEL {--text FILE ... | --tasks LIST} [--plan PLAN ...] "
+	    "[options]",
 	options, (int)(sizeof options / sizeof options[0])
 };
 
@@ -104,7 +145,11 @@ struct run {
 	struct result		*res, *mean;	/* [n_text][n_ent], [n_ent] */
 	struct pk_row		*pk;
 	int			 npk;
-	FILE			*csv, *plot;
+	struct task_env		 env;
+	struct task_item	*items;
+	int			 n_items, base;
+	struct task_row		*rows;		/* [n_items][n_ent] */
+	FILE			*csv, *plot, *dump;
 };
 
 /* Print "kvx-eval: message" and exit with code. */
@@ -142,6 +187,7 @@ parse_args(struct args *a, int argc, char **argv)
 {
 	static const struct opt_ints lens = { { 1024, 2048, 4096, 8192 }, 4 };
 	static const struct opt_ints depths = { { 0, 25, 50, 75, 100 }, 5 };
+	static const struct opt_ints tlens = { { 2048 }, 1 };
 	char err[256];
 	int rc;
 
@@ -151,6 +197,8 @@ parse_args(struct args *a, int argc, char **argv)
 	a->lens = lens;
 	a->depths = depths;
 	a->seed = 1;
+	a->tlens = tlens;
+	a->samples = 20;
 	rc = opt_parse(&cmd, a, argc, argv, err, sizeof err);
 	if (rc == OPT_STOP) {
 		if (a->help)
@@ -165,8 +213,20 @@ parse_args(struct args *a, int argc, char **argv)
 		fail(EXIT_USAGE, "%s", err);
 	if (a->model == NULL)
 		fail(EXIT_USAGE, "no model given (-m MODEL)");
-	if (a->texts.n == 0 && !a->print_fp)
+	if (a->tasks != NULL && (a->n_kinds = task_parse_list(a->tasks,
+	    a->kinds, err, sizeof err)) < 0)
+		fail(EXIT_USAGE, "%s", err);
+	if (a->texts.n == 0 && a->tasks == NULL && !a->print_fp)
 		fail(EXIT_USAGE, "no text given (--text FILE)");
+	if (a->texts.n > 0 && a->tasks != NULL)
+		fail(EXIT_USAGE, "--text and --tasks: one or the other in one "
+		    "run (the CSV holds one kind of row)");
+	if (a->passkey && a->texts.n == 0)
+		fail(EXIT_USAGE, "--passkey needs --text (the prose it hides "
+		    "keys in)");
+	if (a->tasks == NULL && (a->base != NULL || a->dump != NULL))
+		fail(EXIT_USAGE, "--%s needs --tasks", a->base != NULL ?
+		    "baseline-plan" : "dump-tasks");
 	show_progress = !a->quiet && isatty(STDERR_FILENO);
 }
 
@@ -180,7 +240,19 @@ fit_lengths(struct args *a, int n_ctx)
 {
 	int *lens = a->lens.v, i, t, keep;
 
-	if (a->N + a->M > n_ctx)
+	for (i = 1; i < a->tlens.n; i++)
+		for (t = i; t > 0 && a->tlens.v[t] < a->tlens.v[t - 1]; t--) {
+			keep = a->tlens.v[t];
+			a->tlens.v[t] = a->tlens.v[t - 1];
+			a->tlens.v[t - 1] = keep;
+		}
+
+	for (i = 0; i < a->tlens.n; i++)
+		if (a->tlens.v[i] > n_ctx)
+			fail(EXIT_USAGE, "--task-lengths: %d exceeds the "
+			    "context size of %d tokens (use --ctx)",
+			    a->tlens.v[i], n_ctx);
+	if (a->tasks == NULL && a->N + a->M > n_ctx)
 		fail(EXIT_USAGE, "--context %d + --continuation %d exceeds the "
 		    "context size of %d tokens (use --ctx)", a->N, a->M, n_ctx);
 	if (!a->passkey)
@@ -272,6 +344,77 @@ open_outputs(struct run *r, const struct args *a)
 		fail(EXIT_OUTPUT, "%s: %s", a->csv, strerror(errno));
 	if (a->plot != NULL && (r->plot = fopen(a->plot, "w")) == NULL)
 		fail(EXIT_OUTPUT, "%s: %s", a->plot, strerror(errno));
+	if (a->dump != NULL && (r->dump = fopen(a->dump, "w")) == NULL)
+		fail(EXIT_OUTPUT, "%s: %s", a->dump, strerror(errno));
+}
+
+/*
+ * The baseline of --baseline-plan: the full cache, or the entry whose
+ * path or name is P; -1 without one.
+ */
+static int
+find_base(const struct run *r, const char *p)
+{
+	int i;
+
+	if (p == NULL)
+		return -1;
+	for (i = 0; i < r->n_ent; i++)
+		if (strcmp(r->ents[i].path, p) == 0 ||
+		    strcmp(r->ents[i].name, p) == 0)
+			return i;
+	fail(EXIT_USAGE, "--baseline-plan: %s is neither full nor one of the "
+	    "--plan files", p);
+	return -1;
+}
+
+/*
+ * Make every task item, task by task, each length ascending, and write
+ * them to the dump; every length must hold the task.
+ */
+static void
+make_items(struct run *r, const struct args *a)
+{
+	char err[256];
+	int k, l, s, n = 0;
+
+	if (task_env_init(&r->env, r->model, !a->plain,
+	    (const char *const *)a->hay.v, a->hay.n, a->words, err,
+	    sizeof err) != 0)
+		fail(EXIT_TEXT, "%s", err);
+	r->n_items = a->n_kinds * a->tlens.n * a->samples;
+	if ((r->items = calloc((size_t)r->n_items, sizeof *r->items)) == NULL)
+		fail(EXIT_RUN, "out of memory");
+	for (k = 0; k < a->n_kinds; k++)
+		for (l = 0; l < a->tlens.n; l++)
+			for (s = 0; s < a->samples; s++) {
+				progress("tasks: making %s at %d (%d/%d)",
+				    task_name(a->kinds[k]), a->tlens.v[l],
+				    n + 1, r->n_items);
+				if (task_make(&r->env, a->kinds[k],
+				    a->tlens.v[l], s, a->samples, a->seed,
+				    &r->items[n], err, sizeof err) != 0)
+					fail(EXIT_USAGE, "%s", err);
+				if (r->dump != NULL && task_dump(r->dump,
+				    &r->items[n], !a->plain) != 0)
+					fail(EXIT_OUTPUT, "%s: %s", a->dump,
+					    strerror(errno));
+				n++;
+			}
+	if (r->dump != NULL && fclose(r->dump) != 0)
+		fail(EXIT_OUTPUT, "%s: %s", a->dump, strerror(errno));
+	r->dump = NULL;
+}
+
+/* Every entry's answers to every item. */
+static void
+run_tasks(struct run *r, const struct args *a)
+{
+	r->rows = calloc((size_t)r->n_items * r->n_ent, sizeof *r->rows);
+	if (r->rows == NULL)
+		fail(EXIT_RUN, "out of memory");
+	eval_tasks(r->model, r->src, r->ents, r->n_ent, r->items, r->n_items,
+	    a->inside, r->rows);
 }
 
 /* A context per entry, and the full one that holds the shared prefill. */
@@ -342,6 +485,20 @@ report(struct run *r, const struct args *a)
 {
 	int t;
 
+	if (r->n_items > 0) {
+		printf("model: %s (%s)\n", a->model, r->info->fingerprint);
+		report_tasks(stdout, r->ents, r->n_ent, r->items, r->n_items,
+		    r->rows, a->inside, !a->plain, r->env.prose != NULL,
+		    r->base, a->seed);
+		fflush(stdout);
+		if (r->csv != NULL)
+			report_tasks_csv(r->csv, a->csv, r->ents, r->n_ent,
+			    r->items, r->n_items, r->rows, a->inside);
+		if (r->plot != NULL)
+			report_tasks_plot(r->plot, a->plot, r->ents, r->n_ent,
+			    r->items, r->n_items, r->rows, a->inside);
+		return;
+	}
 	printf("model: %s (%s), context %d, continuation %d\n", a->model,
 	    r->info->fingerprint, a->N, a->M);
 	for (t = 0; t < r->n_text; t++) {
@@ -385,6 +542,13 @@ run_free(struct run *r)
 	free(r->res);
 	free(r->mean);
 	free(r->pk);
+	for (i = 0; i < r->n_items; i++)
+		task_item_free(&r->items[i]);
+	for (i = 0; i < r->n_items * r->n_ent && r->rows != NULL; i++)
+		free(r->rows[i].answer);
+	free(r->items);
+	free(r->rows);
+	task_env_free(&r->env);
 }
 
 /* Check every input, then evaluate, then report. */
@@ -413,9 +577,15 @@ main(int argc, char **argv)
 	open_entries(&r, &a);
 	read_texts(&r, &a);
 	open_outputs(&r, &a);
+	r.base = find_base(&r, a.base);
+	if (a.tasks != NULL)
+		make_items(&r, &a);
 	new_contexts(&r);
 
-	run_texts(&r, &a);
+	if (a.tasks != NULL)
+		run_tasks(&r, &a);
+	else
+		run_texts(&r, &a);
 	if (a.passkey)
 		run_passkey(&r, &a);
 	progress("");

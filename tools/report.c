@@ -160,29 +160,27 @@ xml_text(FILE *f, const char *s)
 }
 
 /*
- * One panel at x offset ox: metric (0 = ppl ratio, 1 = KL) of each entry
- * against its KV memory fraction, one colour and line per method.
+ * One panel at x offset ox: ys[i] of each entry against its KV memory
+ * fraction xs[i], one colour and line per method; the y range holds
+ * [lo, hi] and every value.
  */
 static void
-plot_panel(FILE *f, int ox, int metric, const struct entry *ents, int n_ent,
-    const struct result *mean, const char **methods, int n_meth,
-    const char **colours)
+plot_panel(FILE *f, int ox, const char *title, const double *xs,
+    const double *ys, double lo, double hi, const struct entry *ents,
+    int n_ent, const char **methods, int n_meth, const char **colours)
 {
-	double y0, y1, step, v, x, y;
+	double y0 = lo, y1 = hi, step, v, x, y;
 	int i, k, j, first, w = PLOT_W - PLOT_L - PLOT_R;
 	int h = PLOT_H - PLOT_T - PLOT_B, *ord, tmp;
 
-	y0 = metric == 0 ? 1.0 : 0.0;
-	y1 = y0;
 	for (i = 0; i < n_ent; i++) {
-		v = metric == 0 ? mean[i].ppl / mean[0].ppl : mean[i].kl;
-		if (v < y0)
-			y0 = v;
-		if (v > y1)
-			y1 = v;
+		if (ys[i] < y0)
+			y0 = ys[i];
+		if (ys[i] > y1)
+			y1 = ys[i];
 	}
 	if (y1 - y0 < 1e-9)
-		y1 = y0 + (metric == 0 ? 0.01 : 1e-3);
+		y1 = y0 + (fabs(y0) > 0.1 ? 0.01 : 1e-3);
 	step = nice_step(y1 - y0);
 	y0 = floor(y0 / step) * step;
 	y1 = ceil(y1 / step) * step;
@@ -191,9 +189,9 @@ plot_panel(FILE *f, int ox, int metric, const struct entry *ents, int n_ent,
 #define PY(yv) (PLOT_T + h - ((yv) - y0) / (y1 - y0) * h)
 	fprintf(f, "<g font-family=\"sans-serif\" font-size=\"11\">\n");
 	fprintf(f, "<text x=\"%d\" y=\"20\" font-size=\"13\" text-anchor="
-	    "\"middle\">%s</text>\n", ox + PLOT_L + w / 2, metric == 0 ?
-	    "continuation perplexity / full cache" :
-	    "mean KL(full || plan), nats");
+	    "\"middle\">", ox + PLOT_L + w / 2);
+	xml_text(f, title);
+	fprintf(f, "</text>\n");
 	fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
 	    "fill=\"none\" stroke=\"#444\"/>\n", ox + PLOT_L, PLOT_T, w, h);
 	for (k = 0; k <= 4; k++) {
@@ -224,51 +222,42 @@ plot_panel(FILE *f, int ox, int metric, const struct entry *ents, int n_ent,
 				ord[n++] = i;
 		/* insertion sort by memory, so the line runs left to right */
 		for (i = 1; i < n; i++)
-			for (j = i; j > 0 && kv_frac(&mean[ord[j]]) <
-			    kv_frac(&mean[ord[j - 1]]); j--) {
+			for (j = i; j > 0 && xs[ord[j]] < xs[ord[j - 1]]; j--) {
 				tmp = ord[j];
 				ord[j] = ord[j - 1];
 				ord[j - 1] = tmp;
 			}
 		fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" "
 		    "stroke-width=\"1.5\" points=\"", colours[k]);
-		for (first = 1, i = 0; i < n; i++, first = 0) {
-			const struct result *r = &mean[ord[i]];
-
-			v = metric == 0 ? r->ppl / mean[0].ppl : r->kl;
+		for (first = 1, i = 0; i < n; i++, first = 0)
 			fprintf(f, "%s%.1f,%.1f", first ? "" : " ",
-			    PX(kv_frac(r)), PY(v));
-		}
+			    PX(xs[ord[i]]), PY(ys[ord[i]]));
 		fprintf(f, "\"/>\n");
 		for (i = 0; i < n; i++) {
-			const struct result *r = &mean[ord[i]];
-
 			if (ord[i] == 0)
 				continue;
-			v = metric == 0 ? r->ppl / mean[0].ppl : r->kl;
 			fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" "
-			    "fill=\"%s\"><title>", PX(kv_frac(r)), PY(v),
-			    colours[k]);
+			    "fill=\"%s\"><title>", PX(xs[ord[i]]),
+			    PY(ys[ord[i]]), colours[k]);
 			xml_text(f, ents[ord[i]].name);
 			fprintf(f, "</title></circle>\n");
 		}
 	}
-	v = metric == 0 ? 1.0 : 0.0;
 	fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#000\">"
-	    "<title>full cache</title></circle>\n</g>\n", PX(1.0), PY(v));
+	    "<title>full cache</title></circle>\n</g>\n", PX(xs[0]),
+	    PY(ys[0]));
 #undef PX
 #undef PY
 	free(ord);
 }
 
-/* Write the two-panel SVG plot of mean quality against KV memory. */
-void
-report_plot(FILE *f, const char *path, const struct entry *ents, int n_ent,
-    const struct result *mean, int n_text, int N, int M)
+/* The plans' methods in order of appearance, each with a colour. */
+static int
+plot_methods(const struct entry *ents, int n_ent, const char **methods,
+    const char **colours)
 {
 	static const char *palette[] = { "#1f77b4", "#d62728", "#2ca02c",
 	    "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf" };
-	const char *methods[64], *colours[64];
 	int n_meth = 0, i, k;
 
 	for (i = 1; i < n_ent && n_meth < 64; i++) {
@@ -280,14 +269,15 @@ report_plot(FILE *f, const char *path, const struct entry *ents, int n_ent,
 			methods[n_meth++] = ents[i].method;
 		}
 	}
-	fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns="
-	    "\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-	    "viewBox=\"0 0 %d %d\">\n<rect width=\"100%%\" height=\"100%%\" "
-	    "fill=\"#fff\"/>\n", 2 * PLOT_W, PLOT_H + 40, 2 * PLOT_W,
-	    PLOT_H + 40);
-	plot_panel(f, 0, 0, ents, n_ent, mean, methods, n_meth, colours);
-	plot_panel(f, PLOT_W, 1, ents, n_ent, mean, methods, n_meth, colours);
-	fprintf(f, "<g font-family=\"sans-serif\" font-size=\"11\">\n");
+	return n_meth;
+}
+
+/* The legend of the methods under the panels. */
+static void
+plot_legend(FILE *f, const char **methods, const char **colours, int n_meth)
+{
+	int k;
+
 	for (k = 0; k < n_meth; k++) {
 		fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" "
 		    "fill=\"%s\"/><text x=\"%d\" y=\"%d\">", PLOT_L + k * 120,
@@ -295,9 +285,309 @@ report_plot(FILE *f, const char *path, const struct entry *ents, int n_ent,
 		xml_text(f, methods[k]);
 		fprintf(f, "</text>\n");
 	}
+}
+
+/* Write the two-panel SVG plot of mean quality against KV memory. */
+void
+report_plot(FILE *f, const char *path, const struct entry *ents, int n_ent,
+    const struct result *mean, int n_text, int N, int M)
+{
+	const char *methods[64], *colours[64];
+	double *xs, *ppl, *kl;
+	int n_meth, i;
+
+	xs = malloc(sizeof *xs * (size_t)n_ent);
+	ppl = malloc(sizeof *ppl * (size_t)n_ent);
+	kl = malloc(sizeof *kl * (size_t)n_ent);
+	if (xs == NULL || ppl == NULL || kl == NULL)
+		fail(EXIT_RUN, "out of memory");
+	for (i = 0; i < n_ent; i++) {
+		xs[i] = kv_frac(&mean[i]);
+		ppl[i] = mean[i].ppl / mean[0].ppl;
+		kl[i] = mean[i].kl;
+	}
+	n_meth = plot_methods(ents, n_ent, methods, colours);
+	fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns="
+	    "\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+	    "viewBox=\"0 0 %d %d\">\n<rect width=\"100%%\" height=\"100%%\" "
+	    "fill=\"#fff\"/>\n", 2 * PLOT_W, PLOT_H + 40, 2 * PLOT_W,
+	    PLOT_H + 40);
+	plot_panel(f, 0, "continuation perplexity / full cache", xs, ppl, 1.0,
+	    1.0, ents, n_ent, methods, n_meth, colours);
+	plot_panel(f, PLOT_W, "mean KL(full || plan), nats", xs, kl, 0.0, 0.0,
+	    ents, n_ent, methods, n_meth, colours);
+	fprintf(f, "<g font-family=\"sans-serif\" font-size=\"11\">\n");
+	plot_legend(f, methods, colours, n_meth);
 	fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">mean of %d "
 	    "text(s), context %d, continuation %d</text>\n</g>\n</svg>\n",
 	    2 * PLOT_W - PLOT_R, PLOT_H + 18, n_text, N, M);
+	free(xs);
+	free(ppl);
+	free(kl);
+	if (fclose(f) != 0)
+		fail(EXIT_OUTPUT, "%s: %s", path, strerror(errno));
+}
+
+// --- task suite ------------------------------------------------------------
+
+/*
+ * The scores of entry e on the items of task k (-1: any) at length len
+ * (0: any), minus the baseline's on the same items when base >= 0, into
+ * x; returns their count.
+ */
+static int
+task_scores(const struct task_item *items, int n_items,
+    const struct task_row *rows, int n_ent, int e, int k, int len, int base,
+    double *x)
+{
+	int it, n = 0;
+
+	for (it = 0; it < n_items; it++) {
+		if ((k >= 0 && (int)items[it].kind != k) ||
+		    (len > 0 && items[it].length != len))
+			continue;
+		x[n] = rows[(size_t)it * n_ent + e].score;
+		if (base >= 0)
+			x[n] -= rows[(size_t)it * n_ent + base].score;
+		n++;
+	}
+	return n;
+}
+
+/* One table row: each entry's mean and interval on the chosen items. */
+static void
+task_line(FILE *f, const char *label, int len, const struct entry *ents,
+    int n_ent, const struct task_item *items, int n_items,
+    const struct task_row *rows, int k, int base, uint64_t seed, double *x)
+{
+	double lo, hi;
+	char cell[64], lb[16];
+	int e, n;
+
+	if (len > 0)
+		snprintf(lb, sizeof lb, "%d", len);
+	else
+		snprintf(lb, sizeof lb, "all");
+	fprintf(f, "%-16s %6s", label, lb);
+	for (e = 0; e < n_ent; e++) {
+		if (e == base)
+			continue;
+		n = task_scores(items, n_items, rows, n_ent, e, k, len, base,
+		    x);
+		task_bootstrap(x, n, seed, &lo, &hi);
+		snprintf(cell, sizeof cell, base >= 0 ? "%+.3f [%+.3f,%+.3f]" :
+		    "%.3f [%.3f,%.3f]", task_mean(x, n), lo, hi);
+		fprintf(f, "  %-22s", cell);
+	}
+	fputc('\n', f);
+}
+
+/* The task lengths of the items, ascending and distinct; returns the
+ * count. */
+static int
+task_lengths(const struct task_item *items, int n_items, int *lens)
+{
+	int it, i, n = 0, t;
+
+	for (it = 0; it < n_items; it++) {
+		for (i = 0; i < n && lens[i] != items[it].length; i++)
+			;
+		if (i == n)
+			lens[n++] = items[it].length;
+	}
+	for (i = 1; i < n; i++)
+		for (t = i; t > 0 && lens[t] < lens[t - 1]; t--) {
+			it = lens[t];
+			lens[t] = lens[t - 1];
+			lens[t - 1] = it;
+		}
+	return n;
+}
+
+/* One table of means (base < 0) or paired differences from base. */
+static void
+task_table(FILE *f, const struct entry *ents, int n_ent,
+    const struct task_item *items, int n_items, const struct task_row *rows,
+    int base, uint64_t seed, double *x, const int *lens, int n_len)
+{
+	int k, l, e, seen;
+
+	fprintf(f, "%-16s %6s", "task", "length");
+	for (e = 0; e < n_ent; e++)
+		if (e != base)
+			fprintf(f, "  %-22.22s", ents[e].name);
+	fputc('\n', f);
+	for (k = 0; k < TASK_N; k++)
+		for (l = 0; l < n_len; l++) {
+			for (seen = 0, e = 0; e < n_items && !seen; e++)
+				seen = (int)items[e].kind == k &&
+				    items[e].length == lens[l];
+			if (seen)
+				task_line(f, task_name((enum task_kind)k),
+				    lens[l], ents, n_ent, items, n_items, rows,
+				    k, base, seed, x);
+		}
+	for (l = 0; l < n_len; l++)
+		task_line(f, "mean", lens[l], ents, n_ent, items, n_items,
+		    rows, -1, base, seed, x);
+	if (n_len > 1)
+		task_line(f, "mean", 0, ents, n_ent, items, n_items, rows, -1,
+		    base, seed, x);
+}
+
+/* Print the task scores, and the paired differences from a baseline. */
+void
+report_tasks(FILE *f, const struct entry *ents, int n_ent,
+    const struct task_item *items, int n_items, const struct task_row *rows,
+    int inside, int chat, int prose, int base, uint64_t seed)
+{
+	int lens[64], n_len, it, n_s = 0;
+	double *x, kv = 0.0;
+
+	if ((x = malloc(sizeof *x * (size_t)(n_items > 0 ? n_items : 1))) ==
+	    NULL)
+		fail(EXIT_RUN, "out of memory");
+	n_len = task_lengths(items, n_items, lens);
+	for (it = 0; it < n_items; it++)
+		if (items[it].sample + 1 > n_s)
+			n_s = items[it].sample + 1;
+	fprintf(f, "\ntasks: question %s, %s format, %s haystack, %d "
+	    "samples per task and length\nscore: share of the references "
+	    "found in the answer (RULER's string match), mean [95%% "
+	    "bootstrap interval]\n", inside ? "inside the prompt" :
+	    "after the compressed context", chat ? "chat" : "plain", prose ?
+	    "prose" : "noise", n_s);
+	task_table(f, ents, n_ent, items, n_items, rows, -1, seed, x, lens,
+	    n_len);
+	fprintf(f, "%-23s", "kv_frac");
+	for (it = 0; it < n_ent; it++) {
+		int j;
+
+		for (kv = 0.0, j = 0; j < n_items; j++) {
+			const struct task_row *r = &rows[(size_t)j * n_ent +
+			    it];
+
+			kv += r->kv_bytes_full ? (double)r->kv_bytes /
+			    r->kv_bytes_full : 0.0;
+		}
+		fprintf(f, "  %-22.4f", n_items > 0 ? kv / n_items : 0.0);
+	}
+	fputc('\n', f);
+	if (base >= 0) {
+		fprintf(f, "\npaired difference from %s: plan - %s on the same "
+		    "items, mean [95%% bootstrap interval]\n", ents[base].name,
+		    ents[base].name);
+		task_table(f, ents, n_ent, items, n_items, rows, base, seed, x,
+		    lens, n_len);
+	}
+	free(x);
+}
+
+/* Write s as one CSV field, quoted when it needs to be. */
+static void
+csv_field(FILE *f, const char *s)
+{
+	if (strpbrk(s, ",\"\n\r") == NULL) {
+		fputs(s, f);
+		return;
+	}
+	fputc('"', f);
+	for (; *s != '\0'; s++) {
+		if (*s == '"')
+			fputc('"', f);
+		fputc(*s == '\n' || *s == '\r' ? ' ' : *s, f);
+	}
+	fputc('"', f);
+}
+
+/* Write the task rows as CSV. */
+void
+report_tasks_csv(FILE *f, const char *path, const struct entry *ents,
+    int n_ent, const struct task_item *items, int n_items,
+    const struct task_row *rows, int inside)
+{
+	const struct task_row *r;
+	const struct entry *e;
+	int i;
+
+	fprintf(f, "plan,method,budget,question,task,length,sample,score,"
+	    "kv_bytes,kv_bytes_full,answer\n");
+	for (i = 0; i < n_items * n_ent; i++) {
+		r = &rows[i];
+		e = &ents[r->plan];
+		fprintf(f, "%s,%s,%s,%s,%s,%d,%d,%.6f,%llu,%llu,", e->name,
+		    e->method, e->budget, inside ? "inside" : "after",
+		    task_name(items[r->item].kind), items[r->item].length,
+		    items[r->item].sample, r->score,
+		    (unsigned long long)r->kv_bytes,
+		    (unsigned long long)r->kv_bytes_full);
+		csv_field(f, r->answer != NULL ? r->answer : "");
+		fputc('\n', f);
+	}
+	if (fclose(f) != 0)
+		fail(EXIT_OUTPUT, "%s: %s", path, strerror(errno));
+}
+
+/* Plot mean score against KV memory, one panel per task family. */
+void
+report_tasks_plot(FILE *f, const char *path, const struct entry *ents,
+    int n_ent, const struct task_item *items, int n_items,
+    const struct task_row *rows, int inside)
+{
+	static const char *fams[] = { "retrieval", "tracing", "aggregation" };
+	const char *methods[64], *colours[64];
+	double *xs, *ys;
+	char title[96];
+	int n_meth, fi, np = 0, e, it, n, width;
+	int has[3] = { 0, 0, 0 };
+
+	for (it = 0; it < n_items; it++)
+		for (fi = 0; fi < 3; fi++)
+			if (strcmp(task_family(items[it].kind), fams[fi]) == 0)
+				has[fi] = 1;
+	for (fi = 0; fi < 3; fi++)
+		np += has[fi];
+	width = (np > 0 ? np : 1) * PLOT_W;
+	xs = malloc(sizeof *xs * (size_t)n_ent);
+	ys = malloc(sizeof *ys * (size_t)n_ent);
+	if (xs == NULL || ys == NULL)
+		fail(EXIT_RUN, "out of memory");
+	n_meth = plot_methods(ents, n_ent, methods, colours);
+	fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns="
+	    "\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+	    "viewBox=\"0 0 %d %d\">\n<rect width=\"100%%\" height=\"100%%\" "
+	    "fill=\"#fff\"/>\n", width, PLOT_H + 40, width, PLOT_H + 40);
+	for (np = 0, fi = 0; fi < 3; fi++) {
+		if (!has[fi])
+			continue;
+		for (e = 0; e < n_ent; e++) {
+			xs[e] = ys[e] = 0.0;
+			for (n = 0, it = 0; it < n_items; it++) {
+				const struct task_row *r =
+				    &rows[(size_t)it * n_ent + e];
+
+				if (strcmp(task_family(items[it].kind),
+				    fams[fi]) != 0)
+					continue;
+				xs[e] += r->kv_bytes_full ? (double)r->kv_bytes
+				    / r->kv_bytes_full : 0.0;
+				ys[e] += r->score;
+				n++;
+			}
+			xs[e] /= n;
+			ys[e] /= n;
+		}
+		snprintf(title, sizeof title, "%s: mean score", fams[fi]);
+		plot_panel(f, np++ * PLOT_W, title, xs, ys, 0.0, 1.0, ents,
+		    n_ent, methods, n_meth, colours);
+	}
+	fprintf(f, "<g font-family=\"sans-serif\" font-size=\"11\">\n");
+	plot_legend(f, methods, colours, n_meth);
+	fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%d items, "
+	    "question %s</text>\n</g>\n</svg>\n", width - PLOT_R, PLOT_H + 18,
+	    n_items, inside ? "inside" : "after");
+	free(xs);
+	free(ys);
 	if (fclose(f) != 0)
 		fail(EXIT_OUTPUT, "%s: %s", path, strerror(errno));
 }

@@ -6,6 +6,7 @@
 #ifndef KVX_REPORT_H
 #define KVX_REPORT_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "eval.h"
@@ -26,5 +27,26 @@ void	report_csv(FILE *f, const char *path, const struct entry *ents,
  * close f; exits with EXIT_OUTPUT on failure. */
 void	report_plot(FILE *f, const char *path, const struct entry *ents,
 	    int n_ent, const struct result *mean, int n_text, int N, int M);
+
+/*
+ * The task scores: per task and length, each entry's mean and 95%
+ * bootstrap interval over the samples, the mean over tasks, and with a
+ * baseline (base >= 0) each entry's paired difference from it.
+ */
+void	report_tasks(FILE *, const struct entry *ents, int n_ent,
+	    const struct task_item *items, int n_items,
+	    const struct task_row *rows, int inside, int chat, int prose,
+	    int base, uint64_t seed);
+/* Write the task rows as CSV and close f; exits with EXIT_OUTPUT on
+ * failure. */
+void	report_tasks_csv(FILE *f, const char *path, const struct entry *ents,
+	    int n_ent, const struct task_item *items, int n_items,
+	    const struct task_row *rows, int inside);
+/* Plot each entry's mean score against its KV memory, one panel per
+ * task family, and close f; exits with EXIT_OUTPUT on failure. */
+void	report_tasks_plot(FILE *f, const char *path,
+	    const struct entry *ents, int n_ent,
+	    const struct task_item *items, int n_items,
+	    const struct task_row *rows, int inside);
 
 #endif
