@@ -132,6 +132,11 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	*out = NULL;
 	if (!kvx_cuda_available())
 		return kvx__fail(KVX_ERR_DEVICE, "no CUDA device is usable");
+	/* the kernels apply neither biases nor rotate-half RoPE yet */
+	if (m->desc->qkv_bias || m->desc->rope != ROPE_PAIRS)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path does not "
+		    "run architecture %s yet (KVX_DEVICE=cpu runs it on the "
+		    "CPU)", mi->arch);
 	if (mi->head_dim != 64 && mi->head_dim != 128)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs "
 		    "head_dim 64 or 128, not %d", mi->head_dim);

@@ -1,6 +1,7 @@
 /*
  * model.c - Llama-family model on the CPU: GGUF weights, then the forward
- * pass over a batch of tokens, top to bottom.
+ * pass over a batch of tokens, top to bottom.  Architectures differ only
+ * where their description (arch.c) says: Q/K/V biases and RoPE layout.
  * SPDX-License-Identifier: MIT
  *
  * Linear layers take one of two paths.  Few tokens (decode): the weights
@@ -169,9 +170,10 @@ kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
 	if ((rc = gguf_get_str(m->gf, "general.architecture", m->arch,
 	    sizeof m->arch)) != KVX_OK)
 		goto fail;
-	if (strcmp(m->arch, "llama") != 0) {
+	if ((m->desc = arch_find(m->arch)) == NULL) {
+		arch_names(name, sizeof name);
 		rc = kvx__fail(KVX_ERR_UNSUPPORTED, "%s: architecture '%s' is "
-		    "not supported (kvx runs llama)", path, m->arch);
+		    "not supported (kvx runs %s)", path, m->arch, name);
 		goto fail;
 	}
 	if (gguf_find(m->gf, "general.name") != NULL)
@@ -257,6 +259,14 @@ kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
 		    &w->attn_norm)) != KVX_OK ||
 		    (rc = bind_vec(m->gf, T("ffn_norm.weight"), E,
 		    &w->ffn_norm)) != KVX_OK)
+			goto fail;
+		if (m->desc->qkv_bias &&
+		    ((rc = bind_vec(m->gf, T("attn_q.bias"), H * D,
+		    &w->bq)) != KVX_OK ||
+		    (rc = bind_vec(m->gf, T("attn_k.bias"), Hkv * D,
+		    &w->bk)) != KVX_OK ||
+		    (rc = bind_vec(m->gf, T("attn_v.bias"), Hkv * D,
+		    &w->bv)) != KVX_OK))
 			goto fail;
 #undef T
 	}
@@ -537,25 +547,39 @@ rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 		out[i] = x[i] * inv * w[i];
 }
 
-/* Rotary embedding on adjacent pairs (the GGUF llama layout). */
+/* Rotary embedding: pair j of d/2 turns by pos * theta^(-2j/d); the pair
+ * is (2j, 2j+1) in the GGUF llama layout, (j, j + d/2) for rotate-half. */
 static void
-rope(float *v, int n_heads, int d, int pos, float theta)
+rope(float *v, int n_heads, int d, int pos, float theta, enum arch_rope kind)
 {
-	int h, i;
+	int h, j, i0, i1;
 
-	for (i = 0; i < d; i += 2) {
-		double freq = pow((double)theta, -(double)i / d);
+	for (j = 0; j < d / 2; j++) {
+		double freq = pow((double)theta, -(double)(2 * j) / d);
 		double a = pos * freq;
 		float c = (float)cos(a), sn = (float)sin(a);
 
+		i0 = kind == ROPE_PAIRS ? 2 * j : j;
+		i1 = kind == ROPE_PAIRS ? 2 * j + 1 : j + d / 2;
 		for (h = 0; h < n_heads; h++) {
-			float *p = v + (size_t)h * d + i;
-			float x0 = p[0], x1 = p[1];
+			float *p = v + (size_t)h * d;
+			float x0 = p[i0], x1 = p[i1];
 
-			p[0] = x0 * c - x1 * sn;
-			p[1] = x0 * sn + x1 * c;
+			p[i0] = x0 * c - x1 * sn;
+			p[i1] = x0 * sn + x1 * c;
 		}
 	}
+}
+
+/* Add a bias row to each of T rows of n values. */
+static void
+add_bias(float *y, const float *b, int T, int n)
+{
+	int t, i;
+
+	for (t = 0; t < T; t++)
+		for (i = 0; i < n; i++)
+			y[(size_t)t * n + i] += b[i];
 }
 
 static void
@@ -746,11 +770,16 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		ys[0] = s->q; ys[1] = s->k; ys[2] = s->v;
 		if ((rc = linear(m, s->pool, s->xn, T, 3, ws, ys)) != KVX_OK)
 			return rc;
+		if (L->bq != NULL) {
+			add_bias(s->q, L->bq, T, H * D);
+			add_bias(s->k, L->bk, T, Hkv * D);
+			add_bias(s->v, L->bv, T, Hkv * D);
+		}
 		for (t = 0; t < T; t++) {
 			rope(s->q + (size_t)t * H * D, H, D, b->pos[t],
-			    mi->rope_theta);
+			    mi->rope_theta, m->desc->rope);
 			rope(s->k + (size_t)t * Hkv * D, Hkv, D, b->pos[t],
-			    mi->rope_theta);
+			    mi->rope_theta, m->desc->rope);
 		}
 		if ((rc = kv_append(kv, s, b, l, Hkv, D)) != KVX_OK)
 			return rc;

@@ -1,6 +1,7 @@
 /*
- * model.h - the Llama-family model: weights mapped from GGUF and the
- * forward pass over a batch of tokens against a kv_cache.
+ * model.h - the Llama-family model (llama, qwen2; see arch.h): weights
+ * mapped from GGUF and the forward pass over a batch of tokens against a
+ * kv_cache.
  * SPDX-License-Identifier: MIT
  */
 #ifndef KVX_MODEL_H
@@ -10,6 +11,7 @@
 #include <stdint.h>
 
 #include "kvx.h"
+#include "arch.h"
 #include "gguf.h"
 #include "kvcache.h"
 #include "pool.h"
@@ -27,12 +29,14 @@ typedef struct mat {
 typedef struct layer_w {
 	mat		 wq, wk, wv, wo, wg, wu, wd;
 	const float	*attn_norm, *ffn_norm;
+	const float	*bq, *bk, *bv;	/* Q/K/V biases, NULL without */
 } layer_w;
 
 struct kvx_model {
 	gguf_file	*gf;
 	kvx_model_info	 info;
 	char		 arch[32];
+	const arch_desc	*desc;		/* what differs from llama */
 	char		 name[128];
 	kvx_tokenizer	*tok;
 	layer_w		*L;

@@ -36,7 +36,8 @@ enum pre_kind {
 	PRE_DEFAULT,	/* punctuation runs, GPT-2, number runs, 3 digits */
 	PRE_GPT2,	/* the GPT-2 expression alone */
 	PRE_STARCODER,	/* single numbers, then GPT-2 */
-	PRE_LLAMA3	/* the Llama 3 expression, whole-word lookup first */
+	PRE_LLAMA3,	/* the Llama 3 expression, whole-word lookup first */
+	PRE_QWEN2	/* the Llama 3 expression with single digits */
 };
 
 static const struct {
@@ -52,7 +53,8 @@ static const struct {
 	{ "codeshell", PRE_STARCODER }, { "exaone", PRE_STARCODER },
 	{ "minerva-7b", PRE_STARCODER },
 	{ "llama3", PRE_LLAMA3 }, { "llama-v3", PRE_LLAMA3 },
-	{ "llama-bpe", PRE_LLAMA3 }
+	{ "llama-bpe", PRE_LLAMA3 },
+	{ "qwen2", PRE_QWEN2 }, { "deepseek-r1-qwen", PRE_QWEN2 }
 };
 
 enum chat_kind { CHAT_NONE, CHAT_CHATML };
@@ -494,36 +496,42 @@ find_bytes(const char *hay, size_t n, const char *needle, size_t k)
 	return NULL;
 }
 
-/* The literal default system message of a ChatML template: the text
- * between "<|im_start|>system" plus a newline and "<|im_end|>", when it
- * is plain text rather than an expression. */
+/* The literal default system message of a ChatML template: the first
+ * text between "<|im_start|>system" plus a newline and "<|im_end|>" that
+ * is plain text rather than an expression (Qwen's template writes the
+ * system turn three times, and only the last is a literal). */
 static kvx_status
 chatml_default_system(kvx_tokenizer *t, const char *tpl, size_t n)
 {
 	static const char head[] = "<|im_start|>system";
 	static const char tail[] = "<|im_end|>";
-	const char *p = find_bytes(tpl, n, head, sizeof head - 1), *q;
+	const char *end = tpl + n, *at = tpl, *p, *q = NULL, *s;
 	size_t o = 0;
 
+	for (; (p = find_bytes(at, (size_t)(end - at), head,
+	    sizeof head - 1)) != NULL; at = p) {
+		p += sizeof head - 1;
+		if (p < end && *p == '\n')
+			p++;
+		else if (p + 1 < end && p[0] == '\\' && p[1] == 'n')
+			p += 2;
+		else
+			continue;
+		if ((q = find_bytes(p, (size_t)(end - p), tail,
+		    sizeof tail - 1)) == NULL)
+			return KVX_OK;
+		for (s = p; s < q; s++)
+			if (*s == '\'' || *s == '"' || *s == '{' || *s == '}' ||
+			    *s == '+')
+				break;
+		if (s == q)
+			break;
+	}
 	if (p == NULL)
 		return KVX_OK;
-	p += sizeof head - 1;
-	if (p < tpl + n && *p == '\n')
-		p++;
-	else if (p + 1 < tpl + n && p[0] == '\\' && p[1] == 'n')
-		p += 2;
-	else
-		return KVX_OK;
-	if ((q = find_bytes(p, (size_t)(tpl + n - p), tail,
-	    sizeof tail - 1)) == NULL)
-		return KVX_OK;
-	for (const char *s = p; s < q; s++)
-		if (*s == '\'' || *s == '"' || *s == '{' || *s == '}' ||
-		    *s == '+')
-			return KVX_OK;
 	if ((t->chat_system = malloc((size_t)(q - p) + 1)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "tokenizer: out of memory");
-	for (const char *s = p; s < q; s++) {
+	for (s = p; s < q; s++) {
 		if (s[0] == '\\' && s + 1 < q && s[1] == 'n') {
 			t->chat_system[o++] = '\n';
 			s++;
@@ -588,8 +596,8 @@ tok_new(const gguf_file *f, kvx_tokenizer **out)
 			tok_free(&t);
 			return kvx__fail(KVX_ERR_UNSUPPORTED,
 			    "pre-tokenizer '%.*s' is not supported (known: "
-			    "default, gpt-2, smollm, starcoder, llama3 and "
-			    "their aliases)", (int)(pre->v.s.len > 64 ? 64 :
+			    "default, gpt-2, smollm, starcoder, llama3, qwen2 "
+			    "and their aliases)", (int)(pre->v.s.len > 64 ? 64 :
 			    pre->v.s.len), pre->v.s.p);
 		}
 		t->pre = pre_names[i].kind;
@@ -881,12 +889,13 @@ lower(uint32_t c)
 
 /*
  * 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
- * over [ini, end); with llama3 set, the Llama 3 expression
- * (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+ * over [ini, end); with ndig > 0, the Llama 3 family's expression
+ * (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,ndig}|
  *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * where Llama 3 takes numbers three digits at a time and Qwen2 one.
  */
 static void
-split_words(struct enc *E, size_t ini, size_t end, int llama3)
+split_words(struct enc *E, size_t ini, size_t end, int ndig)
 {
 	const uint32_t *cp = E->cp;
 	size_t pos = ini, prev = ini;
@@ -897,13 +906,13 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 		size_t nws, last_nl;
 
 		if (c == '\'' && pos + 1 < end) {
-			c1 = llama3 ? lower(cp[pos + 1]) : cp[pos + 1];
+			c1 = ndig ? lower(cp[pos + 1]) : cp[pos + 1];
 			if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') {
 				emit(E, &prev, pos += 2);
 				continue;
 			}
 			if (pos + 2 < end) {
-				c2 = llama3 ? lower(cp[pos + 2]) : cp[pos + 2];
+				c2 = ndig ? lower(cp[pos + 2]) : cp[pos + 2];
 				if ((c1 == 'r' && c2 == 'e') ||
 				    (c1 == 'v' && c2 == 'e') ||
 				    (c1 == 'l' && c2 == 'l')) {
@@ -912,7 +921,7 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 				}
 			}
 		}
-		if (llama3) {
+		if (ndig) {
 			if (c != '\r' && c != '\n' && !(k & UC_NUMBER) &&
 			    ((k & UC_LETTER) ||
 			    (cls_at(cp, pos + 1, end) & UC_LETTER))) {
@@ -926,7 +935,7 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 				size_t i0 = pos;
 
 				while (cls_at(cp, pos, end) & UC_NUMBER)
-					if (++pos - i0 >= 3) {
+					if (++pos - i0 >= (size_t)ndig) {
 						emit(E, &prev, pos);
 						i0 = pos;
 					}
@@ -935,7 +944,7 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 			}
 		}
 		k2 = c == ' ' ? cls_at(cp, pos + 1, end) : k;
-		if (!llama3 && (k2 & (UC_LETTER | UC_NUMBER))) {
+		if (!ndig && (k2 & (UC_LETTER | UC_NUMBER))) {
 			unsigned want = k2 & UC_LETTER ? UC_LETTER : UC_NUMBER;
 
 			pos += c == ' ';
@@ -948,7 +957,7 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 			pos += c == ' ';
 			while (IS_OTHER(cls_at(cp, pos, end)))
 				pos++;
-			if (llama3)
+			if (ndig)
 				while (pos < end &&
 				    (cp[pos] == '\r' || cp[pos] == '\n'))
 					pos++;
@@ -962,7 +971,7 @@ split_words(struct enc *E, size_t ini, size_t end, int llama3)
 				last_nl = pos + nws + 1;
 			nws++;
 		}
-		if (llama3 && last_nl > 0) {
+		if (ndig && last_nl > 0) {
 			emit(E, &prev, pos = last_nl);
 			continue;
 		}
@@ -1090,6 +1099,9 @@ encode_fragment(struct enc *E, const unsigned char *s, size_t len)
 			split_words(E, E->sa[k].a, E->sa[k].b, 0);
 		break;
 	case PRE_LLAMA3:
+		split_words(E, 0, n, 3);
+		break;
+	case PRE_QWEN2:
 		split_words(E, 0, n, 1);
 		break;
 	}

@@ -1,0 +1,46 @@
+/*
+ * arch.c - the table of supported architectures (see arch.h).  Each row
+ * names the differences from llama that llama.cpp's graph for that
+ * architecture has; everything else (RMSNorm before attention and the
+ * SwiGLU MLP, an optional separate output matrix, RoPE base and norm
+ * epsilon from the GGUF metadata) is shared.
+ * SPDX-License-Identifier: MIT
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "arch.h"
+
+static const arch_desc archs[] = {
+	{ "llama", ROPE_PAIRS, 0 },
+	/* Qwen2: Q/K/V biases, rotate-half RoPE (LLAMA_ROPE_TYPE_NEOX) */
+	{ "qwen2", ROPE_HALVES, 1 },
+};
+
+/* Look an architecture up by its GGUF name. */
+const arch_desc *
+arch_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof archs / sizeof archs[0]; i++)
+		if (strcmp(archs[i].name, name) == 0)
+			return &archs[i];
+	return NULL;
+}
+
+/* The table's names, comma separated, into buf (truncated to size). */
+void
+arch_names(char *buf, size_t size)
+{
+	size_t i, o = 0;
+
+	if (size == 0)
+		return;
+	buf[0] = '\0';
+	for (i = 0; i < sizeof archs / sizeof archs[0] && o < size; i++)
+		o += (size_t)snprintf(buf + o, size - o, "%s%s",
+		    i > 0 ? ", " : "", archs[i].name);
+}
