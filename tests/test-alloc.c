@@ -7,9 +7,12 @@
  * decode failed then gives exactly the logits of one that never failed.
  *
  * The program is linked with --wrap for malloc, calloc, realloc, free and
- * strdup, so every allocation that libkvx (linked in statically) and this
- * file make goes through the wrappers below; libc's and libyaml's own
- * allocations do not, and do not count.
+ * strdup (and, built with CUDA, cudaMalloc, cudaMallocHost and their
+ * frees), so every allocation that libkvx (linked in statically) and this
+ * file make goes through the wrappers below; libc's, libyaml's and the
+ * CUDA libraries' own allocations do not, and do not count.  Where a GPU
+ * context can be made, the context paths run again on the GPU, where a
+ * failed device allocation may also answer KVX_ERR_DEVICE.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -165,6 +168,64 @@ __wrap_strdup(const char *s)
 	return p;
 }
 
+#ifdef HAVE_CUDA
+/*
+ * Device and pinned host memory: the same count, the same live set
+ * (device addresses and pinned blocks do not meet malloc's).  2 is
+ * cudaErrorMemoryAllocation.
+ */
+int	 __real_cudaMalloc(void **, size_t);
+int	 __real_cudaMallocHost(void **, size_t);
+int	 __real_cudaFree(void *);
+int	 __real_cudaFreeHost(void *);
+int	 __wrap_cudaMalloc(void **, size_t);
+int	 __wrap_cudaMallocHost(void **, size_t);
+int	 __wrap_cudaFree(void *);
+int	 __wrap_cudaFreeHost(void *);
+
+int
+__wrap_cudaMalloc(void **p, size_t n)
+{
+	int rc;
+
+	if (take()) {
+		*p = NULL;
+		return 2;
+	}
+	if ((rc = __real_cudaMalloc(p, n)) == 0)
+		track(*p);
+	return rc;
+}
+
+int
+__wrap_cudaMallocHost(void **p, size_t n)
+{
+	int rc;
+
+	if (take()) {
+		*p = NULL;
+		return 2;
+	}
+	if ((rc = __real_cudaMallocHost(p, n)) == 0)
+		track(*p);
+	return rc;
+}
+
+int
+__wrap_cudaFree(void *p)
+{
+	untrack(p);
+	return __real_cudaFree(p);
+}
+
+int
+__wrap_cudaFreeHost(void *p)
+{
+	untrack(p);
+	return __real_cudaFreeHost(p);
+}
+#endif
+
 /* Start counting; fail allocation number at (0: none). */
 static void
 arm(long at)
@@ -203,6 +264,7 @@ live(void)
 // --- the paths -----------------------------------------------------------
 
 static const char *model_path;
+static int the_device = KVX_DEVICE_CPU;	/* of the contexts under test */
 static char plan_path[4096];
 static int32_t ids[512];
 static int n_ids;
@@ -223,7 +285,8 @@ struct tally {
 static void
 note(struct tally *t, long at, kvx_status rc, long leaked)
 {
-	if (rc == KVX_ERR_NOMEM)
+	if (rc == KVX_ERR_NOMEM || (the_device == KVX_DEVICE_GPU &&
+	    rc == KVX_ERR_DEVICE))
 		t->nomem++;
 	else if (rc == KVX_OK)
 		t->ok++;
@@ -254,11 +317,12 @@ report(const char *what, const struct tally *t)
 		diag("%s: first bad failure is number %ld", what, t->first_bad);
 }
 
+/* Small contexts on the device under test. */
 static void
 cpu_params(kvx_ctx_params *cp)
 {
 	kvx_ctx_params_init(cp);
-	cp->device = KVX_DEVICE_CPU;
+	cp->device = the_device;
 	cp->n_ctx = 256;
 	cp->n_seq = 2;
 	cp->n_threads = 1;
@@ -454,6 +518,22 @@ done:
 	free(got);
 }
 
+/* 1 when a GPU context can be made (CUDA built in, a device usable). */
+static int
+gpu_usable(kvx_model *m)
+{
+	kvx_ctx_params cp;
+	kvx_ctx *c = NULL;
+
+	kvx_ctx_params_init(&cp);
+	cp.device = KVX_DEVICE_GPU;
+	cp.n_ctx = 64;
+	if (kvx_ctx_new(m, NULL, &cp, &c) != KVX_OK)
+		return 0;
+	kvx_ctx_free(&c);
+	return 1;
+}
+
 /*
  * A shipped plan with a window of 4 and 2 sinks, so that a prompt of 20
  * tokens is compressed: every run below is short, and there are a
@@ -525,6 +605,16 @@ main(void)
 	path_inference(m, NULL, "full cache");
 	path_inference(m, static_plan, "static plan");
 	path_inference(m, hybrid_plan, "hybrid plan");
+
+	if (gpu_usable(m)) {
+		the_device = KVX_DEVICE_GPU;
+		path_make(&(struct maker){ "kvx_ctx_new on the GPU", make_ctx,
+		    free_ctx });
+		path_inference(m, NULL, "GPU, full cache");
+		path_inference(m, static_plan, "GPU, static plan");
+		path_inference(m, hybrid_plan, "GPU, hybrid plan");
+	} else
+		diag("no GPU context: the device paths are not run");
 
 	kvx_plan_free(&static_plan);
 	kvx_plan_free(&hybrid_plan);
