@@ -84,6 +84,34 @@ int	 kvx_cuda_pool(const float *d_in, const long long *d_soff,
 	    const int *d_n, int nseg, int max_n, int w, int ks, int pool,
 	    float *d_out, cudaStream_t stream);
 
+/* --- 1b. Expected Attention scoring ------------------------------------ */
+/*
+ * Twin of sel_ea_stats for h query heads: head i's nq post-RoPE queries
+ * (float) at d_q + i*qhs + j*qps elements, j = 0 .. nq - 1 at positions
+ * p0 + j, after a prompt of n tokens.  Writes head i's rotated mean at
+ * d_mu + i*d and, by cov (enum plan_cov: 0 full, 1 diagonal, 2 none), its
+ * rotated covariance at d_cov + i*d*d or its diagonal at d_cov + i*d.
+ * d_scratch holds h*nq*d floats.  d even.
+ */
+int	 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps,
+	    int h, int nq, int p0, int n, int future, float theta, int d,
+	    int cov, float *d_mu, float *d_cov, float *d_scratch,
+	    cudaStream_t stream);
+/* Scratch bytes of kvx_cuda_ea_score. */
+size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n);
+/*
+ * Twin of sel_ea_score for nseg segments of n keys each: segment s's key
+ * and value rows at d_k + s*d and d_v + s*d elements, rows ld apart (type
+ * dtype), and its g query heads' statistics as kvx_cuda_ea_stats wrote
+ * them for heads s*g .. s*g + g - 1.  Writes the nc scores of segment s
+ * at d_score + s*sstride.  d <= 256.
+ */
+int	 kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
+	    const void *d_k, const void *d_v, int dtype, int nseg, int n,
+	    int nc, int s0, int g, int d, int ld, int vnorm, int gqa,
+	    void *d_scratch, float *d_score, long long sstride,
+	    cudaStream_t stream);
+
 /* --- 2. per-head top-k selection ---------------------------------------- */
 /*
  * Twin of sel_select: for each segment, from its pooled scores at

@@ -49,12 +49,33 @@ window(int n)
 	return n < KVX_WINDOW_MAX ? n : KVX_WINDOW_MAX;
 }
 
+/*
+ * Floats of the Expected Attention scratch, within g->sscr: each query
+ * head's mean, covariance and pre-RoPE queries, then the scores' logits.
+ */
+static size_t
+ea_floats(const gpu_ctx *g, int n, size_t *cov_at, size_t *u_at,
+    size_t *lg_at)
+{
+	const kvx_plan *P = g->plan;
+	size_t D = (size_t)g->D, H = (size_t)g->H, nq, cs;
+
+	nq = (size_t)(P->ea_queries < window(n) ? P->ea_queries : window(n));
+	cs = P->ea_cov == PLAN_COV_DIAG ? D : P->ea_cov == PLAN_COV_NONE ? 0 :
+	    D * D;
+	*cov_at = H * D;
+	*u_at = *cov_at + H * cs;
+	*lg_at = *u_at + H * nq * D;
+	return *lg_at + kvx_cuda_ea_scratch(g->Hkv, g->H / g->Hkv, n) /
+	    sizeof(float);
+}
+
 /* Prefill buffers for n prompt tokens. */
 static kvx_status
 ensure_prefill(gpu_ctx *g, int n)
 {
 	size_t N = (size_t)n, qb = N < QBLK ? N : QBLK, G = g->H / g->Hkv;
-	size_t kvr = N * g->Hkv * g->D * 2, sbytes;
+	size_t kvr = N * g->Hkv * g->D * 2, sbytes, a, b, c;
 	int w = g->plan != NULL ? g->plan->window : 1;
 	kvx_status rc;
 
@@ -66,6 +87,9 @@ ensure_prefill(gpu_ctx *g, int n)
 	sbytes = kvx_cuda_score_scratch(g->Hkv, (int)G, w, n, 1);
 	if (sbytes > SCORE_KEEP)
 		sbytes = kvx_cuda_score_scratch(g->Hkv, (int)G, w, n, 0);
+	if (g->plan != NULL && g->plan->scorer == PLAN_SCORER_EA &&
+	    ea_floats(g, n, &a, &b, &c) * sizeof(float) > sbytes)
+		sbytes = ea_floats(g, n, &a, &b, &c) * sizeof(float);
 	if ((rc = gpu__regrow(&g->qh, N * g->H * g->D * 2)) != KVX_OK ||
 	    (rc = gpu__regrow(&g->kt, kvr)) != KVX_OK ||
 	    (rc = gpu__regrow(&g->vt, kvr)) != KVX_OK ||
@@ -139,10 +163,37 @@ mark(gpu_ctx *g, int l, int i)
 }
 
 /*
+ * Expected Attention scores of the layer's candidates into g->score (KV
+ * head h's at h*n, as the table's soff): statistics of the last queries
+ * of the prompt, as select_layer takes them on the CPU, then one pass
+ * over the keys.
+ */
+static kvx_status
+ea_score(gpu_ctx *g, int n, const sel_counts *sc)
+{
+	const kvx_plan *P = g->plan;
+	int D = g->D, H = g->H, G = H / g->Hkv;
+	int nq = P->ea_queries < window(n) ? P->ea_queries : window(n);
+	float *base = (float *)g->sscr;
+	size_t cov_at, u_at, lg_at;
+
+	ea_floats(g, n, &cov_at, &u_at, &lg_at);
+	/* query head i of token t at q + t*H*D + i*D */
+	CK(kvx_cuda_ea_stats(g->q + (size_t)(n - nq) * H * D, D,
+	    (long long)H * D, H, nq, n - nq, n, P->ea_future,
+	    g->m->info.rope_theta, D, P->ea_cov, base, base + cov_at,
+	    base + u_at, g->stream));
+	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, g->kt, g->vt,
+	    KVX_CUDA_F16, g->Hkv, n, n - sc->pw, sc->sinks, G, D, g->Hkv * D,
+	    P->ea_vnorm, P->gqa, base + lg_at, g->score, n, g->stream));
+	return KVX_OK;
+}
+
+/*
  * Compress layer l of sequence s (its n rows in the K/V scratch, the
  * rotated queries in q) to the plan, into a new block: all rows without
- * a plan, else the SnapKV selection with the counts of sel_rule, as
- * ctx.c's select_layer.  Scoring reads the window queries where they
+ * a plan, else the selection with the counts of sel_rule, scored by the
+ * plan's scorer, as cpu.c's select_layer.  Scoring reads the window queries where they
  * are; the table entries that depend only on n go up once, at layer 0,
  * and each static layer adds one upload of its budgets and offsets.  A
  * hybrid layer's budgets and offsets come from kvx_cuda_hybrid_split
@@ -201,11 +252,15 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	}
 	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
 	   positions H*D apart */
-	CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
-	    (long long)g->H * D, g->kt, KVX_CUDA_F16, PTAB(g, koff),
-	    PTAB(g, n), Hkv, n, G, sc.pw, D, Hkv * D, 1.0f / sqrtf((float)D),
-	    P->gqa, PTAB(g, soff), g->sscr, g->sscr_bytes, g->score,
-	    g->stream));
+	if (P->scorer == PLAN_SCORER_EA) {
+		if ((rc = ea_score(g, n, &sc)) != KVX_OK)
+			return rc;
+	} else
+		CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
+		    (long long)g->H * D, g->kt, KVX_CUDA_F16, PTAB(g, koff),
+		    PTAB(g, n), Hkv, n, G, sc.pw, D, Hkv * D,
+		    1.0f / sqrtf((float)D), P->gqa, PTAB(g, soff), g->sscr,
+		    g->sscr_bytes, g->score, g->stream));
 	CK(kvx_cuda_pool(g->score, PTAB(g, soff), PTAB(g, n), Hkv, n, sc.pw,
 	    P->pool_kernel, P->pool, g->pooled, g->stream));
 	if ((rc = mark(g, l, 1)) != KVX_OK)

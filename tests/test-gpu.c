@@ -1,8 +1,9 @@
 /*
  * test-gpu.c - whole-model logits of GPU contexts against CPU contexts of
- * the same model: full cache and a 25% plan (static and hybrid, also with
- * the largest window and sinks), after the prefill and after greedy
- * decode steps, batched decode of several sequences, extend, the calls
+ * the same model: full cache and a 25% plan (static and hybrid, scored by
+ * SnapKV, also with the largest window and sinks, or by Expected
+ * Attention), after the prefill and after greedy decode steps, batched
+ * decode of several sequences, extend, the calls
  * the GPU path refuses, and decode steps replayed from the captured graph
  * against direct launches.
  * SPDX-License-Identifier: MIT
@@ -335,6 +336,7 @@ main(void)
 {
 	const char *path = tap_model_path();
 	kvx_plan *p25 = NULL, *h25 = NULL, *pw = NULL, *hw = NULL;
+	kvx_plan *pe = NULL, *he = NULL;
 
 #ifndef HAVE_CUDA
 	tap_skip_all("libkvx built without CUDA");
@@ -375,6 +377,21 @@ main(void)
 	pw->sinks = hw->sinks = 4;
 	compare_run("25% static, largest window", pw, LONG_TEXT, 2e-2);
 	compare_run("25% hybrid, largest window", hw, LONG_TEXT, 3e-2);
+	/* Expected Attention, each covariance kind, static and hybrid */
+	if (plan_copy(p25, &pe) != KVX_OK || plan_copy(h25, &he) != KVX_OK)
+		return ok(0, "plan_copy: %s", kvx_errmsg()), tap_done();
+	plan_set_scorer(pe, PLAN_SCORER_EA);
+	plan_set_scorer(he, PLAN_SCORER_EA);
+	compare_run("25% static, expected attention", pe, LONG_TEXT, 2e-2);
+	compare_run("25% hybrid, expected attention", he, LONG_TEXT, 3e-2);
+	pe->ea_cov = PLAN_COV_DIAG;
+	he->ea_cov = PLAN_COV_NONE;
+	he->ea_vnorm = 0;
+	he->gqa = PLAN_GQA_MAX;
+	compare_run("25% static, expected attention, diagonal", pe, LONG_TEXT,
+	    2e-2);
+	compare_run("25% hybrid, expected attention, no covariance, max",
+	    he, LONG_TEXT, 3e-2);
 	compare_batch(NULL);
 	compare_batch(p25);
 	compare_graph(NULL);
@@ -384,6 +401,8 @@ main(void)
 	kvx_plan_free(&h25);
 	kvx_plan_free(&pw);
 	kvx_plan_free(&hw);
+	kvx_plan_free(&pe);
+	kvx_plan_free(&he);
 	kvx_model_close(&M);
 	return tap_done();
 }

@@ -844,6 +844,153 @@ test_hybrid(int rep)
 	free(sc);
 }
 
+/*
+ * Kernel 1b: Expected Attention, statistics and scores, against
+ * sel_ea_stats and sel_ea_score.  The queries sit as the forward keeps
+ * them (token by token, heads side by side); the scores are checked on
+ * the CPU's statistics, so that each kernel answers for itself.
+ */
+static void
+test_ea(int rep)
+{
+	int nseg = tap_irand(1, 4), g = tap_irand(1, 4), H, n, nq, p0, F;
+	int d = rep % 4 == 0 ? 64 : rep % 4 == 1 ? 128 : rep % 4 == 2 ? 256 :
+	    2 * tap_irand(1, 24);
+	int cov = rep % 3, gqa = rep & 1, vnorm = (rep / 2) % 2;
+	int dtype = (rep / 3) % 3, esz = dtype == KVX_CUDA_F32 ? 4 : 2;
+	int s, h, j, t, pw, s0, nc, bad = 0;
+	size_t cs, tk;
+	float theta = rep % 2 ? 10000.0f : 500000.0f;
+	float *q, *qh, *mu, *cv, *gmu, *gcv, *kf, *vf, *ks, *vs, *tmp;
+	float *sc, *gsc;
+	int32_t *pos;
+	void *kh, *vh, *dq, *dmu, *dcv, *dscr, *dk, *dv, *dsc, *dmuc, *dcvc;
+	double e, worst = 0.0;
+	sel_ea ea;
+
+	H = nseg * g;
+	n = tap_irand(2, rep < 4 ? 200 : 3000);
+	nq = tap_irand(1, n < KVX_WINDOW_MAX ? n : KVX_WINDOW_MAX);
+	p0 = n - nq;
+	F = rep % 3 == 0 ? 1 : rep % 3 == 1 ? 512 : 5000;
+	pw = tap_irand(1, n - 1 < 32 ? n - 1 : 32);
+	nc = n - pw;
+	s0 = tap_irand(0, nc - 1 < 5 ? nc - 1 : 5);
+	cs = cov == PLAN_COV_DIAG ? (size_t)d : (size_t)d * d;
+	tk = (size_t)n * nseg * d;
+	q = malloc(sizeof(float) * nq * H * d);
+	qh = malloc(sizeof(float) * nq * d);
+	pos = malloc(sizeof(int32_t) * nq);
+	mu = malloc(sizeof(float) * H * d);
+	cv = malloc(sizeof(float) * H * d * d);
+	gmu = malloc(sizeof(float) * H * d);
+	gcv = malloc(sizeof(float) * H * d * d);
+	kf = malloc(sizeof(float) * tk);
+	vf = malloc(sizeof(float) * tk);
+	kh = malloc((size_t)esz * tk);
+	vh = malloc((size_t)esz * tk);
+	ks = malloc(sizeof(float) * n * d);
+	vs = malloc(sizeof(float) * n * d);
+	tmp = malloc(sizeof(float) * n);
+	sc = malloc(sizeof(float) * nseg * nc);
+	gsc = malloc(sizeof(float) * nseg * nc);
+	for (t = 0; t < nq * H * d; t++)
+		q[t] = tap_frand() * 2.0f + 0.5f;
+	for (j = 0; j < nq; j++)
+		pos[j] = p0 + j;
+	fill_kv(dtype, kh, kf, tk, 2.0f);
+	fill_kv(dtype, vh, vf, tk, 1.0f);
+	ea.future = F;
+	ea.cov = cov;
+	ea.vnorm = vnorm;
+	ea.theta = theta;
+
+	/* statistics: query head h of token j at q + (j H + h) d */
+	for (h = 0; h < H; h++) {
+		for (j = 0; j < nq; j++)
+			memcpy(qh + (size_t)j * d, q + ((size_t)j * H + h) * d,
+			    sizeof(float) * d);
+		sel_ea_stats(qh, pos, nq, d, n, &ea, mu + (size_t)h * d,
+		    cv + h * cs);
+	}
+	dq = dev(q, sizeof(float) * nq * H * d);
+	dmu = poisoned(sizeof(float) * H * d);
+	dcv = poisoned(sizeof(float) * H * cs);
+	dscr = poisoned(sizeof(float) * H * nq * d);
+	check(kvx_cuda_ea_stats(dq, d, (long long)H * d, H, nq, p0, n, F,
+	    theta, d, cov, dmu, dcv, dscr, NULL), "ea_stats");
+	check(kvx_cuda_sync(), "ea_stats sync");
+	check(kvx_cuda_d2h(gmu, dmu, sizeof(float) * H * d), "copy back");
+	check(kvx_cuda_d2h(gcv, dcv, sizeof(float) * H * cs), "copy back");
+	e = relerr(gmu, mu, (size_t)H * d);
+	ok(e < 1e-5, "ea stats H=%d nq=%d d=%d F=%d: mean, relative error "
+	    "%.2e", H, nq, d, F, e);
+	if (cov != PLAN_COV_NONE) {
+		e = relerr(gcv, cv, H * cs);
+		ok(e < 1e-4, "ea stats cov %d: covariance, relative error "
+		    "%.2e", cov, e);
+	}
+
+	/* scores on the CPU's statistics; segment s's rows at s*d of rows
+	   nseg*d apart, as the prefill's K/V scratch */
+	for (s = 0; s < nseg; s++) {
+		for (t = 0; t < n; t++) {
+			memcpy(ks + (size_t)t * d, kf + ((size_t)t * nseg + s) *
+			    d, sizeof(float) * d);
+			memcpy(vs + (size_t)t * d, vf + ((size_t)t * nseg + s) *
+			    d, sizeof(float) * d);
+		}
+		sel_ea_score(mu + (size_t)s * g * d, cv + s * g * cs, ks, vs,
+		    n, nc, s0, g, d, &ea, gqa, tmp, sc + (size_t)s * nc);
+	}
+	dmuc = dev(mu, sizeof(float) * H * d);
+	dcvc = dev(cv, sizeof(float) * H * cs);
+	dk = dev(kh, (size_t)esz * tk);
+	dv = dev(vh, (size_t)esz * tk);
+	dsc = poisoned(sizeof(float) * nseg * nc);
+	kvx_cuda_free(dscr);
+	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n));
+	check(kvx_cuda_ea_score(dmuc, dcvc, cov, dk, dv, dtype, nseg, n, nc,
+	    s0, g, d, nseg * d, vnorm, gqa, dscr, dsc, nc, NULL), "ea_score");
+	check(kvx_cuda_sync(), "ea_score sync");
+	check(kvx_cuda_d2h(gsc, dsc, sizeof(float) * nseg * nc), "copy back");
+	for (s = 0; s < nseg; s++) {
+		e = relerr(gsc + (size_t)s * nc, sc + (size_t)s * nc, nc);
+		if (!(e < 1e-4))
+			bad++;
+		if (e > worst)
+			worst = e;
+	}
+	ok(bad == 0, "ea score %s nseg=%d g=%d n=%d d=%d cov %d %s%s s0=%d: "
+	    "worst relative error %.2e", dtname[dtype], nseg, g, n, d, cov,
+	    gqa ? "max" : "mean", vnorm ? " vnorm" : "", s0, worst);
+	kvx_cuda_free(dq);
+	kvx_cuda_free(dmu);
+	kvx_cuda_free(dcv);
+	kvx_cuda_free(dscr);
+	kvx_cuda_free(dmuc);
+	kvx_cuda_free(dcvc);
+	kvx_cuda_free(dk);
+	kvx_cuda_free(dv);
+	kvx_cuda_free(dsc);
+	free(q);
+	free(qh);
+	free(pos);
+	free(mu);
+	free(cv);
+	free(gmu);
+	free(gcv);
+	free(kf);
+	free(vf);
+	free(kh);
+	free(vh);
+	free(ks);
+	free(vs);
+	free(tmp);
+	free(sc);
+	free(gsc);
+}
+
 int
 main(void)
 {
@@ -856,6 +1003,8 @@ main(void)
 	/* fewer repetitions for runs under compute-sanitizer */
 	for (rep = 0; rep < nrep; rep++)
 		test_score_select(rep);
+	for (rep = 0; rep < nrep; rep++)
+		test_ea(rep);
 	for (rep = 0; rep < 4 * nrep; rep++)
 		test_hybrid(rep);
 	if (kvx_cuda_hybrid_split(NULL, NULL, 0, 65, 1, 1, 0, NULL, NULL, NULL,

@@ -1,0 +1,325 @@
+/*
+ * expected.cu - Expected Attention scoring: the twins of sel_ea_stats and
+ * sel_ea_score in runtime/select.c.
+ * SPDX-License-Identifier: MIT
+ *
+ * The statistics are small (one mean and one covariance per query head)
+ * and run in one block per head.  The scores are one pass over the keys
+ * with a warp per key: each lane holds every 32nd element of the key in
+ * registers, and the quadratic form reads the covariance a row at a time,
+ * lanes on consecutive columns, with the key's elements passed around the
+ * warp by shuffles.  Two more launches normalise each head's weights
+ * over the keys past the sinks and reduce the query group.
+ */
+#include "device.cuh"
+
+#define EA_KMAX 8	/* key elements per lane: head_dim up to 256 */
+#define EA_WPB 8	/* warps (keys) per block of the logits */
+#define EA_T 256	/* threads of the other launches */
+
+/* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
+ * kernel of avg_rot in select.c. */
+static __device__ void
+ea_avg_rot(int n, int F, double f, double *c, double *s)
+{
+	double h = sin(f / 2), r, a;
+
+	r = fabs(h) < 1e-12 ? 1.0 : sin(F * f / 2) / (F * h);
+	a = (n + (F - 1) / 2.0) * f;
+	*c = r * cos(a);
+	*s = r * sin(a);
+}
+
+/*
+ * One block per query head: its nq queries rotated back to their pre-RoPE
+ * values into u (nq x d), their mean, and the rotated mean and covariance
+ * (2 x 2 blocks of pairs, in double, as the CPU twin).
+ */
+__global__ void
+ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
+    int n, int F, float theta, int d, int cov, float *mu, float *co,
+    float *scr)
+{
+	extern __shared__ double esh[];
+	double *m = esh, *C = esh + d, *S = C + d / 2;
+	const float *qi = q + (size_t)blockIdx.x * qhs;
+	float *u = scr + (size_t)blockIdx.x * nq * d;
+	int P = d / 2, i, j, a, b, A, B, nb;
+	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
+	float *cv = co + blockIdx.x * cs;
+
+	for (i = threadIdx.x; i < nq * P; i += blockDim.x) {
+		double f, sn, c;
+		float x0, x1;
+
+		j = i / P;
+		a = 2 * (i % P);
+		f = pow((double)theta, -(double)a / d);
+		sincos((double)(p0 + j) * f, &sn, &c);
+		x0 = qi[j * qps + a];
+		x1 = qi[j * qps + a + 1];
+		u[(size_t)j * d + a] = (float)(x0 * c + x1 * sn);
+		u[(size_t)j * d + a + 1] = (float)(-x0 * sn + x1 * c);
+	}
+	for (i = threadIdx.x; i < P; i += blockDim.x)
+		ea_avg_rot(n, F, pow((double)theta, -(double)(2 * i) / d),
+		    &C[i], &S[i]);
+	__syncthreads();
+	for (a = threadIdx.x; a < d; a += blockDim.x) {
+		double s = 0;
+
+		for (j = 0; j < nq; j++)
+			s += u[(size_t)j * d + a];
+		m[a] = s / nq;
+	}
+	__syncthreads();
+	for (i = threadIdx.x; i < P; i += blockDim.x) {
+		mu[(size_t)blockIdx.x * d + 2 * i] =
+		    (float)(C[i] * m[2 * i] - S[i] * m[2 * i + 1]);
+		mu[(size_t)blockIdx.x * d + 2 * i + 1] =
+		    (float)(S[i] * m[2 * i] + C[i] * m[2 * i + 1]);
+	}
+	if (cov == 2)
+		return;
+	nb = cov == 1 ? P : P * P;
+	for (i = threadIdx.x; i < nb; i += blockDim.x) {
+		double s00 = 0, s01 = 0, s10 = 0, s11 = 0, t00, t01, t10, t11;
+		double ca, sa, cb, sb;
+
+		A = cov == 1 ? i : i / P;
+		B = cov == 1 ? i : i % P;
+		a = 2 * A;
+		b = 2 * B;
+		for (j = 0; j < nq; j++) {
+			const float *r = u + (size_t)j * d;
+			double x0 = r[a] - m[a], x1 = r[a + 1] - m[a + 1];
+			double y0 = r[b] - m[b], y1 = r[b + 1] - m[b + 1];
+
+			s00 += x0 * y0;
+			s01 += x0 * y1;
+			s10 += x1 * y0;
+			s11 += x1 * y1;
+		}
+		s00 /= nq;
+		s01 /= nq;
+		s10 /= nq;
+		s11 /= nq;
+		ca = C[A];
+		sa = S[A];
+		cb = C[B];
+		sb = S[B];
+		t00 = ca * s00 - sa * s10;
+		t01 = ca * s01 - sa * s11;
+		t10 = sa * s00 + ca * s10;
+		t11 = sa * s01 + ca * s11;
+		if (cov == 1) {
+			cv[a] = (float)(t00 * cb - t01 * sb);
+			cv[a + 1] = (float)(t10 * sb + t11 * cb);
+			continue;
+		}
+		cv[(size_t)a * d + b] = (float)(t00 * cb - t01 * sb);
+		cv[(size_t)a * d + b + 1] = (float)(t00 * sb + t01 * cb);
+		cv[(size_t)(a + 1) * d + b] = (float)(t10 * cb - t11 * sb);
+		cv[(size_t)(a + 1) * d + b + 1] = (float)(t10 * sb + t11 * cb);
+	}
+}
+
+extern "C" int
+kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
+    int nq, int p0, int n, int future, float theta, int d, int cov,
+    float *d_mu, float *d_cov, float *d_scratch, cudaStream_t stream)
+{
+	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
+	    cov > 2 || p0 < 0)
+		return KVX_CUDA_EINVAL;
+	ea_stats_k<<<h, EA_T, sizeof(double) * 2 * (size_t)d, stream>>>(d_q,
+	    qhs, qps, nq, p0, n, future, theta, d, cov, d_mu, d_cov,
+	    d_scratch);
+	return launched();
+}
+
+/* Scratch bytes: nseg x g rows of n logits, then their max and sum. */
+extern "C" size_t
+kvx_cuda_ea_scratch(int nseg, int g, int n)
+{
+	return sizeof(float) * (size_t)nseg * g * ((size_t)n + 2);
+}
+
+/*
+ * A warp per key t of segment blockIdx.y: for each of the g query heads,
+ * mu . k / sqrt(d) + k^T Sigma k / (2 d), into lg[(s g + h) n + t].
+ */
+template <typename T>
+__global__ void
+ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
+    int n, int g, int d, float *lg)
+{
+	int lane = threadIdx.x & 31;
+	int t = blockIdx.x * EA_WPB + (threadIdx.x >> 5), s = blockIdx.y;
+	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
+	float kr[EA_KMAX], y[EA_KMAX], acc, scale = rsqrtf((float)d);
+	float half = 0.5f / (float)d;
+	const T *kt;
+	int h, r, jl, o;
+
+	if (t >= n)
+		return;
+	kt = k + (size_t)t * ldk + (size_t)s * d;
+#pragma unroll
+	for (r = 0; r < EA_KMAX; r++)
+		kr[r] = lane + 32 * r < d ? ld(kt + lane + 32 * r) : 0.0f;
+	for (h = 0; h < g; h++) {
+		const float *m = mu + (size_t)(s * g + h) * d;
+		const float *C = co + (s * g + h) * cs;
+		float dm = 0.0f, qd = 0.0f;
+
+#pragma unroll
+		for (r = 0; r < EA_KMAX; r++)
+			if (lane + 32 * r < d)
+				dm += m[lane + 32 * r] * kr[r];
+		if (cov == 1) {
+#pragma unroll
+			for (r = 0; r < EA_KMAX; r++)
+				if (lane + 32 * r < d)
+					qd += C[lane + 32 * r] * kr[r] * kr[r];
+		} else if (cov == 0) {
+#pragma unroll
+			for (r = 0; r < EA_KMAX; r++)
+				y[r] = 0.0f;
+			/* y = Sigma k, row j of Sigma (= its column j) read
+			 * by the lanes side by side */
+#pragma unroll
+			for (r = 0; r < EA_KMAX; r++) {
+				if (32 * r >= d)
+					break;
+				for (jl = 0; jl < 32 && 32 * r + jl < d; jl++) {
+					float kj = __shfl_sync(0xffffffffu,
+					    kr[r], jl);
+					const float *row = C + (size_t)(32 * r +
+					    jl) * d;
+					int c;
+
+#pragma unroll
+					for (c = 0; c < EA_KMAX; c++)
+						if (lane + 32 * c < d)
+							y[c] += row[lane + 32 * c]
+							    * kj;
+				}
+			}
+#pragma unroll
+			for (r = 0; r < EA_KMAX; r++)
+				qd += kr[r] * y[r];
+		}
+		acc = dm * scale + qd * half;
+		for (o = 16; o > 0; o >>= 1)
+			acc += __shfl_xor_sync(0xffffffffu, acc, o);
+		if (lane == 0)
+			lg[(size_t)(s * g + h) * n + t] = acc;
+	}
+}
+
+/* One block per (segment, head) row of logits: its max and sum of
+ * exponentials over [s0, n). */
+__global__ void
+ea_norm_k(const float *lg, int n, int s0, float *ms)
+{
+	__shared__ float sh[32];
+	const float *row = lg + (size_t)blockIdx.x * n;
+	float mx = -INFINITY, l = 0.0f;
+	int t;
+
+	for (t = s0 + threadIdx.x; t < n; t += blockDim.x)
+		mx = fmaxf(mx, row[t]);
+	mx = block_max(mx, sh);
+	for (t = s0 + threadIdx.x; t < n; t += blockDim.x)
+		l += expf(row[t] - mx);
+	l = block_sum(l, sh);
+	if (threadIdx.x == 0) {
+		ms[2 * blockIdx.x] = mx;
+		ms[2 * blockIdx.x + 1] = l;
+	}
+}
+
+/* Thread per key t < nc of segment blockIdx.y: the group's weights
+ * reduced, times the value's norm. */
+template <typename T>
+__global__ void
+ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
+    int nc, int s0, int g, int d, int vnorm, int gqa, float *score,
+    long long sstride)
+{
+	int t = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y, h, i;
+	float acc = 0.0f, p, x;
+
+	if (t >= nc)
+		return;
+	for (h = 0; h < g; h++) {
+		int row = s * g + h;
+
+		p = t < s0 ? 0.0f : expf(lg[(size_t)row * n + t] -
+		    ms[2 * row]) / ms[2 * row + 1];
+		acc = h == 0 ? p : gqa == 1 ? fmaxf(acc, p) : acc + p;
+	}
+	if (gqa != 1)
+		acc /= (float)g;
+	if (vnorm) {
+		const T *vt = v + (size_t)t * ldk + (size_t)s * d;
+
+		for (x = 0.0f, i = 0; i < d; i++)
+			x += ld(vt + i) * ld(vt + i);
+		acc *= sqrtf(x);
+	}
+	score[(size_t)s * sstride + t] = acc;
+}
+
+/* The three launches for one element type. */
+template <typename T>
+static int
+ea_score_t(const float *mu, const float *co, int cov, const T *k,
+    const T *v, int nseg, int n, int nc, int s0, int g, int d, int ldk,
+    int vnorm, int gqa, float *scr, float *score, long long sstride,
+    cudaStream_t stream)
+{
+	float *ms = scr + (size_t)nseg * g * n;
+	int rc;
+
+	ea_logits_k<T><<<dim3((n + EA_WPB - 1) / EA_WPB, nseg), 32 * EA_WPB,
+	    0, stream>>>(mu, co, cov, k, ldk, n, g, d, scr);
+	if ((rc = launched()) != 0)
+		return rc;
+	ea_norm_k<<<nseg * g, EA_T, 0, stream>>>(scr, n, s0, ms);
+	if ((rc = launched()) != 0)
+		return rc;
+	ea_final_k<T><<<dim3((nc + EA_T - 1) / EA_T, nseg), EA_T, 0,
+	    stream>>>(scr, ms, v, ldk, n, nc, s0, g, d, vnorm, gqa, score,
+	    sstride);
+	return launched();
+}
+
+extern "C" int
+kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
+    const void *d_k, const void *d_v, int dtype, int nseg, int n, int nc,
+    int s0, int g, int d, int ldk, int vnorm, int gqa, void *d_scratch,
+    float *d_score, long long sstride, cudaStream_t stream)
+{
+	float *scr = (float *)d_scratch;
+
+	if (nseg < 1 || n < 1 || nc < 1 || nc > n || s0 < 0 || s0 >= n ||
+	    g < 1 || d < 1 || d > 32 * EA_KMAX || cov < 0 || cov > 2)
+		return KVX_CUDA_EINVAL;
+	switch (dtype) {
+	case KVX_CUDA_F32:
+		return ea_score_t(d_mu, d_cov, cov, (const float *)d_k,
+		    (const float *)d_v, nseg, n, nc, s0, g, d, ldk, vnorm, gqa,
+		    scr, d_score, sstride, stream);
+	case KVX_CUDA_F16:
+		return ea_score_t(d_mu, d_cov, cov, (const __half *)d_k,
+		    (const __half *)d_v, nseg, n, nc, s0, g, d, ldk, vnorm, gqa,
+		    scr, d_score, sstride, stream);
+	case KVX_CUDA_BF16:
+		return ea_score_t(d_mu, d_cov, cov, (const __nv_bfloat16 *)d_k,
+		    (const __nv_bfloat16 *)d_v, nseg, n, nc, s0, g, d, ldk,
+		    vnorm, gqa, scr, d_score, sstride, stream);
+	}
+	return KVX_CUDA_EINVAL;
+}
