@@ -38,7 +38,7 @@ struct args {
 	uint64_t		 seed;
 	const char		*tasks, *words, *dump, *base;
 	struct opt_ints		 tlens;
-	int			 samples, inside, plain;
+	int			 samples, inside, plain, dump_only;
 	enum task_kind		 kinds[TASK_N];
 	int			 n_kinds;
 };
@@ -106,6 +106,8 @@ static const struct opt options[] = {
 	    "(a --plan file, its name, or full)" },
 	{ .name = "dump-tasks", .kind = OPT_STR, .arg = "FILE", .dst = OFF(dump),
 	    .help = "write the task items as JSON lines" },
+	{ .name = "dump-only", .kind = OPT_FLAG, .dst = OFF(dump_only),
+	    .help = "write --dump-tasks and answer nothing" },
 	{ .name = "seed", .kind = OPT_U64, .arg = "S", .lo = 0,
 	    .hi = 0x7fffffff, .dst = OFF(seed),
 	    .help = "seed of the pass keys and tasks (default 1)" },
@@ -224,6 +226,8 @@ parse_args(struct args *a, int argc, char **argv)
 	if (a->passkey && a->texts.n == 0)
 		fail(EXIT_USAGE, "--passkey needs --text (the prose it hides "
 		    "keys in)");
+	if (a->dump_only && a->dump == NULL)
+		fail(EXIT_USAGE, "--dump-only needs --dump-tasks");
 	if (a->tasks == NULL && (a->base != NULL || a->dump != NULL))
 		fail(EXIT_USAGE, "--%s needs --tasks", a->base != NULL ?
 		    "baseline-plan" : "dump-tasks");
@@ -580,6 +584,12 @@ main(int argc, char **argv)
 	r.base = find_base(&r, a.base);
 	if (a.tasks != NULL)
 		make_items(&r, &a);
+	if (a.dump_only) {
+		progress("");
+		run_free(&r);
+		opt_free(&cmd, &a);
+		return 0;
+	}
 	new_contexts(&r);
 
 	if (a.tasks != NULL)

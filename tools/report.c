@@ -377,7 +377,7 @@ task_line(FILE *f, const char *label, int len, const struct entry *ents,
 		task_bootstrap(x, n, seed, &lo, &hi);
 		snprintf(cell, sizeof cell, base >= 0 ? "%+.3f [%+.3f,%+.3f]" :
 		    "%.3f [%.3f,%.3f]", task_mean(x, n), lo, hi);
-		fprintf(f, "  %-22s", cell);
+		fprintf(f, "  %-26s", cell);
 	}
 	fputc('\n', f);
 }
@@ -415,7 +415,7 @@ task_table(FILE *f, const struct entry *ents, int n_ent,
 	fprintf(f, "%-16s %6s", "task", "length");
 	for (e = 0; e < n_ent; e++)
 		if (e != base)
-			fprintf(f, "  %-22.22s", ents[e].name);
+			fprintf(f, "  %-26s", ents[e].name);
 	fputc('\n', f);
 	for (k = 0; k < TASK_N; k++)
 		for (l = 0; l < n_len; l++) {
@@ -470,7 +470,7 @@ report_tasks(FILE *f, const struct entry *ents, int n_ent,
 			kv += r->kv_bytes_full ? (double)r->kv_bytes /
 			    r->kv_bytes_full : 0.0;
 		}
-		fprintf(f, "  %-22.4f", n_items > 0 ? kv / n_items : 0.0);
+		fprintf(f, "  %-26.4f", n_items > 0 ? kv / n_items : 0.0);
 	}
 	fputc('\n', f);
 	if (base >= 0) {
