@@ -33,18 +33,20 @@ ea_avg_rot(int n, int F, double f, double *c, double *s)
 /*
  * One block per query head: its nq queries rotated back to their pre-RoPE
  * values into u (nq x d), their mean, and the rotated mean and covariance
- * (2 x 2 blocks of pairs, in double, as the CPU twin).
+ * (2 x 2 blocks of pairs, in double, as the CPU twin).  Pair i is dims
+ * (2i, 2i + 1), or (i, i + d/2) with halves.
  */
 __global__ void
 ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
-    int n, int F, float theta, int d, int cov, float *mu, float *co,
-    float *scr)
+    int n, int F, float theta, int halves, int d, int cov, float *mu,
+    float *co, float *scr)
 {
 	extern __shared__ double esh[];
 	double *m = esh, *C = esh + d, *S = C + d / 2;
 	const float *qi = q + (size_t)blockIdx.x * qhs;
 	float *u = scr + (size_t)blockIdx.x * nq * d;
-	int P = d / 2, i, j, a, b, A, B, nb;
+	float *mo = mu + (size_t)blockIdx.x * d;
+	int P = d / 2, i, j, A, B, nb, a0, a1, b0, b1;
 	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
 	float *cv = co + blockIdx.x * cs;
 
@@ -53,31 +55,33 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 		float x0, x1;
 
 		j = i / P;
-		a = 2 * (i % P);
-		f = pow((double)theta, -(double)a / d);
+		A = i % P;
+		a0 = halves ? A : 2 * A;
+		a1 = halves ? A + P : 2 * A + 1;
+		f = pow((double)theta, -(double)(2 * A) / d);
 		sincos((double)(p0 + j) * f, &sn, &c);
-		x0 = qi[j * qps + a];
-		x1 = qi[j * qps + a + 1];
-		u[(size_t)j * d + a] = (float)(x0 * c + x1 * sn);
-		u[(size_t)j * d + a + 1] = (float)(-x0 * sn + x1 * c);
+		x0 = qi[j * qps + a0];
+		x1 = qi[j * qps + a1];
+		u[(size_t)j * d + a0] = (float)(x0 * c + x1 * sn);
+		u[(size_t)j * d + a1] = (float)(-x0 * sn + x1 * c);
 	}
 	for (i = threadIdx.x; i < P; i += blockDim.x)
 		ea_avg_rot(n, F, pow((double)theta, -(double)(2 * i) / d),
 		    &C[i], &S[i]);
 	__syncthreads();
-	for (a = threadIdx.x; a < d; a += blockDim.x) {
+	for (i = threadIdx.x; i < d; i += blockDim.x) {
 		double s = 0;
 
 		for (j = 0; j < nq; j++)
-			s += u[(size_t)j * d + a];
-		m[a] = s / nq;
+			s += u[(size_t)j * d + i];
+		m[i] = s / nq;
 	}
 	__syncthreads();
 	for (i = threadIdx.x; i < P; i += blockDim.x) {
-		mu[(size_t)blockIdx.x * d + 2 * i] =
-		    (float)(C[i] * m[2 * i] - S[i] * m[2 * i + 1]);
-		mu[(size_t)blockIdx.x * d + 2 * i + 1] =
-		    (float)(S[i] * m[2 * i] + C[i] * m[2 * i + 1]);
+		a0 = halves ? i : 2 * i;
+		a1 = halves ? i + P : 2 * i + 1;
+		mo[a0] = (float)(C[i] * m[a0] - S[i] * m[a1]);
+		mo[a1] = (float)(S[i] * m[a0] + C[i] * m[a1]);
 	}
 	if (cov == 2)
 		return;
@@ -88,12 +92,14 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 
 		A = cov == 1 ? i : i / P;
 		B = cov == 1 ? i : i % P;
-		a = 2 * A;
-		b = 2 * B;
+		a0 = halves ? A : 2 * A;
+		a1 = halves ? A + P : 2 * A + 1;
+		b0 = halves ? B : 2 * B;
+		b1 = halves ? B + P : 2 * B + 1;
 		for (j = 0; j < nq; j++) {
 			const float *r = u + (size_t)j * d;
-			double x0 = r[a] - m[a], x1 = r[a + 1] - m[a + 1];
-			double y0 = r[b] - m[b], y1 = r[b + 1] - m[b + 1];
+			double x0 = r[a0] - m[a0], x1 = r[a1] - m[a1];
+			double y0 = r[b0] - m[b0], y1 = r[b1] - m[b1];
 
 			s00 += x0 * y0;
 			s01 += x0 * y1;
@@ -113,27 +119,28 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 		t10 = sa * s00 + ca * s10;
 		t11 = sa * s01 + ca * s11;
 		if (cov == 1) {
-			cv[a] = (float)(t00 * cb - t01 * sb);
-			cv[a + 1] = (float)(t10 * sb + t11 * cb);
+			cv[a0] = (float)(t00 * cb - t01 * sb);
+			cv[a1] = (float)(t10 * sb + t11 * cb);
 			continue;
 		}
-		cv[(size_t)a * d + b] = (float)(t00 * cb - t01 * sb);
-		cv[(size_t)a * d + b + 1] = (float)(t00 * sb + t01 * cb);
-		cv[(size_t)(a + 1) * d + b] = (float)(t10 * cb - t11 * sb);
-		cv[(size_t)(a + 1) * d + b + 1] = (float)(t10 * sb + t11 * cb);
+		cv[(size_t)a0 * d + b0] = (float)(t00 * cb - t01 * sb);
+		cv[(size_t)a0 * d + b1] = (float)(t00 * sb + t01 * cb);
+		cv[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
+		cv[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
 	}
 }
 
 extern "C" int
 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
-    int nq, int p0, int n, int future, float theta, int d, int cov,
-    float *d_mu, float *d_cov, float *d_scratch, cudaStream_t stream)
+    int nq, int p0, int n, int future, float theta, int halves, int d,
+    int cov, float *d_mu, float *d_cov, float *d_scratch,
+    cudaStream_t stream)
 {
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
 	    cov > 2 || p0 < 0)
 		return KVX_CUDA_EINVAL;
 	ea_stats_k<<<h, EA_T, sizeof(double) * 2 * (size_t)d, stream>>>(d_q,
-	    qhs, qps, nq, p0, n, future, theta, d, cov, d_mu, d_cov,
+	    qhs, qps, nq, p0, n, future, theta, halves, d, cov, d_mu, d_cov,
 	    d_scratch);
 	return launched();
 }

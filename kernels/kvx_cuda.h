@@ -88,14 +88,14 @@ int	 kvx_cuda_pool(const float *d_in, const long long *d_soff,
 /*
  * Twin of sel_ea_stats for h query heads: head i's nq post-RoPE queries
  * (float) at d_q + i*qhs + j*qps elements, j = 0 .. nq - 1 at positions
- * p0 + j, after a prompt of n tokens.  Writes head i's rotated mean at
- * d_mu + i*d and, by cov (enum plan_cov: 0 full, 1 diagonal, 2 none), its
- * rotated covariance at d_cov + i*d*d or its diagonal at d_cov + i*d.
- * d_scratch holds h*nq*d floats.  d even.
+ * p0 + j, after a prompt of n tokens, RoPE pairs as sel_ea's halves.
+ * Writes head i's rotated mean at d_mu + i*d and, by cov (enum plan_cov:
+ * 0 full, 1 diagonal, 2 none), its rotated covariance at d_cov + i*d*d or
+ * its diagonal at d_cov + i*d.  d_scratch holds h*nq*d floats.  d even.
  */
 int	 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps,
-	    int h, int nq, int p0, int n, int future, float theta, int d,
-	    int cov, float *d_mu, float *d_cov, float *d_scratch,
+	    int h, int nq, int p0, int n, int future, float theta, int halves,
+	    int d, int cov, float *d_mu, float *d_cov, float *d_scratch,
 	    cudaStream_t stream);
 /* Scratch bytes of kvx_cuda_ea_score. */
 size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n);

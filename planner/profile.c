@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "kvcache.h"
 #include "model.h"
 #include "plan.h"
@@ -357,6 +358,7 @@ prof_ea(struct prof_run *r, const kv_seg *sg, int h, const float *wa,
 	e.cov = PLAN_COV_FULL;
 	e.vnorm = 1;
 	e.theta = kvx_model_get_info(r->m)->rope_theta;
+	e.halves = r->m->desc->rope == ROPE_HALVES;
 	for (q = 0; q < g; q++)
 		sel_ea_stats(wa + ((size_t)(h * g + q) * wa_n + (wa_n - nq)) *
 		    D, sg->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,

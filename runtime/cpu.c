@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "backend.h"
 #include "kvcache.h"
 #include "model.h"
@@ -186,6 +187,7 @@ ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int h, const float *wq,
 	e.cov = P->ea_cov;
 	e.vnorm = P->ea_vnorm;
 	e.theta = mi->rope_theta;
+	e.halves = dst->m->desc->rope == ROPE_HALVES;
 	for (q = 0; q < g; q++)
 		sel_ea_stats(wq + ((size_t)(h * g + q) * w + (w - nq)) * D,
 		    ss->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "gpu_impl.h"
 #include "plan.h"
 #include "util.h"
@@ -181,8 +182,8 @@ ea_score(gpu_ctx *g, int n, const sel_counts *sc)
 	/* query head i of token t at q + t*H*D + i*D */
 	CK(kvx_cuda_ea_stats(g->q + (size_t)(n - nq) * H * D, D,
 	    (long long)H * D, H, nq, n - nq, n, P->ea_future,
-	    g->m->info.rope_theta, D, P->ea_cov, base, base + cov_at,
-	    base + u_at, g->stream));
+	    g->m->info.rope_theta, g->m->desc->rope == ROPE_HALVES, D,
+	    P->ea_cov, base, base + cov_at, base + u_at, g->stream));
 	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, g->kt, g->vt,
 	    KVX_CUDA_F16, g->Hkv, n, n - sc->pw, sc->sinks, G, D, g->Hkv * D,
 	    P->ea_vnorm, P->gqa, base + lg_at, g->score, n, g->stream));

@@ -534,9 +534,10 @@ void
 sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
     const sel_ea *e, float *mu, float *cov)
 {
-	double m[2], x[2], f, c, s, ca, sa, cb, sb, s00, s01, s10, s11;
+	double m[2], x[2], f, c, s, ca, sa, cb, sb, t00, t01, t10, t11;
 	double *u, *S = NULL;
-	int i, j, a, b, full = e->cov != PLAN_COV_NONE;
+	int i, j, a, b, P = d / 2, full = e->cov != PLAN_COV_NONE;
+	int a0, a1, b0, b1;
 
 	if (w < 1 || d < 2)
 		return;
@@ -548,29 +549,31 @@ sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
 			mu[i] = NAN;
 		return;
 	}
-	for (i = 0; i < d; i += 2) {
-		f = pow((double)e->theta, -(double)i / d);
+	for (i = 0; i < P; i++) {
+		a0 = e->halves ? i : 2 * i;
+		a1 = e->halves ? i + P : 2 * i + 1;
+		f = pow((double)e->theta, -(double)(2 * i) / d);
 		m[0] = m[1] = 0;
 		for (j = 0; j < w; j++) {
-			const float *p = q + (size_t)j * d + i;
+			const float *p = q + (size_t)j * d;
 
 			c = cos(pos[j] * f);
 			s = sin(pos[j] * f);
-			x[0] = p[0] * c + p[1] * s;
-			x[1] = -p[0] * s + p[1] * c;
-			u[(size_t)j * d + i] = x[0];
-			u[(size_t)j * d + i + 1] = x[1];
+			x[0] = p[a0] * c + p[a1] * s;
+			x[1] = -p[a0] * s + p[a1] * c;
+			u[(size_t)j * d + a0] = x[0];
+			u[(size_t)j * d + a1] = x[1];
 			m[0] += x[0];
 			m[1] += x[1];
 		}
 		m[0] /= w;
 		m[1] /= w;
 		avg_rot(n, e->future, f, &c, &s);
-		mu[i] = (float)(c * m[0] - s * m[1]);
-		mu[i + 1] = (float)(s * m[0] + c * m[1]);
+		mu[a0] = (float)(c * m[0] - s * m[1]);
+		mu[a1] = (float)(s * m[0] + c * m[1]);
 		for (j = 0; j < w; j++) {
-			u[(size_t)j * d + i] -= m[0];
-			u[(size_t)j * d + i + 1] -= m[1];
+			u[(size_t)j * d + a0] -= m[0];
+			u[(size_t)j * d + a1] -= m[1];
 		}
 	}
 	if (!full) {
@@ -589,39 +592,39 @@ sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
 			S[(size_t)a * d + b] /= w;
 			S[(size_t)b * d + a] = S[(size_t)a * d + b];
 		}
-	/* R S R^T, one 2 x 2 block at a time: block (a, b) is
-	 * B_a S_ab B_b^T with B = [c -s; s c] of its pair */
-	for (a = 0; a < d; a += 2) {
-		avg_rot(n, e->future, pow((double)e->theta, -(double)a / d),
-		    &ca, &sa);
-		for (b = 0; b < d; b += 2) {
-			const double *r0 = S + (size_t)a * d + b;
-			const double *r1 = r0 + d;
-			double t00, t01, t10, t11;
-
+	/* R S R^T, one 2 x 2 block of pairs at a time: block (A, B) is
+	 * B_A S_AB B_B^T with B = [c -s; s c] of its pair */
+	for (a = 0; a < P; a++) {
+		a0 = e->halves ? a : 2 * a;
+		a1 = e->halves ? a + P : 2 * a + 1;
+		avg_rot(n, e->future, pow((double)e->theta,
+		    -(double)(2 * a) / d), &ca, &sa);
+		for (b = 0; b < P; b++) {
 			if (e->cov == PLAN_COV_DIAG && a != b)
 				continue;
+			b0 = e->halves ? b : 2 * b;
+			b1 = e->halves ? b + P : 2 * b + 1;
 			avg_rot(n, e->future, pow((double)e->theta,
-			    -(double)b / d), &cb, &sb);
-			/* T = B_a S_ab */
-			t00 = ca * r0[0] - sa * r1[0];
-			t01 = ca * r0[1] - sa * r1[1];
-			t10 = sa * r0[0] + ca * r1[0];
-			t11 = sa * r0[1] + ca * r1[1];
-			/* T B_b^T */
-			s00 = t00 * cb - t01 * sb;
-			s01 = t00 * sb + t01 * cb;
-			s10 = t10 * cb - t11 * sb;
-			s11 = t10 * sb + t11 * cb;
+			    -(double)(2 * b) / d), &cb, &sb);
+			/* T = B_A S_AB */
+			t00 = ca * S[(size_t)a0 * d + b0] -
+			    sa * S[(size_t)a1 * d + b0];
+			t01 = ca * S[(size_t)a0 * d + b1] -
+			    sa * S[(size_t)a1 * d + b1];
+			t10 = sa * S[(size_t)a0 * d + b0] +
+			    ca * S[(size_t)a1 * d + b0];
+			t11 = sa * S[(size_t)a0 * d + b1] +
+			    ca * S[(size_t)a1 * d + b1];
+			/* T B_B^T */
 			if (e->cov == PLAN_COV_DIAG) {
-				cov[a] = (float)s00;
-				cov[a + 1] = (float)s11;
+				cov[a0] = (float)(t00 * cb - t01 * sb);
+				cov[a1] = (float)(t10 * sb + t11 * cb);
 				continue;
 			}
-			cov[(size_t)a * d + b] = (float)s00;
-			cov[(size_t)a * d + b + 1] = (float)s01;
-			cov[(size_t)(a + 1) * d + b] = (float)s10;
-			cov[(size_t)(a + 1) * d + b + 1] = (float)s11;
+			cov[(size_t)a0 * d + b0] = (float)(t00 * cb - t01 * sb);
+			cov[(size_t)a0 * d + b1] = (float)(t00 * sb + t01 * cb);
+			cov[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
+			cov[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
 		}
 	}
 	free(u);

@@ -101,8 +101,11 @@ typedef struct sel_ea {
 	int	future;		/* positions RoPE is averaged over */
 	int	cov;		/* enum plan_cov: full, diagonal, none */
 	int	vnorm;		/* 1: scores times the value's norm */
-	float	theta;		/* RoPE base, adjacent pairs (dims 2i,
-				   2i + 1) at frequency theta^(-2i/d) */
+	float	theta;		/* RoPE base: pair j of d/2 turns at
+				   frequency theta^(-2j/d) */
+	int	halves;		/* 0: pair j is dims (2j, 2j + 1), the
+				   GGUF llama layout; 1: (j, j + d/2),
+				   rotate-half */
 } sel_ea;
 
 /*

@@ -904,6 +904,7 @@ test_ea(int rep)
 	ea.cov = cov;
 	ea.vnorm = vnorm;
 	ea.theta = theta;
+	ea.halves = (rep / 4) % 2;
 
 	/* statistics: query head h of token j at q + (j H + h) d */
 	for (h = 0; h < H; h++) {
@@ -918,13 +919,13 @@ test_ea(int rep)
 	dcv = poisoned(sizeof(float) * H * cs);
 	dscr = poisoned(sizeof(float) * H * nq * d);
 	check(kvx_cuda_ea_stats(dq, d, (long long)H * d, H, nq, p0, n, F,
-	    theta, d, cov, dmu, dcv, dscr, NULL), "ea_stats");
+	    theta, ea.halves, d, cov, dmu, dcv, dscr, NULL), "ea_stats");
 	check(kvx_cuda_sync(), "ea_stats sync");
 	check(kvx_cuda_d2h(gmu, dmu, sizeof(float) * H * d), "copy back");
 	check(kvx_cuda_d2h(gcv, dcv, sizeof(float) * H * cs), "copy back");
 	e = relerr(gmu, mu, (size_t)H * d);
-	ok(e < 1e-5, "ea stats H=%d nq=%d d=%d F=%d: mean, relative error "
-	    "%.2e", H, nq, d, F, e);
+	ok(e < 1e-5, "ea stats H=%d nq=%d d=%d F=%d %s: mean, relative error "
+	    "%.2e", H, nq, d, F, ea.halves ? "halves" : "pairs", e);
 	if (cov != PLAN_COV_NONE) {
 		e = relerr(gcv, cv, H * cs);
 		ok(e < 1e-4, "ea stats cov %d: covariance, relative error "

@@ -287,17 +287,21 @@ test_score(void)
 	}
 }
 
-/* RoPE of one d-vector at position p, adjacent pairs, in double. */
+/* RoPE of one d-vector at position p in double: pair j is (2j, 2j+1), or
+ * (j, j + d/2) with halves. */
 static void
-ref_rope(const double *x, int d, double p, double theta, double *y)
+ref_rope(const double *x, int d, double p, double theta, int halves,
+    double *y)
 {
 	double a;
-	int i;
+	int j, i0, i1;
 
-	for (i = 0; i < d; i += 2) {
-		a = p * pow(theta, -(double)i / d);
-		y[i] = x[i] * cos(a) - x[i + 1] * sin(a);
-		y[i + 1] = x[i] * sin(a) + x[i + 1] * cos(a);
+	for (j = 0; j < d / 2; j++) {
+		a = p * pow(theta, -(double)(2 * j) / d);
+		i0 = halves ? j : 2 * j;
+		i1 = halves ? j + d / 2 : 2 * j + 1;
+		y[i0] = x[i0] * cos(a) - x[i1] * sin(a);
+		y[i1] = x[i0] * sin(a) + x[i1] * cos(a);
 	}
 }
 
@@ -310,8 +314,8 @@ ref_rope(const double *x, int d, double p, double theta, double *y)
  */
 static void
 ref_ea(const double *qp, int w, const float *k, const float *v, int n,
-    int nc, int s0, int g, int d, int F, double theta, int cov, int vnorm,
-    int gqa, double *score)
+    int nc, int s0, int g, int d, int F, double theta, int halves, int cov,
+    int vnorm, int gqa, double *score)
 {
 	double *R = calloc((size_t)d * d, sizeof(double));
 	double *S = malloc(sizeof(double) * d * d);
@@ -319,15 +323,17 @@ ref_ea(const double *qp, int w, const float *k, const float *v, int n,
 	double *S2 = malloc(sizeof(double) * d * d);
 	double *mu = malloc(sizeof(double) * d), *m2 = malloc(sizeof(double) * d);
 	double *z = malloc(sizeof(double) * n), a, mx, l, x;
-	int h, i, j, f, t, r;
+	int h, i, j, f, t, r, i0, i1;
 
 	for (f = 0; f < F; f++)
-		for (i = 0; i < d; i += 2) {
-			a = (n + f) * pow(theta, -(double)i / d);
-			R[i * d + i] += cos(a) / F;
-			R[i * d + i + 1] -= sin(a) / F;
-			R[(i + 1) * d + i] += sin(a) / F;
-			R[(i + 1) * d + i + 1] += cos(a) / F;
+		for (j = 0; j < d / 2; j++) {
+			a = (n + f) * pow(theta, -(double)(2 * j) / d);
+			i0 = halves ? j : 2 * j;
+			i1 = halves ? j + d / 2 : 2 * j + 1;
+			R[i0 * d + i0] += cos(a) / F;
+			R[i0 * d + i1] -= sin(a) / F;
+			R[i1 * d + i0] += sin(a) / F;
+			R[i1 * d + i1] += cos(a) / F;
 		}
 	for (t = 0; t < nc; t++)
 		score[t] = gqa == PLAN_GQA_MAX ? -1.0 : 0.0;
@@ -418,12 +424,13 @@ test_ea(void)
 		{ 300, 32, 3, 64, 512, 4, 32 }, { 129, 128, 2, 8, 7, 0, 1 },
 		{ 500, 64, 1, 64, 5000, 2, 16 }, { 64, 3, 4, 6, 1, 1, 3 },
 	};
-	int si, cov, gqa, vn, n, w, g, d, F, s0, pw, t, i, j, h, bad;
+	int si, cov, gqa, vn, n, w, g, d, F, s0, pw, t, i, j, h, bad, hv;
 	float theta = 10000.0f;
 
 	for (si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++)
 	for (cov = 0; cov < 3; cov++)
-	for (gqa = 0; gqa < 2; gqa++) {
+	for (gqa = 0; gqa < 2; gqa++)
+	for (hv = 0; hv < 2; hv++) {
 		size_t cs;
 		float *q, *k, *v, *mu, *cv, *tmp, *sc, big;
 		double *qp, *ref, y[64], worst = 0.0, err, top = 0.0;
@@ -458,14 +465,14 @@ test_ea(void)
 
 				for (i = 0; i < d; i++)
 					x[i] = tap_frand() * big + (i % 3 == 0);
-				ref_rope(x, d, pos[j], theta, y);
+				ref_rope(x, d, pos[j], theta, hv, y);
 				for (i = 0; i < d; i++)
 					q[((size_t)h * w + j) * d + i] =
 					    (float)y[i];
 				for (i = 0; i < d; i++)
 					x[i] = (double)q[((size_t)h * w + j) *
 					    d + i];
-				ref_rope(x, d, -pos[j], theta, y);
+				ref_rope(x, d, -pos[j], theta, hv, y);
 				memcpy(x, y, sizeof(double) * d);
 			}
 		for (t = 0; t < n * d; t++) {
@@ -476,6 +483,7 @@ test_ea(void)
 		e.cov = cov;
 		e.vnorm = vn;
 		e.theta = theta;
+		e.halves = hv;
 		for (h = 0; h < g; h++)
 			sel_ea_stats(q + (size_t)h * w * d, pos, w, d, n, &e,
 			    mu + (size_t)h * d, cv + h * cs);
@@ -483,8 +491,8 @@ test_ea(void)
 			sc[t] = NAN;
 		sel_ea_score(mu, cv, k, v, n, n - pw, s0, g, d, &e, gqa, tmp,
 		    sc);
-		ref_ea(qp, w, k, v, n, n - pw, s0, g, d, F, theta, cov, vn,
-		    gqa, ref);
+		ref_ea(qp, w, k, v, n, n - pw, s0, g, d, F, theta, hv, cov,
+		    vn, gqa, ref);
 		for (t = 0; t < n - pw; t++)
 			top = ref[t] > top ? ref[t] : top;
 		for (bad = 0, t = 0; t < n - pw; t++) {
@@ -495,9 +503,9 @@ test_ea(void)
 				worst = err / ref[t];
 		}
 		ok(bad == 0, "expected attention n=%d w=%d g=%d d=%d F=%d "
-		    "s0=%d cov %d %s%s: %d bad, worst rel %.2g", n, w, g, d,
-		    F, s0, cov, gqa ? "max" : "mean", vn ? " vnorm" : "", bad,
-		    worst);
+		    "s0=%d cov %d %s%s, %s: %d bad, worst rel %.2g", n, w, g,
+		    d, F, s0, cov, gqa ? "max" : "mean", vn ? " vnorm" : "",
+		    hv ? "halves" : "pairs", bad, worst);
 		free(qp);
 		free(q);
 		free(pos);
