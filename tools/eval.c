@@ -400,7 +400,7 @@ eval_mean(const struct result *res, int n_text, int n_ent,
 }
 
 
-// --- task suite ----------------------------------------------------------------
+// --- task suite ------------------------------------------------------------
 
 /*
  * Greedy-decode at most max tokens from logits in e's context; answer

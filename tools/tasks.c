@@ -448,8 +448,7 @@ add_unit(const struct task_env *env, const struct draw *d, int u,
 	sb_add(b, env->prose + at, end - at);
 }
 
-/* Insertion points for n needles at depths pos over units haystack
- * units: the unit index each goes before. */
+/* The haystack unit a needle at depth pos (0 to 1) goes before. */
 static int
 unit_at(double pos, int units)
 {
@@ -641,7 +640,8 @@ build_cwe(const struct task_env *env, int length, int units,
 {
 	int fc = length >= 4096 ? 30 : length >= 2048 ? 10 : length >= 1024 ?
 	    6 : 3;
-	int uc = fc >= 10 ? 3 : fc >= 6 ? 2 : 1, nw = N_COMMON + units, n, i, j, *w, *list;
+	int uc = fc >= 10 ? 3 : fc >= 6 ? 2 : 1, nw = N_COMMON + units;
+	int n, i, j, *w, *list;
 	uint64_t st = seed;
 
 	w = malloc(sizeof *w * (size_t)nw);
@@ -935,7 +935,7 @@ tokfail:
 	return -1;
 }
 
-// --- scores --------------------------------------------------------------------
+// --- scores ----------------------------------------------------------------
 
 /* 1 when needle occurs in hay, ignoring ASCII case. */
 static int
@@ -1004,7 +1004,7 @@ task_bootstrap(const double *x, int n, uint64_t seed, double *lo,
 	*hi = m[(int)(0.975 * TASK_BOOT_REPS) - 1];
 }
 
-// --- the dump --------------------------------------------------------------------
+// --- the dump --------------------------------------------------------------
 
 /* Write s as a JSON string. */
 static void
