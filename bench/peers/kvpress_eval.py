@@ -19,6 +19,9 @@ import types
 PRESSES = ["snapkv", "snapkv-kvx", "ada-snapkv", "criticalada-snapkv",
            "expected-attention", "ada-expected-attention", "kvzip",
            "pyramidkv", "streamingllm", "tova", "knorm"]
+# a check of the AdaKV wrapper, not run by default: with a safeguard of 1
+# every head keeps its even share, so it must answer as snapkv does
+CHECKS = ["ada-snapkv-alpha1"]
 
 
 def parse_args(argv):
@@ -34,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--question", choices=["after", "inside"],
                    default="after")
     p.add_argument("--presses", default=",".join(PRESSES),
-                   help="comma-separated, of: " + ", ".join(PRESSES))
+                   help="comma-separated, of: " + ", ".join(PRESSES + CHECKS))
     p.add_argument("--kept", default="0.1,0.2,0.5",
                    help="shares of the cache kept, comma-separated")
     p.add_argument("--plan", nargs="+", default=[],
@@ -49,8 +52,9 @@ def parse_args(argv):
     a = p.parse_args(argv)
     a.presses = [s for s in a.presses.split(",") if s]
     for s in a.presses:
-        if s not in PRESSES:
-            p.error("unknown press '%s' (%s)" % (s, ", ".join(PRESSES)))
+        if s not in PRESSES + CHECKS:
+            p.error("unknown press '%s' (%s)" % (s, ", ".join(PRESSES +
+                                                            CHECKS)))
     try:
         a.kept = [float(x) for x in a.kept.split(",") if x]
     except ValueError:
@@ -226,6 +230,9 @@ def make_press(K, name, r):
                              kernel_size=7)
     if name == "ada-snapkv":
         return K.AdaKVPress(K.SnapKVPress(compression_ratio=r))
+    if name == "ada-snapkv-alpha1":
+        return K.AdaKVPress(K.SnapKVPress(compression_ratio=r),
+                            alpha_safeguard=1.0)
     if name == "criticalada-snapkv":
         return K.CriticalAdaKVPress(K.SnapKVPress(compression_ratio=r))
     if name == "expected-attention":
