@@ -2,7 +2,12 @@
  * test-tokenizer.c - the BPE tokenizer against llama.cpp's ids
  * (tests/golden/tokens.txt and logits.txt, written by
  * tools/make-goldens.py), a brute-force BPE on a synthetic vocabulary,
- * round trips, special tokens, the chat format and speed.
+ * round trips, special tokens, the chat format and speed.  With
+ * Qwen2.5-Coder's file present (KVX_QWEN2_MODEL, else models/ under
+ * top_srcdir), its tokenizer against llama.cpp's ids
+ * (tests/golden/qwen2-tokens.txt, qwen2-logits.txt) and its chat format;
+ * the qwen2 pre-tokenizer also runs on SmolLM2's vocabulary
+ * (tokens-qwen2.txt) and on the small tests/data/tiny-qwen2.gguf.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -19,6 +24,7 @@
 #include "util.h"
 
 #define MAXIDS	4096
+#define QWEN2_FILE "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -488,7 +494,8 @@ wkv_copy(struct wbuf *b, const gguf_kv *kv)
 static void
 check_pre_variants(const gguf_file *model, const char *model_path)
 {
-	static const char *pres[] = { "llama-bpe", "gpt-2", "default" };
+	static const char *pres[] = { "llama-bpe", "gpt-2", "default",
+	    "qwen2" };
 	const char *keys[] = { "tokenizer.ggml.tokens",
 	    "tokenizer.ggml.token_type", "tokenizer.ggml.merges" };
 
@@ -527,6 +534,89 @@ check_pre_variants(const gguf_file *model, const char *model_path)
 		gguf_close(&g);
 		free(b.p);
 	}
+}
+
+/* The qwen2 pre-tokenizer on the tiny vocabulary: digits stay single
+ * even where a merge joins them, words still merge. */
+static void
+check_tiny_qwen2(void)
+{
+	const char *top = getenv("top_srcdir");
+	char path[1024];
+	gguf_file *g = NULL;
+	kvx_tokenizer *t = NULL;
+	int32_t ids[16];
+	int n = 0;
+
+	snprintf(path, sizeof path, "%s/tests/data/tiny-qwen2.gguf",
+	    top ? top : ".");
+	if (!ok(gguf_open(path, &g) == KVX_OK && tok_new(g, &t) == KVX_OK,
+	    "tiny qwen2 tokenizer loads")) {
+		diag("%s", kvx_errmsg());
+		gguf_close(&g);
+		return;
+	}
+	/* ids: bytes in order, then the merges of make-tiny-qwen2.py */
+	ok(tok_encode(t, "12", 2, 0, ids, 16, &n) == KVX_OK && n == 2 &&
+	    ids[0] == '1' && ids[1] == '2',
+	    "tiny qwen2: \"12\" is two digits despite the merge (1 2)");
+	ok(tok_encode(t, " the hell", 9, 0, ids, 16, &n) == KVX_OK &&
+	    n == 3 && ids[0] == 260 && ids[1] == ' ' && ids[2] == 258,
+	    "tiny qwen2: \" the hell\" is \" the\", \" \", \"hell\" (no "
+	    "merge joins a space to \"hell\")");
+	tok_free(&t);
+	gguf_close(&g);
+}
+
+/* Qwen2.5-Coder's tokenizer: ids, prompts and chat format as llama.cpp. */
+static void
+check_qwen2(void)
+{
+	static const char want_default[] =
+	    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You "
+	    "are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+	    "What is the capital of France?<|im_end|>\n"
+	    "<|im_start|>assistant\n";
+	const char *env = getenv("KVX_QWEN2_MODEL");
+	char path[1024], gpath[2048], chatml[4096] = "", *out = NULL;
+	gguf_file *g = NULL;
+	kvx_tokenizer *t = NULL;
+	FILE *f;
+
+	if (env != NULL && *env != '\0')
+		snprintf(path, sizeof path, "%s", env);
+	else
+		snprintf(path, sizeof path, "%s/models/" QWEN2_FILE,
+		    getenv("top_srcdir") ? getenv("top_srcdir") : ".");
+	if ((f = fopen(path, "rb")) == NULL) {
+		ok(1, "qwen2 tokenizer # SKIP Qwen2.5-Coder not present "
+		    "(tools/fetch-model --model qwen2.5-coder-0.5b)");
+		return;
+	}
+	fclose(f);
+	if (!ok(gguf_open(path, &g) == KVX_OK && tok_new(g, &t) == KVX_OK,
+	    "qwen2: tok_new")) {
+		diag("%s", kvx_errmsg());
+		gguf_close(&g);
+		return;
+	}
+	ok(tok_n_vocab(t) == 151936 && tok_bos(t) == 151643 &&
+	    tok_eos(t) == 151645, "qwen2: vocabulary 151936, bos 151643, "
+	    "eos 151645");
+	ok(tok_is_eog(t, 151645) && tok_is_eog(t, 151643) &&
+	    !tok_is_eog(t, 151644), "qwen2: eog <|im_end|>, <|endoftext|>");
+	golden_path(path, "qwen2-tokens.txt", gpath, sizeof gpath);
+	check_tokens_golden(t, gpath);
+	golden_path(path, "qwen2-logits.txt", gpath, sizeof gpath);
+	check_logits_prompts(t, gpath, chatml, sizeof chatml);
+	ok(tok_chat_format(t, NULL, "What is the capital of France?",
+	    &out) == KVX_OK && out != NULL && strcmp(out, want_default) == 0,
+	    "qwen2: chat format, Qwen's default system message");
+	ok(out != NULL && strcmp(out, chatml) == 0,
+	    "qwen2: chat format equals the golden chatml prompt");
+	free(out);
+	tok_free(&t);
+	gguf_close(&g);
 }
 
 /* Unsupported tokenizer model or pre-tokenizer: named in the message. */
@@ -763,8 +853,13 @@ main(void)
 	kvx_tokenizer *t = NULL;
 	char path[2048], chatml[4096] = "";
 
-	if (model == NULL)
-		tap_skip_all("model not found (set KVX_MODEL)");
+	check_tiny_qwen2();
+	check_qwen2();
+	if (model == NULL) {
+		ok(1, "SmolLM2 tokenizer # SKIP model not found (set "
+		    "KVX_MODEL)");
+		return tap_done();
+	}
 	check_unsupported();
 	check_bpe_brute_force();
 	if (!ok(gguf_open(model, &g) == KVX_OK, "open %s", model)) {
