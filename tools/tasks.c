@@ -42,6 +42,7 @@ static const int answer_tokens[TASK_N] = { 24, 48, 64, 24, 40, 80, 32, 16 };
 #define N_NEEDLE	4	/* needles of the multi-needle tasks */
 #define N_COMMON	10	/* common words asked for by cwe */
 #define FWE_VOCAB	64	/* coded words fwe draws from */
+#define MAX_UNIT	240	/* bytes of prose in a haystack unit, about */
 
 /* A growing string. */
 struct sbuf {
@@ -191,9 +192,28 @@ split_template(struct task_env *env, char *err, size_t size)
 	return 0;
 }
 
+/* Bytes of the valid UTF-8 sequence at p (n bytes left), or 0. */
+static int
+utf8_len(const unsigned char *p, size_t n)
+{
+	int len, i;
+
+	if (p[0] < 0x80)
+		return 1;
+	len = p[0] >= 0xc2 && p[0] < 0xe0 ? 2 : p[0] >= 0xe0 &&
+	    p[0] < 0xf0 ? 3 : p[0] >= 0xf0 && p[0] < 0xf5 ? 4 : 0;
+	if (len == 0 || (size_t)len > n)
+		return 0;
+	for (i = 1; i < len; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return len;
+}
+
 /*
  * Read the haystack files into one text with each run of white space made
- * one space, and note where its sentences start.
+ * one space, and note where its sentences start.  A byte that is not
+ * UTF-8 becomes '?', so that the dump stays valid JSON.
  */
 static int
 read_prose(struct task_env *env, const char *const *hay, int n_hay,
@@ -202,7 +222,7 @@ read_prose(struct task_env *env, const char *const *hay, int n_hay,
 	struct sbuf b = { NULL, 0, 0 };
 	size_t len, i, cap = 0;
 	char *buf;
-	int f, sp;
+	int f, sp, k;
 
 	for (f = 0; f < n_hay; f++) {
 		if (kvx__read_file(hay[f], 0, &buf, &len) != KVX_OK) {
@@ -216,7 +236,12 @@ read_prose(struct task_env *env, const char *const *hay, int n_hay,
 					sb_add(&b, " ", 1);
 				sp = 1;
 			} else if (buf[i] != '\0') {
-				sb_add(&b, buf + i, 1);
+				k = utf8_len((unsigned char *)buf + i, len - i);
+				if (k == 0)
+					sb_add(&b, "?", 1);
+				else
+					sb_add(&b, buf + i, (size_t)k);
+				i += k > 1 ? (size_t)k - 1 : 0;
 				sp = 0;
 			}
 		}
@@ -230,10 +255,19 @@ read_prose(struct task_env *env, const char *const *hay, int n_hay,
 		snprintf(err, size, "--haystack: no text in the files");
 		return -1;
 	}
-	/* a sentence ends at ". ", "! " or "? "; the next one starts after */
+	/*
+	 * a sentence ends at ". ", "! " or "? " after a letter, a digit, a
+	 * quote or a bracket (not at "..", as code has); the next starts
+	 * after the space.  Text without sentences (code, tables) is cut
+	 * at a space after MAX_UNIT bytes, so that a unit stays small
+	 * against the length it fills.
+	 */
 	for (i = 0; i < b.n; i++) {
-		if (i > 0 && !(b.s[i - 1] == ' ' && i > 1 &&
-		    strchr(".!?", b.s[i - 2]) != NULL))
+		if (i > 0 && !(i > 2 && b.s[i - 1] == ' ' &&
+		    ((strchr(".!?", b.s[i - 2]) != NULL &&
+		    (isalnum((unsigned char)b.s[i - 3]) ||
+		    strchr("\"')", b.s[i - 3]) != NULL)) ||
+		    i - env->sent[env->n_sent - 1] >= MAX_UNIT)))
 			continue;
 		if ((size_t)env->n_sent == cap) {
 			cap = cap * 2 + 256;
