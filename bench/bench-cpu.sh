@@ -3,6 +3,7 @@
 # llama.cpp (llama-cpp-python, built from its PyPI sdist) on the same GGUF
 # and prompt, in the same run, with the same thread count.
 #   usage: bench/bench-cpu.sh [BUILD_DIR] [PROMPT_TOKENS_FILE_BYTES]
+# KVX_BENCH_MODEL names another GGUF (default: SmolLM2-135M-Instruct).
 # Needs: python3 -c 'import llama_cpp' (pip install llama-cpp-python).
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +11,7 @@ build=${1:-$top}
 bytes=${2:-2400}
 threads=${KVX_BENCH_THREADS:-2}
 n=${KVX_BENCH_DECODE:-64}
-model=$top/models/SmolLM2-135M-Instruct.Q4_1.gguf
+model=${KVX_BENCH_MODEL:-$top/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 head -c "$bytes" /usr/share/common-licenses/GPL-3 > "$tmp/prompt.txt"
 val() { sed -n "s/^$2: //p" "$1"; }
