@@ -31,7 +31,7 @@ M=$KVX_MODEL
 # --- the dump ---------------------------------------------------------------
 dump() {
 	"$eval_bin" -m "$M" --tasks ruler --task-lengths 512,1024 \
-	    --task-samples 2 --dump-only -q "$@"
+	    --task-samples 2 --format chat --dump-only -q "$@"
 }
 dump --dump-tasks "$tmp/a.jsonl" && dump --dump-tasks "$tmp/b.jsonl" &&
     dump --dump-tasks "$tmp/c.jsonl" --seed 2
@@ -72,7 +72,7 @@ if seen != want or len(items) != len(want):
 print("\n".join("# " + b for b in bad[:10]))
 sys.exit(1 if bad else 0)
 EOF
-check "the dump reads back as JSON: one item per task, length and sample, every reference in its context, fitted to its length" \
+check "the dump reads back as JSON: one item per task, length and sample, in the chat template, every reference in its context, fitted to its length" \
     python3 "$tmp/read.py" "$tmp/a.jsonl"
 
 # --- one short run: full cache and a plan, both modes --------------------------
@@ -103,8 +103,8 @@ check "the paired differences from the full cache are reported" \
 check "the plot is well-formed XML with a line per method" python3 -c \
     "import sys, xml.dom.minidom as x; d = x.parse(sys.argv[1]); sys.exit(not d.getElementsByTagName('polyline'))" \
     "$tmp/t.svg"
-run --question inside --format plain --csv "$tmp/inside.csv" > /dev/null
-ok $? "kvx-eval --question inside --format plain runs"
+run --question inside --format chat --csv "$tmp/inside.csv" > /dev/null
+ok $? "kvx-eval --question inside --format chat runs"
 check "question inside: the rows say so" \
     test "$(grep -c ',inside,' "$tmp/inside.csv")" -eq 4
 

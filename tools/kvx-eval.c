@@ -45,6 +45,7 @@ struct args {
 
 static const char *const question_modes[] = { "after", "inside", NULL };
 static const char *const formats[] = { "chat", "plain", NULL };
+#define FORMAT_PLAIN	1	/* formats[] index of plain */
 
 #define OFF(m)	offsetof(struct args, m)
 
@@ -93,8 +94,8 @@ static const struct opt options[] = {
 	    "inside: the question ends the prompt" },
 	{ .name = "format", .kind = OPT_WORD, .arg = "F", .dst = OFF(plain),
 	    .names = formats, .noun = "format",
-	    .help = "chat (default): the model's chat template;\n"
-	    "plain: the text alone" },
+	    .help = "plain (default): the text alone;\n"
+	    "chat: the model's chat template" },
 	{ .name = "haystack", .kind = OPT_FILES, .arg = "FILE", .dst = OFF(hay),
 	    .help = "prose for the needle tasks (repeatable;\n"
 	    "default: a repeated noise sentence)" },
@@ -201,6 +202,8 @@ parse_args(struct args *a, int argc, char **argv)
 	a->seed = 1;
 	a->tlens = tlens;
 	a->samples = 20;
+	/* the default model answers more items without its template */
+	a->plain = FORMAT_PLAIN;
 	rc = opt_parse(&cmd, a, argc, argv, err, sizeof err);
 	if (rc == OPT_STOP) {
 		if (a->help)
