@@ -1,5 +1,6 @@
 /*
- * tokenizer.c - byte-level BPE (GPT-2 style) built from GGUF metadata.
+ * tokenizer.c - byte-level BPE (GPT-2 style) and SentencePiece (SPM)
+ * tokenizers built from GGUF metadata.
  * SPDX-License-Identifier: MIT
  *
  * Encoding runs in three stages, matching llama.cpp's reading of the same
@@ -13,6 +14,13 @@
  * Like llama.cpp, a byte that is not part of a UTF-8 sequence becomes
  * U+FFFD, and a byte the vocabulary has no token for is dropped; valid
  * UTF-8 whose bytes all have tokens decodes back to itself.
+ *
+ * An SPM vocabulary (tokenizer.ggml.model "llama", as Gemma's) keeps
+ * stage 1, then runs llama.cpp's SPM algorithm on each fragment: spaces
+ * become U+2581, the fragment is split into UTF-8 characters, and the
+ * adjacent pair whose joined text is the token of highest score is
+ * merged, leftmost on ties, until no pair forms a token; a character that
+ * is no token becomes its bytes' <0xXX> tokens.
  */
 #include "config.h"
 
@@ -87,6 +95,8 @@ struct kvx_tokenizer {
 	uint32_t	 mmask;
 	int32_t		 byte_tok[256];	/* token of each single byte, or -1 */
 	uint16_t	 byte_cp[256];	/* printable stand-in of each byte */
+	int		 spm;		/* SentencePiece vocabulary */
+	float		*score;		/* SPM: each token's merge score */
 	int		 pre;
 	int32_t		*special;	/* matched in raw text, longest first */
 	int		 n_special;
@@ -226,7 +236,7 @@ arr_int(const gguf_kv *kv, uint64_t i)
 /* Bytes a token of the given type and text decodes to, written to out
  * (room for n bytes always suffices); returns the length. */
 static size_t
-decode_text(const int16_t *cp_byte, int type,
+decode_text(const int16_t *cp_byte, int spm, int type,
     const char *s, size_t n, char *out)
 {
 	size_t i = 0, o = 0, k;
@@ -247,6 +257,14 @@ decode_text(const int16_t *cp_byte, int type,
 	if (type != TT_NORMAL) {
 		memcpy(out, s, n);
 		return n;
+	}
+	/* SPM texts are the bytes, with U+2581 standing for a space */
+	while (spm && i < n) {
+		if (i + 3 <= n && memcmp(s + i, "\xe2\x96\x81", 3) == 0) {
+			out[o++] = ' ';
+			i += 3;
+		} else
+			out[o++] = s[i++];
 	}
 	while (i < n) {
 		k = uc_decode((const unsigned char *)s + i, n - i, &cp);
@@ -326,7 +344,7 @@ load_vocab(kvx_tokenizer *t, const gguf_file *f)
 			memcpy(t->text + o, s->p, s->len);
 		t->text[o + s->len] = '\0';
 		t->piece_off[i] = (uint32_t)po;
-		t->piece_len[i] = (uint32_t)decode_text(cp_byte,
+		t->piece_len[i] = (uint32_t)decode_text(cp_byte, t->spm,
 		    t->type[i], s->p, s->len, t->piece + po);
 		po += t->piece_len[i];
 		o += s->len + 1;
@@ -340,11 +358,30 @@ load_vocab(kvx_tokenizer *t, const gguf_file *f)
 	}
 
 	for (int b = 0; b < 256; b++) {
-		char u[4];
+		char u[8];
 		size_t k = uc_encode(t->byte_cp[b], u);
 
+		/* SPM falls back on the <0xXX> tokens */
+		if (t->spm)
+			k = (size_t)snprintf(u, sizeof u, "<0x%02X>", b);
 		t->byte_tok[b] = vocab_find(t, u, k);
 	}
+	return KVX_OK;
+}
+
+/* SPM: the merge score of every token (tokenizer.ggml.scores). */
+static kvx_status
+load_scores(kvx_tokenizer *t, const gguf_file *f)
+{
+	const gguf_kv *kv = gguf_find(f, "tokenizer.ggml.scores");
+
+	if (kv == NULL || kv->type != GGUF_ARR || kv->arr_type != GGUF_F32 ||
+	    kv->n != (uint64_t)t->n_vocab)
+		return kvx__fail(KVX_ERR_FORMAT, "tokenizer.ggml.scores "
+		    "missing or not %d floats", t->n_vocab);
+	if ((t->score = kvx__malloc_array(t->n_vocab, sizeof(float))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "tokenizer: out of memory");
+	memcpy(t->score, kv->data, (size_t)t->n_vocab * sizeof(float));
 	return KVX_OK;
 }
 
@@ -579,15 +616,19 @@ tok_new(const gguf_file *f, kvx_tokenizer **out)
 	if (model == NULL || model->type != GGUF_STR)
 		return kvx__fail(KVX_ERR_FORMAT,
 		    "tokenizer.ggml.model missing or not a string");
-	if (!gguf_str_eq(model->v.s, "gpt2"))
+	if (!gguf_str_eq(model->v.s, "gpt2") &&
+	    !gguf_str_eq(model->v.s, "llama"))
 		return kvx__fail(KVX_ERR_UNSUPPORTED,
-		    "tokenizer model '%.*s' is not supported (only 'gpt2', "
-		    "byte-level BPE)", (int)(model->v.s.len > 64 ? 64 :
-		    model->v.s.len), model->v.s.p);
+		    "tokenizer model '%.*s' is not supported ('gpt2', "
+		    "byte-level BPE, or 'llama', SentencePiece)",
+		    (int)(model->v.s.len > 64 ? 64 : model->v.s.len),
+		    model->v.s.p);
 	if ((t = calloc(1, sizeof *t)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "tokenizer: out of memory");
+	t->spm = gguf_str_eq(model->v.s, "llama");
 	t->pre = PRE_DEFAULT;
-	pre = gguf_find(f, "tokenizer.ggml.pre");
+	/* llama.cpp splits SPM text on nothing but special tokens */
+	pre = t->spm ? NULL : gguf_find(f, "tokenizer.ggml.pre");
 	if (pre != NULL && pre->type == GGUF_STR) {
 		for (i = 0; i < sizeof pre_names / sizeof pre_names[0]; i++)
 			if (gguf_str_eq(pre->v.s, pre_names[i].name))
@@ -603,7 +644,8 @@ tok_new(const gguf_file *f, kvx_tokenizer **out)
 		t->pre = pre_names[i].kind;
 	}
 	if ((st = load_vocab(t, f)) != KVX_OK ||
-	    (st = load_merges(t, f)) != KVX_OK ||
+	    (st = (t->spm ? load_scores(t, f) : load_merges(t, f))) !=
+	    KVX_OK ||
 	    (st = load_specials(t, f)) != KVX_OK ||
 	    (st = load_chat(t, f)) != KVX_OK) {
 		tok_free(&t);
@@ -632,6 +674,7 @@ tok_free(kvx_tokenizer **tp)
 	free(t->mtab);
 	free(t->special);
 	free(t->chat_system);
+	free(t->score);
 	free(t);
 	*tp = NULL;
 }
@@ -684,6 +727,18 @@ struct heap_ent {
 	int32_t		lid, rid;	/* the pair's tokens when pushed */
 };
 
+/* SPM: a run of bytes of the escaped fragment, linked to its neighbours. */
+struct spm_sym {
+	uint32_t	off, n;		/* n 0: merged into its left */
+	int32_t		prev, next;
+};
+
+/* SPM: a candidate merge of symbol left with the next one. */
+struct spm_pair {
+	float		score;
+	uint32_t	left, size;	/* size: the joined bytes when pushed */
+};
+
 /* Scratch state of one tok_encode call. */
 struct enc {
 	const kvx_tokenizer *t;
@@ -705,6 +760,11 @@ struct enc {
 	size_t		 nheap, capheap;
 	char		*wbuf;
 	size_t		 capw;
+	/* SPM symbols and candidate merges */
+	struct spm_sym	*ss;
+	size_t		 capss;
+	struct spm_pair	*sq;
+	size_t		 nsq, capsq;
 };
 
 /* Grow *p to hold at least n elements of size sz. */
@@ -1043,6 +1103,133 @@ next_pass(struct enc *E)
 	E->nb = 0;
 }
 
+/* Whether SPM pair x is taken before y: higher score, then further left. */
+static int
+spm_before(const struct spm_pair *x, const struct spm_pair *y)
+{
+	return x->score > y->score || (x->score == y->score &&
+	    x->left < y->left);
+}
+
+/* Queue the merge of SPM symbol l with its right neighbour when the
+ * joined text is a token. */
+static int
+spm_push(struct enc *E, int32_t l)
+{
+	const struct spm_sym *a, *b;
+	struct spm_pair e;
+	int32_t id;
+	size_t i;
+
+	if (l < 0 || E->ss[l].next < 0)
+		return 0;
+	a = &E->ss[l];
+	b = &E->ss[a->next];
+	if ((id = vocab_find(E->t, E->u8 + a->off, a->n + b->n)) < 0)
+		return 0;
+	if (grow(&E->sq, &E->capsq, E->nsq + 1, sizeof *E->sq))
+		return -1;
+	e.score = E->t->score[id];
+	e.left = (uint32_t)l;
+	e.size = a->n + b->n;
+	for (i = E->nsq++; i > 0 && spm_before(&e, &E->sq[(i - 1) / 2]);
+	    i = (i - 1) / 2)
+		E->sq[i] = E->sq[(i - 1) / 2];
+	E->sq[i] = e;
+	return 0;
+}
+
+/* Take the first SPM pair off the queue. */
+static struct spm_pair
+spm_pop(struct enc *E)
+{
+	struct spm_pair top = E->sq[0], last = E->sq[--E->nsq];
+	size_t i = 0, c;
+
+	while ((c = 2 * i + 1) < E->nsq) {
+		if (c + 1 < E->nsq && spm_before(&E->sq[c + 1], &E->sq[c]))
+			c++;
+		if (!spm_before(&E->sq[c], &last))
+			break;
+		E->sq[i] = E->sq[c];
+		i = c;
+	}
+	if (E->nsq > 0)
+		E->sq[i] = last;
+	return top;
+}
+
+/* SPM-encode one fragment: escape spaces, merge characters by score,
+ * fall back on byte tokens. */
+static kvx_status
+spm_fragment(struct enc *E, const unsigned char *s, size_t len)
+{
+	static const unsigned char u8len[16] = {
+		1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4
+	};
+	const kvx_tokenizer *t = E->t;
+	size_t i, o = 0, n = 0;
+	int32_t k, id;
+
+	if (len >= UINT32_MAX / 3)
+		return kvx__fail(KVX_ERR_ARG, "tokenize: text too long");
+	if (grow(&E->u8, &E->capu8, 3 * len + 4, 1) ||
+	    grow(&E->ss, &E->capss, len, sizeof *E->ss))
+		return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
+	for (i = 0; i < len; i++) {
+		if (s[i] == ' ') {
+			memcpy(E->u8 + o, "\xe2\x96\x81", 3);
+			o += 3;
+		} else
+			E->u8[o++] = (char)s[i];
+	}
+	/* one symbol per UTF-8 character, by its lead byte as llama.cpp */
+	for (i = 0; i < o; i += E->ss[n++].n) {
+		E->ss[n].off = (uint32_t)i;
+		E->ss[n].n = u8len[(unsigned char)E->u8[i] >> 4];
+		if (E->ss[n].n > o - i)
+			E->ss[n].n = (uint32_t)(o - i);
+		E->ss[n].prev = (int32_t)n - 1;
+		E->ss[n].next = n + 1 < o ? (int32_t)n + 1 : -1;
+	}
+	E->ss[n - 1].next = -1;
+	E->nsq = 0;
+	for (k = 0; k + 1 < (int32_t)n; k++)
+		if (spm_push(E, k))
+			return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
+	while (E->nsq > 0) {
+		struct spm_pair e = spm_pop(E);
+		struct spm_sym *a = &E->ss[e.left], *b;
+
+		/* stale when either side changed since the push */
+		if (a->n == 0 || a->next < 0)
+			continue;
+		b = &E->ss[a->next];
+		if (b->n == 0 || a->n + b->n != e.size)
+			continue;
+		a->n += b->n;
+		b->n = 0;
+		a->next = b->next;
+		if (b->next >= 0)
+			E->ss[b->next].prev = (int32_t)e.left;
+		if (spm_push(E, a->prev) || spm_push(E, (int32_t)e.left))
+			return kvx__fail(KVX_ERR_NOMEM, "tokenize: out of memory");
+	}
+	for (k = 0; k >= 0; k = E->ss[k].next) {
+		const struct spm_sym *a = &E->ss[k];
+
+		if ((id = vocab_find(t, E->u8 + a->off, a->n)) >= 0) {
+			put_id(E, id);
+			continue;
+		}
+		for (i = 0; i < a->n; i++)
+			if (t->byte_tok[(unsigned char)E->u8[a->off + i]] >= 0)
+				put_id(E, t->byte_tok[(unsigned char)
+				    E->u8[a->off + i]]);
+	}
+	return KVX_OK;
+}
+
 /* Pre-tokenize and BPE-encode one fragment without special tokens. */
 static kvx_status
 encode_fragment(struct enc *E, const unsigned char *s, size_t len)
@@ -1053,6 +1240,8 @@ encode_fragment(struct enc *E, const unsigned char *s, size_t len)
 
 	if (len == 0)
 		return KVX_OK;
+	if (t->spm)
+		return spm_fragment(E, s, len);
 	if (len >= UINT32_MAX / 3)
 		return kvx__fail(KVX_ERR_ARG, "tokenize: text too long");
 	if (grow(&E->cp, &E->capcp, len + 1, sizeof(uint32_t)) ||
@@ -1242,6 +1431,8 @@ tok_encode(const kvx_tokenizer *t, const char *text, size_t len,
 	free(E.sym);
 	free(E.heap);
 	free(E.wbuf);
+	free(E.ss);
+	free(E.sq);
 	if (st != KVX_OK)
 		return st;
 	if (E.n > INT_MAX)

@@ -7,7 +7,9 @@
  * top_srcdir), its tokenizer against llama.cpp's ids
  * (tests/golden/qwen2-tokens.txt, qwen2-logits.txt) and its chat format;
  * the qwen2 pre-tokenizer also runs on SmolLM2's vocabulary
- * (tokens-qwen2.txt) and on the small tests/data/tiny-qwen2.gguf.
+ * (tokens-qwen2.txt) and on the small tests/data/tiny-qwen2.gguf.  With
+ * Gemma 3's file present (KVX_GEMMA3_MODEL, else models/), its
+ * SentencePiece tokenizer against llama.cpp (gemma3-tokens.txt).
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -25,6 +27,7 @@
 
 #define MAXIDS	4096
 #define QWEN2_FILE "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+#define GEMMA3_FILE "gemma-3-270m-q4_k_m.gguf"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 
@@ -619,13 +622,53 @@ check_qwen2(void)
 	gguf_close(&g);
 }
 
+/* Gemma 3's SentencePiece tokenizer: ids as llama.cpp. */
+static void
+check_gemma3(void)
+{
+	const char *env = getenv("KVX_GEMMA3_MODEL");
+	char path[1024], gpath[2048];
+	gguf_file *g = NULL;
+	kvx_tokenizer *t = NULL;
+	int32_t ids[8];
+	int n = 0;
+	FILE *f;
+
+	if (env != NULL && *env != '\0')
+		snprintf(path, sizeof path, "%s", env);
+	else
+		snprintf(path, sizeof path, "%s/models/" GEMMA3_FILE,
+		    getenv("top_srcdir") ? getenv("top_srcdir") : ".");
+	if ((f = fopen(path, "rb")) == NULL) {
+		ok(1, "gemma3 tokenizer # SKIP Gemma 3 not present "
+		    "(tools/fetch-model --model gemma3-270m)");
+		return;
+	}
+	fclose(f);
+	if (!ok(gguf_open(path, &g) == KVX_OK && tok_new(g, &t) == KVX_OK,
+	    "gemma3: tok_new (SentencePiece)")) {
+		diag("%s", kvx_errmsg());
+		gguf_close(&g);
+		return;
+	}
+	ok(tok_n_vocab(t) == 262144 && tok_bos(t) == 2 && tok_eos(t) == 1,
+	    "gemma3: vocabulary 262144, bos 2, eos 1");
+	ok(tok_encode(t, "<end_of_turn>", 13, 1, ids, 8, &n) == KVX_OK &&
+	    n == 1 && tok_is_eog(t, ids[0]) && tok_is_eog(t, 1) &&
+	    !tok_is_eog(t, 2), "gemma3: eog <eos>, <end_of_turn>");
+	golden_path(path, "gemma3-tokens.txt", gpath, sizeof gpath);
+	check_tokens_golden(t, gpath);
+	tok_free(&t);
+	gguf_close(&g);
+}
+
 /* Unsupported tokenizer model or pre-tokenizer: named in the message. */
 static void
 check_unsupported(void)
 {
-	const char *models[] = { "llama", "gpt2" };
+	const char *models[] = { "bert", "gpt2" };
 	const char *pres[] = { "smollm", "no-such-pre" };
-	const char *want[] = { "llama", "no-such-pre" };
+	const char *want[] = { "bert", "no-such-pre" };
 
 	for (int c = 0; c < 2; c++) {
 		struct wbuf b = { 0 };
@@ -855,6 +898,7 @@ main(void)
 
 	check_tiny_qwen2();
 	check_qwen2();
+	check_gemma3();
 	if (model == NULL) {
 		ok(1, "SmolLM2 tokenizer # SKIP model not found (set "
 		    "KVX_MODEL)");

@@ -7,6 +7,8 @@ Regenerate with (from the top of the source tree):
     python3 tools/make-goldens.py models/SmolLM2-135M-Instruct.Q4_1.gguf tests/golden
     python3 tools/make-goldens.py --prefix qwen2- \
         models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf tests/golden
+    python3 tools/make-goldens.py --prefix gemma3- \
+        models/gemma-3-270m-q4_k_m.gguf tests/golden
 
 The files in tests/golden/ were made with llama-cpp-python 0.3.36 (built
 from its PyPI sdist, CPU only) and the model whose sha256 each file's
@@ -22,7 +24,8 @@ header records.  Files written:
 
 With --prefix P (another model) the files are Ptokens.txt and
 Plogits.txt, without the pre-tokenizer variants, and the ChatML prompt
-carries that model's default system message (SYSTEM below).
+carries that model's default system message (SYSTEM below); for an
+architecture SYSTEM does not list (gemma3) only Ptokens.txt is written.
 
 Both are line based; each file's header documents its format.
 """
@@ -268,8 +271,10 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     write_tokens(llm, model, os.path.join(outdir, PREFIX + "tokens.txt"))
     if PREFIX:
-        write_logits(llm, model, os.path.join(outdir, PREFIX + "logits.txt"),
-                     SYSTEM[arch])
+        if arch in SYSTEM:
+            write_logits(llm, model,
+                         os.path.join(outdir, PREFIX + "logits.txt"),
+                         SYSTEM[arch])
         return
     with tempfile.TemporaryDirectory() as tmp:
         for pre in PRE_VARIANTS:
