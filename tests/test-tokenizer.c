@@ -9,7 +9,9 @@
  * the qwen2 pre-tokenizer also runs on SmolLM2's vocabulary
  * (tokens-qwen2.txt) and on the small tests/data/tiny-qwen2.gguf.  With
  * Gemma 3's file present (KVX_GEMMA3_MODEL, else models/), its
- * SentencePiece tokenizer against llama.cpp (gemma3-tokens.txt).
+ * SentencePiece tokenizer against llama.cpp (gemma3-tokens.txt); always,
+ * a small SentencePiece vocabulary (tests/data/tiny-spm.gguf) against
+ * llama.cpp (tiny-spm-tokens.txt, tools/make-tiny-spm.py).
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -622,6 +624,30 @@ check_qwen2(void)
 	gguf_close(&g);
 }
 
+/* The small SentencePiece vocabulary: ids as llama.cpp. */
+static void
+check_tiny_spm(void)
+{
+	const char *top = getenv("top_srcdir");
+	char path[1024];
+	gguf_file *g = NULL;
+	kvx_tokenizer *t = NULL;
+
+	snprintf(path, sizeof path, "%s/tests/data/tiny-spm.gguf",
+	    top ? top : ".");
+	if (!ok(gguf_open(path, &g) == KVX_OK && tok_new(g, &t) == KVX_OK,
+	    "tiny SentencePiece vocabulary loads")) {
+		diag("%s", kvx_errmsg());
+		gguf_close(&g);
+		return;
+	}
+	snprintf(path, sizeof path, "%s/tests/golden/tiny-spm-tokens.txt",
+	    top ? top : ".");
+	check_tokens_golden(t, path);
+	tok_free(&t);
+	gguf_close(&g);
+}
+
 /* Gemma 3's SentencePiece tokenizer: ids as llama.cpp. */
 static void
 check_gemma3(void)
@@ -897,6 +923,7 @@ main(void)
 	char path[2048], chatml[4096] = "";
 
 	check_tiny_qwen2();
+	check_tiny_spm();
 	check_qwen2();
 	check_gemma3();
 	if (model == NULL) {
