@@ -2,7 +2,7 @@
  * arch.c - the table of supported architectures (see arch.h).  Each row
  * names the differences from llama that llama.cpp's graph for that
  * architecture has; everything else (RMSNorm before attention and the
- * SwiGLU MLP, an optional separate output matrix, RoPE base and norm
+ * MLP, an optional separate output matrix, RoPE base, head size and norm
  * epsilon from the GGUF metadata) is shared.
  * SPDX-License-Identifier: MIT
  */
@@ -14,9 +14,13 @@
 #include "arch.h"
 
 static const arch_desc archs[] = {
-	{ "llama", ROPE_PAIRS, 0 },
+	{ "llama", ROPE_PAIRS, 0, 0, 0, 0, 0, 0, 0.0f },
 	/* Qwen2: Q/K/V biases, rotate-half RoPE (LLAMA_ROPE_TYPE_NEOX) */
-	{ "qwen2", ROPE_HALVES, 1 },
+	{ "qwen2", ROPE_HALVES, 1, 0, 0, 0, 0, 0, 0.0f },
+	/* Gemma 3: per-head Q/K norms, norms after attention and the MLP,
+	 * GELU, scaled embeddings, five local layers (RoPE base 10000) to
+	 * each global one, as llama.cpp's gemma3 graph */
+	{ "gemma3", ROPE_HALVES, 0, 1, 1, 1, 1, 6, 10000.0f },
 };
 
 /* Look an architecture up by its GGUF name. */

@@ -132,8 +132,9 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	*out = NULL;
 	if (!kvx_cuda_available())
 		return kvx__fail(KVX_ERR_DEVICE, "no CUDA device is usable");
-	/* the kernels apply neither biases nor rotate-half RoPE yet */
-	if (m->desc->qkv_bias || m->desc->rope != ROPE_PAIRS)
+	/* the kernels run llama's forward only: no biases, rotate-half
+	   RoPE, head norms, post-norms, GELU or sliding windows yet */
+	if (strcmp(m->desc->name, "llama") != 0)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path does not "
 		    "run architecture %s yet (KVX_DEVICE=cpu runs it on the "
 		    "CPU)", mi->arch);

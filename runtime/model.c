@@ -1,7 +1,9 @@
 /*
  * model.c - Llama-family model on the CPU: GGUF weights, then the forward
  * pass over a batch of tokens, top to bottom.  Architectures differ only
- * where their description (arch.c) says: Q/K/V biases and RoPE layout.
+ * where their description (arch.c) says: Q/K/V biases, RoPE layout, head
+ * norms, post-norms, the MLP's activation, embedding scale and the
+ * sliding-window layers.
  * SPDX-License-Identifier: MIT
  *
  * Linear layers take one of two paths.  Few tokens (decode): the weights
@@ -153,7 +155,7 @@ kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
 	kvx_model *m;
 	kvx_status rc;
 	char name[96];
-	int l, E, H, Hkv, D, F;
+	int l, E, H, Hkv, D, F, swa = 0;
 
 	if (out == NULL || path == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_model_open: NULL argument");
@@ -206,12 +208,22 @@ kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
 	H = m->info.n_head;
 	Hkv = m->info.n_head_kv;
 	F = m->info.n_ff;
-	if (E % H != 0 || H % Hkv != 0) {
-		rc = kvx__fail(KVX_ERR_FORMAT, "%s: %d heads do not divide "
-		    "embedding %d into %d KV groups", path, H, E, Hkv);
+	/* the head size is n_embd / n_head unless the file says (gemma3) */
+	if ((rc = get_hp(m->gf, m->arch, "attention.key_length",
+	    &m->info.head_dim, E % H == 0 ? E / H : 0)) != KVX_OK ||
+	    (rc = get_hp(m->gf, m->arch, "attention.value_length", &D,
+	    m->info.head_dim)) != KVX_OK)
+		goto fail;
+	if (m->info.head_dim == 0 || D != m->info.head_dim || H % Hkv != 0) {
+		rc = kvx__fail(KVX_ERR_FORMAT, "%s: %d heads of %d (values %d) "
+		    "over embedding %d in %d KV groups is not a shape kvx "
+		    "runs", path, H, m->info.head_dim, D, E, Hkv);
 		goto fail;
 	}
-	D = m->info.head_dim = E / H;
+	D = m->info.head_dim;
+	if (m->desc->swa_period > 0 && (rc = get_hp(m->gf, m->arch,
+	    "attention.sliding_window", &swa, 0)) != KVX_OK)
+		goto fail;
 	if (D > 256 || D % 2 != 0) {
 		rc = kvx__fail(KVX_ERR_UNSUPPORTED, "%s: head_dim %d is not "
 		    "supported", path, D);
@@ -268,6 +280,23 @@ kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
 		    (rc = bind_vec(m->gf, T("attn_v.bias"), Hkv * D,
 		    &w->bv)) != KVX_OK))
 			goto fail;
+		if (m->desc->qk_norm &&
+		    ((rc = bind_vec(m->gf, T("attn_q_norm.weight"), D,
+		    &w->q_norm)) != KVX_OK ||
+		    (rc = bind_vec(m->gf, T("attn_k_norm.weight"), D,
+		    &w->k_norm)) != KVX_OK))
+			goto fail;
+		if (m->desc->post_norms &&
+		    ((rc = bind_vec(m->gf, T("post_attention_norm.weight"), E,
+		    &w->post_attn_norm)) != KVX_OK ||
+		    (rc = bind_vec(m->gf, T("post_ffw_norm.weight"), E,
+		    &w->post_ffn_norm)) != KVX_OK))
+			goto fail;
+		w->theta = m->info.rope_theta;
+		if (swa > 0 && (l + 1) % m->desc->swa_period != 0) {
+			w->window = swa;
+			w->theta = m->desc->swa_theta;
+		}
 #undef T
 	}
 
@@ -591,6 +620,47 @@ swiglu(float *g, const float *u, size_t n)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+/* g = gelu(g) * u, GELU in its tanh form as llama.cpp and Gemma use. */
+static void
+geglu(float *g, const float *u, size_t n)
+{
+	const float c = 0.7978845608f;	/* sqrt(2 / pi) */
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		g[i] = 0.5f * g[i] * (1.0f + tanhf(c * (g[i] + 0.044715f *
+		    g[i] * g[i] * g[i]))) * u[i];
+}
+
+/* RMSNorm, in place, of each of n rows of d values. */
+static void
+rmsnorm_rows(float *x, const float *w, size_t n, int d, float eps)
+{
+	size_t r;
+
+	for (r = 0; r < n; r++)
+		rmsnorm(x + r * d, x + r * d, w, d, eps);
+}
+
+/* First row of a segment a query at position p sees through a sliding
+ * window of w keys (itself included): the rows are in position order. */
+static int
+window_start(const kv_seg *sg, int rows, int p, int w)
+{
+	int lo = 0, hi = rows, mid;
+
+	if (w <= 0)
+		return 0;
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (sg->pos[mid] <= p - w)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 // --- attention ---------------------------------------------------------------
 
 struct att_job {
@@ -599,6 +669,7 @@ struct att_job {
 	fw_scratch	*s;
 	const fw_batch	*b;
 	int		 layer;
+	int		 window;	/* the layer's sliding window, or 0 */
 	int		 gemm;
 };
 
@@ -620,9 +691,11 @@ att_tok_work(void *arg, int ith, int nth)
 		    h);
 		int vis = j->s->len0[(size_t)t * Hkv + h] + j->s->rank[t] + 1;
 		size_t qo = ((size_t)t * mi->n_head + (size_t)h * g) * D;
+		int lo = window_start(sg, vis, j->b->pos[t], j->window);
 
-		attn_gqa(j->s->q + qo, g, D, sg->k, sg->v, vis, (size_t)D,
-		    scale, scr, j->s->att + qo);
+		attn_gqa(j->s->q + qo, g, D, sg->k + (size_t)lo * D,
+		    sg->v + (size_t)lo * D, vis - lo, (size_t)D, scale, scr,
+		    j->s->att + qo);
 	}
 }
 
@@ -669,6 +742,13 @@ att_gemm_work(void *arg, int ith, int nth)
 			if (j->b->span > 0 && t0 + r < full_from &&
 			    vis > j->b->span)
 				lo = vis - j->b->span;
+			if (j->window > 0) {
+				int wl = window_start(sg, c0 + vis,
+				    j->b->pos[t0 + r], j->window) - c0;
+
+				if (wl > lo)
+					lo = wl;
+			}
 			for (c = 0; c < lo; c++)
 				row[c] = 0.0f;
 			mx = vmax_row(row + lo, (size_t)(vis - lo));
@@ -758,6 +838,9 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		    (size_t)b->ids[t] * rowb, s->x + (size_t)t * E,
 		    (size_t)E)) != KVX_OK)
 			return rc;
+	if (m->desc->embd_scale)
+		for (i = 0; i < T * E; i++)
+			s->x[i] *= sqrtf((float)E);
 
 	for (l = 0; l < mi->n_layer; l++) {
 		layer_w *L = &m->L[l];
@@ -775,11 +858,17 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 			add_bias(s->k, L->bk, T, Hkv * D);
 			add_bias(s->v, L->bv, T, Hkv * D);
 		}
+		if (L->q_norm != NULL) {
+			rmsnorm_rows(s->q, L->q_norm, (size_t)T * H, D,
+			    mi->rms_eps);
+			rmsnorm_rows(s->k, L->k_norm, (size_t)T * Hkv, D,
+			    mi->rms_eps);
+		}
 		for (t = 0; t < T; t++) {
 			rope(s->q + (size_t)t * H * D, H, D, b->pos[t],
-			    mi->rope_theta, m->desc->rope);
+			    L->theta, m->desc->rope);
 			rope(s->k + (size_t)t * Hkv * D, Hkv, D, b->pos[t],
-			    mi->rope_theta, m->desc->rope);
+			    L->theta, m->desc->rope);
 		}
 		if ((rc = kv_append(kv, s, b, l, Hkv, D)) != KVX_OK)
 			return rc;
@@ -790,6 +879,7 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		aj.s = s;
 		aj.b = b;
 		aj.layer = l;
+		aj.window = L->window;
 #ifdef HAVE_OPENBLAS
 		if (single && T >= GEMM_MIN_TOKENS)
 			pool_run(s->pool, att_gemm_work, &aj);
@@ -816,6 +906,9 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		ys[0] = s->xn;
 		if ((rc = linear(m, s->pool, s->att, T, 1, ws, ys)) != KVX_OK)
 			return rc;
+		if (L->post_attn_norm != NULL)
+			rmsnorm_rows(s->xn, L->post_attn_norm, (size_t)T, E,
+			    mi->rms_eps);
 		for (i = 0; i < T * E; i++)
 			s->x[i] += s->xn[i];
 
@@ -827,11 +920,17 @@ model_forward(kvx_model *m, kv_cache *kv, fw_scratch *s, const fw_batch *b)
 		ys[0] = s->ffa; ys[1] = s->ffb;
 		if ((rc = linear(m, s->pool, s->xn, T, 2, ws, ys)) != KVX_OK)
 			return rc;
-		swiglu(s->ffa, s->ffb, (size_t)T * F);
+		if (m->desc->gelu)
+			geglu(s->ffa, s->ffb, (size_t)T * F);
+		else
+			swiglu(s->ffa, s->ffb, (size_t)T * F);
 		ws[0] = &L->wd;
 		ys[0] = s->xn;
 		if ((rc = linear(m, s->pool, s->ffa, T, 1, ws, ys)) != KVX_OK)
 			return rc;
+		if (L->post_ffn_norm != NULL)
+			rmsnorm_rows(s->xn, L->post_ffn_norm, (size_t)T, E,
+			    mi->rms_eps);
 		for (i = 0; i < T * E; i++)
 			s->x[i] += s->xn[i];
 	}

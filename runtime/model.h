@@ -1,5 +1,5 @@
 /*
- * model.h - the Llama-family model (llama, qwen2; see arch.h): weights
+ * model.h - the Llama-family model (llama, qwen2, gemma3; arch.h): weights
  * mapped from GGUF and the forward pass over a batch of tokens against a
  * kv_cache.
  * SPDX-License-Identifier: MIT
@@ -30,6 +30,11 @@ typedef struct layer_w {
 	mat		 wq, wk, wv, wo, wg, wu, wd;
 	const float	*attn_norm, *ffn_norm;
 	const float	*bq, *bk, *bv;	/* Q/K/V biases, NULL without */
+	const float	*q_norm, *k_norm;	/* per-head norms, or NULL */
+	const float	*post_attn_norm, *post_ffn_norm;	/* or NULL */
+	int		 window;	/* sliding window (keys seen by a query,
+					   itself included), 0: global */
+	float		 theta;		/* RoPE base of this layer */
 } layer_w;
 
 struct kvx_model {

@@ -18,10 +18,12 @@
  * (logit - log-sum-exp) must agree to 0.5 and its top-1 must be in kvx's
  * top 2.
  *
- * The same checks run on Qwen2.5-Coder-0.5B-Instruct (qwen2) when its file
- * is present (KVX_QWEN2_MODEL, else models/ under top_srcdir; skipped
- * otherwise) against llama.cpp (tests/golden/qwen2-logits.txt), with the
- * bound stated at QWEN2_LOGPROB_TOL.  A small random-weight qwen2 file
+ * The same checks run on Qwen2.5-Coder-0.5B-Instruct (qwen2) and Gemma 3
+ * 270M (gemma3) when their files are present (KVX_QWEN2_MODEL,
+ * KVX_GEMMA3_MODEL, else models/ under top_srcdir; skipped otherwise)
+ * against llama.cpp (tests/golden/qwen2-logits.txt, gemma3-logits.txt),
+ * with the bound stated at LOGPROB_TOL; Gemma's last prompt (705 tokens)
+ * is longer than its 512-token sliding window.  A small random-weight qwen2 file
  * (tests/data/tiny-qwen2.gguf, tools/make-tiny-qwen2.py) always runs: its
  * logits must equal a float64 numpy forward pass of the same weights to
  * TINY_TOL, through prefill and through token-at-a-time decode.
@@ -37,11 +39,11 @@
 #include "kvx.h"
 #include "tap.h"
 
-#define MAXTOK 512
-#define QWEN2_FILE "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-/* |log-prob - llama.cpp's| allowed on the Qwen2 goldens, see check_qwen2 */
-#define QWEN2_LOGPROB_TOL 0.25
-#define QWEN2_GREEDY_MIN 2
+#define MAXTOK 1024
+/* |log-prob - llama.cpp's| allowed on the Qwen2 and Gemma 3 goldens, see
+ * check_other */
+#define LOGPROB_TOL 0.25
+#define GREEDY_MIN 2
 /* |logit - reference| allowed on the tiny model: f32 against float64 */
 #define TINY_TOL 2e-3
 #define TINY_VOCAB 303
@@ -297,23 +299,56 @@ check_tiny_qwen2(void)
 	kvx_model_close(&m);
 }
 
+/* Length of the longest golden prompt. */
+static int
+longest(const struct goldens *gs)
+{
+	int i, n = 0;
+
+	for (i = 0; i < gs->n; i++)
+		if (gs->g[i].n_prompt > n)
+			n = gs->g[i].n_prompt;
+	return n;
+}
+
+/* Another model's file and the facts it must report. */
+struct other {
+	const char	*arch, *env, *file, *golden, *fetch;
+	int		 n_layer, n_head, n_head_kv, head_dim, n_embd, n_ff;
+	int		 n_vocab, n_ctx;
+	float		 theta;
+};
+
+static const struct other others[] = {
+	{ "qwen2", "KVX_QWEN2_MODEL",
+	    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2-logits.txt",
+	    "qwen2.5-coder-0.5b", 24, 14, 2, 64, 896, 4864, 151936, 32768,
+	    1e6f },
+	{ "gemma3", "KVX_GEMMA3_MODEL", "gemma-3-270m-q4_k_m.gguf",
+	    "gemma3-logits.txt", "gemma3-270m", 18, 4, 1, 256, 640, 2048,
+	    262144, 32768, 1e6f },
+};
+
 /*
- * Qwen2.5-Coder-0.5B against llama.cpp.  llama.cpp quantises activations
- * to 8 bits before each product, as for SmolLM2; on the three golden
- * prompts that moves the top-5 log-probabilities by up to 0.11 against
- * kvx (measured), and QWEN2_LOGPROB_TOL bounds it at 0.25.  The same noise
- * can flip a near-tie, so greedy decoding must follow llama.cpp's tokens
- * until a step where llama.cpp's top two logits are within that bound,
- * and there kvx may take llama.cpp's runner-up instead; it must agree on
- * at least the first QWEN2_GREEDY_MIN tokens.
+ * Another model against llama.cpp.  llama.cpp quantises activations to 8
+ * bits before each product, as for SmolLM2; on the golden prompts that
+ * moves the top-5 log-probabilities by up to 0.11 (Qwen2) and 0.20 (Gemma
+ * 3) against kvx (measured), and LOGPROB_TOL bounds it at 0.25.  The same
+ * noise can flip a near-tie: kvx's top-1 must be llama.cpp's, or its
+ * runner-up when that is within the bound; greedy decoding must follow
+ * llama.cpp's tokens until a step where llama.cpp's top two are within the
+ * bound, where kvx may take the runner-up instead, and must agree on at
+ * least the first GREEDY_MIN tokens.  The longest prompt runs again with
+ * its last token decoded rather than prefilled (for Gemma 3, past the
+ * sliding window on the decode path).
  */
 static void
-check_qwen2(void)
+check_other(const struct other *o)
 {
 	static struct goldens QC;
 	kvx_model_params mp;
-	const char *env = getenv("KVX_QWEN2_MODEL");
-	char path[1024], gpath[1024];
+	const char *env = getenv(o->env);
+	char path[1024], gpath[1024], what[64];
 	const kvx_model_info *info;
 	kvx_model *m = NULL;
 	kvx_ctx *c = NULL;
@@ -321,34 +356,41 @@ check_qwen2(void)
 	float *lg;
 	int i, k, V;
 
+	memset(&QC, 0, sizeof QC);
 	if (env != NULL && *env != '\0')
 		snprintf(path, sizeof path, "%s", env);
 	else
-		src_path(path, sizeof path, "models/" QWEN2_FILE);
+		snprintf(path, sizeof path, "%s/models/%s",
+		    getenv("top_srcdir") ? getenv("top_srcdir") : ".", o->file);
 	if ((f = fopen(path, "rb")) == NULL) {
-		skip("qwen2 logits, greedy decoding", "Qwen2.5-Coder not "
-		    "present (tools/fetch-model --model qwen2.5-coder-0.5b)");
+		snprintf(what, sizeof what, "%s not present (tools/fetch-model "
+		    "--model %s)", o->file, o->fetch);
+		skip(o->arch, what);
 		return;
 	}
 	fclose(f);
-	src_path(gpath, sizeof gpath, "tests/golden/qwen2-logits.txt");
-	if (!ok(load_golden(&QC, gpath) >= 3, "qwen2: llama.cpp goldens "
-	    "loaded from %s", gpath))
+	snprintf(what, sizeof what, "tests/golden/%s", o->golden);
+	src_path(gpath, sizeof gpath, what);
+	if (!ok(load_golden(&QC, gpath) >= 3, "%s: llama.cpp goldens "
+	    "loaded from %s", o->arch, gpath))
 		return;
 	kvx_model_params_init(&mp);
 	mp.n_threads = 2;
-	if (!ok(kvx_model_open(path, &mp, &m) == KVX_OK, "qwen2: open %s",
-	    path))
+	if (!ok(kvx_model_open(path, &mp, &m) == KVX_OK, "%s: open %s",
+	    o->arch, path))
 		return;
 	info = kvx_model_get_info(m);
 	V = info->n_vocab;
-	ok(strcmp(info->arch, "qwen2") == 0 && info->n_layer == 24 &&
-	    info->n_head == 14 && info->n_head_kv == 2 &&
-	    info->head_dim == 64 && info->n_embd == 896 &&
-	    info->n_ff == 4864 && V == 151936 && info->n_ctx_train == 32768,
-	    "qwen2: 24 layers, 14/2 heads, d 64, vocab 151936, context 32768");
-	ok(fabs(info->rope_theta - 1e6f) < 1.0f && fabs(info->rms_eps -
-	    1e-6f) < 1e-10, "qwen2: rope theta 1e6, rms eps 1e-6");
+	ok(strcmp(info->arch, o->arch) == 0 && info->n_layer == o->n_layer &&
+	    info->n_head == o->n_head && info->n_head_kv == o->n_head_kv &&
+	    info->head_dim == o->head_dim && info->n_embd == o->n_embd &&
+	    info->n_ff == o->n_ff && V == o->n_vocab &&
+	    info->n_ctx_train == o->n_ctx, "%s: %d layers, %d/%d heads, d %d, "
+	    "vocab %d, context %d", o->arch, o->n_layer, o->n_head,
+	    o->n_head_kv, o->head_dim, o->n_vocab, o->n_ctx);
+	ok(fabs(info->rope_theta - o->theta) < 1.0f && fabs(info->rms_eps -
+	    1e-6f) < 1e-10, "%s: rope theta %g, rms eps 1e-6", o->arch,
+	    (double)o->theta);
 	lg = malloc(sizeof(float) * V);
 	for (i = 0; i < QC.n; i++) {
 		struct golden *g = &QC.g[i];
@@ -358,22 +400,46 @@ check_qwen2(void)
 		kvx_ctx_free(&c);
 		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
 		    kvx_prefill(c, 0, g->prompt, g->n_prompt, lg) != KVX_OK) {
-			ok(0, "qwen2 %s: prefill: %s", g->name, kvx_errmsg());
+			ok(0, "%s %s: prefill: %s", o->arch, g->name,
+			    kvx_errmsg());
 			continue;
 		}
 		l = lse(lg, V);
 		for (k = 0; k < g->n_top; k++) {
 			if (fabs(lg[g->top_id[k]] - l - (g->top_logit[k] -
-			    g->lse)) > QWEN2_LOGPROB_TOL)
+			    g->lse)) > LOGPROB_TOL)
 				good = 0;
-			diag("qwen2 %s: id %d log-prob %.4f llama.cpp %.4f",
-			    g->name, g->top_id[k], lg[g->top_id[k]] - l,
-			    g->top_logit[k] - g->lse);
+			diag("%s %s: id %d log-prob %.4f llama.cpp %.4f",
+			    o->arch, g->name, g->top_id[k], lg[g->top_id[k]] -
+			    l, g->top_logit[k] - g->lse);
 		}
-		ok(good, "qwen2 %s: top-%d log-probabilities within %.2g of "
-		    "llama.cpp's", g->name, g->n_top, QWEN2_LOGPROB_TOL);
-		ok(rank_of(lg, V, g->top_id[0]) == 0, "qwen2 %s: top-1 token "
-		    "%d equals llama.cpp's", g->name, g->top_id[0]);
+		ok(good, "%s %s: top-%d log-probabilities within %.2g of "
+		    "llama.cpp's", o->arch, g->name, g->n_top, LOGPROB_TOL);
+		ok(g->n_top >= 2 && (rank_of(lg, V, g->top_id[0]) == 0 ||
+		    (g->top_logit[0] - g->top_logit[1] < LOGPROB_TOL &&
+		    rank_of(lg, V, g->top_id[1]) == 0)), "%s %s: top-1 token "
+		    "%d is llama.cpp's %d or its near-tied runner-up %d",
+		    o->arch, g->name, tap_argmax(lg, V), g->top_id[0],
+		    g->top_id[1]);
+		if (g->n_prompt == longest(&QC)) {
+			int seq = 0;
+
+			good = 0;
+			kvx_ctx_free(&c);
+			if (kvx_ctx_new(m, NULL, NULL, &c) == KVX_OK &&
+			    kvx_prefill(c, 0, g->prompt, g->n_prompt - 1,
+			    lg) == KVX_OK && kvx_decode(c, 1, &seq,
+			    &g->prompt[g->n_prompt - 1], lg) == KVX_OK) {
+				l = lse(lg, V);
+				for (good = 1, k = 0; k < g->n_top; k++)
+					if (fabs(lg[g->top_id[k]] - l -
+					    (g->top_logit[k] - g->lse)) >
+					    LOGPROB_TOL)
+						good = 0;
+			}
+			ok(good, "%s %s: the same with the last of %d tokens "
+			    "decoded", o->arch, g->name, g->n_prompt);
+		}
 		if (g->n_greedy > 0) {
 			int32_t tok;
 			int seq = 0, same = 1;
@@ -383,7 +449,7 @@ check_qwen2(void)
 				if (tok != g->greedy[k]) {
 					same = k < g->n_run && tok ==
 					    g->run_id[k] && g->run_gap[k] <
-					    QWEN2_LOGPROB_TOL;
+					    LOGPROB_TOL;
 					diag("greedy step %d: %d, llama.cpp %d "
 					    "(runner-up %d, %.3f below)", k, tok,
 					    g->greedy[k], g->run_id[k],
@@ -393,8 +459,8 @@ check_qwen2(void)
 				if (kvx_decode(c, 1, &seq, &tok, lg) != KVX_OK)
 					break;
 			}
-			ok(same && k >= QWEN2_GREEDY_MIN, "qwen2 %s: greedy "
-			    "decoding follows llama.cpp's for %d of %d tokens%s",
+			ok(same && k >= GREEDY_MIN, "%s %s: greedy decoding "
+			    "follows llama.cpp's for %d of %d tokens%s", o->arch,
 			    g->name, k, g->n_greedy, k < g->n_greedy ? ", then "
 			    "takes its near-tied runner-up" : "");
 		}
@@ -417,7 +483,8 @@ main(void)
 	int i, k, V;
 
 	check_tiny_qwen2();
-	check_qwen2();
+	for (i = 0; i < (int)(sizeof others / sizeof others[0]); i++)
+		check_other(&others[i]);
 	if (path == NULL) {
 		skip("SmolLM2 logits, greedy decoding", "model not present "
 		    "(set KVX_MODEL)");

@@ -24,8 +24,9 @@ header records.  Files written:
 
 With --prefix P (another model) the files are Ptokens.txt and
 Plogits.txt, without the pre-tokenizer variants, and the ChatML prompt
-carries that model's default system message (SYSTEM below); for an
-architecture SYSTEM does not list (gemma3) only Ptokens.txt is written.
+carries that model's default system message (SYSTEM below).  Gemma 3's
+file has no chat template and wants a BOS: its prompts are GEMMA_PROMPTS,
+BOS first, the last one longer than its 512-token sliding window.
 
 Both are line based; each file's header documents its format.
 """
@@ -107,6 +108,12 @@ PROMPTS = [
     ("france", True, "The capital of France is"),
     ("chatml", True, CHATML),
     ("paragraph", True, PARAGRAPH),
+]
+GEMMA_PROMPTS = [
+    ("france", True, "<bos>The capital of France is"),
+    ("paragraph", True, "<bos>" + PARAGRAPH),
+    ("long", True, "<bos>" + " ".join([PARAGRAPH] * 3) +
+     " The keeper's daughter"),
 ]
 # Extra cases for --prefix runs: code and number-heavy text, where the
 # Qwen2 pre-tokenizer (single digits) differs most from the others.
@@ -203,7 +210,7 @@ def write_tokens(llm, model, path, pre=None):
         f.write("\n".join(out) + "\n")
 
 
-def write_logits(llm, model, path, system):
+def write_logits(llm, model, path, system, prompts=PROMPTS):
     out = header(model) + [
         "#",
         "# Lines, fields separated by one space (logits as %.6f):",
@@ -224,7 +231,7 @@ def write_logits(llm, model, path, system):
         "# threads).  Another implementation rounds activations differently,",
         "# so compare logits with a tolerance and ids exactly.",
     ]
-    for name, special, text in PROMPTS:
+    for name, special, text in prompts:
         if name == "chatml":
             text = text % system
         ids = llm.tokenize(text.encode(), add_bos=False, special=special)
@@ -271,10 +278,9 @@ def main():
     os.makedirs(outdir, exist_ok=True)
     write_tokens(llm, model, os.path.join(outdir, PREFIX + "tokens.txt"))
     if PREFIX:
-        if arch in SYSTEM:
-            write_logits(llm, model,
-                         os.path.join(outdir, PREFIX + "logits.txt"),
-                         SYSTEM[arch])
+        write_logits(llm, model, os.path.join(outdir, PREFIX + "logits.txt"),
+                     SYSTEM.get(arch),
+                     GEMMA_PROMPTS if arch == "gemma3" else PROMPTS)
         return
     with tempfile.TemporaryDirectory() as tmp:
         for pre in PRE_VARIANTS:
