@@ -58,7 +58,7 @@ const char	*kvx_errmsg(void);
 /* --- model ---------------------------------------------------------- */
 
 typedef struct kvx_model_info {
-	const char	*arch;		/* "llama" or "qwen2" */
+	const char	*arch;		/* "llama", "qwen2" or "gemma3" */
 	const char	*name;		/* general.name, or "" */
 	int		 n_layer;
 	int		 n_head;	/* query heads */
