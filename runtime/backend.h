@@ -17,6 +17,8 @@ typedef struct ctx_ops {
 	const char	*name;
 	/* 1 when the device can be used */
 	int		 (*available)(void);
+	/* 1 when the back end runs this model (architecture, shapes) */
+	int		 (*runs)(const kvx_model *);
 	/* plan (NULL: full cache) is borrowed and outlives the state */
 	kvx_status	 (*create)(kvx_model *, const kvx_plan *,
 			     const kvx_ctx_params *, void **out);

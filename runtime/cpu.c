@@ -75,6 +75,13 @@ cpu_available(void)
 	return 1;
 }
 
+/* The CPU forward runs every model that opens. */
+static int
+cpu_runs(const kvx_model *m)
+{
+	return 1;
+}
+
 /* A CPU context: the cache and the selection scratch; the forward scratch
  * and the workers come with the first batch. */
 static kvx_status
@@ -527,6 +534,7 @@ cpu_kv(const void *be)
 const ctx_ops cpu_ops = {
 	.name = "cpu",
 	.available = cpu_available,
+	.runs = cpu_runs,
 	.create = cpu_create,
 	.destroy = cpu_destroy,
 	.prefill = cpu_prefill,

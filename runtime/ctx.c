@@ -50,7 +50,8 @@ kvx_ctx_free(kvx_ctx **pc)
 
 /*
  * Resolve the device to a back end: auto takes the GPU when the library has
- * CUDA and a device is usable, unless the environment sets KVX_DEVICE=cpu.
+ * CUDA, a device is usable and the GPU forward runs the model, unless the
+ * environment sets KVX_DEVICE=cpu; the CPU otherwise.
  */
 static kvx_status
 pick_device(kvx_ctx *c)
@@ -61,7 +62,7 @@ pick_device(kvx_ctx *c)
 	switch (c->p.device) {
 	case KVX_DEVICE_AUTO:
 		if (gpu != NULL && (e == NULL || strcmp(e, "cpu") != 0) &&
-		    gpu->available()) {
+		    gpu->available() && gpu->runs(c->m)) {
 			c->p.device = KVX_DEVICE_GPU;
 			c->ops = gpu;
 		} else {

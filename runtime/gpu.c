@@ -118,6 +118,27 @@ gpu_ctx_free(gpu_ctx **pg)
 	*pg = NULL;
 }
 
+/* KVX_OK when the GPU forward runs this model, else why not. */
+static kvx_status
+gpu_runs(const kvx_model *m)
+{
+	const kvx_model_info *mi = &m->info;
+
+	/* the kernels run llama's forward only: no biases, rotate-half
+	   RoPE, head norms, post-norms, GELU or sliding windows yet */
+	if (strcmp(m->desc->name, "llama") != 0)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path does not "
+		    "run architecture %s yet (KVX_DEVICE=cpu runs it on the "
+		    "CPU)", mi->arch);
+	if (mi->head_dim != 64 && mi->head_dim != 128)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs "
+		    "head_dim 64 or 128, not %d", mi->head_dim);
+	if (mi->n_head / mi->n_head_kv > 8 || mi->n_head_kv > SEL_MAX_KV_HEADS)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs at "
+		    "most 8 query heads per KV head and 64 KV heads");
+	return KVX_OK;
+}
+
 /* A context on the device for plan (NULL: the full cache): its stream,
  * cuBLAS handle, the weights and the first arena chunk. */
 kvx_status
@@ -132,18 +153,8 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	*out = NULL;
 	if (!kvx_cuda_available())
 		return kvx__fail(KVX_ERR_DEVICE, "no CUDA device is usable");
-	/* the kernels run llama's forward only: no biases, rotate-half
-	   RoPE, head norms, post-norms, GELU or sliding windows yet */
-	if (strcmp(m->desc->name, "llama") != 0)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path does not "
-		    "run architecture %s yet (KVX_DEVICE=cpu runs it on the "
-		    "CPU)", mi->arch);
-	if (mi->head_dim != 64 && mi->head_dim != 128)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs "
-		    "head_dim 64 or 128, not %d", mi->head_dim);
-	if (mi->n_head / mi->n_head_kv > 8 || mi->n_head_kv > SEL_MAX_KV_HEADS)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs at "
-		    "most 8 query heads per KV head and 64 KV heads");
+	if ((rc = gpu_runs(m)) != KVX_OK)
+		return rc;
 	if (plan != NULL && plan->window > KVX_WINDOW_MAX)
 		return kvx__fail(KVX_ERR_PLAN, "plan window %d exceeds the "
 		    "runtime's limit %d", plan->window, KVX_WINDOW_MAX);
@@ -488,9 +499,20 @@ ops_memory(const void *g, kvx_memory *mem)
 	return gpu_memory(g, mem);
 }
 
+static int
+ops_runs(const kvx_model *m)
+{
+	if (gpu_runs(m) == KVX_OK)
+		return 1;
+	/* not a failure of the caller's: auto contexts fall back */
+	kvx__clear_error();
+	return 0;
+}
+
 static const ctx_ops gpu_ops = {
 	.name = "gpu",
 	.available = gpu_available,
+	.runs = ops_runs,
 	.create = ops_create,
 	.destroy = ops_destroy,
 	.prefill = ops_prefill,

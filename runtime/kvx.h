@@ -206,8 +206,10 @@ typedef struct kvx_ctx_params {
 	int	decode_headroom;/* slots reserved per segment after
 				   compression for decode (default 256) */
 	int	device;		/* KVX_DEVICE_AUTO (default): the GPU when
-				   libkvx has CUDA and one is usable, unless
-				   the environment sets KVX_DEVICE=cpu */
+				   libkvx has CUDA, one is usable and the GPU
+				   forward runs the model's architecture,
+				   unless the environment sets
+				   KVX_DEVICE=cpu */
 	int	n_threads;	/* CPU worker threads of this context (0, the
 				   default: the model's n_threads) */
 } kvx_ctx_params;
