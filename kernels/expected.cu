@@ -203,14 +203,13 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 					float kj = __shfl_sync(0xffffffffu,
 					    kr[r], jl);
 					const float *row = C + (size_t)(32 * r +
-					    jl) * d;
+					    jl) * d + lane;
 					int c;
 
 #pragma unroll
 					for (c = 0; c < EA_KMAX; c++)
 						if (lane + 32 * c < d)
-							y[c] += row[lane + 32 * c]
-							    * kj;
+							y[c] += row[32 * c] * kj;
 				}
 			}
 #pragma unroll

@@ -194,8 +194,8 @@ ea_score(gpu_ctx *g, int n, const sel_counts *sc)
  * Compress layer l of sequence s (its n rows in the K/V scratch, the
  * rotated queries in q) to the plan, into a new block: all rows without
  * a plan, else the selection with the counts of sel_rule, scored by the
- * plan's scorer, as cpu.c's select_layer.  Scoring reads the window queries where they
- * are; the table entries that depend only on n go up once, at layer 0,
+ * plan's scorer, as cpu.c's select_layer.  Scoring reads the window
+ * queries where they are; the table entries that depend only on n go up once, at layer 0,
  * and each static layer adds one upload of its budgets and offsets.  A
  * hybrid layer's budgets and offsets come from kvx_cuda_hybrid_split
  * instead, and its segments' lengths from hybrid_finish.

@@ -511,7 +511,7 @@ sel_hybrid_split(const float *const *pooled, int h, int n_cand, int total,
 		free(ks);
 }
 
-/* --- Expected Attention ---------------------------------------------------- */
+/* --- Expected Attention -------------------------------------------------- */
 
 /*
  * Cosine and sine of RoPE pair i averaged over positions n .. n + F - 1:
