@@ -346,7 +346,7 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
  * hand, the scoring window's w tokens left out.
  */
 static void
-prof_ea(struct prof_run *r, const kv_seg *sg, int h, const float *wa,
+prof_ea(struct prof_run *r, const kv_seg *sg, int l, int h, const float *wa,
     int wa_n, int w, int s)
 {
 	int g = r->H / r->Hkv, D = r->D, n = r->n, q;
@@ -357,7 +357,7 @@ prof_ea(struct prof_run *r, const kv_seg *sg, int h, const float *wa,
 	e.future = PLAN_EA_FUTURE;
 	e.cov = PLAN_COV_FULL;
 	e.vnorm = 1;
-	e.theta = kvx_model_get_info(r->m)->rope_theta;
+	e.theta = r->m->L[l].theta;
 	e.halves = r->m->desc->rope == ROPE_HALVES;
 	for (q = 0; q < g; q++)
 		sel_ea_stats(wa + ((size_t)(h * g + q) * wa_n + (wa_n - nq)) *
@@ -404,7 +404,7 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 			return kvx__fail(KVX_ERR_ARG, "layer %d head %d holds "
 			    "%d rows, expected %d", l, h, sg->len, n);
 		if (o->scorer == PLAN_SCORER_EA)
-			prof_ea(r, sg, h, wa, wa_n, w, s);
+			prof_ea(r, sg, l, h, wa, wa_n, w, s);
 		else
 			sel_score(wq + (size_t)h * g * w * r->D, sg->k, n, w,
 			    g, r->D, scale, o->gqa, r->score);

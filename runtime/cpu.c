@@ -174,13 +174,14 @@ rollback(cpu_ctx *c, int n, const int *seqs)
 // --- selection -----------------------------------------------------------------
 
 /*
- * Expected Attention scores of KV head h's candidates (the pw window
- * tokens excluded) into dst->score: statistics of the last of the w
- * window queries, which sit at the rows n - w .. n - 1 of the prompt.
+ * Expected Attention scores of layer l's KV head h's candidates (the pw
+ * window tokens excluded) into dst->score: statistics of the last of the
+ * w window queries, which sit at the rows n - w .. n - 1 of the prompt,
+ * with the layer's RoPE base.
  */
 static void
-ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int h, const float *wq,
-    int w, int pw, int sinks)
+ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int l, int h,
+    const float *wq, int w, int pw, int sinks)
 {
 	const kvx_model_info *mi = &dst->m->info;
 	const kvx_plan *P = dst->plan;
@@ -193,7 +194,7 @@ ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int h, const float *wq,
 	e.future = P->ea_future;
 	e.cov = P->ea_cov;
 	e.vnorm = P->ea_vnorm;
-	e.theta = mi->rope_theta;
+	e.theta = dst->m->L[l].theta;
 	e.halves = dst->m->desc->rope == ROPE_HALVES;
 	for (q = 0; q < g; q++)
 		sel_ea_stats(wq + ((size_t)(h * g + q) * w + (w - nq)) * D,
@@ -250,7 +251,7 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 			return kvx__fail(KVX_ERR_ARG, "sequence %d was already "
 			    "compressed", sseq);
 		if (P->scorer == PLAN_SCORER_EA) {
-			ea_head(dst, ss, n, h, wq, w, pw, sc.sinks);
+			ea_head(dst, ss, n, l, h, wq, w, pw, sc.sinks);
 			sel_pool(dst->score, n - pw, P->pool_kernel, P->pool,
 			    pooled);
 			continue;

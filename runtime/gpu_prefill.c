@@ -170,7 +170,7 @@ mark(gpu_ctx *g, int l, int i)
  * over the keys.
  */
 static kvx_status
-ea_score(gpu_ctx *g, int n, const sel_counts *sc)
+ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc)
 {
 	const kvx_plan *P = g->plan;
 	int D = g->D, H = g->H, G = H / g->Hkv;
@@ -182,7 +182,7 @@ ea_score(gpu_ctx *g, int n, const sel_counts *sc)
 	/* query head i of token t at q + t*H*D + i*D */
 	CK(kvx_cuda_ea_stats(g->q + (size_t)(n - nq) * H * D, D,
 	    (long long)H * D, H, nq, n - nq, n, P->ea_future,
-	    g->m->info.rope_theta, g->m->desc->rope == ROPE_HALVES, D,
+	    g->m->L[l].theta, g->m->desc->rope == ROPE_HALVES, D,
 	    P->ea_cov, base, base + cov_at, base + u_at, g->stream));
 	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, g->kt, g->vt,
 	    KVX_CUDA_F16, g->Hkv, n, n - sc->pw, sc->sinks, G, D, g->Hkv * D,
@@ -254,7 +254,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
 	   positions H*D apart */
 	if (P->scorer == PLAN_SCORER_EA) {
-		if ((rc = ea_score(g, n, &sc)) != KVX_OK)
+		if ((rc = ea_score(g, l, n, &sc)) != KVX_OK)
 			return rc;
 	} else
 		CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
