@@ -199,8 +199,22 @@ def make_plan_press(p, torch, F, SnapKVPress, BasePress):
 
 def load(a):
     """transformers, kvpress and the model, as ../shared/PEERS.md says."""
+    def offline(*args, **kwargs):
+        raise RuntimeError("needs a download; not available offline")
+
+    def stub_attr(attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return offline
+
+    # kvpress imports these at module level for presses that need a
+    # download (DuoAttention, Expected Attention's stats); any name taken
+    # from them is a function that says so if called
     for name in ("datasets", "fire"):
-        sys.modules.setdefault(name, types.ModuleType(name))
+        if name not in sys.modules:
+            mod = types.ModuleType(name)
+            mod.__getattr__ = stub_attr
+            sys.modules[name] = mod
     import torch
     import torch.nn.functional as F
     import transformers
