@@ -9,10 +9,14 @@
 #ifndef KVX_TAP_H
 #define KVX_TAP_H
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "kvx.h"
 
 #if defined(__GNUC__)
 #define TAP_UNUSED __attribute__((unused))
@@ -118,6 +122,47 @@ tap_model_path(void)
 		return NULL;
 	fclose(f);
 	return p;
+}
+
+/* Largest |a - b| relative to the largest |b|. */
+static double TAP_UNUSED
+tap_rel_diff(const float *a, const float *b, int n)
+{
+	double md = 0.0, mb = 1e-30;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (fabs((double)a[i] - b[i]) > md)
+			md = fabs((double)a[i] - b[i]);
+		if (fabs(b[i]) > mb)
+			mb = fabs(b[i]);
+	}
+	return md / mb;
+}
+
+/* The first n tokens of the start (128 KiB) of a text file, or 0. */
+static int TAP_UNUSED
+tap_load_tokens(const kvx_model *m, const char *path, int32_t *ids, int n)
+{
+	static char buf[1 << 17];
+	int32_t *all;
+	size_t len;
+	int got = 0;
+	FILE *f;
+
+	if ((f = fopen(path, "rb")) == NULL)
+		return 0;
+	len = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[len] = '\0';
+	if ((all = malloc(sizeof *all * (len + 1))) == NULL)
+		return 0;
+	if (kvx_tokenize(m, buf, len, 0, all, (int)len + 1, &got) != KVX_OK)
+		got = 0;
+	got = got < n ? got : n;
+	memcpy(ids, all, sizeof *ids * (size_t)got);
+	free(all);
+	return got;
 }
 
 #endif

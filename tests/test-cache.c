@@ -20,52 +20,6 @@
 static kvx_model *M;
 static const kvx_model_info *INFO;
 
-/* Largest |a - b| relative to the largest |b|. */
-static double
-rel_diff(const float *a, const float *b, int n)
-{
-	double md = 0.0, mb = 1e-30;
-	int i;
-
-	for (i = 0; i < n; i++) {
-		double d = fabs((double)a[i] - b[i]);
-
-		if (d > md)
-			md = d;
-		if (fabs(b[i]) > mb)
-			mb = fabs(b[i]);
-	}
-	return md / mb;
-}
-
-/* Tokenize the start of a text file, up to n tokens. */
-static int
-load_tokens(const char *path, int32_t *ids, int n)
-{
-	FILE *f = fopen(path, "rb");
-	static char buf[1 << 17];
-	size_t len;
-	int got = 0;
-
-	if (f == NULL)
-		return 0;
-	len = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[len] = '\0';
-	{
-		int32_t *all = malloc(sizeof *all * (len + 1));
-
-		if (kvx_tokenize(M, buf, len, 0, all, (int)len + 1, &got) !=
-		    KVX_OK)
-			got = 0;
-		if (got > n)
-			got = n;
-		memcpy(ids, all, sizeof *ids * (size_t)got);
-		free(all);
-	}
-	return got;
-}
-
 /* Greedy-decode steps tokens from the logits in lg; record the tokens and
  * the final logits. */
 static int
@@ -116,7 +70,7 @@ main(void)
 	}
 	INFO = kvx_model_get_info(M);
 	V = INFO->n_vocab;
-	n = load_tokens(text, ids, 700);
+	n = tap_load_tokens(M, text, ids, 700);
 	if (!ok(n == 700, "tokenized %d tokens of %s", n, text))
 		return tap_done();
 	lf = malloc(sizeof(float) * V);
@@ -133,14 +87,14 @@ main(void)
 	ok(kvx_ctx_new(M, p100, &prm, &cp) == KVX_OK, "100%% context");
 	ok(kvx_prefill(cf, 0, ids, n, lf) == KVX_OK, "full prefill");
 	ok(kvx_prefill(cp, 0, ids, n, lp) == KVX_OK, "100%% prefill");
-	ok(rel_diff(lp, lf, V) < 1e-5, "100%% plan: prefill logits equal the "
-	    "full cache (rel %.2g)", rel_diff(lp, lf, V));
+	ok(tap_rel_diff(lp, lf, V) < 1e-5, "100%% plan: prefill logits equal "
+	    "the full cache (rel %.2g)", tap_rel_diff(lp, lf, V));
 	ok(decode_greedy(cf, 0, lf, 8, t_full) &&
 	    decode_greedy(cp, 0, lp, 8, t_100), "8 decode steps each");
 	ok(memcmp(t_full, t_100, sizeof t_full) == 0, "100%% plan: same 8 "
 	    "greedy tokens");
-	ok(rel_diff(lp, lf, V) < 1e-5, "100%% plan: decode logits equal "
-	    "(rel %.2g)", rel_diff(lp, lf, V));
+	ok(tap_rel_diff(lp, lf, V) < 1e-5, "100%% plan: decode logits equal "
+	    "(rel %.2g)", tap_rel_diff(lp, lf, V));
 	kvx_ctx_memory(cf, &mem);
 	ok(mem.kv_bytes_full == (uint64_t)(n + 8) * INFO->n_layer *
 	    INFO->n_head_kv * INFO->head_dim * 2 * sizeof(float),
@@ -206,9 +160,9 @@ main(void)
 	    kvx_errmsg());
 	memcpy(lb, lf, sizeof(float) * V);
 	ok(decode_greedy(cc, 0, lb, 8, t_b), "decode after compress_from");
-	ok(memcmp(t_a, t_b, sizeof t_a) == 0 && rel_diff(lb, lp, V) < 1e-5,
+	ok(memcmp(t_a, t_b, sizeof t_a) == 0 && tap_rel_diff(lb, lp, V) < 1e-5,
 	    "compress_from matches a compressed prefill (rel %.2g)",
-	    rel_diff(lb, lp, V));
+	    tap_rel_diff(lb, lp, V));
 	ok(kvx_compress_from(cc, 0, cf, 0) == KVX_ERR_ARG,
 	    "compress_from into a non-empty sequence is refused");
 	ok(kvx_compress_from(cf, 0, cc, 0) == KVX_ERR_ARG,
@@ -270,9 +224,9 @@ main(void)
 			kvx_prefill(c1, 0, ids + 50 * s, lens[s], la);
 			kvx_decode(c1, 1, &z, &nxt[s], single +
 			    (size_t)s * V);
-			if (rel_diff(lbatch + (size_t)s * V, single +
+			if (tap_rel_diff(lbatch + (size_t)s * V, single +
 			    (size_t)s * V, V) > worst)
-				worst = rel_diff(lbatch + (size_t)s * V,
+				worst = tap_rel_diff(lbatch + (size_t)s * V,
 				    single + (size_t)s * V, V);
 		}
 		ok(worst < 1e-4, "batch logits equal single-sequence logits "

@@ -27,47 +27,6 @@
 static kvx_model *M;
 static const kvx_model_info *INFO;
 
-/* Largest |a - b| relative to the largest |b|. */
-static double
-rel_diff(const float *a, const float *b, int n)
-{
-	double md = 0.0, mb = 1e-30;
-	int i;
-
-	for (i = 0; i < n; i++) {
-		if (fabs((double)a[i] - b[i]) > md)
-			md = fabs((double)a[i] - b[i]);
-		if (fabs(b[i]) > mb)
-			mb = fabs(b[i]);
-	}
-	return md / mb;
-}
-
-/* The first n tokens of a text file, or 0. */
-static int
-load_tokens(const char *path, int32_t *ids, int n)
-{
-	static char buf[1 << 16];
-	int32_t *all;
-	size_t len;
-	int got = 0;
-	FILE *f;
-
-	if ((f = fopen(path, "rb")) == NULL)
-		return 0;
-	len = fread(buf, 1, sizeof buf - 1, f);
-	fclose(f);
-	buf[len] = '\0';
-	if ((all = malloc(sizeof *all * (len + 1))) == NULL)
-		return 0;
-	if (kvx_tokenize(M, buf, len, 0, all, (int)len + 1, &got) != KVX_OK)
-		got = 0;
-	got = got < n ? got : n;
-	memcpy(ids, all, sizeof *ids * (size_t)got);
-	free(all);
-	return got;
-}
-
 /* NSTEP greedy steps from logits lg; the tokens go to tok. */
 static int
 decode_greedy(kvx_ctx *c, float *lg, int32_t *tok)
@@ -173,9 +132,10 @@ run_plan(const char *what, const kvx_plan *p, const kvx_plan *snap,
 	    "a compressed prefill keeps", what);
 	ok(decode_greedy(cp, lp, ta) && decode_greedy(cc, lf, tb),
 	    "%s: decode", what);
-	ok(memcmp(ta, tb, sizeof ta) == 0 && rel_diff(lf, lp,
+	ok(memcmp(ta, tb, sizeof ta) == 0 && tap_rel_diff(lf, lp,
 	    INFO->n_vocab) < 1e-5, "%s: the same tokens and logits after %d "
-	    "steps (rel %.2g)", what, NSTEP, rel_diff(lf, lp, INFO->n_vocab));
+	    "steps (rel %.2g)", what, NSTEP,
+	    tap_rel_diff(lf, lp, INFO->n_vocab));
 out:
 	kvx_ctx_free(&cp);
 	kvx_ctx_free(&cf);
@@ -201,7 +161,7 @@ main(void)
 	if (kvx_model_open(path, NULL, &M) != KVX_OK)
 		tap_skip_all("model does not open");
 	INFO = kvx_model_get_info(M);
-	n = load_tokens("/usr/share/common-licenses/GPL-3", ids, NTOK);
+	n = tap_load_tokens(M, "/usr/share/common-licenses/GPL-3", ids, NTOK);
 	if (n < NTOK) {
 		kvx_model_close(&M);
 		tap_skip_all("/usr/share/common-licenses/GPL-3 missing");

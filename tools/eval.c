@@ -110,13 +110,9 @@ pred_row(const float *last, const float *rows, int i, int V)
 	return i == 0 ? last : rows + (size_t)(i - 1) * V;
 }
 
-/*
- * Compress the shared prefill in src into e's context, teacher-force the
- * continuation, and leave its M - 1 logit rows in rows.
- */
+/* Compress the prefill in src into e's context; *kv gets its bytes. */
 static void
-run_continuation(struct entry *e, kvx_ctx *src, const int32_t *cont, int M,
-    float *rows, struct result *r)
+restore(struct entry *e, kvx_ctx *src, uint64_t *kv)
 {
 	kvx_memory mem;
 
@@ -125,7 +121,18 @@ run_continuation(struct entry *e, kvx_ctx *src, const int32_t *cont, int M,
 		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
 	if (kvx_ctx_memory(e->ctx, &mem) != KVX_OK)
 		fail(EXIT_RUN, "%s", kvx_errmsg());
-	r->kv_bytes = mem.kv_bytes;
+	*kv = mem.kv_bytes;
+}
+
+/*
+ * Compress the shared prefill in src into e's context, teacher-force the
+ * continuation, and leave its M - 1 logit rows in rows.
+ */
+static void
+run_continuation(struct entry *e, kvx_ctx *src, const int32_t *cont, int M,
+    float *rows, struct result *r)
+{
+	restore(e, src, &r->kv_bytes);
 	/* the last continuation token predicts nothing we score */
 	if (M > 1 && kvx_extend(e->ctx, 0, cont, M - 1, rows) != KVX_OK)
 		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
@@ -432,20 +439,6 @@ decode_task(const kvx_model *m, struct entry *e, float *logits, int V,
 		    kvx_decode(e->ctx, 1, &seq, &tok, logits) != KVX_OK)
 			fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
 	}
-}
-
-/* Compress the prefill in src into e's context; *kv gets its bytes. */
-static void
-restore(struct entry *e, kvx_ctx *src, uint64_t *kv)
-{
-	kvx_memory mem;
-
-	kvx_seq_clear(e->ctx, 0);
-	if (kvx_compress_from(e->ctx, 0, src, 0) != KVX_OK)
-		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
-	if (kvx_ctx_memory(e->ctx, &mem) != KVX_OK)
-		fail(EXIT_RUN, "%s", kvx_errmsg());
-	*kv = mem.kv_bytes;
 }
 
 /* Append s and a separator to a row's answer. */
