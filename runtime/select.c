@@ -373,6 +373,15 @@ clamp_keep(int keep, int lo, int n)
 	return keep > n ? n : keep;
 }
 
+/* The rows a layer may keep of n, given its sliding window (select.h). */
+int
+sel_window_rows(int window, int n)
+{
+	if (n < 0)
+		return 0;
+	return window > 0 && window < n ? window : n;
+}
+
 int
 sel_rule(const kvx_plan *P, int layer, int n, int w, int n_head_kv,
     sel_counts *c)

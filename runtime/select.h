@@ -49,6 +49,16 @@ typedef struct sel_counts {
 } sel_counts;
 
 /*
+ * Rows of a sequence's last n tokens that a layer may keep when each of
+ * its queries sees window keys, its own included (0: every key, a global
+ * layer): min(n, window).  Rows before the last that many lie outside the
+ * window of every later query, so a sliding-window layer never holds more
+ * than this after a prefill, plus the tokens being decoded.  The CPU and
+ * GPU caches, sel_rule and the memory accounting all take it from here.
+ */
+int		 sel_window_rows(int window, int n);
+
+/*
  * Fill c for layer of plan P after a prompt of n >= 2 tokens, with the
  * last w window queries at hand (w >= 1).  Returns -1, filling nothing,
  * when n_head_kv is not in [1, SEL_MAX_KV_HEADS].

@@ -787,6 +787,25 @@ test_rule(void)
 	free(idx);
 }
 
+/* sel_window_rows: a sliding window caps the rows, a global layer keeps
+ * every token, and the cap is what a query at the next position sees. */
+static void
+test_window_rows(void)
+{
+	int n, w, bad = 0;
+
+	for (n = 0; n < 700; n++)
+		for (w = 0; w < 600; w += 37)
+			if (sel_window_rows(w, n) != (w == 0 || n < w ? n : w))
+				bad++;
+	ok(bad == 0, "window rows: min(n, window), every n for a global "
+	    "layer (%d bad)", bad);
+	ok(sel_window_rows(512, 4096) == 512 && sel_window_rows(0, 4096) ==
+	    4096 && sel_window_rows(512, 100) == 100 &&
+	    sel_window_rows(512, -1) == 0, "window rows: gemma3's 512 of "
+	    "4096, a global layer's 4096, a short prompt's 100");
+}
+
 /* attn_gqa and the split-K partials + combine against double precision. */
 static void
 test_attn(void)
@@ -894,6 +913,7 @@ main(void)
 	test_select();
 	test_hybrid();
 	test_rule();
+	test_window_rows();
 	test_attn();
 	report_speed();
 	return tap_done();
