@@ -19,6 +19,7 @@
 #include "arch.h"
 #include "backend.h"
 #include "kvcache.h"
+#include "kvzip.h"
 #include "model.h"
 #include "plan.h"
 #include "select.h"
@@ -38,11 +39,16 @@ typedef struct cpu_ctx {
 	int		 s_tokens;	/* scratch capacity in tokens */
 	float		*winq;		/* [seq][layer][head][WIN_SAVE][D] */
 	int		*winq_n;	/* per seq: saved window length */
+	int32_t		*ids;		/* [seq][n_ctx]: the prompt, which a
+					   kvzip plan repeats, here or in a
+					   context compressing from this one */
 	/* selection scratch */
 	float		*score, *pooled, *wtmp;
 	float		*ea;		/* expected-attention: a group's means
 					   and covariances, then n_ctx + 1
 					   logits */
+	float		*kz;		/* kvzip: the repeat pass's scores,
+					   [layer][head][n], while it runs */
 	int		*idx;
 } cpu_ctx;
 
@@ -59,6 +65,7 @@ cpu_destroy(void **pc)
 	pool_free(&c->pool);
 	free(c->winq);
 	free(c->winq_n);
+	free(c->ids);
 	free(c->score);
 	free(c->pooled);
 	free(c->wtmp);
@@ -108,6 +115,8 @@ cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	nctx = (size_t)c->p.n_ctx + 1;
 	c->winq = kvx__malloc_array((size_t)c->p.n_seq * nw, sizeof(float));
 	c->winq_n = kvx__calloc((size_t)c->p.n_seq, sizeof(int));
+	c->ids = kvx__malloc_array((size_t)c->p.n_seq * c->p.n_ctx,
+	    sizeof(int32_t));
 	c->score = kvx__malloc_array(nctx, sizeof(float));
 	c->pooled = kvx__malloc_array(nctx * mi->n_head_kv, sizeof(float));
 	c->wtmp = kvx__malloc_array((size_t)mi->n_head * WIN_SAVE *
@@ -116,8 +125,8 @@ cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	if (plan != NULL && plan->scorer == PLAN_SCORER_EA)
 		c->ea = kvx__malloc_array((size_t)(mi->n_head / mi->n_head_kv) *
 		    mi->head_dim * (mi->head_dim + 1) + nctx, sizeof(float));
-	if (!c->winq || !c->winq_n || !c->score || !c->pooled || !c->wtmp ||
-	    !c->idx || (plan != NULL && plan->scorer == PLAN_SCORER_EA &&
+	if (!c->winq || !c->winq_n || !c->ids || !c->score || !c->pooled ||
+	    !c->wtmp || !c->idx || (plan != NULL && plan->scorer == PLAN_SCORER_EA &&
 	    c->ea == NULL)) {
 		cpu_destroy((void **)&c);
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
@@ -256,6 +265,18 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 			    pooled);
 			continue;
 		}
+		if (P->scorer == PLAN_SCORER_KVZIP) {
+			/* the sinks are kept whatever their score: 0 keeps
+			 * their large attention from spreading through the
+			 * pooling */
+			memcpy(dst->score, dst->kz + ((size_t)l * Hkv + h) * n,
+			    (size_t)(n - pw) * sizeof(float));
+			for (j = 0; j < sc.sinks; j++)
+				dst->score[j] = 0.0f;
+			sel_pool(dst->score, n - pw, P->pool_kernel, P->pool,
+			    pooled);
+			continue;
+		}
 		for (q = 0; q < g; q++)
 			for (j = 0; j < pw; j++)
 				memcpy(dst->wtmp + ((size_t)q * pw + j) * D,
@@ -303,6 +324,9 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 
 	memcpy(dst, wq, (size_t)mi->n_head * w * mi->head_dim * sizeof(float));
 	c->winq_n[seq] = w;
+	/* kvzip scores once every layer holds the prompt */
+	if (c->plan != NULL && c->plan->scorer == PLAN_SCORER_KVZIP)
+		return KVX_OK;
 	if (c->plan == NULL) {
 		int h;
 		kvx_status rc;
@@ -320,6 +344,41 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 	/* the forward has appended the whole prompt to this layer */
 	return select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq, l,
 	    0)->len, l, wq, w);
+}
+
+/*
+ * A kvzip plan's compression of sequence seq, which holds its n prompt
+ * tokens ids uncompressed in every layer: the repeat pass scores them,
+ * then each layer is compressed in place.  winq holds the sequence's
+ * saved window queries (w per head).
+ */
+static kvx_status
+kvzip_compress(cpu_ctx *c, int seq, const int32_t *ids, int n,
+    const float *winq, int w)
+{
+	const kvx_model_info *mi = &c->m->info;
+	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
+	kvx_status rc;
+	int l;
+
+	if (n > 1) {
+		if ((rc = ensure_scratch(c, 1)) != KVX_OK)
+			return rc;
+		if ((c->kz = kvx__malloc_array((size_t)mi->n_layer *
+		    mi->n_head_kv * n, sizeof(float))) == NULL)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		if ((rc = kvzip_pass(c->m, c->kv, c->pool, c->plan, seq, ids,
+		    n, c->kz)) != KVX_OK)
+			goto out;
+	}
+	for (l = 0; l < mi->n_layer; l++)
+		if ((rc = select_layer(c, seq, c->kv, seq, n, l,
+		    winq + (size_t)l * per, w)) != KVX_OK)
+			break;
+out:
+	free(c->kz);
+	c->kz = NULL;
+	return rc;
 }
 
 // --- inference -----------------------------------------------------------------
@@ -374,10 +433,18 @@ static kvx_status
 cpu_prefill(void *be, int seq, const int32_t *ids, int n, float *logits)
 {
 	cpu_ctx *c = be;
+	const kvx_model_info *mi = &c->m->info;
 	kvx_status rc;
 
-	if ((rc = run_seq(c, seq, ids, n, 0, 1, logits, prefill_hook)) !=
-	    KVX_OK) {
+	memcpy(c->ids + (size_t)seq * c->p.n_ctx, ids,
+	    (size_t)n * sizeof(int32_t));
+	rc = run_seq(c, seq, ids, n, 0, 1, logits, prefill_hook);
+	if (rc == KVX_OK && c->plan != NULL &&
+	    c->plan->scorer == PLAN_SCORER_KVZIP)
+		rc = kvzip_compress(c, seq, ids, n, c->winq + (size_t)seq *
+		    mi->n_layer * mi->n_head * WIN_SAVE * mi->head_dim,
+		    c->winq_n[seq]);
+	if (rc != KVX_OK) {
 		kv_seq_clear(c->kv, seq);
 		c->winq_n[seq] = 0;
 		return rc;
@@ -438,6 +505,27 @@ cpu_decode(void *be, int n, const int *seqs, const int32_t *ids,
 	return rc;
 }
 
+/* Copy every row of sequence sseq of src into the empty sequence dseq of
+ * dst, layer by layer and head by head. */
+static kvx_status
+copy_seq(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq)
+{
+	kvx_status rc;
+	int l, h, i;
+
+	for (l = 0; l < src->n_layer; l++)
+		for (h = 0; h < src->n_head_kv; h++) {
+			const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
+
+			for (i = 0; i < ss->len; i++)
+				dst->idx[i] = i;
+			if ((rc = kv_compact(dst->kv, kv_seg_at(dst->kv, dseq,
+			    l, h), ss, dst->idx, ss->len, 0)) != KVX_OK)
+				return rc;
+		}
+	return KVX_OK;
+}
+
 /* Compress sequence sseq of src, an uncompressed prefill, into the empty
  * sequence dseq of dst, by dst's plan. */
 static kvx_status
@@ -448,7 +536,7 @@ cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
 	const kvx_model_info *mi = &dst->m->info;
 	size_t per;
 	kvx_status rc;
-	int l;
+	int l, n;
 
 	if (src->kv->compressed[sseq] || src->winq_n[sseq] == 0)
 		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: source "
@@ -461,16 +549,25 @@ cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
 		    "beyond the context size %d", src->kv->n_pos[sseq],
 		    dst->p.n_ctx);
 	per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
-	for (l = 0; l < mi->n_layer; l++) {
-		const float *wq = src->winq + ((size_t)sseq * mi->n_layer + l) *
-		    per;
-
-		if ((rc = select_layer(dst, dseq, src->kv, sseq,
-		    src->kv->n_pos[sseq], l, wq,
-		    src->winq_n[sseq])) != KVX_OK) {
-			kv_seq_clear(dst->kv, dseq);
-			return rc;
-		}
+	n = src->kv->n_pos[sseq];
+	memcpy(dst->ids + (size_t)dseq * dst->p.n_ctx, src->ids +
+	    (size_t)sseq * src->p.n_ctx, (size_t)n * sizeof(int32_t));
+	if (dst->plan != NULL && dst->plan->scorer == PLAN_SCORER_KVZIP) {
+		/* the repeat pass appends to the cache it reads: it runs on
+		 * a whole copy in dst, which is then compressed in place */
+		rc = copy_seq(dst, dseq, src->kv, sseq);
+		if (rc == KVX_OK)
+			rc = kvzip_compress(dst, dseq, src->ids + (size_t)sseq *
+			    src->p.n_ctx, n, src->winq + (size_t)sseq *
+			    mi->n_layer * per, src->winq_n[sseq]);
+	} else
+		for (rc = KVX_OK, l = 0; rc == KVX_OK && l < mi->n_layer; l++)
+			rc = select_layer(dst, dseq, src->kv, sseq, n, l,
+			    src->winq + ((size_t)sseq * mi->n_layer + l) * per,
+			    src->winq_n[sseq]);
+	if (rc != KVX_OK) {
+		kv_seq_clear(dst->kv, dseq);
+		return rc;
 	}
 	memcpy(dst->winq + (size_t)dseq * mi->n_layer * per,
 	    src->winq + (size_t)sseq * mi->n_layer * per,

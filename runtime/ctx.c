@@ -50,19 +50,21 @@ kvx_ctx_free(kvx_ctx **pc)
 
 /*
  * Resolve the device to a back end: auto takes the GPU when the library has
- * CUDA, a device is usable and the GPU forward runs the model, unless the
- * environment sets KVX_DEVICE=cpu; the CPU otherwise.
+ * CUDA, a device is usable, the GPU forward runs the model and the GPU
+ * runs the plan's scorer (kvzip's repeat pass runs on the CPU only),
+ * unless the environment sets KVX_DEVICE=cpu; the CPU otherwise.
  */
 static kvx_status
 pick_device(kvx_ctx *c)
 {
 	const ctx_ops *gpu = gpu_ops_get();
 	const char *e = getenv("KVX_DEVICE");
+	int kvzip = c->plan != NULL && c->plan->scorer == PLAN_SCORER_KVZIP;
 
 	switch (c->p.device) {
 	case KVX_DEVICE_AUTO:
 		if (gpu != NULL && (e == NULL || strcmp(e, "cpu") != 0) &&
-		    gpu->available() && gpu->runs(c->m)) {
+		    !kvzip && gpu->available() && gpu->runs(c->m)) {
 			c->p.device = KVX_DEVICE_GPU;
 			c->ops = gpu;
 		} else {
@@ -80,6 +82,10 @@ pick_device(kvx_ctx *c)
 		if (!gpu->available())
 			return kvx__fail(KVX_ERR_DEVICE, "a GPU context was "
 			    "asked for but no CUDA device is usable");
+		if (kvzip)
+			return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path "
+			    "does not run the kvzip scorer (use a CPU "
+			    "context)");
 		c->ops = gpu;
 		return KVX_OK;
 	}

@@ -192,7 +192,10 @@ typedef struct kvx_plan_info {
 	int		 ea_future;	/* positions RoPE is averaged over */
 	const char	*ea_covariance;	/* full, diagonal or none */
 	int		 ea_value_norm;	/* 1: scores times the value norm */
-	double		 reserved[12];	/* zero */
+	/* kvzip's parameters; 0 and NULL under another scorer */
+	int		 kvzip_chunk;	/* context tokens per repeat chunk */
+	const char	*kvzip_prompt;	/* chat or plain */
+	double		 reserved[11];	/* zero */
 } kvx_plan_info;
 
 /* Fill info from the plan: KVX_ERR_ARG when either is NULL. */

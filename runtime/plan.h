@@ -35,6 +35,13 @@ enum plan_cov { PLAN_COV_FULL = 0, PLAN_COV_DIAG = 1, PLAN_COV_NONE = 2 };
 #define PLAN_EA_FUTURE		512
 #define PLAN_EA_MAX_FUTURE	(1 << 20)
 
+/* KVzip's defaults: the repeat pass reconstructs the context in chunks
+ * of at most KVX_WINDOW_MAX tokens (the queries a layer hands to
+ * selection), each after a request to repeat written in the model's chat
+ * template. */
+#define PLAN_KVZIP_CHUNK	KVX_WINDOW_MAX
+enum plan_kvzip_prompt { PLAN_KVZIP_CHAT = 0, PLAN_KVZIP_PLAIN = 1 };
+
 struct kvx_plan {
 	int		 version;	/* KVX_PLAN_FORMAT_VERSION */
 	char		 method[32];	/* uniform|pyramid|ada|layer|kvx|full */
@@ -68,6 +75,11 @@ struct kvx_plan {
 					   over */
 	int		 ea_cov;	/* enum plan_cov */
 	int		 ea_vnorm;	/* 1: times the value's norm */
+
+	/* kvzip: read and written only under that scorer */
+	int		 kz_chunk;	/* context tokens per repeat chunk,
+					   [1, KVX_WINDOW_MAX] */
+	int		 kz_prompt;	/* enum plan_kvzip_prompt */
 
 	/* budgets */
 	int		 mode;		/* kvx_plan_mode */

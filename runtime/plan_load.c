@@ -495,22 +495,25 @@ ld_plan(struct ld *ld)
 		    plan_fields[i].sect[0] != '\0')
 			continue;
 		if (top[i] == NULL) {
-			if ((plan_fields[i].flags & FL_EA) &&
-			    p->scorer == PLAN_SCORER_EA)
+			if (plan_field_scorer(&plan_fields[i]) >= 0 &&
+			    plan_field_applies(&plan_fields[i], p)) {
+				snprintf(why, sizeof why, "the scorer %s "
+				    "needs its parameters",
+				    plan_scorer_name(p->scorer));
 				return ld_missing(ld, root, "",
-				    plan_fields[i].key, "the scorer "
-				    "expected-attention needs its parameters");
+				    plan_fields[i].key, why);
+			}
 			if (plan_fields[i].flags & FL_OPTIONAL)
 				continue;
 			return ld_missing(ld, root, "", plan_fields[i].key,
 			    "it is required");
 		}
 		/* selection comes first in the table: the scorer is known */
-		if ((plan_fields[i].flags & FL_EA) &&
-		    p->scorer != PLAN_SCORER_EA)
+		if (!plan_field_applies(&plan_fields[i], p))
 			return ld_fail(ld, topk[i], "%s is only read when "
-			    "selection.scorer is expected-attention (remove "
-			    "it, or set the scorer)", plan_fields[i].key);
+			    "selection.scorer is %s (remove it, or set the "
+			    "scorer)", plan_fields[i].key, plan_scorer_name(
+			    plan_field_scorer(&plan_fields[i])));
 		if ((st = ld_section(ld, top[i], plan_fields[i].key, sv, sk)) !=
 		    KVX_OK)
 			return st;

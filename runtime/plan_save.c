@@ -272,7 +272,7 @@ em_section(yaml_emitter_t *e, const char *sect, const kvx_plan *p)
 			/* An optional section with nothing in it is left
 			 * out, like an optional field left at 0 or "". */
 			any = !(f->flags & FL_OPTIONAL);
-			if ((f->flags & FL_EA) && p->scorer != PLAN_SCORER_EA)
+			if (!plan_field_applies(f, p))
 				continue;
 			for (j = 0; !any && j < PLAN_NFIELDS; j++)
 				if (strcmp(plan_fields[j].sect, f->key) == 0 &&

@@ -42,6 +42,7 @@ static const char *const scorer_names[] = {
 	"snapkv", "expected-attention", "kvzip", NULL
 };
 static const char *const cov_names[] = { "full", "diagonal", "none", NULL };
+static const char *const kz_prompt_names[] = { "chat", "plain", NULL };
 static const char *const bool_names[] = { "false", "true", NULL };
 /* --- the schema ---------------------------------------------------------- */
 
@@ -99,6 +100,11 @@ const struct field plan_fields[] = {
 	    FL_EA, cov_names },
 	{ "expected_attention", "value_norm", F_ENUM, OFF(ea_vnorm), 0, 0, 0,
 	    FL_EA, bool_names },
+	{ "", "kvzip", F_SECTION, 0, 0, 0, 0, FL_OPTIONAL | FL_KVZIP, NULL },
+	{ "kvzip", "chunk", F_INT, OFF(kz_chunk), 0, 1, KVX_WINDOW_MAX,
+	    FL_KVZIP, NULL },
+	{ "kvzip", "prompt", F_ENUM, OFF(kz_prompt), 0, 0, 0, FL_KVZIP,
+	    kz_prompt_names },
 	{ "", "mode", F_ENUM, OFF(mode), 0, 0, 0, 0, mode_names },
 	{ "", "alpha", F_SPECIAL, 0, 0, 0, 0, FL_OPTIONAL, NULL },
 	{ "", "budgets", F_SPECIAL, 0, 0, 0, 0, 0, NULL },
@@ -137,6 +143,27 @@ plan_field_find(const char *sect, const char *key)
 		    strcmp(plan_fields[i].key, key) == 0)
 			return i;
 	return -1;
+}
+
+/* The scorer whose section holds the field, or -1 for every scorer. */
+int
+plan_field_scorer(const struct field *f)
+{
+	if (f->flags & FL_EA)
+		return PLAN_SCORER_EA;
+	if (f->flags & FL_KVZIP)
+		return PLAN_SCORER_KVZIP;
+	return -1;
+}
+
+/* 1 when the plan reads and writes the field: it belongs to no scorer,
+ * or to the plan's. */
+int
+plan_field_applies(const struct field *f, const kvx_plan *p)
+{
+	int s = plan_field_scorer(f);
+
+	return s < 0 || s == p->scorer;
 }
 
 /* "model.layers" or "method": how messages name a field. */
@@ -190,7 +217,7 @@ plan_field_check(const struct field *f, const kvx_plan *p, char *why,
 	double d;
 	int64_t v;
 
-	if ((f->flags & FL_EA) && p->scorer != PLAN_SCORER_EA)
+	if (!plan_field_applies(f, p))
 		return 0;
 	switch (f->kind) {
 	case F_STR:
@@ -519,6 +546,12 @@ plan_set_scorer(kvx_plan *p, int scorer)
 {
 	p->scorer = scorer;
 	p->ea_queries = p->ea_future = p->ea_cov = p->ea_vnorm = 0;
+	p->kz_chunk = p->kz_prompt = 0;
+	if (scorer == PLAN_SCORER_KVZIP) {
+		p->kz_chunk = PLAN_KVZIP_CHUNK;
+		p->kz_prompt = PLAN_KVZIP_CHAT;
+		return;
+	}
 	if (scorer != PLAN_SCORER_EA)
 		return;
 	p->ea_queries = PLAN_EA_QUERIES;
@@ -624,6 +657,10 @@ kvx_plan_get_info(const kvx_plan *p, kvx_plan_info *info)
 		info->ea_covariance = cov_names[p->ea_cov];
 		info->ea_value_norm = p->ea_vnorm;
 	}
+	if (p->scorer == PLAN_SCORER_KVZIP) {
+		info->kvzip_chunk = p->kz_chunk;
+		info->kvzip_prompt = kz_prompt_names[p->kz_prompt];
+	}
 	return KVX_OK;
 }
 
@@ -728,12 +765,6 @@ plan_check_info(const kvx_plan *p, const kvx_model_info *info)
 		    "fingerprint %.12s..., model has %.12s... (same shape, "
 		    "different weights: make a plan for this model)",
 		    p->fingerprint, info->fingerprint);
-	/* the format names kvzip so that plans can be written for it, but
-	 * this runtime cannot run its reconstruction pass yet */
-	if (p->scorer == PLAN_SCORER_KVZIP)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "plan's scorer kvzip "
-		    "is not implemented by this libkvx (use snapkv or "
-		    "expected-attention)");
 	return KVX_OK;
 }
 

@@ -32,6 +32,7 @@ enum fkind {
 #define FL_WORDS	0x08	/* F_STR limited to names */
 #define FL_EA		0x10	/* read, checked and written only when
 				   selection.scorer is expected-attention */
+#define FL_KVZIP	0x20	/* likewise, when it is kvzip */
 
 struct field {
 	const char		*sect;	/* "" for the top level */
@@ -46,11 +47,15 @@ struct field {
 
 /* The fields, in file order: the emitter walks the table, the loader and
  * plan_validate check it. */
-#define PLAN_NFIELDS	43
+#define PLAN_NFIELDS	46
 extern const struct field plan_fields[];
 
 /* Index of field sect.key in plan_fields, or -1. */
 int		 plan_field_find(const char *sect, const char *key);
+/* The scorer (enum plan_scorer) whose section holds the field, or -1
+ * for a field of every plan; and whether plan p reads and writes it. */
+int		 plan_field_scorer(const struct field *);
+int		 plan_field_applies(const struct field *, const kvx_plan *);
 /* "model.layers" or "method": how messages name a field. */
 const char	*plan_field_path(const struct field *, char *buf,
 		     size_t size);

@@ -99,6 +99,8 @@ plans_equal(const kvx_plan *a, const kvx_plan *b, char *why, size_t size)
 	DIFF(a->ea_future != b->ea_future, "ea_future");
 	DIFF(a->ea_cov != b->ea_cov, "ea_cov");
 	DIFF(a->ea_vnorm != b->ea_vnorm, "ea_vnorm");
+	DIFF(a->kz_chunk != b->kz_chunk, "kz_chunk");
+	DIFF(a->kz_prompt != b->kz_prompt, "kz_prompt");
 	DIFF(a->mode != b->mode, "mode");
 	DIFF(a->alpha != b->alpha, "alpha");
 	DIFF(strcmp(a->solver, b->solver), "solver");
@@ -195,6 +197,10 @@ test_round_trip(int mode, int kind, uint64_t seed)
 		p->ea_future = k == 4 ? 1 : PLAN_EA_MAX_FUTURE;
 		p->ea_cov = k == 4 ? PLAN_COV_NONE : PLAN_COV_DIAG;
 		p->ea_vnorm = k == 4 ? 0 : 1;
+	}
+	if (p->scorer == PLAN_SCORER_KVZIP) {
+		p->kz_chunk = k == 5 ? 1 : KVX_WINDOW_MAX;
+		p->kz_prompt = k == 5 ? PLAN_KVZIP_PLAIN : PLAN_KVZIP_CHAT;
 	}
 	plan_update_bytes(p, 2);
 
@@ -355,12 +361,13 @@ test_info(void)
 	    "0123456789abcdef0123456789abcdef") == 0 &&
 	    in.method == p->method && in.fingerprint == p->fingerprint,
 	    "info: static fixture's model, strings inside the plan");
-	for (zero = 1, i = 0; i < 12; i++)
+	for (zero = 1, i = 0; i < 11; i++)
 		zero &= in.reserved[i] == 0;
 	ok(zero, "info: reserved is zero");
 	ok(strcmp(in.scorer, "snapkv") == 0 && in.ea_queries == 0 &&
 	    in.ea_future == 0 && in.ea_covariance == NULL &&
-	    in.ea_value_norm == 0,
+	    in.ea_value_norm == 0 && in.kvzip_chunk == 0 &&
+	    in.kvzip_prompt == NULL,
 	    "info: a plan without a scorer reads as snapkv, no parameters");
 	kvx_plan_free(&p);
 
@@ -393,6 +400,17 @@ test_info(void)
 	ok(kvx_plan_get_info(NULL, &in) == KVX_ERR_ARG &&
 	    kvx_plan_get_info(p, NULL) == KVX_ERR_ARG,
 	    "info: a NULL plan or info is refused");
+	kvx_plan_free(&p);
+
+	if (!ok(kvx_plan_load(fixture("plan-kvzip.yaml"), &p) == KVX_OK,
+	    "info: kvzip fixture loads: %s", kvx_errmsg()))
+		return;
+	memset(&in, 0xff, sizeof in);
+	ok(kvx_plan_get_info(p, &in) == KVX_OK &&
+	    strcmp(in.scorer, "kvzip") == 0 && in.kvzip_chunk == 64 &&
+	    strcmp(in.kvzip_prompt, "plain") == 0 && in.ea_queries == 0 &&
+	    in.ea_covariance == NULL,
+	    "info: kvzip fixture's scorer and parameters");
 	kvx_plan_free(&p);
 
 	/* a name that does not fit is cut before the character that
@@ -464,6 +482,12 @@ test_invalid_fixtures(void)
 		{ "ea-range", KVX_ERR_PLAN, ":23:12:", "[2, 128], got 129" },
 		{ "ea-unused", KVX_ERR_PLAN, ":21:1:", "only read when" },
 		{ "ea-enum", KVX_ERR_PLAN, ":25:15:", "'low-rank'" },
+		{ "kvzip-missing", KVX_ERR_PLAN, ":2:1:",
+		    "missing key 'kvzip'" },
+		{ "kvzip-key", KVX_ERR_PLAN, ":24:3:", "missing key 'prompt'" },
+		{ "kvzip-range", KVX_ERR_PLAN, ":24:10:", "[1, 128], got 129" },
+		{ "kvzip-unused", KVX_ERR_PLAN, ":21:1:", "is kvzip" },
+		{ "kvzip-enum", KVX_ERR_PLAN, ":25:11:", "'verbatim'" },
 	};
 	char name[128], path[1024];
 	const char *msg;
@@ -531,7 +555,6 @@ test_check_info(void)
 	ok(plan_check_info(p, &info) == KVX_OK, "expected-attention runs");
 	kvx_plan_free(&p);
 
-	/* kvzip is in the format, not yet in the runtime */
 	if (!ok(kvx_plan_load(fixture("plan-kvzip.yaml"), &p) == KVX_OK,
 	    "kvzip fixture loads: %s", kvx_errmsg()))
 		return;
@@ -541,9 +564,7 @@ test_check_info(void)
 	m.n_head_kv = 2;
 	m.head_dim = 8;
 	snprintf(m.fingerprint, sizeof m.fingerprint, "%s", p->fingerprint);
-	ok(plan_check_info(p, &m) == KVX_ERR_UNSUPPORTED &&
-	    strstr(kvx_errmsg(), "kvzip") != NULL,
-	    "a kvzip plan is refused as unsupported: \"%s\"", kvx_errmsg());
+	ok(plan_check_info(p, &m) == KVX_OK, "kvzip runs: %s", kvx_errmsg());
 	kvx_plan_free(&p);
 }
 

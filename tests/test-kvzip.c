@@ -1,0 +1,241 @@
+/*
+ * test-kvzip.c - KVzip scoring: kvzip_score against a naive softmax in
+ * double on random inputs (causal rows, sliding windows, query groups);
+ * on the real model, the requests of both prompt kinds and the repeat
+ * pass, which leaves the cache as it found it and scores every key.
+ * SPDX-License-Identifier: MIT
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx.h"
+#include "kvcache.h"
+#include "kvx.h"
+#include "kvzip.h"
+#include "model.h"
+#include "plan.h"
+#include "pool.h"
+#include "tap.h"
+
+#define NTOK	300
+
+/*
+ * The reference: for each head and query, the softmax over the rows the
+ * query sees, in double; each key's largest weight over queries and
+ * heads, merged into ref.
+ */
+static void
+naive(const float *q, const float *k, int m, int n, int w, int g, int d,
+    int win, double *ref)
+{
+	double *s = malloc(sizeof(double) * (size_t)m), mx, sum;
+	int h, j, t, r, lo, i;
+
+	for (h = 0; h < g; h++)
+		for (j = 0; j < w; j++) {
+			r = m - w + j;
+			lo = win > 0 && r - win + 1 > 0 ? r - win + 1 : 0;
+			mx = -INFINITY;
+			for (t = lo; t <= r; t++) {
+				s[t] = 0;
+				for (i = 0; i < d; i++)
+					s[t] += (double)q[((size_t)h * w + j) *
+					    d + i] * k[(size_t)t * d + i];
+				s[t] /= sqrt((double)d);
+				if (s[t] > mx)
+					mx = s[t];
+			}
+			sum = 0;
+			for (t = lo; t <= r; t++)
+				sum += exp(s[t] - mx);
+			for (t = lo; t <= r && t < n; t++)
+				if (exp(s[t] - mx) / sum > ref[t])
+					ref[t] = exp(s[t] - mx) / sum;
+		}
+	free(s);
+}
+
+/* kvzip_score and the reference on one random shape. */
+static void
+score_case(int m, int n, int w, int g, int d, int win, float amp)
+{
+	float *q, *k, *tmp, *sc;
+	double *ref, err = 0, top = 0;
+	int i, t;
+
+	q = malloc(sizeof(float) * (size_t)g * w * d);
+	k = malloc(sizeof(float) * (size_t)m * d);
+	tmp = malloc(sizeof(float) * (size_t)w * m);
+	sc = calloc((size_t)n, sizeof(float));
+	ref = calloc((size_t)n, sizeof(double));
+	for (i = 0; i < g * w * d; i++)
+		q[i] = amp * (2 * tap_frand() - 1);
+	for (i = 0; i < m * d; i++)
+		k[i] = amp * (2 * tap_frand() - 1);
+	kvzip_score(q, k, m, n, w, g, d, win, 1.0f / sqrtf((float)d), tmp,
+	    sc);
+	naive(q, k, m, n, w, g, d, win, ref);
+	for (t = 0; t < n; t++) {
+		if (fabs(sc[t] - ref[t]) > err)
+			err = fabs(sc[t] - ref[t]);
+		if (ref[t] > top)
+			top = ref[t];
+	}
+	ok(err <= 1e-5 * (top > 1e-3 ? top : 1e-3) + 1e-7 && top > 0,
+	    "score m %d n %d w %d g %d d %d win %d: max error %.2g (largest "
+	    "%.3g)", m, n, w, g, d, win, err, top);
+	free(q);
+	free(k);
+	free(tmp);
+	free(sc);
+	free(ref);
+}
+
+/* Random shapes, from one query to a full chunk, with and without a
+ * sliding window, and keys far enough apart that the softmax is sharp. */
+static void
+test_score(void)
+{
+	score_case(5, 3, 1, 1, 4, 0, 1);
+	score_case(40, 20, 12, 3, 16, 0, 1);
+	score_case(300, 200, 64, 3, 64, 0, 2);
+	score_case(300, 200, 64, 2, 64, 90, 2);
+	score_case(177, 33, 128, 1, 8, 0, 3);
+	score_case(260, 100, 100, 4, 32, 70, 1);
+	score_case(129, 1, 128, 2, 12, 0, 4);
+}
+
+/* The requests: chat ones carry the template's special tokens, plain ones
+ * none, and both fit a batch with a chunk. */
+static void
+test_requests(kvx_model *m)
+{
+	kvzip_req rc, rp;
+	char piece[64];
+	size_t len;
+	int i, sp = 0;
+
+	if (!ok(kvzip_req_new(m, PLAN_KVZIP_CHAT, &rc) == KVX_OK &&
+	    kvzip_req_new(m, PLAN_KVZIP_PLAIN, &rp) == KVX_OK,
+	    "requests: %s", kvx_errmsg()))
+		return;
+	for (i = 0; i < rc.n_first; i++)
+		if (kvx_token_piece(m, rc.first[i], piece, sizeof piece,
+		    &len) == KVX_OK && strcmp(piece, "<|im_start|>") == 0)
+			sp++;
+	ok(sp >= 2 && rc.n_tail > 0 && rc.n_head > 0,
+	    "chat request: %d turns opened, head %d, tail %d tokens", sp,
+	    rc.n_head, rc.n_tail);
+	for (sp = 0, i = 0; i < rp.n_first; i++)
+		if (kvx_token_piece(m, rp.first[i], piece, sizeof piece,
+		    &len) == KVX_OK && strchr(piece, '<') != NULL)
+			sp++;
+	ok(sp == 0 && rp.n_first > 4 && rp.n_first < rc.n_first,
+	    "plain request: %d tokens, no specials", rp.n_first);
+	ok(kvzip_batch_max(&rc, 128) == 128 + (rc.n_first > rc.n_head +
+	    KVZIP_QUOTE + rc.n_tail ? rc.n_first : rc.n_head + KVZIP_QUOTE +
+	    rc.n_tail), "a batch holds the longer request and the chunk");
+	kvzip_req_free(&rc);
+	kvzip_req_free(&rp);
+	ok(rc.first == NULL && rc.n_first == 0, "free empties the requests");
+}
+
+/*
+ * The repeat pass over a full prefill: the cache keeps every row and
+ * value it had, every score lies in [0, 1], and every key that some
+ * chunk query sees scores above 0.
+ */
+static void
+test_pass(kvx_model *m, const int32_t *ids, int n)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	kvx_ctx_params prm;
+	kvx_ctx *c = NULL;
+	kvx_plan *p = NULL;
+	kv_cache *kv;
+	kvx_pool *pool = NULL;
+	float *sc = NULL, *k0 = NULL;
+	size_t row = (size_t)mi->head_dim, cnt;
+	int l, h, same = 1, range = 1, zero = 0;
+	long i;
+
+	kvx_ctx_params_init(&prm);
+	prm.n_ctx = n + 8;
+	prm.device = KVX_DEVICE_CPU;
+	if (!ok(kvx_ctx_new(m, NULL, &prm, &c) == KVX_OK &&
+	    kvx_prefill(c, 0, ids, n, NULL) == KVX_OK &&
+	    plan_new(mi, KVX_PLAN_STATIC, 0.2, &p) == KVX_OK &&
+	    (pool = pool_new(2)) != NULL, "a full prefill: %s", kvx_errmsg()))
+		goto out;
+	plan_set_scorer(p, PLAN_SCORER_KVZIP);
+	p->kz_chunk = 64;
+	kv = (kv_cache *)ctx_kv(c);
+	cnt = (size_t)mi->n_layer * mi->n_head_kv;
+	sc = malloc(sizeof(float) * cnt * n);
+	k0 = malloc(sizeof(float) * cnt * n * row * 2);
+	for (l = 0; l < mi->n_layer; l++)
+		for (h = 0; h < mi->n_head_kv; h++) {
+			const kv_seg *sg = kv_seg_cget(kv, 0, l, h);
+			float *dk = k0 + ((size_t)l * mi->n_head_kv + h) * n *
+			    row * 2;
+
+			memcpy(dk, sg->k, sizeof(float) * n * row);
+			memcpy(dk + n * row, sg->v, sizeof(float) * n * row);
+		}
+	if (!ok(kvzip_pass(m, kv, pool, p, 0, ids, n, sc) == KVX_OK,
+	    "repeat pass: %s", kvx_errmsg()))
+		goto out;
+	for (l = 0; l < mi->n_layer; l++)
+		for (h = 0; h < mi->n_head_kv; h++) {
+			const kv_seg *sg = kv_seg_cget(kv, 0, l, h);
+			float *dk = k0 + ((size_t)l * mi->n_head_kv + h) * n *
+			    row * 2;
+
+			same &= sg->len == n && memcmp(dk, sg->k,
+			    sizeof(float) * n * row) == 0 && memcmp(dk + n *
+			    row, sg->v, sizeof(float) * n * row) == 0 &&
+			    sg->pos[n - 1] == n - 1;
+		}
+	ok(same, "the pass leaves every layer's rows as they were");
+	for (i = 0; i < (long)(cnt * n); i++) {
+		range &= sc[i] >= 0 && sc[i] <= 1;
+		zero += sc[i] == 0;
+	}
+	ok(range && zero == 0, "scores in [0, 1], %d of %ld at 0", zero,
+	    (long)(cnt * n));
+	ok(kvzip_pass(m, kv, pool, p, 0, ids, n - 1, sc) == KVX_ERR_ARG,
+	    "a pass over a length the cache does not hold is refused");
+out:
+	free(sc);
+	free(k0);
+	pool_free(&pool);
+	kvx_plan_free(&p);
+	kvx_ctx_free(&c);
+}
+
+int
+main(void)
+{
+	const char *path = tap_model_path();
+	static int32_t ids[NTOK];
+	kvx_model *m = NULL;
+	int n;
+
+	test_score();
+	if (path == NULL || kvx_model_open(path, NULL, &m) != KVX_OK) {
+		diag("no model (set KVX_MODEL): the pass is not run");
+		return tap_done();
+	}
+	test_requests(m);
+	n = tap_load_tokens(m, "/usr/share/common-licenses/GPL-3", ids, NTOK);
+	if (n == NTOK)
+		test_pass(m, ids, n);
+	else
+		diag("/usr/share/common-licenses/GPL-3 missing");
+	kvx_model_close(&m);
+	return tap_done();
+}
