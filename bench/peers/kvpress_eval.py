@@ -316,7 +316,15 @@ def prefill(torch, model, ids, press):
 
 
 def extend(torch, model, cache, ids, pos):
-    """Append ids at positions pos.. over the cache; their logits."""
+    """Append ids at positions pos.. over the cache; their logits.
+    transformers sizes one attention mask for every layer from the first
+    layer's length, which is wrong after a press that keeps a different
+    number of tokens per layer (PyramidKV): then one token at a time,
+    which needs no mask."""
+    lens = {layer.keys.shape[-2] for layer in cache.layers}
+    if len(lens) > 1 and len(ids) > 1:
+        return torch.cat([extend(torch, model, cache, [t], pos + i)
+                          for i, t in enumerate(ids)])
     x = torch.tensor([ids], device=model.device)
     p = torch.arange(pos, pos + len(ids), device=model.device)[None]
     with torch.no_grad():
@@ -330,7 +338,10 @@ def run_ppl(a, torch, F, tok, model, runs):
     N, M = a.context, a.continuation
     rows = []
     for path in a.text:
-        ids = tok(open(path).read(), add_special_tokens=False)["input_ids"]
+        # kvx reads bytes; a text with a byte that is not UTF-8 (one of
+        # perl-doc's pages) is read here with U+FFFD in its place
+        text = open(path, encoding="utf-8", errors="replace").read()
+        ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) < N + M:
             raise SystemExit("%s: %d tokens, fewer than %d" % (
                 path, len(ids), N + M))
