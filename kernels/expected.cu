@@ -10,12 +10,22 @@
  * lanes on consecutive columns, with the key's elements passed around the
  * warp by shuffles.  Two more launches normalise each head's weights
  * over the keys past the sinks and reduce the query group.
+ *
+ * With a full covariance and few window queries (nq <= d), the quadratic
+ * form is not read from the d x d covariance: Sigma = (1/nq) sum_j w_j
+ * w_j' for the centred, rotated queries w_j, so k' Sigma k is the mean
+ * of (w_j . k)^2, nq + 1 dot products a key with the mean.  There a
+ * thread takes a key, and the block reads the w_j from shared memory, a
+ * tile of rows and columns at a time.
  */
 #include "device.cuh"
 
 #define EA_KMAX 8	/* key elements per lane: head_dim up to 256 */
 #define EA_WPB 8	/* warps (keys) per block of the logits */
 #define EA_T 256	/* threads of the other launches */
+#define EA_KB 128	/* keys (threads) per block of the w_j logits */
+#define EA_JR 16	/* rows (mean, w_j) of a shared tile */
+#define EA_JC 32	/* columns of a shared tile */
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
  * kernel of avg_rot in select.c. */
@@ -48,7 +58,7 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 	float *mo = mu + (size_t)blockIdx.x * d;
 	int P = d / 2, i, j, A, B, nb, a0, a1, b0, b1;
 	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
-	float *cv = co + blockIdx.x * cs;
+	float *cv = co != NULL ? co + blockIdx.x * cs : NULL;
 
 	for (i = threadIdx.x; i < nq * P; i += blockDim.x) {
 		double f, sn, c;
@@ -85,7 +95,7 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 	}
 	if (cov == 2)
 		return;
-	nb = cov == 1 ? P : P * P;
+	nb = co == NULL ? 0 : cov == 1 ? P : P * P;
 	for (i = threadIdx.x; i < nb; i += blockDim.x) {
 		double s00 = 0, s01 = 0, s10 = 0, s11 = 0, t00, t01, t10, t11;
 		double ca, sa, cb, sb;
@@ -128,6 +138,23 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 		cv[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
 		cv[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
 	}
+	if (cov != 0)
+		return;
+	/* w_j = A (u_j - m), A the mean's rotation: sum_j w_j w_j' / nq is
+	 * the covariance just written */
+	__syncthreads();
+	for (i = threadIdx.x; i < nq * P; i += blockDim.x) {
+		double x0, x1;
+
+		j = i / P;
+		A = i % P;
+		a0 = halves ? A : 2 * A;
+		a1 = halves ? A + P : 2 * A + 1;
+		x0 = u[(size_t)j * d + a0] - m[a0];
+		x1 = u[(size_t)j * d + a1] - m[a1];
+		u[(size_t)j * d + a0] = (float)(C[A] * x0 - S[A] * x1);
+		u[(size_t)j * d + a1] = (float)(S[A] * x0 + C[A] * x1);
+	}
 }
 
 extern "C" int
@@ -137,7 +164,7 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
     cudaStream_t stream)
 {
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
-	    cov > 2 || p0 < 0)
+	    cov > 2 || p0 < 0 || (d_cov == NULL && cov == 1))
 		return KVX_CUDA_EINVAL;
 	ea_stats_k<<<h, EA_T, sizeof(double) * 2 * (size_t)d, stream>>>(d_q,
 	    qhs, qps, nq, p0, n, future, theta, halves, d, cov, d_mu, d_cov,
@@ -224,6 +251,72 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 	}
 }
 
+/*
+ * The logits of ea_logits_k from the w_j: a thread per key t of segment
+ * blockIdx.y.  For each query head, rows 0 .. nq of [mean; w_1 .. w_nq]
+ * are dotted with the key EA_JR rows and EA_JC columns at a time, the
+ * tile in shared memory (every thread reads the same word: a broadcast),
+ * the key's columns reread from L1 for each tile of rows.
+ */
+template <typename T>
+__global__ void
+ea_wlogits_k(const float *mu, const float *w, int nq, const T *k, int ldk,
+    int n, int g, int d, float *lg)
+{
+	__shared__ float tile[EA_JR][EA_JC];
+	int t = blockIdx.x * EA_KB + threadIdx.x, s = blockIdx.y;
+	int h, jb, c, r, i, nr = nq + 1;
+	const T *kt = k + (size_t)(t < n ? t : 0) * ldk + (size_t)s * d;
+	float kc[EA_JC], acc[EA_JR], dm, qd;
+
+	for (h = 0; h < g; h++) {
+		const float *m = mu + (size_t)(s * g + h) * d;
+		const float *wh = w + (size_t)(s * g + h) * nq * d;
+
+		dm = qd = 0.0f;
+		for (jb = 0; jb < nr; jb += EA_JR) {
+#pragma unroll
+			for (r = 0; r < EA_JR; r++)
+				acc[r] = 0.0f;
+			for (c = 0; c < d; c += EA_JC) {
+				__syncthreads();
+				for (i = threadIdx.x; i < EA_JR * EA_JC;
+				    i += EA_KB) {
+					int row = jb + i / EA_JC;
+					int col = c + i % EA_JC;
+					float x = 0.0f;
+
+					if (row < nr && col < d)
+						x = row == 0 ? m[col] :
+						    wh[(size_t)(row - 1) * d +
+						    col];
+					tile[i / EA_JC][i % EA_JC] = x;
+				}
+				__syncthreads();
+#pragma unroll
+				for (i = 0; i < EA_JC; i++)
+					kc[i] = c + i < d ? ld(kt + c + i) :
+					    0.0f;
+#pragma unroll
+				for (r = 0; r < EA_JR; r++)
+#pragma unroll
+					for (i = 0; i < EA_JC; i++)
+						acc[r] += tile[r][i] * kc[i];
+			}
+#pragma unroll
+			for (r = 0; r < EA_JR; r++) {
+				if (jb + r == 0)
+					dm = acc[r];
+				else if (jb + r < nr)
+					qd += acc[r] * acc[r];
+			}
+		}
+		if (t < n)
+			lg[(size_t)(s * g + h) * n + t] = dm * rsqrtf((float)d) +
+			    qd / (float)nq * (0.5f / (float)d);
+	}
+}
+
 /* One block per (segment, head) row of logits: its max and sum of
  * exponentials over [s0, n). */
 __global__ void
@@ -281,16 +374,21 @@ ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
 /* The three launches for one element type. */
 template <typename T>
 static int
-ea_score_t(const float *mu, const float *co, int cov, const T *k,
-    const T *v, int nseg, int n, int nc, int s0, int g, int d, int ldk,
-    int vnorm, int gqa, float *scr, float *score, long long sstride,
-    cudaStream_t stream)
+ea_score_t(const float *mu, const float *co, int cov, const float *w,
+    int nq, const T *k, const T *v, int nseg, int n, int nc, int s0, int g,
+    int d, int ldk, int vnorm, int gqa, float *scr, float *score,
+    long long sstride, cudaStream_t stream)
 {
 	float *ms = scr + (size_t)nseg * g * n;
 	int rc;
 
-	ea_logits_k<T><<<dim3((n + EA_WPB - 1) / EA_WPB, nseg), 32 * EA_WPB,
-	    0, stream>>>(mu, co, cov, k, ldk, n, g, d, scr);
+	if (cov == 0 && w != NULL)
+		ea_wlogits_k<T><<<dim3((n + EA_KB - 1) / EA_KB, nseg), EA_KB,
+		    0, stream>>>(mu, w, nq, k, ldk, n, g, d, scr);
+	else
+		ea_logits_k<T><<<dim3((n + EA_WPB - 1) / EA_WPB, nseg),
+		    32 * EA_WPB, 0, stream>>>(mu, co, cov, k, ldk, n, g, d,
+		    scr);
 	if ((rc = launched()) != 0)
 		return rc;
 	ea_norm_k<<<nseg * g, EA_T, 0, stream>>>(scr, n, s0, ms);
@@ -304,28 +402,32 @@ ea_score_t(const float *mu, const float *co, int cov, const T *k,
 
 extern "C" int
 kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
-    const void *d_k, const void *d_v, int dtype, int nseg, int n, int nc,
-    int s0, int g, int d, int ldk, int vnorm, int gqa, void *d_scratch,
-    float *d_score, long long sstride, cudaStream_t stream)
+    const float *d_w, int nq, const void *d_k, const void *d_v, int dtype,
+    int nseg, int n, int nc, int s0, int g, int d, int ldk, int vnorm,
+    int gqa, void *d_scratch, float *d_score, long long sstride,
+    cudaStream_t stream)
 {
 	float *scr = (float *)d_scratch;
 
 	if (nseg < 1 || n < 1 || nc < 1 || nc > n || s0 < 0 || s0 >= n ||
-	    g < 1 || d < 1 || d > 32 * EA_KMAX || cov < 0 || cov > 2)
+	    g < 1 || d < 1 || d > 32 * EA_KMAX || cov < 0 || cov > 2 ||
+	    (d_w != NULL && cov == 0 && nq < 1) ||
+	    (d_cov == NULL && cov != 2 && !(cov == 0 && d_w != NULL)))
 		return KVX_CUDA_EINVAL;
 	switch (dtype) {
 	case KVX_CUDA_F32:
-		return ea_score_t(d_mu, d_cov, cov, (const float *)d_k,
-		    (const float *)d_v, nseg, n, nc, s0, g, d, ldk, vnorm, gqa,
-		    scr, d_score, sstride, stream);
+		return ea_score_t(d_mu, d_cov, cov, d_w, nq,
+		    (const float *)d_k, (const float *)d_v, nseg, n, nc, s0, g,
+		    d, ldk, vnorm, gqa, scr, d_score, sstride, stream);
 	case KVX_CUDA_F16:
-		return ea_score_t(d_mu, d_cov, cov, (const __half *)d_k,
-		    (const __half *)d_v, nseg, n, nc, s0, g, d, ldk, vnorm, gqa,
-		    scr, d_score, sstride, stream);
+		return ea_score_t(d_mu, d_cov, cov, d_w, nq,
+		    (const __half *)d_k, (const __half *)d_v, nseg, n, nc, s0,
+		    g, d, ldk, vnorm, gqa, scr, d_score, sstride, stream);
 	case KVX_CUDA_BF16:
-		return ea_score_t(d_mu, d_cov, cov, (const __nv_bfloat16 *)d_k,
-		    (const __nv_bfloat16 *)d_v, nseg, n, nc, s0, g, d, ldk,
-		    vnorm, gqa, scr, d_score, sstride, stream);
+		return ea_score_t(d_mu, d_cov, cov, d_w, nq,
+		    (const __nv_bfloat16 *)d_k, (const __nv_bfloat16 *)d_v,
+		    nseg, n, nc, s0, g, d, ldk, vnorm, gqa, scr, d_score,
+		    sstride, stream);
 	}
 	return KVX_CUDA_EINVAL;
 }

@@ -92,6 +92,10 @@ int	 kvx_cuda_pool(const float *d_in, const long long *d_soff,
  * Writes head i's rotated mean at d_mu + i*d and, by cov (enum plan_cov:
  * 0 full, 1 diagonal, 2 none), its rotated covariance at d_cov + i*d*d or
  * its diagonal at d_cov + i*d.  d_scratch holds h*nq*d floats.  d even.
+ * With cov 0 it is left holding head i's nq centred queries under the
+ * mean's rotation at d_scratch + i*nq*d, the w_j whose outer products
+ * average to the covariance (kvx_cuda_ea_score can use them in its
+ * place); d_cov may then be NULL, and the covariance is not formed.
  */
 int	 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps,
 	    int h, int nq, int p0, int n, int future, float theta, int halves,
@@ -104,13 +108,16 @@ size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n);
  * and value rows at d_k + s*d and d_v + s*d elements, rows ld apart (type
  * dtype), and its g query heads' statistics as kvx_cuda_ea_stats wrote
  * them for heads s*g .. s*g + g - 1.  Writes the nc scores of segment s
- * at d_score + s*sstride.  d <= 256.
+ * at d_score + s*sstride.  d <= 256.  With cov 0 and d_w not NULL, the
+ * quadratic form k' Sigma k is taken as the mean of (w_j . k)^2 over the
+ * nq vectors that kvx_cuda_ea_stats left at d_w (d_cov unused): nq d
+ * products a key and query head instead of d^2.
  */
 int	 kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
-	    const void *d_k, const void *d_v, int dtype, int nseg, int n,
-	    int nc, int s0, int g, int d, int ld, int vnorm, int gqa,
-	    void *d_scratch, float *d_score, long long sstride,
-	    cudaStream_t stream);
+	    const float *d_w, int nq, const void *d_k, const void *d_v,
+	    int dtype, int nseg, int n, int nc, int s0, int g, int d, int ld,
+	    int vnorm, int gqa, void *d_scratch, float *d_score,
+	    long long sstride, cudaStream_t stream);
 
 /* --- 2. per-head top-k selection ---------------------------------------- */
 /*

@@ -175,18 +175,23 @@ ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc)
 	const kvx_plan *P = g->plan;
 	int D = g->D, H = g->H, G = H / g->Hkv;
 	int nq = P->ea_queries < window(n) ? P->ea_queries : window(n);
-	float *base = (float *)g->sscr;
+	float *base = (float *)g->sscr, *w;
 	size_t cov_at, u_at, lg_at;
 
 	ea_floats(g, n, &cov_at, &u_at, &lg_at);
+	/* a full covariance from fewer queries than dimensions is cheaper
+	 * applied as the queries themselves (kvx_cuda_ea_score) */
+	w = P->ea_cov == PLAN_COV_FULL && nq <= D ? base + u_at : NULL;
 	/* query head i of token t at q + t*H*D + i*D */
 	CK(kvx_cuda_ea_stats(g->q + (size_t)(n - nq) * H * D, D,
 	    (long long)H * D, H, nq, n - nq, n, P->ea_future,
 	    g->m->L[l].theta, g->m->desc->rope == ROPE_HALVES, D,
-	    P->ea_cov, base, base + cov_at, base + u_at, g->stream));
-	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, g->kt, g->vt,
-	    KVX_CUDA_F16, g->Hkv, n, n - sc->pw, sc->sinks, G, D, g->Hkv * D,
-	    P->ea_vnorm, P->gqa, base + lg_at, g->score, n, g->stream));
+	    P->ea_cov, base, w != NULL ? NULL : base + cov_at, base + u_at,
+	    g->stream));
+	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, w, nq, g->kt,
+	    g->vt, KVX_CUDA_F16, g->Hkv, n, n - sc->pw, sc->sinks, G, D,
+	    g->Hkv * D, P->ea_vnorm, P->gqa, base + lg_at, g->score, n,
+	    g->stream));
 	return KVX_OK;
 }
 

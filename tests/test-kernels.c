@@ -951,8 +951,9 @@ test_ea(int rep)
 	dsc = poisoned(sizeof(float) * nseg * nc);
 	kvx_cuda_free(dscr);
 	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n));
-	check(kvx_cuda_ea_score(dmuc, dcvc, cov, dk, dv, dtype, nseg, n, nc,
-	    s0, g, d, nseg * d, vnorm, gqa, dscr, dsc, nc, NULL), "ea_score");
+	check(kvx_cuda_ea_score(dmuc, dcvc, cov, NULL, 0, dk, dv, dtype, nseg,
+	    n, nc, s0, g, d, nseg * d, vnorm, gqa, dscr, dsc, nc, NULL),
+	    "ea_score");
 	check(kvx_cuda_sync(), "ea_score sync");
 	check(kvx_cuda_d2h(gsc, dsc, sizeof(float) * nseg * nc), "copy back");
 	for (s = 0; s < nseg; s++) {
@@ -965,6 +966,33 @@ test_ea(int rep)
 	ok(bad == 0, "ea score %s nseg=%d g=%d n=%d d=%d cov %d %s%s s0=%d: "
 	    "worst relative error %.2e", dtname[dtype], nseg, g, n, d, cov,
 	    gqa ? "max" : "mean", vnorm ? " vnorm" : "", s0, worst);
+
+	/*
+	 * A full covariance applied as the centred, rotated queries that the
+	 * statistics leave in their scratch (the covariance not formed):
+	 * the same scores from the GPU's own statistics.  The mean of
+	 * squares in float against the CPU's covariance in double moves a
+	 * logit of k' Sigma k / 2d by about 1e-6 of its size, which the
+	 * softmax turns into a relative error of that order times the
+	 * logits' spread: 1e-3 leaves room for logits of a few hundred.
+	 */
+	if (cov == PLAN_COV_FULL) {
+		void *dw = poisoned(sizeof(float) * H * nq * d);
+
+		check(kvx_cuda_ea_stats(dq, d, (long long)H * d, H, nq, p0, n,
+		    F, theta, ea.halves, d, cov, dmu, NULL, dw, NULL),
+		    "ea_stats without covariance");
+		check(kvx_cuda_ea_score(dmu, NULL, cov, dw, nq, dk, dv, dtype,
+		    nseg, n, nc, s0, g, d, nseg * d, vnorm, gqa, dscr, dsc, nc,
+		    NULL), "ea_score from the queries");
+		check(kvx_cuda_sync(), "ea_score sync");
+		check(kvx_cuda_d2h(gsc, dsc, sizeof(float) * nseg * nc),
+		    "copy back");
+		e = relerr(gsc, sc, (size_t)nseg * nc);
+		ok(e < 1e-3, "ea score from the %d queries %s n=%d d=%d: "
+		    "relative error %.2e", nq, dtname[dtype], n, d, e);
+		kvx_cuda_free(dw);
+	}
 	kvx_cuda_free(dq);
 	kvx_cuda_free(dmu);
 	kvx_cuda_free(dcv);
