@@ -124,20 +124,20 @@ parse_method(void *set, const char *s, char *err, size_t size)
 	return -1;
 }
 
-/* A scorer the runtime runs, by its plan name. */
+/* A scorer, by its plan name. */
 static int
 parse_scorer(void *set, const char *s, char *err, size_t size)
 {
 	struct cli *c = set;
 	int v = plan_scorer_parse(s);
 
-	if (v == PLAN_SCORER_SNAPKV || v == PLAN_SCORER_EA) {
+	if (v >= 0) {
 		c->po.scorer = v;
 		c->set_scorer = 1;
 		return 0;
 	}
-	snprintf(err, size, "%s scorer '%s' (snapkv or expected-attention)",
-	    v < 0 ? "unknown" : "not implemented yet:", s);
+	snprintf(err, size, "unknown scorer '%s' (snapkv, expected-attention "
+	    "or kvzip)", s);
 	return -1;
 }
 
@@ -214,8 +214,8 @@ static const struct opt options[] = {
 	    .given = OFF(set_gqa),
 	    .help = "mean (default) or max over a query group" },
 	{ .name = "scorer", .kind = OPT_FUNC, .arg = "S", .fn = parse_scorer,
-	    .help = "snapkv (default) or expected-attention: how tokens are "
-	    "scored, when profiling and in the plan" },
+	    .help = "snapkv (default), expected-attention or kvzip: how "
+	    "tokens are scored, when profiling and in the plan" },
 	{ .name = "sinks", .kind = OPT_INT, .arg = "N", .lo = 0, .hi = 1 << 20,
 	    .dst = OFF(po.sinks), .flags = OPT_GIVEN, .given = OFF(set_sinks),
 	    .help = "leading tokens always kept; default 4" },

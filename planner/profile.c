@@ -26,6 +26,7 @@
 
 #include "arch.h"
 #include "kvcache.h"
+#include "kvzip.h"
 #include "model.h"
 #include "plan.h"
 #include "profile.h"
@@ -48,6 +49,8 @@ struct prof_run {
 	float		*wwin;		/* expected-attention: the scoring
 					   window's queries, H x window x D */
 	float		*ea;		/* its statistics and logits */
+	float		*kz;		/* kvzip: the repeat pass's scores of
+					   the sample, [L][Hkv][prompt] */
 	double		*prefix;
 	/* output objective */
 	float		*gram;		/* [L][H][D][D]: W_o,q^T W_o,q */
@@ -368,6 +371,44 @@ prof_ea(struct prof_run *r, const kv_seg *sg, int l, int h, const float *wa,
 }
 
 /*
+ * KVzip's scores of a sample, before its measured forward: the np prompt
+ * tokens run through the full model (every layer's cache whole, as the
+ * runtime's prefill leaves it), then the repeat pass scores them into
+ * r->kz with the plan format's default chunk and request, and the cache
+ * is emptied again.  seq and pos hold np entries (0 and 0, 1, ...).
+ */
+static kvx_status
+prof_kvzip(struct prof_run *r, kvx_pool *pool, fw_scratch *scr,
+    const int32_t *ids, int np, const int *seq, const int *pos)
+{
+	kvx_plan P;
+	fw_batch b;
+	kvx_status rc;
+
+	memset(&P, 0, sizeof P);
+	plan_set_scorer(&P, PLAN_SCORER_KVZIP);
+	memset(&b, 0, sizeof b);
+	b.n = np;
+	b.ids = ids;
+	b.seq = seq;
+	b.pos = pos;
+	if ((rc = model_forward(r->m, r->kv, scr, &b)) == KVX_OK)
+		rc = kvzip_pass(r->m, r->kv, pool, &P, 0, ids, np, r->kz);
+	kv_seq_clear(r->kv, 0);
+	return rc;
+}
+
+/* KVzip scores of layer l's head h's nc candidates into r->score, the s
+ * sinks at 0 as the runtime sets them. */
+static void
+prof_kvzip_scores(struct prof_run *r, int l, int h, int np, int nc, int s)
+{
+	memcpy(r->score, r->kz + ((size_t)l * r->Hkv + h) * np,
+	    (size_t)nc * sizeof(float));
+	memset(r->score, 0, (size_t)s * sizeof(float));
+}
+
+/*
  * Forward hook: score each KV head of layer l with the window queries,
  * turn the pooled scores into a retention curve and add it to the sums,
  * then free the layer's K/V (later layers do not read it).  Under
@@ -405,6 +446,8 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 			    "%d rows, expected %d", l, h, sg->len, n);
 		if (o->scorer == PLAN_SCORER_EA)
 			prof_ea(r, sg, l, h, wa, wa_n, w, s);
+		else if (o->scorer == PLAN_SCORER_KVZIP)
+			prof_kvzip_scores(r, l, h, n, nc, s);
 		else
 			sel_score(wq + (size_t)h * g * w * r->D, sg->k, n, w,
 			    g, r->D, scale, o->gqa, r->score);
@@ -492,10 +535,9 @@ check_opts(const prof_opts *o)
 	if (o->pool_kernel < 1 || o->pool_kernel % 2 == 0)
 		return kvx__fail(KVX_ERR_ARG, "--pool-kernel %d is not a "
 		    "positive odd number", o->pool_kernel);
-	if (o->scorer != PLAN_SCORER_SNAPKV && o->scorer != PLAN_SCORER_EA)
+	if (plan_scorer_name(o->scorer) == NULL)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "profiling with the "
-		    "scorer %s is not implemented", plan_scorer_name(o->scorer) ?
-		    plan_scorer_name(o->scorer) : "?");
+		    "scorer %d is not implemented", o->scorer);
 	if (o->span < 0 || o->sinks < 0)
 		return kvx__fail(KVX_ERR_ARG, "negative --profile-span or "
 		    "--sinks");
@@ -586,9 +628,12 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		r.ea = kvx__malloc_array((size_t)(r.H / r.Hkv) * r.D *
 		    (r.D + 1) + (size_t)T, sizeof(float));
 	}
+	if (o->scorer == PLAN_SCORER_KVZIP)
+		r.kz = kvx__malloc_array((size_t)L * r.Hkv * T, sizeof(float));
 	if (!r.score || !r.pooled || !r.cand || !r.prefix || !r.order ||
 	    !r.prob || !r.err || !seq || !pos ||
-	    (o->scorer == PLAN_SCORER_EA && (!r.wwin || !r.ea))) {
+	    (o->scorer == PLAN_SCORER_EA && (!r.wwin || !r.ea)) ||
+	    (o->scorer == PLAN_SCORER_KVZIP && !r.kz)) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
 	}
@@ -630,6 +675,10 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		b.no_head = 1;
 		b.span = o->span;
 		kv_seq_clear(kv, 0);
+		if (o->scorer == PLAN_SCORER_KVZIP &&
+		    (rc = prof_kvzip(&r, pool, scr, b.ids, T, seq, pos)) !=
+		    KVX_OK)
+			goto done;
 		if ((rc = model_forward(m, kv, scr, &b)) != KVX_OK)
 			goto done;
 	}
@@ -664,6 +713,7 @@ done:
 	free(r.err);
 	free(r.wwin);
 	free(r.ea);
+	free(r.kz);
 	free(r.gram);
 	free(seq);
 	free(pos);

@@ -35,6 +35,9 @@ typedef struct ctx_ops {
 	kvx_status	 (*seq_clear)(void *, int seq);
 	int		 (*seq_len)(const void *, int seq);
 	kvx_status	 (*memory)(const void *, kvx_memory *);
+	/* seconds the prefills spent scoring and selecting for the plan;
+	   NULL where the device does not measure it */
+	double		 (*select_seconds)(const void *);
 } ctx_ops;
 
 extern const ctx_ops cpu_ops;

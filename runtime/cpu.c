@@ -50,6 +50,7 @@ typedef struct cpu_ctx {
 	float		*kz;		/* kvzip: the repeat pass's scores,
 					   [layer][head][n], while it runs */
 	int		*idx;
+	double		 select_s;	/* scoring and selection, prefills */
 } cpu_ctx;
 
 /* Frees the state and clears the caller's pointer. */
@@ -321,6 +322,8 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 	const kvx_model_info *mi = &c->m->info;
 	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
 	float *dst = c->winq + ((size_t)seq * mi->n_layer + l) * per;
+	kvx_status st;
+	double t0;
 
 	memcpy(dst, wq, (size_t)mi->n_head * w * mi->head_dim * sizeof(float));
 	c->winq_n[seq] = w;
@@ -342,8 +345,11 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 		return KVX_OK;
 	}
 	/* the forward has appended the whole prompt to this layer */
-	return select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq, l,
+	t0 = kvx__now();
+	st = select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq, l,
 	    0)->len, l, wq, w);
+	c->select_s += kvx__now() - t0;
+	return st;
 }
 
 /*
@@ -358,6 +364,7 @@ kvzip_compress(cpu_ctx *c, int seq, const int32_t *ids, int n,
 {
 	const kvx_model_info *mi = &c->m->info;
 	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
+	double t0 = kvx__now();
 	kvx_status rc;
 	int l;
 
@@ -378,6 +385,7 @@ kvzip_compress(cpu_ctx *c, int seq, const int32_t *ids, int n,
 out:
 	free(c->kz);
 	c->kz = NULL;
+	c->select_s += kvx__now() - t0;
 	return rc;
 }
 
@@ -536,6 +544,7 @@ cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
 	const kvx_model_info *mi = &dst->m->info;
 	size_t per;
 	kvx_status rc;
+	double t0;
 	int l, n;
 
 	if (src->kv->compressed[sseq] || src->winq_n[sseq] == 0)
@@ -560,11 +569,14 @@ cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
 			rc = kvzip_compress(dst, dseq, src->ids + (size_t)sseq *
 			    src->p.n_ctx, n, src->winq + (size_t)sseq *
 			    mi->n_layer * per, src->winq_n[sseq]);
-	} else
+	} else {
+		t0 = kvx__now();
 		for (rc = KVX_OK, l = 0; rc == KVX_OK && l < mi->n_layer; l++)
 			rc = select_layer(dst, dseq, src->kv, sseq, n, l,
 			    src->winq + ((size_t)sseq * mi->n_layer + l) * per,
 			    src->winq_n[sseq]);
+		dst->select_s += kvx__now() - t0;
+	}
 	if (rc != KVX_OK) {
 		kv_seq_clear(dst->kv, dseq);
 		return rc;
@@ -621,6 +633,15 @@ cpu_memory(const void *be, kvx_memory *mem)
 	return KVX_OK;
 }
 
+/* Seconds the prefills spent scoring and selecting. */
+static double
+cpu_select_seconds(const void *be)
+{
+	const cpu_ctx *c = be;
+
+	return c->select_s;
+}
+
 const kv_cache *
 cpu_kv(const void *be)
 {
@@ -642,4 +663,5 @@ const ctx_ops cpu_ops = {
 	.seq_clear = cpu_seq_clear,
 	.seq_len = cpu_seq_len,
 	.memory = cpu_memory,
+	.select_seconds = cpu_select_seconds,
 };

@@ -21,6 +21,8 @@ struct kvx_ctx {
 	kvx_ctx_params	 p;		/* device resolved to CPU or GPU */
 	const ctx_ops	*ops;
 	void		*be;		/* the back end's state */
+	double		 prefill_s;	/* in kvx_prefill and kvx_compress_from,
+					   all sequences */
 };
 
 void
@@ -148,6 +150,7 @@ kvx_status
 kvx_prefill(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
 {
 	kvx_status rc;
+	double t0;
 
 	if ((rc = check_seq(c, seq)) != KVX_OK)
 		return rc;
@@ -159,7 +162,10 @@ kvx_prefill(kvx_ctx *c, int seq, const int32_t *ids, int n, float *logits)
 	if (n > c->p.n_ctx)
 		return kvx__fail(KVX_ERR_CAPACITY, "prompt of %d tokens "
 		    "exceeds the context size %d", n, c->p.n_ctx);
-	return c->ops->prefill(c->be, seq, ids, n, logits);
+	t0 = kvx__now();
+	rc = c->ops->prefill(c->be, seq, ids, n, logits);
+	c->prefill_s += kvx__now() - t0;
+	return rc;
 }
 
 kvx_status
@@ -207,6 +213,7 @@ kvx_status
 kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src, int sseq)
 {
 	kvx_status rc;
+	double t0;
 
 	if ((rc = check_seq(dst, dseq)) != KVX_OK ||
 	    (rc = check_seq(src, sseq)) != KVX_OK)
@@ -217,7 +224,10 @@ kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src, int sseq)
 	if (dst->ops != src->ops || dst->ops->compress_from == NULL)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from "
 		    "works between CPU contexts only");
-	return dst->ops->compress_from(dst->be, dseq, src->be, sseq);
+	t0 = kvx__now();
+	rc = dst->ops->compress_from(dst->be, dseq, src->be, sseq);
+	dst->prefill_s += kvx__now() - t0;
+	return rc;
 }
 
 kvx_status
@@ -250,6 +260,19 @@ kvx_ctx_memory(const kvx_ctx *c, kvx_memory *mem)
 	if (c == NULL || mem == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_ctx_memory: NULL argument");
 	return c->ops->memory(c->be, mem);
+}
+
+kvx_status
+kvx_ctx_get_stats(const kvx_ctx *c, kvx_ctx_stats *st)
+{
+	if (c == NULL || st == NULL)
+		return kvx__fail(KVX_ERR_ARG, "kvx_ctx_get_stats: NULL "
+		    "argument");
+	memset(st, 0, sizeof *st);
+	st->prefill_s = c->prefill_s;
+	st->select_s = c->ops->select_seconds != NULL ?
+	    c->ops->select_seconds(c->be) : -1;
+	return KVX_OK;
 }
 
 // --- private accessors -------------------------------------------------------

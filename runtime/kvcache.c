@@ -47,6 +47,27 @@ kv_seg_release(kv_cache *c, kv_seg *s)
 	memset(s, 0, sizeof *s);
 }
 
+/* Slides a sliding-window layer's segment: the rows that no later query
+ * sees go, the rest move to the front. */
+int
+kv_seg_drop_before(kv_cache *c, kv_seg *s, int32_t pos)
+{
+	size_t D = (size_t)c->head_dim;
+	int d = 0;
+
+	while (d < s->len && s->pos[d] < pos)
+		d++;
+	if (d == 0)
+		return 0;
+	memmove(s->k, s->k + (size_t)d * D, (size_t)(s->len - d) * D *
+	    sizeof(float));
+	memmove(s->v, s->v + (size_t)d * D, (size_t)(s->len - d) * D *
+	    sizeof(float));
+	memmove(s->pos, s->pos + d, (size_t)(s->len - d) * sizeof(int32_t));
+	s->len -= d;
+	return d;
+}
+
 void
 kv_free(kv_cache **pc)
 {

@@ -47,6 +47,9 @@ kvx_status	 kv_compact(kv_cache *, kv_seg *dst, const kv_seg *src,
 void		 kv_seq_clear(kv_cache *, int seq);
 /* Free one segment's rows (its block) and empty it. */
 void		 kv_seg_release(kv_cache *, kv_seg *);
+/* Drop the rows before position pos (the rows are in position order),
+ * keeping the capacity; returns how many went. */
+int		 kv_seg_drop_before(kv_cache *, kv_seg *, int32_t pos);
 /* Bytes per row of one segment (K and V). */
 size_t		 kv_row_bytes(const kv_cache *);
 

@@ -95,6 +95,9 @@ kvx_status	 kvx_model_open(const char *path,
 		     const kvx_model_params *params, kvx_model **out);
 void		 kvx_model_close(kvx_model **);
 const kvx_model_info *kvx_model_get_info(const kvx_model *);
+/* Keys a query of layer sees, its own included, on a sliding-window layer
+ * (gemma3's local layers); 0 for a global layer or one out of range. */
+int		 kvx_model_get_window(const kvx_model *, int layer);
 
 /* --- tokenizer ------------------------------------------------------ */
 
@@ -147,6 +150,9 @@ kvx_plan_mode	 kvx_plan_get_mode(const kvx_plan *);
 /* Planned share of the prompt kept for (layer, kv head), in [0, 1].  For a
  * hybrid plan, the layer's share. */
 double		 kvx_plan_get_budget(const kvx_plan *, int layer, int head);
+/* The sliding window the plan was made for on layer (keys a query sees),
+ * 0 for a global layer or one out of range. */
+int		 kvx_plan_get_window(const kvx_plan *, int layer);
 
 typedef enum kvx_budget_kind {
 	KVX_BUDGET_FRACTION = 0,	/* a share of the prompt's tokens */
@@ -262,6 +268,22 @@ typedef struct kvx_memory {
 } kvx_memory;
 
 kvx_status	 kvx_ctx_memory(const kvx_ctx *, kvx_memory *);
+
+/*
+ * Time a context has spent, all sequences together: in kvx_prefill and
+ * kvx_compress_from, and the part of it that scored and selected tokens
+ * for the plan (a kvzip plan's repeat pass included), so that what
+ * compression costs shows as a share of the prefill.
+ */
+typedef struct kvx_ctx_stats {
+	double		prefill_s;	/* seconds in prefills */
+	double		select_s;	/* of them, scoring and selection;
+					   -1 where the device does not
+					   measure it (the GPU) */
+	double		reserved[6];	/* zero */
+} kvx_ctx_stats;
+
+kvx_status	 kvx_ctx_get_stats(const kvx_ctx *, kvx_ctx_stats *);
 /* The device the context runs on: KVX_DEVICE_CPU or KVX_DEVICE_GPU (never
  * KVX_DEVICE_AUTO; -1 for NULL). */
 int		 kvx_ctx_get_device(const kvx_ctx *);

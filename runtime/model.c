@@ -362,6 +362,15 @@ kvx_model_get_info(const kvx_model *m)
 	return m == NULL ? NULL : &m->info;
 }
 
+/* The layer's sliding window, 0 when global. */
+int
+kvx_model_get_window(const kvx_model *m, int layer)
+{
+	if (m == NULL || layer < 0 || layer >= m->info.n_layer)
+		return 0;
+	return m->L[layer].window;
+}
+
 /* Bytes of one stored row of a matrix. */
 static size_t
 mat_row_bytes(const mat *w)

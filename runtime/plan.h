@@ -51,6 +51,10 @@ struct kvx_plan {
 	char		 name[64];	/* the model's general.name; optional */
 	int		 n_layer, n_head, n_head_kv, head_dim;
 	char		 fingerprint[65];
+	int		*windows;	/* n_layer: keys a query of each layer
+					   sees, its sliding window, or 0 for a
+					   global layer; NULL: every layer is
+					   global */
 
 	/* budget */
 	int		 budget_kind;	/* enum plan_budget_kind */
@@ -116,10 +120,16 @@ const char	*plan_scorer_name(int scorer);
 int		 plan_scorer_parse(const char *name);
 /* Number of entries in budgets for the plan's mode. */
 int		 plan_n_budgets(const kvx_plan *);
+/* Layer's sliding window: 0 for a global layer or one out of range. */
+int		 plan_layer_window(const kvx_plan *, int layer);
+/* Copy n_layer windows from w into the plan (w NULL, or every window 0:
+ * all layers global, windows freed). */
+kvx_status	 plan_set_windows(kvx_plan *, const int *w);
 /*
  * Tokens kept for (layer, head) after a prompt of n tokens:
- * clamp(round(f base), floor, n) with floor = min(n, max(min_tokens,
- * window + sinks)); base is n for a fraction budget and ref_context for a
+ * clamp(round(f base), floor, cap) with floor = min(cap, max(min_tokens,
+ * window + sinks)) and cap = sel_window_rows(the layer's sliding window,
+ * n), n for a global layer; base is n for a fraction budget and ref_context for a
  * tokens budget (the counts then stay fixed as the prompt grows).  For a
  * hybrid plan head is ignored (pass -1) and the result is the layer's
  * tokens per KV head: the layer keeps n_head_kv times that in all.
@@ -128,7 +138,9 @@ int		 plan_n_budgets(const kvx_plan *);
 int		 plan_tokens(const kvx_plan *, int layer, int head, int n);
 /*
  * Hybrid plans: for layer l after a prompt of n tokens with an observation
- * window of w, the candidates per head (n - w - sinks, at least 0), the
+ * window of w, the candidates per head (c - w - sinks, at least 0, where c
+ * is the rows the layer may keep, sel_window_rows, and a sliding-window
+ * layer past its window keeps no sinks), the
  * candidate tokens the layer's heads share in all (its budget less each
  * head's window and sinks) and the floor of each head's share (alpha of
  * an even split).  The heads then split total by sel_hybrid_split.

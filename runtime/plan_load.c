@@ -448,6 +448,48 @@ ld_budgets(struct ld *ld, yaml_node_t *seq)
 	return KVX_OK;
 }
 
+/* Reads model.sliding_window: one window per layer, 0 for a global one. */
+static kvx_status
+ld_windows(struct ld *ld, yaml_node_t *seq)
+{
+	kvx_plan *p = ld->p;
+	yaml_node_t *cell;
+	char what[48];
+	kvx_status st;
+	int64_t v;
+	int l, n, *w;
+
+	if (seq->type != YAML_SEQUENCE_NODE)
+		return ld_fail(ld, seq, "model.sliding_window must be a "
+		    "sequence, not %s (one window per layer, 0 for a global "
+		    "layer)", node_kind(seq));
+	n = (int)(seq->data.sequence.items.top -
+	    seq->data.sequence.items.start);
+	if (n != p->n_layer)
+		return ld_fail(ld, seq, "model.sliding_window has %d entries, "
+		    "model.layers is %d (one per layer)", n, p->n_layer);
+	if ((w = kvx__malloc_array(n, sizeof *w)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "%s: out of memory", ld->name);
+	for (l = 0; l < n; l++) {
+		cell = ld_node(ld, seq->data.sequence.items.start[l]);
+		snprintf(what, sizeof what, "model.sliding_window[%d]", l);
+		if ((st = ld_integer(ld, cell, what, 1, &v, NULL)) != KVX_OK) {
+			free(w);
+			return st;
+		}
+		if (v < 0 || v == 1 || v > PLAN_MAX_CONTEXT) {
+			free(w);
+			return ld_fail(ld, cell, "%s must be 0 (a global "
+			    "layer) or in [2, %d], got %" PRId64, what,
+			    PLAN_MAX_CONTEXT, v);
+		}
+		w[l] = (int)v;
+	}
+	st = plan_set_windows(p, w);
+	free(w);
+	return st;
+}
+
 /* Reads the whole document into ld->p. */
 static kvx_status
 ld_plan(struct ld *ld)
@@ -516,6 +558,10 @@ ld_plan(struct ld *ld)
 			    plan_field_scorer(&plan_fields[i])));
 		if ((st = ld_section(ld, top[i], plan_fields[i].key, sv, sk)) !=
 		    KVX_OK)
+			return st;
+		fi = plan_field_find("model", "sliding_window");
+		if (strcmp(plan_fields[i].key, "model") == 0 &&
+		    sv[fi] != NULL && (st = ld_windows(ld, sv[fi])) != KVX_OK)
 			return st;
 		if (strcmp(plan_fields[i].key, "budget") != 0)
 			continue;

@@ -210,7 +210,8 @@ em_field(yaml_emitter_t *e, const struct field *f, const kvx_plan *p)
 	}
 }
 
-/* Emits the special keys: version, budget kind, alpha and budgets. */
+/* Emits the special keys: version, budget kind, alpha, sliding windows
+ * and budgets. */
 static int
 em_special(yaml_emitter_t *e, const struct field *f, const kvx_plan *p)
 {
@@ -236,6 +237,16 @@ em_special(yaml_emitter_t *e, const struct field *f, const kvx_plan *p)
 		if (p->mode != KVX_PLAN_HYBRID)
 			return 1;
 		return em_scalar(e, f->key, 1) && em_double(e, p->alpha);
+	}
+	if (strcmp(f->key, "sliding_window") == 0) {
+		if (p->windows == NULL)
+			return 1;
+		ok = em_scalar(e, f->key, 1) && em_start(e, 1, 1);
+		for (l = 0; ok && l < p->n_layer; l++) {
+			snprintf(buf, sizeof buf, "%d", p->windows[l]);
+			ok = em_scalar(e, buf, 0);
+		}
+		return ok && em_end(e, 1);
 	}
 	ok = em_scalar(e, f->key, 1) && em_start(e, 1, 0);
 	for (l = 0; ok && l < p->n_layer; l++) {

@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "plan_schema.h"
+#include "select.h"
 #include "util.h"
 
 /*
@@ -68,6 +69,8 @@ const struct field plan_fields[] = {
 	    0, NULL },
 	{ "model", "fingerprint", F_STR, OFF(fingerprint), SZ(fingerprint),
 	    0, 0, FL_HEX64, NULL },
+	{ "model", "sliding_window", F_SPECIAL, 0, 0, 0, 0, FL_OPTIONAL,
+	    NULL },
 	{ "", "budget", F_SECTION, 0, 0, 0, 0, 0, NULL },
 	{ "budget", "fraction", F_SPECIAL, 0, 0, 0, 0, FL_OPTIONAL, NULL },
 	{ "budget", "tokens", F_SPECIAL, 0, 0, 0, 0, FL_OPTIONAL, NULL },
@@ -375,17 +378,30 @@ plan_cross_check(const kvx_plan *p, int *fi, int *at, char *why, size_t size)
 		    "neither)");
 		return -1;
 	}
+	for (i = 0; p->windows != NULL && i < p->n_layer; i++)
+		if (p->windows[i] < 0 || p->windows[i] == 1 ||
+		    p->windows[i] > PLAN_MAX_CONTEXT) {
+			*fi = plan_field_find("model", "sliding_window");
+			snprintf(why, size, "[%d] must be 0 (a global layer) "
+			    "or in [2, %d], got %d", i, PLAN_MAX_CONTEXT,
+			    p->windows[i]);
+			return -1;
+		}
 	if (p->ref_bytes_full == 0)
 		return 0;
-	cells = (uint64_t)p->n_layer * (uint64_t)p->n_head_kv *
-	    (uint64_t)p->head_dim * 2 * (uint64_t)p->ref_context;
+	/* a full cache holds each layer's window of the context */
+	for (cells = 0, i = 0; i < p->n_layer; i++)
+		cells += (uint64_t)p->n_head_kv * (uint64_t)p->head_dim * 2 *
+		    (uint64_t)sel_window_rows(plan_layer_window(p, i),
+		    (int)p->ref_context);
 	full = p->ref_bytes_full;
 	if (full % cells != 0 || full / cells == 0 ||
 	    full / cells > PLAN_MAX_BYTES_PER_ELEM) {
 		*fi = plan_field_find("budget", "reference_bytes_full");
-		snprintf(why, size, "%" PRIu64 " is not layers * kv_heads * "
-		    "head_dim * 2 * reference_context (%" PRIu64 ") times "
-		    "an element size of 1 to %d bytes", full, cells,
+		snprintf(why, size, "%" PRIu64 " is not kv_heads * head_dim * "
+		    "2 times reference_context (a sliding-window layer's "
+		    "window if smaller) summed over the layers (%" PRIu64
+		    ") times an element size of 1 to %d bytes", full, cells,
 		    PLAN_MAX_BYTES_PER_ELEM);
 		return -1;
 	}
@@ -536,7 +552,49 @@ plan_copy(const kvx_plan *src, kvx_plan **out)
 		return kvx__fail(KVX_ERR_NOMEM, "plan_copy: out of memory");
 	}
 	memcpy(p->budgets, src->budgets, (size_t)n * sizeof *p->budgets);
+	p->windows = NULL;
+	if (plan_set_windows(p, src->windows) != KVX_OK) {
+		kvx_plan_free(&p);
+		return kvx__fail(KVX_ERR_NOMEM, "plan_copy: out of memory");
+	}
 	*out = p;
+	return KVX_OK;
+}
+
+/* The layer's sliding window, 0 when global. */
+int
+plan_layer_window(const kvx_plan *p, int layer)
+{
+	if (p == NULL || p->windows == NULL || layer < 0 ||
+	    layer >= p->n_layer)
+		return 0;
+	return p->windows[layer];
+}
+
+/* Public form of plan_layer_window. */
+int
+kvx_plan_get_window(const kvx_plan *p, int layer)
+{
+	return plan_layer_window(p, layer);
+}
+
+/* Replaces the plan's windows; an all-global model keeps none, so that
+ * its plans read and write as they did before windows existed. */
+kvx_status
+plan_set_windows(kvx_plan *p, const int *w)
+{
+	int l, any = 0;
+
+	free(p->windows);
+	p->windows = NULL;
+	for (l = 0; w != NULL && l < p->n_layer; l++)
+		any |= w[l] != 0;
+	if (!any)
+		return KVX_OK;
+	if ((p->windows = kvx__malloc_array(p->n_layer,
+	    sizeof *p->windows)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	memcpy(p->windows, w, (size_t)p->n_layer * sizeof *p->windows);
 	return KVX_OK;
 }
 
@@ -583,6 +641,7 @@ kvx_plan_free(kvx_plan **pp)
 	if (pp == NULL || *pp == NULL)
 		return;
 	free((*pp)->budgets);
+	free((*pp)->windows);
 	free(*pp);
 	*pp = NULL;
 }
@@ -670,6 +729,7 @@ plan_tokens(const kvx_plan *p, int layer, int head, int n)
 {
 	double f, base, r;
 	int64_t fl, b;
+	int cap;
 
 	if (p == NULL || n <= 0)
 		return 0;
@@ -678,12 +738,14 @@ plan_tokens(const kvx_plan *p, int layer, int head, int n)
 	base = p->budget_kind == PLAN_BUDGET_TOKENS ? (double)p->ref_context :
 	    (double)n;
 	r = floor(f * base + 0.5);
+	/* a sliding-window layer's later queries see no more than this */
+	cap = sel_window_rows(plan_layer_window(p, layer), n);
 	fl = (int64_t)p->window + p->sinks;
 	if (fl < p->min_tokens)
 		fl = p->min_tokens;
-	if (fl > n)
-		fl = n;
-	b = r >= (double)n ? n : (int64_t)r;
+	if (fl > cap)
+		fl = cap;
+	b = r >= (double)cap ? cap : (int64_t)r;
 	if (b < fl)
 		b = fl;
 	return (int)b;
@@ -694,11 +756,14 @@ void
 plan_hybrid_share(const kvx_plan *p, int layer, int n, int w, int n_head_kv,
     int *ncand, int *total, int *floor_share)
 {
-	int fixed = w + p->sinks, t;
+	int nv = sel_window_rows(plan_layer_window(p, layer), n);
+	int sinks = nv < n ? 0 : p->sinks, fixed = w + sinks, t;
 
-	if (fixed > n)
-		fixed = n;
-	*ncand = n - w - p->sinks < 0 ? 0 : n - w - p->sinks;
+	/* past its window a layer's first tokens are no sinks: no later
+	 * query sees them */
+	if (fixed > nv)
+		fixed = nv;
+	*ncand = nv - w - sinks < 0 ? 0 : nv - w - sinks;
 	t = (plan_tokens(p, layer, -1, n) - fixed) * n_head_kv;
 	if (t < 0)
 		t = 0;
@@ -730,8 +795,11 @@ plan_update_bytes(kvx_plan *p, int bytes_per_elem)
 			    (int)p->ref_context);
 	}
 	p->ref_bytes = sum * per_token;
-	p->ref_bytes_full = (uint64_t)p->n_layer * (uint64_t)p->n_head_kv *
-	    (uint64_t)p->ref_context * per_token;
+	/* a full cache holds a sliding-window layer's window, no more */
+	for (sum = 0, l = 0; l < p->n_layer; l++)
+		sum += (uint64_t)sel_window_rows(plan_layer_window(p, l),
+		    (int)p->ref_context) * (uint64_t)p->n_head_kv;
+	p->ref_bytes_full = sum * per_token;
 }
 
 /* --- checking against a model -------------------------------------------- */
@@ -773,13 +841,28 @@ kvx_status
 kvx_plan_check(const kvx_plan *p, const kvx_model *m)
 {
 	const kvx_model_info *info;
+	kvx_status st;
+	int l;
 
 	if (p == NULL || m == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_plan_check: NULL argument");
 	if ((info = kvx_model_get_info(m)) == NULL)
 		return kvx__fail(KVX_ERR_ARG, "kvx_plan_check: model has no "
 		    "info");
-	return plan_check_info(p, info);
+	if ((st = plan_check_info(p, info)) != KVX_OK)
+		return st;
+	/* selection caps a layer at its window: a plan made without the
+	 * model's windows would count and keep the wrong rows */
+	for (l = 0; l < p->n_layer; l++)
+		if (plan_layer_window(p, l) != kvx_model_get_window(m, l))
+			return kvx__fail(KVX_ERR_MISMATCH, "plan was made for "
+			    "a sliding window of %d on layer %d, model has %d "
+			    "(%s; make a plan for this model)",
+			    plan_layer_window(p, l), l,
+			    kvx_model_get_window(m, l), p->windows == NULL ?
+			    "the plan has no model.sliding_window" : "0 is a "
+			    "global layer");
+	return KVX_OK;
 }
 
 /* --- locale -------------------------------------------------------------- */

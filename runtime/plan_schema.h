@@ -17,7 +17,8 @@
 
 enum fkind {
 	F_SECTION,	/* a nested mapping of the fields with this sect */
-	F_SPECIAL,	/* handled by code: version, budget, alpha, budgets */
+	F_SPECIAL,	/* handled by code: version, budget, alpha, budgets,
+			   sliding windows */
 	F_STR,		/* char[size] */
 	F_ENUM,		/* int, one of names */
 	F_INT,		/* int */
@@ -47,7 +48,7 @@ struct field {
 
 /* The fields, in file order: the emitter walks the table, the loader and
  * plan_validate check it. */
-#define PLAN_NFIELDS	46
+#define PLAN_NFIELDS	47
 extern const struct field plan_fields[];
 
 /* Index of field sect.key in plan_fields, or -1. */

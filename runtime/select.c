@@ -386,22 +386,24 @@ int
 sel_rule(const kvx_plan *P, int layer, int n, int w, int n_head_kv,
     sel_counts *c)
 {
-	int h, pw, even, rest;
+	int h, pw, even, rest, nv;
 
 	if (n_head_kv < 1 || n_head_kv > SEL_MAX_KV_HEADS)
 		return -1;
 	memset(c, 0, sizeof *c);
+	nv = sel_window_rows(plan_layer_window(P, layer), n);
+	c->first = n - nv;
 	/* the last pw of the w queries at hand, and at least one candidate */
 	pw = P->window < w ? P->window : w;
-	if (pw >= n)
-		pw = n - 1;
-	fixed_rows(n, pw, P->sinks, &c->pw, &c->sinks);
+	if (pw >= nv)
+		pw = nv - 1;
+	fixed_rows(nv, pw, c->first > 0 ? 0 : P->sinks, &c->pw, &c->sinks);
 	c->fixed = c->pw + c->sinks;
-	c->ncand = n - c->fixed;
+	c->ncand = nv - c->fixed;
 	if (P->mode != KVX_PLAN_HYBRID) {
 		for (h = 0; h < n_head_kv; h++)
 			c->keep[h] = clamp_keep(plan_tokens(P, layer, h, n),
-			    c->fixed, n);
+			    c->fixed, nv);
 		return 0;
 	}
 	c->hybrid = 1;

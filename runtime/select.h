@@ -23,17 +23,26 @@
 /*
  * How a plan turns into the rows each KV head of one layer keeps after a
  * prompt of n tokens: sel_rule fills it, and the CPU and GPU paths take
- * their counts from it.  Every head keeps its sinks first tokens and its
- * pw last ones; the ncand candidates between them compete by score.
+ * their counts from it.  A sliding-window layer selects among its last
+ * sel_window_rows(window, n) rows only, from row first on: the earlier
+ * ones lie outside every later query's window and are dropped, and its
+ * selection sees that span as the whole prompt.  Every head keeps its
+ * sinks first tokens of the span and its pw last ones; the ncand
+ * candidates between them compete by score.
  */
 typedef struct sel_counts {
+	int	first;		/* rows before it are dropped: n less the
+				   layer's sel_window_rows, 0 for a global
+				   layer */
 	int	pw;		/* window tokens kept; their queries score the
-				   rest: min(plan window, w, n - 1) */
+				   rest: min(plan window, w, n - first - 1) */
 	int	sinks;		/* leading tokens kept: the plan's sinks
-				   clamped to [0, n - pw] */
+				   clamped to [0, n - first - pw]; none when
+				   first > 0 (the sequence's first tokens
+				   are out of the layer's sight) */
 	int	fixed;		/* pw + sinks: rows a head keeps whatever
 				   its scores */
-	int	ncand;		/* candidates per head: n - fixed */
+	int	ncand;		/* candidates per head: n - first - fixed */
 	int	hybrid;		/* 1: the heads split total at run time */
 	int	total;		/* hybrid: candidate rows the heads share, at
 				   most n_head_kv * ncand (plan_hybrid_share);
@@ -41,7 +50,8 @@ typedef struct sel_counts {
 	int	floor;		/* hybrid: each head's least share of total;
 				   static: 0 */
 	int	keep[SEL_MAX_KV_HEADS];
-				/* rows each head keeps, in [fixed, n]:
+				/* rows each head keeps, in [fixed,
+				   n - first]:
 				   static, plan_tokens; hybrid, fixed plus an
 				   even split of total, which sums as any
 				   split does (sel_keep gives a head's rows
@@ -60,8 +70,10 @@ int		 sel_window_rows(int window, int n);
 
 /*
  * Fill c for layer of plan P after a prompt of n >= 2 tokens, with the
- * last w window queries at hand (w >= 1).  Returns -1, filling nothing,
- * when n_head_kv is not in [1, SEL_MAX_KV_HEADS].
+ * last w window queries at hand (w >= 1); the layer's sliding window is
+ * the plan's (plan_layer_window), which kvx_plan_check has matched with
+ * the model's.  Returns -1, filling nothing, when n_head_kv is not in
+ * [1, SEL_MAX_KV_HEADS].
  */
 int		 sel_rule(const kvx_plan *P, int layer, int n, int w,
 		     int n_head_kv, sel_counts *c);

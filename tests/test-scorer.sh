@@ -1,8 +1,9 @@
 #!/bin/sh
 # kvx-plan --scorer: every baseline and a profiled plan record the scorer
 # and its parameters, profiling scores with it (the curves change), a
-# profile keeps it, and kvx-run runs expected-attention and kvzip plans;
-# bad scorers are usage errors.  TAP output.
+# profile keeps it, and kvx-run runs expected-attention and kvzip plans
+# and reports what selection cost; bad scorers are usage errors.  TAP
+# output.
 top_builddir=${top_builddir:-.}
 plan=$top_builddir/planner/kvx-plan
 run=$top_builddir/tools/kvx-run
@@ -21,7 +22,7 @@ fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..16"
+echo "1..18"
 
 # the selection lines an expected-attention plan ends with, defaults of
 # kvx-plan(5)
@@ -55,12 +56,17 @@ sed '/^  scorer: /d; /^expected_attention:/,/^  value_norm:/d' \
 ok $? "the scorer changes nothing else in a baseline"
 
 # --- usage errors ---------------------------------------------------------
-"$plan" -m "$KVX_MODEL" --baseline uniform --budget 20% --scorer kvzip \
-    -o "$tmp/kvzip.yaml" 2> "$tmp/err"
-[ $? -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] &&
-    grep -q "not implemented yet: scorer 'kvzip'" "$tmp/err" &&
-    [ ! -e "$tmp/kvzip.yaml" ]
-ok $? "--scorer kvzip: exit 2, one line, no plan"
+kz_want="  scorer: kvzip
+kvzip:
+  chunk: 128
+  prompt: chat"
+kz_lines() {	# kz_lines PLAN
+	sed -n '/^  scorer: /p; /^kvzip:/,/^[a-z]/p' "$1" | grep -v '^mode:'
+}
+"$plan" -m "$KVX_MODEL" --baseline ada --budget 20% -q --scorer kvzip \
+    -o "$tmp/ada-kvzip.yaml" &&
+    [ "$(kz_lines "$tmp/ada-kvzip.yaml")" = "$kz_want" ]
+ok $? "a baseline records kvzip and its defaults"
 "$plan" -m "$KVX_MODEL" --baseline uniform --budget 20% --scorer h2o \
     -o "$tmp/h2o.yaml" 2> "$tmp/err"
 [ $? -eq 2 ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] &&
@@ -81,8 +87,8 @@ ok $? "a snapkv profile has no scorer line"
 # same samples, same windows: only the scores differ, and so the curves
 [ "$(grep -c '^curve ' "$tmp/ea.prof")" -eq 90 ] &&
     ! cmp -s "$tmp/ea.prof" "$tmp/snapkv.prof" &&
-    [ "$(grep -v '^curve \|^scorer ' "$tmp/ea.prof")" = \
-    "$(grep -v '^curve ' "$tmp/snapkv.prof")" ]
+    [ "$(grep -v '^r\{0,1\}curve \|^scorer ' "$tmp/ea.prof")" = \
+    "$(grep -v '^r\{0,1\}curve ' "$tmp/snapkv.prof")" ]
 ok $? "profiling scores with the scorer: the curves differ, nothing else"
 "$plan" -m "$KVX_MODEL" --from-profile "$tmp/ea.prof" --budget 20% -q \
     -o "$tmp/from.yaml" && [ "$(ea_lines "$tmp/from.yaml")" = "$want" ]
@@ -102,8 +108,18 @@ for p in uniform-ea kvx-ea; do
 	    [ -s "$tmp/$p.out" ]
 	ok $? "kvx-run runs the $p plan"
 done
-sed 's/^  min_tokens: 0$/&\n  scorer: kvzip\nkvzip:\n  chunk: 32\n  prompt: chat/' \
+"$plan" -m "$KVX_MODEL" -c "$gpl" $fast --budget 20% -q --scorer kvzip \
+    --save-profile "$tmp/kvzip.prof" -o "$tmp/kvx-kvzip.yaml" &&
+    [ "$(kz_lines "$tmp/kvx-kvzip.yaml")" = "$kz_want" ] &&
+    grep -q '^scorer kvzip$' "$tmp/kvzip.prof" &&
+    ! cmp -s "$tmp/kvzip.prof" "$tmp/ea.prof"
+ok $? "a plan profiled with kvzip records it, and its curves are its own"
+sed 's/^  min_tokens: 0$/&\n  scorer: kvzip\nkvzip:\n  chunk: 32\n  prompt: plain/' \
     "$tmp/uniform.yaml" > "$tmp/kvzip.yaml"
-"$run" -m "$KVX_MODEL" --plan "$tmp/kvzip.yaml" -p "$prompt" -n 4 \
-    > "$tmp/kvzip.out" 2> "$tmp/err" && [ -s "$tmp/kvzip.out" ]
-ok $? "kvx-run runs a kvzip plan"
+for p in kvzip kvx-kvzip; do
+	"$run" -m "$KVX_MODEL" --plan "$tmp/$p.yaml" -p "$prompt" -n 4 \
+	    --stats > "$tmp/$p.out" 2> "$tmp/err" && [ -s "$tmp/$p.out" ] &&
+	    awk '/^select_share: / { ok = $2 > 0 && $2 < 1 } END { exit !ok }' \
+	    "$tmp/err"
+	ok $? "kvx-run runs the $p plan, its selection a share of the prefill"
+done

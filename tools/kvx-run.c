@@ -159,6 +159,7 @@ main(int argc, char **argv)
 	kvx_ctx *ctx = NULL;
 	kvx_ctx_params cp;
 	kvx_memory mem;
+	kvx_ctx_stats cst;
 	int32_t *ids, tok;
 	double t0, t_prefill, t_decode;
 	const kvx_model_info *info;
@@ -260,6 +261,13 @@ main(int argc, char **argv)
 		    (unsigned long long)mem.kv_bytes_full);
 		fprintf(stderr, "kv_ratio: %.3f\n", mem.kv_bytes_full ?
 		    (double)mem.kv_bytes / mem.kv_bytes_full : 0.0);
+		if (kvx_ctx_get_stats(ctx, &cst) == KVX_OK &&
+		    cst.select_s >= 0) {
+			fprintf(stderr, "select_s: %.3f\n", cst.select_s);
+			fprintf(stderr, "select_share: %.3f\n",
+			    cst.prefill_s > 0 ? cst.select_s / cst.prefill_s :
+			    0.0);
+		}
 		fprintf(stderr, "plan: %s\n", a.plan ? a.plan : "none");
 	}
 	free(logits);
