@@ -92,6 +92,8 @@ def read_plan(path):
                 sect = m.group(1)
                 if m.group(2):
                     d[sect] = m.group(2)
+                else:
+                    d.setdefault(sect, {})
                 continue
             m = re.match(r"^- \[?([^]]*)\]?$", line)
             if m and sect == "budgets":
@@ -117,9 +119,21 @@ def read_plan(path):
         "alpha": float(s.get("alpha", d.get("alpha", 0.0)) or 0.0),
         "budgets": [[float(x) for x in (r if isinstance(r, list) else [r])]
                     for r in d["budgets"]],
+        "scorer": str(s.get("scorer", "snapkv")),
     }
-    if str(s.get("scorer", "snapkv")) not in ("snapkv",):
-        raise SystemExit("%s: only snapkv plans run through kvpress" % path)
+    if plan["scorer"] == "expected-attention":
+        e = d.get("expected_attention") or {}
+        plan["ea_queries"] = int(e.get("queries", 128))
+        plan["ea_future"] = int(e.get("future", 512))
+        plan["ea_cov"] = str(e.get("covariance", "full"))
+        plan["ea_vnorm"] = str(e.get("value_norm", True)).lower() in (
+            "true", "1", "yes")
+        if plan["ea_cov"] == "diagonal":
+            raise SystemExit("%s: a diagonal covariance does not run "
+                             "through kvpress" % path)
+    elif plan["scorer"] != "snapkv":
+        raise SystemExit("%s: %s plans do not run through kvpress" % (
+            path, plan["scorer"]))
     return plan
 
 
@@ -133,10 +147,44 @@ def plan_tokens(p, layer, head, n):
     return max(min(r, n), fl)
 
 
+def ea_scores(p, torch, F, module, hidden_states, keys, values, pw, s):
+    """kvx's Expected Attention scores (kvx-plan(5)) in PyTorch, with
+    kvpress's pre-RoPE queries and averaged rotation: the statistics of
+    the last `queries` queries (at most 128), the expected logits
+    mu.k/sqrt(d) + k'Sigma k/2d, a softmax over the keys past the sinks,
+    the query group reduced, times the value's norm; the n - pw - s
+    scores after the sinks, before the window."""
+    from kvpress.presses.expected_attention_press import \
+        ExpectedAttentionPress
+    from kvpress.utils import get_prerope_query_states
+    bsz, hkv, n, d = keys.shape
+    nq = min(p["ea_queries"], n, 128)
+    q = get_prerope_query_states(module, hidden_states[:, n - nq:])
+    q = q.double()
+    mu = q.mean(dim=2)
+    cov = None
+    if p["ea_cov"] == "full":
+        c = q - mu[:, :, None]
+        cov = torch.einsum("bhsi,bhsj->bhij", c, c) / nq
+    ea = ExpectedAttentionPress(n_future_positions=p["ea_future"])
+    mu, cov = ea.apply_avg_rope(module, mu, cov, n)
+    h = mu.shape[1]
+    g = h // hkv
+    k = keys.double().repeat_interleave(g, dim=1)
+    lg = torch.einsum("bhi,bhni->bhn", mu, k) / math.sqrt(d)
+    if cov is not None:
+        lg = lg + torch.einsum("bhni,bhij,bhnj->bhn", k, cov, k) / d / 2
+    w = F.softmax(lg[..., s:], dim=-1).view(bsz, hkv, g, n - s)
+    w = w.max(2).values if p["gqa"] == "max" else w.mean(2)
+    if p["ea_vnorm"]:
+        w = w * values[:, :, s:].double().norm(dim=-1)
+    return w[..., :n - pw - s].float()
+
+
 def make_plan_press(p, torch, F, SnapKVPress, BasePress):
-    """A kvpress press that enforces a kvx plan: kvx's SnapKV scores, the
-    plan's kept counts per (layer, KV head), the dropped keys masked as
-    AdaKVPress masks them."""
+    """A kvpress press that enforces a kvx plan: kvx's SnapKV or Expected
+    Attention scores, the plan's kept counts per (layer, KV head), the
+    dropped keys masked as AdaKVPress masks them."""
 
     class KvxPlanPress(BasePress):
         def __init__(self):
@@ -155,12 +203,17 @@ def make_plan_press(p, torch, F, SnapKVPress, BasePress):
             if nc <= 0:
                 self.kept += hkv * n
                 return keys, values
-            w = SnapKVPress.compute_window_attention(
-                module, hidden_states, keys, pw, kwargs["position_embeddings"])
-            g = w.shape[1] // hkv
-            sc = w.mean(dim=-2).view(bsz, hkv, g, n - pw)
-            sc = sc.max(2).values if p["gqa"] == "max" else sc.mean(2)
-            sc = sc[..., s:]
+            if p["scorer"] == "expected-attention":
+                sc = ea_scores(p, torch, F, module, hidden_states, keys,
+                               values, pw, s)
+            else:
+                w = SnapKVPress.compute_window_attention(
+                    module, hidden_states, keys, pw,
+                    kwargs["position_embeddings"])
+                g = w.shape[1] // hkv
+                sc = w.mean(dim=-2).view(bsz, hkv, g, n - pw)
+                sc = sc.max(2).values if p["gqa"] == "max" else sc.mean(2)
+                sc = sc[..., s:]
             k = p["kernel"]
             if p["pool"] == "max" and k > 1:
                 sc = F.max_pool1d(sc, k, stride=1, padding=k // 2)
