@@ -16,6 +16,8 @@
 #include <string.h>
 
 #include "baseline.h"
+#include "plan.h"
+#include "select.h"
 #include "util.h"
 
 #define EPS 1e-9
@@ -127,6 +129,28 @@ token_bytes(const alloc_opts *o, const kvx_plan *plan)
 	return (int64_t)plan->head_dim * 2 * o->bytes_per_elem;
 }
 
+/* Tokens layer l's heads may keep at the reference context: a
+ * sliding-window layer's window, else all of them. */
+static int64_t
+layer_cap_tokens(const alloc_opts *o, const kvx_plan *plan, int l)
+{
+	return sel_window_rows(plan_layer_window(plan, l),
+	    (int)o->ref_context);
+}
+
+/* Tokens per head of a full cache at the reference context, summed over
+ * the layers: the cache the budget is a share of. */
+static int64_t
+full_tokens(const alloc_opts *o, const kvx_plan *plan)
+{
+	int64_t s = 0;
+	int l;
+
+	for (l = 0; l < plan->n_layer; l++)
+		s += layer_cap_tokens(o, plan, l);
+	return s;
+}
+
 /* Tokens every head keeps at the reference context whatever its budget. */
 static int64_t
 floor_tokens(const alloc_opts *o)
@@ -187,7 +211,7 @@ level_range(const struct prob *b, double lo, double hi, int *jlo, int *jhi)
 /* Build the problem for granularity gran from the curves. */
 static kvx_status
 build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
-    int gran, struct prob *b)
+    int gran, const double *uni, struct prob *b)
 {
 	int64_t unit = token_bytes(o, plan), fl = floor_tokens(o), full;
 	int L = plan->n_layer, Hkv = plan->n_head_kv, N, G, i, j, l, h;
@@ -228,6 +252,11 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 		l = gran == GRAN_LAYER ? i : i / Hkv;
 		b->lo[i] = jlo;
 		b->hi[i] = jhi;
+		/* a sliding-window layer gains nothing past its window: its
+		 * cap leaves the rest of the budget to the other layers */
+		while (b->hi[i] > b->lo[i] && b->tok[b->hi[i]] >
+		    layer_cap_tokens(o, plan, l))
+			b->hi[i]--;
 		for (j = 0; j < G; j++) {
 			int64_t t = b->tok[j] > fl ? b->tok[j] : fl;
 			double v = 0;
@@ -285,7 +314,7 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 			}
 		}
 
-	full = (int64_t)L * Hkv * o->ref_context;
+	full = full_tokens(o, plan) * Hkv;
 	b->p.n_item = N;
 	b->p.n_level = G;
 	b->p.frac = b->frac;
@@ -311,7 +340,7 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 			if (gran == GRAN_HEAD) {
 				/* the uniform share, within one level step
 				 * per head: levels rarely sum to it exactly */
-				b->gmax[l] = (int64_t)floor(o->budget * hr +
+				b->gmax[l] = (int64_t)floor(uni[l] * hr +
 				    1e-6) * unit;
 				b->gmin[l] = b->gmax[l] -
 				    (int64_t)Hkv * maxstep * unit;
@@ -354,16 +383,17 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	return KVX_OK;
 }
 
-/* Solve the problem at granularity gran; head shares go to frac[L*Hkv]. */
+/* Solve the problem at granularity gran (GRAN_HEAD: each layer's total
+ * is its uniform share uni[l]); head shares go to frac[L*Hkv]. */
 static kvx_status
 solve_gran(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
-    int gran, double *frac, alloc_report *rep)
+    int gran, const double *uni, double *frac, alloc_report *rep)
 {
 	struct prob b;
 	kvx_status rc;
 	int i, h;
 
-	if ((rc = build(o, prof, plan, gran, &b)) != KVX_OK) {
+	if ((rc = build(o, prof, plan, gran, uni, &b)) != KVX_OK) {
 		prob_free(&b);
 		return rc;
 	}
@@ -390,11 +420,13 @@ solve_gran(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 }
 
 /*
- * Clamp v[0..n) to [lo, hi] while keeping their mean at target: whatever
- * clamping removes or adds is spread evenly over the values still free.
+ * Clamp v[0..n) to [lo, hi[i]] while keeping their mean at target:
+ * whatever clamping removes or adds is spread evenly over the values
+ * still free (a layer capped at its sliding window hands its excess to
+ * the others).
  */
 static void
-fit_mean(double *v, int n, double lo, double hi, double target)
+fit_mean(double *v, int n, double lo, const double *hi, double target)
 {
 	int it, i, nfree;
 	double sum, diff;
@@ -403,45 +435,82 @@ fit_mean(double *v, int n, double lo, double hi, double target)
 		sum = 0;
 		nfree = 0;
 		for (i = 0; i < n; i++) {
+			if (v[i] > hi[i])
+				v[i] = hi[i];
 			if (v[i] < lo)
 				v[i] = lo;
-			if (v[i] > hi)
-				v[i] = hi;
 			sum += v[i];
-			if (v[i] > lo + EPS && v[i] < hi - EPS)
+			if (v[i] > lo + EPS && v[i] < hi[i] - EPS)
 				nfree++;
 		}
 		diff = target * n - sum;
 		if (fabs(diff) < 1e-12 || nfree == 0)
 			return;
 		for (i = 0; i < n; i++)
-			if (v[i] > lo + EPS && v[i] < hi - EPS)
+			if (v[i] > lo + EPS && v[i] < hi[i] - EPS)
 				v[i] += diff / nfree;
 	}
 }
 
-/* PyramidKV's schedule: the last layer keeps B / beta, the first 2B minus
- * that, linear in between, so the mean is B. */
+/*
+ * Each layer's cap, its share of ref_context (1, or a sliding-window
+ * layer's window), into cap[L], and the mean share of ref_context that
+ * the budget gives a layer: the budget is a share of the full cache,
+ * which holds no more than each layer's cap.
+ */
+static double
+layer_caps(const alloc_opts *o, const kvx_plan *plan, double *cap)
+{
+	int64_t all = (int64_t)plan->n_layer * o->ref_context;
+	int l;
+
+	for (l = 0; l < plan->n_layer; l++)
+		cap[l] = (double)layer_cap_tokens(o, plan, l) /
+		    (double)o->ref_context;
+	/* without sliding windows, exactly the budget */
+	if (full_tokens(o, plan) == all)
+		return o->budget;
+	return o->budget * (double)full_tokens(o, plan) / (double)all;
+}
+
+/* Uniform: the same tokens per head in every layer, a sliding-window
+ * layer capped at its window and the rest spread over the others. */
 static void
-pyramid(const alloc_opts *o, const kvx_plan *plan, double *layer)
+uniform(const alloc_opts *o, const kvx_plan *plan, double *layer,
+    double *cap)
+{
+	double mean = layer_caps(o, plan, cap);
+	int l;
+
+	for (l = 0; l < plan->n_layer; l++)
+		layer[l] = mean;
+	fit_mean(layer, plan->n_layer, 0, cap, mean);
+}
+
+/* PyramidKV's schedule: the last layer keeps B / beta, the first 2B minus
+ * that, linear in between, so the mean is B (each layer then within its
+ * cap). */
+static void
+pyramid(const alloc_opts *o, const kvx_plan *plan, double *layer,
+    double *cap)
 {
 	int L = plan->n_layer, l;
-	double last = o->budget / o->beta, first = 2 * o->budget - last;
+	double B = layer_caps(o, plan, cap);
+	double last = B / o->beta, first = 2 * B - last;
 	double lo = (double)floor_tokens(o) / (double)o->ref_context;
 
 	for (l = 0; l < L; l++)
-		layer[l] = L == 1 ? o->budget :
-		    first + (last - first) * l / (L - 1);
-	fit_mean(layer, L, lo, 1.0, o->budget);
+		layer[l] = L == 1 ? B : first + (last - first) * l / (L - 1);
+	fit_mean(layer, L, lo, cap, B);
 }
 
 /* Fill the report's objective and retention from the head shares. */
 static void
 predict(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
-    alloc_report *rep)
+    const double *uni, alloc_report *rep)
 {
 	int L = plan->n_layer, Hkv = plan->n_head_kv, l, h;
-	double sum = 0, uni = 0, obj = 0, r;
+	double sum = 0, un = 0, obj = 0, r;
 
 	rep->predicted = rep->uniform = -1;
 	rep->objective = 0;
@@ -453,10 +522,10 @@ predict(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 			    h]);
 			sum += r;
 			obj += layer_weight(o, l) * r;
-			uni += profile_eval(prof, l, h, o->budget);
+			un += profile_eval(prof, l, h, uni[l]);
 		}
 	rep->predicted = sum / (L * Hkv);
-	rep->uniform = uni / (L * Hkv);
+	rep->uniform = un / (L * Hkv);
 	rep->objective = obj;
 }
 
@@ -467,7 +536,7 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 {
 	int L = plan->n_layer, Hkv = plan->n_head_kv, l, h;
 	int64_t btok = llround(o->budget * (double)o->ref_context);
-	double *hf, s;
+	double *hf, *uni, *cap, s;
 	kvx_status rc;
 
 	memset(rep, 0, sizeof *rep);
@@ -486,18 +555,28 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 	if ((hf = kvx__malloc_array((size_t)L * Hkv, sizeof *hf)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	rep->head_frac = hf;
+	uni = kvx__malloc_array((size_t)L, sizeof *uni);
+	cap = kvx__malloc_array((size_t)L, sizeof *cap);
+	if (uni == NULL || cap == NULL) {
+		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	uniform(o, plan, uni, cap);
 	for (l = 0; l < L * Hkv; l++)
-		hf[l] = o->budget;
+		hf[l] = uni[l / Hkv];
 
+	rc = KVX_OK;
 	switch (o->method) {
 	case ALLOC_UNIFORM:
 		break;
 	case ALLOC_PYRAMID: {
 		double *lay = kvx__malloc_array((size_t)L, sizeof *lay);
 
-		if (lay == NULL)
-			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-		pyramid(o, plan, lay);
+		if (lay == NULL) {
+			rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		pyramid(o, plan, lay, cap);
 		for (l = 0; l < L; l++)
 			for (h = 0; h < Hkv; h++)
 				hf[l * Hkv + h] = lay[l];
@@ -507,38 +586,39 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 	case ALLOC_ADA:
 		/* the run-time split is estimated by the best static split
 		 * of each layer's uniform share */
-		if (prof != NULL && solve_gran(o, prof, plan, GRAN_HEAD, hf,
-		    rep) != KVX_OK) {
+		if (prof != NULL && solve_gran(o, prof, plan, GRAN_HEAD, uni,
+		    hf, rep) != KVX_OK) {
 			rep->solved = 0;
 			for (l = 0; l < L * Hkv; l++)
-				hf[l] = o->budget;
+				hf[l] = uni[l / Hkv];
 		}
 		break;
 	case ALLOC_LAYER:
-		if ((rc = solve_gran(o, prof, plan, GRAN_LAYER, hf, rep)) !=
-		    KVX_OK)
-			return rc;
+		rc = solve_gran(o, prof, plan, GRAN_LAYER, uni, hf, rep);
 		break;
 	case ALLOC_KVX:
-		if ((rc = solve_gran(o, prof, plan, o->gran, hf, rep)) !=
-		    KVX_OK)
-			return rc;
+		rc = solve_gran(o, prof, plan, o->gran, uni, hf, rep);
 		break;
 	default:
-		return kvx__fail(KVX_ERR_ARG, "unknown method %d", o->method);
+		rc = kvx__fail(KVX_ERR_ARG, "unknown method %d", o->method);
 	}
+	if (rc != KVX_OK)
+		goto out;
 
 	if (plan->mode == KVX_PLAN_HYBRID) {
 		for (l = 0; l < L; l++) {
 			s = 0;
 			for (h = 0; h < Hkv; h++)
 				s += hf[l * Hkv + h];
-			plan->budgets[l] = o->method == ALLOC_ADA ? o->budget :
+			plan->budgets[l] = o->method == ALLOC_ADA ? uni[l] :
 			    s / Hkv;
 		}
 	} else
 		for (l = 0; l < L * Hkv; l++)
 			plan->budgets[l] = hf[l];
-	predict(o, prof, plan, rep);
-	return KVX_OK;
+	predict(o, prof, plan, uni, rep);
+out:
+	free(uni);
+	free(cap);
+	return rc;
 }

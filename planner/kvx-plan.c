@@ -352,6 +352,23 @@ check_new(const struct cli *c, const char *path, const char *what)
 }
 
 /* Parse the command line into c; returns an exit status or -1 to go on. */
+/* Record the model's sliding windows in the plan: selection and the
+ * budget's caps read them there. */
+static int
+set_windows(kvx_plan *plan, const kvx_model *m)
+{
+	int *w, l;
+	kvx_status rc;
+
+	if ((w = calloc((size_t)plan->n_layer, sizeof *w)) == NULL)
+		return die(EX_RUNTIME, "out of memory");
+	for (l = 0; l < plan->n_layer; l++)
+		w[l] = kvx_model_get_window(m, l);
+	rc = plan_set_windows(plan, w);
+	free(w);
+	return rc == KVX_OK ? EX_OK : die(EX_RUNTIME, "%s", kvx_errmsg());
+}
+
 static int
 parse_args(struct cli *c, int argc, char **argv)
 {
@@ -596,6 +613,8 @@ main(int argc, char **argv)
 	}
 	snprintf(plan->method, sizeof plan->method, "%s",
 	    alloc_method_name(c.method));
+	if ((ex = set_windows(plan, m)) != EX_OK)
+		goto out;
 	plan->window = c.po.window;
 	plan->pool = c.po.pool;
 	plan->pool_kernel = c.po.pool_kernel;
