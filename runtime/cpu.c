@@ -187,10 +187,12 @@ rollback(cpu_ctx *c, int n, const int *seqs)
  * Expected Attention scores of layer l's KV head h's candidates (the pw
  * window tokens excluded) into dst->score: statistics of the last of the
  * w window queries, which sit at the rows n - w .. n - 1 of the prompt,
- * with the layer's RoPE base.
+ * with the layer's RoPE base.  Only the last nv rows are scored and the
+ * softmax is normalised over them: a sliding-window layer's later queries
+ * see no others.
  */
 static void
-ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int l, int h,
+ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int nv, int l, int h,
     const float *wq, int w, int pw, int sinks)
 {
 	const kvx_model_info *mi = &dst->m->info;
@@ -210,7 +212,8 @@ ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int l, int h,
 		sel_ea_stats(wq + ((size_t)(h * g + q) * w + (w - nq)) * D,
 		    ss->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,
 		    cov + q * cs);
-	sel_ea_score(mu, cov, ss->k, ss->v, n, n - pw, sinks, g, D, &e,
+	sel_ea_score(mu, cov, ss->k + (size_t)(n - nv) * D,
+	    ss->v + (size_t)(n - nv) * D, nv, nv - pw, sinks, g, D, &e,
 	    P->gqa, cov + g * cs, dst->score);
 }
 
@@ -218,7 +221,9 @@ ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int l, int h,
  * Compress layer l of sequence sseq in src, which holds all n prompt
  * tokens, into sequence dseq of dst (the two may be the same), by dst's
  * plan, given that layer's window queries wq[H][w][D].  Without a plan
- * the rows are copied whole.
+ * the rows are copied whole.  A sliding-window layer's source may hold
+ * the whole prompt or, from a full-cache prefill, its last
+ * sel_window_rows only; either way only those rows are scored and kept.
  */
 static kvx_status
 select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
@@ -227,7 +232,8 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 	const kvx_model_info *mi = &dst->m->info;
 	const kvx_plan *P = dst->plan;
 	int Hkv = mi->n_head_kv, D = mi->head_dim, g = mi->n_head / Hkv;
-	int h, i, cnt, pw;
+	int nv = sel_window_rows(dst->m->L[l].window, n);
+	int h, i, cnt, pw, off;
 	int counts[SEL_MAX_KV_HEADS];
 	const float *pp[SEL_MAX_KV_HEADS];
 	sel_counts sc;
@@ -236,14 +242,22 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 	if (Hkv > SEL_MAX_KV_HEADS)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "more than %d KV heads",
 		    SEL_MAX_KV_HEADS);
+	for (h = 0; h < Hkv; h++) {
+		int len = kv_seg_cget(src, sseq, l, h)->len;
+
+		if (len != n && len != nv)
+			return kvx__fail(KVX_ERR_ARG, "sequence %d was already "
+			    "compressed", sseq);
+	}
 	if (P == NULL || n <= 1) {
 		for (h = 0; h < Hkv; h++) {
 			const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
 
-			for (i = 0; i < ss->len; i++)
-				dst->idx[i] = i;
+			/* a full cache, too, keeps a layer's window only */
+			for (i = 0; i < nv; i++)
+				dst->idx[i] = ss->len - nv + i;
 			if ((rc = kv_compact(dst->kv, kv_seg_at(dst->kv, dseq,
-			    l, h), ss, dst->idx, ss->len,
+			    l, h), ss, dst->idx, nv,
 			    dst->p.decode_headroom)) != KVX_OK)
 				return rc;
 		}
@@ -257,12 +271,11 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 		float *pooled = dst->pooled + (size_t)h * (n + 1);
 		int j, q;
 
-		if (ss->len != n)
-			return kvx__fail(KVX_ERR_ARG, "sequence %d was already "
-			    "compressed", sseq);
+		off = ss->len - nv;
 		if (P->scorer == PLAN_SCORER_EA) {
-			ea_head(dst, ss, n, l, h, wq, w, pw, sc.sinks);
-			sel_pool(dst->score, n - pw, P->pool_kernel, P->pool,
+			ea_head(dst, ss, ss->len, nv, l, h, wq, w, pw,
+			    sc.sinks);
+			sel_pool(dst->score, nv - pw, P->pool_kernel, P->pool,
 			    pooled);
 			continue;
 		}
@@ -270,11 +283,11 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 			/* the sinks are kept whatever their score: 0 keeps
 			 * their large attention from spreading through the
 			 * pooling */
-			memcpy(dst->score, dst->kz + ((size_t)l * Hkv + h) * n,
-			    (size_t)(n - pw) * sizeof(float));
+			memcpy(dst->score, dst->kz + ((size_t)l * Hkv + h) * n +
+			    off, (size_t)(nv - pw) * sizeof(float));
 			for (j = 0; j < sc.sinks; j++)
 				dst->score[j] = 0.0f;
-			sel_pool(dst->score, n - pw, P->pool_kernel, P->pool,
+			sel_pool(dst->score, nv - pw, P->pool_kernel, P->pool,
 			    pooled);
 			continue;
 		}
@@ -283,9 +296,11 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 				memcpy(dst->wtmp + ((size_t)q * pw + j) * D,
 				    wq + (((size_t)(h * g + q)) * w + (w - pw +
 				    j)) * D, (size_t)D * sizeof(float));
-		sel_score(dst->wtmp, ss->k, n, pw, g, D,
+		/* the window queries' softmax over the keys the layer's later
+		 * queries can see */
+		sel_score(dst->wtmp, ss->k + (size_t)off * D, nv, pw, g, D,
 		    1.0f / sqrtf((float)D), P->gqa, dst->score);
-		sel_pool(dst->score, n - pw, P->pool_kernel, P->pool, pooled);
+		sel_pool(dst->score, nv - pw, P->pool_kernel, P->pool, pooled);
 	}
 
 	if (sc.hybrid) {
@@ -304,8 +319,10 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 	for (h = 0; h < Hkv; h++) {
 		const kv_seg *ss = kv_seg_cget(src, sseq, l, h);
 
-		cnt = sel_select(dst->pooled + (size_t)h * (n + 1), n, pw,
+		cnt = sel_select(dst->pooled + (size_t)h * (n + 1), nv, pw,
 		    sc.sinks, sc.keep[h], dst->idx);
+		for (off = ss->len - nv, i = 0; i < cnt; i++)
+			dst->idx[i] += off;
 		if ((rc = kv_compact(dst->kv, kv_seg_at(dst->kv, dseq, l, h),
 		    ss, dst->idx, cnt, dst->p.decode_headroom)) != KVX_OK)
 			return rc;
@@ -330,7 +347,7 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 	/* kvzip scores once every layer holds the prompt */
 	if (c->plan != NULL && c->plan->scorer == PLAN_SCORER_KVZIP)
 		return KVX_OK;
-	if (c->plan == NULL) {
+	if (c->plan == NULL && c->m->L[l].window == 0) {
 		int h;
 		kvx_status rc;
 
@@ -392,6 +409,32 @@ out:
 // --- inference -----------------------------------------------------------------
 
 /*
+ * Before n tokens of sequence seq are appended from position p0: a
+ * sliding-window layer's segment that lacks room for them first drops the
+ * rows no query from p0 on sees, so that it holds at most its window plus
+ * the tokens being decoded instead of growing with the sequence.  Those
+ * rows are lost for good, which a failed batch's rollback does not mind:
+ * no later query could see them either.
+ */
+static void
+slide_windows(cpu_ctx *c, int seq, int p0, int n)
+{
+	const kvx_model_info *mi = &c->m->info;
+	int l, h, W;
+
+	for (l = 0; l < mi->n_layer; l++) {
+		if ((W = c->m->L[l].window) == 0)
+			continue;
+		for (h = 0; h < mi->n_head_kv; h++) {
+			kv_seg *sg = kv_seg_at(c->kv, seq, l, h);
+
+			if (sg->len + n > sg->cap)
+				kv_seg_drop_before(c->kv, sg, p0 - W + 1);
+		}
+	}
+}
+
+/*
  * Run n tokens of one sequence from position p0 through the CPU forward:
  * a prefill (hook set: save window queries, compress each layer) or an
  * extend.  logits: 1 the last token's, 2 every token's, into out if set.
@@ -417,6 +460,8 @@ run_seq(cpu_ctx *c, int seq, const int32_t *ids, int n, int p0,
 		sq[i] = seq;
 		pos[i] = p0 + i;
 	}
+	if (hook == NULL)
+		slide_windows(c, seq, p0, n);
 	memset(&b, 0, sizeof b);
 	b.n = n;
 	b.ids = ids;
@@ -494,8 +539,10 @@ cpu_decode(void *be, int n, const int *seqs, const int32_t *ids,
 		return rc;
 	if ((pos = kvx__malloc_array((size_t)n, sizeof(int))) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		pos[i] = c->kv->n_pos[seqs[i]];
+		slide_windows(c, seqs[i], pos[i], 1);
+	}
 	memset(&b, 0, sizeof b);
 	b.n = n;
 	b.ids = ids;
@@ -610,26 +657,36 @@ cpu_seq_len(const void *be, int seq)
 	return c->kv->n_pos[seq];
 }
 
-/* Bytes allocated and held, against a full cache of the same tokens. */
+/*
+ * Bytes allocated and held, against a full cache of the same tokens.  A
+ * sliding-window layer's full cache is its window (sel_window_rows), and
+ * its rows kept are those the next query sees at most: rows past it wait
+ * in the segment only until slide_windows needs their room.
+ */
 static kvx_status
 cpu_memory(const void *be, kvx_memory *mem)
 {
 	const cpu_ctx *c = be;
 	const kv_cache *kv = c->kv;
 	size_t row = kv_row_bytes(kv);
-	int s, l, h;
+	int64_t full = 0;
+	int s, l, h, cap, len;
 
 	memset(mem, 0, sizeof *mem);
 	mem->kv_bytes = kv->bytes;
 	for (s = 0; s < kv->n_seq; s++) {
 		mem->n_tokens += kv->n_pos[s];
-		for (l = 0; l < kv->n_layer; l++)
-			for (h = 0; h < kv->n_head_kv; h++)
-				mem->n_kept += kv_seg_cget(kv, s, l, h)->len;
+		for (l = 0; l < kv->n_layer; l++) {
+			cap = sel_window_rows(c->m->L[l].window, kv->n_pos[s]);
+			full += (int64_t)cap * kv->n_head_kv;
+			for (h = 0; h < kv->n_head_kv; h++) {
+				len = kv_seg_cget(kv, s, l, h)->len;
+				mem->n_kept += len < cap ? len : cap;
+			}
+		}
 	}
 	mem->kv_bytes_used = (uint64_t)mem->n_kept * row;
-	mem->kv_bytes_full = (uint64_t)mem->n_tokens * kv->n_layer *
-	    kv->n_head_kv * row;
+	mem->kv_bytes_full = (uint64_t)full * row;
 	return KVX_OK;
 }
 
