@@ -21,6 +21,7 @@
 #endif
 
 #include "kvzip.h"
+#include "select.h"
 #include "tokenizer.h"
 #include "util.h"
 #include "vexp.h"
@@ -190,6 +191,7 @@ struct pass {
 	kv_cache	*kv;
 	kvx_pool	*pool;
 	int		 seq, n, layer, w;
+	const int	*np;		/* per layer: the prompt rows it holds */
 	const float	*wq;		/* the layer's chunk queries */
 	float		*buf;		/* [layer][query head][n] */
 	float		*tmp;		/* per thread: tmp_per floats */
@@ -211,7 +213,7 @@ score_work(void *arg, int ith, int nth)
 		    qh / g);
 
 		kvzip_score(ps->wq + (size_t)qh * ps->w * D, sg->k, sg->len,
-		    ps->n, ps->w, 1, D, ps->m->L[ps->layer].window,
+		    ps->np[ps->layer], ps->w, 1, D, ps->m->L[ps->layer].window,
 		    1.0f / sqrtf((float)D), ps->tmp + (size_t)ith * ps->tmp_per,
 		    ps->buf + ((size_t)ps->layer * H + qh) * ps->n);
 	}
@@ -234,7 +236,7 @@ pass_hook(void *arg, int seq, int l, const float *wq, int w, const float *xw)
 
 /* Drops the rows past the prompt from every layer of the sequence. */
 static void
-truncate_seq(kv_cache *kv, int seq, int n)
+truncate_seq(kv_cache *kv, int seq, const int *np)
 {
 	int l, h;
 
@@ -242,8 +244,8 @@ truncate_seq(kv_cache *kv, int seq, int n)
 		for (h = 0; h < kv->n_head_kv; h++) {
 			kv_seg *sg = kv_seg_at(kv, seq, l, h);
 
-			if (sg->len > n)
-				sg->len = n;
+			if (sg->len > np[l])
+				sg->len = np[l];
 		}
 }
 
@@ -254,7 +256,7 @@ kvzip_pass(kvx_model *m, kv_cache *kv, kvx_pool *pool, const kvx_plan *P,
 	const kvx_model_info *mi = &m->info;
 	int H = mi->n_head, Hkv = mi->n_head_kv, g = H / Hkv, L = mi->n_layer;
 	int chunk = P->kz_chunk, bmax, c0, c1, nb, i, l, h, q, t, *seqs = NULL;
-	int *pos = NULL;
+	int *pos = NULL, *np = NULL;
 	int32_t *bid = NULL;
 	fw_scratch *s = NULL;
 	kvzip_req r;
@@ -265,14 +267,26 @@ kvzip_pass(kvx_model *m, kv_cache *kv, kvx_pool *pool, const kvx_plan *P,
 	if (n < 1 || chunk < 1 || chunk > KVX_WINDOW_MAX)
 		return kvx__fail(KVX_ERR_ARG, "kvzip: %d tokens in chunks of "
 		    "%d", n, chunk);
-	for (l = 0; l < L; l++)
+	if ((np = kvx__malloc_array((size_t)L, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	/* a sliding-window layer of a full cache may hold its window only:
+	 * its rows then start later, in the same order */
+	for (l = 0; l < L; l++) {
+		np[l] = kv_seg_cget(kv, seq, l, 0)->len;
 		for (h = 0; h < Hkv; h++)
-			if (kv_seg_cget(kv, seq, l, h)->len != n)
+			if (kv_seg_cget(kv, seq, l, h)->len != np[l] ||
+			    (np[l] != n && np[l] != sel_window_rows(
+			    m->L[l].window, n))) {
+				free(np);
 				return kvx__fail(KVX_ERR_ARG, "kvzip: sequence "
 				    "%d does not hold its %d prompt tokens "
 				    "uncompressed", seq, n);
-	if ((rc = kvzip_req_new(m, P->kz_prompt, &r)) != KVX_OK)
+			}
+	}
+	if ((rc = kvzip_req_new(m, P->kz_prompt, &r)) != KVX_OK) {
+		free(np);
 		return rc;
+	}
 	memset(&ps, 0, sizeof ps);
 	bmax = kvzip_batch_max(&r, chunk);
 	ps.tmp_per = (size_t)chunk * (size_t)(n + bmax);
@@ -297,6 +311,7 @@ kvzip_pass(kvx_model *m, kv_cache *kv, kvx_pool *pool, const kvx_plan *P,
 	ps.pool = pool;
 	ps.seq = seq;
 	ps.n = n;
+	ps.np = np;
 	for (c0 = 0; c0 < n; c0 = c1) {
 		c1 = c0 + chunk < n ? c0 + chunk : n;
 		nb = 0;
@@ -330,7 +345,7 @@ kvzip_pass(kvx_model *m, kv_cache *kv, kvx_pool *pool, const kvx_plan *P,
 		b.hook_arg = &ps;
 		b.no_head = 1;
 		rc = model_forward(m, kv, s, &b);
-		truncate_seq(kv, seq, n);
+		truncate_seq(kv, seq, np);
 		if (rc != KVX_OK)
 			goto out;
 	}
@@ -354,5 +369,6 @@ out:
 	free(bid);
 	free(pos);
 	free(seqs);
+	free(np);
 	return rc;
 }

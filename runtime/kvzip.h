@@ -57,10 +57,12 @@ void		 kvzip_score(const float *q, const float *k, int m, int n,
 
 /*
  * The repeat pass over sequence seq of kv, which holds the n prompt tokens
- * ids uncompressed in every layer: score receives n_layer x n_head_kv x n
+ * ids uncompressed in every layer (a sliding-window layer may hold only
+ * its last sel_window_rows): score receives n_layer x n_head_kv x n
  * floats, each key's largest attention from any chunk query of its KV
- * head's group.  The pass's rows are removed again, so kv holds what it
- * held.  It runs on pool with a scratch of its own.
+ * head's group, by row of the layer (a layer with fewer rows fills the
+ * first of its n).  The pass's rows are removed again, so kv holds what
+ * it held.  It runs on pool with a scratch of its own.
  */
 kvx_status	 kvzip_pass(kvx_model *, kv_cache *kv, kvx_pool *pool,
 		     const kvx_plan *, int seq, const int32_t *ids, int n,
