@@ -32,8 +32,10 @@
  *   BF16  the high half of an IEEE binary32.
  *
  * The matrix-vector product keeps the activation in f32 and expands each
- * weight in registers; the offset of a Q4_0 or Q4_1 block (-8d or m) is
- * applied once per block, against the sum of x over the block.
+ * weight in registers; the offset of a Q4_0 or Q4_1 block (-8d or m) and
+ * the minima of a Q4_K block are applied once per 32 weights, against the
+ * sum of x over them.  Q5_0 and Q6_K weights are expanded to signed
+ * bytes, offset included, so they need no sums.
  */
 #include "config.h"
 
@@ -394,16 +396,14 @@ hsum256(__m256 v)
 static inline __m256
 dot_i32x32(__m256i q0, __m256i q1, __m256i q2, __m256i q3, const float *x)
 {
-	__m256 acc;
+	__m256 a, b;
 
-	acc = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), _mm256_loadu_ps(x));
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), _mm256_loadu_ps(x + 8),
-	    acc);
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q2), _mm256_loadu_ps(x + 16),
-	    acc);
-	acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q3), _mm256_loadu_ps(x + 24),
-	    acc);
-	return acc;
+	/* two chains, so that a block's products wait on two FMAs, not four */
+	a = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), _mm256_loadu_ps(x));
+	b = _mm256_mul_ps(_mm256_cvtepi32_ps(q1), _mm256_loadu_ps(x + 8));
+	a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q2), _mm256_loadu_ps(x + 16), a);
+	b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q3), _mm256_loadu_ps(x + 24), b);
+	return _mm256_add_ps(a, b);
 }
 
 /* sum_j q_j x_j over one 32-block of 4-bit values packed as ggml does. */
@@ -421,18 +421,148 @@ dot_nib32(const uint8_t *qs, const float *x)
 	    _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), x);
 }
 
-/* sum_j q_j x_j over one 32-block of int8 values. */
-static inline row_acc
-dot_i8x32(const int8_t *qs, const float *x)
+/* sum_j q_j x_j over 32 signed bytes held in q. */
+static inline __m256
+dot_s8v32(__m256i q, const float *x)
 {
-	__m256i a = _mm256_loadu_si256((const __m256i *)qs);
-	__m128i l = _mm256_castsi256_si128(a), h = _mm256_extracti128_si256(a,
+	__m128i l = _mm256_castsi256_si128(q), h = _mm256_extracti128_si256(q,
 	    1);
 
 	return dot_i32x32(_mm256_cvtepi8_epi32(l),
 	    _mm256_cvtepi8_epi32(_mm_srli_si128(l, 8)),
 	    _mm256_cvtepi8_epi32(h),
 	    _mm256_cvtepi8_epi32(_mm_srli_si128(h, 8)), x);
+}
+
+/* sum_j q_j x_j over one 32-block of int8 values. */
+static inline row_acc
+dot_i8x32(const int8_t *qs, const float *x)
+{
+	return dot_s8v32(_mm256_loadu_si256((const __m256i *)qs), x);
+}
+
+/* A Q5_0 row of nb blocks against x: each block's 32 weights as the
+ * signed bytes q - 16, the fifth bits spread to one byte each: a clear
+ * bit turns the nibble's high half on (nibble | 0xf0 = nibble - 16). */
+static float
+row_q5_0(const blk_q5_0 *b, int nb, const float *x)
+{
+	const __m256i m4 = _mm256_set1_epi8(15);
+	const __m256i hi = _mm256_set1_epi8((char)0xf0);
+	/* byte i takes byte i / 8 of qh and tests its bit i % 8 */
+	const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL,
+	    0x0202020202020202LL, 0x0101010101010101LL, 0);
+	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+	__m256 acc = _mm256_setzero_ps();
+	__m256i q, hb;
+	__m128i raw;
+	uint32_t qh;
+	int i;
+
+	for (i = 0; i < nb; i++) {
+		memcpy(&qh, b[i].qh, sizeof qh);
+		raw = _mm_loadu_si128((const __m128i *)b[i].qs);
+		q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4),
+		    raw), m4);
+		hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread);
+		hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
+		q = _mm256_or_si256(q, _mm256_andnot_si256(hb, hi));
+		acc = _mm256_fmadd_ps(dot_s8v32(q, x + i * QK),
+		    _mm256_set1_ps(h2f(b[i].d)), acc);
+	}
+	return hsum256(acc);
+}
+
+/* A Q4_K row of nb blocks against x, xs the sums of its 32-element
+ * blocks: d * sc times each sub-block's dot product, less dmin * mn
+ * times its sum. */
+static float
+row_q4_k(const blk_q4_k *b, int nb, const float *x, const float *xs)
+{
+	const __m256i m4 = _mm256_set1_epi8(15);
+	__m256 acc = _mm256_setzero_ps();
+	__m256i raw;
+	float s = 0.0f, d, dmin;
+	uint8_t sc0, mn0, sc1, mn1;
+	int i, p;
+
+	for (i = 0; i < nb; i++, x += QKK, xs += QKK / QK) {
+		d = h2f(b[i].d);
+		dmin = h2f(b[i].dmin);
+		for (p = 0; p < 4; p++) {
+			k_scale_min(2 * p, b[i].scales, &sc0, &mn0);
+			k_scale_min(2 * p + 1, b[i].scales, &sc1, &mn1);
+			raw = _mm256_loadu_si256((const __m256i *)(b[i].qs +
+			    32 * p));
+			acc = _mm256_fmadd_ps(dot_s8v32(_mm256_and_si256(raw,
+			    m4), x + 64 * p), _mm256_set1_ps(d * sc0), acc);
+			acc = _mm256_fmadd_ps(dot_s8v32(_mm256_and_si256(
+			    _mm256_srli_epi16(raw, 4), m4), x + 64 * p + 32),
+			    _mm256_set1_ps(d * sc1), acc);
+			s -= dmin * (mn0 * xs[2 * p] + mn1 * xs[2 * p + 1]);
+		}
+	}
+	return s + hsum256(acc);
+}
+
+/* sum_j q_j x_j over 16 signed bytes held in q. */
+static inline __m256
+dot_s8v16(__m128i q, const float *x)
+{
+	return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+	    _mm_srli_si128(q, 8))), _mm256_loadu_ps(x + 8),
+	    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
+	    _mm256_loadu_ps(x)));
+}
+
+/* A Q6_K row of nb blocks against x: per half of 128, the four groups
+ * of 32 weights as the signed bytes q - 32, each half group of 16 with
+ * its own scale. */
+static float
+row_q6_k(const blk_q6_k *b, int nb, const float *x)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+	const __m256i k32 = _mm256_set1_epi8(32);
+	__m256 acc = _mm256_setzero_ps();
+	__m256i l0, l1, h, q[4];
+	const int8_t *sc;
+	float d;
+	int i, half, k;
+
+	for (i = 0; i < nb; i++) {
+		d = h2f(b[i].d);
+		for (half = 0; half < 2; half++, x += 128) {
+			l0 = _mm256_loadu_si256((const __m256i *)(b[i].ql +
+			    64 * half));
+			l1 = _mm256_loadu_si256((const __m256i *)(b[i].ql +
+			    64 * half + 32));
+			h = _mm256_loadu_si256((const __m256i *)(b[i].qh +
+			    32 * half));
+			sc = b[i].scales + 8 * half;
+			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+			    _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+			    _mm256_slli_epi16(_mm256_and_si256(
+			    _mm256_srli_epi16(h, 2), m2), 4));
+			q[2] = _mm256_or_si256(_mm256_and_si256(
+			    _mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(
+			    _mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+			q[3] = _mm256_or_si256(_mm256_and_si256(
+			    _mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(
+			    _mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
+			for (k = 0; k < 4; k++) {
+				__m256i v = _mm256_sub_epi8(q[k], k32);
+
+				acc = _mm256_fmadd_ps(dot_s8v16(
+				    _mm256_castsi256_si128(v), x + 32 * k),
+				    _mm256_set1_ps(d * sc[2 * k]), acc);
+				acc = _mm256_fmadd_ps(dot_s8v16(
+				    _mm256_extracti128_si256(v, 1), x + 32 * k +
+				    16), _mm256_set1_ps(d * sc[2 * k + 1]), acc);
+			}
+		}
+	}
+	return hsum256(acc);
 }
 
 /* Adds d times a block's dot product to the row: to acc's lanes. */
@@ -448,6 +578,68 @@ row_value(float s, row_acc acc)
 {
 	return s + hsum256(acc);
 }
+
+/*
+ * Where the processor has AVX-512 (checked at run time: the build targets
+ * AVX2), Q5_0 and Q8_0 rows, the bulk of Qwen2.5's and Gemma 3's weights,
+ * convert 16 weights an instruction instead of 8, and Q5_0 applies its
+ * fifth bits through a mask register: about half the instructions of the
+ * AVX2 kernels for the same sums.
+ */
+#if defined(__GNUC__) && defined(__x86_64__)
+#define HAVE_AVX512_KERNELS 1
+#define AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+/* sum_j q_j x_j over 32 signed bytes held in q, 16 lanes at a time. */
+static inline AVX512_FN __m512
+dot512_s8v32(__m256i q, const float *x)
+{
+	__m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+	    _mm256_castsi256_si128(q)));
+	__m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+	    _mm256_extracti128_si256(q, 1)));
+
+	return _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16),
+	    _mm512_mul_ps(lo, _mm512_loadu_ps(x)));
+}
+
+/* row_q5_0 with AVX-512: bit j of qh clear subtracts 16 from weight j. */
+static AVX512_FN float
+row_q5_0_512(const blk_q5_0 *b, int nb, const float *x)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), k16 = _mm256_set1_epi8(16);
+	__m512 acc = _mm512_setzero_ps();
+	__m256i q;
+	__m128i raw;
+	uint32_t qh;
+	int i;
+
+	for (i = 0; i < nb; i++) {
+		memcpy(&qh, b[i].qh, sizeof qh);
+		raw = _mm_loadu_si128((const __m128i *)b[i].qs);
+		q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4),
+		    raw), m4);
+		q = _mm256_mask_sub_epi8(q, (__mmask32)~qh, q, k16);
+		acc = _mm512_fmadd_ps(dot512_s8v32(q, x + i * QK),
+		    _mm512_set1_ps(h2f(b[i].d)), acc);
+	}
+	return _mm512_reduce_add_ps(acc);
+}
+
+/* A Q8_0 row of nb blocks against x, with AVX-512. */
+static AVX512_FN float
+row_q8_0_512(const blk_q8_0 *b, int nb, const float *x)
+{
+	__m512 acc = _mm512_setzero_ps();
+	int i;
+
+	for (i = 0; i < nb; i++)
+		acc = _mm512_fmadd_ps(dot512_s8v32(_mm256_loadu_si256(
+		    (const __m256i *)b[i].qs), x + i * QK),
+		    _mm512_set1_ps(h2f(b[i].d)), acc);
+	return _mm512_reduce_add_ps(acc);
+}
+#endif
 #else
 /* Without AVX2 every block goes straight into the scalar sum. */
 typedef float row_acc;
@@ -491,11 +683,13 @@ row_value(float s, row_acc acc)
 }
 #endif
 
-/* Any type quant_dequant handles: up to 256 weights at a time. */
-static void
-matvec_f32_generic(int wtype, const uint8_t *base, int cols, int r0, int r1,
+/* Any type quant_dequant handles: up to 256 weights at a time, summed
+ * in double (quant.h). */
+void
+quant_matvec_f32_ref(int wtype, const void *w, int cols, int r0, int r1,
     const float *x, float *y)
 {
+	const uint8_t *base = w;
 	int be = ggml_type_block_elems(wtype), chunk = be == 1 ? 256 : be;
 	size_t rb = (size_t)cols / be * ggml_type_block_bytes(wtype);
 	float blk[256];
@@ -516,6 +710,43 @@ matvec_f32_generic(int wtype, const uint8_t *base, int cols, int r0, int r1,
 	}
 }
 
+#ifdef HAVE_AVX512_KERNELS
+/* -1 until the first product asks the processor; quant_use_avx512 sets
+ * it. */
+static int use_avx512 = -1;
+
+/* 1 when the AVX-512 kernels run. */
+static int
+avx512_on(void)
+{
+	int v = __atomic_load_n(&use_avx512, __ATOMIC_RELAXED);
+
+	if (v < 0) {
+		__builtin_cpu_init();
+		v = __builtin_cpu_supports("avx512f") &&
+		    __builtin_cpu_supports("avx512bw") &&
+		    __builtin_cpu_supports("avx512vl");
+		__atomic_store_n(&use_avx512, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
+#endif
+
+/* Allow (on, where the processor has it) or forbid AVX-512; returns
+ * whether it is used. */
+int
+quant_use_avx512(int on)
+{
+#ifdef HAVE_AVX512_KERNELS
+	__atomic_store_n(&use_avx512, -1, __ATOMIC_RELAXED);
+	if (on && avx512_on())
+		return 1;
+	__atomic_store_n(&use_avx512, 0, __ATOMIC_RELAXED);
+#endif
+	(void)on;
+	return 0;
+}
+
 /* y[r] = W[r] . x for r in [r0, r1), x kept in f32. */
 void
 quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
@@ -532,10 +763,49 @@ quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
 
 	if (r1 <= r0)
 		return;
+#ifdef __AVX2__
+	if (cols % QKK == 0 && nb <= 256 && (wtype == GGML_Q4_K ||
+	    wtype == GGML_Q6_K)) {
+		rb = (size_t)cols / QKK * ggml_type_block_bytes(wtype);
+		if (wtype == GGML_Q4_K)
+			block_sums(x, nb, xs);
+		for (r = r0; r < r1; r++) {
+			row = (const uint8_t *)w + (size_t)r * rb;
+			y[r] = wtype == GGML_Q4_K ? row_q4_k((const blk_q4_k *)
+			    row, cols / QKK, x, xs) : row_q6_k((const blk_q6_k *)
+			    row, cols / QKK, x);
+		}
+		return;
+	}
+	if (wtype == GGML_Q5_0 && cols % QK == 0) {
+		rb = (size_t)nb * sizeof(blk_q5_0);
+		for (r = r0; r < r1; r++) {
+			row = (const uint8_t *)w + (size_t)r * rb;
+#ifdef HAVE_AVX512_KERNELS
+			if (avx512_on()) {
+				y[r] = row_q5_0_512((const blk_q5_0 *)row, nb,
+				    x);
+				continue;
+			}
+#endif
+			y[r] = row_q5_0((const blk_q5_0 *)row, nb, x);
+		}
+		return;
+	}
+#ifdef HAVE_AVX512_KERNELS
+	if (wtype == GGML_Q8_0 && cols % QK == 0 && avx512_on()) {
+		rb = (size_t)nb * sizeof(blk_q8_0);
+		for (r = r0; r < r1; r++)
+			y[r] = row_q8_0_512((const blk_q8_0 *)((const uint8_t *)
+			    w + (size_t)r * rb), nb, x);
+		return;
+	}
+#endif
+#endif
 	/* the block sums live on the stack, hence the width limit */
 	if ((wtype != GGML_Q4_0 && wtype != GGML_Q4_1 && wtype != GGML_Q8_0) ||
 	    nb > 256 || cols % QK != 0) {
-		matvec_f32_generic(wtype, w, cols, r0, r1, x, y);
+		quant_matvec_f32_ref(wtype, w, cols, r0, r1, x, y);
 		return;
 	}
 	if (wtype == GGML_Q4_1 || wtype == GGML_Q4_0)

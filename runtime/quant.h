@@ -20,10 +20,21 @@ int		 quant_supported(int type);
  * (row-major as stored in GGUF: ne[0] = cols contiguous) and an f32
  * activation x (no rounding of x):
  *   y[r] = sum_c W[r][c] * x[c]   for r in [r0, r1), indexed from y[0].
- * Q4_0, Q4_1 and Q8_0 have AVX2 kernels; every other type quant_dequant
- * handles is expanded a block at a time.
+ * Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K have AVX2 kernels, and Q5_0 and
+ * Q8_0 AVX-512 ones where the processor has it; every other type
+ * quant_dequant handles goes through quant_matvec_f32_ref.
  */
 void		 quant_matvec_f32(int wtype, const void *w, int cols, int r0,
 		     int r1, const float *x, float *y);
+/*
+ * The same product, the scalar twin of those kernels: each row
+ * dequantised 256 weights at a time and summed in double.
+ */
+void		 quant_matvec_f32_ref(int wtype, const void *w, int cols,
+		     int r0, int r1, const float *x, float *y);
+/* Tests and benchmarks: 0 keeps quant_matvec_f32 to its AVX2 kernels, 1
+ * lets it take the AVX-512 ones where the processor has them (the
+ * default); returns 1 when they run. */
+int		 quant_use_avx512(int on);
 
 #endif

@@ -506,13 +506,56 @@ check_matvec_model(gguf_file *f, const char *name, int nrows)
 	free(y);
 }
 
+/*
+ * The AVX2 kernels of quant_matvec_f32 against their scalar twin,
+ * quant_matvec_f32_ref, on the shapes of the Qwen2.5 and Gemma 3 layers
+ * of those types (rows as many as fit quickly): the two sum in different
+ * orders and precisions, so they may differ by float rounding only.
+ */
+static void
+check_matvec_twin(int type, int rows, int cols)
+{
+	size_t be = (size_t)ggml_type_block_elems(type);
+	size_t rb = (size_t)cols / be * ggml_type_block_bytes(type);
+	uint8_t *w = malloc(rb * (size_t)rows);
+	float *x = malloc((size_t)cols * sizeof *x);
+	float *y = malloc((size_t)rows * sizeof *y);
+	float *yr = malloc((size_t)rows * sizeof *yr);
+	float *wr = malloc((size_t)cols * sizeof *wr);
+	double nx = 0, nw, e, worst = 0;
+	int r, c;
+
+	random_blocks(type, w, (size_t)rows * (size_t)cols / be);
+	for (c = 0; c < cols; c++) {
+		x[c] = (float)(urnd() * (c % 13 == 0 ? 6.0 : 1.0));
+		nx += (double)x[c] * x[c];
+	}
+	quant_matvec_f32(type, w, cols, 0, rows, x, y);
+	quant_matvec_f32_ref(type, w, cols, 0, rows, x, yr);
+	for (r = 0; r < rows; r++) {
+		quant_dequant(type, w + (size_t)r * rb, wr, (size_t)cols);
+		for (c = 0, nw = 0; c < cols; c++)
+			nw += (double)wr[c] * wr[c];
+		e = fabs((double)y[r] - yr[r]) / (sqrt(nw * nx) + 1e-30);
+		worst = e > worst ? e : worst;
+	}
+	ok(worst < 1e-6, "matvec_f32 %s %dx%d against its scalar twin: "
+	    "err/|w||x| %.2g (limit 1e-6)", ggml_type_name(type), rows, cols,
+	    worst);
+	free(w);
+	free(x);
+	free(y);
+	free(yr);
+	free(wr);
+}
+
 int
 main(void)
 {
 	const char *model = tap_model_path();
 	gguf_file *f = NULL;
 	size_t k;
-	int type;
+	int type, isa;
 
 	check_dequant_random();
 	if (model != NULL && gguf_open(model, &f) != KVX_OK) {
@@ -538,6 +581,27 @@ main(void)
 		/* wider than the stack's block sums: the generic path */
 		check_matvec_f32(type, 3, 8224, 0, 3);
 	}
+	/* Qwen2.5-Coder-0.5B's and Gemma 3 270M's layers, by the AVX2
+	   kernels, then by the AVX-512 ones where the processor has them */
+	for (isa = 0; isa < 2; isa++) {
+		if (quant_use_avx512(isa) != isa) {
+			diag("no AVX-512 here: its kernels are not checked");
+			break;
+		}
+		diag("%s kernels", isa ? "AVX-512" : "AVX2");
+		check_matvec_twin(GGML_Q5_0, 64, 896);
+		check_matvec_twin(GGML_Q5_0, 16, 4864);
+		check_matvec_twin(GGML_Q5_0, 64, 640);
+		check_matvec_twin(GGML_Q5_0, 32, 2048);
+		check_matvec_twin(GGML_Q4_K, 64, 4864);
+		check_matvec_twin(GGML_Q4_K, 64, 1024);
+		check_matvec_twin(GGML_Q4_K, 64, 2048);
+		check_matvec_twin(GGML_Q6_K, 64, 4864);
+		check_matvec_twin(GGML_Q6_K, 64, 2048);
+		check_matvec_twin(GGML_Q8_0, 64, 896);
+		check_matvec_twin(GGML_Q8_0, 64, 640);
+	}
+	quant_use_avx512(1);
 
 	if (f != NULL) {
 		check_matvec_model(f, "blk.0.attn_k.weight", 192);
