@@ -1,12 +1,16 @@
 #!/bin/sh
 # bench/bench-profile.sh - what the lightweight variant of kvx-plan costs
-# and what it changes: profile S samples of T tokens with the lightweight
-# variant and with the full model (--profile-span 0), then compare the
-# wall times, the retention curves and the plans they lead to.
+# and what it changes: profile S windows of T tokens with the lightweight
+# variant (local attention span SPAN, the last LIGHT tokens of each window)
+# and with the full model (full attention over all T tokens), retrieval
+# probes included in both, then compare the wall times, the retention
+# curves, and the plans they lead to, both plans scored on the full
+# model's curves.
 #
 # usage: bench/bench-profile.sh [model.gguf [corpus files ...]]
 # env:   KVX_PLAN (the kvx-plan binary), SAMPLES (8), TOKENS (2048),
-#        BUDGET (20%), SPAN (512), OUT (a directory to keep the files in)
+#        LIGHT (1024), BUDGET (20%), SPAN (512), PLAN_ARGS (more kvx-plan
+#        options for both), OUT (a directory to keep the files in)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 plan=${KVX_PLAN:-$top/planner/kvx-plan}
@@ -16,7 +20,8 @@ if [ $# -eq 0 ]; then
 	set -- "$top"/corpus/*.txt
 	[ -f "$1" ] || { echo "bench-profile: no corpus (run tools/fetch-corpus)" >&2; exit 1; }
 fi
-S=${SAMPLES:-8} T=${TOKENS:-2048} B=${BUDGET:-20%} SPAN=${SPAN:-512}
+S=${SAMPLES:-8} T=${TOKENS:-2048} LIGHT=${LIGHT:-1024} B=${BUDGET:-20%}
+SPAN=${SPAN:-512} ARGS=${PLAN_ARGS:-}
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 corpus=""
@@ -24,18 +29,18 @@ for f in "$@"; do corpus="$corpus -c $f"; done
 
 now() { date +%s.%N; }
 
-# run NAME SPAN: profile, save the curves and a kvx plan at the budget
+# run NAME SPAN TOKENS: profile, save the curves and a kvx plan at the budget
 run() {
 	t0=$(now)
 	"$plan" -m "$model" $corpus --samples "$S" --sample-tokens "$T" \
-	    --profile-span "$2" -b "$B" -q -f --save-profile "$out/$1.prof" \
-	    -o "$out/$1.yaml"
+	    --profile-span "$2" --profile-tokens "$3" -b "$B" -q -f $ARGS \
+	    --save-profile "$out/$1.prof" -o "$out/$1.yaml"
 	t1=$(now)
 	echo "$t0 $t1" | awk '{printf "%.2f\n", $2 - $1}'
 }
 
-light=$(run light "$SPAN")
-full=$(run full 0)
+light=$(run light "$SPAN" "$LIGHT")
+full=$(run full 0 0)
 
 # curves: mean and largest absolute difference over all grid points
 curve=$(awk 'FNR == 1 {file++} /^curve/ {
@@ -55,14 +60,34 @@ plans=$(awk 'FNR == 1 {file++; r = 0} /^- \[/ {
 		       if (d > m) m = d }
 	}
     } END {printf "%.5f %.5f\n", s / n, m}' "$out/light.yaml" "$out/full.yaml")
-ret() { sed -n 's/^  predicted_retention: //p' "$1"; }
+# score PLAN: the plan's summed prose and retrieval retention on the full
+# model's curves (linear between grid levels), as the solver counts them
+score() {
+	awk 'FNR == 1 {file++}
+	    file == 1 && /^grid / {G = $2}
+	    file == 1 && /^curve / {for (i = 4; i <= NF; i++) R[$2, $3, i - 4] = $i}
+	    file == 1 && /^rcurve / {for (i = 4; i <= NF; i++) Q[$2, $3, i - 4] = $i; hasq = 1}
+	    file == 2 && /^- \[/ {gsub(/[][,]/, ""); sub(/^- /, "")
+		for (h = 1; h <= NF; h++) {
+			x = $h * (G - 1); j = int(x); if (j >= G - 1) j = G - 2
+			a = x - j; l = r + 0
+			p += R[l, h - 1, j] + a * (R[l, h - 1, j + 1] - R[l, h - 1, j])
+			if (hasq) q += Q[l, h - 1, j] + a * (Q[l, h - 1, j + 1] - Q[l, h - 1, j])
+			n++
+		}
+		r++}
+	    END {printf "%.6f %.6f %d\n", p, hasq ? q : -1, n}' "$out/full.prof" "$1"
+}
+sl=$(score "$out/light.yaml")
+sf=$(score "$out/full.yaml")
 
 printf 'profile %s samples x %s tokens, %s, budget %s, %s CPUs\n' "$S" "$T" \
     "$(basename "$model")" "$B" "$(nproc)"
-printf '%-24s %10s %8s %12s\n' variant seconds ratio retention
-printf '%-24s %10s %8s %12.4f\n' "full (span 0)" "$full" 1.00 "$(ret "$out/full.yaml")"
-printf '%-24s %10s %8.2f %12.4f\n' "lightweight (span $SPAN)" "$light" \
-    "$(echo "$light $full" | awk '{print $1 / $2}')" "$(ret "$out/light.yaml")"
+printf '%-32s %8s %6s %12s %12s\n' variant seconds ratio prose retrieval
+echo "$sf" | awk -v t="$full" '{printf "%-32s %8s %6.2f %12.6f %12.6f\n", "full (span 0, all tokens)", t, 1, $1 / $3, $2 / $3}'
+echo "$sl" | awk -v t="$light" -v f="$full" -v s="$SPAN" -v n="$LIGHT" \
+    '{printf "%-32s %8s %6.2f %12.6f %12.6f\n", "lightweight (span " s ", last " n ")", t, t / f, $1 / $3, $2 / $3}'
+echo "$sl $sf" | awk '{printf "objective (summed prose retention on the full curves): light/full %.6f, loss light/full %.4f\n", $1 / $4, ($3 - $1) / ($6 - $4)}'
 echo "$curve" | awk '{printf "curve distance: mean |dR| %s, max %s\n", $1, $2}'
 echo "$plans" | awk '{printf "plan distance: mean |db| %s, max %s\n", $1, $2}'
 echo "files in $out"

@@ -35,6 +35,7 @@ struct prob {
 	int		*lo, *hi, *group, *shard;
 	int64_t		*gmin, *gmax;
 	uint8_t		*allowed;
+	double		*value2;	/* retrieval, with a floor */
 };
 
 /* Fill the allocation options with their defaults. */
@@ -56,6 +57,8 @@ alloc_opts_init(alloc_opts *o)
 	o->layer_min = 0;
 	o->layer_max = 1;
 	o->beta = 20;
+	o->retrieval_floor = -1;
+	o->retrieval_weight = 0;
 }
 
 /* Name of a method as the plan records it. */
@@ -112,6 +115,7 @@ prob_free(struct prob *b)
 	free(b->gmin);
 	free(b->gmax);
 	free(b->allowed);
+	free(b->value2);
 	memset(b, 0, sizeof *b);
 }
 
@@ -216,6 +220,11 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	int64_t unit = token_bytes(o, plan), fl = floor_tokens(o), full;
 	int L = plan->n_layer, Hkv = plan->n_head_kv, N, G, i, j, l, h;
 	int jlo, jhi, maxstep = 0;
+	/* ada's head split is an estimate of the run time's: no floor */
+	int floor2 = o->retrieval_floor >= 0 && prof->Rr != NULL &&
+	    gran != GRAN_HEAD;
+	double rw = prof->Rr != NULL && gran != GRAN_HEAD ?
+	    o->retrieval_weight : 0;
 	kvx_status rc;
 
 	memset(b, 0, sizeof *b);
@@ -231,7 +240,11 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	b->lo = kvx__malloc_array((size_t)N, sizeof *b->lo);
 	b->hi = kvx__malloc_array((size_t)N, sizeof *b->hi);
 	b->allowed = kvx__calloc((size_t)N * G, 1);
-	if (!b->value || !b->cost || !b->lo || !b->hi || !b->allowed)
+	if (floor2)
+		b->value2 = kvx__malloc_array((size_t)N * G,
+		    sizeof *b->value2);
+	if (!b->value || !b->cost || !b->lo || !b->hi || !b->allowed ||
+	    (floor2 && !b->value2))
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	for (j = 1; j < G; j++)
 		if (b->tok[j] - b->tok[j - 1] > maxstep)
@@ -259,16 +272,28 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 			b->hi[i]--;
 		for (j = 0; j < G; j++) {
 			int64_t t = b->tok[j] > fl ? b->tok[j] : fl;
-			double v = 0;
+			double v = 0, v2 = 0;
 
 			if (gran == GRAN_LAYER) {
-				for (h = 0; h < Hkv; h++)
+				for (h = 0; h < Hkv; h++) {
 					v += profile_eval(prof, l, h,
 					    b->frac[j]);
+					if (prof->Rr != NULL)
+						v2 += profile_eval_retrieval(
+						    prof, l, h, b->frac[j]);
+				}
 				t *= Hkv;
-			} else
+			} else {
 				v = profile_eval(prof, l, i % Hkv, b->frac[j]);
-			b->value[(size_t)i * G + j] = layer_weight(o, l) * v;
+				if (prof->Rr != NULL)
+					v2 = profile_eval_retrieval(prof, l,
+					    i % Hkv, b->frac[j]);
+			}
+			/* the weighted sum: retrieval beside the prose */
+			b->value[(size_t)i * G + j] = layer_weight(o, l) * v +
+			    rw * v2;
+			if (floor2)
+				b->value2[(size_t)i * G + j] = v2;
 			b->cost[(size_t)i * G + j] = t * unit;
 			/* below the floor a level costs the floor: of those
 			 * keep only the highest, the best value for that
@@ -295,7 +320,8 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	 * never needed: dropping to the cheaper one keeps the value.  Masking
 	 * it removes the flat stretches (only sinks kept, or everything that
 	 * matters already kept) on which greedy would see no gain and stop.
-	 * With layer minimums such levels may be needed to reach them.
+	 * With layer minimums such levels may be needed to reach them; with
+	 * a retrieval floor a level that gains retrieval is needed too.
 	 */
 	if (gran != GRAN_HEAD && o->layer_min <= 0)
 		for (i = 0; i < N; i++) {
@@ -307,7 +333,9 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 				if (!b->allowed[k] || j < b->lo[i])
 					continue;
 				if (last >= 0 && !(b->value[k] >
-				    b->value[(size_t)i * G + last] + 1e-12))
+				    b->value[(size_t)i * G + last] + 1e-12) &&
+				    !(floor2 && b->value2[k] >
+				    b->value2[(size_t)i * G + last] + 1e-12))
 					b->allowed[k] = 0;
 				else
 					last = j;
@@ -324,6 +352,10 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	b->p.lo = b->lo;
 	b->p.hi = b->hi;
 	b->p.allowed = b->allowed;
+	if (floor2) {
+		b->p.value2 = b->value2;
+		b->p.floor2 = o->retrieval_floor * L * Hkv;
+	}
 
 	if (gran == GRAN_HEAD || (gran == GRAN_LAYER_HEAD &&
 	    (o->layer_min > 0 || o->layer_max < 1))) {
@@ -383,6 +415,48 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	return KVX_OK;
 }
 
+/*
+ * A floor by GLPK, started from dp's discretised answer: the MIP alone
+ * may find no assignment within its time limit, and then has dp's to
+ * improve on.
+ */
+static kvx_status
+solve_floor_glpk(const solve_problem *p, const solve_params *sp,
+    solve_result *res)
+{
+	solve_params q = *sp;
+	solve_result d;
+	kvx_status rc;
+
+	memset(&d, 0, sizeof d);
+	if ((rc = solve_dp(p, sp, &d)) != KVX_OK &&
+	    d.status == SOLVE_INFEASIBLE) {
+		*res = d;
+		return rc;
+	}
+	q.start = rc == KVX_OK ? d.level : NULL;
+	rc = solve_glpk(p, &q, res);
+	solve_result_free(&d);
+	return rc;
+}
+
+/* The failure of a floor that the budget cannot reach, saying what it
+ * can reach; or the solver's own failure when that cannot be known. */
+static kvx_status
+floor_reach(const alloc_opts *o, struct prob *b)
+{
+	char why[256];
+	double best;
+
+	snprintf(why, sizeof why, "%s", kvx_errmsg());
+	if (solve_best2(&b->p, &o->sp, &best) != KVX_OK ||
+	    best >= b->p.floor2)
+		return kvx__fail(KVX_ERR_PLAN, "%s", why);
+	return kvx__fail(KVX_ERR_PLAN, "retrieval floor %.4f is not "
+	    "reachable at budget %.2f%%: at most %.4f", o->retrieval_floor,
+	    100 * o->budget, best / (b->L * b->Hkv));
+}
+
 /* Solve the problem at granularity gran (GRAN_HEAD: each layer's total
  * is its uniform share uni[l]); head shares go to frac[L*Hkv]. */
 static kvx_status
@@ -398,7 +472,12 @@ solve_gran(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 		return rc;
 	}
 	solve_result_free(&rep->res);
-	rc = solve_run(o->solver, &b.p, &o->sp, &rep->res);
+	if (b.p.value2 != NULL && strcmp(o->solver, "glpk") == 0)
+		rc = solve_floor_glpk(&b.p, &o->sp, &rep->res);
+	else
+		rc = solve_run(o->solver, &b.p, &o->sp, &rep->res);
+	if (rc == KVX_ERR_PLAN && b.p.value2 != NULL)
+		rc = floor_reach(o, &b);
 	if (rc != KVX_OK) {
 		prob_free(&b);
 		return rc;
@@ -529,6 +608,26 @@ predict(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	rep->objective = obj;
 }
 
+/* The plan's mean retrieval retention, and uniform's. */
+static void
+predict_retrieval(const profile *prof, const kvx_plan *plan,
+    const double *uni, alloc_report *rep)
+{
+	int L = plan->n_layer, Hkv = plan->n_head_kv, l, h;
+	double rs = 0, ru = 0;
+
+	if (prof == NULL || prof->Rr == NULL)
+		return;
+	for (l = 0; l < L; l++)
+		for (h = 0; h < Hkv; h++) {
+			rs += profile_eval_retrieval(prof, l, h,
+			    rep->head_frac[l * Hkv + h]);
+			ru += profile_eval_retrieval(prof, l, h, uni[l]);
+		}
+	rep->retrieval = rs / (L * Hkv);
+	rep->retrieval_uniform = ru / (L * Hkv);
+}
+
 /* Fill the plan's budgets by the method; see baseline.h. */
 kvx_status
 alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
@@ -541,6 +640,7 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 
 	memset(rep, 0, sizeof *rep);
 	rep->predicted = rep->uniform = -1;
+	rep->retrieval = rep->retrieval_uniform = -1;
 	if (!(o->budget > 0 && o->budget <= 1))
 		return kvx__fail(KVX_ERR_ARG, "budget %g is not in (0, 1]",
 		    o->budget);
@@ -552,6 +652,11 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 	if (alloc_needs_profile(o->method) && prof == NULL)
 		return kvx__fail(KVX_ERR_ARG, "method %s needs a profile",
 		    alloc_method_name(o->method));
+	if ((o->retrieval_floor >= 0 || o->retrieval_weight > 0) &&
+	    alloc_needs_profile(o->method) && prof->Rr == NULL)
+		return kvx__fail(KVX_ERR_ARG, "the profile has no retrieval "
+		    "curves for --retrieval-floor or --retrieval-weight "
+		    "(profile with --probe-share above 0)");
 	if ((hf = kvx__malloc_array((size_t)L * Hkv, sizeof *hf)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	rep->head_frac = hf;
@@ -617,6 +722,7 @@ alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,
 		for (l = 0; l < L * Hkv; l++)
 			plan->budgets[l] = hf[l];
 	predict(o, prof, plan, uni, rep);
+	predict_retrieval(prof, plan, uni, rep);
 out:
 	free(uni);
 	free(cap);

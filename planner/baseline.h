@@ -45,6 +45,11 @@ typedef struct alloc_opts {
 	int		 shards;	/* 0 or 1: none */
 	const double	*layer_w;	/* [n_layer] or NULL: all 1 */
 	double		 beta;		/* pyramid: first / last ratio knob */
+	/* the retrieval curves (layer and kvx): a floor on the plan's mean
+	 * retrieval retention, and/or its weight beside the prose
+	 * retention in the objective; < 0 and 0: unused */
+	double		 retrieval_floor;
+	double		 retrieval_weight;
 } alloc_opts;
 
 typedef struct alloc_report {
@@ -53,6 +58,8 @@ typedef struct alloc_report {
 	double		 objective;	/* sum_l w_l sum_h R of the plan */
 	double		 predicted;	/* mean R of the plan, -1 unknown */
 	double		 uniform;	/* mean R of uniform, -1 unknown */
+	double		 retrieval;	/* mean Rr of the plan, -1 unknown */
+	double		 retrieval_uniform;	/* mean Rr of uniform */
 	double		*head_frac;	/* [L*Hkv] static shares behind the
 					   plan (a hybrid plan's estimate) */
 } alloc_report;

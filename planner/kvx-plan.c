@@ -26,6 +26,7 @@
 #include "kvx.h"
 #include "opt.h"
 #include "plan.h"
+#include "probe.h"
 #include "profile.h"
 #include "solve.h"
 #include "svg.h"
@@ -187,6 +188,10 @@ static const struct opt options[] = {
 	{ .name = "sample-tokens", .kind = OPT_INT, .arg = "N", .lo = 16,
 	    .hi = 1 << 20, .dst = OFF(po.sample_tokens),
 	    .help = "tokens per window; default 2048" },
+	{ .name = "profile-tokens", .kind = OPT_INT, .arg = "N", .lo = 0,
+	    .hi = 1 << 20, .dst = OFF(po.profile_tokens),
+	    .help = "run the last N tokens of each window;\n"
+	    "0: all of it; default 1024" },
 	{ .name = "seed", .kind = OPT_U64, .arg = "S", .lo = 0, .hi = LONG_MAX,
 	    .dst = OFF(po.seed),
 	    .help = "seed of the window offsets; default 1" },
@@ -196,6 +201,19 @@ static const struct opt options[] = {
 	{ .name = "objective", .kind = OPT_WORD, .arg = "O",
 	    .dst = OFF(po.objective), .names = objectives, .noun = "objective",
 	    .help = "output, mass or output-abs (default)" },
+	{ .name = "probes", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = PROBE_MAX_STATEMENTS, .dst = OFF(po.probes),
+	    .help = "statements in each retrieval probe; default 4" },
+	{ .name = "probe-share", .kind = OPT_NUM, .arg = "F", .lo = 0,
+	    .hi = 1, .dst = OFF(po.probe_share),
+	    .help = "share of the samples that are retrieval probes;\n"
+	    "0: none; default 0.25" },
+	{ .name = "retrieval-floor", .kind = OPT_NUM, .arg = "X", .lo = 0,
+	    .hi = 1, .dst = OFF(ao.retrieval_floor),
+	    .help = "keep the mean retrieval retention at X or more" },
+	{ .name = "retrieval-weight", .kind = OPT_NUM, .arg = "W", .lo = 0,
+	    .hi = 1e6, .dst = OFF(ao.retrieval_weight),
+	    .help = "maximise prose + W x retrieval retention" },
 	{ .name = "grid", .kind = OPT_INT, .arg = "N", .lo = 2,
 	    .hi = PROFILE_MAX_GRID, .dst = OFF(po.grid),
 	    .help = "levels of the retention curves; default 256" },
@@ -327,6 +345,9 @@ alloc_fail(kvx_status rc, const char *solver)
 {
 	switch (rc) {
 	case KVX_ERR_PLAN:
+		if (strncmp(kvx_errmsg(), "retrieval floor", 15) == 0)
+			return die(EX_INFEASIBLE, "%s (lower --retrieval-floor "
+			    "or raise --budget)", kvx_errmsg());
 		return die(EX_INFEASIBLE, "infeasible budget: %s (raise "
 		    "--budget or relax the floors)", kvx_errmsg());
 	case KVX_ERR_UNSUPPORTED:
@@ -391,6 +412,11 @@ parse_args(struct cli *c, int argc, char **argv)
 	}
 	if (c->solver >= 0)
 		c->ao.solver = solvers[c->solver];
+#ifdef HAVE_GLPK
+	/* a floor is a second resource: the MIP is exact, dp discretises */
+	else if (c->ao.retrieval_floor >= 0)
+		c->ao.solver = "glpk";
+#endif
 #ifndef HAVE_GLPK
 	if (strcmp(c->ao.solver, "glpk") == 0)
 		return die(EX_BADUSE, "solver glpk is not built in "
@@ -412,6 +438,10 @@ parse_args(struct cli *c, int argc, char **argv)
 			    c->ao.ref_context);
 		c->ao.budget = c->budget_tokens / (double)c->ao.ref_context;
 	}
+	if ((c->ao.retrieval_floor >= 0 || c->ao.retrieval_weight > 0) &&
+	    c->method != ALLOC_KVX && c->method != ALLOC_LAYER)
+		return die(EX_BADUSE, "--retrieval-floor and --retrieval-weight "
+		    "apply to methods kvx and layer");
 	if (c->set_mode && c->method != ALLOC_KVX)
 		return die(EX_BADUSE, "--mode applies to method kvx only "
 		    "(%s has a fixed mode)", alloc_method_name(c->method));
@@ -518,6 +548,9 @@ summary(const struct cli *c, const kvx_plan *plan, const profile *prof,
 		printf(" %9.4f %9.4f\n", rep->predicted, rep->uniform);
 	else
 		printf(" %9s %9s\n", "-", "-");
+	if (rep->retrieval >= 0)
+		printf("retrieval retention %.4f, uniform %.4f\n",
+		    rep->retrieval, rep->retrieval_uniform);
 	printf("KV bytes at %" PRId64 " tokens: %s of %s full (%.2f%%)\n",
 	    plan->ref_context, solve__bytes((int64_t)plan->ref_bytes, b1,
 	    sizeof b1), solve__bytes((int64_t)plan->ref_bytes_full, b2,

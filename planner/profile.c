@@ -29,12 +29,13 @@
 #include "kvzip.h"
 #include "model.h"
 #include "plan.h"
+#include "probe.h"
 #include "profile.h"
 #include "select.h"
 #include "util.h"
 
 #define PROFILE_MAGIC		"kvx-profile"
-#define PROFILE_VERSION		1
+#define PROFILE_VERSION		2	/* 2: retrieval curves */
 #define CORPUS_MAX_BYTES	((size_t)256 << 20)
 
 /* What the layer hook needs. */
@@ -43,11 +44,15 @@ struct prof_run {
 	kvx_model	*m;
 	kv_cache	*kv;
 	int		 n;		/* tokens of the sample */
+	int		 extra;		/* of them, answer tokens after the
+					   prompt (a probe), else 0 */
 	int		 H, Hkv, D, E;
-	double		*sum;		/* [L][Hkv][G] curves summed */
+	double		*acc;		/* where this sample's curves go: */
+	double		*sum;		/* [L][Hkv][G] prose curves summed */
+	double		*sumr;		/* [L][Hkv][G] probe curves summed */
 	float		*score, *pooled, *cand;
-	float		*wwin;		/* expected-attention: the scoring
-					   window's queries, H x window x D */
+	float		*wwin;		/* the observation window's queries,
+					   H x window x D */
 	float		*ea;		/* its statistics and logits */
 	float		*kz;		/* kvzip: the repeat pass's scores of
 					   the sample, [L][Hkv][prompt] */
@@ -73,6 +78,7 @@ prof_opts_init(prof_opts *o)
 	memset(o, 0, sizeof *o);
 	o->samples = 8;
 	o->sample_tokens = 2048;
+	o->profile_tokens = 1024;
 	o->seed = 1;
 	o->span = 512;
 	o->grid = 256;
@@ -83,6 +89,8 @@ prof_opts_init(prof_opts *o)
 	o->scorer = PLAN_SCORER_SNAPKV;
 	o->sinks = 4;
 	o->objective = PROF_OBJ_ABS;
+	o->probes = 4;
+	o->probe_share = 0.25;
 }
 
 /* Release a profile and clear the pointer. */
@@ -92,6 +100,7 @@ profile_free(profile **pp)
 	if (*pp == NULL)
 		return;
 	free((*pp)->R);
+	free((*pp)->Rr);
 	free(*pp);
 	*pp = NULL;
 }
@@ -107,7 +116,22 @@ profile_level(const profile *p, int j)
 double
 profile_eval(const profile *p, int layer, int head, double f)
 {
-	const double *r = p->R + ((size_t)layer * p->n_head_kv + head) *
+	return profile_eval_curve(p, p->R, layer, head, f);
+}
+
+/* Rr(l, h, f), linear between grid levels. */
+double
+profile_eval_retrieval(const profile *p, int layer, int head, double f)
+{
+	return profile_eval_curve(p, p->Rr, layer, head, f);
+}
+
+/* One of the profile's curves at f, linear between grid levels. */
+double
+profile_eval_curve(const profile *p, const double *curves, int layer,
+    int head, double f)
+{
+	const double *r = curves + ((size_t)layer * p->n_head_kv + head) *
 	    p->grid;
 	double x;
 	int j;
@@ -272,15 +296,18 @@ quad(const float *G, const double *e, int D)
 
 /*
  * Output objective for KV head h of layer l: add to err[c] the residual
- * perturbation |W_o,q (o - o_kept)|^2 of keeping the sinks, the window
- * and the first k_c candidates of the order, summed over the group's query
- * heads and the evaluated window queries.
+ * perturbation |W_o,q (o - o_kept)|^2 of keeping the sinks, every token
+ * from nc on (the observation window, and a probe's answer) and the first
+ * k_c candidates of the order, summed over the group's query heads and
+ * the evaluated queries rows[0..nr) of the hook's w window queries (row j
+ * sits at position n - w + j and sees the tokens up to it).
  */
 static void
 output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
-    const kv_seg *sg, int s, int m, const int *kc, int nck)
+    const int *rows, int nr, const kv_seg *sg, int s, int nc, int m,
+    const int *kc, int nck)
 {
-	int n = r->n, D = r->D, g = r->H / r->Hkv, q, j, i, c, t, d;
+	int n = r->n, D = r->D, g = r->H / r->Hkv, q, j, i, c, t, d, ri;
 	float scale = 1.0f / sqrtf((float)D);
 	double o[256], A[256], e[256], P;
 
@@ -288,12 +315,15 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 		int qh = h * g + q;
 		const float *G = r->gram + ((size_t)l * r->H + qh) * D * D;
 
-		for (j = w - 1; j >= 0; j -= OUT_STRIDE) {
-			const float *qv = wq + ((size_t)qh * w + j) * D;
-			int vis = n - w + j + 1;
+		for (ri = 0; ri < nr; ri++) {
+			const float *qv;
+			int vis;
 			float mx = -INFINITY;
 			double z = 0;
 
+			j = rows[ri];
+			qv = wq + ((size_t)qh * w + j) * D;
+			vis = n - w + j + 1;
 			for (i = 0; i < vis; i++) {
 				const float *k = sg->k + (size_t)i * D;
 				float dt = 0;
@@ -314,7 +344,7 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 			for (i = 0; i < vis; i++) {
 				const float *v = sg->v + (size_t)i * D;
 				double pi = r->prob[i] / z;
-				int always = i < s || i >= n - w;
+				int always = i < s || i >= nc;
 
 				for (d = 0; d < D; d++)
 					o[d] += pi * v[d];
@@ -345,14 +375,15 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 
 /*
  * Expected Attention scores of KV head h's candidates into r->score, as
- * the runtime computes them: statistics of the last of the wa queries at
- * hand, the scoring window's w tokens left out.
+ * the runtime computes them: statistics of the last of the wa_n prompt
+ * queries at hand (stride rows per head), the scoring window's w tokens
+ * left out.
  */
 static void
 prof_ea(struct prof_run *r, const kv_seg *sg, int l, int h, const float *wa,
-    int wa_n, int w, int s)
+    int stride, int wa_n, int w, int s)
 {
-	int g = r->H / r->Hkv, D = r->D, n = r->n, q;
+	int g = r->H / r->Hkv, D = r->D, n = r->n - r->extra, q;
 	int nq = PLAN_EA_QUERIES < wa_n ? PLAN_EA_QUERIES : wa_n;
 	float *mu = r->ea, *cov = mu + (size_t)g * D;
 	sel_ea e;
@@ -363,11 +394,47 @@ prof_ea(struct prof_run *r, const kv_seg *sg, int l, int h, const float *wa,
 	e.theta = r->m->L[l].theta;
 	e.halves = r->m->desc->rope == ROPE_HALVES;
 	for (q = 0; q < g; q++)
-		sel_ea_stats(wa + ((size_t)(h * g + q) * wa_n + (wa_n - nq)) *
+		sel_ea_stats(wa + ((size_t)(h * g + q) * stride + (wa_n - nq)) *
 		    D, sg->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,
 		    cov + (size_t)q * D * D);
 	sel_ea_score(mu, cov, sg->k, sg->v, n, n - w, s, g, D, &e,
 	    r->o->gqa, cov + (size_t)g * D * D, r->score);
+}
+
+/*
+ * Add one head's output-objective curve to sum: the errors at the budget
+ * checkpoints, interpolated over the grid and normalised by xn.
+ */
+static void
+add_output_curve(struct prof_run *r, int l, int h, const float *wq, int w,
+    const int *rows, int nr, const kv_seg *sg, int s, int nc, int m,
+    double xn, double *sum)
+{
+	int G = r->o->grid, np = r->n - r->extra, kc[OUT_CHECKS];
+	int jc[OUT_CHECKS], c, i, j;
+
+	for (i = 0; i < m; i++)
+		r->order[i] = s + i;
+	order_key = r->pooled;
+	qsort(r->order, (size_t)m, sizeof(int), cmp_order);
+	for (c = 0; c < OUT_CHECKS; c++) {
+		int64_t k;
+
+		jc[c] = (int)llround((double)c * (G - 1) / (OUT_CHECKS - 1));
+		k = llround((double)jc[c] / (G - 1) * np) - (np - nc) - s;
+		kc[c] = k < 0 ? 0 : k > m ? m : (int)k;
+		r->err[c] = 0;
+	}
+	output_errors(r, l, h, wq, w, rows, nr, sg, s, nc, m, kc, OUT_CHECKS);
+	for (c = 0; c + 1 < OUT_CHECKS; c++)
+		for (j = jc[c]; j <= jc[c + 1]; j++) {
+			double a = (double)(j - jc[c]) / (jc[c + 1] - jc[c]), v;
+
+			v = 1 - ((1 - a) * r->err[c] + a * r->err[c + 1]) /
+			    (xn > 0 ? xn : 1);
+			if (j < jc[c + 1] || c + 2 == OUT_CHECKS)
+				sum[j] += v < 0 ? 0 : v > 1 ? 1 : v;
+		}
 }
 
 /*
@@ -409,11 +476,15 @@ prof_kvzip_scores(struct prof_run *r, int l, int h, int np, int nc, int s)
 }
 
 /*
- * Forward hook: score each KV head of layer l with the window queries,
- * turn the pooled scores into a retention curve and add it to the sums,
- * then free the layer's K/V (later layers do not read it).  Under
- * expected-attention the forward hands over the statistics' queries; the
- * last window of them are the observation window of the objective.
+ * Forward hook: score each KV head of layer l with the observation
+ * window's queries, turn the pooled scores into a retention curve and add
+ * it to the sums, then free the layer's K/V (later layers do not read it).
+ * The hook's w queries end with r->extra answer tokens on a probe; before
+ * them come the prompt's last queries: under expected-attention its
+ * statistics' queries, whose last window are the observation window.  A
+ * prose sample's objective is measured at the window queries, a probe's
+ * at the queries that produce its answer: the prompt's last token and
+ * the answer's tokens but the last.
  */
 static kvx_status
 prof_hook(void *arg, int seq, int l, const float *wq, int w,
@@ -422,76 +493,59 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 	struct prof_run *r = arg;
 	const prof_opts *o = r->o;
 	int g = r->H / r->Hkv, n = r->n, G = o->grid, h, i, j;
+	int x = r->extra, np = n - x, wp = w - x, ew = o->window, nr = 0;
 	float scale = 1.0f / sqrtf((float)r->D);
-	const float *wa = wq;
-	int wa_n = w;
+	const float *sw = wq;
+	int rows[KVX_WINDOW_MAX];
+	double xn = 0;
 
-	if (o->scorer == PLAN_SCORER_EA && w > o->window) {
+	if (wp < ew)
+		ew = wp;
+	if (wp > ew || x > 0) {
 		for (i = 0; i < r->H; i++)
-			memcpy(r->wwin + (size_t)i * o->window * r->D,
-			    wq + ((size_t)i * w + (w - o->window)) * r->D,
-			    (size_t)o->window * r->D * sizeof(float));
-		xw += (size_t)(w - o->window) * r->E;
-		wq = r->wwin;
-		w = o->window;
+			memcpy(r->wwin + (size_t)i * ew * r->D,
+			    wq + ((size_t)i * w + (wp - ew)) * r->D,
+			    (size_t)ew * r->D * sizeof(float));
+		sw = r->wwin;
 	}
+	if (x > 0)
+		for (j = wp - 1; j < w; j++)
+			rows[nr++] = j;
+	else
+		for (j = w - 1; j >= w - ew; j -= OUT_STRIDE)
+			rows[nr++] = j;
+	for (i = 0; i < nr; i++)
+		for (j = 0; j < r->E; j++)
+			xn += o->objective == PROF_OBJ_ABS ? 1.0 :
+			    (double)xw[(size_t)rows[i] * r->E + j] *
+			    xw[(size_t)rows[i] * r->E + j];
+	xn *= g;
 	for (h = 0; h < r->Hkv; h++) {
 		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
-		double *sum = r->sum + ((size_t)l * r->Hkv + h) * G;
-		int nc = n - w, s = o->sinks < nc ? o->sinks : nc, m = nc - s;
+		double *sum = r->acc + ((size_t)l * r->Hkv + h) * G;
+		int nc = np - ew, s = o->sinks < nc ? o->sinks : nc, m = nc - s;
 		double z = 0, sink = 0;
 
 		if (sg->len != n)
 			return kvx__fail(KVX_ERR_ARG, "layer %d head %d holds "
 			    "%d rows, expected %d", l, h, sg->len, n);
 		if (o->scorer == PLAN_SCORER_EA)
-			prof_ea(r, sg, l, h, wa, wa_n, w, s);
+			prof_ea(r, sg, l, h, wq, w, wp, ew, s);
 		else if (o->scorer == PLAN_SCORER_KVZIP)
-			prof_kvzip_scores(r, l, h, n, nc, s);
+			prof_kvzip_scores(r, l, h, np, nc, s);
 		else
-			sel_score(wq + (size_t)h * g * w * r->D, sg->k, n, w,
+			sel_score(sw + (size_t)h * g * ew * r->D, sg->k, np, ew,
 			    g, r->D, scale, o->gqa, r->score);
 		sel_pool(r->score, nc, o->pool_kernel, o->pool, r->pooled);
+		if (o->objective != PROF_OBJ_MASS) {
+			add_output_curve(r, l, h, wq, w, rows, nr, sg, s, nc, m,
+			    xn, sum);
+			continue;
+		}
 		for (i = 0; i < nc; i++)
 			z += r->pooled[i];
 		for (i = 0; i < s; i++)
 			sink += r->pooled[i];
-		if (o->objective != PROF_OBJ_MASS) {
-			int kc[OUT_CHECKS], jc[OUT_CHECKS], c;
-			double xn = 0;
-
-			for (j = w - 1; j >= 0; j -= OUT_STRIDE)
-				for (i = 0; i < r->E; i++)
-					xn += o->objective == PROF_OBJ_ABS ? 1.0 :
-					    (double)xw[(size_t)j * r->E + i] *
-					    xw[(size_t)j * r->E + i];
-			xn *= g;
-			for (i = 0; i < m; i++)
-				r->order[i] = s + i;
-			order_key = r->pooled;
-			qsort(r->order, (size_t)m, sizeof(int), cmp_order);
-			for (c = 0; c < OUT_CHECKS; c++) {
-				int64_t k;
-
-				jc[c] = (int)llround((double)c * (G - 1) /
-				    (OUT_CHECKS - 1));
-				k = llround((double)jc[c] / (G - 1) * n) - w - s;
-				kc[c] = k < 0 ? 0 : k > m ? m : (int)k;
-				r->err[c] = 0;
-			}
-			output_errors(r, l, h, wq, w, sg, s, m, kc, OUT_CHECKS);
-			for (c = 0; c + 1 < OUT_CHECKS; c++)
-				for (j = jc[c]; j <= jc[c + 1]; j++) {
-					double a = (double)(j - jc[c]) /
-					    (jc[c + 1] - jc[c]), v;
-
-					v = 1 - ((1 - a) * r->err[c] + a *
-					    r->err[c + 1]) / (xn > 0 ? xn : 1);
-					if (j < jc[c + 1] || c + 2 == OUT_CHECKS)
-						sum[j] += v < 0 ? 0 : v > 1 ? 1 : v;
-				}
-			continue;
-		}
 		memcpy(r->cand, r->pooled + s, (size_t)m * sizeof(float));
 		qsort(r->cand, (size_t)m, sizeof(float), cmp_desc);
 		r->prefix[0] = 0;
@@ -499,7 +553,7 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 			r->prefix[i + 1] = r->prefix[i] + r->cand[i];
 		for (j = 0; j < G; j++) {
 			double f = (double)j / (G - 1), v;
-			int64_t k = llround(f * n) - w - s;
+			int64_t k = llround(f * np) - ew - s;
 
 			if (k < 0)
 				k = 0;
@@ -529,6 +583,11 @@ check_opts(const prof_opts *o)
 		return kvx__fail(KVX_ERR_ARG, "--sample-tokens %d leaves no "
 		    "candidates beside the window %d and %d sinks",
 		    o->sample_tokens, o->window, o->sinks);
+	if (o->profile_tokens < 0 || (o->profile_tokens > 0 &&
+	    o->profile_tokens < o->window + o->sinks + 2))
+		return kvx__fail(KVX_ERR_ARG, "--profile-tokens %d leaves no "
+		    "candidates beside the window %d and %d sinks (0: all of "
+		    "the sample)", o->profile_tokens, o->window, o->sinks);
 	if (o->grid < 2 || o->grid > PROFILE_MAX_GRID)
 		return kvx__fail(KVX_ERR_ARG, "--grid %d out of range [2, %d]",
 		    o->grid, PROFILE_MAX_GRID);
@@ -541,6 +600,22 @@ check_opts(const prof_opts *o)
 	if (o->span < 0 || o->sinks < 0)
 		return kvx__fail(KVX_ERR_ARG, "negative --profile-span or "
 		    "--sinks");
+	if (!(o->probe_share >= 0 && o->probe_share <= 1))
+		return kvx__fail(KVX_ERR_ARG, "--probe-share %g out of range "
+		    "[0, 1]", o->probe_share);
+	if (o->probe_share > 0 && (o->probes < 1 ||
+	    o->probes > PROBE_MAX_STATEMENTS))
+		return kvx__fail(KVX_ERR_ARG, "--probes %d out of range [1, "
+		    "%d]", o->probes, PROBE_MAX_STATEMENTS);
+	if (o->probe_share > 0 && o->objective == PROF_OBJ_MASS)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "retrieval probes "
+		    "measure the output objective (drop --objective mass or "
+		    "give --probe-share 0)");
+	if (o->probe_share > 0 && o->window + PROBE_MAX_ANSWER >
+	    KVX_WINDOW_MAX)
+		return kvx__fail(KVX_ERR_ARG, "--window %d leaves no room for "
+		    "a probe's answer (at most %d with probes)", o->window,
+		    KVX_WINDOW_MAX - PROBE_MAX_ANSWER);
 	return KVX_OK;
 }
 
@@ -557,16 +632,19 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	profile *p = NULL;
 	int32_t *ids = NULL;
 	int64_t n_ids = 0, off;
-	int *seq = NULL, *pos = NULL, T = o->sample_tokens, L, G, i, s;
+	int *seq = NULL, *pos = NULL, T = o->sample_tokens, L, G, i, s, Tr;
 	char names[256];
 	fw_batch b;
 	kvx_status rc;
 	double t0 = kvx__now();
-	uint64_t st;
+	uint64_t st, pst;
 	size_t cells;
+	probe pr;
+	int n_probe = 0, done_probes;
 
 	*out = NULL;
 	memset(&r, 0, sizeof r);
+	memset(&pr, 0, sizeof pr);
 	if ((rc = check_opts(o)) != KVX_OK)
 		return rc;
 	if (n_files < 1)
@@ -579,20 +657,40 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		return kvx__fail(KVX_ERR_ARG, "the corpus has %" PRId64
 		    " tokens, fewer than one sample of %d", n_ids, T);
 	}
+	Tr = o->profile_tokens > 0 && o->profile_tokens < T ?
+	    o->profile_tokens : T;
 	L = mi->n_layer;
 	G = o->grid;
 	cells = (size_t)L * mi->n_head_kv * G;
+	if (o->probe_share > 0) {
+		n_probe = (int)llround(o->probe_share * o->samples);
+		if (n_probe < 1)
+			n_probe = 1;
+		if (n_probe > o->samples - 1)
+			n_probe = o->samples - 1;
+		if (n_probe < 1) {
+			free(ids);
+			return kvx__fail(KVX_ERR_ARG, "probes need 2 samples or "
+			    "more, one of prose (raise --samples or give "
+			    "--probe-share 0)");
+		}
+	}
 	if ((p = calloc(1, sizeof *p)) == NULL ||
-	    (p->R = kvx__calloc(cells, sizeof *p->R)) == NULL) {
+	    (p->R = kvx__calloc(cells, sizeof *p->R)) == NULL ||
+	    (n_probe > 0 && (p->Rr = kvx__calloc(cells,
+	    sizeof *p->Rr)) == NULL)) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
 	}
+	p->probe_samples = n_probe;
+	p->probes = n_probe > 0 ? o->probes : 0;
 	p->n_layer = L;
 	p->n_head_kv = mi->n_head_kv;
 	p->grid = G;
 	memcpy(p->fingerprint, mi->fingerprint, sizeof p->fingerprint);
 	p->samples = o->samples;
 	p->sample_tokens = T;
+	p->profile_tokens = Tr;
 	p->span = o->span;
 	p->seed = o->seed;
 	p->window = o->window;
@@ -613,6 +711,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	r.Hkv = mi->n_head_kv;
 	r.D = mi->head_dim;
 	r.sum = p->R;
+	r.sumr = p->Rr;
 	r.score = kvx__malloc_array((size_t)T, sizeof(float));
 	r.pooled = kvx__malloc_array((size_t)T, sizeof(float));
 	r.cand = kvx__malloc_array((size_t)T, sizeof(float));
@@ -622,17 +721,16 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	r.err = kvx__malloc_array(OUT_CHECKS, sizeof(double));
 	seq = kvx__calloc((size_t)T, sizeof *seq);
 	pos = kvx__malloc_array((size_t)T, sizeof *pos);
-	if (o->scorer == PLAN_SCORER_EA) {
-		r.wwin = kvx__malloc_array((size_t)r.H * o->window * r.D,
-		    sizeof(float));
+	r.wwin = kvx__malloc_array((size_t)r.H * KVX_WINDOW_MAX * r.D,
+	    sizeof(float));
+	if (o->scorer == PLAN_SCORER_EA)
 		r.ea = kvx__malloc_array((size_t)(r.H / r.Hkv) * r.D *
 		    (r.D + 1) + (size_t)T, sizeof(float));
-	}
 	if (o->scorer == PLAN_SCORER_KVZIP)
 		r.kz = kvx__malloc_array((size_t)L * r.Hkv * T, sizeof(float));
 	if (!r.score || !r.pooled || !r.cand || !r.prefix || !r.order ||
-	    !r.prob || !r.err || !seq || !pos ||
-	    (o->scorer == PLAN_SCORER_EA && (!r.wwin || !r.ea)) ||
+	    !r.prob || !r.err || !seq || !pos || !r.wwin ||
+	    (o->scorer == PLAN_SCORER_EA && !r.ea) ||
 	    (o->scorer == PLAN_SCORER_KVZIP && !r.kz)) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
@@ -658,42 +756,76 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	r.kv = kv;
 
 	st = o->seed;
-	for (s = 0; s < o->samples; s++) {
-		off = rng_upto(&st, n_ids - T);
+	pst = o->seed ^ 0x70726f6265ULL;
+	for (s = 0, done_probes = 0; s < o->samples; s++) {
+		/* the probes are spread evenly among the samples */
+		int is_probe = (int64_t)(s + 1) * n_probe / o->samples >
+		    done_probes;
+
+		/* the lightweight variant runs the sample's last Tr tokens */
+		off = rng_upto(&st, n_ids - T) + (T - Tr);
 		if (o->progress)
 			fprintf(stderr, "\rkvx-plan: profiling sample %d/%d "
 			    "(%.0f s)", s + 1, o->samples, kvx__now() - t0);
 		memset(&b, 0, sizeof b);
-		b.n = T;
+		b.n = Tr;
 		b.ids = ids + off;
+		r.n = Tr;
+		r.extra = 0;
+		r.acc = r.sum;
+		if (is_probe) {
+			probe_free(&pr);
+			if ((rc = probe_make(m, ids + off, Tr, Tr, o->probes,
+			    &pst, &pr)) != KVX_OK)
+				goto done;
+			/* the last answer token produces nothing measured */
+			b.n = r.n = pr.n_ids - 1;
+			b.ids = pr.ids;
+			r.extra = pr.n_answer - 1;
+			r.acc = r.sumr;
+			done_probes++;
+		}
 		b.seq = seq;
 		b.pos = pos;
 		b.window = o->scorer == PLAN_SCORER_EA &&
 		    PLAN_EA_QUERIES > o->window ? PLAN_EA_QUERIES : o->window;
+		/* the forward hands over at most KVX_WINDOW_MAX queries: under
+		 * expected-attention a probe's statistics lose the answer's */
+		if (b.window + r.extra > KVX_WINDOW_MAX)
+			b.window = KVX_WINDOW_MAX - r.extra;
+		b.window += r.extra;
 		b.hook = prof_hook;
 		b.hook_arg = &r;
 		b.no_head = 1;
 		b.span = o->span;
 		kv_seq_clear(kv, 0);
 		if (o->scorer == PLAN_SCORER_KVZIP &&
-		    (rc = prof_kvzip(&r, pool, scr, b.ids, T, seq, pos)) !=
-		    KVX_OK)
+		    (rc = prof_kvzip(&r, pool, scr, b.ids, r.n - r.extra, seq,
+		    pos)) != KVX_OK)
 			goto done;
 		if ((rc = model_forward(m, kv, scr, &b)) != KVX_OK)
 			goto done;
 	}
 	if (o->progress)
 		fprintf(stderr, "\rkvx-plan: profiled %d samples of %d tokens "
-		    "in %.1f s\n", o->samples, T, kvx__now() - t0);
-	for (i = 0; i < (int)cells; i++)
-		p->R[i] /= o->samples;
+		    "(%d with probes) in %.1f s\n", o->samples, Tr, n_probe,
+		    kvx__now() - t0);
+	for (i = 0; i < (int)cells; i++) {
+		p->R[i] /= o->samples - n_probe;
+		if (p->Rr != NULL)
+			p->Rr[i] /= n_probe;
+	}
 	/* a curve must not fall as the budget grows: the solvers rely on it,
 	 * and keeping more tokens can only be allowed to help */
 	for (i = 0; i < (int)(cells / G); i++)
-		for (s = 1; s < G; s++)
-			if (p->R[(size_t)i * G + s] < p->R[(size_t)i * G + s - 1])
-				p->R[(size_t)i * G + s] =
-				    p->R[(size_t)i * G + s - 1];
+		for (s = 1; s < G; s++) {
+			size_t k = (size_t)i * G + s;
+
+			if (p->R[k] < p->R[k - 1])
+				p->R[k] = p->R[k - 1];
+			if (p->Rr != NULL && p->Rr[k] < p->Rr[k - 1])
+				p->Rr[k] = p->Rr[k - 1];
+		}
 	p->seconds = kvx__now() - t0;
 	*out = p;
 	p = NULL;
@@ -715,6 +847,7 @@ done:
 	free(r.ea);
 	free(r.kz);
 	free(r.gram);
+	probe_free(&pr);
 	free(seq);
 	free(pos);
 	free(ids);
@@ -745,8 +878,9 @@ profile_save(const profile *p, const char *path, int overwrite)
 	fprintf(f, "fingerprint %s\n", p->fingerprint);
 	fprintf(f, "layers %d\nkv_heads %d\ngrid %d\n", p->n_layer,
 	    p->n_head_kv, p->grid);
-	fprintf(f, "samples %d\nsample_tokens %d\nseed %" PRIu64 "\n"
-	    "span %d\n", p->samples, p->sample_tokens, p->seed, p->span);
+	fprintf(f, "samples %d\nsample_tokens %d\nprofile_tokens %d\n"
+	    "seed %" PRIu64 "\nspan %d\n", p->samples, p->sample_tokens,
+	    p->profile_tokens, p->seed, p->span);
 	fprintf(f, "window %d\npool %s\npool_kernel %d\ngqa %s\nsinks %d\n",
 	    p->window, pool_word[p->pool], p->pool_kernel, gqa_word[p->gqa],
 	    p->sinks);
@@ -757,14 +891,21 @@ profile_save(const profile *p, const char *path, int overwrite)
 	fprintf(f, "objective %s\n", objective_word[p->objective]);
 	fprintf(f, "corpus_tokens %" PRId64 "\ncorpus %s\n", p->corpus_tokens,
 	    p->corpus[0] ? p->corpus : "-");
+	fprintf(f, "probes %d\nprobe_samples %d\n", p->probes,
+	    p->probe_samples);
 	for (l = 0; l < p->n_layer; l++)
 		for (h = 0; h < p->n_head_kv; h++) {
-			const double *r = p->R + ((size_t)l * p->n_head_kv +
-			    h) * p->grid;
+			size_t at = ((size_t)l * p->n_head_kv + h) * p->grid;
 
 			fprintf(f, "curve %d %d", l, h);
 			for (j = 0; j < p->grid; j++)
-				fprintf(f, " %.9g", r[j]);
+				fprintf(f, " %.9g", p->R[at + j]);
+			fputc('\n', f);
+			if (p->Rr == NULL)
+				continue;
+			fprintf(f, "rcurve %d %d", l, h);
+			for (j = 0; j < p->grid; j++)
+				fprintf(f, " %.9g", p->Rr[at + j]);
 			fputc('\n', f);
 		}
 	if (fclose(f) != 0)
@@ -786,7 +927,7 @@ word_index(const char *const *list, int n, const char *w)
 
 /* Parse "key value" header lines and the curve lines of a profile. */
 static kvx_status
-parse_profile(FILE *f, const char *path, profile *p, int *seen)
+parse_profile(FILE *f, const char *path, profile *p, int *seen, int *rseen)
 {
 	char *line = NULL, *key, *val, *end, word[32];
 	size_t cap = 0;
@@ -801,16 +942,36 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 			line[--len] = '\0';
 		if (ln == 1) {
 			if (sscanf(line, PROFILE_MAGIC " %d%n", &j, &nread) !=
-			    1 || line[nread] != '\0' || j != PROFILE_VERSION)
+			    1 || line[nread] != '\0')
 				goto bad;
+			/* version 1 is version 2 without retrieval curves */
+			if (j < 1 || j > PROFILE_VERSION) {
+				free(line);
+				return kvx__fail(KVX_ERR_FORMAT, "%s:1: profile "
+				    "format %d, this kvx-plan reads 1 to %d",
+				    path, j, PROFILE_VERSION);
+			}
 			continue;
 		}
 		key = line;
 		if ((val = strchr(line, ' ')) == NULL)
 			goto bad;
 		*val++ = '\0';
-		if (strcmp(key, "curve") == 0) {
-			if (p->R == NULL || sscanf(val, "%d %d%n", &l, &h,
+		if (strcmp(key, "curve") == 0 || strcmp(key, "rcurve") == 0) {
+			double *dst = key[0] == 'c' ? p->R : p->Rr;
+
+			if (dst == NULL && p->R != NULL && key[0] == 'r') {
+				/* the first retrieval curve: allocate them */
+				p->Rr = kvx__calloc((size_t)p->n_layer *
+				    p->n_head_kv * p->grid, sizeof *p->Rr);
+				if (p->Rr == NULL) {
+					free(line);
+					return kvx__fail(KVX_ERR_NOMEM, "out of "
+					    "memory");
+				}
+				dst = p->Rr;
+			}
+			if (dst == NULL || sscanf(val, "%d %d%n", &l, &h,
 			    &nread) != 2 || l < 0 || l >= p->n_layer ||
 			    h < 0 || h >= p->n_head_kv)
 				goto bad;
@@ -820,13 +981,13 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 
 				if (end == c || !(x >= 0 && x <= 1))
 					goto bad;
-				p->R[((size_t)l * p->n_head_kv + h) * p->grid +
+				dst[((size_t)l * p->n_head_kv + h) * p->grid +
 				    j] = x;
 				c = end;
 			}
 			if (*c != '\0')
 				goto bad;
-			(*seen)++;
+			(*(key[0] == 'c' ? seen : rseen))++;
 			continue;
 		}
 		if (strcmp(key, "fingerprint") == 0) {
@@ -876,6 +1037,8 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 			p->samples = (int)v;
 		else if (strcmp(key, "sample_tokens") == 0)
 			p->sample_tokens = (int)v;
+		else if (strcmp(key, "profile_tokens") == 0)
+			p->profile_tokens = (int)v;
 		else if (strcmp(key, "seed") == 0)
 			p->seed = (uint64_t)v;
 		else if (strcmp(key, "span") == 0)
@@ -888,6 +1051,10 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen)
 			p->sinks = (int)v;
 		else if (strcmp(key, "corpus_tokens") == 0)
 			p->corpus_tokens = v;
+		else if (strcmp(key, "probes") == 0)
+			p->probes = (int)v;
+		else if (strcmp(key, "probe_samples") == 0)
+			p->probe_samples = (int)v;
 		else
 			goto bad;
 		if (p->R == NULL && p->n_layer > 0 && p->n_head_kv > 0 &&
@@ -920,7 +1087,7 @@ profile_load(const char *path, const kvx_model_info *mi, profile **out)
 	profile *p;
 	kvx_status rc;
 	FILE *f;
-	int seen = 0;
+	int seen = 0, rseen = 0;
 
 	*out = NULL;
 	if ((f = fopen(path, "r")) == NULL)
@@ -932,13 +1099,21 @@ profile_load(const char *path, const kvx_model_info *mi, profile **out)
 	p->pool_kernel = 1;
 	/* profiles written before the key existed measured mass */
 	p->objective = PROF_OBJ_MASS;
-	rc = parse_profile(f, path, p, &seen);
+	rc = parse_profile(f, path, p, &seen, &rseen);
 	fclose(f);
 	if (rc != KVX_OK)
 		goto fail;
-	if (p->R == NULL || seen != p->n_layer * p->n_head_kv) {
-		rc = kvx__fail(KVX_ERR_FORMAT, "%s: %d curves, expected "
-		    "layers x kv_heads", path, seen);
+	if (p->R == NULL || seen != p->n_layer * p->n_head_kv ||
+	    (p->Rr != NULL && rseen != seen)) {
+		rc = kvx__fail(KVX_ERR_FORMAT, "%s: %d curves and %d retrieval "
+		    "curves, expected layers x kv_heads (or no retrieval "
+		    "curves)", path, seen, rseen);
+		goto fail;
+	}
+	if ((p->Rr != NULL) != (p->probe_samples > 0)) {
+		rc = kvx__fail(KVX_ERR_FORMAT, "%s: probe_samples %d does not "
+		    "match its %d retrieval curves", path, p->probe_samples,
+		    rseen);
 		goto fail;
 	}
 	if (strcmp(p->fingerprint, mi->fingerprint) != 0 ||

@@ -8,6 +8,11 @@
  * score mass that selection keeps when the head keeps round(f n) of n
  * prompt tokens (sinks and the observation window always kept), on the
  * grid f_j = j / (G - 1), averaged over the samples.
+ *
+ * Beside it, with retrieval probes (probe.h), Rr(l, h, f) is the same
+ * objective measured on the probe samples at the queries that produce the
+ * answer (teacher-forced), averaged over the probe samples; the prose
+ * curve R then averages the other samples.
  */
 #ifndef KVX_PROFILE_H
 #define KVX_PROFILE_H
@@ -42,6 +47,8 @@ enum prof_objective {
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */
 	int		 sample_tokens;	/* T tokens each (2048) */
+	int		 profile_tokens;	/* of each sample, the last N
+					   are run (1024); 0: all T */
 	uint64_t	 seed;		/* sample offsets (1) */
 	int		 span;		/* local attention span, 0: full (512) */
 	int		 grid;		/* G levels (256) */
@@ -53,20 +60,25 @@ typedef struct prof_opts {
 	int		 scorer;	/* enum plan_scorer (snapkv); expected-
 					   attention with its plan defaults */
 	int		 objective;	/* PROF_OBJ_ABS (default), OUTPUT, MASS */
+	int		 probes;	/* statements per probe (4) */
+	double		 probe_share;	/* share of the samples that are
+					   retrieval probes (0.25); 0: none */
 	int		 progress;	/* progress lines on stderr */
 } prof_opts;
 
 typedef struct profile {
 	int		 n_layer, n_head_kv, grid;
 	char		 fingerprint[65];
-	int		 samples, sample_tokens, span;
+	int		 samples, sample_tokens, profile_tokens, span;
 	uint64_t	 seed;
 	int		 window, pool, pool_kernel, gqa, sinks;
 	int		 scorer;	/* enum plan_scorer */
 	int		 objective;
 	int64_t		 corpus_tokens;
 	char		 corpus[256];	/* base names, comma separated */
-	double		*R;		/* [n_layer][n_head_kv][grid] */
+	int		 probes, probe_samples;	/* 0: no retrieval curves */
+	double		*R;		/* [n_layer][n_head_kv][grid] prose */
+	double		*Rr;		/* the same, retrieval; or NULL */
 	double		 seconds;	/* profiling wall time */
 } profile;
 
@@ -86,6 +98,12 @@ void		 profile_free(profile **);
 
 /* R(l, h, f) by linear interpolation on the grid, f clamped to [0, 1]. */
 double		 profile_eval(const profile *, int layer, int head, double f);
+/* The same on the retrieval curve Rr (which must exist). */
+double		 profile_eval_retrieval(const profile *, int layer, int head,
+		     double f);
+/* The same on curves laid out as R. */
+double		 profile_eval_curve(const profile *, const double *curves,
+		     int layer, int head, double f);
 /* The grid's level j as a fraction. */
 double		 profile_level(const profile *, int j);
 

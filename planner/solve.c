@@ -24,6 +24,9 @@ solve_params_init(solve_params *p)
 	p->mip_gap = 1e-6;
 	p->quantum = 0;
 	p->dp_max_cells = (int64_t)1 << 25;
+	p->floor_bins = 256;
+	p->floor_quantum = 0;
+	p->floor_cells = (int64_t)1 << 18;
 }
 
 /* Release the result's arrays and clear it. */
@@ -150,6 +153,26 @@ check_curve(const solve_problem *p, int i, solve_result *res)
 			return solve__fail(res, KVX_ERR_ARG, SOLVE_UNKNOWN,
 			    "item %d: value decreases from level %d to %d",
 			    i, j - 1, j);
+	}
+	return KVX_OK;
+}
+
+/* Check item i's second values: finite, non-decreasing. */
+static kvx_status
+check_curve2(const solve_problem *p, int i, solve_result *res)
+{
+	const double *v = p->value2 + (size_t)i * p->n_level;
+	int j;
+
+	for (j = 0; j < p->n_level; j++) {
+		if (!isfinite(v[j]))
+			return solve__fail(res, KVX_ERR_ARG, SOLVE_UNKNOWN,
+			    "item %d level %d: second value is not finite", i,
+			    j);
+		if (j > 0 && v[j] < v[j - 1] - 1e-12 * (1 + fabs(v[j - 1])))
+			return solve__fail(res, KVX_ERR_ARG, SOLVE_UNKNOWN,
+			    "item %d: second value decreases from level %d "
+			    "to %d", i, j - 1, j);
 	}
 	return KVX_OK;
 }
@@ -307,6 +330,9 @@ solve_check(const solve_problem *p, solve_result *res)
 			    "item %d: shard %d out of range", i, p->shard[i]);
 		if ((st = check_curve(p, i, res)) != KVX_OK)
 			return st;
+		if (p->value2 != NULL &&
+		    (st = check_curve2(p, i, res)) != KVX_OK)
+			return st;
 	}
 	if ((floor_cost = kvx__malloc_array((size_t)p->n_item,
 	    sizeof *floor_cost)) == NULL)
@@ -349,6 +375,32 @@ solve_check(const solve_problem *p, solve_result *res)
 	if (p->n_shard > 0 &&
 	    (st = check_shards(p, floor_cost, res)) != KVX_OK)
 		goto out;
+	if (p->value2 != NULL) {
+		double top = 0;
+
+		if (!isfinite(p->floor2)) {
+			st = solve__fail(res, KVX_ERR_ARG, SOLVE_UNKNOWN,
+			    "the floor is not finite");
+			goto out;
+		}
+		for (i = 0; i < p->n_item; i++) {
+			double best = -INFINITY;
+
+			for (j = 0; j < p->n_level; j++)
+				if (solve__usable(p, i, j) &&
+				    p->value2[(size_t)i * p->n_level + j] > best)
+					best = p->value2[(size_t)i *
+					    p->n_level + j];
+			top += best;
+		}
+		if (top < p->floor2 - 1e-12 * (1 + fabs(p->floor2))) {
+			st = solve__fail(res, KVX_ERR_PLAN, SOLVE_INFEASIBLE,
+			    "the floor %.6g is above %.6g, the most the second "
+			    "objective reaches with every item at its top",
+			    p->floor2, top);
+			goto out;
+		}
+	}
 	if (res != NULL) {
 		res->concave = solve_concave(p);
 		res->equal_steps = solve_equal_steps(p);
@@ -365,7 +417,7 @@ solve_eval(const solve_problem *p, const int *level, double *objective,
     int64_t *cost)
 {
 	int64_t total = 0, *gsum = NULL, *ssum = NULL;
-	double obj = 0;
+	double obj = 0, obj2 = 0;
 	int bad = 0, i, g, s, L = p->n_level;
 
 	if (p->n_group > 0)
@@ -387,6 +439,8 @@ solve_eval(const solve_problem *p, const int *level, double *objective,
 			bad = 1;
 		c = p->cost[(size_t)i * L + j];
 		obj += p->value[(size_t)i * L + j];
+		if (p->value2 != NULL)
+			obj2 += p->value2[(size_t)i * L + j];
 		total += c;
 		if (gsum != NULL && p->group[i] >= 0)
 			gsum[p->group[i]] += c;
@@ -394,6 +448,11 @@ solve_eval(const solve_problem *p, const int *level, double *objective,
 			ssum[p->shard[i]] += c;
 	}
 	if (total > p->budget)
+		bad = 1;
+	/* the floor with a relative tolerance: sums of doubles in another
+	 * order differ in their last bits */
+	if (p->value2 != NULL && obj2 < p->floor2 - 1e-12 * (1 +
+	    fabs(p->floor2)))
 		bad = 1;
 	if (gsum != NULL)
 		for (g = 0; g < p->n_group; g++) {

@@ -21,7 +21,11 @@
  *                                                   a multiple of the page);
  *   group_min[g] <= sum_{i: group[i]=g} cost[i][x_i] <= group_max[g]
  *                                                  (per-layer limits);
- *   sum_{i: shard[i]=s} cost[i][x_i] <= shard_cap  (tensor-parallel shards).
+ *   sum_{i: shard[i]=s} cost[i][x_i] <= shard_cap  (tensor-parallel shards);
+ *   sum_i value2[i][x_i] >= floor2                 (a second objective's
+ *                                                   floor: retrieval; its
+ *                                                   values non-decreasing
+ *                                                   in j like value's).
  * A level is usable when it is allowed and within [lo, hi]; the lowest
  * usable level of an item is its floor level, and since costs do not
  * decrease it is also its cheapest.
@@ -36,10 +40,24 @@
  *   dp      Multiple-choice knapsack over cost units (the gcd of the cost
  *           steps, or params->quantum).  Exact on the grid for any curves.
  *           Supports groups (a DP inside each group, then across groups);
- *           shards are refused.
+ *           shards are refused.  With a floor it hands over to
+ *           solve_floor.
+ *   floor   The floor as a second knapsack dimension (solve_floor.c):
+ *           a DP over (cost units, units of the second objective's
+ *           deficit below its best).  The deficit is counted in steps of
+ *           params->floor_quantum (default: the allowed deficit split in
+ *           params->floor_bins = 256 steps), rounded to the nearest step,
+ *           and the cost units are coarsened (rounded up) until a row has
+ *           at most params->floor_cells = 2^18 cells.  Of the DP's answers
+ *           for the allowed deficit and below, the first that meets the
+ *           true floor is returned; it is OPTIMAL only when neither
+ *           rounding changed anything, else FEASIBLE.  Exact on problems
+ *           whose deficits lie on the step grid and whose costs fit.
+ *           Groups and shards are refused.
  *   glpk    A MIP with one binary per usable (item, level), solved by
  *           glp_intopt.  Supports every constraint.  Without GLPK built in
- *           it fails with KVX_ERR_UNSUPPORTED.
+ *           it fails with KVX_ERR_UNSUPPORTED.  A floor is one more row.
+ *   Greedy refuses a floor.
  *
  * Return values.  KVX_OK when an assignment was found (status OPTIMAL or
  * FEASIBLE).  KVX_ERR_PLAN when the problem has no feasible assignment
@@ -78,6 +96,9 @@ typedef struct solve_problem {
 	int		 n_shard;	/* 0: no shard limits */
 	const int	*shard;		/* [N] in 0..n_shard-1 */
 	int64_t		 shard_cap;	/* bytes per shard */
+
+	const double	*value2;	/* [N*L] or NULL: no second objective */
+	double		 floor2;	/* its floor, when value2 is set */
 } solve_problem;
 
 typedef struct solve_params {
@@ -86,6 +107,11 @@ typedef struct solve_params {
 	double		 mip_gap;	/* glpk: relative gap to stop at (1e-6) */
 	int64_t		 quantum;	/* dp: bytes per cost unit; 0: gcd */
 	int64_t		 dp_max_cells;	/* dp: table cap, doubles (1 << 25) */
+	int		 floor_bins;	/* floor: deficit steps (256) */
+	double		 floor_quantum;	/* floor: deficit step; 0: from bins */
+	int64_t		 floor_cells;	/* floor: cells per row (1 << 18) */
+	const int	*start;		/* glpk: a feasible assignment [N] to
+					   start from, or NULL */
 } solve_params;
 
 typedef enum solve_status {
@@ -125,6 +151,12 @@ kvx_status	 solve_dp(const solve_problem *, const solve_params *,
 		     solve_result *);
 kvx_status	 solve_glpk(const solve_problem *, const solve_params *,
 		     solve_result *);
+kvx_status	 solve_floor(const solve_problem *, const solve_params *,
+		     solve_result *);
+/* The most sum_i value2[i][x_i] reachable within the budget, by dp (the
+ * floor ignored); KVX_OK and *best, or the failure of solve_dp. */
+kvx_status	 solve_best2(const solve_problem *, const solve_params *,
+		     double *best);
 
 /*
  * Check the problem's shape and the constraints that need no search: each

@@ -533,6 +533,8 @@ solve_dp(const solve_problem *p, const solve_params *params,
 	if (p != NULL && p->n_shard > 0)
 		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
 		    "dp does not support shards; use --solver glpk");
+	if (p != NULL && p->value2 != NULL)
+		return solve_floor(p, params, res);
 	if ((st = solve_check(p, res)) != KVX_OK)
 		return st;
 	if (params == NULL) {

@@ -3,7 +3,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later
  *
  * One binary x[i][j] per usable (item, level); each item picks exactly
- * one.  Costs enter the rows as excess over the item's floor level, in
+ * one.  A floor on a second objective is one row more.  Costs enter the rows as excess over the item's floor level, in
  * units of their gcd, which keeps the coefficients small and the budget,
  * group and shard rows well scaled.
  */
@@ -34,6 +34,7 @@ typedef struct mip {
 	int		*col_level;	/* [n_col + 1] */
 	int		 n_col;
 	double		 gap;		/* last gap GLPK reported */
+	const int	*start;		/* an assignment to offer, or NULL */
 	int		 ia_n;
 	int		*ia, *ja;
 	double		*ar;
@@ -47,6 +48,23 @@ mip_callback(glp_tree *tree, void *info)
 	double g;
 
 	switch (glp_ios_reason(tree)) {
+	case GLP_IHEUR:
+		/* the caller's assignment as a first incumbent: with a floor
+		 * GLPK may find none of its own within the time limit */
+		if (m->start != NULL) {
+			int n = glp_get_num_cols(m->lp), c;
+			double *x = kvx__calloc((size_t)n + 1, sizeof *x);
+
+			if (x != NULL) {
+				for (c = 1; c <= n; c++)
+					x[c] = m->start[m->col_item[c]] ==
+					    m->col_level[c];
+				glp_ios_heur_sol(tree, x);
+				free(x);
+			}
+			m->start = NULL;
+		}
+		break;
 	case GLP_IBINGO:
 	case GLP_ISELECT:
 		g = glp_ios_mip_gap(tree);
@@ -90,7 +108,8 @@ build(mip *m, solve_result *res)
 	const solve_problem *p = m->p;
 	int grouped = p->n_group > 0 &&
 	    (p->group_min != NULL || p->group_max != NULL);
-	int n_row, r_budget, r_group, r_shard, i, j, c, g, L = p->n_level;
+	int n_row, r_budget, r_group, r_shard, r_floor, i, j, c, g;
+	int L = p->n_level;
 	int64_t fsum = 0, gq = 0, *gfloor = NULL, *sfloor = NULL;
 	size_t nnz;
 
@@ -111,9 +130,10 @@ build(mip *m, solve_result *res)
 	r_budget = p->n_item + 1;
 	r_group = r_budget + 1;
 	r_shard = r_group + (grouped ? p->n_group : 0);
-	n_row = r_shard - 1 + p->n_shard;
+	r_floor = r_shard + p->n_shard;
+	n_row = r_floor - 1 + (p->value2 != NULL);
 	nnz = (size_t)m->n_col * (2 + (grouped ? 1 : 0) +
-	    (p->n_shard > 0 ? 1 : 0));
+	    (p->n_shard > 0 ? 1 : 0) + (p->value2 != NULL));
 	m->col_item = kvx__malloc_array((size_t)m->n_col + 1, sizeof(int));
 	m->col_level = kvx__malloc_array((size_t)m->n_col + 1, sizeof(int));
 	m->ia = kvx__malloc_array(nnz + 1, sizeof(int));
@@ -158,8 +178,12 @@ build(mip *m, solve_result *res)
 				put(m, r_group + p->group[i], c, e);
 			if (p->n_shard > 0)
 				put(m, r_shard + p->shard[i], c, e);
+			if (p->value2 != NULL)
+				put(m, r_floor, c, p->value2[k]);
 		}
 	}
+	if (p->value2 != NULL)
+		glp_set_row_bnds(m->lp, r_floor, GLP_LO, p->floor2, 0);
 	/* Excess limits: (limit - floors) / q, rounded inward. */
 	glp_set_row_bnds(m->lp, r_budget, GLP_UP, 0,
 	    floor((double)(p->budget - fsum) / (double)m->q));
@@ -289,6 +313,9 @@ solve_glpk(const solve_problem *p, const solve_params *params,
 	}
 	memset(&m, 0, sizeof m);
 	m.p = p;
+	if (params->start != NULL && solve_eval(p, params->start, NULL,
+	    NULL) == 0)
+		m.start = params->start;
 	if ((m.floor_cost = kvx__calloc((size_t)p->n_item,
 	    sizeof *m.floor_cost)) == NULL)
 		return solve__fail(res, KVX_ERR_NOMEM, SOLVE_UNKNOWN,

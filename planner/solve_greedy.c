@@ -159,6 +159,10 @@ solve_greedy(const solve_problem *p, const solve_params *params,
 	if (p != NULL && p->n_shard > 0)
 		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
 		    "greedy does not support shards; use --solver glpk");
+	if (p != NULL && p->value2 != NULL)
+		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
+		    "greedy does not support a retrieval floor; use --solver "
+		    "glpk or --solver dp");
 	if (p != NULL && p->n_group > 0 &&
 	    (p->group_min != NULL || p->group_max != NULL))
 		return solve__fail(res, KVX_ERR_UNSUPPORTED, SOLVE_UNKNOWN,
