@@ -176,6 +176,15 @@ solve_floor(const solve_problem *p, const solve_params *params,
 				u = d > 1e-12 * (1 + fabs(top)) ? 1 : 0;
 			if (ec > B || u > R)
 				continue;
+			/* a higher level at the same cost on the table is
+			 * worth as much in both objectives, or more */
+			if (n_opt[i] > 0 && opt[i][n_opt[i] - 1].e == ec &&
+			    opt[i][n_opt[i] - 1].u >= u &&
+			    opt[i][n_opt[i] - 1].v <= p->value[at]) {
+				opt[i][n_opt[i] - 1] = (fopt){ ec, u, j,
+				    p->value[at] };
+				continue;
+			}
 			opt[i][n_opt[i]++] = (fopt){ ec, u, j, p->value[at] };
 		}
 	}
