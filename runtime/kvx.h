@@ -113,11 +113,16 @@ kvx_status	 kvx_tokenize(const kvx_model *, const char *text, size_t len,
 kvx_status	 kvx_token_piece(const kvx_model *, int32_t id, char *buf,
 		     size_t size, size_t *len);
 int32_t		 kvx_token_bos(const kvx_model *);
+/* 1 when the model's texts start with kvx_token_bos (the GGUF's
+ * tokenizer.ggml.add_bos_token, as llama.cpp reads it: Gemma 3); the
+ * caller prepends it, kvx_tokenize does not. */
+int		 kvx_token_add_bos(const kvx_model *);
 int32_t		 kvx_token_eos(const kvx_model *);
 /* 1 when id ends a turn or the text (EOS, <|im_end|>, ...). */
 int		 kvx_token_is_eog(const kvx_model *, int32_t id);
-/* Format one user message with the model's chat template, ready for
- * generation.  *out is malloc'd; free it with free(). */
+/* Format one user message with the model's chat template (ChatML, or
+ * Gemma's turns), ready for generation.  *out is malloc'd; free it with
+ * free(). */
 kvx_status	 kvx_chat_format(const kvx_model *, const char *system,
 		     const char *user, char **out);
 

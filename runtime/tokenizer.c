@@ -366,6 +366,17 @@ load_specials(kvx_tokenizer *t, const gguf_file *f)
 		t->bos = -1;
 	if (t->eos >= t->n_vocab)
 		t->eos = -1;
+	/* llama.cpp's defaults when the key is absent: SentencePiece
+	 * vocabularies start a text with BOS, byte-level BPE ones do not */
+	{
+		const gguf_kv *ab = gguf_find(f,
+		    "tokenizer.ggml.add_bos_token");
+
+		t->add_bos = ab != NULL && ab->type == GGUF_BOOL ?
+		    ab->v.u != 0 : t->spm;
+		if (t->bos < 0)
+			t->add_bos = 0;
+	}
 	for (size_t k = 0; k < sizeof eog_keys / sizeof eog_keys[0]; k++) {
 		int64_t id = kv_int(f, eog_keys[k], -1);
 
@@ -428,7 +439,21 @@ chatml_default_system(kvx_tokenizer *t, const char *tpl, size_t n)
 	return KVX_OK;
 }
 
-/* Recognise the chat template. */
+/* Whether text is a control token of the vocabulary. */
+static int
+has_control(const kvx_tokenizer *t, const char *text)
+{
+	int32_t id = vocab_find(t, text, strlen(text));
+
+	return id >= 0 && t->type[id] == TT_CONTROL;
+}
+
+/*
+ * Recognise the chat template.  Gemma's turns are recognised by the
+ * template, or without one by the vocabulary's turn tokens: Gemma 3's
+ * pretrained GGUFs carry no template, and its instruction-tuned ones
+ * write these turns.
+ */
 static kvx_status
 load_chat(kvx_tokenizer *t, const gguf_file *f)
 {
@@ -437,6 +462,10 @@ load_chat(kvx_tokenizer *t, const gguf_file *f)
 	size_t n;
 
 	t->chat = CHAT_NONE;
+	if ((kv == NULL || kv->type != GGUF_STR) &&
+	    has_control(t, "<start_of_turn>") &&
+	    has_control(t, "<end_of_turn>"))
+		t->chat = CHAT_GEMMA;
 	if (kv == NULL || kv->type != GGUF_STR)
 		return KVX_OK;
 	s = kv->v.s.p;
@@ -446,6 +475,8 @@ load_chat(kvx_tokenizer *t, const gguf_file *f)
 		t->chat = CHAT_CHATML;
 		return chatml_default_system(t, s, n);
 	}
+	if (find_bytes(s, n, "<start_of_turn>", 15) != NULL)
+		t->chat = CHAT_GEMMA;
 	return KVX_OK;
 }
 
@@ -542,6 +573,13 @@ tok_bos(const kvx_tokenizer *t)
 	return t->bos;
 }
 
+/* 1 when a text starts with the BOS token. */
+int
+tok_add_bos(const kvx_tokenizer *t)
+{
+	return t->add_bos;
+}
+
 /* End-of-sequence token, or -1. */
 int32_t
 tok_eos(const kvx_tokenizer *t)
@@ -592,6 +630,49 @@ tok_piece(const kvx_tokenizer *t, int32_t id, char *buf, size_t size,
 	return KVX_OK;
 }
 
+/* The length of s without the white space at either end; *p gets its
+ * first byte that is not. */
+static size_t
+trimmed(const char *s, const char **p)
+{
+	size_t n;
+
+	while (*s == ' ' || (*s >= '\t' && *s <= '\r'))
+		s++;
+	n = strlen(s);
+	while (n > 0 && (s[n - 1] == ' ' || (s[n - 1] >= '\t' &&
+	    s[n - 1] <= '\r')))
+		n--;
+	*p = s;
+	return n;
+}
+
+/*
+ * Gemma's turns, as llama.cpp writes them: the system text, which Gemma
+ * has no turn for, opens the user's turn followed by a blank line, and
+ * both are trimmed of white space.  The BOS token is not part of the
+ * text (kvx_token_add_bos).
+ */
+static kvx_status
+gemma_format(const char *system, const char *user, char **out)
+{
+	const char *u, *sy = "";
+	size_t nu, ns = 0, n;
+	char *s;
+
+	nu = trimmed(user, &u);
+	if (system != NULL)
+		ns = trimmed(system, &sy);
+	n = nu + ns + 80;
+	if ((s = malloc(n)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "chat_format: out of memory");
+	snprintf(s, n, "<start_of_turn>user\n%.*s%s%.*s<end_of_turn>\n"
+	    "<start_of_turn>model\n", (int)ns, sy, ns > 0 ? "\n\n" : "",
+	    (int)nu, u);
+	*out = s;
+	return KVX_OK;
+}
+
 /* One user turn in the model's chat format, ready for generation. */
 kvx_status
 tok_chat_format(const kvx_tokenizer *t, const char *system,
@@ -605,11 +686,13 @@ tok_chat_format(const kvx_tokenizer *t, const char *system,
 		*out = NULL;
 	if (t == NULL || user == NULL || out == NULL)
 		return kvx__fail(KVX_ERR_ARG, "chat_format: NULL argument");
+	if (t->chat == CHAT_GEMMA)
+		return gemma_format(system, user, out);
 	if (t->chat != CHAT_CHATML)
 		return kvx__fail(KVX_ERR_UNSUPPORTED,
 		    "chat_format: the model's chat template is %s",
-		    t->chat == CHAT_NONE ? "missing or not ChatML" :
-		    "not supported");
+		    t->chat == CHAT_NONE ? "missing, or neither ChatML nor "
+		    "Gemma's" : "not supported");
 	if (system == NULL)
 		system = t->chat_system;
 	n = strlen(user) + 128;
@@ -651,6 +734,12 @@ int32_t
 kvx_token_bos(const kvx_model *m)
 {
 	return m == NULL ? -1 : tok_bos(m->tok);
+}
+
+int
+kvx_token_add_bos(const kvx_model *m)
+{
+	return m != NULL && tok_add_bos(m->tok);
 }
 
 int32_t

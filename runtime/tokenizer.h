@@ -21,6 +21,7 @@ void		 tok_free(kvx_tokenizer **);
 
 int		 tok_n_vocab(const kvx_tokenizer *);
 int32_t		 tok_bos(const kvx_tokenizer *);
+int		 tok_add_bos(const kvx_tokenizer *);
 int32_t		 tok_eos(const kvx_tokenizer *);
 int		 tok_is_eog(const kvx_tokenizer *, int32_t);
 /* Same contract as kvx_tokenize. */
@@ -30,8 +31,9 @@ kvx_status	 tok_encode(const kvx_tokenizer *, const char *text, size_t len,
 kvx_status	 tok_piece(const kvx_tokenizer *, int32_t id, char *buf,
 		     size_t size, size_t *len);
 /* Same contract as kvx_chat_format; template from tokenizer.chat_template
- * (ChatML-style templates are recognised). system may be NULL for the
- * template's default. */
+ * (ChatML-style and Gemma templates are recognised, and Gemma's turns
+ * without a template in a vocabulary that has their tokens).  system may
+ * be NULL for the template's default. */
 kvx_status	 tok_chat_format(const kvx_tokenizer *, const char *system,
 		     const char *user, char **out);
 

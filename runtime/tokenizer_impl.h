@@ -26,7 +26,12 @@ enum pre_kind {
 	PRE_QWEN2	/* the Llama 3 expression with single digits */
 };
 
-enum chat_kind { CHAT_NONE, CHAT_CHATML };
+enum chat_kind {
+	CHAT_NONE,
+	CHAT_CHATML,	/* <|im_start|>role ... <|im_end|> */
+	CHAT_GEMMA	/* <start_of_turn>user ... <end_of_turn>, the reply
+			   "model"; no system turn */
+};
 
 #define MAX_EOG	16
 
@@ -57,6 +62,7 @@ struct kvx_tokenizer {
 	int32_t		*special;	/* matched in raw text, longest first */
 	int		 n_special;
 	int32_t		 bos, eos;
+	int		 add_bos;	/* a text starts with bos */
 	int32_t		 eog[MAX_EOG];
 	int		 n_eog;
 	int		 chat;

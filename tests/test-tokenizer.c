@@ -648,6 +648,71 @@ check_tiny_spm(void)
 	gguf_close(&g);
 }
 
+/*
+ * Gemma's chat turns against llama.cpp's (gemma3-chat.txt, written by
+ * tools/make-chat-goldens.py): the exact text for each (system, user),
+ * and BOS plus its ids as llama.cpp tokenizes the prompt.
+ */
+static void
+check_chat_golden(const kvx_tokenizer *t, const char *path)
+{
+	static char line[65536], sys[8192], user[8192], text[16384];
+	static int32_t want[MAXIDS], got[MAXIDS];
+	char name[64], hs[16384], hu[16384], ht[32768];
+	int cases = 0, bad = 0, n, i, off, k;
+	char *out;
+	FILE *f;
+
+	if ((f = fopen(path, "r")) == NULL) {
+		ok(0, "chat golden %s opens", path);
+		return;
+	}
+	while (fgets(line, sizeof line, f) != NULL) {
+		long ls, lu, lt;
+		char *p;
+
+		if (line[0] == '#' || line[0] == '\n')
+			continue;
+		if (sscanf(line, "%63s %16383s %16383s %32767s %d%n", name, hs,
+		    hu, ht, &n, &off) != 5 || n > MAXIDS) {
+			bad++;
+			continue;
+		}
+		cases++;
+		ls = unhex(hs, sys, sizeof sys - 1);
+		lu = unhex(hu, user, sizeof user - 1);
+		lt = unhex(ht, text, sizeof text - 1);
+		if (ls < 0 || lu < 0 || lt < 0) {
+			bad++;
+			continue;
+		}
+		sys[ls] = user[lu] = text[lt] = '\0';
+		for (p = line + off, i = 0; i < n; i++)
+			want[i] = (int32_t)strtol(p, &p, 10);
+		out = NULL;
+		if (tok_chat_format(t, strcmp(hs, "-") ? sys : NULL, user,
+		    &out) != KVX_OK || strcmp(out, text) != 0) {
+			diag("%s: text \"%s\"", name, out ? out : kvx_errmsg());
+			bad++;
+			free(out);
+			continue;
+		}
+		k = 0;
+		if (tok_add_bos(t))
+			got[k++] = tok_bos(t);
+		if (tok_encode(t, out, strlen(out), 1, got + k, MAXIDS - k,
+		    &i) != KVX_OK || i + k != n ||
+		    memcmp(got, want, sizeof *got * (size_t)n) != 0) {
+			diag("%s: %d ids, want %d", name, i + k, n);
+			bad++;
+		}
+		free(out);
+	}
+	fclose(f);
+	ok(cases >= 5 && bad == 0, "gemma3 chat: %d prompts as llama.cpp "
+	    "renders and tokenizes them, BOS first (%d bad)", cases, bad);
+}
+
 /* Gemma 3's SentencePiece tokenizer: ids as llama.cpp. */
 static void
 check_gemma3(void)
@@ -679,11 +744,15 @@ check_gemma3(void)
 	}
 	ok(tok_n_vocab(t) == 262144 && tok_bos(t) == 2 && tok_eos(t) == 1,
 	    "gemma3: vocabulary 262144, bos 2, eos 1");
+	ok(tok_add_bos(t) == 1, "gemma3: texts start with BOS "
+	    "(tokenizer.ggml.add_bos_token)");
 	ok(tok_encode(t, "<end_of_turn>", 13, 1, ids, 8, &n) == KVX_OK &&
 	    n == 1 && tok_is_eog(t, ids[0]) && tok_is_eog(t, 1) &&
 	    !tok_is_eog(t, 2), "gemma3: eog <eos>, <end_of_turn>");
 	golden_path(path, "gemma3-tokens.txt", gpath, sizeof gpath);
 	check_tokens_golden(t, gpath);
+	golden_path(path, "gemma3-chat.txt", gpath, sizeof gpath);
+	check_chat_golden(t, gpath);
 	tok_free(&t);
 	gguf_close(&g);
 }
@@ -944,6 +1013,7 @@ main(void)
 	}
 	ok(tok_n_vocab(t) == 49152 && tok_bos(t) == 1 && tok_eos(t) == 2,
 	    "vocabulary 49152, bos 1, eos 2");
+	ok(tok_add_bos(t) == 0, "no BOS before a text (add_bos_token false)");
 	ok(tok_is_eog(t, 2) && tok_is_eog(t, 0) && !tok_is_eog(t, 1) &&
 	    !tok_is_eog(t, 504), "eog: <|im_end|> and <|endoftext|> only");
 

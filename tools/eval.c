@@ -39,6 +39,23 @@ eval_tokenize(const kvx_model *m, const char *s, size_t len, int32_t **out,
 	return rc;
 }
 
+/* Put the BOS token before the n ids of *ids (realloc'd) when the model
+ * starts its texts with it (Gemma 3); others are left as they are. */
+void
+eval_add_bos(const kvx_model *m, int32_t **ids, int *n)
+{
+	int32_t *p;
+
+	if (!kvx_token_add_bos(m))
+		return;
+	if ((p = realloc(*ids, sizeof *p * ((size_t)*n + 1))) == NULL)
+		fail(EXIT_RUN, "out of memory");
+	memmove(p + 1, p, sizeof *p * (size_t)*n);
+	p[0] = kvx_token_bos(m);
+	*ids = p;
+	(*n)++;
+}
+
 /*
  * The plan's columns: its file name without directory or extension, and
  * the method and budget it records (kvx_plan_get_info).

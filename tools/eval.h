@@ -70,6 +70,7 @@ void		 fail(int code, const char *fmt, ...) KVX_PRINTF(2, 3);
 void		 progress(const char *fmt, ...);
 
 /* Tokenize text without special tokens; *out is malloc'd. */
+void		 eval_add_bos(const kvx_model *, int32_t **ids, int *n);
 kvx_status	 eval_tokenize(const kvx_model *, const char *s, size_t len,
 		     int32_t **out, int *n);
 /* Fill an entry's name, method and budget columns from its plan. */

@@ -334,6 +334,7 @@ read_texts(struct run *r, const struct args *a)
 		if (eval_tokenize(r->model, buf, len, &t->ids, &t->n) !=
 		    KVX_OK)
 			fail(EXIT_TEXT, "%s: %s", t->path, kvx_errmsg());
+		eval_add_bos(r->model, &t->ids, &t->n);
 		free(buf);
 		if (t->n < a->N + a->M)
 			fail(EXIT_TEXT, "%s: %d tokens, fewer than --context "

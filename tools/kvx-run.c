@@ -150,7 +150,7 @@ main(int argc, char **argv)
 	kvx_model_params mp;
 	struct args a;
 	char *text = NULL, *chat = NULL, piece[512];
-	int n_prompt = 0, n_gen = 0, n_dec = 0, cap, i, seq = 0;
+	int n_prompt = 0, n_gen = 0, n_dec = 0, cap, i, seq = 0, bos;
 	float *logits;
 	uint64_t rng;
 	size_t len = 0, plen;
@@ -200,11 +200,16 @@ main(int argc, char **argv)
 	cap = (int)(len + 16);
 	if ((ids = malloc(sizeof *ids * (size_t)cap)) == NULL)
 		fail(EXIT_RUN, "%s", "out of memory");
-	if (kvx_tokenize(model, text, len, a.chat, ids, cap, &n_prompt) !=
-	    KVX_OK)
+	/* a model trained with BOS first (Gemma 3) gets it, as llama.cpp
+	 * gives it */
+	bos = kvx_token_add_bos(model) ? 1 : 0;
+	ids[0] = kvx_token_bos(model);
+	if (kvx_tokenize(model, text, len, a.chat, ids + bos, cap - bos,
+	    &n_prompt) != KVX_OK)
 		fail(EXIT_RUN, "%s", kvx_errmsg());
 	if (n_prompt == 0)
 		fail(EXIT_USAGE, "%s", "the prompt is empty");
+	n_prompt += bos;
 
 	kvx_ctx_params_init(&cp);
 	cp.n_ctx = a.n_ctx > 0 ? a.n_ctx : info->n_ctx_train;

@@ -846,22 +846,28 @@ build(const struct task_env *env, enum task_kind k, int length, int s,
 	it->context = b.s;
 }
 
-/* Tokenize s (special tokens parsed in the chat format); *out malloc'd. */
+/* Tokenize s (special tokens parsed in the chat format); *out malloc'd.
+ * first: s opens the sequence, so it starts with BOS where the model
+ * wants one (Gemma 3). */
 static int
-tokenize(const struct task_env *env, const char *s, int32_t **out, int *n)
+tokenize(const struct task_env *env, const char *s, int first,
+    int32_t **out, int *n)
 {
 	size_t len = strlen(s);
-	int cap = (int)(len + 16);
+	int cap = (int)(len + 16), bos;
 
+	bos = first && kvx_token_add_bos(env->model) ? 1 : 0;
 	if (len > (size_t)INT32_MAX - 16 ||
 	    (*out = malloc(sizeof **out * (size_t)cap)) == NULL)
 		return -1;
-	if (kvx_tokenize(env->model, s, len, env->chat, *out, cap, n) !=
-	    KVX_OK) {
+	(*out)[0] = kvx_token_bos(env->model);
+	if (kvx_tokenize(env->model, s, len, env->chat, *out + bos,
+	    cap - bos, n) != KVX_OK) {
 		free(*out);
 		*out = NULL;
 		return -1;
 	}
+	*n += bos;
 	return 0;
 }
 
@@ -886,12 +892,12 @@ tokenize_item(const struct task_env *env, struct task_item *it)
 
 	free(it->ids);
 	it->ids = NULL;
-	if (tokenize(env, it->context, &it->ids, &it->n_ids) != 0)
+	if (tokenize(env, it->context, 1, &it->ids, &it->n_ids) != 0)
 		return -1;
 	for (i = 0; i < it->n_q; i++) {
 		free(it->q[i].ids);
 		it->q[i].ids = NULL;
-		if (tokenize(env, it->q[i].text, &it->q[i].ids,
+		if (tokenize(env, it->q[i].text, 0, &it->q[i].ids,
 		    &it->q[i].n_ids) != 0)
 			return -1;
 	}
