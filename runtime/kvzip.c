@@ -144,6 +144,7 @@ dot(const float *a, const float *b, int d)
 	return s;
 }
 
+/* Max-merges each key's softmax weight from w queries of g heads. */
 void
 kvzip_score(const float *q, const float *k, int m, int n, int w, int g,
     int d, int win, float scale, float *tmp, float *score)
@@ -249,6 +250,7 @@ truncate_seq(kv_cache *kv, int seq, const int *np)
 		}
 }
 
+/* Repeats the context chunk by chunk and keeps each key's best score. */
 kvx_status
 kvzip_pass(kvx_model *m, kv_cache *kv, kvx_pool *pool, const kvx_plan *P,
     int seq, const int32_t *ids, int n, float *score)
