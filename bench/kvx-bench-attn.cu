@@ -8,7 +8,9 @@
  * usage: kvx-bench-attn [out.tsv [max_batch]]   (bench/sdpa.py reads
  * out.tsv)
  * Each decode step runs the 32 layers' launches (partial + combine),
- * captured once in a CUDA graph; layers rotate
+ * captured once in a CUDA graph, on the balanced and the chunked work
+ * list; "chosen" is the one the library takes (wl_plan), marked * when
+ * the other was faster.  Layers rotate
  * over separate buffers (as many as fit) so that the L2 cache does not
  * serve repeated reads.
  */
@@ -108,14 +110,12 @@ struct layer {
  * Median time of one decode step (all layers) for per-(seq, head) lengths
  * len: chunk 0 balances rows over the resident blocks (wl_balanced),
  * chunk -1 cuts items of wl_chunk rows, chunk > 0 items of that many
- * rows, one block each, chunk -2 takes the library's choice (wl_plan;
- * *bal says which).
+ * rows, one block each.
  */
 static double
-step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf,
-    int *bal)
+step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 {
-	int nseg = (int)len.size(), s, i, nl, ni, cap, nb, isbal = 0;
+	int nseg = (int)len.size(), s, i, nl, ni, cap, nb;
 	int *bfirst_d = NULL;
 	std::vector<int> bfirst;
 	long long rows = 0;
@@ -135,22 +135,7 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf,
 		off[s] = rows * D;
 		rows += len[s];
 	}
-	if (chunk == -2) {
-		int res = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
-
-		cap = res + nseg + (int)(rows / wl_chunk(rows,
-		    kvx_cuda_sm_count())) + 1;
-		it.resize(cap);
-		bfirst.resize(res + 1);
-		ni = wl_plan(len.data(), nseg, res, kvx_cuda_sm_count(),
-		    it.data(), cap, first.data(), bfirst.data(), &nb, &isbal);
-		if (isbal) {
-			CK(cudaMalloc(&bfirst_d, sizeof(int) * (nb + 1)));
-			CK(cudaMemcpy(bfirst_d, bfirst.data(), sizeof(int) *
-			    (nb + 1), cudaMemcpyHostToDevice));
-		}
-	} else if (chunk == 0) {
-		isbal = 1;
+	if (chunk == 0) {
 		nb = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
 		bfirst.resize(nb + 1);
 		cap = nb + nseg;
@@ -162,7 +147,8 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf,
 		    cudaMemcpyHostToDevice));
 	} else {
 		if (chunk < 0)
-			chunk = wl_chunk(rows, kvx_cuda_sm_count());
+			chunk = wl_chunk(rows, kvx_cuda_attn_blocks(G, D,
+			    KVX_CUDA_F16));
 		cap = (int)(rows / chunk) + nseg + 1;
 		it.resize(cap);
 		ni = wl_chunked(len.data(), nseg, chunk, it.data(), cap,
@@ -244,9 +230,31 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf,
 	cudaFree(bfirst_d);
 	*nitems = ni;
 	*nbuf = nl;
-	if (bal != NULL)
-		*bal = isbal;
 	return ms[ms.size() / 2] * 1e-3;
+}
+
+/* 1 when the library (wl_plan) takes the balanced list for len. */
+static int
+plan_balanced(const std::vector<int> &len)
+{
+	int nseg = (int)len.size(), res, cap, nb, bal = 0;
+	long long rows = 0;
+	std::vector<struct wl_item> it;
+	std::vector<int> first(nseg + 1), bfirst;
+	size_t s;
+
+	for (s = 0; s < len.size(); s++)
+		rows += len[s];
+	res = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
+	cap = res + nseg + (int)(rows / wl_chunk(rows, res)) + 1;
+	it.resize(cap);
+	bfirst.resize(res + 1);
+	if (wl_plan(len.data(), nseg, res, it.data(), cap, first.data(),
+	    bfirst.data(), &nb, &bal) < 0) {
+		fprintf(stderr, "worklist failed\n");
+		exit(1);
+	}
+	return bal;
 }
 
 /* Skewed per-head lengths: u^2 shares of the context, the longest = T. */
@@ -297,7 +305,7 @@ main(int argc, char **argv)
 		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
 		long long rows = 0;
 		double bytes, t, tb, tc, t1 = 0.0;
-		int nic, nbc, nif, nbf;
+		int nic, nbc;
 		size_t s;
 
 		if ((long long)b * T > 64LL * 65536 || b > maxb)
@@ -305,21 +313,22 @@ main(int argc, char **argv)
 		for (s = 0; s < len.size(); s++)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
-		t = step_time(len, -2, &nif, &nbf, &bal);
-		tb = step_time(len, 0, &ni, &nb, NULL);
-		tc = step_time(len, -1, &nic, &nbc, NULL);
+		bal = plan_balanced(len);
+		tb = step_time(len, 0, &ni, &nb);
+		tc = step_time(len, -1, &nic, &nbc);
+		t = bal ? tb : tc;
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
-			t1 = step_time(len, T, &ni1, &nb1, NULL);
-		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c %7.1f%% %7.1f%% "
+			t1 = step_time(len, T, &ni1, &nb1);
+		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c%c %7.1f%% %7.1f%% "
 		    "%7.1f%% %6d\n", b, T, skew ? "skewed" : "equal",
 		    bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,
-		    bal ? 'b' : 'c', 100.0 * bytes / tb / bw,
-		    100.0 * bytes / tc / bw,
-		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, nif);
+		    bal ? 'b' : 'c', t > std::min(tb, tc) ? '*' : ' ',
+		    100.0 * bytes / tb / bw, 100.0 * bytes / tc / bw,
+		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, bal ? ni : nic);
 		fflush(stdout);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
-		    bytes, t, t1, nbf);
+		    bytes, t, t1, bal ? ni : nic);
 		for (s = 0; s < len.size(); s++)
 			fprintf(tsv, "%c%d", s ? ',' : '\t', len[s]);
 		fprintf(tsv, "\t%.6e\t%.6e\t%d\n", tb, tc, bal);

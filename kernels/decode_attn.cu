@@ -1,15 +1,64 @@
 /*
  * decode_attn.cu - ragged split-K decode attention: partial attention of each
  * work item and the log-sum-exp combine per segment, the twin of
- * attn_gqa in runtime/attn.c.
+ * attn_gqa in runtime/attn.c.  fp16 K/V with d up to 128 run on the
+ * tensor cores (attn_item_tc), the rest on the FMA units (attn_item).
  * SPDX-License-Identifier: MIT
  */
 #include <string.h>
 
+#include <type_traits>
+
 #include "device.cuh"
+
+/*
+ * Waits until the grid launched before this one on the stream has
+ * finished and its writes are visible: a kernel launched by
+ * launch_early may start while its predecessor is still running.
+ * Without that launch it returns at once.
+ */
+static __device__ __forceinline__ void
+grid_wait(void)
+{
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+/*
+ * Launch of a kernel that calls grid_wait before its first read, allowed
+ * to start (set up its blocks) while the previous kernel on the stream
+ * drains, which hides a launch's latency between the partial and the
+ * combine and between layers.
+ */
+template <typename... P, typename... A>
+static int
+launch_early(void (*fn)(P...), dim3 grid, int threads, size_t smem,
+    cudaStream_t st, A... args)
+{
+	cudaLaunchConfig_t c;
+	cudaLaunchAttribute at[1];
+
+	memset(&c, 0, sizeof c);
+	c.gridDim = grid;
+	c.blockDim = dim3(threads);
+	c.dynamicSmemBytes = smem;
+	c.stream = st;
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	c.attrs = at;
+	c.numAttrs = 1;
+	cudaLaunchKernelEx(&c, fn, (P)args...);
+	return launched();
+}
 
 #define AT_THREADS 128
 #define AT_TILE 8	/* rows a lane group has in flight */
+#define AT_NW (AT_THREADS / 32)
+/* blocks a multiprocessor of the tensor-core form (198 registers at
+ * d = 128); capping it at 168 registers for three was slower */
+#define AT_TC_MINB 2
+/* P is split into two fp16 halves at 2^12 its size, so that the low half
+ * stays a normal number down to p = 2^-12 */
+#define AT_PSCALE 4096.0f
 
 /* Eight elements of a 16-byte K/V chunk as floats. */
 static __device__ __forceinline__ void
@@ -140,31 +189,19 @@ attn_init(const float *q, int seg, int li, float scale2, float (&qr)[G][8],
 }
 
 /*
- * The lane groups' states merged in shared memory (sm_acc: NSG x G x D
- * floats) into item ii's partial.
+ * The NSG groups' states in shared memory (m, l: NSG x G; acc: NSG x G x D
+ * floats) merged into item ii's partial.
  */
-template <int G, int D>
+template <int G, int D, int NSG>
 static __device__ __forceinline__ void
-attn_merge(int ii, const float (&m)[G], const float (&l)[G],
-    const float (&acc)[G][8], float *sm_acc, float *pm, float *pl,
-    float *pacc)
+attn_fold(int ii, const float (*sm_m)[G], const float (*sm_l)[G],
+    const float *sm_acc, float *pm, float *pl, float *pacc)
 {
-	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR;
-	__shared__ float sm_m[NSG][G], sm_l[NSG][G];
-	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e, i;
+	int h, e, i, g;
 
-	for (h = 0; h < G; h++) {
-		if (li == 0) {
-			sm_m[sg][h] = m[h];
-			sm_l[sg][h] = l[h];
-		}
-		for (e = 0; e < 8; e++)
-			sm_acc[(sg * G + h) * D + li * 8 + e] = acc[h][e];
-	}
 	__syncthreads();
 	for (i = threadIdx.x; i < G * D; i += AT_THREADS) {
 		float M = -INFINITY, L = 0.0f, A = 0.0f, f;
-		int g;
 
 		h = i / D;
 		e = i % D;
@@ -188,12 +225,54 @@ attn_merge(int ii, const float (&m)[G], const float (&l)[G],
 }
 
 /*
+ * The lane groups' states merged in shared memory (sm_acc: NSG x G x D
+ * floats) into item ii's partial.
+ */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_merge(int ii, const float (&m)[G], const float (&l)[G],
+    const float (&acc)[G][8], float *sm_acc, float *pm, float *pl,
+    float *pacc)
+{
+	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR;
+	__shared__ float sm_m[NSG][G], sm_l[NSG][G];
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, h, e;
+
+	for (h = 0; h < G; h++) {
+		if (li == 0) {
+			sm_m[sg][h] = m[h];
+			sm_l[sg][h] = l[h];
+		}
+		for (e = 0; e < 8; e++)
+			sm_acc[(sg * G + h) * D + li * 8 + e] = acc[h][e];
+	}
+	attn_fold<G, D, NSG>(ii, sm_m, sm_l, sm_acc, pm, pl, pacc);
+}
+
+/* K and V of the TR rows from r of a lane group (rows past r1 - 1
+ * repeat row r1 - 1, which the tile counts as -inf). */
+template <int TR, typename T>
+static __device__ __forceinline__ void
+attn_load(const T *kb, const T *vb, int ld_, int r, int r1, int li,
+    uint4 (&kr)[TR], uint4 (&vr)[TR])
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < TR; i++) {
+		int row = r + i < r1 ? r + i : r1 - 1;
+
+		kr[i] = __ldg((const uint4 *)(kb + (size_t)row * ld_) + li);
+		vr[i] = __ldg((const uint4 *)(vb + (size_t)row * ld_) + li);
+	}
+}
+
+/*
  * Work item ii, rows [r0, r1) of one segment, by a whole block.  A row of
  * D elements is read by D/8 lanes with 16-byte loads; each lane group
- * walks its share of the rows AT_TILE at a time, K and V of a tile loaded
- * together, keeping for all G query heads an online softmax over its
- * rows.  The groups then merge in shared memory, so K and V are read once
- * for the whole GQA group.
+ * walks its share of the rows AT_TILE at a time, keeping for all G query
+ * heads an online softmax over its rows.  The groups then merge in
+ * shared memory, so K and V are read once for the whole GQA group.
  */
 template <int G, int D, typename T>
 static __device__ __forceinline__ void
@@ -204,49 +283,276 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
 	constexpr int STEP = NSG * AT_TILE;
 	__shared__ float sm_acc[NSG * G * D];
-	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, i, r, rw;
+	int sg = threadIdx.x / LPR, li = threadIdx.x % LPR, r, rw;
 	const T *kb = k + off[it.seg], *vb = v + off[it.seg];
 	float qr[G][8], m[G], l[G], acc[G][8];
+	uint4 kr[AT_TILE], vr[AT_TILE];
 
 	attn_init<G, D>(q, it.seg, li, scale2, qr, m, l, acc);
 	/* the loop bound is uniform over a warp, for the shuffles below */
 	for (rw = it.r0 + (threadIdx.x >> 5) * GPW * AT_TILE; rw < it.r1;
 	    rw += STEP) {
-		uint4 kr[AT_TILE], vr[AT_TILE];
-
 		r = rw + (sg % GPW) * AT_TILE;
-
-#pragma unroll
-		for (i = 0; i < AT_TILE; i++) {
-			int row = r + i < it.r1 ? r + i : it.r1 - 1;
-
-			kr[i] = __ldg((const uint4 *)(kb + (size_t)row * ld_) +
-			    li);
-			vr[i] = __ldg((const uint4 *)(vb + (size_t)row * ld_) +
-			    li);
-		}
+		attn_load<AT_TILE, T>(kb, vb, ld_, r, it.r1, li, kr, vr);
 		attn_tile<G, LPR, AT_TILE, T>(qr, kr, vr, it.r1 - r, m, l, acc);
 	}
 	attn_merge<G, D>(ii, m, l, acc, sm_acc, pm, pl, pacc);
 }
 
+/* 2^x on the special-function unit; 2^-inf = 0. */
+static __device__ __forceinline__ float
+ex2(float x)
+{
+	float y;
+
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+	return y;
+}
+
+/* Word i (0-3) of a 16-byte chunk. */
+static __device__ __forceinline__ uint32_t
+word(const uint4 &x, int i)
+{
+	return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
+}
+
+/* Two floats as fp16 (a in the low half), as a register. */
+static __device__ __forceinline__ uint32_t
+pack_h2(float a, float b)
+{
+	__half2 h = __floats2half2_rn(a, b);
+
+	return *(uint32_t *)&h;
+}
+
+/* a and b (fp32) split into fp16 high parts *hi and the rests *lo. */
+static __device__ __forceinline__ void
+split_h2(float a, float b, uint32_t *hi, uint32_t *lo)
+{
+	__half2 h = __floats2half2_rn(a, b);
+
+	*hi = *(uint32_t *)&h;
+	*lo = pack_h2(a - __low2float(h), b - __high2float(h));
+}
+
+/* d += a b on the tensor cores: m16n8k16, fp16 inputs, fp32 sums. */
+static __device__ __forceinline__ void
+mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+	    "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+	    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+	    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/*
+ * A warp's 16-row tile from row r in registers: lane (g = lane / 4,
+ * c = lane % 4) holds 16-byte chunks c + 4u of K rows r + g and r + 8 + g
+ * (the B fragments of S = Q K^T, the head dimension permuted so that
+ * each lane's loads are whole chunks), and chunks g + 8v of V rows
+ * r + 2c, r + 2c + 1, r + 2c + 8, r + 2c + 9 (the rows of its B fragments
+ * of O = P V).  Rows past r1 - 1 repeat row r1 - 1.
+ */
+template <int D>
+struct tc_tile {
+	uint4	k[2][D / 32], v[4][D / 64];
+};
+
+template <int D>
+static __device__ __forceinline__ void
+tc_load(const __half *kb, const __half *vb, int ld_, int r, int r1,
+    int lane, struct tc_tile<D> &t)
+{
+	int g = lane >> 2, c = lane & 3, j, u, row;
+
+#pragma unroll
+	for (j = 0; j < 2; j++) {
+		row = min(r + 8 * j + g, r1 - 1);
+#pragma unroll
+		for (u = 0; u < D / 32; u++)
+			t.k[j][u] = __ldg((const uint4 *)(kb + (size_t)row *
+			    ld_) + c + 4 * u);
+	}
+#pragma unroll
+	for (j = 0; j < 4; j++) {
+		row = min(r + 2 * c + (j & 1) + 8 * (j >> 1), r1 - 1);
+#pragma unroll
+		for (u = 0; u < D / 64; u++)
+			t.v[j][u] = __ldg((const uint4 *)(vb + (size_t)row *
+			    ld_) + g + 8 * u);
+	}
+}
+
+/*
+ * One tile into the warp's online softmax.  The M dimension of both
+ * products holds the G <= 8 heads twice: rows 0-7 the fp16 high part of
+ * Q (and of P), rows 8-15 the rest, so one m16n8k16 gives the scores
+ * to about fp32 accuracy (the sum of the two rows).  Lane (g, c) then
+ * holds head g's scores of tile rows 2c, 2c + 1, 2c + 8, 2c + 9, which
+ * is where the A fragment of P wants them; acc[n][0..1] sum P_hi V and
+ * acc[n][2..3] P_lo V, both scaled by AT_PSCALE.
+ */
+template <int D>
+static __device__ __forceinline__ void
+tc_step(const uint32_t (&qa)[D / 16][4], const struct tc_tile<D> &t,
+    int nvalid, int lane, float &m, float &l, float (&acc)[D / 8][4])
+{
+	int c = lane & 3, j, kk, n, e;
+	float s[2][4], x[4], mt, alpha, p[4];
+	uint32_t pa[4];
+
+#pragma unroll
+	for (j = 0; j < 2; j++) {
+		s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+		for (kk = 0; kk < D / 16; kk++)
+			mma16816(s[j], qa[kk], word(t.k[j][kk >> 1],
+			    2 * (kk & 1)), word(t.k[j][kk >> 1],
+			    2 * (kk & 1) + 1));
+	}
+#pragma unroll
+	for (e = 0; e < 4; e++)
+		x[e] = s[e >> 1][e & 1] + s[e >> 1][2 + (e & 1)];
+	if (nvalid < 16)
+#pragma unroll
+		for (e = 0; e < 4; e++)
+			if (8 * (e >> 1) + 2 * c + (e & 1) >= nvalid)
+				x[e] = -INFINITY;
+	mt = fmaxf(fmaxf(m, x[0]), fmaxf(fmaxf(x[1], x[2]), x[3]));
+	mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
+	mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, 2));
+	/* row r of the tile is always valid, so mt is finite */
+	if (__any_sync(0xffffffffu, mt > m)) {
+		alpha = ex2(m - mt);
+		l *= alpha;
+#pragma unroll
+		for (n = 0; n < D / 8; n++)
+#pragma unroll
+			for (e = 0; e < 4; e++)
+				acc[n][e] *= alpha;
+		m = mt;
+	}
+#pragma unroll
+	for (e = 0; e < 4; e++) {
+		p[e] = ex2(x[e] - m);
+		l += p[e];
+	}
+	split_h2(p[0] * AT_PSCALE, p[1] * AT_PSCALE, &pa[0], &pa[1]);
+	split_h2(p[2] * AT_PSCALE, p[3] * AT_PSCALE, &pa[2], &pa[3]);
+#pragma unroll
+	for (n = 0; n < D / 8; n++) {
+		int u = n >> 3, w = (n & 7) >> 1;
+		unsigned sel = n & 1 ? 0x7632u : 0x5410u;
+
+		mma16816(acc[n], pa,
+		    __byte_perm(word(t.v[0][u], w), word(t.v[1][u], w), sel),
+		    __byte_perm(word(t.v[2][u], w), word(t.v[3][u], w), sel));
+	}
+}
+
+/*
+ * Work item ii on the tensor cores (fp16 K/V, G <= 8): each warp takes
+ * every fourth 16-row tile; the warps merge as the lane groups of
+ * attn_item do.  Column n of a V fragment is the lane group n's column,
+ * so output element d of head g sits at acc[8u + e][..] of lane
+ * (g, c) for d = 8 (2c + 8u) + e (+ 8 for the second of the pair).
+ */
+template <int G, int D>
+static __device__ __forceinline__ void
+attn_item_tc(const float *q, const __half *k, const __half *v,
+    const long long *off, int ld_, float scale2, struct wl_item it, int ii,
+    float *pm, float *pl, float *pacc)
+{
+	__shared__ float sm_acc[AT_NW * G * D];
+	__shared__ float sm_m[AT_NW][G], sm_l[AT_NW][G];
+	int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2;
+	int c = lane & 3, kk, n, r;
+	const __half *kb = k + off[it.seg], *vb = v + off[it.seg];
+	const float *qs = q + ((size_t)it.seg * G + g) * D;
+	uint32_t qa[D / 16][4];
+	float acc[D / 8][4], m = -INFINITY, l = 0.0f;
+	struct tc_tile<D> t;
+
+#pragma unroll
+	for (kk = 0; kk < D / 16; kk++) {
+		/* chunk c + 4u, words 2h and 2h + 1: k = 2c.., 2c + 8.. */
+		int d0 = 8 * (c + 4 * (kk >> 1)) + 4 * (kk & 1);
+		float a0 = 0, a1 = 0, b0 = 0, b1 = 0;
+
+		if (g < G) {
+			a0 = qs[d0] * scale2;
+			a1 = qs[d0 + 1] * scale2;
+			b0 = qs[d0 + 2] * scale2;
+			b1 = qs[d0 + 3] * scale2;
+		}
+		split_h2(a0, a1, &qa[kk][0], &qa[kk][1]);
+		split_h2(b0, b1, &qa[kk][2], &qa[kk][3]);
+	}
+#pragma unroll
+	for (n = 0; n < D / 8; n++)
+		acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+	for (r = it.r0 + 16 * w; r < it.r1; r += 16 * AT_NW) {
+		tc_load<D>(kb, vb, ld_, r, it.r1, lane, t);
+		tc_step<D>(qa, t, it.r1 - r, lane, m, l, acc);
+	}
+	l += __shfl_xor_sync(0xffffffffu, l, 1);
+	l += __shfl_xor_sync(0xffffffffu, l, 2);
+	if (g < G) {
+		float *o = sm_acc + (w * G + g) * D;
+
+#pragma unroll
+		for (n = 0; n < D / 8; n++) {
+			int d = 8 * (2 * c + 8 * (n >> 3)) + (n & 7);
+
+			o[d] = (acc[n][0] + acc[n][2]) * (1.0f / AT_PSCALE);
+			o[d + 8] = (acc[n][1] + acc[n][3]) * (1.0f / AT_PSCALE);
+		}
+		if (c == 0) {
+			sm_m[w][g] = m;
+			sm_l[w][g] = l;
+		}
+	}
+	attn_fold<G, D, AT_NW>(ii, sm_m, sm_l, sm_acc, pm, pl, pacc);
+}
+
+/*
+ * Whether the tensor-core form runs: fp16 K/V with d up to 128 (beyond,
+ * its accumulators would not fit in registers); bf16 would need a
+ * three-way split of Q and P for the same accuracy.
+ */
+template <int D, typename T>
+static __host__ __device__ constexpr bool
+at_tc(void)
+{
+	return D <= 128 && std::is_same<T, __half>::value;
+}
+
 /*
  * Block b takes items bfirst[b] .. bfirst[b + 1] - 1 (a balanced list
- * from wl_balanced), or item b alone when bfirst is NULL.
- * Up to four query heads, three blocks fit on a multiprocessor.
+ * from wl_balanced), or item b alone when bfirst is NULL.  The lane
+ * groups' form (attn_item) fits three blocks on a multiprocessor up to
+ * four query heads.
  */
 template <int G, int D, typename T>
-static __global__ void __launch_bounds__(AT_THREADS, G <= 4 ? 3 : 1)
+static __global__ void __launch_bounds__(AT_THREADS, at_tc<D, T>() ?
+    AT_TC_MINB : G <= 4 ? 3 : 1)
 attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
     int ld_, float scale2, const struct wl_item *items,
     const int *bfirst, float *pm, float *pl, float *pacc)
 {
-	int i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
-	int i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1, ii;
+	int i0, i1, ii;
 
-	for (ii = i0; ii < i1; ii++)
-		attn_item<G, D, T>(q, k, v, off, ld_, scale2, items[ii], ii, pm,
-		    pl, pacc);
+	grid_wait();
+	i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
+	i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1;
+	for (ii = i0; ii < i1; ii++) {
+		if constexpr (at_tc<D, T>())
+			attn_item_tc<G, D>(q, k, v, off, ld_, scale2,
+			    items[ii], ii, pm, pl, pacc);
+		else
+			attn_item<G, D, T>(q, k, v, off, ld_, scale2,
+			    items[ii], ii, pm, pl, pacc);
+	}
 }
 
 /* Arguments of one partial-attention launch. */
@@ -271,10 +577,9 @@ attn_launch_t(const struct attn_args *a)
 	if (a->occupancy != NULL)
 		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
 		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
-	attn_partial_k<G, D, T><<<a->nblk, AT_THREADS, 0, a->st>>>(a->q,
-	    (const T *)a->k, (const T *)a->v, a->off, a->ld, a->s2, a->items,
-	    a->bfirst, a->m, a->l, a->acc);
-	return launched();
+	return launch_early(attn_partial_k<G, D, T>, a->nblk, AT_THREADS, 0,
+	    a->st, a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
+	    a->s2, a->items, a->bfirst, a->m, a->l, a->acc);
 }
 
 /* attn_launch_t for the storage type of the arguments. */
@@ -387,9 +692,12 @@ attn_combine_k(const int *first, int g, int d, const float *pm,
 	extern __shared__ float sA[];	/* CB_WARPS x d */
 	__shared__ float red[32], sW[CB_T];
 	float M = -INFINITY, L = 0.0f, a[8];
-	int s = blockIdx.x, h = blockIdx.y, j0 = first[s], j1 = first[s + 1];
+	int s = blockIdx.x, h = blockIdx.y, j0, j1;
 	int wid = threadIdx.x >> 5, lane = threadIdx.x & 31, j, jb, n, k, e;
 
+	grid_wait();
+	j0 = first[s];
+	j1 = first[s + 1];
 	for (j = j0 + threadIdx.x; j < j1; j += CB_T)
 		if (pl[(size_t)j * g + h] > 0.0f)
 			M = fmaxf(M, pm[(size_t)j * g + h]);
@@ -442,7 +750,6 @@ kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
 		return 0;
 	if (d < 1 || d > 256 || g < 1 || g > 65535)
 		return KVX_CUDA_EINVAL;
-	attn_combine_k<<<dim3(nseg, g), CB_T, sizeof(float) * CB_WARPS * d,
-	    stream>>>(first, g, d, m, l, acc, out);
-	return launched();
+	return launch_early(attn_combine_k, dim3(nseg, g), CB_T,
+	    sizeof(float) * CB_WARPS * d, stream, first, g, d, m, l, acc, out);
 }

@@ -147,6 +147,8 @@ step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
     int *chunk)
 {
 	int Hkv = g->Hkv, nseg = n * Hkv, i, l, h, cap = 0;
+	/* items sized for whole waves of the blocks that fit at once */
+	int res = kvx_cuda_attn_blocks(g->H / Hkv, g->D, KVX_CUDA_F16);
 
 	for (l = 0; l < g->L; l++) {
 		long long rows = 0;
@@ -155,7 +157,7 @@ step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
 			for (h = 0; h < Hkv; h++)
 				rows += seg_at(g, seqs[i], l, h)->len + 1 +
 				    ahead;
-		chunk[l] = wl_chunk(rows, g->sm);
+		chunk[l] = wl_chunk(rows, res);
 		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
 			cap = (int)(rows / chunk[l]) + nseg + 1;
 	}

@@ -7,15 +7,16 @@
 #include "worklist.h"
 
 /*
- * Rows per item for a whole number of waves of blocks (three fit on a
- * multiprocessor) with items of about 512 rows: small items let the
- * block scheduler even out ragged segments, and a partial costs only
- * g x d floats against 512 rows of K and V.
+ * Rows per item for a whole number of waves of the resident blocks with
+ * items of about 512 rows: small items let the block scheduler even out
+ * ragged segments, and a partial costs only g x d floats against 512
+ * rows of K and V.  A wave of other than the resident count would leave
+ * the last one partly empty.
  */
 int
-wl_chunk(long long total_rows, int sm_count)
+wl_chunk(long long total_rows, int resident)
 {
-	long long slots = 3LL * (sm_count > 0 ? sm_count : 132), waves, c;
+	long long slots = resident > 0 ? resident : 396, waves, c;
 
 	waves = (total_rows + slots * 256) / (slots * 512);
 	if (waves < 1)
@@ -103,14 +104,13 @@ wl_balanced(const int *len, int nseg, int nblk, struct wl_item *items,
 
 /*
  * Balanced lists pay off once each resident block has rows enough to
- * keep its loads in flight (about 2048, measured on an H100); below
- * that, several waves of ~512-row items let blocks that finish early
- * take more work.
+ * keep its loads in flight (about 768 on an H200, 2048 on an H100 with
+ * the older kernel); below that, several waves of ~512-row items let
+ * blocks that finish early take more work.
  */
 int
-wl_plan(const int *len, int nseg, int resident, int sm_count,
-    struct wl_item *items, int cap, int *first, int *bfirst, int *nblocks,
-    int *balanced)
+wl_plan(const int *len, int nseg, int resident, struct wl_item *items,
+    int cap, int *first, int *bfirst, int *nblocks, int *balanced)
 {
 	long long rows = 0;
 	int s, n;
@@ -126,7 +126,7 @@ wl_plan(const int *len, int nseg, int resident, int sm_count,
 		*balanced = 1;
 		return n;
 	}
-	n = wl_chunked(len, nseg, wl_chunk(rows, sm_count), items, cap,
+	n = wl_chunked(len, nseg, wl_chunk(rows, resident), items, cap,
 	    first);
 	*nblocks = n;
 	*balanced = 0;

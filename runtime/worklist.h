@@ -17,12 +17,14 @@ struct wl_item {
 	int	seg, r0, r1, pad;
 };
 
-/* Rows per resident block from which balanced lists beat chunked ones. */
-#define WL_BALANCE_ROWS 2048
+/* Rows per resident block from which balanced lists beat chunked ones
+ * (H200, both forms of the partial kernel). */
+#define WL_BALANCE_ROWS 768
 
-/* Rows per work item that fill a device of sm_count multiprocessors for
- * total_rows rows. */
-int	 wl_chunk(long long total_rows, int sm_count);
+/* Rows per work item that fill resident blocks of the partial kernel
+ * (kvx_cuda_attn_blocks; 396 when < 1) in whole waves for total_rows
+ * rows. */
+int	 wl_chunk(long long total_rows, int resident);
 /*
  * Chunked form, one item a block: cuts each segment of len[s] rows into
  * round(len[s] / chunk) (at least one) items of equal size, in segment
@@ -43,15 +45,15 @@ int	 wl_balanced(const int *len, int nseg, int nblk,
 	    struct wl_item *items, int cap, int *first, int *bfirst);
 /*
  * The list the library prefers for these lengths on a device with
- * resident blocks of the partial kernel at once (kvx_cuda_attn_blocks)
- * and sm_count multiprocessors: balanced over the resident blocks when
- * the rows give each at least WL_BALANCE_ROWS, else chunked
- * (wl_chunk).  Sets *nblocks (the grid) and *balanced (1: pass bfirst
- * to the kernels, 0: one item a block, pass NULL).  cap = max(resident
- * + nseg, rows / wl_chunk(rows, sm_count) + nseg + 1) suffices.  Returns
+ * resident blocks of the partial kernel at once (kvx_cuda_attn_blocks):
+ * balanced over the resident blocks when the rows give each at least
+ * WL_BALANCE_ROWS, else chunked (wl_chunk(rows, resident)).  Sets
+ * *nblocks (the grid) and *balanced (1: pass bfirst to the kernels, 0:
+ * one item a block, pass NULL).  cap = max(resident
+ * + nseg, rows / wl_chunk(rows, resident) + nseg + 1) suffices.  Returns
  * the item count or -1.
  */
-int	 wl_plan(const int *len, int nseg, int resident, int sm_count,
+int	 wl_plan(const int *len, int nseg, int resident,
 	    struct wl_item *items, int cap, int *first, int *bfirst,
 	    int *nblocks, int *balanced);
 

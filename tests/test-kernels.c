@@ -356,8 +356,8 @@ test_attn_plan(void)
 		cap = res + nseg + (int)(rows / 16) + 1;
 		it = malloc(sizeof(*it) * cap);
 		bfirst = malloc(sizeof(int) * (res + 1));
-		n = wl_plan(len, nseg, res, kvx_cuda_sm_count(), it, cap, first,
-		    bfirst, &nb, &bal);
+		n = wl_plan(len, nseg, res, it, cap, first, bfirst, &nb,
+		    &bal);
 		for (s = 0; s < nseg && n >= 0; s++) {
 			for (r = 0, j = first[s]; j < first[s + 1]; j++) {
 				bad += it[j].seg != s || it[j].r0 != r;
@@ -427,7 +427,7 @@ test_attn(int rep)
 		int nblk = ci == 4 ? 1 : ci == 5 ? 7 :
 		    kvx_cuda_attn_blocks(g, d, dtype);
 		int chunk = ci >= 4 ? 0 : chunks[ci] ? chunks[ci] :
-		    wl_chunk(rows, kvx_cuda_sm_count());
+		    wl_chunk(rows, kvx_cuda_attn_blocks(g, d, dtype));
 		int cap = ci >= 4 ? nblk + nseg :
 		    (int)(rows / chunk) + nseg + 1, ni, nb, bad = 0;
 		struct wl_item *it = malloc(sizeof(*it) * cap);

@@ -210,21 +210,21 @@ next:
 	    badcap);
 }
 
-/* Item rows: at least 16, a whole number of waves of three blocks a
- * multiprocessor covering the rows, about 512 rows once the rows fill a
- * wave. */
+/* Item rows: at least 16, a whole number of waves of the resident
+ * blocks (396 when none are given) covering the rows, about 512 rows
+ * once the rows fill a wave. */
 static void
 test_chunk(void)
 {
 	int rep, bad = 0;
 
 	for (rep = 0; rep < REPS; rep++) {
-		int sm = tap_irand(-1, 200), c;
+		int res = tap_irand(-1, 800), c;
 		long long rows = rep % 2 ? tap_irand(0, 100000) :
 		    (long long)tap_irand(0, 1 << 20) * tap_irand(1, 64);
-		long long slots = 3LL * (sm > 0 ? sm : 132), waves;
+		long long slots = res > 0 ? res : 396, waves;
 
-		c = wl_chunk(rows, sm);
+		c = wl_chunk(rows, res);
 		waves = (rows + slots * 256) / (slots * 512);
 		waves = waves < 1 ? 1 : waves;
 		if (c < 16 || (rows + c - 1) / c > slots * waves)
@@ -245,14 +245,13 @@ test_plan(void)
 	int rep, bad = 0, badpick = 0, nbal = 0;
 
 	for (rep = 0; rep < REPS; rep++) {
-		int nseg = tap_irand(1, 64), res = tap_irand(1, 1000), sm;
+		int nseg = tap_irand(1, 64), res = tap_irand(1, 1000);
 		int *len = malloc(sizeof(int) * nseg), n, nb = -1, bal = -1;
 		int *first = malloc(sizeof(int) * (nseg + 1)), cap, want, s;
 		int *bfirst = malloc(sizeof(int) * (res + 1));
 		long long rows = 0, edge = (long long)res * WL_BALANCE_ROWS;
 		struct wl_item *it;
 
-		sm = tap_irand(1, 200);
 		/* around the edge: one row short, on it, one past; or any */
 		switch (rep % 4) {
 		case 0:
@@ -270,11 +269,10 @@ test_plan(void)
 		for (s = 0; s < nseg; s++)
 			rows += len[s] > 0 ? len[s] : 0;
 		want = rows >= edge;
-		cap = (int)(rows / wl_chunk(rows, sm)) + nseg + 1;
+		cap = (int)(rows / wl_chunk(rows, res)) + nseg + 1;
 		cap = cap > res + nseg ? cap : res + nseg;
 		it = malloc(sizeof(*it) * cap);
-		n = wl_plan(len, nseg, res, sm, it, cap, first, bfirst, &nb,
-		    &bal);
+		n = wl_plan(len, nseg, res, it, cap, first, bfirst, &nb, &bal);
 		if (n < 0)
 			bad++;
 		else {
@@ -295,7 +293,7 @@ test_plan(void)
 		int len = 10, first[2], bfirst[2], nb, bal;
 		struct wl_item it[4];
 
-		ok(wl_plan(&len, 1, 0, 132, it, 4, first, bfirst, &nb, &bal) ==
+		ok(wl_plan(&len, 1, 0, it, 4, first, bfirst, &nb, &bal) ==
 		    -1, "no resident blocks: no list");
 	}
 }
