@@ -23,8 +23,10 @@
  * KVX_GEMMA3_MODEL, else models/ under top_srcdir; skipped otherwise)
  * against llama.cpp (tests/golden/qwen2-logits.txt, gemma3-logits.txt),
  * with the bound stated at LOGPROB_TOL; Gemma's last prompt (705 tokens)
- * is longer than its 512-token sliding window.  A small random-weight qwen2 file
- * (tests/data/tiny-qwen2.gguf, tools/make-tiny-qwen2.py) always runs: its
+ * is longer than its 512-token sliding window.  Small random-weight qwen2
+ * and gemma3 files (tests/data/tiny-qwen2.gguf, tiny-gemma3.gguf, from
+ * tools/make-tiny-qwen2.py and make-tiny-gemma3.py; the gemma3 one with a
+ * 24-token window that its 60-token prompt passes) always run: their
  * logits must equal a float64 numpy forward pass of the same weights to
  * TINY_TOL, through prefill and through token-at-a-time decode.
  */
@@ -46,7 +48,7 @@
 #define GREEDY_MIN 2
 /* |logit - reference| allowed on the tiny model: f32 against float64 */
 #define TINY_TOL 2e-3
-#define TINY_VOCAB 303
+#define TINY_VOCAB 512	/* at least the tiny files' vocabularies */
 
 struct golden {
 	char	 name[32];
@@ -216,10 +218,27 @@ worst(const float *a, const double *ref, int n, double *rel)
 	return md;
 }
 
-/* The random-weight qwen2 file against the numpy reference: every logit
- * after each prompt by prefill, and by one-token prefill plus decode. */
+/* A random-weight file, its reference logits and the shape it must
+ * read. */
+struct tiny {
+	const char	*name, *gguf, *golden, *arch;
+	int		 n_layer, n_head, n_head_kv, head_dim, n_vocab;
+	float		 theta;
+};
+
+static const struct tiny tinies[] = {
+	{ "tiny qwen2", "tests/data/tiny-qwen2.gguf",
+	    "tests/golden/tiny-qwen2-logits.txt", "qwen2", 2, 4, 2, 64, 303,
+	    1e6f },
+	{ "tiny gemma3", "tests/data/tiny-gemma3.gguf",
+	    "tests/golden/tiny-gemma3-logits.txt", "gemma3", 6, 2, 1, 256, 367,
+	    1e6f },
+};
+
+/* A random-weight file against the numpy reference: every logit after
+ * each prompt by prefill, and by one-token prefill plus decode. */
 static void
-check_tiny_qwen2(void)
+check_tiny(const struct tiny *T)
 {
 	static char line[1 << 16];
 	static double ref[TINY_VOCAB];
@@ -234,19 +253,19 @@ check_tiny_qwen2(void)
 	FILE *f;
 	char *p;
 
-	src_path(path, sizeof path, "tests/data/tiny-qwen2.gguf");
-	if (!ok(kvx_model_open(path, NULL, &m) == KVX_OK, "tiny qwen2: open "
-	    "%s", path)) {
+	src_path(path, sizeof path, T->gguf);
+	if (!ok(kvx_model_open(path, NULL, &m) == KVX_OK, "%s: open %s",
+	    T->name, path)) {
 		diag("%s", kvx_errmsg());
 		return;
 	}
 	info = kvx_model_get_info(m);
-	ok(strcmp(info->arch, "qwen2") == 0 && info->n_layer == 2 &&
-	    info->n_head == 4 && info->n_head_kv == 2 &&
-	    info->head_dim == 64 && info->n_vocab == TINY_VOCAB &&
-	    fabs(info->rope_theta - 1e6f) < 1.0f, "tiny qwen2: shape and "
-	    "RoPE base from the metadata");
-	src_path(path, sizeof path, "tests/golden/tiny-qwen2-logits.txt");
+	ok(strcmp(info->arch, T->arch) == 0 && info->n_layer == T->n_layer &&
+	    info->n_head == T->n_head && info->n_head_kv == T->n_head_kv &&
+	    info->head_dim == T->head_dim && info->n_vocab == T->n_vocab &&
+	    fabs(info->rope_theta - T->theta) < 1.0f, "%s: shape and RoPE "
+	    "base from the metadata", T->name);
+	src_path(path, sizeof path, T->golden);
 	if (!ok((f = fopen(path, "r")) != NULL, "open %s", path)) {
 		kvx_model_close(&m);
 		return;
@@ -263,38 +282,40 @@ check_tiny_qwen2(void)
 			continue;
 		}
 		if (strcmp(kind, "logits") != 0 ||
-		    strtol(p, &p, 10) != TINY_VOCAB || n < 2 || n > MAXTOK)
+		    strtol(p, &p, 10) != T->n_vocab || n < 2 || n > MAXTOK)
 			continue;
-		for (i = 0; i < TINY_VOCAB; i++)
+		for (i = 0; i < T->n_vocab; i++)
 			ref[i] = strtod(p, &p);
 		cases++;
 
 		kvx_ctx_free(&c);
 		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
 		    kvx_prefill(c, 0, ids, n, lg) != KVX_OK) {
-			ok(0, "tiny qwen2 %s: prefill: %s", name, kvx_errmsg());
+			ok(0, "%s %s: prefill: %s", T->name, name,
+			    kvx_errmsg());
 			continue;
 		}
-		md = worst(lg, ref, TINY_VOCAB, &rel);
-		ok(rel <= 1.0, "tiny qwen2 %s: %d logits after a %d-token "
-		    "prefill equal the reference's (max |diff| %.2g)", name,
-		    TINY_VOCAB, n, md);
+		md = worst(lg, ref, T->n_vocab, &rel);
+		ok(rel <= 1.0, "%s %s: %d logits after a %d-token prefill "
+		    "equal the reference's (max |diff| %.2g)", T->name, name,
+		    T->n_vocab, n, md);
 
 		kvx_ctx_free(&c);
 		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
 		    kvx_prefill(c, 0, ids, 1, lg) != KVX_OK) {
-			ok(0, "tiny qwen2 %s: prefill: %s", name, kvx_errmsg());
+			ok(0, "%s %s: prefill: %s", T->name, name,
+			    kvx_errmsg());
 			continue;
 		}
 		for (i = 1; i < n; i++)
 			if (kvx_decode(c, 1, &seq, &ids[i], lg) != KVX_OK)
 				break;
-		md = worst(lg, ref, TINY_VOCAB, &rel);
-		ok(i == n && rel <= 1.0, "tiny qwen2 %s: the same by %d decode "
-		    "steps (max |diff| %.2g)", name, n - 1, md);
+		md = worst(lg, ref, T->n_vocab, &rel);
+		ok(i == n && rel <= 1.0, "%s %s: the same by %d decode steps "
+		    "(max |diff| %.2g)", T->name, name, n - 1, md);
 	}
 	fclose(f);
-	ok(cases == 2, "tiny qwen2: %d reference prompts", cases);
+	ok(cases == 2, "%s: %d reference prompts", T->name, cases);
 	kvx_ctx_free(&c);
 	kvx_model_close(&m);
 }
@@ -482,7 +503,8 @@ main(void)
 	float *lg;
 	int i, k, V;
 
-	check_tiny_qwen2();
+	for (i = 0; i < (int)(sizeof tinies / sizeof tinies[0]); i++)
+		check_tiny(&tinies[i]);
 	for (i = 0; i < (int)(sizeof others / sizeof others[0]); i++)
 		check_other(&others[i]);
 	if (path == NULL) {
