@@ -586,6 +586,8 @@ get_profile(struct cli *c, kvx_model *m, profile **prof)
 	if (rc == KVX_ERR_ARG || rc == KVX_ERR_IO)
 		return die(EX_CORPUS, "%s (give more calibration text with -c, "
 		    "or lower --sample-tokens)", kvx_errmsg());
+	if (rc == KVX_ERR_UNSUPPORTED)
+		return die(EX_BADUSE, "%s", kvx_errmsg());
 	if (rc != KVX_OK)
 		return die(EX_RUNTIME, "profiling: %s", kvx_errmsg());
 	if (c->save_prof != NULL &&

@@ -153,7 +153,8 @@ probe_make(const kvx_model *m, const int32_t *hay, int64_t n_hay, int n,
 	}
 	hay_len = n - fill;
 	if (hay_len < n / 2 || hay_len > n_hay) {
-		rc = kvx__fail(KVX_ERR_ARG, "%d probes and their question take "
+		rc = kvx__fail(KVX_ERR_UNSUPPORTED, "%d probes and their "
+		    "question take "
 		    "%d of the %d sample tokens (lower --probes or raise "
 		    "--sample-tokens)", k, fill, n);
 		goto done;

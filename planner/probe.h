@@ -37,8 +37,8 @@ typedef struct probe {
  * Build a probe of exactly n tokens from the prose hay[0..n_hay) (at
  * least n tokens), with n_statement statements at evenly spread depths
  * (jittered within their slot) and the question about a random one.
- * The state s is advanced.  KVX_ERR_ARG when the statements and the
- * question leave less than half of n for prose.
+ * The state s is advanced.  KVX_ERR_UNSUPPORTED when the statements and
+ * the question leave less than half of n for prose.
  */
 kvx_status	 probe_make(const kvx_model *, const int32_t *hay,
 		     int64_t n_hay, int n, int n_statement, uint64_t *s,

@@ -613,9 +613,9 @@ check_opts(const prof_opts *o)
 		    "give --probe-share 0)");
 	if (o->probe_share > 0 && o->window + PROBE_MAX_ANSWER >
 	    KVX_WINDOW_MAX)
-		return kvx__fail(KVX_ERR_ARG, "--window %d leaves no room for "
-		    "a probe's answer (at most %d with probes)", o->window,
-		    KVX_WINDOW_MAX - PROBE_MAX_ANSWER);
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "--window %d leaves no "
+		    "room for a probe's answer (at most %d with probes)",
+		    o->window, KVX_WINDOW_MAX - PROBE_MAX_ANSWER);
 	return KVX_OK;
 }
 
@@ -670,7 +670,8 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 			n_probe = o->samples - 1;
 		if (n_probe < 1) {
 			free(ids);
-			return kvx__fail(KVX_ERR_ARG, "probes need 2 samples or "
+			return kvx__fail(KVX_ERR_UNSUPPORTED, "probes need 2 "
+			    "samples or "
 			    "more, one of prose (raise --samples or give "
 			    "--probe-share 0)");
 		}

@@ -1,0 +1,119 @@
+#!/bin/sh
+# kvx-plan's retrieval probes and its two objectives on the default model
+# with a tiny corpus: the profile's retrieval curves and its format (the
+# version before them still loads), the floor and the weight as the
+# summary reports them, and the exit status and one-line message of each
+# documented error.  TAP output.
+top_builddir=${top_builddir:-.}
+plan=$top_builddir/planner/kvx-plan
+gpl=/usr/share/common-licenses/GPL-3
+fast="--samples 2 --sample-tokens 256"
+n=0
+
+ok() {	# ok COND-STATUS DESCRIPTION
+	n=$((n + 1))
+	if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
+}
+
+# err STATUS PATTERN DESCRIPTION -- ARGS: kvx-plan exits STATUS with one
+# line on standard error that matches PATTERN
+err() {
+	want=$1 pat=$2 what=$3
+	shift 4
+	"$plan" "$@" > /dev/null 2> "$tmp/err"
+	rc=$?
+	[ $rc -eq "$want" ] && [ "$(wc -l < "$tmp/err")" -eq 1 ] &&
+	    grep -q -- "$pat" "$tmp/err"
+	ok $? "$what: exit $want, '$pat'"
+	[ $rc -eq "$want" ] || echo "# exit $rc: $(cat "$tmp/err")"
+}
+
+if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
+if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
+if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+echo "1..18"
+M="-m $KVX_MODEL"
+
+# --- the profile ------------------------------------------------------------
+"$plan" $M -c "$gpl" $fast -q --save-profile "$tmp/p.prof" &&
+    [ "$(head -1 "$tmp/p.prof")" = "kvx-profile 2" ] &&
+    [ "$(grep -c '^curve ' "$tmp/p.prof")" -eq 90 ] &&
+    [ "$(grep -c '^rcurve ' "$tmp/p.prof")" -eq 90 ] &&
+    grep -q '^probe_samples 1$' "$tmp/p.prof" &&
+    grep -q '^probes 4$' "$tmp/p.prof"
+ok $? "2 samples at the default share: one probe, 90 retrieval curves"
+# a head the probes need: its retrieval curve falls further at 10% kept
+# than its prose curve (the 26th grid level of 256 is 10%)
+awk '/^curve / {p[$2, $3] = 1 - $29} /^rcurve / {r[$2, $3] = 1 - $29}
+    END {for (k in r) if (r[k] > p[k] + 0.01) n++; exit !(n > 0)}' \
+    "$tmp/p.prof"
+ok $? "some head loses more retrieval than prose at 10% kept"
+"$plan" $M -c "$gpl" $fast -q --probe-share 0 --save-profile "$tmp/n.prof" &&
+    ! grep -q '^rcurve ' "$tmp/n.prof" &&
+    grep -q '^probe_samples 0$' "$tmp/n.prof"
+ok $? "--probe-share 0: no retrieval curves"
+# the format before retrieval curves: version 1, none of the new keys
+sed -e '1s/.*/kvx-profile 1/' -e '/^probes /d' -e '/^probe_samples /d' \
+    -e '/^profile_tokens /d' "$tmp/n.prof" > "$tmp/v1.prof"
+"$plan" $M --from-profile "$tmp/v1.prof" -b 20% > "$tmp/out" &&
+    ! grep -q '^retrieval' "$tmp/out"
+ok $? "a profile of format 1 loads, and plans without retrieval"
+sed '1s/.*/kvx-profile 3/' "$tmp/p.prof" > "$tmp/v3.prof"
+err 4 "profile format 3, this kvx-plan reads 1 to 2" "a newer format" -- \
+    $M --from-profile "$tmp/v3.prof"
+sed '/^rcurve 7 1 /d' "$tmp/p.prof" > "$tmp/short.prof"
+err 4 "90 curves and 89 retrieval curves" "a retrieval curve missing" -- \
+    $M --from-profile "$tmp/short.prof"
+
+# --- the two objectives -------------------------------------------------------
+# retrieval retention of the plan as the summary prints it
+ret() { sed -n 's/^retrieval retention \([0-9.]*\),.*/\1/p' "$1"; }
+"$plan" $M --from-profile "$tmp/p.prof" -b 20% > "$tmp/w0" &&
+    "$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-weight 1 \
+    > "$tmp/w1" && [ -n "$(ret "$tmp/w0")" ] &&
+    awk -v a="$(ret "$tmp/w0")" -v b="$(ret "$tmp/w1")" \
+    'BEGIN {exit !(b >= a)}'
+ok $? "--retrieval-weight 1 keeps at least the retrieval of weight 0"
+"$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-floor 1 \
+    2> "$tmp/err"
+rc=$?
+best=$(sed -n 's/.*at most \([0-9.]*\).*/\1/p' "$tmp/err")
+[ $rc -eq 5 ] && [ -n "$best" ] &&
+    grep -q "retrieval floor 1.0000 is not reachable at budget 20.00%" \
+    "$tmp/err"
+ok $? "an unreachable floor: exit 5, the most the budget reaches ($best)"
+# half-way between the plan's retrieval and the most: binding, reachable
+fl=$(awk -v a="$(ret "$tmp/w0")" -v b="$best" 'BEGIN {print (a + b) / 2}')
+for s in dp glpk; do
+	"$plan" $M --from-profile "$tmp/p.prof" -b 20% --solver $s \
+	    --retrieval-floor "$fl" -o "$tmp/f-$s.yaml" > "$tmp/f-$s" &&
+	    awk -v r="$(ret "$tmp/f-$s")" -v f="$fl" \
+	    'BEGIN {exit !(r + 5e-5 >= f)}' &&
+	    grep -q "solver $s" "$tmp/f-$s"
+	ok $? "--retrieval-floor $fl with $s: the plan's retrieval is above it"
+done
+"$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-floor "$fl" \
+    > "$tmp/f-def" 2>&1 && grep -q "solver glpk\|solver dp" "$tmp/f-def"
+ok $? "a floor without --solver: glpk when built in, else dp"
+# the floor costs prose: the plan's objective is at most the unbound one's
+awk '/objective:/ {print $2}' "$tmp/f-dp.yaml" > "$tmp/o1" &&
+    "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/free.yaml" &&
+    awk -v a="$(cat "$tmp/o1")" '/objective:/ {exit !($2 >= a - 1e-9)}' \
+    "$tmp/free.yaml"
+ok $? "the floor costs prose retention, never gains it"
+
+# --- errors -----------------------------------------------------------------
+err 2 "greedy does not support a retrieval floor" "greedy with a floor" -- \
+    $M --from-profile "$tmp/p.prof" -b 20% --solver greedy \
+    --retrieval-floor 0.5
+err 2 "apply to methods kvx and layer" "a floor for uniform" -- \
+    $M --method uniform -b 20% --retrieval-floor 0.5
+err 2 "no retrieval curves" "a floor without retrieval curves" -- \
+    $M --from-profile "$tmp/n.prof" -b 20% --retrieval-floor 0.5
+err 2 "take .* of the 256 sample tokens" "probes too long for the sample" -- \
+    $M -c "$gpl" $fast --probes 64
+err 2 "probes need 2 samples" "probes with one sample" -- \
+    $M -c "$gpl" --samples 1 --sample-tokens 256
+err 2 "retrieval probes measure the output objective" "probes and mass" -- \
+    $M -c "$gpl" $fast --objective mass
