@@ -320,8 +320,8 @@ main(int argc, char **argv)
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
 			t1 = step_time(len, T, &ni1, &nb1);
-		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c%c %7.1f%% %7.1f%% "
-		    "%7.1f%% %6d\n", b, T, skew ? "skewed" : "equal",
+		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c%c %7.1f%% "
+		    "%7.1f%% %7.1f%% %6d\n", b, T, skew ? "skewed" : "equal",
 		    bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,
 		    bal ? 'b' : 'c', t > std::min(tb, tc) ? '*' : ' ',
 		    100.0 * bytes / tb / bw, 100.0 * bytes / tc / bw,

@@ -358,6 +358,7 @@ struct tc_tile {
 	uint4	k[2][D / 32], v[4][D / 64];
 };
 
+/* Loads the warp's tile of rows r .. r + 15 into t (struct tc_tile). */
 template <int D>
 static __device__ __forceinline__ void
 tc_load(const __half *kb, const __half *vb, int ld_, int r, int r1,
@@ -475,7 +476,8 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
 
 #pragma unroll
 	for (kk = 0; kk < D / 16; kk++) {
-		/* chunk c + 4u, words 2h and 2h + 1: k = 2c.., 2c + 8.. */
+		/* chunk c + 4 (kk / 2), words 2 (kk % 2) and the next:
+		 * k = 2c, 2c + 1 and 2c + 8, 2c + 9 of product kk */
 		int d0 = 8 * (c + 4 * (kk >> 1)) + 4 * (kk & 1);
 		float a0 = 0, a1 = 0, b0 = 0, b1 = 0;
 
