@@ -2,7 +2,8 @@
  * test-kvzip.c - KVzip scoring: kvzip_score against a naive softmax in
  * double on random inputs (causal rows, sliding windows, query groups);
  * on the real model, the requests of both prompt kinds and the repeat
- * pass, which leaves the cache as it found it and scores every key.
+ * pass, which leaves the cache as it found it and scores every key; a
+ * kvzip context runs on the CPU and its statistics count the pass.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -217,6 +218,52 @@ out:
 	kvx_ctx_free(&c);
 }
 
+/*
+ * A kvzip plan's context: auto picks the CPU, an explicit GPU context is
+ * refused, and kvx_ctx_get_stats counts the repeat pass within the
+ * prefill's time.
+ */
+static void
+test_ctx(kvx_model *m, const int32_t *ids, int n)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	kvx_ctx_params prm;
+	kvx_ctx_stats st;
+	kvx_ctx *c = NULL;
+	kvx_plan *p = NULL;
+	kvx_status rc;
+
+	if (!ok(plan_new(mi, KVX_PLAN_STATIC, 0.2, &p) == KVX_OK,
+	    "a kvzip plan"))
+		return;
+	plan_set_scorer(p, PLAN_SCORER_KVZIP);
+	kvx_ctx_params_init(&prm);
+	prm.n_ctx = n + 8;
+	prm.device = KVX_DEVICE_GPU;
+	ok(kvx_ctx_new(m, p, &prm, &c) == KVX_ERR_UNSUPPORTED && c == NULL,
+	    "a GPU context refuses a kvzip plan: %s", kvx_errmsg());
+	prm.device = KVX_DEVICE_AUTO;
+	rc = kvx_ctx_new(m, p, &prm, &c);
+	if (!ok(rc == KVX_OK && kvx_ctx_get_device(c) == KVX_DEVICE_CPU,
+	    "auto runs a kvzip plan on the CPU"))
+		goto out;
+	ok(kvx_ctx_get_stats(c, &st) == KVX_OK && st.prefill_s == 0 &&
+	    st.select_s == 0, "no time before a prefill");
+	memset(&st, 0, sizeof st);
+	rc = kvx_prefill(c, 0, ids, n, NULL);
+	if (rc == KVX_OK)
+		rc = kvx_ctx_get_stats(c, &st);
+	ok(rc == KVX_OK && st.select_s > 0 && st.select_s < st.prefill_s,
+	    "the pass is %.3f of %.3f s of prefill", st.select_s,
+	    st.prefill_s);
+	ok(kvx_ctx_get_stats(NULL, &st) == KVX_ERR_ARG &&
+	    kvx_ctx_get_stats(c, NULL) == KVX_ERR_ARG,
+	    "stats refuse a NULL argument");
+out:
+	kvx_ctx_free(&c);
+	kvx_plan_free(&p);
+}
+
 int
 main(void)
 {
@@ -232,9 +279,10 @@ main(void)
 	}
 	test_requests(m);
 	n = tap_load_tokens(m, "/usr/share/common-licenses/GPL-3", ids, NTOK);
-	if (n == NTOK)
+	if (n == NTOK) {
 		test_pass(m, ids, n);
-	else
+		test_ctx(m, ids, n);
+	} else
 		diag("/usr/share/common-licenses/GPL-3 missing");
 	kvx_model_close(&m);
 	return tap_done();
