@@ -27,16 +27,15 @@ mkdir -p "$out"
 corpus=""
 for f in "$@"; do corpus="$corpus -c $f"; done
 
-now() { date +%s.%N; }
-
-# run NAME SPAN TOKENS: profile, save the curves and a kvx plan at the budget
+# run NAME SPAN TOKENS: profile, save the curves and a kvx plan at the
+# budget; prints the wall and the CPU seconds (user + system), the latter
+# less swayed by other work on a shared machine
 run() {
-	t0=$(now)
-	"$plan" -m "$model" $corpus --samples "$S" --sample-tokens "$T" \
-	    --profile-span "$2" --profile-tokens "$3" -b "$B" -q -f $ARGS \
+	/usr/bin/time -f "%e %U %S" -o "$out/$1.time" "$plan" -m "$model" \
+	    $corpus --samples "$S" --sample-tokens "$T" --profile-span "$2" \
+	    --profile-tokens "$3" -b "$B" -q -f $ARGS \
 	    --save-profile "$out/$1.prof" -o "$out/$1.yaml"
-	t1=$(now)
-	echo "$t0 $t1" | awk '{printf "%.2f\n", $2 - $1}'
+	awk '{printf "%.2f %.2f\n", $1, $2 + $3}' "$out/$1.time"
 }
 
 light=$(run light "$SPAN" "$LIGHT")
@@ -83,10 +82,11 @@ sf=$(score "$out/full.yaml")
 
 printf 'profile %s samples x %s tokens, %s, budget %s, %s CPUs\n' "$S" "$T" \
     "$(basename "$model")" "$B" "$(nproc)"
-printf '%-32s %8s %6s %12s %12s\n' variant seconds ratio prose retrieval
-echo "$sf" | awk -v t="$full" '{printf "%-32s %8s %6.2f %12.6f %12.6f\n", "full (span 0, all tokens)", t, 1, $1 / $3, $2 / $3}'
-echo "$sl" | awk -v t="$light" -v f="$full" -v s="$SPAN" -v n="$LIGHT" \
-    '{printf "%-32s %8s %6.2f %12.6f %12.6f\n", "lightweight (span " s ", last " n ")", t, t / f, $1 / $3, $2 / $3}'
+printf '%-32s %8s %6s %8s %6s %10s %10s\n' variant wall ratio cpu ratio \
+    prose retrieval
+echo "$sf $full" | awk '{printf "%-32s %8.2f %6.2f %8.2f %6.2f %10.6f %10.6f\n", "full (span 0, all tokens)", $4, 1, $5, 1, $1 / $3, $2 / $3}'
+echo "$sl $light $full" | awk -v s="$SPAN" -v n="$LIGHT" \
+    '{printf "%-32s %8.2f %6.2f %8.2f %6.2f %10.6f %10.6f\n", "lightweight (span " s ", last " n ")", $4, $4 / $6, $5, $5 / $7, $1 / $3, $2 / $3}'
 echo "$sl $sf" | awk '{printf "objective (summed prose retention on the full curves): light/full %.6f, loss light/full %.4f\n", $1 / $4, ($3 - $1) / ($6 - $4)}'
 echo "$curve" | awk '{printf "curve distance: mean |dR| %s, max %s\n", $1, $2}'
 echo "$plans" | awk '{printf "plan distance: mean |db| %s, max %s\n", $1, $2}'

@@ -46,8 +46,8 @@ typedef struct alloc_opts {
 	const double	*layer_w;	/* [n_layer] or NULL: all 1 */
 	double		 beta;		/* pyramid: first / last ratio knob */
 	/* the retrieval curves (layer and kvx): a floor on the plan's mean
-	 * retrieval retention, and/or its weight beside the prose
-	 * retention in the objective; < 0 and 0: unused */
+	 * retrieval retention (< 0: none), and its weight beside the prose
+	 * retention in the objective (0.1; unused without the curves) */
 	double		 retrieval_floor;
 	double		 retrieval_weight;
 } alloc_opts;

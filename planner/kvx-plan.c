@@ -59,6 +59,7 @@ struct cli {
 	alloc_opts		 ao;
 	int			 set_window, set_pool, set_kernel, set_gqa;
 	int			 set_sinks, set_mode, set_gran, set_scorer;
+	int			 set_rweight;
 	double			 alpha;
 };
 
@@ -212,8 +213,10 @@ static const struct opt options[] = {
 	    .hi = 1, .dst = OFF(ao.retrieval_floor),
 	    .help = "keep the mean retrieval retention at X or more" },
 	{ .name = "retrieval-weight", .kind = OPT_NUM, .arg = "W", .lo = 0,
-	    .hi = 1e6, .dst = OFF(ao.retrieval_weight),
-	    .help = "maximise prose + W x retrieval retention" },
+	    .hi = 1e6, .dst = OFF(ao.retrieval_weight), .flags = OPT_GIVEN,
+	    .given = OFF(set_rweight),
+	    .help = "maximise prose + W x retrieval retention;\n"
+	    "default 0.1, 0 with --retrieval-floor" },
 	{ .name = "grid", .kind = OPT_INT, .arg = "N", .lo = 2,
 	    .hi = PROFILE_MAX_GRID, .dst = OFF(po.grid),
 	    .help = "levels of the retention curves; default 256" },
@@ -438,7 +441,10 @@ parse_args(struct cli *c, int argc, char **argv)
 			    c->ao.ref_context);
 		c->ao.budget = c->budget_tokens / (double)c->ao.ref_context;
 	}
-	if ((c->ao.retrieval_floor >= 0 || c->ao.retrieval_weight > 0) &&
+	/* a floor alone maximises prose under it */
+	if (c->ao.retrieval_floor >= 0 && !c->set_rweight)
+		c->ao.retrieval_weight = 0;
+	if ((c->ao.retrieval_floor >= 0 || c->set_rweight) &&
 	    c->method != ALLOC_KVX && c->method != ALLOC_LAYER)
 		return die(EX_BADUSE, "--retrieval-floor and --retrieval-weight "
 		    "apply to methods kvx and layer");
@@ -639,6 +645,12 @@ main(int argc, char **argv)
 		goto out;
 	if ((ex = get_profile(&c, m, &prof)) != EX_OK)
 		goto out;
+	if (c.set_rweight && c.ao.retrieval_weight > 0 && prof != NULL &&
+	    prof->Rr == NULL) {
+		ex = die(EX_BADUSE, "the profile has no retrieval curves for "
+		    "--retrieval-weight (profile with --probe-share above 0)");
+		goto out;
+	}
 
 	mode = c.method == ALLOC_ADA ? KVX_PLAN_HYBRID :
 	    c.method == ALLOC_KVX ? c.mode : KVX_PLAN_STATIC;

@@ -32,7 +32,7 @@ if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..18"
+echo "1..20"
 M="-m $KVX_MODEL"
 
 # --- the profile ------------------------------------------------------------
@@ -69,12 +69,17 @@ err 4 "90 curves and 89 retrieval curves" "a retrieval curve missing" -- \
 # --- the two objectives -------------------------------------------------------
 # retrieval retention of the plan as the summary prints it
 ret() { sed -n 's/^retrieval retention \([0-9.]*\),.*/\1/p' "$1"; }
-"$plan" $M --from-profile "$tmp/p.prof" -b 20% > "$tmp/w0" &&
+"$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-weight 0 \
+    > "$tmp/w0" &&
     "$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-weight 1 \
     > "$tmp/w1" && [ -n "$(ret "$tmp/w0")" ] &&
     awk -v a="$(ret "$tmp/w0")" -v b="$(ret "$tmp/w1")" \
     'BEGIN {exit !(b >= a)}'
 ok $? "--retrieval-weight 1 keeps at least the retrieval of weight 0"
+"$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/def.yaml" &&
+    "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/w01.yaml" \
+    --retrieval-weight 0.1 && cmp -s "$tmp/def.yaml" "$tmp/w01.yaml"
+ok $? "the default weight is 0.1"
 "$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-floor 1 \
     2> "$tmp/err"
 rc=$?
@@ -98,7 +103,8 @@ done
 ok $? "a floor without --solver: glpk when built in, else dp"
 # the floor costs prose: the plan's objective is at most the unbound one's
 awk '/objective:/ {print $2}' "$tmp/f-dp.yaml" > "$tmp/o1" &&
-    "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/free.yaml" &&
+    "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/free.yaml" \
+    --retrieval-weight 0 &&
     awk -v a="$(cat "$tmp/o1")" '/objective:/ {exit !($2 >= a - 1e-9)}' \
     "$tmp/free.yaml"
 ok $? "the floor costs prose retention, never gains it"
@@ -111,6 +117,8 @@ err 2 "apply to methods kvx and layer" "a floor for uniform" -- \
     $M --method uniform -b 20% --retrieval-floor 0.5
 err 2 "no retrieval curves" "a floor without retrieval curves" -- \
     $M --from-profile "$tmp/n.prof" -b 20% --retrieval-floor 0.5
+err 2 "no retrieval curves for --retrieval-weight" "a weight without the curves" \
+    -- $M --from-profile "$tmp/n.prof" -b 20% --retrieval-weight 1
 err 2 "take .* of the 256 sample tokens" "probes too long for the sample" -- \
     $M -c "$gpl" $fast --probes 64
 err 2 "probes need 2 samples" "probes with one sample" -- \
