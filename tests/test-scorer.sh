@@ -2,11 +2,13 @@
 # kvx-plan --scorer: every baseline and a profiled plan record the scorer
 # and its parameters, profiling scores with it (the curves change), a
 # profile keeps it, and kvx-run runs expected-attention and kvzip plans
-# and reports what selection cost; bad scorers are usage errors.  TAP
-# output.
+# and reports what selection cost; every shipped plan runs; bad scorers
+# are usage errors.  TAP output.
+top_srcdir=${top_srcdir:-.}
 top_builddir=${top_builddir:-.}
 plan=$top_builddir/planner/kvx-plan
 run=$top_builddir/tools/kvx-run
+eval_bin=$top_builddir/tools/kvx-eval
 gpl=/usr/share/common-licenses/GPL-3
 fast="--samples 2 --sample-tokens 256"
 n=0
@@ -16,13 +18,13 @@ ok() {	# ok COND-STATUS DESCRIPTION
 	if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
 }
 
-if [ ! -x "$plan" ] || [ ! -x "$run" ]; then
-	echo "1..0 # SKIP kvx-plan or kvx-run not built"; exit 0
+if [ ! -x "$plan" ] || [ ! -x "$run" ] || [ ! -x "$eval_bin" ]; then
+	echo "1..0 # SKIP kvx-plan, kvx-run or kvx-eval not built"; exit 0
 fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..18"
+echo "1..19"
 
 # the selection lines an expected-attention plan ends with, defaults of
 # kvx-plan(5)
@@ -123,3 +125,13 @@ for p in kvzip kvx-kvzip; do
 	    "$tmp/err"
 	ok $? "kvx-run runs the $p plan, its selection a share of the prefill"
 done
+
+# --- the shipped plans, every scorer --------------------------------------
+set -- "$top_srcdir"/plans/smollm2-135m-*.yaml
+np=$#
+"$eval_bin" -m "$KVX_MODEL" --plan "$@" --text "$gpl" --context 300 \
+    --continuation 8 -q --csv "$tmp/shipped.csv" > /dev/null 2> "$tmp/err" &&
+    [ "$(grep -v '^#' "$tmp/shipped.csv" |
+    awk -F, 'NR > 1 && NF == 9 && $6 > 0' | wc -l)" -eq $((np + 1)) ] &&
+    [ "$(grep -c -- '-kvzip-' "$tmp/shipped.csv")" -ge 12 ]
+ok $? "kvx-eval loads and runs the $np shipped plans, kvzip's among them"
