@@ -5,7 +5,8 @@
  * tests/data/tiny-gemma3.gguf (five local layers with a 24-token window
  * to each global one) the CPU cache that never keeps more than a window
  * plus the tokens being decoded, with decode logits equal to a fresh
- * prefill's.
+ * prefill's; and, where Gemma 3 270M is present, its shipped 20% kvx plan
+ * allocating at its reference context exactly the bytes the plan states.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -449,6 +450,73 @@ out:
 	kvx_model_close(&m);
 }
 
+/*
+ * Gemma 3 270M's shipped 20% kvx plan after a prompt of its reference
+ * context: the cache holds exactly the plan's reference_bytes, and the
+ * full cache its reference_bytes_full, which counts a local layer at its
+ * window of 512.
+ */
+static void
+test_gemma_plan(void)
+{
+	const char *top = getenv("top_srcdir"), *env = getenv("KVX_GEMMA3_MODEL");
+	char mpath[1024], ppath[1024], tpath[1024];
+	kvx_model *m = NULL;
+	kvx_plan *p = NULL;
+	kvx_ctx *c = NULL;
+	kvx_ctx_params prm;
+	kvx_memory mem;
+	int32_t *ids = NULL;
+	int n;
+
+	top = top ? top : ".";
+	if (env != NULL && *env != '\0')
+		snprintf(mpath, sizeof mpath, "%s", env);
+	else
+		snprintf(mpath, sizeof mpath,
+		    "%s/models/gemma-3-270m-q4_k_m.gguf", top);
+	snprintf(ppath, sizeof ppath, "%s/plans/gemma3-270m-kvx-20.yaml", top);
+	snprintf(tpath, sizeof tpath, "%s/evaltext/perlretut.txt", top);
+	if (access(mpath, R_OK) != 0 || access(ppath, R_OK) != 0) {
+		ok(1, "gemma3-270m 20%% plan # SKIP model or plan absent "
+		    "(tools/fetch-model --model gemma3-270m)");
+		return;
+	}
+	if (kvx_model_open(mpath, NULL, &m) != KVX_OK ||
+	    kvx_plan_load(ppath, &p) != KVX_OK || kvx_plan_check(p, m) !=
+	    KVX_OK) {
+		ok(0, "gemma3-270m: the 20%% kvx plan loads and fits the "
+		    "model: %s", kvx_errmsg());
+		goto out;
+	}
+	n = (int)p->ref_context;
+	ids = malloc(sizeof *ids * (size_t)n);
+	kvx_ctx_params_init(&prm);
+	prm.n_ctx = n;
+	prm.decode_headroom = 0;
+	prm.device = KVX_DEVICE_CPU;
+	if (!ok(ids != NULL && tap_load_tokens(m, tpath, ids, n) == n &&
+	    kvx_ctx_new(m, p, &prm, &c) == KVX_OK &&
+	    kvx_prefill(c, 0, ids, n, NULL) == KVX_OK &&
+	    kvx_ctx_memory(c, &mem) == KVX_OK, "gemma3-270m: prefill of "
+	    "%d tokens under the plan", n))
+		goto out;
+	ok(mem.kv_bytes == p->ref_bytes && mem.kv_bytes_used ==
+	    p->ref_bytes && mem.kv_bytes_full == p->ref_bytes_full,
+	    "gemma3-270m: %d tokens allocate the plan's %llu bytes of a full "
+	    "%llu (%.1f%%; got %llu of %llu)", n,
+	    (unsigned long long)p->ref_bytes,
+	    (unsigned long long)p->ref_bytes_full,
+	    100.0 * (double)mem.kv_bytes / (double)mem.kv_bytes_full,
+	    (unsigned long long)mem.kv_bytes,
+	    (unsigned long long)mem.kv_bytes_full);
+out:
+	free(ids);
+	kvx_ctx_free(&c);
+	kvx_plan_free(&p);
+	kvx_model_close(&m);
+}
+
 int
 main(void)
 {
@@ -461,6 +529,7 @@ main(void)
 	test_tokens();
 	test_rule();
 	test_model();
+	test_gemma_plan();
 	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
 	if (system(cmd) != 0)
 		diag("could not remove %s", tmpdir);
