@@ -14,7 +14,9 @@ model, prompt_file, n_predict, threads = sys.argv[1], sys.argv[2], int(sys.argv[
 llm = llama_cpp.Llama(model_path=model, n_ctx=8192, n_batch=512, n_threads=threads,
                       n_threads_batch=threads, logits_all=False, verbose=False)
 text = open(prompt_file, encoding="utf-8").read()
-ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+# BOS where the file asks for one (tokenizer.ggml.add_bos_token: Gemma 3), as
+# kvx-run adds it, so that both time the same tokens
+ids = llm.tokenize(text.encode(), add_bos=True, special=False)
 t0 = time.perf_counter()
 llm.eval(ids)
 t1 = time.perf_counter()
