@@ -47,8 +47,14 @@ typedef struct cpu_ctx {
 	float		*ea;		/* expected-attention: a group's means
 					   and covariances, then n_ctx + 1
 					   logits */
-	float		*kz;		/* kvzip: the repeat pass's scores,
-					   [layer][head][n], while it runs */
+	const float	*kz;		/* kvzip: the repeat pass's scores,
+					   [layer][head][n], while selecting */
+	/* kvzip scores of one of this context's uncompressed prefills, for
+	   the next context that compresses from it by a plan with the same
+	   chunk and prompt: the repeat pass depends on nothing else */
+	float		*kzc;		/* [layer][head][n_ctx] */
+	int		 kzc_seq;	/* -1: none held */
+	int		 kzc_n, kzc_chunk, kzc_prompt;
 	int		*idx;
 	double		 select_s;	/* scoring and selection, prefills */
 } cpu_ctx;
@@ -71,6 +77,7 @@ cpu_destroy(void **pc)
 	free(c->pooled);
 	free(c->wtmp);
 	free(c->ea);
+	free(c->kzc);
 	free(c->idx);
 	free(c);
 	*pc = NULL;
@@ -107,6 +114,7 @@ cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	c->m = m;
 	c->plan = plan;
 	c->p = *p;
+	c->kzc_seq = -1;
 	if ((rc = kv_new(c->p.n_seq, mi->n_layer, mi->n_head_kv, mi->head_dim,
 	    c->p.n_ctx, &c->kv)) != KVX_OK) {
 		cpu_destroy((void **)&c);
@@ -370,38 +378,64 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 }
 
 /*
- * A kvzip plan's compression of sequence seq, which holds its n prompt
- * tokens ids uncompressed in every layer: the repeat pass scores them,
- * then each layer is compressed in place.  winq holds the sequence's
- * saved window queries (w per head).
+ * The kvzip scores of sequence seq of c, which holds its n > 1 prompt
+ * tokens ids uncompressed in every layer, into out (n_layer x n_head_kv x
+ * n floats): the repeat pass by c's plan.
  */
 static kvx_status
-kvzip_compress(cpu_ctx *c, int seq, const int32_t *ids, int n,
-    const float *winq, int w)
+kvzip_run(cpu_ctx *c, int seq, const int32_t *ids, int n, float *out)
+{
+	kvx_status rc;
+
+	if ((rc = ensure_scratch(c, 1)) != KVX_OK)
+		return rc;
+	return kvzip_pass(c->m, c->kv, c->pool, c->plan, seq, ids, n, out);
+}
+
+/*
+ * Compress every layer of sequence sseq of src (n prompt tokens) into
+ * sequence dseq of c (the two may be the same) by c's kvzip plan, given
+ * the scores sc (NULL when n <= 1) and the window queries winq (w per
+ * head).
+ */
+static kvx_status
+kvzip_select(cpu_ctx *c, int dseq, const kv_cache *src, int sseq, int n,
+    const float *sc, const float *winq, int w)
+{
+	const kvx_model_info *mi = &c->m->info;
+	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
+	kvx_status rc = KVX_OK;
+	int l;
+
+	c->kz = sc;
+	for (l = 0; rc == KVX_OK && l < mi->n_layer; l++)
+		rc = select_layer(c, dseq, src, sseq, n, l,
+		    winq + (size_t)l * per, w);
+	c->kz = NULL;
+	return rc;
+}
+
+/* A kvzip plan's compression of sequence seq after its prefill of ids:
+ * the repeat pass scores it, then each layer is compressed in place. */
+static kvx_status
+kvzip_compress(cpu_ctx *c, int seq, const int32_t *ids, int n)
 {
 	const kvx_model_info *mi = &c->m->info;
 	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
 	double t0 = kvx__now();
-	kvx_status rc;
-	int l;
+	float *sc = NULL;
+	kvx_status rc = KVX_OK;
 
 	if (n > 1) {
-		if ((rc = ensure_scratch(c, 1)) != KVX_OK)
-			return rc;
-		if ((c->kz = kvx__malloc_array((size_t)mi->n_layer *
+		if ((sc = kvx__malloc_array((size_t)mi->n_layer *
 		    mi->n_head_kv * n, sizeof(float))) == NULL)
 			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-		if ((rc = kvzip_pass(c->m, c->kv, c->pool, c->plan, seq, ids,
-		    n, c->kz)) != KVX_OK)
-			goto out;
+		rc = kvzip_run(c, seq, ids, n, sc);
 	}
-	for (l = 0; l < mi->n_layer; l++)
-		if ((rc = select_layer(c, seq, c->kv, seq, n, l,
-		    winq + (size_t)l * per, w)) != KVX_OK)
-			break;
-out:
-	free(c->kz);
-	c->kz = NULL;
+	if (rc == KVX_OK)
+		rc = kvzip_select(c, seq, c->kv, seq, n, sc, c->winq +
+		    (size_t)seq * mi->n_layer * per, c->winq_n[seq]);
+	free(sc);
 	c->select_s += kvx__now() - t0;
 	return rc;
 }
@@ -486,17 +520,16 @@ static kvx_status
 cpu_prefill(void *be, int seq, const int32_t *ids, int n, float *logits)
 {
 	cpu_ctx *c = be;
-	const kvx_model_info *mi = &c->m->info;
 	kvx_status rc;
 
+	if (c->kzc_seq == seq)
+		c->kzc_seq = -1;
 	memcpy(c->ids + (size_t)seq * c->p.n_ctx, ids,
 	    (size_t)n * sizeof(int32_t));
 	rc = run_seq(c, seq, ids, n, 0, 1, logits, prefill_hook);
 	if (rc == KVX_OK && c->plan != NULL &&
 	    c->plan->scorer == PLAN_SCORER_KVZIP)
-		rc = kvzip_compress(c, seq, ids, n, c->winq + (size_t)seq *
-		    mi->n_layer * mi->n_head * WIN_SAVE * mi->head_dim,
-		    c->winq_n[seq]);
+		rc = kvzip_compress(c, seq, ids, n);
 	if (rc != KVX_OK) {
 		kv_seq_clear(c->kv, seq);
 		c->winq_n[seq] = 0;
@@ -516,6 +549,10 @@ cpu_extend(void *be, int seq, const int32_t *ids, int n, float *logits)
 	int p0 = c->kv->n_pos[seq];
 	kvx_status rc;
 
+	if (c->kzc_seq == seq)
+		c->kzc_seq = -1;
+	memcpy(c->ids + (size_t)seq * c->p.n_ctx + p0, ids,
+	    (size_t)n * sizeof(int32_t));
 	if ((rc = run_seq(c, seq, ids, n, p0, 2, logits, NULL)) != KVX_OK) {
 		rollback(c, 1, &seq);
 		return rc;
@@ -552,8 +589,12 @@ cpu_decode(void *be, int n, const int *seqs, const int32_t *ids,
 	b.out = logits;
 	rc = model_forward(c->m, c->kv, c->s, &b);
 	if (rc == KVX_OK)
-		for (i = 0; i < n; i++)
+		for (i = 0; i < n; i++) {
+			c->ids[(size_t)seqs[i] * c->p.n_ctx + pos[i]] = ids[i];
+			if (c->kzc_seq == seqs[i])
+				c->kzc_seq = -1;
 			c->kv->n_pos[seqs[i]]++;
+		}
 	else
 		rollback(c, n, seqs);
 	free(pos);
@@ -579,6 +620,50 @@ copy_seq(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq)
 				return rc;
 		}
 	return KVX_OK;
+}
+
+/*
+ * kvx_compress_from under a kvzip plan: sequence sseq of src, an
+ * uncompressed prefill of n tokens, into the empty sequence dseq of dst.
+ * The repeat pass appends to the cache it reads, so it runs on a whole
+ * copy in dst; its scores stay with src, whose next compression by a
+ * plan of the same chunk and prompt takes them instead of repeating the
+ * pass (the cache is src's only state this writes: src is in use by the
+ * caller's thread, as every context is).
+ */
+static kvx_status
+kvzip_from(cpu_ctx *dst, int dseq, const void *sbe, int sseq, int n)
+{
+	cpu_ctx *src = (cpu_ctx *)sbe;
+	const kvx_model_info *mi = &dst->m->info;
+	const kvx_plan *P = dst->plan;
+	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
+	double t0 = kvx__now();
+	kvx_status rc = KVX_OK;
+
+	if (n > 1 && !(src->kzc_seq == sseq && src->kzc_n == n &&
+	    src->kzc_chunk == P->kz_chunk && src->kzc_prompt == P->kz_prompt)) {
+		src->kzc_seq = -1;
+		if (src->kzc == NULL && (src->kzc = kvx__malloc_array(
+		    (size_t)mi->n_layer * mi->n_head_kv * src->p.n_ctx,
+		    sizeof(float))) == NULL)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		if ((rc = copy_seq(dst, dseq, src->kv, sseq)) == KVX_OK)
+			rc = kvzip_run(dst, dseq, src->ids + (size_t)sseq *
+			    src->p.n_ctx, n, src->kzc);
+		if (rc == KVX_OK) {
+			src->kzc_seq = sseq;
+			src->kzc_n = n;
+			src->kzc_chunk = P->kz_chunk;
+			src->kzc_prompt = P->kz_prompt;
+		}
+	}
+	if (rc == KVX_OK)
+		rc = kvzip_select(dst, dseq, src->kv, sseq, n, n > 1 ?
+		    src->kzc : NULL, src->winq + (size_t)sseq * mi->n_layer *
+		    per, src->winq_n[sseq]);
+	dst->select_s += kvx__now() - t0;
+	return rc;
 }
 
 /* Compress sequence sseq of src, an uncompressed prefill, into the empty
@@ -608,15 +693,9 @@ cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
 	n = src->kv->n_pos[sseq];
 	memcpy(dst->ids + (size_t)dseq * dst->p.n_ctx, src->ids +
 	    (size_t)sseq * src->p.n_ctx, (size_t)n * sizeof(int32_t));
-	if (dst->plan != NULL && dst->plan->scorer == PLAN_SCORER_KVZIP) {
-		/* the repeat pass appends to the cache it reads: it runs on
-		 * a whole copy in dst, which is then compressed in place */
-		rc = copy_seq(dst, dseq, src->kv, sseq);
-		if (rc == KVX_OK)
-			rc = kvzip_compress(dst, dseq, src->ids + (size_t)sseq *
-			    src->p.n_ctx, n, src->winq + (size_t)sseq *
-			    mi->n_layer * per, src->winq_n[sseq]);
-	} else {
+	if (dst->plan != NULL && dst->plan->scorer == PLAN_SCORER_KVZIP)
+		rc = kvzip_from(dst, dseq, sbe, sseq, n);
+	else {
 		t0 = kvx__now();
 		for (rc = KVX_OK, l = 0; rc == KVX_OK && l < mi->n_layer; l++)
 			rc = select_layer(dst, dseq, src->kv, sseq, n, l,
@@ -645,6 +724,8 @@ cpu_seq_clear(void *be, int seq)
 
 	kv_seq_clear(c->kv, seq);
 	c->winq_n[seq] = 0;
+	if (c->kzc_seq == seq)
+		c->kzc_seq = -1;
 	return KVX_OK;
 }
 

@@ -3,7 +3,8 @@
  * double on random inputs (causal rows, sliding windows, query groups);
  * on the real model, the requests of both prompt kinds and the repeat
  * pass, which leaves the cache as it found it and scores every key; a
- * kvzip context runs on the CPU and its statistics count the pass.
+ * kvzip context runs on the CPU and its statistics count the pass;
+ * compressions from one prefill share its scores.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -264,6 +265,84 @@ out:
 	kvx_plan_free(&p);
 }
 
+/* 1 when sequence 0 keeps the same positions in every segment of both. */
+static int
+same_rows(const kvx_ctx *a, const kvx_ctx *b, const kvx_model_info *mi)
+{
+	const kv_cache *ka = ctx_kv(a), *kb = ctx_kv(b);
+	int l, h, same = 1;
+
+	for (l = 0; l < mi->n_layer; l++)
+		for (h = 0; h < mi->n_head_kv; h++) {
+			const kv_seg *x = kv_seg_cget(ka, 0, l, h);
+			const kv_seg *y = kv_seg_cget(kb, 0, l, h);
+
+			same &= x->len == y->len && memcmp(x->pos, y->pos,
+			    sizeof *x->pos * (size_t)x->len) == 0;
+		}
+	return same;
+}
+
+/*
+ * kvx_compress_from a full prefill by kvzip plans: the second context of
+ * the same chunk and prompt takes the first one's scores instead of
+ * repeating the pass, and keeps the same tokens; after the source is
+ * filled with another prompt, its scores are those of the new prompt (a
+ * compressed prefill of it keeps the same tokens).
+ */
+static void
+test_from(kvx_model *m, const int32_t *ids, int n)
+{
+	const kvx_model_info *mi = kvx_model_get_info(m);
+	kvx_ctx_params prm;
+	kvx_ctx_stats sa, sb;
+	kvx_ctx *cf = NULL, *ca = NULL, *cb = NULL, *cd = NULL, *ce = NULL;
+	kvx_plan *p = NULL;
+	int32_t *rev;
+	int i, z = 0;
+
+	rev = malloc(sizeof *rev * (size_t)n);
+	for (i = 0; i < n; i++)
+		rev[i] = ids[n - 1 - i];
+	kvx_ctx_params_init(&prm);
+	prm.n_ctx = n + 8;
+	prm.device = KVX_DEVICE_CPU;
+	if (!ok(plan_new(mi, KVX_PLAN_HYBRID, 0.3, &p) == KVX_OK &&
+	    kvx_ctx_new(m, NULL, &prm, &cf) == KVX_OK, "contexts"))
+		goto out;
+	plan_set_scorer(p, PLAN_SCORER_KVZIP);
+	p->kz_chunk = 100;
+	if (!ok(kvx_ctx_new(m, p, &prm, &ca) == KVX_OK &&
+	    kvx_ctx_new(m, p, &prm, &cb) == KVX_OK &&
+	    kvx_ctx_new(m, p, &prm, &cd) == KVX_OK &&
+	    kvx_ctx_new(m, p, &prm, &ce) == KVX_OK &&
+	    kvx_prefill(cf, 0, ids, n, NULL) == KVX_OK &&
+	    kvx_compress_from(ca, 0, cf, 0) == KVX_OK &&
+	    kvx_compress_from(cb, 0, cf, 0) == KVX_OK,
+	    "two compressions from one full prefill"))
+		goto out;
+	kvx_ctx_get_stats(ca, &sa);
+	kvx_ctx_get_stats(cb, &sb);
+	ok(same_rows(ca, cb, mi) && sb.select_s < 0.5 * sa.select_s,
+	    "the second keeps the same tokens in %.3f s, the first took %.3f s",
+	    sb.select_s, sa.select_s);
+	if (!ok(kvx_seq_clear(cf, z) == KVX_OK &&
+	    kvx_prefill(cf, 0, rev, n, NULL) == KVX_OK &&
+	    kvx_compress_from(cd, 0, cf, 0) == KVX_OK &&
+	    kvx_prefill(ce, 0, rev, n, NULL) == KVX_OK, "another prompt"))
+		goto out;
+	ok(same_rows(cd, ce, mi) && !same_rows(ca, cd, mi),
+	    "another prompt in the source is scored anew");
+out:
+	free(rev);
+	kvx_ctx_free(&cf);
+	kvx_ctx_free(&ca);
+	kvx_ctx_free(&cb);
+	kvx_ctx_free(&cd);
+	kvx_ctx_free(&ce);
+	kvx_plan_free(&p);
+}
+
 int
 main(void)
 {
@@ -282,6 +361,7 @@ main(void)
 	if (n == NTOK) {
 		test_pass(m, ids, n);
 		test_ctx(m, ids, n);
+		test_from(m, ids, n);
 	} else
 		diag("/usr/share/common-licenses/GPL-3 missing");
 	kvx_model_close(&m);
