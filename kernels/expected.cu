@@ -4,27 +4,26 @@
  * SPDX-License-Identifier: MIT
  *
  * The statistics are small (one mean and one covariance per query head)
- * and run in one block per head.  The scores are one pass over the keys
- * with a warp per key: each lane holds every 32nd element of the key in
- * registers, and the quadratic form reads the covariance a row at a time,
- * lanes on consecutive columns, with the key's elements passed around the
- * warp by shuffles.  Two more launches normalise each head's weights
- * over the keys past the sinks and reduce the query group.
+ * and run in one block per head.  The scores are one pass over the keys;
+ * two more launches normalise each head's weights over the keys past the
+ * sinks and reduce the query group.  With a diagonal covariance or none,
+ * a warp takes a key, each lane every 32nd element of it.
  *
- * With a full covariance and few window queries (nq <= d), the quadratic
- * form is not read from the d x d covariance: Sigma = (1/nq) sum_j w_j
- * w_j' for the centred, rotated queries w_j, so k' Sigma k is the mean
- * of (w_j . k)^2, nq + 1 dot products a key with the mean.  There a
- * thread takes a key, and the block reads the w_j from shared memory, a
- * tile of rows and columns at a time.
+ * A full covariance makes the scores a small matrix product: a thread
+ * takes a key, and the block reads the rows it is dotted with from shared
+ * memory, a tile of rows and columns at a time.  With fewer window
+ * queries than dimensions (nq <= d) the rows are not the d rows of the
+ * covariance: Sigma = (1/nq) sum_j w_j w_j' for the centred, rotated
+ * queries w_j, so k' Sigma k is the mean of (w_j . k)^2, nq + 1 dot
+ * products a key with the mean.
  */
 #include "device.cuh"
 
 #define EA_KMAX 8	/* key elements per lane: head_dim up to 256 */
-#define EA_WPB 8	/* warps (keys) per block of the logits */
+#define EA_WPB 8	/* warps (keys) per block of the diagonal logits */
 #define EA_T 256	/* threads of the other launches */
-#define EA_KB 128	/* keys (threads) per block of the w_j logits */
-#define EA_JR 16	/* rows (mean, w_j) of a shared tile */
+#define EA_KB 128	/* keys (threads) per block of the full logits */
+#define EA_JR 16	/* rows (mean, w_j or Sigma's) of a shared tile */
 #define EA_JC 32	/* columns of a shared tile */
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
@@ -181,7 +180,8 @@ kvx_cuda_ea_scratch(int nseg, int g, int n)
 
 /*
  * A warp per key t of segment blockIdx.y: for each of the g query heads,
- * mu . k / sqrt(d) + k^T Sigma k / (2 d), into lg[(s g + h) n + t].
+ * mu . k / sqrt(d) + k' diag(Sigma) k / (2 d) (cov 1) or mu . k / sqrt(d)
+ * alone (cov 2), into lg[(s g + h) n + t].
  */
 template <typename T>
 __global__ void
@@ -190,11 +190,10 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 {
 	int lane = threadIdx.x & 31;
 	int t = blockIdx.x * EA_WPB + (threadIdx.x >> 5), s = blockIdx.y;
-	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
-	float kr[EA_KMAX], y[EA_KMAX], acc, scale = rsqrtf((float)d);
+	float kr[EA_KMAX], acc, scale = rsqrtf((float)d);
 	float half = 0.5f / (float)d;
 	const T *kt;
-	int h, r, jl, o;
+	int h, r, o;
 
 	if (t >= n)
 		return;
@@ -204,7 +203,6 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 		kr[r] = lane + 32 * r < d ? ld(kt + lane + 32 * r) : 0.0f;
 	for (h = 0; h < g; h++) {
 		const float *m = mu + (size_t)(s * g + h) * d;
-		const float *C = co + (s * g + h) * cs;
 		float dm = 0.0f, qd = 0.0f;
 
 #pragma unroll
@@ -212,36 +210,12 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 			if (lane + 32 * r < d)
 				dm += m[lane + 32 * r] * kr[r];
 		if (cov == 1) {
+			const float *C = co + (size_t)(s * g + h) * d;
+
 #pragma unroll
 			for (r = 0; r < EA_KMAX; r++)
 				if (lane + 32 * r < d)
 					qd += C[lane + 32 * r] * kr[r] * kr[r];
-		} else if (cov == 0) {
-#pragma unroll
-			for (r = 0; r < EA_KMAX; r++)
-				y[r] = 0.0f;
-			/* y = Sigma k, row j of Sigma (= its column j) read
-			 * by the lanes side by side */
-#pragma unroll
-			for (r = 0; r < EA_KMAX; r++) {
-				if (32 * r >= d)
-					break;
-				for (jl = 0; jl < 32 && 32 * r + jl < d; jl++) {
-					float kj = __shfl_sync(0xffffffffu,
-					    kr[r], jl);
-					const float *row = C + (size_t)(32 * r +
-					    jl) * d + lane;
-					int c;
-
-#pragma unroll
-					for (c = 0; c < EA_KMAX; c++)
-						if (lane + 32 * c < d)
-							y[c] += row[32 * c] * kj;
-				}
-			}
-#pragma unroll
-			for (r = 0; r < EA_KMAX; r++)
-				qd += kr[r] * y[r];
 		}
 		acc = dm * scale + qd * half;
 		for (o = 16; o > 0; o >>= 1)
@@ -252,26 +226,30 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 }
 
 /*
- * The logits of ea_logits_k from the w_j: a thread per key t of segment
- * blockIdx.y.  For each query head, rows 0 .. nq of [mean; w_1 .. w_nq]
- * are dotted with the key EA_JR rows and EA_JC columns at a time, the
- * tile in shared memory (every thread reads the same word: a broadcast),
- * the key's columns reread from L1 for each tile of rows.
+ * The logits with a full covariance: a thread per key t of segment
+ * blockIdx.y.  For each query head, the rows of [mean; B] are dotted with
+ * the key EA_JR rows and EA_JC columns at a time, the tile in shared
+ * memory (every thread reads the same word: a broadcast), the key's
+ * columns reread from L1 for each tile of rows.  B is either the nq
+ * centred, rotated queries w_j (w not NULL: k' Sigma k is the mean of
+ * (w_j . k)^2) or the d rows of Sigma itself (k' Sigma k is the sum of
+ * k_r (Sigma_r . k)), whichever has fewer rows.
  */
 template <typename T>
 __global__ void
-ea_wlogits_k(const float *mu, const float *w, int nq, const T *k, int ldk,
-    int n, int g, int d, float *lg)
+ea_rows_k(const float *mu, const float *co, const float *w, int nq,
+    const T *k, int ldk, int n, int g, int d, float *lg)
 {
 	__shared__ float tile[EA_JR][EA_JC];
 	int t = blockIdx.x * EA_KB + threadIdx.x, s = blockIdx.y;
-	int h, jb, c, r, i, nr = nq + 1;
+	int h, jb, c, r, i, nr = (w != NULL ? nq : d) + 1;
 	const T *kt = k + (size_t)(t < n ? t : 0) * ldk + (size_t)s * d;
 	float kc[EA_JC], acc[EA_JR], dm, qd;
 
 	for (h = 0; h < g; h++) {
 		const float *m = mu + (size_t)(s * g + h) * d;
-		const float *wh = w + (size_t)(s * g + h) * nq * d;
+		const float *b = w != NULL ? w + (size_t)(s * g + h) * nq * d :
+		    co + (size_t)(s * g + h) * d * d;
 
 		dm = qd = 0.0f;
 		for (jb = 0; jb < nr; jb += EA_JR) {
@@ -288,7 +266,7 @@ ea_wlogits_k(const float *mu, const float *w, int nq, const T *k, int ldk,
 
 					if (row < nr && col < d)
 						x = row == 0 ? m[col] :
-						    wh[(size_t)(row - 1) * d +
+						    b[(size_t)(row - 1) * d +
 						    col];
 					tile[i / EA_JC][i % EA_JC] = x;
 				}
@@ -305,15 +283,20 @@ ea_wlogits_k(const float *mu, const float *w, int nq, const T *k, int ldk,
 			}
 #pragma unroll
 			for (r = 0; r < EA_JR; r++) {
-				if (jb + r == 0)
+				int row = jb + r;
+
+				if (row == 0)
 					dm = acc[r];
-				else if (jb + r < nr)
-					qd += acc[r] * acc[r];
+				else if (row < nr)
+					qd += w != NULL ? acc[r] * acc[r] :
+					    acc[r] * ld(kt + row - 1);
 			}
 		}
+		if (w != NULL)
+			qd /= (float)nq;
 		if (t < n)
 			lg[(size_t)(s * g + h) * n + t] = dm * rsqrtf((float)d) +
-			    qd / (float)nq * (0.5f / (float)d);
+			    qd * (0.5f / (float)d);
 	}
 }
 
@@ -382,9 +365,9 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
 	float *ms = scr + (size_t)nseg * g * n;
 	int rc;
 
-	if (cov == 0 && w != NULL)
-		ea_wlogits_k<T><<<dim3((n + EA_KB - 1) / EA_KB, nseg), EA_KB,
-		    0, stream>>>(mu, w, nq, k, ldk, n, g, d, scr);
+	if (cov == 0)
+		ea_rows_k<T><<<dim3((n + EA_KB - 1) / EA_KB, nseg), EA_KB, 0,
+		    stream>>>(mu, co, w, nq, k, ldk, n, g, d, scr);
 	else
 		ea_logits_k<T><<<dim3((n + EA_WPB - 1) / EA_WPB, nseg),
 		    32 * EA_WPB, 0, stream>>>(mu, co, cov, k, ldk, n, g, d,
