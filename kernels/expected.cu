@@ -25,6 +25,7 @@
 #define EA_KB 128	/* keys (threads) per block of the full logits */
 #define EA_JR 16	/* rows (mean, w_j or Sigma's) of a shared tile */
 #define EA_JC 32	/* columns of a shared tile */
+#define EA_SHMAX 49152	/* shared bytes the statistics take without opt-in */
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
  * kernel of avg_rot in select.c. */
@@ -43,17 +44,21 @@ ea_avg_rot(int n, int F, double f, double *c, double *s)
  * One block per query head: its nq queries rotated back to their pre-RoPE
  * values into u (nq x d), their mean, and the rotated mean and covariance
  * (2 x 2 blocks of pairs, in double, as the CPU twin).  Pair i is dims
- * (2i, 2i + 1), or (i, i + d/2) with halves.
+ * (2i, 2i + 1), or (i, i + d/2) with halves.  u lives in shared memory
+ * when it fits (ush): the covariance rereads it nq times a pair, and from
+ * L2 those reads made this one block per head the slowest part of the
+ * scoring; the w_j then go to the scratch.
  */
 __global__ void
 ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
     int n, int F, float theta, int halves, int d, int cov, float *mu,
-    float *co, float *scr)
+    float *co, float *scr, int ush)
 {
 	extern __shared__ double esh[];
 	double *m = esh, *C = esh + d, *S = C + d / 2;
 	const float *qi = q + (size_t)blockIdx.x * qhs;
-	float *u = scr + (size_t)blockIdx.x * nq * d;
+	float *ug = scr + (size_t)blockIdx.x * nq * d;
+	float *u = ush ? (float *)(esh + 2 * d) : ug;
 	float *mo = mu + (size_t)blockIdx.x * d;
 	int P = d / 2, i, j, A, B, nb, a0, a1, b0, b1;
 	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
@@ -151,8 +156,8 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 		a1 = halves ? A + P : 2 * A + 1;
 		x0 = u[(size_t)j * d + a0] - m[a0];
 		x1 = u[(size_t)j * d + a1] - m[a1];
-		u[(size_t)j * d + a0] = (float)(C[A] * x0 - S[A] * x1);
-		u[(size_t)j * d + a1] = (float)(S[A] * x0 + C[A] * x1);
+		ug[(size_t)j * d + a0] = (float)(C[A] * x0 - S[A] * x1);
+		ug[(size_t)j * d + a1] = (float)(S[A] * x0 + C[A] * x1);
 	}
 }
 
@@ -162,12 +167,18 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
     int cov, float *d_mu, float *d_cov, float *d_scratch,
     cudaStream_t stream)
 {
+	size_t sh;
+	int ush;
+
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
 	    cov > 2 || p0 < 0 || (d_cov == NULL && cov == 1))
 		return KVX_CUDA_EINVAL;
-	ea_stats_k<<<h, EA_T, sizeof(double) * 2 * (size_t)d, stream>>>(d_q,
-	    qhs, qps, nq, p0, n, future, theta, halves, d, cov, d_mu, d_cov,
-	    d_scratch);
+	sh = sizeof(double) * 2 * (size_t)d;
+	ush = sh + sizeof(float) * (size_t)nq * d <= EA_SHMAX;
+	if (ush)
+		sh += sizeof(float) * (size_t)nq * d;
+	ea_stats_k<<<h, EA_T, sh, stream>>>(d_q, qhs, qps, nq, p0, n, future,
+	    theta, halves, d, cov, d_mu, d_cov, d_scratch, ush);
 	return launched();
 }
 
