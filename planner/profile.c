@@ -308,6 +308,7 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
     const int *kc, int nck)
 {
 	int n = r->n, D = r->D, g = r->H / r->Hkv, q, j, i, c, t, d, ri;
+	int W = r->m->L[l].window, lo;
 	float scale = 1.0f / sqrtf((float)D);
 	double o[256], A[256], e[256], P;
 
@@ -324,7 +325,12 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 			j = rows[ri];
 			qv = wq + ((size_t)qh * w + j) * D;
 			vis = n - w + j + 1;
-			for (i = 0; i < vis; i++) {
+			/* a sliding-window layer's query sees its last W keys */
+			lo = sel_window_rows(W, vis);
+			lo = vis - lo;
+			for (i = 0; i < lo; i++)
+				r->prob[i] = 0;
+			for (i = lo; i < vis; i++) {
 				const float *k = sg->k + (size_t)i * D;
 				float dt = 0;
 
@@ -334,7 +340,7 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 				if (r->prob[i] > mx)
 					mx = r->prob[i];
 			}
-			for (i = 0; i < vis; i++) {
+			for (i = lo; i < vis; i++) {
 				r->prob[i] = expf(r->prob[i] - mx);
 				z += r->prob[i];
 			}
@@ -537,6 +543,11 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 			sel_score(sw + (size_t)h * g * ew * r->D, sg->k, np, ew,
 			    g, r->D, scale, o->gqa, r->score);
 		sel_pool(r->score, nc, o->pool_kernel, o->pool, r->pooled);
+		/* the runtime selects a sliding-window layer's rows among the
+		 * last ones only: the earlier candidates come last */
+		for (i = 0; i < np - sel_window_rows(r->m->L[l].window, np) &&
+		    i < nc; i++)
+			r->pooled[i] = 0;
 		if (o->objective != PROF_OBJ_MASS) {
 			add_output_curve(r, l, h, wq, w, rows, nr, sg, s, nc, m,
 			    xn, sum);
