@@ -9,8 +9,9 @@
 #
 # usage: bench/bench-profile.sh [model.gguf [corpus files ...]]
 # env:   KVX_PLAN (the kvx-plan binary), SAMPLES (8), TOKENS (2048),
-#        LIGHT (1024), BUDGET (20%), SPAN (512), PLAN_ARGS (more kvx-plan
-#        options for both), OUT (a directory to keep the files in)
+#        LIGHT (1024), BUDGET (20%), SPAN (512), RW (the retrieval weight,
+#        1 as kvx-plan's default), PLAN_ARGS (more kvx-plan options for
+#        both), OUT (a directory to keep the files in)
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
 plan=${KVX_PLAN:-$top/planner/kvx-plan}
@@ -21,7 +22,7 @@ if [ $# -eq 0 ]; then
 	[ -f "$1" ] || { echo "bench-profile: no corpus (run tools/fetch-corpus)" >&2; exit 1; }
 fi
 S=${SAMPLES:-8} T=${TOKENS:-2048} LIGHT=${LIGHT:-1024} B=${BUDGET:-20%}
-SPAN=${SPAN:-512} ARGS=${PLAN_ARGS:-}
+SPAN=${SPAN:-512} ARGS=${PLAN_ARGS:-} RW=${RW:-1}
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
 corpus=""
@@ -33,7 +34,7 @@ for f in "$@"; do corpus="$corpus -c $f"; done
 run() {
 	/usr/bin/time -f "%e %U %S" -o "$out/$1.time" "$plan" -m "$model" \
 	    $corpus --samples "$S" --sample-tokens "$T" --profile-span "$2" \
-	    --profile-tokens "$3" -b "$B" -q -f $ARGS \
+	    --profile-tokens "$3" -b "$B" -q -f --retrieval-weight "$RW" $ARGS \
 	    --save-profile "$out/$1.prof" -o "$out/$1.yaml"
 	awk '{printf "%.2f %.2f\n", $1, $2 + $3}' "$out/$1.time"
 }
@@ -87,7 +88,11 @@ printf '%-32s %8s %6s %8s %6s %10s %10s\n' variant wall ratio cpu ratio \
 echo "$sf $full" | awk '{printf "%-32s %8.2f %6.2f %8.2f %6.2f %10.6f %10.6f\n", "full (span 0, all tokens)", $4, 1, $5, 1, $1 / $3, $2 / $3}'
 echo "$sl $light $full" | awk -v s="$SPAN" -v n="$LIGHT" \
     '{printf "%-32s %8.2f %6.2f %8.2f %6.2f %10.6f %10.6f\n", "lightweight (span " s ", last " n ")", $4, $4 / $6, $5, $5 / $7, $1 / $3, $2 / $3}'
-echo "$sl $sf" | awk '{printf "objective (summed prose retention on the full curves): light/full %.6f, loss light/full %.4f\n", $1 / $4, ($3 - $1) / ($6 - $4)}'
+# the solver's objective, prose + RW x retrieval summed over the heads,
+# and its loss against keeping everything (1 + RW per head)
+echo "$sl $sf" | awk -v w="$RW" '{a = $1 + w * ($2 < 0 ? 0 : $2)
+	b = $4 + w * ($5 < 0 ? 0 : $5); top = $3 * (1 + ($2 < 0 ? 0 : w))
+	printf "objective (prose + %s x retrieval on the full curves): light/full %.6f, loss light/full %.4f\n", w, a / b, (top - a) / (top - b)}'
 echo "$curve" | awk '{printf "curve distance: mean |dR| %s, max %s\n", $1, $2}'
 echo "$plans" | awk '{printf "plan distance: mean |db| %s, max %s\n", $1, $2}'
 echo "files in $out"

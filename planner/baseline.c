@@ -60,7 +60,7 @@ alloc_opts_init(alloc_opts *o)
 	o->retrieval_floor = -1;
 	/* chosen on the pass-key test and the perplexity protocol
 	 * (bench/RESULTS.md, section 10) */
-	o->retrieval_weight = 0.1;
+	o->retrieval_weight = 1;
 }
 
 /* Name of a method as the plan records it. */

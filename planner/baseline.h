@@ -47,7 +47,7 @@ typedef struct alloc_opts {
 	double		 beta;		/* pyramid: first / last ratio knob */
 	/* the retrieval curves (layer and kvx): a floor on the plan's mean
 	 * retrieval retention (< 0: none), and its weight beside the prose
-	 * retention in the objective (0.1; unused without the curves) */
+	 * retention in the objective (1; unused without the curves) */
 	double		 retrieval_floor;
 	double		 retrieval_weight;
 } alloc_opts;

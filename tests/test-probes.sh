@@ -77,9 +77,9 @@ ret() { sed -n 's/^retrieval retention \([0-9.]*\),.*/\1/p' "$1"; }
     'BEGIN {exit !(b >= a)}'
 ok $? "--retrieval-weight 1 keeps at least the retrieval of weight 0"
 "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/def.yaml" &&
-    "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/w01.yaml" \
-    --retrieval-weight 0.1 && cmp -s "$tmp/def.yaml" "$tmp/w01.yaml"
-ok $? "the default weight is 0.1"
+    "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/w1.yaml" \
+    --retrieval-weight 1 && cmp -s "$tmp/def.yaml" "$tmp/w1.yaml"
+ok $? "the default weight is 1"
 "$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-floor 1 \
     2> "$tmp/err"
 rc=$?
