@@ -477,9 +477,11 @@ test_gemma_plan(void)
 		    "%s/models/gemma-3-270m-q4_k_m.gguf", top);
 	snprintf(ppath, sizeof ppath, "%s/plans/gemma3-270m-kvx-20.yaml", top);
 	snprintf(tpath, sizeof tpath, "%s/evaltext/perlretut.txt", top);
-	if (access(mpath, R_OK) != 0 || access(ppath, R_OK) != 0) {
-		ok(1, "gemma3-270m 20%% plan # SKIP model or plan absent "
-		    "(tools/fetch-model --model gemma3-270m)");
+	if (access(mpath, R_OK) != 0 || access(ppath, R_OK) != 0 ||
+	    access(tpath, R_OK) != 0) {
+		ok(1, "gemma3-270m 20%% plan # SKIP model, plan or text absent "
+		    "(tools/fetch-model --model gemma3-270m, "
+		    "tools/fetch-evaltext)");
 		return;
 	}
 	if (kvx_model_open(mpath, NULL, &m) != KVX_OK ||
