@@ -614,7 +614,7 @@ attn_launch_g(int g, const struct attn_args *a)
 	return KVX_CUDA_EINVAL;
 }
 
-/* attn_launch_g for the head dimension, 64 or 128. */
+/* attn_launch_g for the head dimension, 64, 128 or 256 (Gemma 3). */
 static int
 attn_dispatch(int g, int d, const struct attn_args *a)
 {
@@ -622,6 +622,8 @@ attn_dispatch(int g, int d, const struct attn_args *a)
 		return attn_launch_g<64>(g, a);
 	if (d == 128)
 		return attn_launch_g<128>(g, a);
+	if (d == 256)
+		return attn_launch_g<256>(g, a);
 	return KVX_CUDA_EINVAL;
 }
 

@@ -177,7 +177,7 @@ int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
  * blocks: block b does items d_bfirst[b] .. d_bfirst[b + 1] - 1, or item
  * b when d_bfirst is NULL.  Writes per item and query head the max m
  * (log2 units), the sum l and the unnormalised output acc (g x d).
- * d is 64 or 128, 1 <= g <= 8.
+ * d is 64, 128 or 256, 1 <= g <= 8.
  */
 int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    const void *d_v, int dtype, const long long *d_off, int g, int d,
@@ -191,11 +191,11 @@ int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 
 /* --- 5. model layers (the GPU forward of runtime/gpu*.c) ----------------- */
 /*
- * Rows ids[t] of an fp16 table of rows of e elements, as floats, to
- * x + t*e, for t < T.
+ * Rows ids[t] of an fp16 table of rows of e elements, as floats times
+ * scale (Gemma's sqrt(n_embd), else 1), to x + t*e, for t < T.
  */
 int	 kvx_cuda_embed(const void *d_table, int e, const int *d_ids, int T,
-	    float *d_x, cudaStream_t stream);
+	    float scale, float *d_x, cudaStream_t stream);
 /*
  * RMS norm of each of T rows of e floats (x rows ld_x apart) times the
  * weights w: out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, written as
@@ -204,20 +204,30 @@ int	 kvx_cuda_embed(const void *d_table, int e, const int *d_ids, int T,
 int	 kvx_cuda_rmsnorm(const float *d_x, int ld_x, const float *d_w, int T,
 	    int e, float eps, void *d_out, int out_dtype, int ld_out,
 	    cudaStream_t stream);
+/* The same norm of T rows of e floats at d_y, added to the rows of d_x
+ * (both rows e apart): a post-norm before the residual add. */
+int	 kvx_cuda_rmsnorm_add(const float *d_y, const float *d_w, int T, int e,
+	    float eps, float *d_x, cudaStream_t stream);
+/* Adds the bias b (n floats) to each of T rows of n floats, ld apart. */
+int	 kvx_cuda_bias(float *d_y, int ld, int T, int n, const float *d_b,
+	    cudaStream_t stream);
 /*
- * Rotary embedding on adjacent pairs of nhead heads of d elements per
- * token (the GGUF llama layout) at position pos[t]: reads rows ld_in
+ * Each of nhead heads of d <= 256 elements per token: its RMS norm times
+ * d_w when d_w is not NULL (per-head Q/K norms), then the rotary
+ * embedding at position pos[t] with base theta, pairs (2j, 2j+1) (the
+ * GGUF llama layout) or, with halves, (j, j + d/2).  Reads rows ld_in
  * apart, writes rows ld_out apart (in place when d_in == d_out and the
  * strides agree).
  */
-int	 kvx_cuda_rope(const float *d_in, int ld_in, float *d_out, int ld_out,
-	    int T, int nhead, int d, const int *d_pos, float theta,
-	    cudaStream_t stream);
+int	 kvx_cuda_head_rope(const float *d_in, int ld_in, float *d_out,
+	    int ld_out, int T, int nhead, int d, const float *d_w, float eps,
+	    const int *d_pos, float theta, int halves, cudaStream_t stream);
 /*
- * SwiGLU of T rows holding the gate (f elements) then the up projection
- * (f elements): out[t][i] = silu(gate) * up, as fp16, rows f apart.
+ * Gated MLP activation of T rows holding the gate (f elements) then the
+ * up projection (f elements): out[t][i] = act(gate) * up, as fp16, rows
+ * f apart; act is SiLU, or GELU (tanh form) when gelu is set.
  */
-int	 kvx_cuda_swiglu(const float *d_gu, int T, int f, void *d_out,
+int	 kvx_cuda_glu(const float *d_gu, int T, int f, int gelu, void *d_out,
 	    cudaStream_t stream);
 /* n floats to fp16. */
 int	 kvx_cuda_f2h(const float *d_in, void *d_out, size_t n,
@@ -233,11 +243,12 @@ int	 kvx_cuda_kv_store(const float *d_k, const float *d_v, int ld, int T,
 	    void *d_vdst, cudaStream_t stream);
 /*
  * Causal softmax of nmat matrices of rows x ncol logits (float, rows of
- * ncol): row r sees columns 0 .. col0 + r; writes the probabilities, and
- * zeros beyond, as fp16 in the same layout to d_p.
+ * ncol): row r sees columns 0 .. col0 + r, and with a sliding window of
+ * win > 0 keys only the last win of them; writes the probabilities, and
+ * zeros elsewhere, as fp16 in the same layout to d_p.
  */
 int	 kvx_cuda_softmax_causal(const float *d_s, int nmat, int rows,
-	    int ncol, int col0, void *d_p, cudaStream_t stream);
+	    int ncol, int col0, int win, void *d_p, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -6,7 +6,12 @@
  *
  * Every linear layer is one cuBLAS GEMM with fp32 accumulation and
  * output over fp16 weights (gpu_arena.c); the output and down
- * projections accumulate into the residual stream with beta = 1.
+ * projections accumulate into the residual stream with beta = 1, or,
+ * where the architecture norms a block's output (Gemma 3's post-norms),
+ * go to a scratch row that the norm adds to it.  What sets an
+ * architecture apart comes from its description (arch.h) and the
+ * model's layers, as on the CPU: biases, head norms, RoPE layout and
+ * base, activation, embedding scale and sliding windows.
  * Prefill is in gpu_prefill.c, decode in gpu_decode.c.
  */
 #include "config.h"
@@ -14,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "backend.h"
 #include "gpu_impl.h"
 #include "plan.h"
@@ -63,6 +69,11 @@ gpu_ctx_free(gpu_ctx **pg)
 			cudaFree(g->lw[l].wd);
 			cudaFree(g->lw[l].an);
 			cudaFree(g->lw[l].fn);
+			cudaFree(g->lw[l].bqkv);
+			cudaFree(g->lw[l].qn);
+			cudaFree(g->lw[l].kn);
+			cudaFree(g->lw[l].pan);
+			cudaFree(g->lw[l].pfn);
 		}
 	if (g->out != g->embd)
 		cudaFree(g->out);
@@ -75,6 +86,7 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->q);
 	cudaFree(g->att);
 	cudaFree(g->gu);
+	cudaFree(g->y);
 	cudaFree(g->logits);
 	cudaFree(g->xh);
 	cudaFree(g->ids);
@@ -89,6 +101,7 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->sscr);
 	cudaFree(g->idx);
 	cudaFree(g->cnt);
+	cudaFree(g->widx);
 	cudaFree(g->tab);
 	cudaFree(g->d_step);
 	cudaFree(g->pm);
@@ -112,6 +125,10 @@ gpu_ctx_free(gpu_ctx **pg)
 	free(g->ch);
 	free(g->seg);
 	free(g->blk);
+	if (g->win != NULL)
+		for (c = 0; c < g->p.n_seq; c++)
+			gpu__win_clear(g, c);
+	free(g->win);
 	free(g->npos);
 	kvx_plan_free(&g->plan);
 	free(g);
@@ -124,15 +141,11 @@ gpu_runs(const kvx_model *m)
 {
 	const kvx_model_info *mi = &m->info;
 
-	/* the kernels run llama's forward only: no biases, rotate-half
-	   RoPE, head norms, post-norms, GELU or sliding windows yet */
-	if (strcmp(m->desc->name, "llama") != 0)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path does not "
-		    "run architecture %s yet (KVX_DEVICE=cpu runs it on the "
-		    "CPU)", mi->arch);
-	if (mi->head_dim != 64 && mi->head_dim != 128)
+	/* every architecture of arch.c: the layers take what differs from
+	   the description; the decode attention instantiates these sizes */
+	if (mi->head_dim != 64 && mi->head_dim != 128 && mi->head_dim != 256)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs "
-		    "head_dim 64 or 128, not %d", mi->head_dim);
+		    "head_dim 64, 128 or 256, not %d", mi->head_dim);
 	if (mi->n_head / mi->n_head_kv > 8 || mi->n_head_kv > SEL_MAX_KV_HEADS)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path needs at "
 		    "most 8 query heads per KV head and 64 KV heads");
@@ -149,6 +162,7 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	size_t nsl, i, rows;
 	kvx_status rc;
 	gpu_ctx *g;
+	int l, swa = 0;
 
 	*out = NULL;
 	if (!kvx_cuda_available())
@@ -207,7 +221,13 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	g->npos = kvx__calloc((size_t)g->p.n_seq, sizeof *g->npos);
 	g->pre_seqs = kvx__calloc((size_t)g->p.n_seq, sizeof *g->pre_seqs);
 	g->pre_max = g->p.n_seq;
-	if (!g->lw || !g->seg || !g->blk || !g->npos || !g->pre_seqs) {
+	for (l = 0; l < g->L; l++)
+		if (m->L[l].window > 0)
+			swa = 1;
+	if (swa)
+		g->win = kvx__calloc(nsl * g->Hkv, sizeof *g->win);
+	if (!g->lw || !g->seg || !g->blk || !g->npos || !g->pre_seqs ||
+	    (swa && !g->win)) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -266,6 +286,7 @@ gpu__ensure_fw(gpu_ctx *g, int t)
 	    (rc = gpu__regrow((void **)&g->att, T * g->H * g->D * 4)) !=
 	    KVX_OK ||
 	    (rc = gpu__regrow((void **)&g->gu, T * 2 * g->F * 4)) != KVX_OK ||
+	    (rc = gpu__regrow((void **)&g->y, T * g->E * 4)) != KVX_OK ||
 	    (rc = gpu__regrow(&g->xh, T * xw * 2)) != KVX_OK ||
 	    (rc = gpu__regrow((void **)&g->ids, T * sizeof(int))) != KVX_OK ||
 	    (rc = gpu__regrow((void **)&g->pos, T * sizeof(int))) != KVX_OK)
@@ -287,13 +308,16 @@ gpu__gemm(gpu_ctx *g, const void *W, int rows, int cols, const void *X, int T,
 	return KVX_OK;
 }
 
-/* Norm, QKV projection and RoPE of T tokens at layer l: q gets the
- * rotated queries [T][H][D], qkv keeps the rotated keys and the values. */
+/* Norm, QKV projection, biases, head norms and RoPE of T tokens at
+ * layer l: q gets the rotated queries [T][H][D], qkv keeps the rotated
+ * keys and the values. */
 kvx_status
 gpu__qkv_rope(gpu_ctx *g, int l, int T)
 {
 	glayer *w = &g->lw[l];
 	const kvx_model_info *mi = &g->m->info;
+	float theta = g->m->L[l].theta;
+	int halves = g->m->desc->rope == ROPE_HALVES;
 	kvx_status rc;
 
 	CK(kvx_cuda_rmsnorm(g->x, g->E, w->an, T, g->E, mi->rms_eps, g->xh,
@@ -301,10 +325,33 @@ gpu__qkv_rope(gpu_ctx *g, int l, int T)
 	if ((rc = gpu__gemm(g, w->wqkv, g->NQKV, g->E, g->xh, T, g->qkv,
 	    g->NQKV, 0.0f)) != KVX_OK)
 		return rc;
-	CK(kvx_cuda_rope(g->qkv, g->NQKV, g->q, g->H * g->D, T, g->H, g->D,
-	    g->pos, mi->rope_theta, g->stream));
-	CK(kvx_cuda_rope(g->qkv + g->H * g->D, g->NQKV, g->qkv + g->H * g->D,
-	    g->NQKV, T, g->Hkv, g->D, g->pos, mi->rope_theta, g->stream));
+	if (w->bqkv != NULL)
+		CK(kvx_cuda_bias(g->qkv, g->NQKV, T, g->NQKV, w->bqkv,
+		    g->stream));
+	CK(kvx_cuda_head_rope(g->qkv, g->NQKV, g->q, g->H * g->D, T, g->H,
+	    g->D, w->qn, mi->rms_eps, g->pos, theta, halves, g->stream));
+	CK(kvx_cuda_head_rope(g->qkv + g->H * g->D, g->NQKV, g->qkv + g->H *
+	    g->D, g->NQKV, T, g->Hkv, g->D, w->kn, mi->rms_eps, g->pos, theta,
+	    halves, g->stream));
+	return KVX_OK;
+}
+
+/*
+ * Y = X W^T of T rows added to the residual stream x: directly (beta 1)
+ * or, with a post-norm pn, through y and the norm.
+ */
+static kvx_status
+residual_gemm(gpu_ctx *g, const void *W, int cols, const float *pn, int T)
+{
+	kvx_status rc;
+
+	if (pn == NULL)
+		return gpu__gemm(g, W, g->E, cols, g->xh, T, g->x, g->E, 1.0f);
+	if ((rc = gpu__gemm(g, W, g->E, cols, g->xh, T, g->y, g->E, 0.0f)) !=
+	    KVX_OK)
+		return rc;
+	CK(kvx_cuda_rmsnorm_add(g->y, pn, T, g->E, g->m->info.rms_eps, g->x,
+	    g->stream));
 	return KVX_OK;
 }
 
@@ -317,16 +364,15 @@ gpu__out_ffn(gpu_ctx *g, int l, int T)
 	kvx_status rc;
 
 	CK(kvx_cuda_f2h(g->att, g->xh, (size_t)T * g->H * g->D, g->stream));
-	if ((rc = gpu__gemm(g, w->wo, g->E, g->H * g->D, g->xh, T, g->x, g->E,
-	    1.0f)) != KVX_OK)
+	if ((rc = residual_gemm(g, w->wo, g->H * g->D, w->pan, T)) != KVX_OK)
 		return rc;
 	CK(kvx_cuda_rmsnorm(g->x, g->E, w->fn, T, g->E, g->m->info.rms_eps,
 	    g->xh, KVX_CUDA_F16, g->E, g->stream));
 	if ((rc = gpu__gemm(g, w->wgu, 2 * g->F, g->E, g->xh, T, g->gu,
 	    2 * g->F, 0.0f)) != KVX_OK)
 		return rc;
-	CK(kvx_cuda_swiglu(g->gu, T, g->F, g->xh, g->stream));
-	return gpu__gemm(g, w->wd, g->E, g->F, g->xh, T, g->x, g->E, 1.0f);
+	CK(kvx_cuda_glu(g->gu, T, g->F, g->m->desc->gelu, g->xh, g->stream));
+	return residual_gemm(g, w->wd, g->F, w->pfn, T);
 }
 
 /* Device logits for n rows. */
@@ -370,8 +416,82 @@ gpu_seq_clear(gpu_ctx *g, int s)
 
 	for (l = 0; l < g->L; l++)
 		gpu__blk_free(g, s, l);
+	gpu__win_clear(g, s);
 	g->npos[s] = 0;
 	return KVX_OK;
+}
+
+/* Forget where the sliding-window rows of sequence s sit. */
+void
+gpu__win_clear(gpu_ctx *g, int s)
+{
+	int l, h;
+
+	if (g->win == NULL)
+		return;
+	for (l = 0; l < g->L; l++)
+		for (h = 0; h < g->Hkv; h++) {
+			gwin *w = win_at(g, s, l, h);
+
+			free(w->pos);
+			memset(w, 0, sizeof *w);
+		}
+}
+
+/*
+ * Rows at the front of segment (s, l, h) that a query at position p
+ * does not see: those that left layer l's sliding window (positions up
+ * to p - window), 0 for a global layer.  Rows are in position order.
+ */
+int
+gpu__win_skip(const gpu_ctx *g, int s, int l, int h, int p)
+{
+	int wl = g->m->L[l].window, lim = p - wl, lo, hi, mid;
+	const gwin *w;
+
+	if (wl <= 0 || lim < 0)
+		return 0;
+	w = win_at(g, s, l, h);
+	if (lim >= w->base)
+		return w->nkept + (lim - w->base + 1);
+	if (w->pos == NULL) {
+		if (lim < w->p0)
+			return 0;
+		return lim - w->p0 + 1 < w->nkept ? lim - w->p0 + 1 : w->nkept;
+	}
+	lo = 0;
+	hi = w->nkept;
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		if (w->pos[mid] <= lim)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* The first d rows of segment (s, l, h) were dropped: its rows'
+ * positions move up. */
+void
+gpu__win_drop(gpu_ctx *g, int s, int l, int h, int d)
+{
+	gwin *w;
+
+	if (g->win == NULL || d <= 0)
+		return;
+	w = win_at(g, s, l, h);
+	if (d >= w->nkept) {
+		w->base += d - w->nkept;
+		w->nkept = 0;
+		return;
+	}
+	if (w->pos != NULL)
+		memmove(w->pos, w->pos + d, (size_t)(w->nkept - d) *
+		    sizeof(int));
+	else
+		w->p0 += d;
+	w->nkept -= d;
 }
 
 /* Positions sequence s holds. */
@@ -408,6 +528,21 @@ gpu_seq_copy(gpu_ctx *g, int dst, int src)
 			    a->off * 2, (size_t)a->len * rb,
 			    cudaMemcpyDeviceToDevice, g->stream));
 			b->len = a->len;
+			if (g->win != NULL) {
+				gwin *wa = win_at(g, src, l, h);
+				gwin *wb = win_at(g, dst, l, h);
+
+				*wb = *wa;
+				wb->pos = NULL;
+				if (wa->pos != NULL && (wb->pos =
+				    kvx__malloc_array((size_t)wa->nkept,
+				    sizeof(int))) == NULL)
+					return kvx__fail(KVX_ERR_NOMEM,
+					    "out of memory");
+				if (wa->pos != NULL)
+					memcpy(wb->pos, wa->pos,
+					    (size_t)wa->nkept * sizeof(int));
+			}
 		}
 	}
 	g->npos[dst] = g->npos[src];
@@ -415,26 +550,36 @@ gpu_seq_copy(gpu_ctx *g, int dst, int src)
 	return KVX_OK;
 }
 
-/* K/V rows and bytes held, used and a full cache would take. */
+/*
+ * K/V rows and bytes held, used and a full cache would take, as the CPU
+ * counts them: a sliding-window layer's full cache is its window
+ * (sel_window_rows), and of its rows only those the next query may see
+ * count as kept; rows past them wait in the segment until it needs their
+ * room.
+ */
 kvx_status
 gpu_memory(const gpu_ctx *g, kvx_memory *mem)
 {
 	size_t row = (size_t)2 * g->D * sizeof(uint16_t);
-	int s, l, h;
+	uint64_t full = 0;
+	int s, l, h, cap;
 
 	memset(mem, 0, sizeof *mem);
 	for (s = 0; s < g->p.n_seq; s++) {
 		mem->n_tokens += g->npos[s];
-		for (l = 0; l < g->L; l++)
+		for (l = 0; l < g->L; l++) {
+			cap = sel_window_rows(g->m->L[l].window, g->npos[s]);
+			full += (uint64_t)cap * g->Hkv;
 			for (h = 0; h < g->Hkv; h++) {
 				const gseg *sg = seg_at(g, s, l, h);
 
-				mem->n_kept += sg->len;
+				mem->n_kept += sg->len < cap ? sg->len : cap;
 				mem->kv_bytes += (uint64_t)sg->cap * row;
 			}
+		}
 	}
 	mem->kv_bytes_used = (uint64_t)mem->n_kept * row;
-	mem->kv_bytes_full = (uint64_t)mem->n_tokens * g->L * g->Hkv * row;
+	mem->kv_bytes_full = full * row;
 	return KVX_OK;
 }
 

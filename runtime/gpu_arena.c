@@ -4,7 +4,9 @@
  * SPDX-License-Identifier: MIT
  *
  * Weights are dequantised on the host once, at context creation, and kept
- * as fp16 (Q, K, V fused into one matrix, gate and up into another).
+ * as fp16 (Q, K, V fused into one matrix, gate and up into another);
+ * every type quant_dequant reads goes up this way.  Norms and biases stay
+ * f32.
  *
  * K/V live in arena chunks of fixed size, each one allocation holding a K
  * half and a V half: a row's V sits a constant distance after its K, so
@@ -43,13 +45,35 @@ upload_mat(cudaStream_t st, const mat *w, void *d_dst, float *d_tmp,
 	return KVX_OK;
 }
 
-/* A new device copy *d of n floats. */
+/* A new device copy *d of n floats; *d stays NULL when v is (a tensor
+ * the architecture does not have). */
 static kvx_status
 upload_vec(cudaStream_t st, const float *v, int n, float **d)
 {
+	if (v == NULL)
+		return KVX_OK;
 	CK(cudaMalloc((void **)d, (size_t)n * sizeof(float)));
 	CK(cudaMemcpyAsync(*d, v, (size_t)n * sizeof(float),
 	    cudaMemcpyHostToDevice, st));
+	return KVX_OK;
+}
+
+/* The Q, K and V biases of a layer as one vector, as the fused QKV
+ * matrix lays out its rows; none when the layer has none. */
+static kvx_status
+upload_bias(gpu_ctx *g, const layer_w *w, float **d)
+{
+	size_t q = (size_t)g->H * g->D, kv = (size_t)g->Hkv * g->D;
+
+	if (w->bq == NULL)
+		return KVX_OK;
+	CK(cudaMalloc((void **)d, (size_t)g->NQKV * sizeof(float)));
+	CK(cudaMemcpyAsync(*d, w->bq, q * sizeof(float),
+	    cudaMemcpyHostToDevice, g->stream));
+	CK(cudaMemcpyAsync(*d + q, w->bk, kv * sizeof(float),
+	    cudaMemcpyHostToDevice, g->stream));
+	CK(cudaMemcpyAsync(*d + q + kv, w->bv, kv * sizeof(float),
+	    cudaMemcpyHostToDevice, g->stream));
 	return KVX_OK;
 }
 
@@ -106,7 +130,14 @@ gpu__upload_weights(gpu_ctx *g)
 		UP(&w->wd, d->wd);
 		if ((rc = upload_vec(st, w->attn_norm, g->E, &d->an)) !=
 		    KVX_OK ||
-		    (rc = upload_vec(st, w->ffn_norm, g->E, &d->fn)) != KVX_OK)
+		    (rc = upload_vec(st, w->ffn_norm, g->E, &d->fn)) != KVX_OK ||
+		    (rc = upload_bias(g, w, &d->bqkv)) != KVX_OK ||
+		    (rc = upload_vec(st, w->q_norm, g->D, &d->qn)) != KVX_OK ||
+		    (rc = upload_vec(st, w->k_norm, g->D, &d->kn)) != KVX_OK ||
+		    (rc = upload_vec(st, w->post_attn_norm, g->E, &d->pan)) !=
+		    KVX_OK ||
+		    (rc = upload_vec(st, w->post_ffn_norm, g->E, &d->pfn)) !=
+		    KVX_OK)
 			goto out;
 	}
 #undef UP

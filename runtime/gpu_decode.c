@@ -53,7 +53,8 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 	char *d = g->d_step;
 	kvx_status rc;
 
-	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, g->stream));
+	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->m->desc->embd_scale ?
+	    sqrtf((float)g->E) : 1.0f, g->x, g->stream));
 	for (l = 0; l < g->L; l++) {
 		const struct step_ltab *t = &lo->l[l];
 
@@ -192,7 +193,9 @@ step_layout(const gpu_ctx *g, int n, int cap, struct step_lay *lo)
  * The tables of that step in buf (all but the token ids): positions, and
  * per layer the segment offsets, the append offsets, each segment's
  * first item and the split-K items, padded to cap with empty items past
- * every segment's range (never combined).  len: nseg ints of scratch.
+ * every segment's range (never combined).  A sliding-window layer's
+ * segment starts past the rows that left the query's window.  len: nseg
+ * ints of scratch.
  */
 static kvx_status
 step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
@@ -212,11 +215,15 @@ step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
 		for (i = 0; i < n; i++)
 			for (h = 0; h < Hkv; h++) {
 				gseg *sg = seg_at(g, seqs[i], l, h);
+				int skip = gpu__win_skip(g, seqs[i], l, h,
+				    g->npos[seqs[i]] + ahead);
 
-				off[i * Hkv + h] = sg->off;
+				if (skip > sg->len + ahead)
+					skip = sg->len + ahead;
+				off[i * Hkv + h] = sg->off + (long long)skip * D;
 				app[i * Hkv + h] = sg->off +
 				    (long long)(sg->len + ahead) * D;
-				len[i * Hkv + h] = sg->len + 1 + ahead;
+				len[i * Hkv + h] = sg->len + 1 + ahead - skip;
 			}
 		nit = wl_chunked(len, nseg, chunk[l], items, cap, first);
 		if (nit < 0)
@@ -246,8 +253,61 @@ host_room(char **p, size_t *have, size_t need)
 }
 
 /*
- * One token for each of n distinct sequences.  Grows full segments
- * first; then the step's tables, laid out on the host (step_fill), go up
+ * Room for one more row in every segment of (s, l).  A full segment of a
+ * sliding-window layer first drops the rows that no query from the
+ * sequence's next position on sees, as the CPU's slide_windows does, so
+ * that it holds its window plus the tokens decoded since it last slid;
+ * a full segment that still lacks room grows.  Either moves the layer
+ * to a new block, which receives the rows kept.
+ */
+static kvx_status
+make_room(gpu_ctx *g, int s, int l)
+{
+	int caps[SEL_MAX_KV_HEADS], drop[SEL_MAX_KV_HEADS], h, move = 0;
+	gseg was[SEL_MAX_KV_HEADS];
+	kvx_status rc;
+
+	for (h = 0; h < g->Hkv; h++) {
+		gseg *sg = seg_at(g, s, l, h);
+
+		was[h] = *sg;
+		caps[h] = sg->cap;
+		drop[h] = 0;
+		if (sg->len + 1 <= sg->cap)
+			continue;
+		move = 1;
+		drop[h] = gpu__win_skip(g, s, l, h, g->npos[s]);
+		if (drop[h] > sg->len)
+			drop[h] = sg->len;
+		if (sg->len - drop[h] + 1 > sg->cap) {
+			int add = sg->cap / 2 > 64 ? sg->cap / 2 : 64;
+
+			/* a segment never needs more than n_ctx rows: stay
+			   inside a chunk */
+			caps[h] = sg->cap + add;
+			if (caps[h] > g->p.n_ctx + 64)
+				caps[h] = g->p.n_ctx + 64;
+		}
+		/* the move copies the rows from off on, len of them */
+		sg->off += (long long)drop[h] * g->D;
+		sg->len -= drop[h];
+		sg->cap -= drop[h];
+	}
+	if (!move)
+		return KVX_OK;
+	if ((rc = gpu__blk_move(g, s, l, caps)) != KVX_OK) {
+		for (h = 0; h < g->Hkv; h++)
+			*seg_at(g, s, l, h) = was[h];
+		return rc;
+	}
+	for (h = 0; h < g->Hkv; h++)
+		gpu__win_drop(g, s, l, h, drop[h]);
+	return KVX_OK;
+}
+
+/*
+ * One token for each of n distinct sequences.  Makes room in full
+ * segments first; then the step's tables, laid out on the host (step_fill), go up
  * in one upload and the graph runs (captured again only when the batch,
  * the item count or a buffer changes).  While it runs, the host lays
  * out the tables of the next step of the same batch (every segment one
@@ -260,7 +320,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
     float *logits)
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
-	int i, l, h, cap, caps[SEL_MAX_KV_HEADS] = { 0 }, *len = NULL;
+	int i, l, h, cap, *len = NULL;
 	int *chunk = NULL, head = logits != NULL || g->head, pre;
 	size_t need;
 	struct step_lay lay = { 0, 0, NULL };
@@ -271,29 +331,9 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	    (head && (rc = gpu__ensure_logits(g, n)) != KVX_OK))
 		return rc;
 	for (i = 0; i < n; i++)
-		for (l = 0; l < g->L; l++) {
-			int grow = 0;
-
-			for (h = 0; h < Hkv; h++) {
-				gseg *sg = seg_at(g, seqs[i], l, h);
-
-				caps[h] = sg->cap;
-				if (sg->len + 1 > sg->cap) {
-					int add = sg->cap / 2 > 64 ? sg->cap /
-					    2 : 64;
-
-					/* a segment never needs more than
-					   n_ctx rows: stay inside a chunk */
-					caps[h] = sg->cap + add;
-					if (caps[h] > g->p.n_ctx + 64)
-						caps[h] = g->p.n_ctx + 64;
-					grow = 1;
-				}
-			}
-			if (grow && (rc = gpu__blk_move(g, seqs[i], l, caps)) !=
-			    KVX_OK)
+		for (l = 0; l < g->L; l++)
+			if ((rc = make_room(g, seqs[i], l)) != KVX_OK)
 				return rc;
-		}
 	if (g->timing) {
 		CK(cudaStreamSynchronize(g->stream));
 		t0 = kvx__now();

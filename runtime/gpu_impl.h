@@ -48,7 +48,21 @@ typedef struct gchunk {
 typedef struct glayer {
 	void		*wqkv, *wo, *wgu, *wd;	/* fp16 */
 	float		*an, *fn;
+	float		*bqkv;		/* Q, K and V biases, or NULL */
+	float		*qn, *kn;	/* per-head Q/K norms, or NULL */
+	float		*pan, *pfn;	/* post-norms, or NULL */
 } glayer;
+
+/*
+ * Where the rows of a sliding-window layer's segment sit in the sequence,
+ * so that a decode step skips those that left the window and a full
+ * segment drops them: row r < nkept is the prompt token pos[r] (token
+ * p0 + r when pos is NULL), row r >= nkept the token base + r - nkept.
+ */
+typedef struct gwin {
+	int		*pos;
+	int		 nkept, p0, base;
+} gwin;
 
 struct gpu_ctx {
 	const kvx_model	*m;	/* read only: its weights go up once */
@@ -69,9 +83,13 @@ struct gpu_ctx {
 	gseg		*seg;		/* [seq][layer][head] */
 	gblk		*blk;		/* [seq][layer] */
 	int		*npos;
+	gwin		*win;		/* [seq][layer][head], NULL without
+					   sliding-window layers */
 	/* forward scratch, for up to tmax tokens */
 	int		 tmax, lrows;
 	float		*x, *qkv, *q, *att, *gu, *logits;
+	float		*y;		/* a block's output before its
+					   post-norm */
 	void		*xh;
 	int		*ids, *pos;
 	/* prefill scratch, for up to pmax tokens */
@@ -81,9 +99,12 @@ struct gpu_ctx {
 	void		*sscr;
 	size_t		 sscr_bytes;
 	int		*idx, *cnt;	/* kept rows, their counts */
+	int		*widx;		/* kept rows of the sliding-window
+					   layers, Hkv * pmax each */
 	int		*split, *split_scr;	/* in cnt: hybrid layers'
 						   counts, their scratch */
 	void		*tab;		/* small per-layer tables */
+	int		 tab_first;	/* the first row they score */
 	/* decode step tables */
 	char		*h_step, *d_step;
 	size_t		 step_cap, dstep_room;	/* bytes of h_step, d_step */
@@ -137,6 +158,13 @@ blk_at(const gpu_ctx *g, int s, int l)
 	return &g->blk[(size_t)s * g->L + l];
 }
 
+/* The sliding-window rows of (s, l, h); only where g->win is set. */
+static inline gwin *
+win_at(const gpu_ctx *g, int s, int l, int h)
+{
+	return &g->win[((size_t)s * g->L + l) * g->Hkv + h];
+}
+
 /* gpu_arena.c */
 kvx_status	 gpu__upload_weights(gpu_ctx *);
 kvx_status	 gpu__chunk_add(gpu_ctx *);
@@ -153,5 +181,8 @@ kvx_status	 gpu__gemm(gpu_ctx *, const void *W, int rows, int cols,
 kvx_status	 gpu__qkv_rope(gpu_ctx *, int l, int T);
 kvx_status	 gpu__out_ffn(gpu_ctx *, int l, int T);
 kvx_status	 gpu__lm_head(gpu_ctx *, int r0, int n);
+void		 gpu__win_clear(gpu_ctx *, int s);
+int		 gpu__win_skip(const gpu_ctx *, int s, int l, int h, int p);
+void		 gpu__win_drop(gpu_ctx *, int s, int l, int h, int d);
 
 #endif

@@ -107,6 +107,9 @@ ensure_prefill(gpu_ctx *g, int n)
 	    sizeof(int))) != KVX_OK ||
 	    (rc = gpu__regrow(&g->tab, sizeof(struct ptab))) != KVX_OK)
 		return rc;
+	if (g->win != NULL && g->plan != NULL && (rc = gpu__regrow((void **)
+	    &g->widx, (size_t)g->L * g->Hkv * N * sizeof(int))) != KVX_OK)
+		return rc;
 	/* after the selection's counts: each layer's split, its scratch */
 	g->split = g->cnt + g->Hkv;
 	g->split_scr = g->split + (size_t)g->L * g->Hkv;
@@ -115,23 +118,31 @@ ensure_prefill(gpu_ctx *g, int n)
 	return KVX_OK;
 }
 
-/* Causal attention of the n prompt tokens at the current layer, over the
- * K/V scratch, into att. */
+/*
+ * Causal attention of the n prompt tokens at layer l, over the K/V
+ * scratch, into att.  A sliding-window layer's block of queries from t0
+ * multiplies only the keys from t0 - window + 1 on, and the softmax
+ * masks each row to its window.
+ */
 static kvx_status
-prefill_attn(gpu_ctx *g, int n)
+prefill_attn(gpu_ctx *g, int l, int n)
 {
-	int G = g->H / g->Hkv, D = g->D, t0, rows, nk, j;
+	int G = g->H / g->Hkv, D = g->D, win = g->m->L[l].window;
+	int t0, k0, rows, nk, j;
 	float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;
 	long long sS;
 
 	CK(kvx_cuda_f2h(g->q, g->qh, (size_t)n * g->H * D, g->stream));
 	for (t0 = 0; t0 < n; t0 += QBLK) {
 		rows = n - t0 < QBLK ? n - t0 : QBLK;
-		nk = t0 + rows;
+		k0 = win > 0 && t0 - win + 1 > 0 ? t0 - win + 1 : 0;
+		nk = t0 + rows - k0;
 		sS = (long long)rows * nk;
 		for (j = 0; j < g->Hkv; j++) {
-			const char *kj = (const char *)g->kt + (size_t)j * D * 2;
-			const char *vj = (const char *)g->vt + (size_t)j * D * 2;
+			const char *kj = (const char *)g->kt + ((size_t)k0 *
+			    g->Hkv + j) * D * 2;
+			const char *vj = (const char *)g->vt + ((size_t)k0 *
+			    g->Hkv + j) * D * 2;
 			const char *qj = (const char *)g->qh +
 			    ((size_t)t0 * g->H + (size_t)j * G) * D * 2;
 
@@ -140,8 +151,8 @@ prefill_attn(gpu_ctx *g, int n)
 			    g->Hkv * D, 0, qj, CUDA_R_16F, g->H * D, D, &zero,
 			    g->S, CUDA_R_32F, nk, sS, G, CUBLAS_COMPUTE_32F,
 			    CUBLAS_GEMM_DEFAULT));
-			CK(kvx_cuda_softmax_causal(g->S, G, rows, nk, t0, g->P,
-			    g->stream));
+			CK(kvx_cuda_softmax_causal(g->S, G, rows, nk, t0 - k0,
+			    win, g->P, g->stream));
 			CB(cublasGemmStridedBatchedEx(g->blas, CUBLAS_OP_N,
 			    CUBLAS_OP_N, D, rows, nk, &one, vj, CUDA_R_16F,
 			    g->Hkv * D, 0, g->P, CUDA_R_16F, nk, sS, &zero,
@@ -188,10 +199,13 @@ ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc)
 	    g->m->L[l].theta, g->m->desc->rope == ROPE_HALVES, D,
 	    P->ea_cov, base, w != NULL ? NULL : base + cov_at, base + u_at,
 	    g->stream));
-	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, w, nq, g->kt,
-	    g->vt, KVX_CUDA_F16, g->Hkv, n, n - sc->pw, sc->sinks, G, D,
-	    g->Hkv * D, P->ea_vnorm, P->gqa, base + lg_at, g->score, n,
-	    g->stream));
+	/* the keys the layer may keep, from row sc->first */
+	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, w, nq,
+	    (const char *)g->kt + (size_t)sc->first * g->Hkv * D * 2,
+	    (const char *)g->vt + (size_t)sc->first * g->Hkv * D * 2,
+	    KVX_CUDA_F16, g->Hkv, n - sc->first, n - sc->first - sc->pw,
+	    sc->sinks, G, D, g->Hkv * D, P->ea_vnorm, P->gqa, base + lg_at,
+	    g->score, n, g->stream));
 	return KVX_OK;
 }
 
@@ -211,6 +225,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	const kvx_plan *P = g->plan;
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
 	int caps[SEL_MAX_KV_HEADS] = { 0 }, cnt[SEL_MAX_KV_HEADS], h, maxc = 0;
+	int nv;
 	long long tl[2][SEL_MAX_KV_HEADS];
 	struct ptab_lay lt;
 	sel_counts sc;
@@ -220,20 +235,26 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	if ((rc = mark(g, l, 0)) != KVX_OK)
 		return rc;
 	if (P == NULL || n <= 1) {
+		/* the full cache, too, keeps a sliding-window layer's window
+		   only: rows from first on */
+		int nv = sel_window_rows(g->m->L[l].window, n), first = n - nv;
+
 		for (h = 0; h < Hkv; h++)
-			caps[h] = n + hr;
+			caps[h] = nv + hr;
 		if ((rc = gpu__blk_alloc(g, s, l, caps)) != KVX_OK)
 			return rc;
 		for (h = 0; h < Hkv; h++) {
 			gseg *sg = seg_at(g, s, l, h);
 
 			CK(cudaMemcpy2DAsync(g->kbase + sg->off * 2, rb,
-			    (char *)g->kt + h * rb, Hkv * rb, rb, n,
-			    cudaMemcpyDeviceToDevice, g->stream));
+			    (char *)g->kt + ((size_t)first * Hkv + h) * rb,
+			    Hkv * rb, rb, nv, cudaMemcpyDeviceToDevice,
+			    g->stream));
 			CK(cudaMemcpy2DAsync(g->vbase + sg->off * 2, rb,
-			    (char *)g->vt + h * rb, Hkv * rb, rb, n,
-			    cudaMemcpyDeviceToDevice, g->stream));
-			sg->len = n;
+			    (char *)g->vt + ((size_t)first * Hkv + h) * rb,
+			    Hkv * rb, rb, nv, cudaMemcpyDeviceToDevice,
+			    g->stream));
+			sg->len = nv;
 		}
 		if ((rc = mark(g, l, 1)) != KVX_OK ||
 		    (rc = mark(g, l, 2)) != KVX_OK)
@@ -243,18 +264,25 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 
 	if (sel_rule(P, l, n, window(n), Hkv, &sc) != 0)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "%d KV heads", Hkv);
-	if (l == 0) {
+	/* a sliding-window layer scores and keeps its last nv rows, from
+	   row sc.first: their keys' offsets and count go up when they
+	   differ from the last layer's */
+	nv = n - sc.first;
+	if (l == 0 || sc.first != g->tab_first) {
 		for (h = 0; h < Hkv; h++) {
-			tl[0][h] = (long long)h * D;
+			tl[0][h] = ((long long)sc.first * Hkv + h) * D;
 			tl[1][h] = (long long)h * n;
-			cnt[h] = n;
+			cnt[h] = nv;
 		}
 		CK(cudaMemcpyAsync(PTAB(g, koff), tl[0], Hkv *
 		    sizeof(long long), cudaMemcpyHostToDevice, g->stream));
-		CK(cudaMemcpyAsync(PTAB(g, soff), tl[1], Hkv *
-		    sizeof(long long), cudaMemcpyHostToDevice, g->stream));
+		if (l == 0)
+			CK(cudaMemcpyAsync(PTAB(g, soff), tl[1], Hkv *
+			    sizeof(long long), cudaMemcpyHostToDevice,
+			    g->stream));
 		CK(cudaMemcpyAsync(PTAB(g, n), cnt, Hkv * sizeof(int),
 		    cudaMemcpyHostToDevice, g->stream));
+		g->tab_first = sc.first;
 	}
 	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
 	   positions H*D apart */
@@ -264,10 +292,10 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	} else
 		CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
 		    (long long)g->H * D, g->kt, KVX_CUDA_F16, PTAB(g, koff),
-		    PTAB(g, n), Hkv, n, G, sc.pw, D, Hkv * D,
+		    PTAB(g, n), Hkv, nv, G, sc.pw, D, Hkv * D,
 		    1.0f / sqrtf((float)D), P->gqa, PTAB(g, soff), g->sscr,
 		    g->sscr_bytes, g->score, g->stream));
-	CK(kvx_cuda_pool(g->score, PTAB(g, soff), PTAB(g, n), Hkv, n, sc.pw,
+	CK(kvx_cuda_pool(g->score, PTAB(g, soff), PTAB(g, n), Hkv, nv, sc.pw,
 	    P->pool_kernel, P->pool, g->pooled, g->stream));
 	if ((rc = mark(g, l, 1)) != KVX_OK)
 		return rc;
@@ -310,6 +338,11 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	    g->cnt, g->stream));
 	if ((rc = mark(g, l, 2)) != KVX_OK)
 		return rc;
+	/* a sliding-window layer's kept positions, read after the prefill */
+	if (g->win != NULL && g->m->L[l].window > 0)
+		CK(cudaMemcpyAsync(g->widx + (size_t)l * Hkv * n, g->idx,
+		    (size_t)Hkv * n * sizeof(int), cudaMemcpyDeviceToDevice,
+		    g->stream));
 	CK(kvx_cuda_gather(g->kt, g->vt, g->kbase, g->vbase, KVX_CUDA_F16, D,
 	    Hkv * D, D, PTAB(g, koff), PTAB(g, lay.dst), g->idx,
 	    PTAB(g, soff), g->cnt, Hkv, maxc, g->stream));
@@ -377,6 +410,58 @@ hybrid_finish(gpu_ctx *g, int s, int n)
 	return KVX_OK;
 }
 
+/*
+ * After a prefill of n tokens into sequence s (the device idle and the
+ * segments' lengths known): where each sliding-window layer's kept rows
+ * sit, its last sel_window_rows prompt tokens without compression, else
+ * the rows the selection kept of them (in g->widx, in increasing order,
+ * counted from the first of those tokens).
+ */
+static kvx_status
+win_record(gpu_ctx *g, int s, int n)
+{
+	int Hkv = g->Hkv, l, h, sel = g->plan != NULL && n > 1;
+	int *all = NULL;
+
+	if (g->win == NULL)
+		return KVX_OK;
+	gpu__win_clear(g, s);
+	if (sel) {
+		if ((all = kvx__malloc_array((size_t)g->L * Hkv * n,
+		    sizeof(int))) == NULL)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		if (cudaMemcpy(all, g->widx, (size_t)g->L * Hkv * n *
+		    sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) {
+			free(all);
+			return kvx__fail(KVX_ERR_DEVICE, "%s:%d: kept positions "
+			    "copy failed", __FILE__, __LINE__);
+		}
+	}
+	for (l = 0; l < g->L; l++) {
+		if (g->m->L[l].window <= 0)
+			continue;
+		for (h = 0; h < Hkv; h++) {
+			gwin *w = win_at(g, s, l, h);
+			int i, *ix = all + ((size_t)l * Hkv + h) * n;
+
+			w->nkept = seg_at(g, s, l, h)->len;
+			w->p0 = n - sel_window_rows(g->m->L[l].window, n);
+			w->base = n;
+			if (!sel)
+				continue;
+			if ((w->pos = kvx__malloc_array((size_t)w->nkept + 1,
+			    sizeof(int))) == NULL) {
+				free(all);
+				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+			}
+			for (i = 0; i < w->nkept; i++)
+				w->pos[i] = w->p0 + ix[i];
+		}
+	}
+	free(all);
+	return KVX_OK;
+}
+
 /* The prefill of gpu_prefill, without the bookkeeping on failure. */
 static kvx_status
 prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
@@ -416,14 +501,15 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 		    __FILE__, __LINE__);
 	}
 	free(pos);
-	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->x, g->stream));
+	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->m->desc->embd_scale ?
+	    sqrtf((float)g->E) : 1.0f, g->x, g->stream));
 	for (l = 0; l < g->L; l++) {
 		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
 			return rc;
 		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
 		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL, g->kt,
 		    g->vt, g->stream));
-		if ((rc = prefill_attn(g, n)) != KVX_OK)
+		if ((rc = prefill_attn(g, l, n)) != KVX_OK)
 			return rc;
 		if ((rc = prefill_select(g, s, l, n)) != KVX_OK)
 			return rc;
@@ -437,7 +523,8 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 		    cudaMemcpyDeviceToHost, g->stream));
 	}
 	CK(cudaStreamSynchronize(g->stream));
-	if ((rc = hybrid_finish(g, s, n)) != KVX_OK)
+	if ((rc = hybrid_finish(g, s, n)) != KVX_OK ||
+	    (rc = win_record(g, s, n)) != KVX_OK)
 		return rc;
 	if (g->timing) {
 		g->st.prefill_s += kvx__now() - t0;

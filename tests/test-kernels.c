@@ -381,7 +381,8 @@ test_attn_plan(void)
 static void
 test_attn(int rep)
 {
-	int nseg = tap_irand(1, 24), g = tap_irand(1, 8), d = rep & 1 ? 128 : 64;
+	int nseg = tap_irand(1, 24), g = tap_irand(1, 8);
+	int d = rep % 6 == 5 ? 256 : rep & 1 ? 128 : 64;
 	int dtype = rep % 4 < 2 ? KVX_CUDA_F16 : KVX_CUDA_BF16, s, i, ci;
 	int ld = d + (rep % 3 == 2 ? 8 : 0);
 	int *len = malloc(sizeof(int) * nseg), *first;
@@ -532,14 +533,19 @@ back_h(float *h, const void *d, size_t n)
 }
 
 /*
- * Embedding, RMS norm, RoPE, SwiGLU, K/V store and the causal softmax
- * against plain C twins written from the definitions in runtime/model.c.
+ * Embedding (scaled), RMS norm (also added to a residual), biases,
+ * per-head norm and RoPE in both pair layouts, SwiGLU and GELU gates, K/V
+ * store and the causal softmax (also with a sliding window) against
+ * plain C twins written from the definitions in runtime/model.c.
  */
 static void
 test_layers(int rep)
 {
 	int T = tap_irand(1, 40), e = 8 * tap_irand(4, 80), nh = tap_irand(1, 6);
-	int d = rep % 2 ? 64 : 128, f = tap_irand(1, 300), V = tap_irand(50, 400);
+	int d = rep % 3 == 2 ? 256 : rep % 2 ? 64 : 128, f = tap_irand(1, 300);
+	int V = tap_irand(50, 400), halves = rep % 2, gelu = rep % 2;
+	int win = rep % 4 < 2 ? 0 : tap_irand(1, 40);
+	float scale = rep % 2 ? 16.0f : 1.0f;
 	int ld = nh * d + tap_irand(0, 3) * 4, i, t, h, c, rows, ncol, col0, nm;
 	size_t n;
 	float *a, *b, *w, *ref, *got, theta = rep % 3 ? 10000.0f : 100000.0f;
@@ -574,12 +580,14 @@ test_layers(int rep)
 	da = dev(tab, (size_t)V * e * 2);
 	dids = dev(ids, (size_t)T * sizeof(int));
 	dout = poisoned((size_t)T * e * 4);
-	check(kvx_cuda_embed(da, e, dids, T, dout, 0), "embed");
+	check(kvx_cuda_embed(da, e, dids, T, scale, dout, 0), "embed");
 	back(got, dout, (size_t)T * e);
 	for (t = 0, c = 0; t < T; t++)
-		c += memcmp(got + (size_t)t * e, w + (size_t)ids[t] * e,
-		    (size_t)e * 4) != 0;
-	ok(c == 0, "embed T=%d e=%d: %d rows differ", T, e, c);
+		for (i = 0; i < e; i++)
+			c += got[(size_t)t * e + i] != w[(size_t)ids[t] * e +
+			    i] * scale;
+	ok(c == 0, "embed T=%d e=%d scale %g: %d elements differ", T, e,
+	    scale, c);
 	kvx_cuda_free(da);
 	kvx_cuda_free(dids);
 	kvx_cuda_free(dout);
@@ -617,39 +625,92 @@ test_layers(int rep)
 	err = relerr(got, ref, (size_t)T * e);
 	ok(err < 1e-3, "rmsnorm to f16: relative error %.2e", err);
 	kvx_cuda_free(da);
-	kvx_cuda_free(dw);
 	kvx_cuda_free(dout);
 	kvx_cuda_free(dout2);
 
+	/* the same norm of rows e apart, added to a residual */
+	for (t = 0; t < T; t++)
+		for (i = 0; i < e; i++) {
+			b[(size_t)t * e + i] = a[(size_t)t * ldn + i];
+			got[(size_t)t * e + i] = tap_frand();
+			ref[(size_t)t * e + i] += got[(size_t)t * e + i];
+		}
+	da = dev(b, (size_t)T * e * 4);
+	dout = dev(got, (size_t)T * e * 4);
+	check(kvx_cuda_rmsnorm_add(da, dw, T, e, 1e-5f, dout, 0),
+	    "rmsnorm_add");
+	back(got, dout, (size_t)T * e);
+	err = relerr(got, ref, (size_t)T * e);
+	ok(err < 1e-6, "rmsnorm added to a residual: relative error %.2e",
+	    err);
+	kvx_cuda_free(da);
+	kvx_cuda_free(dw);
+	kvx_cuda_free(dout);
+
+	/* a bias on the first n of each row of ld */
+	for (i = 0; i < T * ld; i++)
+		b[i] = tap_frand();
+	for (i = 0; i < nh * d; i++)
+		w[i] = tap_frand();
+	da = dev(b, (size_t)T * ld * 4);
+	dw = dev(w, (size_t)nh * d * 4);
+	check(kvx_cuda_bias(da, ld, T, nh * d, dw, 0), "bias");
+	back(got, da, (size_t)T * ld);
+	for (t = 0, c = 0; t < T; t++)
+		for (i = 0; i < ld; i++)
+			c += got[(size_t)t * ld + i] != b[(size_t)t * ld + i] +
+			    (i < nh * d ? w[i] : 0.0f);
+	ok(c == 0, "bias T=%d n=%d ld=%d: %d elements differ", T, nh * d, ld,
+	    c);
+	kvx_cuda_free(da);
+	kvx_cuda_free(dw);
+
 	da = dev(a, (size_t)T * ld * 4);
 
-	/* RoPE out of place (rows ld -> nh*d) and in place */
+	/* head norm (every other repetition) and RoPE, out of place (rows
+	   ld -> nh*d) and in place, pairs adjacent or halves apart */
 	for (t = 0; t < T; t++)
 		pos[t] = tap_irand(0, rep % 2 ? 100 : 9000);
+	for (i = 0; i < d; i++)
+		w[i] = 0.5f + tap_frand();
 	for (t = 0; t < T; t++)
-		for (i = 0; i < d; i += 2) {
-			double fr = pow((double)theta, -(double)i / d);
-			double ang = pos[t] * fr;
-			float cs = (float)cos(ang), sn = (float)sin(ang);
+		for (h = 0; h < nh; h++) {
+			const float *p = a + (size_t)t * ld + h * d;
+			float *r = ref + ((size_t)t * nh + h) * d, inv = 1.0f;
+			double ss = 0.0;
 
-			for (h = 0; h < nh; h++) {
-				const float *p = a + (size_t)t * ld + h * d + i;
-				float *r = ref + ((size_t)t * nh + h) * d + i;
+			for (i = 0; i < d; i++)
+				ss += (double)p[i] * p[i];
+			if (rep % 4 >= 2)
+				inv = 1.0f / sqrtf((float)(ss / d) + 1e-6f);
+			for (i = 0; i < d; i++)
+				r[i] = rep % 4 >= 2 ? p[i] * inv * w[i] : p[i];
+			for (i = 0; i < d / 2; i++) {
+				double ang = pos[t] * pow((double)theta,
+				    -(double)(2 * i) / d);
+				float cs = (float)cos(ang), sn = (float)sin(ang);
+				int i0 = halves ? i : 2 * i;
+				int i1 = halves ? i + d / 2 : 2 * i + 1;
+				float x0 = r[i0], x1 = r[i1];
 
-				r[0] = p[0] * cs - p[1] * sn;
-				r[1] = p[0] * sn + p[1] * cs;
+				r[i0] = x0 * cs - x1 * sn;
+				r[i1] = x0 * sn + x1 * cs;
 			}
 		}
 	dpos = dev(pos, (size_t)T * sizeof(int));
+	dw = dev(w, (size_t)d * 4);
 	dout = poisoned((size_t)T * nh * d * 4);
-	check(kvx_cuda_rope(da, ld, dout, nh * d, T, nh, d, dpos, theta, 0),
-	    "rope");
+	check(kvx_cuda_head_rope(da, ld, dout, nh * d, T, nh, d,
+	    rep % 4 >= 2 ? dw : NULL, 1e-6f, dpos, theta, halves, 0),
+	    "head_rope");
 	back(got, dout, (size_t)T * nh * d);
 	err = relerr(got, ref, (size_t)T * nh * d);
-	ok(err < 1e-6, "rope T=%d heads=%d d=%d: relative error %.2e", T, nh,
-	    d, err);
-	check(kvx_cuda_rope(da, ld, da, ld, T, nh, d, dpos, theta, 0),
-	    "rope in place");
+	ok(err < 1e-6, "rope T=%d heads=%d d=%d halves %d norm %d: relative "
+	    "error %.2e", T, nh, d, halves, rep % 4 >= 2, err);
+	check(kvx_cuda_head_rope(da, ld, da, ld, T, nh, d,
+	    rep % 4 >= 2 ? dw : NULL, 1e-6f, dpos, theta, halves, 0),
+	    "head_rope in place");
+	kvx_cuda_free(dw);
 	back(b, da, (size_t)T * ld);
 	for (t = 0, err = 0.0; t < T; t++)
 		for (i = 0; i < nh * d; i++) {
@@ -691,54 +752,61 @@ test_layers(int rep)
 	kvx_cuda_free(dout);
 	kvx_cuda_free(dout2);
 
-	/* SwiGLU */
+	/* SwiGLU, or the GELU (tanh) gate */
 	for (i = 0; i < T * 2 * f; i++)
 		a[i] = tap_frand() * 4.0f;
 	for (t = 0; t < T; t++)
 		for (i = 0; i < f; i++) {
-			float gt = a[(size_t)t * 2 * f + i];
+			float gt = a[(size_t)t * 2 * f + i], act;
 
-			ref[(size_t)t * f + i] = gt / (1.0f + expf(-gt)) *
-			    a[(size_t)t * 2 * f + f + i];
+			if (gelu)
+				act = 0.5f * gt * (1.0f + tanhf(0.7978845608f *
+				    (gt + 0.044715f * gt * gt * gt)));
+			else
+				act = gt / (1.0f + expf(-gt));
+			ref[(size_t)t * f + i] = act * a[(size_t)t * 2 * f +
+			    f + i];
 		}
 	da = dev(a, (size_t)T * 2 * f * 4);
 	dout = poisoned((size_t)T * f * 2);
-	check(kvx_cuda_swiglu(da, T, f, dout, 0), "swiglu");
+	check(kvx_cuda_glu(da, T, f, gelu, dout, 0), "glu");
 	back_h(got, dout, (size_t)T * f);
 	err = relerr(got, ref, (size_t)T * f);
-	ok(err < 1e-3, "swiglu T=%d f=%d: relative error %.2e (fp16 out)", T,
-	    f, err);
+	ok(err < 1e-3, "%s T=%d f=%d: relative error %.2e (fp16 out)",
+	    gelu ? "GELU gate" : "swiglu", T, f, err);
 	kvx_cuda_free(da);
 	kvx_cuda_free(dout);
 
-	/* causal softmax of nm matrices, rows see col0 + r + 1 columns */
+	/* causal softmax of nm matrices, rows see col0 + r + 1 columns, the
+	   last win of them with a window */
 	for (i = 0; i < nm * rows * ncol; i++)
 		a[i] = tap_frand() * 8.0f;
 	for (i = 0; i < nm * rows; i++) {
 		int r = i % rows, vis = col0 + r + 1 < ncol ? col0 + r + 1 :
-		    ncol;
+		    ncol, lo = win > 0 && col0 + r + 1 - win > 0 ? col0 + r +
+		    1 - win : 0;
 		double mx = -INFINITY, sm = 0.0;
 		const float *sr = a + (size_t)i * ncol;
 
-		for (c = 0; c < vis; c++)
+		for (c = lo; c < vis; c++)
 			mx = sr[c] > mx ? sr[c] : mx;
-		for (c = 0; c < vis; c++)
+		for (c = lo; c < vis; c++)
 			sm += exp(sr[c] - mx);
 		for (c = 0; c < ncol; c++)
-			ref[(size_t)i * ncol + c] = c < vis ?
+			ref[(size_t)i * ncol + c] = c >= lo && c < vis ?
 			    (float)(exp(sr[c] - mx) / sm) : 0.0f;
 	}
 	da = dev(a, (size_t)nm * rows * ncol * 4);
 	dout = poisoned((size_t)nm * rows * ncol * 2);
-	check(kvx_cuda_softmax_causal(da, nm, rows, ncol, col0, dout, 0),
+	check(kvx_cuda_softmax_causal(da, nm, rows, ncol, col0, win, dout, 0),
 	    "softmax");
 	back_h(got, dout, (size_t)nm * rows * ncol);
 	err = relerr(got, ref, (size_t)nm * rows * ncol);
 	for (i = 0, c = 0; i < nm * rows * ncol; i++)
 		c += ref[i] == 0.0f && got[i] != 0.0f;
-	ok(err < 1e-3 && c == 0, "causal softmax %dx%dx%d from %d: relative "
-	    "error %.2e, %d masked entries nonzero", nm, rows, ncol, col0,
-	    err, c);
+	ok(err < 1e-3 && c == 0, "causal softmax %dx%dx%d from %d, window "
+	    "%d: relative error %.2e, %d masked entries nonzero", nm, rows,
+	    ncol, col0, win, err, c);
 	kvx_cuda_free(da);
 	kvx_cuda_free(dout);
 
