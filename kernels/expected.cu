@@ -47,7 +47,8 @@ ea_avg_rot(int n, int F, double f, double *c, double *s)
  * (2i, 2i + 1), or (i, i + d/2) with halves.  u lives in shared memory
  * when it fits (ush): the covariance rereads it nq times a pair, and from
  * L2 those reads made this one block per head the slowest part of the
- * scoring; the w_j then go to the scratch.
+ * scoring; the w_j then go to the scratch.  The pair frequencies are
+ * taken once (fr), not once a query.
  */
 __global__ void
 ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
@@ -55,33 +56,34 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
     float *co, float *scr, int ush)
 {
 	extern __shared__ double esh[];
-	double *m = esh, *C = esh + d, *S = C + d / 2;
+	double *m = esh, *C = esh + d, *S = C + d / 2, *fr = S + d / 2;
 	const float *qi = q + (size_t)blockIdx.x * qhs;
 	float *ug = scr + (size_t)blockIdx.x * nq * d;
-	float *u = ush ? (float *)(esh + 2 * d) : ug;
+	float *u = ush ? (float *)(fr + d / 2) : ug;
 	float *mo = mu + (size_t)blockIdx.x * d;
 	int P = d / 2, i, j, A, B, nb, a0, a1, b0, b1;
 	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
 	float *cv = co != NULL ? co + blockIdx.x * cs : NULL;
 
+	for (i = threadIdx.x; i < P; i += blockDim.x)
+		fr[i] = pow((double)theta, -(double)(2 * i) / d);
+	__syncthreads();
 	for (i = threadIdx.x; i < nq * P; i += blockDim.x) {
-		double f, sn, c;
+		double sn, c;
 		float x0, x1;
 
 		j = i / P;
 		A = i % P;
 		a0 = halves ? A : 2 * A;
 		a1 = halves ? A + P : 2 * A + 1;
-		f = pow((double)theta, -(double)(2 * A) / d);
-		sincos((double)(p0 + j) * f, &sn, &c);
+		sincos((double)(p0 + j) * fr[A], &sn, &c);
 		x0 = qi[j * qps + a0];
 		x1 = qi[j * qps + a1];
 		u[(size_t)j * d + a0] = (float)(x0 * c + x1 * sn);
 		u[(size_t)j * d + a1] = (float)(-x0 * sn + x1 * c);
 	}
 	for (i = threadIdx.x; i < P; i += blockDim.x)
-		ea_avg_rot(n, F, pow((double)theta, -(double)(2 * i) / d),
-		    &C[i], &S[i]);
+		ea_avg_rot(n, F, fr[i], &C[i], &S[i]);
 	__syncthreads();
 	for (i = threadIdx.x; i < d; i += blockDim.x) {
 		double s = 0;
@@ -173,7 +175,7 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
 	    cov > 2 || p0 < 0 || (d_cov == NULL && cov == 1))
 		return KVX_CUDA_EINVAL;
-	sh = sizeof(double) * 2 * (size_t)d;
+	sh = sizeof(double) * (2 * (size_t)d + (size_t)d / 2);
 	ush = sh + sizeof(float) * (size_t)nq * d <= EA_SHMAX;
 	if (ush)
 		sh += sizeof(float) * (size_t)nq * d;
@@ -236,6 +238,21 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
 	}
 }
 
+/* Element i of a key held in registers; i is a constant once the
+ * caller's loops are unrolled, which keeps kf in registers. */
+template <int DK>
+static __device__ __forceinline__ float
+ea_pick(const float (&kf)[DK], int i)
+{
+	float x = 0.0f;
+
+#pragma unroll
+	for (int j = 0; j < DK; j++)
+		if (j == i)
+			x = kf[j];
+	return x;
+}
+
 /*
  * The logits with a full covariance: a thread per key t of segment
  * blockIdx.y.  For each query head, the rows of [mean; B] are dotted with
@@ -246,7 +263,7 @@ ea_logits_k(const float *mu, const float *co, int cov, const T *k, int ldk,
  * (w_j . k)^2) or the d rows of Sigma itself (k' Sigma k is the sum of
  * k_r (Sigma_r . k)), whichever has fewer rows.
  */
-template <typename T>
+template <typename T, int DK>
 __global__ void
 ea_rows_k(const float *mu, const float *co, const float *w, int nq,
     const T *k, int ldk, int n, int g, int d, float *lg)
@@ -255,7 +272,12 @@ ea_rows_k(const float *mu, const float *co, const float *w, int nq,
 	int t = blockIdx.x * EA_KB + threadIdx.x, s = blockIdx.y;
 	int h, jb, c, r, i, nr = (w != NULL ? nq : d) + 1;
 	const T *kt = k + (size_t)(t < n ? t : 0) * ldk + (size_t)s * d;
-	float kc[EA_JC], acc[EA_JR], dm, qd;
+	float kc[EA_JC], kf[DK > 0 ? DK : 1], acc[EA_JR], dm, qd;
+
+	/* with d = DK the key is read once, into registers */
+#pragma unroll
+	for (i = 0; i < DK; i++)
+		kf[i] = ld(kt + i);
 
 	for (h = 0; h < g; h++) {
 		const float *m = mu + (size_t)(s * g + h) * d;
@@ -267,7 +289,8 @@ ea_rows_k(const float *mu, const float *co, const float *w, int nq,
 #pragma unroll
 			for (r = 0; r < EA_JR; r++)
 				acc[r] = 0.0f;
-			for (c = 0; c < d; c += EA_JC) {
+#pragma unroll
+			for (c = 0; c < (DK > 0 ? DK : d); c += EA_JC) {
 				__syncthreads();
 				for (i = threadIdx.x; i < EA_JR * EA_JC;
 				    i += EA_KB) {
@@ -284,8 +307,8 @@ ea_rows_k(const float *mu, const float *co, const float *w, int nq,
 				__syncthreads();
 #pragma unroll
 				for (i = 0; i < EA_JC; i++)
-					kc[i] = c + i < d ? ld(kt + c + i) :
-					    0.0f;
+					kc[i] = DK > 0 ? ea_pick(kf, c + i) :
+					    c + i < d ? ld(kt + c + i) : 0.0f;
 #pragma unroll
 				for (r = 0; r < EA_JR; r++)
 #pragma unroll
@@ -376,9 +399,17 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
 	float *ms = scr + (size_t)nseg * g * n;
 	int rc;
 
-	if (cov == 0)
-		ea_rows_k<T><<<dim3((n + EA_KB - 1) / EA_KB, nseg), EA_KB, 0,
-		    stream>>>(mu, co, w, nq, k, ldk, n, g, d, scr);
+	dim3 rg((n + EA_KB - 1) / EA_KB, nseg);
+
+	if (cov == 0 && d == 64)
+		ea_rows_k<T, 64><<<rg, EA_KB, 0, stream>>>(mu, co, w, nq, k,
+		    ldk, n, g, d, scr);
+	else if (cov == 0 && d == 128)
+		ea_rows_k<T, 128><<<rg, EA_KB, 0, stream>>>(mu, co, w, nq, k,
+		    ldk, n, g, d, scr);
+	else if (cov == 0)
+		ea_rows_k<T, 0><<<rg, EA_KB, 0, stream>>>(mu, co, w, nq, k,
+		    ldk, n, g, d, scr);
 	else
 		ea_logits_k<T><<<dim3((n + EA_WPB - 1) / EA_WPB, nseg),
 		    32 * EA_WPB, 0, stream>>>(mu, co, cov, k, ldk, n, g, d,
