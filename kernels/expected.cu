@@ -21,7 +21,8 @@
 
 #define EA_KMAX 8	/* key elements per lane: head_dim up to 256 */
 #define EA_WPB 8	/* warps (keys) per block of the diagonal logits */
-#define EA_T 256	/* threads of the other launches */
+#define EA_T 256	/* threads of the final reduction */
+#define EA_TH 1024	/* threads of the launches with a block a head */
 #define EA_KB 128	/* keys (threads) per block of the full logits */
 #define EA_JR 16	/* rows (mean, w_j or Sigma's) of a shared tile */
 #define EA_JC 32	/* columns of a shared tile */
@@ -50,7 +51,7 @@ ea_avg_rot(int n, int F, double f, double *c, double *s)
  * scoring; the w_j then go to the scratch.  The pair frequencies are
  * taken once (fr), not once a query.
  */
-__global__ void
+__global__ void __launch_bounds__(EA_TH)
 ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
     int n, int F, float theta, int halves, int d, int cov, float *mu,
     float *co, float *scr, int ush)
@@ -179,8 +180,8 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
 	ush = sh + sizeof(float) * (size_t)nq * d <= EA_SHMAX;
 	if (ush)
 		sh += sizeof(float) * (size_t)nq * d;
-	ea_stats_k<<<h, EA_T, sh, stream>>>(d_q, qhs, qps, nq, p0, n, future,
-	    theta, halves, d, cov, d_mu, d_cov, d_scratch, ush);
+	ea_stats_k<<<h, EA_TH, sh, stream>>>(d_q, qhs, qps, nq, p0, n,
+	    future, theta, halves, d, cov, d_mu, d_cov, d_scratch, ush);
 	return launched();
 }
 
@@ -336,7 +337,7 @@ ea_rows_k(const float *mu, const float *co, const float *w, int nq,
 
 /* One block per (segment, head) row of logits: its max and sum of
  * exponentials over [s0, n). */
-__global__ void
+__global__ void __launch_bounds__(EA_TH)
 ea_norm_k(const float *lg, int n, int s0, float *ms)
 {
 	__shared__ float sh[32];
@@ -416,7 +417,7 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
 		    scr);
 	if ((rc = launched()) != 0)
 		return rc;
-	ea_norm_k<<<nseg * g, EA_T, 0, stream>>>(scr, n, s0, ms);
+	ea_norm_k<<<nseg * g, EA_TH, 0, stream>>>(scr, n, s0, ms);
 	if ((rc = launched()) != 0)
 		return rc;
 	ea_final_k<T><<<dim3((nc + EA_T - 1) / EA_T, nseg), EA_T, 0,
