@@ -258,11 +258,12 @@ ea_pick(const float (&kf)[DK], int i)
  * The logits with a full covariance: a thread per key t of segment
  * blockIdx.y.  For each query head, the rows of [mean; B] are dotted with
  * the key EA_JR rows and EA_JC columns at a time, the tile in shared
- * memory (every thread reads the same word: a broadcast), the key's
- * columns reread from L1 for each tile of rows.  B is either the nq
- * centred, rotated queries w_j (w not NULL: k' Sigma k is the mean of
- * (w_j . k)^2) or the d rows of Sigma itself (k' Sigma k is the sum of
- * k_r (Sigma_r . k)), whichever has fewer rows.
+ * memory (every thread reads the same word: a broadcast), the key held
+ * in registers when d is DK (64 or 128), else its columns reread from L1
+ * for each tile of rows.  B is either the nq centred, rotated queries w_j
+ * (w not NULL: k' Sigma k is the mean of (w_j . k)^2) or the d rows of
+ * Sigma itself (k' Sigma k is the sum of k_r (Sigma_r . k)); the caller
+ * takes whichever has fewer rows.
  */
 template <typename T, int DK>
 __global__ void
