@@ -11,6 +11,29 @@
 /* Largest head the per-head kernels hold in shared memory. */
 #define HEAD_MAX 256
 
+/* The block's sum of v in double, returned to every thread: the norms'
+ * sums of squares (red holds a value a warp). */
+static __device__ double
+block_sum_dbl(double v, double *red)
+{
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, o;
+
+	for (o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	if (lane == 0)
+		red[wid] = v;
+	__syncthreads();
+	if (wid == 0) {
+		v = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0;
+		for (o = 16; o > 0; o >>= 1)
+			v += __shfl_xor_sync(0xffffffffu, v, o);
+		if (lane == 0)
+			red[0] = v;
+	}
+	__syncthreads();
+	return red[0];
+}
+
 /* One block a token: its row of the table, as floats. */
 static __global__ void
 embed_k(const __half *table, int e, const int *ids, float scale, float *x)
@@ -43,26 +66,13 @@ rmsnorm_k(const float *x, int ldx, const float *w, int e, float eps,
 {
 	__shared__ double red[32];
 	const float *xr = x + (size_t)blockIdx.x * ldx;
-	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, i, o;
+	int i;
 	double ss = 0.0;
 	float inv;
 
 	for (i = threadIdx.x; i < e; i += blockDim.x)
 		ss += (double)xr[i] * xr[i];
-	for (o = 16; o > 0; o >>= 1)
-		ss += __shfl_xor_sync(0xffffffffu, ss, o);
-	if (lane == 0)
-		red[wid] = ss;
-	__syncthreads();
-	if (wid == 0) {
-		ss = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0;
-		for (o = 16; o > 0; o >>= 1)
-			ss += __shfl_xor_sync(0xffffffffu, ss, o);
-		if (lane == 0)
-			red[0] = ss;
-	}
-	__syncthreads();
-	inv = 1.0f / sqrtf((float)(red[0] / e) + eps);
+	inv = 1.0f / sqrtf((float)(block_sum_dbl(ss, red) / e) + eps);
 	for (i = threadIdx.x; i < e; i += blockDim.x) {
 		float y = xr[i] * inv * w[i];
 		size_t o = (size_t)blockIdx.x * ldo + i;
@@ -142,7 +152,7 @@ head_rope_k(const float *in, int ldi, float *out, int ldo, int nhead, int d,
 	__shared__ float hv[HEAD_MAX];
 	__shared__ double red[32];
 	int t = blockIdx.x / nhead, h = blockIdx.x % nhead, half = d / 2;
-	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, i, j, o;
+	int i, j;
 	const float *src = in + (size_t)t * ldi + (size_t)h * d;
 	float *dst = out + (size_t)t * ldo + (size_t)h * d, inv = 1.0f;
 	double ss = 0.0, a, sn, cs;
@@ -151,22 +161,8 @@ head_rope_k(const float *in, int ldi, float *out, int ldo, int nhead, int d,
 		hv[i] = src[i];
 		ss += (double)hv[i] * hv[i];
 	}
-	if (w != NULL) {
-		for (o = 16; o > 0; o >>= 1)
-			ss += __shfl_xor_sync(0xffffffffu, ss, o);
-		if (lane == 0)
-			red[wid] = ss;
-		__syncthreads();
-		if (wid == 0) {
-			ss = lane < (int)(blockDim.x >> 5) ? red[lane] : 0.0;
-			for (o = 16; o > 0; o >>= 1)
-				ss += __shfl_xor_sync(0xffffffffu, ss, o);
-			if (lane == 0)
-				red[0] = ss;
-		}
-		__syncthreads();
-		inv = 1.0f / sqrtf((float)(red[0] / d) + eps);
-	}
+	if (w != NULL)
+		inv = 1.0f / sqrtf((float)(block_sum_dbl(ss, red) / d) + eps);
 	__syncthreads();
 	for (j = threadIdx.x; j < half; j += blockDim.x) {
 		int i0 = halves ? j : 2 * j, i1 = halves ? j + half : 2 * j + 1;

@@ -129,22 +129,6 @@ kvzip_batch_max(const kvzip_req *r, int chunk)
 	return (r->n_first > later ? r->n_first : later) + chunk;
 }
 
-/* Dot product with eight partial sums, so that it vectorises. */
-static inline float
-dot(const float *a, const float *b, int d)
-{
-	float p[8] = { 0 }, s;
-	int i, u;
-
-	for (i = 0; i + 8 <= d; i += 8)
-		for (u = 0; u < 8; u++)
-			p[u] += a[i + u] * b[i + u];
-	s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
-	for (; i < d; i++)
-		s += a[i] * b[i];
-	return s;
-}
-
 /* Max-merges each key's softmax weight from w queries of g heads. */
 void
 kvzip_score(const float *q, const float *k, int m, int n, int w, int g,
@@ -166,7 +150,7 @@ kvzip_score(const float *q, const float *k, int m, int n, int w, int g,
 #else
 		for (j = 0; j < w; j++)
 			for (t = 0; t <= m - w + j; t++)
-				tmp[(size_t)j * m + t] = dot(qh + (size_t)j * d,
+				tmp[(size_t)j * m + t] = vdot(qh + (size_t)j * d,
 				    k + (size_t)t * d, d) * scale;
 #endif
 		for (j = 0; j < w; j++) {

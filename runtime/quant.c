@@ -421,6 +421,17 @@ dot_nib32(const uint8_t *qs, const float *x)
 	    _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)), x);
 }
 
+/* The 32 nibbles of 16 bytes in the GGML order: the low nibbles give
+ * bytes 0-15, the high ones bytes 16-31. */
+static inline __m256i
+nibbles32(const uint8_t *qs)
+{
+	__m128i raw = _mm_loadu_si128((const __m128i *)qs);
+
+	return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw),
+	    _mm256_set1_epi8(15));
+}
+
 /* sum_j q_j x_j over 32 signed bytes held in q. */
 static inline __m256
 dot_s8v32(__m256i q, const float *x)
@@ -447,7 +458,6 @@ dot_i8x32(const int8_t *qs, const float *x)
 static float
 row_q5_0(const blk_q5_0 *b, int nb, const float *x)
 {
-	const __m256i m4 = _mm256_set1_epi8(15);
 	const __m256i hi = _mm256_set1_epi8((char)0xf0);
 	/* byte i takes byte i / 8 of qh and tests its bit i % 8 */
 	const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL,
@@ -455,15 +465,12 @@ row_q5_0(const blk_q5_0 *b, int nb, const float *x)
 	const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
 	__m256 acc = _mm256_setzero_ps();
 	__m256i q, hb;
-	__m128i raw;
 	uint32_t qh;
 	int i;
 
 	for (i = 0; i < nb; i++) {
 		memcpy(&qh, b[i].qh, sizeof qh);
-		raw = _mm_loadu_si128((const __m128i *)b[i].qs);
-		q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4),
-		    raw), m4);
+		q = nibbles32(b[i].qs);
 		hb = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread);
 		hb = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
 		q = _mm256_or_si256(q, _mm256_andnot_si256(hb, hi));
@@ -607,18 +614,15 @@ dot512_s8v32(__m256i q, const float *x)
 static AVX512_FN float
 row_q5_0_512(const blk_q5_0 *b, int nb, const float *x)
 {
-	const __m256i m4 = _mm256_set1_epi8(15), k16 = _mm256_set1_epi8(16);
+	const __m256i k16 = _mm256_set1_epi8(16);
 	__m512 acc = _mm512_setzero_ps();
 	__m256i q;
-	__m128i raw;
 	uint32_t qh;
 	int i;
 
 	for (i = 0; i < nb; i++) {
 		memcpy(&qh, b[i].qh, sizeof qh);
-		raw = _mm_loadu_si128((const __m128i *)b[i].qs);
-		q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4),
-		    raw), m4);
+		q = nibbles32(b[i].qs);
 		q = _mm256_mask_sub_epi8(q, (__mmask32)~qh, q, k16);
 		acc = _mm512_fmadd_ps(dot512_s8v32(q, x + i * QK),
 		    _mm512_set1_ps(h2f(b[i].d)), acc);

@@ -25,22 +25,6 @@
 /* Window queries whose softmax statistics live on the stack. */
 #define SEL_STACK_QUERIES 256
 
-/* Dot product with eight independent partial sums, so that it vectorises. */
-static inline float
-dot(const float *a, const float *b, int d)
-{
-	float p[8] = { 0 }, s;
-	int i, u;
-
-	for (i = 0; i + 8 <= d; i += 8)
-		for (u = 0; u < 8; u++)
-			p[u] += a[i + u] * b[i + u];
-	s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
-	for (; i < d; i++)
-		s += a[i] * b[i];
-	return s;
-}
-
 #if defined(__AVX2__) && defined(__FMA__)
 /* Dot products of eight query rows (d a multiple of 8) with key row kt. */
 static inline __m256
@@ -88,7 +72,7 @@ logits8(const float *q, int d, const float *kt, float scale, float *s)
 	}
 #endif
 	for (j = 0; j < 8; j++)
-		s[j] = dot(q + (size_t)j * d, kt, d) * scale;
+		s[j] = vdot(q + (size_t)j * d, kt, d) * scale;
 }
 
 /* Online softmax statistics (max m, sum l) of w queries given logits s. */
@@ -149,7 +133,7 @@ logits(const float *q, int w, int d, const float *kt, float scale, float *s)
 	for (j = 0; j + 8 <= w; j += 8)
 		logits8(q + (size_t)j * d, d, kt, scale, s + j);
 	for (; j < w; j++)
-		s[j] = dot(q + (size_t)j * d, kt, d) * scale;
+		s[j] = vdot(q + (size_t)j * d, kt, d) * scale;
 }
 
 /*
@@ -655,7 +639,7 @@ quad(const float *C, const float *k, int d, int diag)
 		return acc;
 	}
 	for (i = 0; i < d; i++)
-		acc += k[i] * dot(C + (size_t)i * d, k, d);
+		acc += k[i] * vdot(C + (size_t)i * d, k, d);
 	return acc;
 }
 
@@ -679,7 +663,7 @@ sel_ea_score(const float *mu, const float *cov, const float *k,
 		for (t = 0; t < n; t++) {
 			const float *kt = k + (size_t)t * d;
 
-			tmp[t] = dot(m, kt, d) * scale;
+			tmp[t] = vdot(m, kt, d) * scale;
 			if (e->cov != PLAN_COV_NONE)
 				tmp[t] += quad(C, kt, d,
 				    e->cov == PLAN_COV_DIAG) * half;
@@ -706,7 +690,7 @@ sel_ea_score(const float *mu, const float *cov, const float *k,
 		if (gqa != PLAN_GQA_MAX)
 			score[t] /= (float)g;
 		if (e->vnorm)
-			score[t] *= sqrtf(dot(v + (size_t)t * d,
+			score[t] *= sqrtf(vdot(v + (size_t)t * d,
 			    v + (size_t)t * d, d));
 	}
 }

@@ -1,5 +1,6 @@
 /*
- * vexp.h - exponentials for softmax rows, eight lanes at a time.
+ * vexp.h - exponentials for softmax rows, eight lanes at a time, and the
+ * dot product that feeds them.
  * SPDX-License-Identifier: MIT
  *
  * exp(x) = 2^n * e^r with n = round(x / ln 2) and |r| <= ln 2 / 2; e^r by
@@ -17,6 +18,22 @@
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
+
+/* Dot product with eight independent partial sums, so that it vectorises. */
+static inline float
+vdot(const float *a, const float *b, int d)
+{
+	float p[8] = { 0 }, s;
+	int i, u;
+
+	for (i = 0; i + 8 <= d; i += 8)
+		for (u = 0; u < 8; u++)
+			p[u] += a[i + u] * b[i + u];
+	s = ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
+	for (; i < d; i++)
+		s += a[i] * b[i];
+	return s;
+}
 
 /* One lane of the same arithmetic, for row tails that must match the
  * vector lanes. */

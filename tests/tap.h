@@ -90,6 +90,13 @@ tap_frand(void)
 	return (float)((tap_next() >> 40) / (double)(1 << 23) - 1.0);
 }
 
+/* Uniform double in [0, 1), every bit of a double's mantissa. */
+static double TAP_UNUSED
+tap_drand(void)
+{
+	return (double)(tap_next() >> 11) / 9007199254740992.0;
+}
+
 /* Uniform integer in [lo, hi]. */
 static int TAP_UNUSED
 tap_irand(int lo, int hi)
