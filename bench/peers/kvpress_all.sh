@@ -11,7 +11,8 @@
 # environment: KEPT (default 0.1,0.2,0.5), PCTS (the shipped uniform,
 # pyramid, ada, layer, kvx and kvx-hybrid plans run, default 10 20 50),
 # LIMIT (answer the first N items only), TIME (stop each process after
-# so many seconds, default none), PYTHON.
+# so many seconds, default none), GPUS (devices to spread the processes
+# over, e.g. "0 1"; default the one CUDA picks), PYTHON.
 set -eu
 
 [ $# -ge 3 ] || { echo "usage: kvpress_all.sh MODEL ITEMS OUTDIR [TEXT ...]" >&2
@@ -31,7 +32,14 @@ plans() {	# plans PCT: the shipped plans at PCT% kept
 }
 mkdir -p "$out"
 
-# groups of presses of about equal cost, then the plans by share kept
+# The perplexity protocol: one process per group of presses of about
+# equal cost, then per share of the plans (each needs the full cache as
+# its reference, so each runs it).  The task items cost far more: one
+# process per press (all its shares) and question mode, the plans by
+# share in two halves, the full cache once per mode (the others run
+# with --no-full).
+presses="snapkv snapkv-kvx ada-snapkv criticalada-snapkv expected-attention
+ada-expected-attention kvzip pyramidkv streamingllm tova knorm"
 groups="snapkv,snapkv-kvx ada-snapkv,criticalada-snapkv
 expected-attention,ada-expected-attention kvzip
 pyramidkv,streamingllm tova,knorm"
@@ -39,32 +47,55 @@ for p in $pcts; do
 	groups="$groups plans-$p"
 done
 
+slot=0
 run() {	# run NAME ARGS...: one process, its log beside its CSV
 	name=$1
 	shift
+	if [ -n "${GPUS:-}" ]; then
+		# shellcheck disable=SC2086
+		CUDA_VISIBLE_DEVICES=$(echo $GPUS | tr ' ' '\n' |
+		    sed -n "$((slot % $(echo $GPUS | wc -w) + 1))p")
+		export CUDA_VISIBLE_DEVICES
+	fi
 	# shellcheck disable=SC2086
 	$stop $py "$top/bench/peers/kvpress_eval.py" --model "$model" --kept "$kept" \
 	    "$@" >"$out/$name.log" 2>&1 || echo "kvpress_all.sh: $name failed" >&2
 }
 
+tasks() {	# tasks NAME SEL...: the items in both question modes
+	name=$1
+	shift
+	for q in after inside; do
+		# shellcheck disable=SC2068
+		slot=$((slot + 1))
+		run "tasks-$q-$name" $@ --items "$items" --question $q $limit \
+		    --tasks-csv "$out/tasks-$q-$name.csv" &
+	done
+}
+
 i=0
-for g in $groups; do
-	i=$((i + 1))
-	case $g in
-	plans-*)
-		sel="--presses= --plan $(plans "${g#plans-}")" ;;
-	*)
-		sel="--presses=$g" ;;
-	esac
-	if [ $# -gt 0 ]; then
+if [ $# -gt 0 ]; then
+	for g in $groups; do
+		i=$((i + 1))
+		case $g in
+		plans-*)
+			sel="--presses= --plan $(plans "${g#plans-}")" ;;
+		*)
+			sel="--presses=$g" ;;
+		esac
+		slot=$((slot + 1))
 		# shellcheck disable=SC2086
 		run "ppl-$i" $sel --text "$@" --ppl-csv "$out/ppl-$i.csv" &
-	fi
-	for q in after inside; do
-		# shellcheck disable=SC2086
-		run "tasks-$q-$i" $sel --items "$items" --question $q $limit \
-		    --tasks-csv "$out/tasks-$q-$i.csv" &
 	done
+fi
+tasks 00-full --presses=
+for s in $presses; do
+	tasks "$s" --presses="$s" --no-full
+done
+for p in $pcts; do
+	set -- $(plans "$p")
+	tasks "plans-$p-a" --presses= --no-full --plan "$1" "$2" "$3"
+	tasks "plans-$p-b" --presses= --no-full --plan "$4" "$5" "$6"
 done
 wait
 

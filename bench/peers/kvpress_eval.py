@@ -47,6 +47,10 @@ def parse_args(argv):
     p.add_argument("--device", default="cuda")
     p.add_argument("--limit", type=int, default=0,
                    help="answer only the first N items (0: all)")
+    p.add_argument("--no-full", action="store_true",
+                   help="task items only: leave out the full-cache run "
+                   "(another process answers it); kv_bytes_full is then "
+                   "computed from the model's shape")
     p.add_argument("--dry-run", action="store_true",
                    help="list the work and exit, without torch")
     a = p.parse_args(argv)
@@ -67,6 +71,9 @@ def parse_args(argv):
         p.error("--text needs --ppl-csv")
     if a.items and not a.tasks_csv:
         p.error("--items needs --tasks-csv")
+    if a.no_full and a.text:
+        p.error("--no-full: the perplexity protocol needs the full cache "
+                "as its reference")
     for f in [a.model] + a.text + a.plan + ([a.items] if a.items else []):
         if not os.path.isfile(f):
             p.error("%s: no such file" % f)
@@ -320,7 +327,7 @@ def make_press(K, name, r):
 def presses(a, torch, F, kvpress):
     """(name, method, budget, press) for every press, share and plan;
     the full cache first with press None."""
-    out = [("full", "full", "1", None)]
+    out = [] if a.no_full else [("full", "full", "1", None)]
     for kept in a.kept:
         r = round(1.0 - kept, 6)
         for s in a.presses:
@@ -351,6 +358,15 @@ def kv_bytes(cache, model, press):
     d = model.config.hidden_size // model.config.num_attention_heads
     d = getattr(model.config, "head_dim", None) or d
     return n * d * 2 * 4
+
+
+def kv_bytes_full(model, n):
+    """K+V bytes of n tokens in every layer, float32, as kv_bytes counts
+    the full cache."""
+    c = model.config
+    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kvh = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return n * c.num_hidden_layers * kvh * d * 2 * 4
 
 
 def prefill(torch, model, ids, press):
@@ -490,7 +506,9 @@ def run_tasks(a, torch, tok, model, runs):
                 total += len(refs)
                 answers.append(ans)
             if kb_full is None:
-                kb_full = kb
+                kb_full = kb if make is None else kv_bytes_full(
+                    model, len(ctx) + (len(qs[0]) if a.question == "inside"
+                                       else 0))
             ans = " | ".join(answers).replace("\n", " ").replace('"', '""')
             f.write('%s,%s,%s,%s,%s,%d,%d,%.6f,%d,%d,"%s"\n' % (
                 name, method, budget, a.question, it["task"], it["length"],
