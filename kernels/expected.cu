@@ -358,8 +358,21 @@ ea_norm_k(const float *lg, int n, int s0, float *ms)
 	}
 }
 
-/* Thread per key t < nc of segment blockIdx.y: the group's weights
- * reduced, times the value's norm. */
+/* log(exp(a) + exp(b)): sel_logaddexp of select.h. */
+static __device__ __forceinline__ float
+ea_logaddexp(float a, float b)
+{
+	float hi = fmaxf(a, b), lo = fminf(a, b);
+
+	if (hi == -INFINITY)
+		return hi;
+	return hi + log1pf(expf(lo - hi));
+}
+
+/* Thread per key t < nc of segment blockIdx.y: the logarithms of the
+ * group's weights reduced, plus that of the value's norm (sel_ea_score:
+ * logarithms, so that far keys keep their order instead of underflowing
+ * to ties). */
 template <typename T>
 __global__ void
 ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
@@ -374,18 +387,19 @@ ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
 	for (h = 0; h < g; h++) {
 		int row = s * g + h;
 
-		p = t < s0 ? 0.0f : expf(lg[(size_t)row * n + t] -
-		    ms[2 * row]) / ms[2 * row + 1];
-		acc = h == 0 ? p : gqa == 1 ? fmaxf(acc, p) : acc + p;
+		p = t < s0 ? -INFINITY : lg[(size_t)row * n + t] -
+		    (ms[2 * row] + logf(ms[2 * row + 1]));
+		acc = h == 0 ? p : gqa == 1 ? fmaxf(acc, p) :
+		    ea_logaddexp(acc, p);
 	}
-	if (gqa != 1)
-		acc /= (float)g;
+	if (gqa != 1 && g > 1)
+		acc -= logf((float)g);
 	if (vnorm) {
 		const T *vt = v + (size_t)t * ldk + (size_t)s * d;
 
 		for (x = 0.0f, i = 0; i < d; i++)
 			x += ld(vt + i) * ld(vt + i);
-		acc *= sqrtf(x);
+		acc += 0.5f * logf(x);
 	}
 	score[(size_t)s * sstride + t] = acc;
 }

@@ -77,8 +77,8 @@ int	 kvx_cuda_score_q(const float *d_q, long long qhs, long long qps,
 	    size_t scratch_bytes, float *d_score, cudaStream_t stream);
 /*
  * Twin of sel_pool: pools the n[s] - w scores of each segment (at
- * d_in + soff[s]) with odd kernel ks into d_out + soff[s].  d_in and
- * d_out must not overlap.
+ * d_in + soff[s]) with odd kernel ks into d_out + soff[s]; pool is enum
+ * plan_pool or SEL_POOL_LOGAVG (3).  d_in and d_out must not overlap.
  */
 int	 kvx_cuda_pool(const float *d_in, const long long *d_soff,
 	    const int *d_n, int nseg, int max_n, int w, int ks, int pool,

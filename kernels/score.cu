@@ -549,13 +549,15 @@ kvx_cuda_score(const float *q, const void *k, int dtype, const long long *koff,
 	    stream);
 }
 
-/* Pooling of each segment's scores, the window clipped at the borders. */
+/* Pooling of each segment's scores, the window clipped at the borders;
+ * kind 0 max, 1 average, 3 the logarithm of the average of exponentials
+ * (SEL_POOL_LOGAVG). */
 static __global__ void
 pool_k(const float *in, const long long *soff, const int *nrow, int w, int r,
-    int avg, float *out)
+    int kind, float *out)
 {
 	int s = blockIdx.y, n = nrow[s] - w, t = blockIdx.x * blockDim.x +
-	    threadIdx.x, lo, hi, i;
+	    threadIdx.x, lo, hi, i, avg = kind == 1;
 	const float *a = in + soff[s];
 	float acc;
 
@@ -566,6 +568,13 @@ pool_k(const float *in, const long long *soff, const int *nrow, int w, int r,
 	acc = avg ? 0.0f : a[lo];
 	for (i = lo; i <= hi; i++)
 		acc = avg ? acc + a[i] : fmaxf(acc, a[i]);
+	if (kind == 3 && acc > -INFINITY) {
+		float mx = acc;
+
+		for (acc = 0.0f, i = lo; i <= hi; i++)
+			acc += expf(a[i] - mx);
+		acc = mx + logf(acc / (float)(hi - lo + 1));
+	}
 	out[soff[s] + t] = avg ? acc / (float)(hi - lo + 1) : acc;
 }
 

@@ -407,6 +407,20 @@ prof_ea(struct prof_run *r, const kv_seg *sg, int l, int h, const float *wa,
 	    r->o->gqa, cov + (size_t)g * D * D, r->score);
 }
 
+/* Expected Attention's log scores as weights, to the scale of the
+ * largest: the attention-mass objective sums them. */
+static void
+ea_linear(float *a, int n)
+{
+	float mx = -INFINITY;
+	int i;
+
+	for (i = 0; i < n; i++)
+		mx = a[i] > mx ? a[i] : mx;
+	for (i = 0; i < n; i++)
+		a[i] = mx == -INFINITY ? 0.0f : expf(a[i] - mx);
+}
+
 /*
  * Add one head's output-objective curve to sum: the errors at the budget
  * checkpoints, interpolated over the grid and normalised by xn.
@@ -542,17 +556,21 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 		else
 			sel_score(sw + (size_t)h * g * ew * r->D, sg->k, np, ew,
 			    g, r->D, scale, o->gqa, r->score);
-		sel_pool(r->score, nc, o->pool_kernel, o->pool, r->pooled);
+		sel_pool(r->score, nc, o->pool_kernel, sel_pool_kind(o->scorer,
+		    o->pool), r->pooled);
 		/* the runtime selects a sliding-window layer's rows among the
 		 * last ones only: the earlier candidates come last */
 		for (i = 0; i < np - sel_window_rows(r->m->L[l].window, np) &&
 		    i < nc; i++)
-			r->pooled[i] = 0;
+			r->pooled[i] = o->scorer == PLAN_SCORER_EA ? -INFINITY :
+			    0;
 		if (o->objective != PROF_OBJ_MASS) {
 			add_output_curve(r, l, h, wq, w, rows, nr, sg, s, nc, m,
 			    xn, sum);
 			continue;
 		}
+		if (o->scorer == PLAN_SCORER_EA)
+			ea_linear(r->pooled, nc);
 		for (i = 0; i < nc; i++)
 			z += r->pooled[i];
 		for (i = 0; i < s; i++)

@@ -283,8 +283,8 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 		if (P->scorer == PLAN_SCORER_EA) {
 			ea_head(dst, ss, ss->len, nv, l, h, wq, w, pw,
 			    sc.sinks);
-			sel_pool(dst->score, nv - pw, P->pool_kernel, P->pool,
-			    pooled);
+			sel_pool(dst->score, nv - pw, P->pool_kernel,
+			    sel_pool_kind(P->scorer, P->pool), pooled);
 			continue;
 		}
 		if (P->scorer == PLAN_SCORER_KVZIP) {

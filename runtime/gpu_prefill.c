@@ -296,7 +296,8 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 		    1.0f / sqrtf((float)D), P->gqa, PTAB(g, soff), g->sscr,
 		    g->sscr_bytes, g->score, g->stream));
 	CK(kvx_cuda_pool(g->score, PTAB(g, soff), PTAB(g, n), Hkv, nv, sc.pw,
-	    P->pool_kernel, P->pool, g->pooled, g->stream));
+	    P->pool_kernel, sel_pool_kind(P->scorer, P->pool), g->pooled,
+	    g->stream));
 	if ((rc = mark(g, l, 1)) != KVX_OK)
 		return rc;
 

@@ -225,7 +225,16 @@ sel_pool(const float *in, int n, int ks, int pool, float *out)
 	for (t = 0; t < n; t++) {
 		lo = t - r < 0 ? 0 : t - r;
 		hi = t + r >= n ? n - 1 : t + r;
-		if (pool == PLAN_POOL_AVG) {
+		if (pool == SEL_POOL_LOGAVG) {
+			float mx = -INFINITY, s = 0.0f;
+
+			for (i = lo; i <= hi; i++)
+				mx = in[i] > mx ? in[i] : mx;
+			for (i = lo; mx > -INFINITY && i <= hi; i++)
+				s += expf(in[i] - mx);
+			out[t] = mx == -INFINITY ? mx :
+			    mx + logf(s / (float)(hi - lo + 1));
+		} else if (pool == PLAN_POOL_AVG) {
 			double s = 0.0;
 
 			for (i = lo; i <= hi; i++)
@@ -240,6 +249,13 @@ sel_pool(const float *in, int n, int ks, int pool, float *out)
 			out[t] = mx;
 		}
 	}
+}
+
+int
+sel_pool_kind(int scorer, int pool)
+{
+	return scorer == PLAN_SCORER_EA && pool == PLAN_POOL_AVG ?
+	    SEL_POOL_LOGAVG : pool;
 }
 
 /*
@@ -650,7 +666,7 @@ sel_ea_score(const float *mu, const float *cov, const float *k,
 {
 	float scale = 1.0f / sqrtf((float)d), half = 0.5f / (float)d;
 	size_t cs = e->cov == PLAN_COV_DIAG ? (size_t)d : (size_t)d * d;
-	float mx, il, p;
+	float mx, lz, p;
 	double l;
 	int h, t;
 
@@ -673,24 +689,24 @@ sel_ea_score(const float *mu, const float *cov, const float *k,
 		l = 0;
 		for (t = s0; t < n; t++)
 			l += vexp1(tmp[t] - mx);
-		il = (float)(1.0 / l);
+		lz = mx + logf((float)l);
 		for (t = 0; t < nc; t++) {
-			/* the sinks are kept whatever their score: 0 keeps
+			/* the sinks are kept whatever their score: -inf keeps
 			 * their weight from spreading through the pooling */
-			p = t < s0 ? 0.0f : vexp1(tmp[t] - mx) * il;
+			p = t < s0 ? -INFINITY : tmp[t] - lz;
 			if (h == 0)
 				score[t] = p;
 			else if (gqa == PLAN_GQA_MAX)
 				score[t] = p > score[t] ? p : score[t];
 			else
-				score[t] += p;
+				score[t] = sel_logaddexp(score[t], p);
 		}
 	}
 	for (t = 0; t < nc; t++) {
-		if (gqa != PLAN_GQA_MAX)
-			score[t] /= (float)g;
+		if (gqa != PLAN_GQA_MAX && g > 1)
+			score[t] -= logf((float)g);
 		if (e->vnorm)
-			score[t] *= sqrtf(vdot(v + (size_t)t * d,
+			score[t] += 0.5f * logf(vdot(v + (size_t)t * d,
 			    v + (size_t)t * d, d));
 	}
 }

@@ -12,6 +12,7 @@
 #ifndef KVX_SELECT_H
 #define KVX_SELECT_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,9 +90,32 @@ int		 sel_keep(const sel_counts *c, int share);
  */
 void		 sel_score(const float *q, const float *k, int n, int w, int g,
 		     int d, float scale, int gqa, float *score);
-/* 1-D pooling of in[0..n) with odd kernel ks, same length, zero-free
- * edges (window clipped at the borders).  pool: enum plan_pool. */
+/*
+ * 1-D pooling of in[0..n) with odd kernel ks, same length, zero-free
+ * edges (window clipped at the borders).  pool: enum plan_pool, or
+ * SEL_POOL_LOGAVG: in holds logarithms and out receives the logarithm of
+ * the average of their exponentials (-inf where all are -inf).
+ */
 void		 sel_pool(const float *in, int n, int ks, int pool, float *out);
+#define SEL_POOL_LOGAVG	3
+/*
+ * The pooling kind for scorer's scores under pool (enum plan_pool), the
+ * one rule of the CPU, the GPU and the planner: Expected Attention's
+ * scores are logarithms, so its average pools their exponentials
+ * (SEL_POOL_LOGAVG); max and none are the same in either domain.
+ */
+int		 sel_pool_kind(int scorer, int pool);
+/* log(exp(a) + exp(b)) without overflow or underflow: the one formula of
+ * the CPU and GPU Expected Attention scores. */
+static inline float
+sel_logaddexp(float a, float b)
+{
+	float hi = a > b ? a : b, lo = a > b ? b : a;
+
+	if (hi == -INFINITY)
+		return hi;
+	return hi + log1pf(expf(lo - hi));
+}
 /*
  * Indices of the k largest of score[0..n), ties to the lower index,
  * written in increasing index order.  0 <= k <= n.
@@ -142,14 +166,17 @@ typedef struct sel_ea {
 void		 sel_ea_stats(const float *q, const int32_t *pos, int w,
 		     int d, int n, const sel_ea *e, float *mu, float *cov);
 /*
- * score[t] for t in [0, nc): the expected softmax weight of key t under a
- * Gaussian query of each of the g heads' statistics (mu g x d, cov as
- * sel_ea_stats gives it, per head), the log-normal moment
- * exp(mu.k / sqrt(d) + k^T Sigma k / (2 d)), normalised over the keys
- * [s0, n) (the sinks before s0 would dominate the sum); averaged
- * (PLAN_GQA_MEAN) or maximised over the g heads, then times |v_t| when
- * vnorm.  The sinks t < s0 score 0.  K and V are n x d; tmp holds n
- * floats.  Needs 0 <= s0 < n and nc <= n.
+ * score[t] for t in [0, nc): the logarithm of the expected softmax
+ * weight of key t under a Gaussian query of each of the g heads'
+ * statistics (mu g x d, cov as sel_ea_stats gives it, per head), the
+ * log-normal moment exp(mu.k / sqrt(d) + k^T Sigma k / (2 d)), normalised
+ * over the keys [s0, n) (the sinks before s0 would dominate the sum);
+ * averaged (PLAN_GQA_MEAN, by sel_logaddexp) or maximised over the g
+ * heads, then times |v_t| when vnorm.  Logarithms, because the weights
+ * of keys far from the query's mean underflow in a float (a logit
+ * spread past 87), and their order, which selection needs, would be lost
+ * to ties at the underflow.  The sinks t < s0 score -inf.  K and V are n
+ * x d; tmp holds n floats.  Needs 0 <= s0 < n and nc <= n.
  */
 void		 sel_ea_score(const float *mu, const float *cov,
 		     const float *k, const float *v, int n, int nc, int s0,
