@@ -7,7 +7,8 @@
  * Every text is prefilled once with a full cache; each plan then
  * compresses that prefill (kvx_compress_from) and runs the continuation,
  * so a plan costs its compression and its continuation only, and every
- * plan sees exactly the same prefill.
+ * plan sees exactly the same prefill.  Where the device has no
+ * kvx_compress_from, each plan's context prefills the same tokens.
  */
 #include "config.h"
 
@@ -127,14 +128,45 @@ pred_row(const float *last, const float *rows, int i, int V)
 	return i == 0 ? last : rows + (size_t)(i - 1) * V;
 }
 
+/* The tokens of src's last prefill: a context whose device has no
+ * kvx_compress_from prefills them itself. */
+static struct {
+	const int32_t	*ids;
+	int		 n;
+} shared;
+
+/* Prefill n tokens into src's sequence 0, which the plans start from. */
+static kvx_status
+prefill_src(kvx_ctx *src, const int32_t *ids, int n, float *last)
+{
+	shared.ids = ids;
+	shared.n = n;
+	kvx_seq_clear(src, 0);
+	return kvx_prefill(src, 0, ids, n, last);
+}
+
+/* Compress the prefill in src into e's empty sequence 0: from src's cache
+ * where the device can, else by a prefill of the same tokens under e's
+ * plan (the same result, at the cost of a prefill). */
+static kvx_status
+compress_into(struct entry *e, kvx_ctx *src)
+{
+	kvx_status rc;
+
+	kvx_seq_clear(e->ctx, 0);
+	rc = kvx_compress_from(e->ctx, 0, src, 0);
+	if (rc == KVX_ERR_UNSUPPORTED)
+		rc = kvx_prefill(e->ctx, 0, shared.ids, shared.n, NULL);
+	return rc;
+}
+
 /* Compress the prefill in src into e's context; *kv gets its bytes. */
 static void
 restore(struct entry *e, kvx_ctx *src, uint64_t *kv)
 {
 	kvx_memory mem;
 
-	kvx_seq_clear(e->ctx, 0);
-	if (kvx_compress_from(e->ctx, 0, src, 0) != KVX_OK)
+	if (compress_into(e, src) != KVX_OK)
 		fail(EXIT_RUN, "%s: %s", e->name, kvx_errmsg());
 	if (kvx_ctx_memory(e->ctx, &mem) != KVX_OK)
 		fail(EXIT_RUN, "%s", kvx_errmsg());
@@ -199,8 +231,7 @@ eval_text(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
 	if (last == NULL || frows == NULL || rows == NULL)
 		fail(EXIT_RUN, "out of memory");
 	progress("text %d/%d: prefill of %d tokens", ti + 1, n_text, N);
-	kvx_seq_clear(src, 0);
-	if (kvx_prefill(src, 0, t->ids, N, last) != KVX_OK)
+	if (prefill_src(src, t->ids, N, last) != KVX_OK)
 		fail(EXIT_RUN, "%s: %s", t->path, kvx_errmsg());
 	for (i = 0; i < n_ent; i++) {
 		progress("text %d/%d: %s", ti + 1, n_text, ents[i].name);
@@ -347,16 +378,13 @@ eval_passkey(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
 				    "question-aware" : "question-agnostic");
 				n = build_haystack(m, prose, f, needle, nn,
 				    aware ? q : NULL, nq, depths[di], ids);
-				kvx_seq_clear(src, 0);
-				if (kvx_prefill(src, 0, ids, n, last) != KVX_OK)
+				if (prefill_src(src, ids, n, last) != KVX_OK)
 					fail(EXIT_RUN, "pass key: %s",
 					    kvx_errmsg());
 				for (i = 0; i < n_ent; i++) {
 					struct entry *e = &ents[i];
 
-					kvx_seq_clear(e->ctx, 0);
-					if (kvx_compress_from(e->ctx, 0, src,
-					    0) != KVX_OK)
+					if (compress_into(e, src) != KVX_OK)
 						fail(EXIT_RUN, "%s: %s",
 						    e->name, kvx_errmsg());
 					if (aware)
@@ -510,9 +538,7 @@ eval_tasks(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
 			r->item = it;
 		}
 		if (!inside) {
-			kvx_seq_clear(src, 0);
-			if (kvx_prefill(src, 0, t->ids, t->n_ids, NULL) !=
-			    KVX_OK)
+			if (prefill_src(src, t->ids, t->n_ids, NULL) != KVX_OK)
 				fail(EXIT_RUN, "%s: %s", t->id, kvx_errmsg());
 		}
 		for (q = nq = 0; q < t->n_q; nq += t->q[q++].n_ref) {
@@ -521,9 +547,8 @@ eval_tasks(kvx_model *m, kvx_ctx *src, struct entry *ents, int n_ent,
 				memcpy(ids, t->ids, sizeof *ids * t->n_ids);
 				memcpy(ids + t->n_ids, tq->ids,
 				    sizeof *ids * tq->n_ids);
-				kvx_seq_clear(src, 0);
-				if (kvx_prefill(src, 0, ids, t->n_ids +
-				    tq->n_ids, logits) != KVX_OK)
+				if (prefill_src(src, ids, t->n_ids + tq->n_ids,
+				    logits) != KVX_OK)
 					fail(EXIT_RUN, "%s: %s", t->id,
 					    kvx_errmsg());
 			}
