@@ -44,7 +44,8 @@ enum {
 	EX_MODEL = 3,
 	EX_CORPUS = 4,
 	EX_INFEASIBLE = 5,
-	EX_EXISTS = 6
+	EX_EXISTS = 6,
+	EX_DEVICE = 7
 };
 
 struct cli {
@@ -151,6 +152,8 @@ static const char *const gqas[] = { "mean", "max", NULL };
 static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
 static const char *const objectives[] = { "output", "mass", "output-abs",
 	NULL };
+/* In the order of KVX_DEVICE_AUTO, _CPU, _GPU. */
+static const char *const devices[] = { "auto", "cpu", "gpu", NULL };
 
 #define OFF(m)	offsetof(struct cli, m)
 
@@ -199,6 +202,10 @@ static const struct opt options[] = {
 	{ .name = "profile-span", .kind = OPT_INT, .arg = "N", .lo = 0,
 	    .hi = 1 << 24, .dst = OFF(po.span),
 	    .help = "local attention span; 0: full; default 512" },
+	{ .name = "device", .kind = OPT_WORD, .arg = "D",
+	    .dst = OFF(po.device), .names = devices, .noun = "device",
+	    .help = "where profiling runs: auto (default: the GPU\n"
+	    "when usable), cpu or gpu" },
 	{ .name = "objective", .kind = OPT_WORD, .arg = "O",
 	    .dst = OFF(po.objective), .names = objectives, .noun = "objective",
 	    .help = "output, mass or output-abs (default)" },
@@ -588,12 +595,17 @@ get_profile(struct cli *c, kvx_model *m, profile **prof)
 	if (c->corpus.n == 0)
 		return EX_OK;
 	c->po.progress = !c->quiet && isatty(STDERR_FILENO);
+	if ((rc = profile_device(m, c->po.device, &c->po.device)) != KVX_OK)
+		return die(EX_DEVICE, "%s", kvx_errmsg());
 	rc = profile_run(m, c->corpus.v, c->corpus.n, &c->po, prof);
 	if (rc == KVX_ERR_ARG || rc == KVX_ERR_IO)
 		return die(EX_CORPUS, "%s (give more calibration text with -c, "
 		    "or lower --sample-tokens)", kvx_errmsg());
 	if (rc == KVX_ERR_UNSUPPORTED)
 		return die(EX_BADUSE, "%s", kvx_errmsg());
+	if (rc == KVX_ERR_DEVICE)
+		return die(EX_DEVICE, "profiling on the GPU: %s",
+		    kvx_errmsg());
 	if (rc != KVX_OK)
 		return die(EX_RUNTIME, "profiling: %s", kvx_errmsg());
 	if (c->save_prof != NULL &&

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "arch.h"
+#include "backend.h"
 #include "kvcache.h"
 #include "kvzip.h"
 #include "model.h"
@@ -62,6 +63,9 @@ struct prof_run {
 	int		*order;		/* candidates, best pooled first */
 	float		*prob;		/* one query's softmax */
 	double		*err;		/* [checkpoint] */
+	double		 hook_s;	/* seconds in the hook (scores and
+					   curves), the rest being the
+					   forward */
 };
 
 /* Window queries evaluated for the output objective: every OUT_STRIDE-th
@@ -91,6 +95,43 @@ prof_opts_init(prof_opts *o)
 	o->objective = PROF_OBJ_ABS;
 	o->probes = 4;
 	o->probe_share = 0.25;
+	o->device = KVX_DEVICE_AUTO;
+}
+
+/* Resolve device to the CPU or the GPU (profile.h says how). */
+kvx_status
+profile_device(const kvx_model *m, int device, int *out)
+{
+	const ctx_ops *gpu = gpu_ops_get();
+	const char *e = getenv("KVX_DEVICE");
+	int usable;
+
+	*out = KVX_DEVICE_CPU;
+	if (device == KVX_DEVICE_CPU)
+		return KVX_OK;
+	if (device != KVX_DEVICE_AUTO && device != KVX_DEVICE_GPU)
+		return kvx__fail(KVX_ERR_ARG, "device %d is not one of 0 "
+		    "(auto), 1 (CPU), 2 (GPU)", device);
+	usable = gpu != NULL && gpu->profile != NULL && gpu->available();
+	if (device == KVX_DEVICE_AUTO) {
+		if (usable && (e == NULL || strcmp(e, "cpu") != 0) &&
+		    gpu->runs(m))
+			*out = KVX_DEVICE_GPU;
+		return KVX_OK;
+	}
+	if (gpu == NULL || gpu->profile == NULL)
+		return kvx__fail(KVX_ERR_DEVICE, "--device gpu: libkvx was "
+		    "built without CUDA (configure --with-cuda, or use "
+		    "--device cpu)");
+	if (!usable)
+		return kvx__fail(KVX_ERR_DEVICE, "--device gpu: no CUDA "
+		    "device is usable (use --device cpu)");
+	if (!gpu->runs(m))
+		return kvx__fail(KVX_ERR_DEVICE, "--device gpu: the GPU "
+		    "forward does not run this model's shapes (use --device "
+		    "cpu)");
+	*out = KVX_DEVICE_GPU;
+	return KVX_OK;
 }
 
 /* Release a profile and clear the pointer. */
@@ -507,7 +548,7 @@ prof_kvzip_scores(struct prof_run *r, int l, int h, int np, int nc, int s)
  * the answer's tokens but the last.
  */
 static kvx_status
-prof_hook(void *arg, int seq, int l, const float *wq, int w,
+score_layer(void *arg, int seq, int l, const float *wq, int w,
     const float *xw)
 {
 	struct prof_run *r = arg;
@@ -598,6 +639,20 @@ prof_hook(void *arg, int seq, int l, const float *wq, int w,
 	return KVX_OK;
 }
 
+/* The forward's layer hook: score_layer, timed. */
+static kvx_status
+prof_hook(void *arg, int seq, int l, const float *wq, int w,
+    const float *xw)
+{
+	struct prof_run *r = arg;
+	double t0 = kvx__now();
+	kvx_status rc;
+
+	rc = score_layer(arg, seq, l, wq, w, xw);
+	r->hook_s += kvx__now() - t0;
+	return rc;
+}
+
 /* Check the options against the model and the forward's limits. */
 static kvx_status
 check_opts(const prof_opts *o)
@@ -669,12 +724,15 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	uint64_t st, pst;
 	size_t cells;
 	probe pr;
-	int n_probe = 0, done_probes;
+	int n_probe = 0, done_probes, dev;
+	const ctx_ops *gpu = NULL;
+	void *be = NULL;
 
 	*out = NULL;
 	memset(&r, 0, sizeof r);
 	memset(&pr, 0, sizeof pr);
-	if ((rc = check_opts(o)) != KVX_OK)
+	if ((rc = check_opts(o)) != KVX_OK ||
+	    (rc = profile_device(m, o->device, &dev)) != KVX_OK)
 		return rc;
 	if (n_files < 1)
 		return kvx__fail(KVX_ERR_ARG, "no calibration text");
@@ -784,6 +842,18 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	if ((rc = fw_scratch_new(m, pool, T, T, &scr)) != KVX_OK)
 		goto done;
 	r.kv = kv;
+	if (dev == KVX_DEVICE_GPU) {
+		kvx_ctx_params cp;
+
+		kvx_ctx_params_init(&cp);
+		cp.n_ctx = T;
+		cp.decode_headroom = 0;
+		cp.device = KVX_DEVICE_GPU;
+		gpu = gpu_ops_get();
+		if ((rc = gpu->create(m, NULL, &cp, &be)) != KVX_OK)
+			goto done;
+	}
+	p->device = dev;
 
 	st = o->seed;
 	pst = o->seed ^ 0x70726f6265ULL;
@@ -833,13 +903,17 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		    (rc = prof_kvzip(&r, pool, scr, b.ids, r.n - r.extra, seq,
 		    pos)) != KVX_OK)
 			goto done;
-		if ((rc = model_forward(m, kv, scr, &b)) != KVX_OK)
+		rc = be != NULL ? gpu->profile(be, &b, kv) :
+		    model_forward(m, kv, scr, &b);
+		if (rc != KVX_OK)
 			goto done;
 	}
 	if (o->progress)
 		fprintf(stderr, "\rkvx-plan: profiled %d samples of %d tokens "
-		    "(%d with probes) in %.1f s\n", o->samples, Tr, n_probe,
-		    kvx__now() - t0);
+		    "(%d with probes) on the %s in %.1f s, %.1f s of it "
+		    "scoring and curves\n", o->samples, Tr, n_probe,
+		    dev == KVX_DEVICE_GPU ? "GPU" : "CPU", kvx__now() - t0,
+		    r.hook_s);
 	for (i = 0; i < (int)cells; i++) {
 		p->R[i] /= o->samples - n_probe;
 		if (p->Rr != NULL)
@@ -857,12 +931,15 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 				p->Rr[k] = p->Rr[k - 1];
 		}
 	p->seconds = kvx__now() - t0;
+	p->hook_seconds = r.hook_s;
 	*out = p;
 	p = NULL;
 done:
 	if (rc != KVX_OK && o->progress)
 		fputc('\n', stderr);
 	profile_free(&p);
+	if (be != NULL)
+		gpu->destroy(&be);
 	kv_free(&kv);
 	fw_scratch_free(&scr);
 	pool_free(&pool);

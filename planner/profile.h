@@ -64,6 +64,9 @@ typedef struct prof_opts {
 	double		 probe_share;	/* share of the samples that are
 					   retrieval probes (0.25); 0: none */
 	int		 progress;	/* progress lines on stderr */
+	int		 device;	/* where the forward runs:
+					   KVX_DEVICE_AUTO (default), _CPU or
+					   _GPU (profile_device) */
 } prof_opts;
 
 typedef struct profile {
@@ -80,10 +83,23 @@ typedef struct profile {
 	double		*R;		/* [n_layer][n_head_kv][grid] prose */
 	double		*Rr;		/* the same, retrieval; or NULL */
 	double		 seconds;	/* profiling wall time */
+	double		 hook_seconds;	/* of it, scoring and curves */
+	int		 device;	/* where the forward ran:
+					   KVX_DEVICE_CPU or _GPU */
 } profile;
 
 /* Fill opts with the defaults above. */
 void		 prof_opts_init(prof_opts *);
+
+/*
+ * Where the lightweight variant's forward runs for device: auto takes the
+ * GPU when libkvx has CUDA, a device is usable and the GPU forward runs
+ * the model, unless the environment sets KVX_DEVICE=cpu (as contexts do),
+ * else the CPU.  KVX_ERR_DEVICE, saying why, when the GPU is asked for
+ * and cannot be used.  The scores and curves are computed on the CPU
+ * either way, from the K/V and queries the forward hands over.
+ */
+kvx_status	 profile_device(const kvx_model *, int device, int *out);
 
 /*
  * Profile the model on the calibration files: tokenize them, draw the

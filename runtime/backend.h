@@ -12,6 +12,7 @@
 
 #include "kvx.h"
 #include "kvcache.h"
+#include "model.h"
 
 typedef struct ctx_ops {
 	const char	*name;
@@ -38,6 +39,13 @@ typedef struct ctx_ops {
 	/* seconds the prefills spent scoring and selecting for the plan;
 	   NULL where the device does not measure it */
 	double		 (*select_seconds)(const void *);
+	/* kvx-plan's lightweight variant of one sequence at positions 0 ..
+	   b->n - 1 (model_forward's batch with its hook, window, span and
+	   no_head; no logits): each layer's K/V go into kv's empty
+	   segments of sequence b->seq[0] and the hook reads them there, as
+	   after model_forward's layers.  NULL where the device does not
+	   profile */
+	kvx_status	 (*profile)(void *, const fw_batch *b, kv_cache *kv);
 } ctx_ops;
 
 extern const ctx_ops cpu_ops;

@@ -702,6 +702,10 @@ att_tok_work(void *arg, int ith, int nth)
 		size_t qo = ((size_t)t * mi->n_head + (size_t)h * g) * D;
 		int lo = window_start(sg, vis, j->b->pos[t], j->window);
 
+		/* profiling's local attention, as att_gemm_work's */
+		if (j->b->span > 0 && t < j->b->n - j->b->window &&
+		    vis - j->b->span > lo)
+			lo = vis - j->b->span;
 		attn_gqa(j->s->q + qo, g, D, sg->k + (size_t)lo * D,
 		    sg->v + (size_t)lo * D, vis - lo, (size_t)D, scale, scr,
 		    j->s->att + qo);

@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..42"
+echo "1..44"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -157,6 +157,18 @@ err 2 "unexpected argument 'stray'" "a word that belongs to no option" -- \
     -m "$KVX_MODEL" --method uniform stray
 err 2 "--grid: '1' is not an integer in \[2, " "a number out of range" -- \
     -m "$KVX_MODEL" --grid 1
+# --device gpu where no GPU can be used: exit 7 (test-plan-gpu.sh compares
+# the devices where one can)
+if nvidia-smi -L 2>/dev/null | grep -q '^GPU' &&
+    grep -q '^#define HAVE_CUDA 1' "$top_builddir/config.h" 2>/dev/null; then
+	ok 0 "--device gpu without a usable GPU # SKIP a GPU is usable here"
+else
+	err 7 "--device gpu: .*use --device cpu)$" \
+	    "--device gpu without a usable GPU" -- -m "$KVX_MODEL" -c "$gpl" \
+	    $fast --device gpu
+fi
+err 2 "unknown device 'tpu' (auto, cpu or gpu)" "an unknown device" -- \
+    -m "$KVX_MODEL" -c "$gpl" --device tpu
 
 # --- the manual documents the options -h lists, and no others ----------------
 help=$("$plan" -h | sed -n 's/^ *\(-[a-zA-Z], \)\{0,1\}--\([a-z-]*\).*/\2/p' |
