@@ -119,6 +119,23 @@ int	 kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
 	    int vnorm, int gqa, void *d_scratch, float *d_score,
 	    long long sstride, cudaStream_t stream);
 
+/* --- 1c. KVzip scoring -------------------------------------------------- */
+/*
+ * Twin of kvzip_score (runtime/kvzip.c) from the logits of the repeat
+ * pass's attention: nmat matrices (a KV head's query group) of rows x
+ * ncol scaled logits, matrix i at d_s + i*rows*ncol, where row r sees
+ * columns up to col0 + r and, with win > 0, only the last win of them,
+ * as kvx_cuda_softmax_causal masks them.  For each column c < n,
+ * max-merges into d_score[c] (which holds a weight, >= 0) the largest
+ * softmax weight (over the row's visible columns) that rows r0 .. rows -
+ * 1 of any matrix give it.  d_scratch holds kvx_cuda_kvzip_scratch(nmat,
+ * rows) bytes.
+ */
+size_t	 kvx_cuda_kvzip_scratch(int nmat, int rows);
+int	 kvx_cuda_kvzip_max(const float *d_s, int nmat, int rows, int ncol,
+	    int col0, int win, int r0, int n, void *d_scratch, float *d_score,
+	    cudaStream_t stream);
+
 /* --- 2. per-head top-k selection ---------------------------------------- */
 /*
  * Twin of sel_select: for each segment, from its pooled scores at

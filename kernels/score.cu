@@ -590,6 +590,111 @@ kvx_cuda_pool(const float *in, const long long *soff, const int *n, int nseg,
 	if (nseg > 65535)
 		return KVX_CUDA_EINVAL;
 	pool_k<<<dim3((max_n - w + 255) / 256, nseg), 256, 0, stream>>>(in,
-	    soff, n, w, r, pool == 1, out);
+	    soff, n, w, r, pool, out);
+	return launched();
+}
+
+/* --- KVzip: the largest attention weight from the repeat pass ----------- */
+
+/*
+ * The visible columns [lo, vis) of row r, as softmax_causal_k (forward.cu)
+ * masks them: the causal limit col0 + r and, with win > 0, the window.
+ */
+static __device__ __forceinline__ void
+kz_cols(int r, int ncol, int col0, int win, int *lo, int *vis)
+{
+	*vis = col0 + r + 1;
+	*lo = win > 0 && *vis - win > 0 ? *vis - win : 0;
+	if (*vis > ncol)
+		*vis = ncol;
+}
+
+/* One block a scored row (matrix i, row r0 + j): the max of its visible
+ * logits and the inverse of the sum of their exponentials. */
+static __global__ void
+kvzip_stats_k(const float *s, int rows, int ncol, int col0, int win, int r0,
+    float2 *st)
+{
+	__shared__ float red[32];
+	int nr = rows - r0, i = blockIdx.x / nr, r = r0 + blockIdx.x % nr;
+	int lo, vis, c;
+	size_t base = ((size_t)i * rows + r) * ncol;
+	float mx = -INFINITY, sm = 0.0f;
+
+	kz_cols(r, ncol, col0, win, &lo, &vis);
+	for (c = lo + threadIdx.x; c < vis; c += blockDim.x)
+		mx = fmaxf(mx, s[base + c]);
+	mx = block_max(mx, red);
+	for (c = lo + threadIdx.x; c < vis; c += blockDim.x)
+		sm += expf(s[base + c] - mx);
+	sm = block_sum(sm, red);
+	if (threadIdx.x == 0)
+		st[blockIdx.x] = make_float2(mx, sm > 0.0f ? 1.0f / sm : 0.0f);
+}
+
+/* Scored rows a block of kvzip_max_k takes. */
+#define KZ_ROWS 16
+
+/*
+ * A thread a column and a block KZ_ROWS of the scored rows (of all the
+ * matrices, matrix by matrix): the column's largest weight over them,
+ * max-merged into score[c].  The weights are not negative, so their
+ * bits order as ints do and atomicMax merges the blocks.
+ */
+static __global__ void
+kvzip_max_k(const float *s, int rows, int ncol, int col0, int win, int r0,
+    int n, int nrow, const float2 *st, float *score)
+{
+	int c = blockIdx.x * blockDim.x + threadIdx.x, nr = rows - r0;
+	int k, x, i, r, lo, vis;
+	float best = 0.0f;
+
+	if (c >= n)
+		return;
+	for (k = 0; k < KZ_ROWS; k++) {
+		x = blockIdx.y * KZ_ROWS + k;
+		if (x >= nrow)
+			break;
+		i = x / nr;
+		r = r0 + x % nr;
+		kz_cols(r, ncol, col0, win, &lo, &vis);
+		if (c < lo || c >= vis)
+			continue;
+		best = fmaxf(best, expf(s[((size_t)i * rows + r) * ncol + c] -
+		    st[x].x) * st[x].y);
+	}
+	if (best > 0.0f)
+		atomicMax((int *)&score[c], __float_as_int(best));
+}
+
+extern "C" size_t
+kvx_cuda_kvzip_scratch(int nmat, int rows)
+{
+	return sizeof(float2) * (size_t)(nmat > 0 ? nmat : 0) *
+	    (size_t)(rows > 0 ? rows : 0);
+}
+
+/* Twin of kvzip_score given the logits: the rows' statistics, then a
+ * thread a column for each KZ_ROWS of the rows. */
+extern "C" int
+kvx_cuda_kvzip_max(const float *s, int nmat, int rows, int ncol, int col0,
+    int win, int r0, int n, void *scratch, float *score,
+    cudaStream_t stream)
+{
+	long long nb = (long long)nmat * (rows - r0);
+	int e;
+
+	if (nmat < 1 || rows < 1 || ncol < 1 || col0 < 0 || win < 0 ||
+	    r0 < 0 || n > ncol || nb > 65535LL * KZ_ROWS)
+		return KVX_CUDA_EINVAL;
+	if (nb <= 0 || n <= 0)
+		return 0;
+	kvzip_stats_k<<<(unsigned)nb, 256, 0, stream>>>(s, rows, ncol, col0,
+	    win, r0, (float2 *)scratch);
+	if ((e = launched()) != 0)
+		return e;
+	kvzip_max_k<<<dim3((n + 255) / 256, (unsigned)((nb + KZ_ROWS - 1) /
+	    KZ_ROWS)), 256, 0, stream>>>(s, rows, ncol, col0, win, r0, n,
+	    (int)nb, (const float2 *)scratch, score);
 	return launched();
 }

@@ -52,21 +52,20 @@ kvx_ctx_free(kvx_ctx **pc)
 
 /*
  * Resolve the device to a back end: auto takes the GPU when the library has
- * CUDA, a device is usable, the GPU forward runs the model and the GPU
- * runs the plan's scorer (kvzip's repeat pass runs on the CPU only),
- * unless the environment sets KVX_DEVICE=cpu; the CPU otherwise.
+ * CUDA, a device is usable and the GPU forward runs the model (every
+ * scorer runs there), unless the environment sets KVX_DEVICE=cpu; the
+ * CPU otherwise.
  */
 static kvx_status
 pick_device(kvx_ctx *c)
 {
 	const ctx_ops *gpu = gpu_ops_get();
 	const char *e = getenv("KVX_DEVICE");
-	int kvzip = c->plan != NULL && c->plan->scorer == PLAN_SCORER_KVZIP;
 
 	switch (c->p.device) {
 	case KVX_DEVICE_AUTO:
 		if (gpu != NULL && (e == NULL || strcmp(e, "cpu") != 0) &&
-		    !kvzip && gpu->available() && gpu->runs(c->m)) {
+		    gpu->available() && gpu->runs(c->m)) {
 			c->p.device = KVX_DEVICE_GPU;
 			c->ops = gpu;
 		} else {
@@ -84,10 +83,6 @@ pick_device(kvx_ctx *c)
 		if (!gpu->available())
 			return kvx__fail(KVX_ERR_DEVICE, "a GPU context was "
 			    "asked for but no CUDA device is usable");
-		if (kvzip)
-			return kvx__fail(KVX_ERR_UNSUPPORTED, "the GPU path "
-			    "does not run the kvzip scorer (use a CPU "
-			    "context)");
 		c->ops = gpu;
 		return KVX_OK;
 	}
@@ -223,7 +218,7 @@ kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src, int sseq)
 		    "different models");
 	if (dst->ops != src->ops || dst->ops->compress_from == NULL)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from "
-		    "works between CPU contexts only");
+		    "works between contexts on the same device only");
 	t0 = kvx__now();
 	rc = dst->ops->compress_from(dst->be, dseq, src->be, sseq);
 	dst->prefill_s += kvx__now() - t0;
@@ -281,6 +276,12 @@ const kv_cache *
 ctx_kv(const kvx_ctx *c)
 {
 	return c->ops == &cpu_ops ? cpu_kv(c->be) : NULL;
+}
+
+struct gpu_ctx *
+ctx_gpu(const kvx_ctx *c)
+{
+	return c->ops != &cpu_ops ? c->be : NULL;
 }
 
 const kvx_plan *

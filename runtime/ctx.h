@@ -8,7 +8,11 @@
 #include "kvx.h"
 #include "kvcache.h"
 
+struct gpu_ctx;
+
 const kv_cache	*ctx_kv(const kvx_ctx *);
+/* The GPU back end's state of a GPU context, NULL for a CPU one. */
+struct gpu_ctx	*ctx_gpu(const kvx_ctx *);
 const kvx_plan	*ctx_plan(const kvx_ctx *);
 
 #endif

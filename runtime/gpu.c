@@ -103,6 +103,7 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->cnt);
 	cudaFree(g->widx);
 	cudaFree(g->tab);
+	gpu__kvzip_free(g);
 	cudaFree(g->d_step);
 	cudaFree(g->pm);
 	cudaFree(g->pl);
@@ -501,6 +502,30 @@ gpu_seq_len(const gpu_ctx *g, int s)
 	return g->npos[s];
 }
 
+/* The K rows of segment (s, l, h) as floats, at most cap of them. */
+kvx_status
+gpu_seg_keys(gpu_ctx *g, int s, int l, int h, float *k, int cap, int *len)
+{
+	const gseg *sg = seg_at(g, s, l, h);
+	size_t i, n = (size_t)(sg->len < cap ? sg->len : cap) * g->D;
+	uint16_t *hk;
+
+	*len = sg->len;
+	if ((hk = kvx__malloc_array(n + 1, sizeof(uint16_t))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	if (cudaStreamSynchronize(g->stream) != cudaSuccess ||
+	    cudaMemcpy(hk, g->kbase + sg->off * 2, n * 2,
+	    cudaMemcpyDeviceToHost) != cudaSuccess) {
+		free(hk);
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: segment copy failed",
+		    __FILE__, __LINE__);
+	}
+	for (i = 0; i < n; i++)
+		k[i] = kvx__h2f(hk[i]);
+	free(hk);
+	return KVX_OK;
+}
+
 /* Copy sequence src's cache into the empty sequence dst. */
 kvx_status
 gpu_seq_copy(gpu_ctx *g, int dst, int src)
@@ -627,6 +652,12 @@ ops_decode(void *g, int n, const int *seqs, const int32_t *ids,
 }
 
 static kvx_status
+ops_compress_from(void *g, int seq, const void *src, int sseq)
+{
+	return gpu_compress_from(g, seq, src, sseq);
+}
+
+static kvx_status
 ops_seq_clear(void *g, int seq)
 {
 	return gpu_seq_clear(g, seq);
@@ -654,6 +685,18 @@ ops_runs(const kvx_model *m)
 	return 0;
 }
 
+/* Seconds of the kvzip passes and their selection (the prefills' only
+ * selection measured without synchronising every layer), else -1. */
+static double
+ops_select_seconds(const void *g)
+{
+	const gpu_ctx *c = g;
+
+	if (c->plan == NULL || c->plan->scorer != PLAN_SCORER_KVZIP)
+		return -1.0;
+	return c->kz_s;
+}
+
 static const ctx_ops gpu_ops = {
 	.name = "gpu",
 	.available = gpu_available,
@@ -663,10 +706,11 @@ static const ctx_ops gpu_ops = {
 	.prefill = ops_prefill,
 	.extend = ops_extend,
 	.decode = ops_decode,
-	.compress_from = NULL,
+	.compress_from = ops_compress_from,
 	.seq_clear = ops_seq_clear,
 	.seq_len = ops_seq_len,
 	.memory = ops_memory,
+	.select_seconds = ops_select_seconds,
 };
 
 const ctx_ops *

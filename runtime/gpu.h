@@ -44,10 +44,16 @@ kvx_status	 gpu_extend(gpu_ctx *, int seq, const int32_t *ids, int n,
 		     float *logits);
 kvx_status	 gpu_decode(gpu_ctx *, int n, const int *seqs,
 		     const int32_t *ids, float *logits);
+kvx_status	 gpu_compress_from(gpu_ctx *, int seq, const gpu_ctx *src,
+		     int sseq);
 kvx_status	 gpu_seq_clear(gpu_ctx *, int seq);
 int		 gpu_seq_len(const gpu_ctx *, int seq);
 kvx_status	 gpu_memory(const gpu_ctx *, kvx_memory *);
 
+/* Tests: the K rows of segment (s, l, h) as floats, at most cap rows of
+ * head_dim, and how many it holds in *len. */
+kvx_status	 gpu_seg_keys(gpu_ctx *, int s, int l, int h, float *k,
+		     int cap, int *len);
 /* Benchmarks: copy sequence src's cache into the empty sequence dst. */
 kvx_status	 gpu_seq_copy(gpu_ctx *, int dst, int src);
 /* Benchmarks: timing on or off; head != 0 runs the LM head on decode even

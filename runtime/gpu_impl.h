@@ -17,6 +17,7 @@
 
 #include "../kernels/kvx_cuda.h"
 #include "gpu.h"
+#include "kvzip.h"
 #include "model.h"
 #include "select.h"
 #include "worklist.h"
@@ -44,6 +45,32 @@ typedef struct gchunk {
 	char		*base;	/* K half; V half at base + half */
 	size_t		 top, live;
 } gchunk;
+
+/*
+ * KVzip's scores that the repeat pass's attention max-merges (gpu__attn):
+ * KV head h's at score + h*hstride, for the first n key rows, the
+ * weights of the batch's last w queries; scr is kvx_cuda_kvzip_max's
+ * scratch.
+ */
+typedef struct gpu_kzs {
+	float		*score;
+	long long	 hstride;
+	int		 n, w;
+	void		*scr;
+} gpu_kzs;
+
+/*
+ * A layer's prompt K/V where its selection reads them: rows
+ * [row][Hkv][D] of fp16, row 0 the token at position row0 (the first
+ * rows a sliding-window layer may not hold), and, for a kvzip plan, the
+ * scores of those rows (KV head h's at kz + h*kzs).
+ */
+typedef struct gpu_src {
+	const char	*k, *v;
+	int		 row0;
+	const float	*kz;
+	long long	 kzs;
+} gpu_src;
 
 typedef struct glayer {
 	void		*wqkv, *wo, *wgu, *wd;	/* fp16 */
@@ -105,6 +132,19 @@ struct gpu_ctx {
 						   counts, their scratch */
 	void		*tab;		/* small per-layer tables */
 	int		 tab_first;	/* the first row they score */
+	/* kvzip: every layer's prompt K/V and the repeat pass's rows,
+	   [layer][zrows][Hkv][D] fp16, the scores [layer][Hkv][zrows], the
+	   requests, the batches' ids, the kernel's scratch */
+	void		*zk, *zv, *zst;
+	float		*zs;
+	int		*zid;
+	int		 zrows, zid_n, zreq_ok;
+	kvzip_req	 zreq;
+	int32_t		**pids;		/* per sequence: its prefill's ids, for
+					   kvx_compress_from from it */
+	int		*pids_n;	/* and their count */
+	double		 kz_s;		/* wall seconds of kvzip passes and
+					   their selection */
 	/* decode step tables */
 	char		*h_step, *d_step;
 	size_t		 step_cap, dstep_room;	/* bytes of h_step, d_step */
@@ -172,6 +212,24 @@ void		 gpu__blk_free(gpu_ctx *, int s, int l);
 kvx_status	 gpu__blk_alloc(gpu_ctx *, int s, int l, const int *caps);
 kvx_status	 gpu__blk_move(gpu_ctx *, int s, int l, const int *caps);
 kvx_status	 gpu__regrow(void **p, size_t bytes);
+
+/* gpu_prefill.c */
+kvx_status	 gpu__ensure_prefill(gpu_ctx *, int n);
+kvx_status	 gpu__attn(gpu_ctx *, int l, const void *kt, const void *vt,
+		     int p0, int T, const gpu_kzs *);
+
+/* gpu_kvzip.c */
+kvx_status	 gpu__kvzip_ensure(gpu_ctx *, int n);
+kvx_status	 gpu__kvzip_pass(gpu_ctx *, const int32_t *ids, int n,
+		     const int *np);
+void		 gpu__kvzip_src(const gpu_ctx *, int l, int n, int np,
+		     gpu_src *);
+void		 gpu__kvzip_free(gpu_ctx *);
+kvx_status	 gpu__kvzip_keep_ids(gpu_ctx *, int s, const int32_t *ids,
+		     int n);
+kvx_status	 gpu__kvzip_load(gpu_ctx *, const gpu_ctx *src, int ss, int n,
+		     int *np);
+
 
 /* gpu.c: the forward's buffers and layers */
 kvx_status	 gpu__ensure_fw(gpu_ctx *, int t);

@@ -72,8 +72,8 @@ ea_floats(const gpu_ctx *g, int n, size_t *cov_at, size_t *u_at,
 }
 
 /* Prefill buffers for n prompt tokens. */
-static kvx_status
-ensure_prefill(gpu_ctx *g, int n)
+kvx_status
+gpu__ensure_prefill(gpu_ctx *g, int n)
 {
 	size_t N = (size_t)n, qb = N < QBLK ? N : QBLK, G = g->H / g->Hkv;
 	size_t kvr = N * g->Hkv * g->D * 2, sbytes, a, b, c;
@@ -119,29 +119,38 @@ ensure_prefill(gpu_ctx *g, int n)
 }
 
 /*
- * Causal attention of the n prompt tokens at layer l, over the K/V
- * scratch, into att.  A sliding-window layer's block of queries from t0
- * multiplies only the keys from t0 - window + 1 on, and the softmax
- * masks each row to its window.
+ * Causal attention at layer l of the T queries in q, at rows p0 .. p0 +
+ * T - 1 of the keys and values kt, vt (rows [row][Hkv][D], fp16), over
+ * the rows up to their own, into att.  A sliding-window layer's block of
+ * queries from row a0 multiplies only the keys from a0 - window + 1 on,
+ * and the softmax masks each row to its window.  With kz, the softmax
+ * weights that the last kz->w queries give the first kz->n rows are
+ * max-merged into KVzip's scores (kvx_cuda_kvzip_max).
  */
-static kvx_status
-prefill_attn(gpu_ctx *g, int l, int n)
+kvx_status
+gpu__attn(gpu_ctx *g, int l, const void *kt, const void *vt, int p0, int T,
+    const gpu_kzs *kz)
 {
 	int G = g->H / g->Hkv, D = g->D, win = g->m->L[l].window;
-	int t0, k0, rows, nk, j;
+	int t0, a0, k0, rows, nk, j, r0;
 	float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;
 	long long sS;
 
-	CK(kvx_cuda_f2h(g->q, g->qh, (size_t)n * g->H * D, g->stream));
-	for (t0 = 0; t0 < n; t0 += QBLK) {
-		rows = n - t0 < QBLK ? n - t0 : QBLK;
-		k0 = win > 0 && t0 - win + 1 > 0 ? t0 - win + 1 : 0;
-		nk = t0 + rows - k0;
+	CK(kvx_cuda_f2h(g->q, g->qh, (size_t)T * g->H * D, g->stream));
+	for (t0 = 0; t0 < T; t0 += QBLK) {
+		rows = T - t0 < QBLK ? T - t0 : QBLK;
+		a0 = p0 + t0;
+		k0 = win > 0 && a0 - win + 1 > 0 ? a0 - win + 1 : 0;
+		nk = a0 + rows - k0;
 		sS = (long long)rows * nk;
+		/* the rows of this block that score, and the columns of
+		   the rows they score */
+		r0 = kz != NULL ? T - kz->w - t0 : rows;
+		r0 = r0 < 0 ? 0 : r0;
 		for (j = 0; j < g->Hkv; j++) {
-			const char *kj = (const char *)g->kt + ((size_t)k0 *
+			const char *kj = (const char *)kt + ((size_t)k0 *
 			    g->Hkv + j) * D * 2;
-			const char *vj = (const char *)g->vt + ((size_t)k0 *
+			const char *vj = (const char *)vt + ((size_t)k0 *
 			    g->Hkv + j) * D * 2;
 			const char *qj = (const char *)g->qh +
 			    ((size_t)t0 * g->H + (size_t)j * G) * D * 2;
@@ -151,8 +160,13 @@ prefill_attn(gpu_ctx *g, int l, int n)
 			    g->Hkv * D, 0, qj, CUDA_R_16F, g->H * D, D, &zero,
 			    g->S, CUDA_R_32F, nk, sS, G, CUBLAS_COMPUTE_32F,
 			    CUBLAS_GEMM_DEFAULT));
-			CK(kvx_cuda_softmax_causal(g->S, G, rows, nk, t0 - k0,
+			CK(kvx_cuda_softmax_causal(g->S, G, rows, nk, a0 - k0,
 			    win, g->P, g->stream));
+			if (r0 < rows && kz->n - k0 > 0)
+				CK(kvx_cuda_kvzip_max(g->S, G, rows, nk,
+				    a0 - k0, win, r0, kz->n - k0 < nk ?
+				    kz->n - k0 : nk, kz->scr, kz->score +
+				    j * kz->hstride + k0, g->stream));
 			CB(cublasGemmStridedBatchedEx(g->blas, CUBLAS_OP_N,
 			    CUBLAS_OP_N, D, rows, nk, &one, vj, CUDA_R_16F,
 			    g->Hkv * D, 0, g->P, CUDA_R_16F, nk, sS, &zero,
@@ -181,7 +195,7 @@ mark(gpu_ctx *g, int l, int i)
  * over the keys.
  */
 static kvx_status
-ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc)
+ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc, const gpu_src *src)
 {
 	const kvx_plan *P = g->plan;
 	int D = g->D, H = g->H, G = H / g->Hkv;
@@ -201,8 +215,8 @@ ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc)
 	    g->stream));
 	/* the keys the layer may keep, from row sc->first */
 	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, w, nq,
-	    (const char *)g->kt + (size_t)sc->first * g->Hkv * D * 2,
-	    (const char *)g->vt + (size_t)sc->first * g->Hkv * D * 2,
+	    src->k + (size_t)(sc->first - src->row0) * g->Hkv * D * 2,
+	    src->v + (size_t)(sc->first - src->row0) * g->Hkv * D * 2,
 	    KVX_CUDA_F16, g->Hkv, n - sc->first, n - sc->first - sc->pw,
 	    sc->sinks, G, D, g->Hkv * D, P->ea_vnorm, P->gqa, base + lg_at,
 	    g->score, n, g->stream));
@@ -210,17 +224,38 @@ ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc)
 }
 
 /*
- * Compress layer l of sequence s (its n rows in the K/V scratch, the
- * rotated queries in q) to the plan, into a new block: all rows without
- * a plan, else the selection with the counts of sel_rule, scored by the
- * plan's scorer, as cpu.c's select_layer.  Scoring reads the window
+ * KVzip's scores of the layer's candidates into g->score (KV head h's at
+ * h*n, as the table's soff): those of the repeat pass, from the first row
+ * the layer keeps, with the sinks' set to 0 as cpu.c's select_layer does
+ * (they are kept whatever their score).
+ */
+static kvx_status
+kz_score(gpu_ctx *g, const sel_counts *sc, int n, const gpu_src *src)
+{
+	size_t pitch = (size_t)n * sizeof(float);
+
+	CK(cudaMemcpy2DAsync(g->score, pitch, src->kz + (sc->first -
+	    src->row0), (size_t)src->kzs * sizeof(float), (size_t)(n -
+	    sc->first - sc->pw) * sizeof(float), g->Hkv,
+	    cudaMemcpyDeviceToDevice, g->stream));
+	if (sc->sinks > 0)
+		CK(cudaMemset2DAsync(g->score, pitch, 0, (size_t)sc->sinks *
+		    sizeof(float), g->Hkv, g->stream));
+	return KVX_OK;
+}
+
+/*
+ * Compress layer l of sequence s (its n rows in src, the rotated queries
+ * in q) to the plan, into a new block: all rows without a plan, else the
+ * selection with the counts of sel_rule, scored by the plan's scorer, as
+ * cpu.c's select_layer.  Scoring reads the window
  * queries where they are; the table entries that depend only on n go up once, at layer 0,
  * and each static layer adds one upload of its budgets and offsets.  A
  * hybrid layer's budgets and offsets come from kvx_cuda_hybrid_split
  * instead, and its segments' lengths from hybrid_finish.
  */
 static kvx_status
-prefill_select(gpu_ctx *g, int s, int l, int n)
+prefill_select(gpu_ctx *g, int s, int l, int n, const gpu_src *src)
 {
 	const kvx_plan *P = g->plan;
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, hr = g->p.decode_headroom;
@@ -237,7 +272,8 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	if (P == NULL || n <= 1) {
 		/* the full cache, too, keeps a sliding-window layer's window
 		   only: rows from first on */
-		int nv = sel_window_rows(g->m->L[l].window, n), first = n - nv;
+		int nv = sel_window_rows(g->m->L[l].window, n);
+		int first = n - nv - src->row0;
 
 		for (h = 0; h < Hkv; h++)
 			caps[h] = nv + hr;
@@ -247,11 +283,11 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 			gseg *sg = seg_at(g, s, l, h);
 
 			CK(cudaMemcpy2DAsync(g->kbase + sg->off * 2, rb,
-			    (char *)g->kt + ((size_t)first * Hkv + h) * rb,
+			    src->k + ((size_t)first * Hkv + h) * rb,
 			    Hkv * rb, rb, nv, cudaMemcpyDeviceToDevice,
 			    g->stream));
 			CK(cudaMemcpy2DAsync(g->vbase + sg->off * 2, rb,
-			    (char *)g->vt + ((size_t)first * Hkv + h) * rb,
+			    src->v + ((size_t)first * Hkv + h) * rb,
 			    Hkv * rb, rb, nv, cudaMemcpyDeviceToDevice,
 			    g->stream));
 			sg->len = nv;
@@ -265,12 +301,13 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 	if (sel_rule(P, l, n, window(n), Hkv, &sc) != 0)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "%d KV heads", Hkv);
 	/* a sliding-window layer scores and keeps its last nv rows, from
-	   row sc.first: their keys' offsets and count go up when they
-	   differ from the last layer's */
+	   row sc.first (of src, row sc.first - src->row0): their keys'
+	   offsets and count go up when they differ from the last layer's */
 	nv = n - sc.first;
-	if (l == 0 || sc.first != g->tab_first) {
+	if (l == 0 || sc.first - src->row0 != g->tab_first) {
 		for (h = 0; h < Hkv; h++) {
-			tl[0][h] = ((long long)sc.first * Hkv + h) * D;
+			tl[0][h] = ((long long)(sc.first - src->row0) * Hkv +
+			    h) * D;
 			tl[1][h] = (long long)h * n;
 			cnt[h] = nv;
 		}
@@ -282,16 +319,19 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 			    g->stream));
 		CK(cudaMemcpyAsync(PTAB(g, n), cnt, Hkv * sizeof(int),
 		    cudaMemcpyHostToDevice, g->stream));
-		g->tab_first = sc.first;
+		g->tab_first = sc.first - src->row0;
 	}
 	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
 	   positions H*D apart */
 	if (P->scorer == PLAN_SCORER_EA) {
-		if ((rc = ea_score(g, l, n, &sc)) != KVX_OK)
+		if ((rc = ea_score(g, l, n, &sc, src)) != KVX_OK)
+			return rc;
+	} else if (P->scorer == PLAN_SCORER_KVZIP) {
+		if ((rc = kz_score(g, &sc, n, src)) != KVX_OK)
 			return rc;
 	} else
 		CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
-		    (long long)g->H * D, g->kt, KVX_CUDA_F16, PTAB(g, koff),
+		    (long long)g->H * D, src->k, KVX_CUDA_F16, PTAB(g, koff),
 		    PTAB(g, n), Hkv, nv, G, sc.pw, D, Hkv * D,
 		    1.0f / sqrtf((float)D), P->gqa, PTAB(g, soff), g->sscr,
 		    g->sscr_bytes, g->score, g->stream));
@@ -344,7 +384,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n)
 		CK(cudaMemcpyAsync(g->widx + (size_t)l * Hkv * n, g->idx,
 		    (size_t)Hkv * n * sizeof(int), cudaMemcpyDeviceToDevice,
 		    g->stream));
-	CK(kvx_cuda_gather(g->kt, g->vt, g->kbase, g->vbase, KVX_CUDA_F16, D,
+	CK(kvx_cuda_gather(src->k, src->v, g->kbase, g->vbase, KVX_CUDA_F16, D,
 	    Hkv * D, D, PTAB(g, koff), PTAB(g, lay.dst), g->idx,
 	    PTAB(g, soff), g->cnt, Hkv, maxc, g->stream));
 	if ((rc = mark(g, l, 3)) != KVX_OK)
@@ -463,17 +503,80 @@ win_record(gpu_ctx *g, int s, int n)
 	return KVX_OK;
 }
 
+/*
+ * A kvzip plan's compression of sequence s after the prefill of the n
+ * tokens ids, layer l's last np[l] in the pass's buffers: the repeat pass
+ * scores them, then each layer is selected from there.  Its wall time,
+ * the device synchronised around it, is the prefill's selection time
+ * (g->kz_s), as the CPU counts it.
+ */
+static kvx_status
+kvzip_compress(gpu_ctx *g, int s, const int32_t *ids, int n, const int *np)
+{
+	double t0;
+	kvx_status rc;
+	gpu_src src;
+	int l;
+
+	CK(cudaStreamSynchronize(g->stream));
+	t0 = kvx__now();
+	if ((rc = gpu__kvzip_pass(g, ids, n, np)) != KVX_OK)
+		return rc;
+	for (l = 0; l < g->L; l++) {
+		gpu__kvzip_src(g, l, n, np[l], &src);
+		if ((rc = prefill_select(g, s, l, n, &src)) != KVX_OK)
+			return rc;
+	}
+	CK(cudaStreamSynchronize(g->stream));
+	g->kz_s += kvx__now() - t0;
+	return KVX_OK;
+}
+
+/*
+ * The forward of the n prompt tokens through every layer: each layer's
+ * K/V go to the scratch and are compressed right after its attention,
+ * or, for a kvzip plan (kz set), go to the repeat pass's buffers, which
+ * keep every layer's.
+ */
+static kvx_status
+prefill_layers(gpu_ctx *g, int s, int n, int kz)
+{
+	gpu_src src = { (const char *)g->kt, (const char *)g->vt, 0, NULL, 0 };
+	kvx_status rc;
+	int l;
+
+	for (l = 0; l < g->L; l++) {
+		if (kz)
+			gpu__kvzip_src(g, l, n, n, &src);
+		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
+			return rc;
+		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
+		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL,
+		    (void *)src.k, (void *)src.v, g->stream));
+		if ((rc = gpu__attn(g, l, src.k, src.v, 0, n, NULL)) != KVX_OK)
+			return rc;
+		if (!kz && (rc = prefill_select(g, s, l, n, &src)) != KVX_OK)
+			return rc;
+		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
+			return rc;
+	}
+	return KVX_OK;
+}
+
 /* The prefill of gpu_prefill, without the bookkeeping on failure. */
 static kvx_status
 prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 {
-	int *pos, l, i;
+	int *pos, *np, l, i;
+	int kz = g->plan != NULL && g->plan->scorer == PLAN_SCORER_KVZIP &&
+	    n > 1;
 	double t0 = 0.0;
 	float ms[3];
 	kvx_status rc;
 
 	if ((rc = gpu__ensure_fw(g, n)) != KVX_OK ||
-	    (rc = ensure_prefill(g, n)) != KVX_OK)
+	    (rc = gpu__ensure_prefill(g, n)) != KVX_OK ||
+	    (kz && (rc = gpu__kvzip_ensure(g, n)) != KVX_OK))
 		return rc;
 	if ((pos = kvx__malloc_array((size_t)n, sizeof(int))) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
@@ -504,24 +607,25 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 	free(pos);
 	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->m->desc->embd_scale ?
 	    sqrtf((float)g->E) : 1.0f, g->x, g->stream));
-	for (l = 0; l < g->L; l++) {
-		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
-			return rc;
-		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
-		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL, g->kt,
-		    g->vt, g->stream));
-		if ((rc = prefill_attn(g, l, n)) != KVX_OK)
-			return rc;
-		if ((rc = prefill_select(g, s, l, n)) != KVX_OK)
-			return rc;
-		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
-			return rc;
-	}
+	if ((rc = prefill_layers(g, s, n, kz)) != KVX_OK)
+		return rc;
 	if (logits != NULL) {
 		if ((rc = gpu__lm_head(g, n - 1, 1)) != KVX_OK)
 			return rc;
 		CK(cudaMemcpyAsync(logits, g->logits, (size_t)g->V * 4,
 		    cudaMemcpyDeviceToHost, g->stream));
+	}
+	/* every layer holds the whole prompt */
+	if (kz) {
+		if ((np = kvx__malloc_array((size_t)g->L, sizeof(int))) ==
+		    NULL)
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		for (l = 0; l < g->L; l++)
+			np[l] = n;
+		rc = kvzip_compress(g, s, ids, n, np);
+		free(np);
+		if (rc != KVX_OK)
+			return rc;
 	}
 	CK(cudaStreamSynchronize(g->stream));
 	if ((rc = hybrid_finish(g, s, n)) != KVX_OK ||
@@ -555,7 +659,78 @@ gpu_prefill(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 		if (ids[i] < 0 || ids[i] >= g->V)
 			return kvx__fail(KVX_ERR_ARG, "token id %d out of range "
 			    "[0, %d)", ids[i], g->V);
-	if ((rc = prefill_run(g, s, ids, n, logits)) != KVX_OK) {
+	/* a full cache's prompt, which kvx_compress_from repeats */
+	if ((g->plan == NULL &&
+	    (rc = gpu__kvzip_keep_ids(g, s, ids, n)) != KVX_OK) ||
+	    (rc = prefill_run(g, s, ids, n, logits)) != KVX_OK) {
+		gpu_seq_clear(g, s);
+		return rc;
+	}
+	g->npos[s] = n;
+	return KVX_OK;
+}
+
+/* The compression of gpu_compress_from, without the bookkeeping on
+ * failure. */
+static kvx_status
+compress_run(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
+{
+	kvx_status rc;
+	gpu_src zs;
+	int *np, l;
+
+	if ((rc = gpu__ensure_fw(g, n)) != KVX_OK ||
+	    (rc = gpu__ensure_prefill(g, n)) != KVX_OK ||
+	    (rc = gpu__kvzip_ensure(g, n)) != KVX_OK)
+		return rc;
+	if ((np = kvx__malloc_array((size_t)g->L, sizeof(int))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	if ((rc = gpu__kvzip_load(g, src, ss, n, np)) == KVX_OK) {
+		if (n > 1)
+			rc = kvzip_compress(g, s, src->pids[ss], n, np);
+		for (l = 0; n <= 1 && rc == KVX_OK && l < g->L; l++) {
+			gpu__kvzip_src(g, l, n, np[l], &zs);
+			rc = prefill_select(g, s, l, n, &zs);
+		}
+	}
+	free(np);
+	if (rc != KVX_OK)
+		return rc;
+	CK(cudaStreamSynchronize(g->stream));
+	if ((rc = hybrid_finish(g, s, n)) != KVX_OK)
+		return rc;
+	return win_record(g, s, n);
+}
+
+/*
+ * Sequence ss of src, a full cache's prefill (neither extended nor
+ * decoded since), compressed into the empty sequence s of g by g's
+ * kvzip plan: the prompt's K/V are copied into g's pass buffers and the
+ * repeat pass runs there, as after a prefill by g.  Other scorers need
+ * the prefill's window queries, which a GPU context does not keep.  On
+ * failure sequence s is left empty.
+ */
+kvx_status
+gpu_compress_from(gpu_ctx *g, int s, const gpu_ctx *src, int ss)
+{
+	int n = src->npos[ss];
+	kvx_status rc;
+
+	if (g->plan == NULL || g->plan->scorer != PLAN_SCORER_KVZIP)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from "
+		    "between GPU contexts needs a kvzip plan (the GPU keeps "
+		    "no window queries)");
+	if (src->plan != NULL || n < 1 || src->pids == NULL ||
+	    src->pids_n[ss] != n)
+		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: source "
+		    "sequence %d holds no uncompressed prefill", ss);
+	if (g->npos[s] != 0)
+		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: sequence %d "
+		    "is not empty", s);
+	if (n > g->p.n_ctx)
+		return kvx__fail(KVX_ERR_CAPACITY, "source holds %d tokens, "
+		    "beyond the context size %d", n, g->p.n_ctx);
+	if ((rc = compress_run(g, s, src, ss, n)) != KVX_OK) {
 		gpu_seq_clear(g, s);
 		return rc;
 	}

@@ -95,6 +95,8 @@ kvzip_req_new(const kvx_model *m, int prompt, kvzip_req *r)
 		kvzip_req_free(r);
 		if (rc != KVX_ERR_UNSUPPORTED)
 			return rc;
+		/* no template: the plain request, and no error left behind */
+		kvx__clear_error();
 	}
 	n = snprintf(buf, sizeof buf, "\n\n%s\n", req_first);
 	if ((rc = encode(m, buf, (size_t)n, &r->first, &r->n_first)) !=

@@ -12,6 +12,7 @@
 
 #include "../kernels/kvx_cuda.h"
 #include "attn.h"
+#include "kvzip.h"
 #include "worklist.h"
 #include "plan.h"
 #include "select.h"
@@ -1111,6 +1112,165 @@ test_ea(int rep)
 	free(gsc);
 }
 
+/*
+ * Naive KVzip score in double: the largest softmax weight that any of the
+ * last w of the T query rows of g heads (head i's row r at q + (i*T +
+ * r)*d, at key position p0 + r, seeing the keys up to its own and, with
+ * win > 0, only the last win of them) gives each of the p0 prompt keys,
+ * max-merged into ref.  lg holds p0 + T doubles.
+ */
+static void
+kvzip_naive(const float *q, const float *k, int g, int T, int w, int p0,
+    int d, int win, float scale, double *lg, float *ref)
+{
+	int i, r, t, lo, pos, c;
+	double mx, sum, p;
+
+	for (i = 0; i < g; i++)
+		for (r = T - w; r < T; r++) {
+			pos = p0 + r;
+			lo = win > 0 && pos - win + 1 > 0 ? pos - win + 1 : 0;
+			mx = -INFINITY;
+			for (t = lo; t <= pos; t++) {
+				lg[t] = 0.0;
+				for (c = 0; c < d; c++)
+					lg[t] += (double)q[((size_t)i * T + r) *
+					    d + c] * k[(size_t)t * d + c];
+				lg[t] *= scale;
+				if (lg[t] > mx)
+					mx = lg[t];
+			}
+			for (sum = 0.0, t = lo; t <= pos; t++)
+				sum += exp(lg[t] - mx);
+			for (t = lo; t < p0; t++) {
+				p = exp(lg[t] - mx) / sum;
+				if (p > ref[t])
+					ref[t] = (float)p;
+			}
+		}
+}
+
+/* Elements of a that differ from b by more than 2e-5 relative (1e-7
+ * absolute for weights near 0), and the largest relative difference. */
+static int
+kvzip_diff(const float *a, const float *b, int n, double *worst)
+{
+	int t, bad = 0;
+	double e;
+
+	for (t = 0; t < n; t++) {
+		if (a[t] != a[t]) {
+			bad++;
+			*worst = INFINITY;
+			continue;
+		}
+		e = fabs((double)a[t] - b[t]);
+		if (e > 2e-5 * fabs((double)b[t]) + 1e-7)
+			bad++;
+		if (b[t] > 1e-6 && e / b[t] > *worst)
+			*worst = e / b[t];
+	}
+	return bad;
+}
+
+/*
+ * Kernel 1c: KVzip's maximum over the repeat pass's queries, given the
+ * logits of one query block of the attention as gpu__attn lays them out
+ * (g matrices of T rows, columns from key k0 on, the masked ones
+ * computed too, as the GEMM writes them), against a naive double loop
+ * and against kvzip_score, the CPU twin.  Shapes: SmolLM2's group of 3
+ * (d 64), Qwen's of 7, a sliding-window layer (Gemma's group of 4, d
+ * 256, windows of 24 to 600) whose block starts its columns past the
+ * window, and one head of odd size with fewer prompt keys than queries.
+ * The request's rows before the chunk's w do not score, and the scores
+ * start from what earlier chunks left.
+ */
+static void
+test_kvzip(int rep)
+{
+	int kind = rep % 4;
+	int g = kind == 0 ? 3 : kind == 1 ? 7 : kind == 2 ? 4 : 1;
+	int d = kind == 2 ? 256 : kind == 3 ? 2 * tap_irand(1, 24) : 64;
+	int win = kind == 2 ? (rep & 4 ? 24 : tap_irand(40, 600)) : 0;
+	int p0 = kind == 3 ? tap_irand(1, 40) : tap_irand(30, rep < 8 ? 600 :
+	    3000);
+	int w = rep == 0 ? KVX_WINDOW_MAX : tap_irand(1, KVX_WINDOW_MAX);
+	int req = rep == 1 ? 0 : tap_irand(1, 60);
+	int T = req + w, m = p0 + T, k0, nk, i, r, t, c, e, bad, bad2;
+	float scale = 1.0f / sqrtf((float)d), amp, a;
+	float *q, *k, *s, *qw, *tmp, *init, *ref, *twin, *got;
+	double *lg, worst = 0.0, worst2 = 0.0;
+	void *ds, *dscr, *dsc;
+
+	k0 = win > 0 && p0 - win + 1 > 0 ? p0 - win + 1 : 0;
+	nk = m - k0;
+	/* logits of standard deviation amp^2 / 3 (the product of two
+	   uniform entries, summed over d and scaled): 1.5, or 3 for every
+	   other repetition, as real attention has */
+	amp = sqrtf(4.5f * (float)(1 + rep % 2));
+	q = malloc(sizeof(float) * g * T * d);
+	k = malloc(sizeof(float) * m * d);
+	s = malloc(sizeof(float) * g * T * nk);
+	qw = malloc(sizeof(float) * g * w * d);
+	tmp = malloc(sizeof(float) * w * m);
+	init = malloc(sizeof(float) * p0);
+	ref = malloc(sizeof(float) * p0);
+	twin = malloc(sizeof(float) * p0);
+	got = malloc(sizeof(float) * p0);
+	lg = malloc(sizeof(double) * m);
+	for (i = 0; i < g * T * d; i++)
+		q[i] = tap_frand() * amp;
+	for (i = 0; i < m * d; i++)
+		k[i] = tap_frand() * amp;
+	/* what earlier chunks left: zeros and some weights */
+	for (t = 0; t < p0; t++)
+		init[t] = t % 3 == 0 ? 0.0f : 0.02f * (float)tap_drand();
+	for (i = 0; i < g; i++)
+		for (r = 0; r < T; r++)
+			for (c = 0; c < nk; c++) {
+				for (a = 0.0f, e = 0; e < d; e++)
+					a += q[((size_t)i * T + r) * d + e] *
+					    k[(size_t)(k0 + c) * d + e];
+				s[((size_t)i * T + r) * nk + c] = a * scale;
+			}
+	memcpy(ref, init, sizeof(float) * p0);
+	memcpy(twin, init, sizeof(float) * p0);
+	kvzip_naive(q, k, g, T, w, p0, d, win, scale, lg, ref);
+	/* the twin takes the chunk's queries of a head, w x d */
+	for (i = 0; i < g; i++) {
+		memcpy(qw, q + ((size_t)i * T + req) * d, sizeof(float) * w * d);
+		kvzip_score(qw, k, m, p0, w, 1, d, win, scale, tmp, twin);
+	}
+	ds = dev(s, sizeof(float) * g * T * nk);
+	dscr = poisoned(kvx_cuda_kvzip_scratch(g, T));
+	dsc = dev(init, sizeof(float) * p0);
+	if (p0 - k0 > 0)
+		check(kvx_cuda_kvzip_max(ds, g, T, nk, p0 - k0, win, req,
+		    p0 - k0, dscr, (float *)dsc + k0, NULL), "kvzip_max");
+	check(kvx_cuda_sync(), "kvzip_max sync");
+	check(kvx_cuda_d2h(got, dsc, sizeof(float) * p0), "copy back");
+	bad = kvzip_diff(got, ref, p0, &worst);
+	bad2 = kvzip_diff(twin, ref, p0, &worst2);
+	ok(bad == 0 && bad2 == 0, "kvzip max %d: g %d d %d, %d prompt keys, "
+	    "%d request + %d chunk queries, window %d (columns from %d): "
+	    "%d GPU and %d twin weights off the naive ones (worst relative "
+	    "%.1e, %.1e)", rep, g, d, p0, req, w, win, k0, bad, bad2, worst,
+	    worst2);
+	free(q);
+	free(k);
+	free(s);
+	free(qw);
+	free(tmp);
+	free(init);
+	free(ref);
+	free(twin);
+	free(got);
+	free(lg);
+	kvx_cuda_free(ds);
+	kvx_cuda_free(dscr);
+	kvx_cuda_free(dsc);
+}
+
 int
 main(void)
 {
@@ -1125,6 +1285,8 @@ main(void)
 		test_score_select(rep);
 	for (rep = 0; rep < nrep; rep++)
 		test_ea(rep);
+	for (rep = 0; rep < nrep; rep++)
+		test_kvzip(rep);
 	for (rep = 0; rep < 4 * nrep; rep++)
 		test_hybrid(rep);
 	if (kvx_cuda_hybrid_split(NULL, NULL, 0, 65, 1, 1, 0, NULL, NULL, NULL,
