@@ -284,7 +284,8 @@ typedef struct kvx_ctx_stats {
 	double		prefill_s;	/* seconds in prefills */
 	double		select_s;	/* of them, scoring and selection;
 					   -1 where the device does not
-					   measure it (the GPU) */
+					   measure it (the GPU, but under
+					   a kvzip plan) */
 	double		reserved[6];	/* zero */
 } kvx_ctx_stats;
 
