@@ -214,8 +214,9 @@ static const struct opt options[] = {
 	    .help = "statements in each retrieval probe; default 4" },
 	{ .name = "probe-share", .kind = OPT_NUM, .arg = "F", .lo = 0,
 	    .hi = 1, .dst = OFF(po.probe_share),
-	    .help = "share of the samples that are retrieval probes;\n"
-	    "0: none; default 0.25" },
+	    .help = "share of the windows that carry a retrieval\n"
+	    "probe (every window is measured as prose too);\n"
+	    "0: none; default 1" },
 	{ .name = "retrieval-floor", .kind = OPT_NUM, .arg = "X", .lo = 0,
 	    .hi = 1, .dst = OFF(ao.retrieval_floor),
 	    .help = "keep the mean retrieval retention at X or more" },

@@ -190,6 +190,7 @@ probe_make(const kvx_model *m, const int32_t *hay, int64_t n_hay, int n,
 	out->n_ids = t;
 	out->n_prompt = t - na;
 	out->n_answer = na;
+	out->n_question = nq;
 	out->n_statement = k;
 done:
 	for (i = 0; i < k; i++)

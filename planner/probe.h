@@ -27,6 +27,7 @@ typedef struct probe {
 	int32_t	*ids;		/* prompt then answer, n_ids in all */
 	int	 n_ids;
 	int	 n_prompt;	/* prose, statements and the question */
+	int	 n_question;	/* the question's tokens, ending the prompt */
 	int	 n_answer;	/* the answer's tokens, after the prompt */
 	int	 asked;		/* which statement the question is about */
 	int	 depth[PROBE_MAX_STATEMENTS];	/* each one's first token */

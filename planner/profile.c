@@ -44,9 +44,13 @@ struct prof_run {
 	const prof_opts	*o;
 	kvx_model	*m;
 	kv_cache	*kv;
-	int		 n;		/* tokens of the sample */
+	int		 n;		/* tokens of the measurement */
 	int		 extra;		/* of them, answer tokens after the
 					   prompt (a probe), else 0 */
+	int		 run;		/* tokens the forward ran */
+	int		 prose;		/* a probe window's prose and
+					   statements before the question,
+					   measured as prose; else 0 */
 	int		 H, Hkv, D, E;
 	double		*acc;		/* where this sample's curves go: */
 	double		*sum;		/* [L][Hkv][G] prose curves summed */
@@ -56,7 +60,10 @@ struct prof_run {
 					   H x window x D */
 	float		*ea;		/* its statistics and logits */
 	float		*kz;		/* kvzip: the repeat pass's scores of
-					   the sample, [L][Hkv][prompt] */
+					   the sample, [L][Hkv][kz_n] */
+	int		 kz_n;		/* the prompt's tokens */
+	float		*wpre;		/* a probe window's queries before the
+					   question, H x w x D */
 	double		*prefix;
 	/* output objective */
 	float		*gram;		/* [L][H][D][D]: W_o,q^T W_o,q */
@@ -94,7 +101,7 @@ prof_opts_init(prof_opts *o)
 	o->sinks = 4;
 	o->objective = PROF_OBJ_ABS;
 	o->probes = 4;
-	o->probe_share = 0.25;
+	o->probe_share = 1;
 	o->device = KVX_DEVICE_AUTO;
 }
 
@@ -531,16 +538,17 @@ prof_kvzip(struct prof_run *r, kvx_pool *pool, fw_scratch *scr,
 static void
 prof_kvzip_scores(struct prof_run *r, int l, int h, int np, int nc, int s)
 {
-	memcpy(r->score, r->kz + ((size_t)l * r->Hkv + h) * np,
+	memcpy(r->score, r->kz + ((size_t)l * r->Hkv + h) * r->kz_n,
 	    (size_t)nc * sizeof(float));
 	memset(r->score, 0, (size_t)s * sizeof(float));
 }
 
 /*
- * Forward hook: score each KV head of layer l with the observation
+ * One measurement of layer l: score each KV head with the observation
  * window's queries, turn the pooled scores into a retention curve and add
- * it to the sums, then free the layer's K/V (later layers do not read it).
- * The hook's w queries end with r->extra answer tokens on a probe; before
+ * it to r->acc.  The first r->n rows of the layer's K/V are measured, and
+ * the w queries end at row r->n - 1.
+ * The w queries end with r->extra answer tokens on a probe; before
  * them come the prompt's last queries: under expected-attention its
  * statistics' queries, whose last window are the observation window.  A
  * prose sample's objective is measured at the window queries, a probe's
@@ -548,10 +556,9 @@ prof_kvzip_scores(struct prof_run *r, int l, int h, int np, int nc, int s)
  * the answer's tokens but the last.
  */
 static kvx_status
-score_layer(void *arg, int seq, int l, const float *wq, int w,
+measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
     const float *xw)
 {
-	struct prof_run *r = arg;
 	const prof_opts *o = r->o;
 	int g = r->H / r->Hkv, n = r->n, G = o->grid, h, i, j;
 	int x = r->extra, np = n - x, wp = w - x, ew = o->window, nr = 0;
@@ -587,9 +594,9 @@ score_layer(void *arg, int seq, int l, const float *wq, int w,
 		int nc = np - ew, s = o->sinks < nc ? o->sinks : nc, m = nc - s;
 		double z = 0, sink = 0;
 
-		if (sg->len != n)
+		if (sg->len != r->run)
 			return kvx__fail(KVX_ERR_ARG, "layer %d head %d holds "
-			    "%d rows, expected %d", l, h, sg->len, n);
+			    "%d rows, expected %d", l, h, sg->len, r->run);
 		if (o->scorer == PLAN_SCORER_EA)
 			prof_ea(r, sg, l, h, wq, w, wp, ew, s);
 		else if (o->scorer == PLAN_SCORER_KVZIP)
@@ -633,10 +640,43 @@ score_layer(void *arg, int seq, int l, const float *wq, int w,
 			sum[j] += v > 1 ? 1 : v;
 		}
 	}
+	return KVX_OK;
+}
+
+/*
+ * The measurements behind the forward's hook: measure layer l, then free its K/V (later layers do not
+ * read it).  A probe window is measured twice: as prose at the queries
+ * just before its question, which see neither the question nor the
+ * answer, and as a probe at the queries that produce the answer.  The
+ * forward ran r->run tokens, the hook's w queries being the last.
+ */
+static kvx_status
+score_layer(void *arg, int seq, int l, const float *wq, int w,
+    const float *xw)
+{
+	struct prof_run *r = arg;
+	int h, i, wp = w - (r->run - r->prose), x = r->extra;
+	kvx_status rc = KVX_OK;
+
+	if (r->prose > 0 && wp > 0) {
+		for (i = 0; i < r->H; i++)
+			memcpy(r->wpre + (size_t)i * wp * r->D,
+			    wq + (size_t)i * w * r->D,
+			    (size_t)wp * r->D * sizeof(float));
+		r->n = r->prose;
+		r->extra = 0;
+		r->acc = r->sum;
+		rc = measure_layer(r, seq, l, r->wpre, wp, xw);
+		r->n = r->run;
+		r->extra = x;
+		r->acc = r->sumr;
+	}
+	if (rc == KVX_OK)
+		rc = measure_layer(r, seq, l, wq, w, xw);
 	/* this layer is measured: free its rows for the next layers' */
 	for (h = 0; h < r->Hkv; h++)
 		kv_seg_release(r->kv, kv_seg_at(r->kv, seq, l, h));
-	return KVX_OK;
+	return rc;
 }
 
 /* The forward's layer hook: score_layer, timed. */
@@ -750,18 +790,10 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	G = o->grid;
 	cells = (size_t)L * mi->n_head_kv * G;
 	if (o->probe_share > 0) {
+		/* a probe window is measured as prose too (prof_hook) */
 		n_probe = (int)llround(o->probe_share * o->samples);
 		if (n_probe < 1)
 			n_probe = 1;
-		if (n_probe > o->samples - 1)
-			n_probe = o->samples - 1;
-		if (n_probe < 1) {
-			free(ids);
-			return kvx__fail(KVX_ERR_UNSUPPORTED, "probes need 2 "
-			    "samples or "
-			    "more, one of prose (raise --samples or give "
-			    "--probe-share 0)");
-		}
 	}
 	if ((p = calloc(1, sizeof *p)) == NULL ||
 	    (p->R = kvx__calloc(cells, sizeof *p->R)) == NULL ||
@@ -811,13 +843,15 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	pos = kvx__malloc_array((size_t)T, sizeof *pos);
 	r.wwin = kvx__malloc_array((size_t)r.H * KVX_WINDOW_MAX * r.D,
 	    sizeof(float));
+	r.wpre = kvx__malloc_array((size_t)r.H * KVX_WINDOW_MAX * r.D,
+	    sizeof(float));
 	if (o->scorer == PLAN_SCORER_EA)
 		r.ea = kvx__malloc_array((size_t)(r.H / r.Hkv) * r.D *
 		    (r.D + 1) + (size_t)T, sizeof(float));
 	if (o->scorer == PLAN_SCORER_KVZIP)
 		r.kz = kvx__malloc_array((size_t)L * r.Hkv * T, sizeof(float));
 	if (!r.score || !r.pooled || !r.cand || !r.prefix || !r.order ||
-	    !r.prob || !r.err || !seq || !pos || !r.wwin ||
+	    !r.prob || !r.err || !seq || !pos || !r.wwin || !r.wpre ||
 	    (o->scorer == PLAN_SCORER_EA && !r.ea) ||
 	    (o->scorer == PLAN_SCORER_KVZIP && !r.kz)) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
@@ -870,8 +904,8 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		memset(&b, 0, sizeof b);
 		b.n = Tr;
 		b.ids = ids + off;
-		r.n = Tr;
-		r.extra = 0;
+		r.run = r.n = r.kz_n = Tr;
+		r.extra = r.prose = 0;
 		r.acc = r.sum;
 		if (is_probe) {
 			probe_free(&pr);
@@ -879,9 +913,11 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 			    &pst, &pr)) != KVX_OK)
 				goto done;
 			/* the last answer token produces nothing measured */
-			b.n = r.n = pr.n_ids - 1;
+			b.n = r.run = r.n = pr.n_ids - 1;
 			b.ids = pr.ids;
 			r.extra = pr.n_answer - 1;
+			r.kz_n = pr.n_prompt;
+			r.prose = pr.n_prompt - pr.n_question;
 			r.acc = r.sumr;
 			done_probes++;
 		}
@@ -890,17 +926,18 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		b.window = o->scorer == PLAN_SCORER_EA &&
 		    PLAN_EA_QUERIES > o->window ? PLAN_EA_QUERIES : o->window;
 		/* the forward hands over at most KVX_WINDOW_MAX queries: under
-		 * expected-attention a probe's statistics lose the answer's */
-		if (b.window + r.extra > KVX_WINDOW_MAX)
-			b.window = KVX_WINDOW_MAX - r.extra;
-		b.window += r.extra;
+		 * expected-attention a probe's statistics lose the answer's,
+		 * and its prose measurement the question's and the answer's */
+		if (b.window + r.run - r.prose > KVX_WINDOW_MAX)
+			b.window = KVX_WINDOW_MAX - (r.run - r.prose);
+		b.window += r.run - r.prose;
 		b.hook = prof_hook;
 		b.hook_arg = &r;
 		b.no_head = 1;
 		b.span = o->span;
 		kv_seq_clear(kv, 0);
 		if (o->scorer == PLAN_SCORER_KVZIP &&
-		    (rc = prof_kvzip(&r, pool, scr, b.ids, r.n - r.extra, seq,
+		    (rc = prof_kvzip(&r, pool, scr, b.ids, r.kz_n, seq,
 		    pos)) != KVX_OK)
 			goto done;
 		rc = be != NULL ? gpu->profile(be, &b, kv) :
@@ -915,7 +952,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		    dev == KVX_DEVICE_GPU ? "GPU" : "CPU", kvx__now() - t0,
 		    r.hook_s);
 	for (i = 0; i < (int)cells; i++) {
-		p->R[i] /= o->samples - n_probe;
+		p->R[i] /= o->samples;
 		if (p->Rr != NULL)
 			p->Rr[i] /= n_probe;
 	}
@@ -951,6 +988,7 @@ done:
 	free(r.prob);
 	free(r.err);
 	free(r.wwin);
+	free(r.wpre);
 	free(r.ea);
 	free(r.kz);
 	free(r.gram);

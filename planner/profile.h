@@ -11,8 +11,9 @@
  *
  * Beside it, with retrieval probes (probe.h), Rr(l, h, f) is the same
  * objective measured on the probe samples at the queries that produce the
- * answer (teacher-forced), averaged over the probe samples; the prose
- * curve R then averages the other samples.
+ * answer (teacher-forced), averaged over the probe samples.  The prose
+ * curve R averages every sample, a probe sample measured at the window
+ * queries just before its question.
  */
 #ifndef KVX_PROFILE_H
 #define KVX_PROFILE_H
@@ -61,8 +62,8 @@ typedef struct prof_opts {
 					   attention with its plan defaults */
 	int		 objective;	/* PROF_OBJ_ABS (default), OUTPUT, MASS */
 	int		 probes;	/* statements per probe (4) */
-	double		 probe_share;	/* share of the samples that are
-					   retrieval probes (0.25); 0: none */
+	double		 probe_share;	/* share of the samples that carry
+					   a retrieval probe (1); 0: none */
 	int		 progress;	/* progress lines on stderr */
 	int		 device;	/* where the forward runs:
 					   KVX_DEVICE_AUTO (default), _CPU or

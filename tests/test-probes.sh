@@ -40,9 +40,9 @@ M="-m $KVX_MODEL"
     [ "$(head -1 "$tmp/p.prof")" = "kvx-profile 2" ] &&
     [ "$(grep -c '^curve ' "$tmp/p.prof")" -eq 90 ] &&
     [ "$(grep -c '^rcurve ' "$tmp/p.prof")" -eq 90 ] &&
-    grep -q '^probe_samples 1$' "$tmp/p.prof" &&
+    grep -q '^probe_samples 2$' "$tmp/p.prof" &&
     grep -q '^probes 4$' "$tmp/p.prof"
-ok $? "2 samples at the default share: one probe, 90 retrieval curves"
+ok $? "2 samples at the default share: two probes, 90 retrieval curves"
 # a head the probes need: its retrieval curve falls further at 10% kept
 # than its prose curve (the 26th grid level of 256 is 10%)
 awk '/^curve / {p[$2, $3] = 1 - $29} /^rcurve / {r[$2, $3] = 1 - $29}
@@ -53,6 +53,23 @@ ok $? "some head loses more retrieval than prose at 10% kept"
     ! grep -q '^rcurve ' "$tmp/n.prof" &&
     grep -q '^probe_samples 0$' "$tmp/n.prof"
 ok $? "--probe-share 0: no retrieval curves"
+# a probe window is measured as prose before its question: its prose
+# curve is near the curve of the same window without the probe (the
+# seed draws the same window), nearer than its retrieval curve is
+"$plan" $M -c "$gpl" --samples 1 --sample-tokens 256 -q --probe-share 1 \
+    --save-profile "$tmp/one.prof" &&
+    "$plan" $M -c "$gpl" --samples 1 --sample-tokens 256 -q \
+    --probe-share 0 --save-profile "$tmp/one0.prof" &&
+    grep -q '^probe_samples 1$' "$tmp/one.prof" &&
+    awk 'FNR == 1 {f++}
+	f == 1 && /^curve / {for (i = 4; i <= NF; i++) p[$2, $3, i] = $i}
+	f == 1 && /^rcurve / {for (i = 4; i <= NF; i++) q[$2, $3, i] = $i}
+	f == 2 && /^curve / {for (i = 4; i <= NF; i++) {
+		d = p[$2, $3, i] - $i; dp += d < 0 ? -d : d
+		d = q[$2, $3, i] - $i; dq += d < 0 ? -d : d; n++}}
+	END {printf "# mean |dR| prose %.4f, retrieval %.4f\n", dp / n, dq / n
+	    exit !(n == 90 * 256 && dp < dq / 2)}' "$tmp/one.prof" "$tmp/one0.prof"
+ok $? "one window with a probe: its prose curve is the window's prose"
 # the format before retrieval curves: version 1, none of the new keys
 sed -e '1s/.*/kvx-profile 1/' -e '/^probes /d' -e '/^probe_samples /d' \
     -e '/^profile_tokens /d' "$tmp/n.prof" > "$tmp/v1.prof"
@@ -121,7 +138,5 @@ err 2 "no retrieval curves for --retrieval-weight" "a weight without the curves"
     -- $M --from-profile "$tmp/n.prof" -b 20% --retrieval-weight 1
 err 2 "take .* of the 256 sample tokens" "probes too long for the sample" -- \
     $M -c "$gpl" $fast --probes 64
-err 2 "probes need 2 samples" "probes with one sample" -- \
-    $M -c "$gpl" --samples 1 --sample-tokens 256
 err 2 "retrieval probes measure the output objective" "probes and mass" -- \
     $M -c "$gpl" $fast --objective mass
