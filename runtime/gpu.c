@@ -697,6 +697,12 @@ ops_select_seconds(const void *g)
 	return c->kz_s;
 }
 
+static kvx_status
+ops_profile(void *g, const fw_batch *b, kv_cache *kv)
+{
+	return gpu__profile(g, b, kv);
+}
+
 static const ctx_ops gpu_ops = {
 	.name = "gpu",
 	.available = gpu_available,
@@ -710,6 +716,7 @@ static const ctx_ops gpu_ops = {
 	.seq_clear = ops_seq_clear,
 	.seq_len = ops_seq_len,
 	.memory = ops_memory,
+	.profile = ops_profile,
 	.select_seconds = ops_select_seconds,
 };
 

@@ -132,6 +132,9 @@ struct gpu_ctx {
 						   counts, their scratch */
 	void		*tab;		/* small per-layer tables */
 	int		 tab_first;	/* the first row they score */
+	/* profiling (gpu_profile.c): the rows before span_to attend to
+	   their last span keys only; 0 outside it */
+	int		 span, span_to;
 	/* kvzip: every layer's prompt K/V and the repeat pass's rows,
 	   [layer][zrows][Hkv][D] fp16, the scores [layer][Hkv][zrows], the
 	   requests, the batches' ids, the kernel's scratch */
@@ -230,6 +233,8 @@ kvx_status	 gpu__kvzip_keep_ids(gpu_ctx *, int s, const int32_t *ids,
 kvx_status	 gpu__kvzip_load(gpu_ctx *, const gpu_ctx *src, int ss, int n,
 		     int *np);
 
+/* gpu_profile.c */
+kvx_status	 gpu__profile(gpu_ctx *, const fw_batch *, kv_cache *);
 
 /* gpu.c: the forward's buffers and layers */
 kvx_status	 gpu__ensure_fw(gpu_ctx *, int t);

@@ -123,7 +123,8 @@ gpu__ensure_prefill(gpu_ctx *g, int n)
  * T - 1 of the keys and values kt, vt (rows [row][Hkv][D], fp16), over
  * the rows up to their own, into att.  A sliding-window layer's block of
  * queries from row a0 multiplies only the keys from a0 - window + 1 on,
- * and the softmax masks each row to its window.  With kz, the softmax
+ * and the softmax masks each row to its window; so do the rows before
+ * g->span_to with a window of g->span keys.  With kz, the softmax
  * weights that the last kz->w queries give the first kz->n rows are
  * max-merged into KVzip's scores (kvx_cuda_kvzip_max).
  */
@@ -131,15 +132,23 @@ kvx_status
 gpu__attn(gpu_ctx *g, int l, const void *kt, const void *vt, int p0, int T,
     const gpu_kzs *kz)
 {
-	int G = g->H / g->Hkv, D = g->D, win = g->m->L[l].window;
+	int G = g->H / g->Hkv, D = g->D, lw = g->m->L[l].window, win;
 	int t0, a0, k0, rows, nk, j, r0;
 	float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;
 	long long sS;
 
 	CK(kvx_cuda_f2h(g->q, g->qh, (size_t)T * g->H * D, g->stream));
-	for (t0 = 0; t0 < T; t0 += QBLK) {
+	for (t0 = 0; t0 < T; t0 += rows) {
 		rows = T - t0 < QBLK ? T - t0 : QBLK;
 		a0 = p0 + t0;
+		win = lw;
+		/* profiling's local attention: the blocks of rows before
+		   span_to see their last span keys at most */
+		if (g->span > 0 && a0 < g->span_to) {
+			if (a0 + rows > g->span_to)
+				rows = g->span_to - a0;
+			win = lw > 0 && lw < g->span ? lw : g->span;
+		}
 		k0 = win > 0 && a0 - win + 1 > 0 ? a0 - win + 1 : 0;
 		nk = a0 + rows - k0;
 		sS = (long long)rows * nk;
