@@ -642,7 +642,7 @@ run_model(const char *path, const char *name, double dec_scale,
 	 * pairs a weight of 1 to float precision, 120 of them exactly equal
 	 * scores: a hybrid plan, which splits the layer's budget by
 	 * comparing scores across heads, then gives a few rows to another
-	 * head on either device (2 heads of 48 seen), and that file's decode
+	 * head on either device (2 of its 4 heads seen), and that file's decode
 	 * logits, driven by a handful of keys, move by more than any
 	 * tolerance (1.4 seen), so kz_hybrid_dec 0 leaves them unchecked
 	 * there; the kept rows are still compared.
