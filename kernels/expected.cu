@@ -27,6 +27,10 @@
 #define EA_JR 16	/* rows (mean, w_j or Sigma's) of a shared tile */
 #define EA_JC 32	/* columns of a shared tile */
 #define EA_SHMAX 49152	/* shared bytes the statistics take without opt-in */
+#define EA_NQ_ONE 256	/* most queries of the one-block statistics */
+#define EA_NCH 32	/* most blocks a query head of the moments */
+#define EA_MT 256	/* threads of a moments block */
+#define EA_MSH 32768	/* shared bytes of a moments block's queries */
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
  * kernel of avg_rot in select.c. */
@@ -164,6 +168,216 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 	}
 }
 
+/* Index of entry (x, y), x >= y, of a packed lower triangle. */
+static __device__ __forceinline__ int
+ea_tri(int x, int y)
+{
+	return x * (x + 1) / 2 + y;
+}
+
+/* Pre-RoPE value of query j (at position p0 + j) of a head at qi, pair
+ * A's two elements into x0 and x1. */
+static __device__ __forceinline__ void
+ea_unrope(const float *qi, long long qps, int j, int p0, double f, int a0,
+    int a1, double *x0, double *x1)
+{
+	double sn, cs, y0 = qi[(size_t)j * qps + a0], y1 = qi[(size_t)j * qps +
+	    a1];
+
+	sincos((double)(p0 + j) * f, &sn, &cs);
+	*x0 = y0 * cs + y1 * sn;
+	*x1 = -y0 * sn + y1 * cs;
+}
+
+/*
+ * Many queries (the whole prompt): block (c, i) adds chunk c of query
+ * head i's pre-RoPE queries u to acc, less the first query u0 (a shift
+ * that keeps the covariance's subtraction from cancelling where the mean
+ * is large): d sums of u - u0, then the packed lower triangle of the sums
+ * of (u - u0)(u - u0)' (every entry for a full covariance, each pair's
+ * 2 x 2 block for a diagonal one, none without), in double, then u0.  The
+ * chunk's queries are rotated back a tile at a time into shared memory;
+ * each thread takes entries, sums them over the tile, and adds the sum
+ * to acc (an atomic add: at most EA_NCH blocks share an entry).
+ */
+__global__ void __launch_bounds__(EA_MT)
+ea_moments_k(const float *q, long long qhs, long long qps, int nq, int per,
+    int p0, float theta, int halves, int d, int cov, double *acc)
+{
+	extern __shared__ float msh[];
+	int P = d / 2, tq = EA_MSH / (int)(sizeof(float) * d), i, j, e, A;
+	int c0 = blockIdx.x * per, c1 = min(nq, c0 + per), j0, nt, ne, x, y;
+	int tri = d * (d + 1) / 2, a0, a1;
+	const float *qi = q + (size_t)blockIdx.y * qhs;
+	double *am = acc + (size_t)blockIdx.y * (2 * d + tri), *at = am + d;
+	double *fr = (double *)(msh + EA_MSH / sizeof(float)), *u0 = fr + P;
+	double x0, x1;
+	float *u = msh;
+
+	ne = d + (cov == 0 ? tri : cov == 1 ? 3 * P : 0);
+	for (A = threadIdx.x; A < P; A += blockDim.x) {
+		a0 = halves ? A : 2 * A;
+		a1 = halves ? A + P : 2 * A + 1;
+		fr[A] = pow((double)theta, -(double)(2 * A) / d);
+		ea_unrope(qi, qps, 0, p0, fr[A], a0, a1, &u0[a0], &u0[a1]);
+		if (blockIdx.x == 0) {
+			at[tri + a0] = u0[a0];
+			at[tri + a1] = u0[a1];
+		}
+	}
+	for (j0 = c0; j0 < c1; j0 += tq) {
+		nt = min(tq, c1 - j0);
+		__syncthreads();
+		for (i = threadIdx.x; i < nt * P; i += blockDim.x) {
+			j = i / P;
+			A = i % P;
+			a0 = halves ? A : 2 * A;
+			a1 = halves ? A + P : 2 * A + 1;
+			ea_unrope(qi, qps, j0 + j, p0, fr[A], a0, a1, &x0,
+			    &x1);
+			u[(size_t)j * d + a0] = (float)(x0 - u0[a0]);
+			u[(size_t)j * d + a1] = (float)(x1 - u0[a1]);
+		}
+		__syncthreads();
+		for (e = threadIdx.x; e < ne; e += blockDim.x) {
+			double sum = 0.0;
+
+			if (e < d) {
+				for (j = 0; j < nt; j++)
+					sum += u[(size_t)j * d + e];
+				atomicAdd(&am[e], sum);
+				continue;
+			}
+			if (cov == 0) {
+				/* entry e - d of the triangle: row x, column y */
+				i = e - d;
+				x = (int)((sqrtf(8.0f * i + 1.0f) - 1.0f) / 2.0f);
+				while (ea_tri(x + 1, 0) <= i)
+					x++;
+				while (ea_tri(x, 0) > i)
+					x--;
+				y = i - ea_tri(x, 0);
+			} else {
+				/* pair A's (a0, a0), (a1, a0), (a1, a1) */
+				A = (e - d) / 3;
+				i = (e - d) % 3;
+				x = halves ? A + (i > 0) * P : 2 * A + (i > 0);
+				y = halves ? A + (i > 1) * P : 2 * A + (i > 1);
+			}
+			for (j = 0; j < nt; j++)
+				sum += (double)u[(size_t)j * d + x] *
+				    u[(size_t)j * d + y];
+			atomicAdd(&at[ea_tri(x, y)], sum);
+		}
+	}
+}
+
+/*
+ * One block per query head: the mean and covariance of its nq queries
+ * from the sums ea_moments_k left in acc (the mean u0 + E[u - u0], the
+ * covariance E[(u - u0)(u - u0)'] - (m - u0)(m - u0)', in double),
+ * carried forward as ea_stats_k carries its own.
+ */
+__global__ void __launch_bounds__(EA_TH)
+ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
+    int d, int cov, float *mu, float *co)
+{
+	__shared__ double cm[256 + 3 * 128];
+	double *m = cm, *C = cm + d, *S = C + d / 2;
+	int P = d / 2, i, A, B, nb, a0, a1, b0, b1, tri = d * (d + 1) / 2;
+	const double *am = acc + (size_t)blockIdx.x * (2 * d + tri);
+	const double *at = am + d, *u0 = at + tri;
+	float *mo = mu + (size_t)blockIdx.x * d;
+	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
+	float *cv = co != NULL ? co + blockIdx.x * cs : NULL;
+
+	/* m holds the shifted mean, m - u0, until the mean is written */
+	for (i = threadIdx.x; i < d; i += blockDim.x)
+		m[i] = am[i] / nq;
+	for (i = threadIdx.x; i < P; i += blockDim.x)
+		ea_avg_rot(n, F, pow((double)theta, -(double)(2 * i) / d),
+		    &C[i], &S[i]);
+	__syncthreads();
+	for (i = threadIdx.x; i < P; i += blockDim.x) {
+		double m0, m1;
+
+		a0 = halves ? i : 2 * i;
+		a1 = halves ? i + P : 2 * i + 1;
+		m0 = u0[a0] + m[a0];
+		m1 = u0[a1] + m[a1];
+		mo[a0] = (float)(C[i] * m0 - S[i] * m1);
+		mo[a1] = (float)(S[i] * m0 + C[i] * m1);
+	}
+	nb = cov == 2 || co == NULL ? 0 : cov == 1 ? P : P * P;
+	for (i = threadIdx.x; i < nb; i += blockDim.x) {
+		double s00, s01, s10, s11, t00, t01, t10, t11, ca, sa, cb, sb;
+
+		A = cov == 1 ? i : i / P;
+		B = cov == 1 ? i : i % P;
+		a0 = halves ? A : 2 * A;
+		a1 = halves ? A + P : 2 * A + 1;
+		b0 = halves ? B : 2 * B;
+		b1 = halves ? B + P : 2 * B + 1;
+#define EA_AT(x, y) (at[(x) >= (y) ? ea_tri(x, y) : ea_tri(y, x)] / nq - \
+		    m[x] * m[y])
+		s00 = EA_AT(a0, b0);
+		s01 = EA_AT(a0, b1);
+		s10 = EA_AT(a1, b0);
+		s11 = EA_AT(a1, b1);
+#undef EA_AT
+		ca = C[A];
+		sa = S[A];
+		cb = C[B];
+		sb = S[B];
+		t00 = ca * s00 - sa * s10;
+		t01 = ca * s01 - sa * s11;
+		t10 = sa * s00 + ca * s10;
+		t11 = sa * s01 + ca * s11;
+		if (cov == 1) {
+			cv[a0] = (float)(t00 * cb - t01 * sb);
+			cv[a1] = (float)(t10 * sb + t11 * cb);
+			continue;
+		}
+		cv[(size_t)a0 * d + b0] = (float)(t00 * cb - t01 * sb);
+		cv[(size_t)a0 * d + b1] = (float)(t00 * sb + t01 * cb);
+		cv[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
+		cv[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
+	}
+}
+
+extern "C" size_t
+kvx_cuda_ea_stats_scratch(int h, int nq, int d)
+{
+	if (nq <= EA_NQ_ONE)
+		return sizeof(float) * (size_t)h * nq * d;
+	return sizeof(double) * (size_t)h * (2 * (size_t)d + (size_t)d *
+	    (d + 1) / 2);
+}
+
+/* The statistics of many queries: the moments over up to EA_NCH blocks a
+ * head, then one block a head carries them. */
+static int
+ea_stats_many(const float *q, long long qhs, long long qps, int h, int nq,
+    int p0, int n, int F, float theta, int halves, int d, int cov,
+    float *mu, float *co, void *scr, cudaStream_t stream)
+{
+	double *acc = (double *)scr;
+	int nch = (nq + EA_NQ_ONE - 1) / EA_NQ_ONE, per, rc;
+
+	nch = nch > EA_NCH ? EA_NCH : nch;
+	per = (nq + nch - 1) / nch;
+	if (cudaMemsetAsync(acc, 0, kvx_cuda_ea_stats_scratch(h, nq, d),
+	    stream) != cudaSuccess)
+		return launched();
+	ea_moments_k<<<dim3(nch, h), EA_MT, EA_MSH + sizeof(double) * 3 * d /
+	    2, stream>>>(q, qhs, qps, nq, per, p0, theta, halves, d, cov, acc);
+	if ((rc = launched()) != 0)
+		return rc;
+	ea_carry_k<<<h, EA_TH, 0, stream>>>(acc, nq, n, F, theta, halves, d,
+	    cov, mu, co);
+	return launched();
+}
+
 extern "C" int
 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
     int nq, int p0, int n, int future, float theta, int halves, int d,
@@ -176,6 +390,13 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
 	    cov > 2 || p0 < 0 || (d_cov == NULL && cov == 1))
 		return KVX_CUDA_EINVAL;
+	if (nq > EA_NQ_ONE) {
+		/* no queries left behind for the scores: the covariance */
+		if (d > 256 || (d_cov == NULL && cov == 0))
+			return KVX_CUDA_EINVAL;
+		return ea_stats_many(d_q, qhs, qps, h, nq, p0, n, future,
+		    theta, halves, d, cov, d_mu, d_cov, d_scratch, stream);
+	}
 	sh = sizeof(double) * (2 * (size_t)d + (size_t)d / 2);
 	ush = sh + sizeof(float) * (size_t)nq * d <= EA_SHMAX;
 	if (ush)

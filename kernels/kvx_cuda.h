@@ -91,16 +91,22 @@ int	 kvx_cuda_pool(const float *d_in, const long long *d_soff,
  * p0 + j, after a prompt of n tokens, RoPE pairs as sel_ea's halves.
  * Writes head i's rotated mean at d_mu + i*d and, by cov (enum plan_cov:
  * 0 full, 1 diagonal, 2 none), its rotated covariance at d_cov + i*d*d or
- * its diagonal at d_cov + i*d.  d_scratch holds h*nq*d floats.  d even.
- * With cov 0 it is left holding head i's nq centred queries under the
- * mean's rotation at d_scratch + i*nq*d, the w_j whose outer products
- * average to the covariance (kvx_cuda_ea_score can use them in its
- * place); d_cov may then be NULL, and the covariance is not formed.
+ * its diagonal at d_cov + i*d.  d_scratch holds
+ * kvx_cuda_ea_stats_scratch(h, nq, d) bytes.  d even.  Up to 256
+ * queries (a window) take one block a head, and with cov 0 leave in the
+ * scratch head i's nq centred queries under the mean's rotation at
+ * d_scratch + i*nq*d, the w_j whose outer products average to the
+ * covariance (kvx_cuda_ea_score can use them in its place); d_cov may
+ * then be NULL, and the covariance is not formed.  More queries (a span
+ * of the whole prompt, d <= 256) are summed over up to 32 blocks a head
+ * into the scratch first, and always form the covariance.
  */
 int	 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps,
 	    int h, int nq, int p0, int n, int future, float theta, int halves,
 	    int d, int cov, float *d_mu, float *d_cov, float *d_scratch,
 	    cudaStream_t stream);
+/* Scratch bytes of kvx_cuda_ea_stats. */
+size_t	 kvx_cuda_ea_stats_scratch(int h, int nq, int d);
 /* Scratch bytes of kvx_cuda_ea_score. */
 size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n);
 /*

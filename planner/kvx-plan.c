@@ -61,8 +61,15 @@ struct cli {
 	int			 set_window, set_pool, set_kernel, set_gqa;
 	int			 set_sinks, set_mode, set_gran, set_scorer;
 	int			 set_rweight;
+	int			 ea_queries;	/* PLAN_EA_ALL or a count */
+	int			 set_eaq;
 	double			 alpha;
 };
+
+/* The statistics' span of a new expected-attention plan: the whole
+ * prompt, which gave lower perplexity than the last 128 queries
+ * (bench/RESULTS.md, section 8c). */
+#define CLI_EA_QUERIES	PLAN_EA_ALL
 
 /* Print the one-line error and return the exit status. */
 static int KVX_PRINTF(2, 3)
@@ -124,6 +131,31 @@ parse_method(void *set, const char *s, char *err, size_t size)
 		return 0;
 	snprintf(err, size, "unknown method '%s' (kvx, uniform, pyramid, ada "
 	    "or layer)", s);
+	return -1;
+}
+
+/* Expected Attention's span: all, or a count of the last queries. */
+static int
+parse_ea_queries(void *set, const char *s, char *err, size_t size)
+{
+	struct cli *c = set;
+	char *end;
+	long v;
+
+	c->set_eaq = 1;
+	if (strcmp(s, "all") == 0) {
+		c->ea_queries = PLAN_EA_ALL;
+		return 0;
+	}
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno == 0 && end != s && *end == '\0' && v >= 2 &&
+	    v <= KVX_WINDOW_MAX) {
+		c->ea_queries = (int)v;
+		return 0;
+	}
+	snprintf(err, size, "bad span '%s' (all, or a count of the last "
+	    "queries in [2, %d])", s, KVX_WINDOW_MAX);
 	return -1;
 }
 
@@ -245,6 +277,10 @@ static const struct opt options[] = {
 	{ .name = "scorer", .kind = OPT_FUNC, .arg = "S", .fn = parse_scorer,
 	    .help = "snapkv (default), expected-attention or kvzip: how "
 	    "tokens are scored, when profiling and in the plan" },
+	{ .name = "ea-queries", .kind = OPT_FUNC, .arg = "Q",
+	    .fn = parse_ea_queries,
+	    .help = "expected-attention: the prompt queries its\n"
+	    "statistics take, all (default) or the last Q" },
 	{ .name = "sinks", .kind = OPT_INT, .arg = "N", .lo = 0, .hi = 1 << 20,
 	    .dst = OFF(po.sinks), .flags = OPT_GIVEN, .given = OFF(set_sinks),
 	    .help = "leading tokens always kept; default 4" },
@@ -681,6 +717,13 @@ main(int argc, char **argv)
 	plan->gqa = c.po.gqa;
 	plan->sinks = c.po.sinks;
 	plan_set_scorer(plan, c.po.scorer);
+	if (c.set_eaq && plan->scorer != PLAN_SCORER_EA) {
+		ex = die(EX_BADUSE, "--ea-queries applies to the "
+		    "expected-attention scorer only (--scorer)");
+		goto out;
+	}
+	if (plan->scorer == PLAN_SCORER_EA)
+		plan->ea_queries = c.set_eaq ? c.ea_queries : CLI_EA_QUERIES;
 	plan->ref_context = c.ao.ref_context;
 	if (mode == KVX_PLAN_HYBRID)
 		plan->alpha = c.alpha;

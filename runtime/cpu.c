@@ -39,6 +39,15 @@ typedef struct cpu_ctx {
 	int		 s_tokens;	/* scratch capacity in tokens */
 	float		*winq;		/* [seq][layer][head][WIN_SAVE][D] */
 	int		*winq_n;	/* per seq: saved window length */
+	/* query_stats: every prompt query's pre-RoPE mean and covariance,
+	   [seq][layer] of H x D means then H x D x D covariances, for a
+	   plan whose Expected Attention statistics span the prompt */
+	double		*qst;
+	int		*qst_n;		/* per seq: their prompt's length, 0
+					   none */
+	double		*qtmp;		/* such a plan's own: one layer's */
+	int32_t		*qpos;		/* 0 .. n_ctx - 1 */
+	int		 pre_n;		/* the prefill's prompt length */
 	int32_t		*ids;		/* [seq][n_ctx]: the prompt, which a
 					   kvzip plan repeats, here or in a
 					   context compressing from this one */
@@ -72,6 +81,10 @@ cpu_destroy(void **pc)
 	pool_free(&c->pool);
 	free(c->winq);
 	free(c->winq_n);
+	free(c->qst);
+	free(c->qst_n);
+	free(c->qtmp);
+	free(c->qpos);
 	free(c->ids);
 	free(c->score);
 	free(c->pooled);
@@ -95,6 +108,44 @@ static int
 cpu_runs(const kvx_model *m)
 {
 	return 1;
+}
+
+/* Doubles of one layer's query statistics: H means and H covariances. */
+static size_t
+qstats_layer(const kvx_model_info *mi)
+{
+	return (size_t)mi->n_head * mi->head_dim * (1 + (size_t)mi->head_dim);
+}
+
+/* The query statistics' buffers, where the context needs them: a full
+ * cache that keeps them (query_stats), a plan whose Expected Attention
+ * statistics span the prompt. */
+static kvx_status
+qstats_new(cpu_ctx *c)
+{
+	const kvx_model_info *mi = &c->m->info;
+	const kvx_plan *P = c->plan;
+	int own = P != NULL && P->scorer == PLAN_SCORER_EA &&
+	    P->ea_queries == PLAN_EA_ALL, i;
+
+	if (P == NULL && c->p.query_stats) {
+		c->qst = kvx__malloc_array((size_t)c->p.n_seq * mi->n_layer *
+		    qstats_layer(mi), sizeof(double));
+		c->qst_n = kvx__calloc((size_t)c->p.n_seq, sizeof(int));
+		if (c->qst == NULL || c->qst_n == NULL)
+			return KVX_ERR_NOMEM;
+	}
+	if (own && (c->qtmp = kvx__malloc_array(qstats_layer(mi),
+	    sizeof(double))) == NULL)
+		return KVX_ERR_NOMEM;
+	if (c->qst != NULL || own) {
+		if ((c->qpos = kvx__malloc_array((size_t)c->p.n_ctx,
+		    sizeof(int32_t))) == NULL)
+			return KVX_ERR_NOMEM;
+		for (i = 0; i < c->p.n_ctx; i++)
+			c->qpos[i] = i;
+	}
+	return KVX_OK;
 }
 
 /* A CPU context: the cache and the selection scratch; the forward scratch
@@ -136,7 +187,7 @@ cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 		    mi->head_dim * (mi->head_dim + 1) + nctx, sizeof(float));
 	if (!c->winq || !c->winq_n || !c->ids || !c->score || !c->pooled ||
 	    !c->wtmp || !c->idx || (plan != NULL && plan->scorer == PLAN_SCORER_EA &&
-	    c->ea == NULL)) {
+	    c->ea == NULL) || qstats_new(c) != KVX_OK) {
 		cpu_destroy((void **)&c);
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	}
@@ -191,35 +242,49 @@ rollback(cpu_ctx *c, int n, const int *seqs)
 
 // --- selection -----------------------------------------------------------------
 
+/* Expected Attention's settings of plan P on layer l. */
+static void
+ea_settings(const kvx_model *m, const kvx_plan *P, int l, sel_ea *e)
+{
+	e->future = P != NULL ? P->ea_future : 1;
+	e->cov = P != NULL ? P->ea_cov : PLAN_COV_FULL;
+	e->vnorm = P != NULL ? P->ea_vnorm : 0;
+	e->theta = m->L[l].theta;
+	e->halves = m->desc->rope == ROPE_HALVES;
+}
+
 /*
  * Expected Attention scores of layer l's KV head h's candidates (the pw
  * window tokens excluded) into dst->score: statistics of the last of the
  * w window queries, which sit at the rows n - w .. n - 1 of the prompt,
- * with the layer's RoPE base.  Only the last nv rows are scored and the
- * softmax is normalised over them: a sliding-window layer's later queries
- * see no others.
+ * or, when the plan's span is the whole prompt, the layer's moments of
+ * every query (mom: H x D means, then H x D x D covariances), with the
+ * layer's RoPE base.  Only the last nv rows are scored and the softmax
+ * is normalised over them: a sliding-window layer's later queries see no
+ * others.
  */
 static void
 ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int nv, int l, int h,
-    const float *wq, int w, int pw, int sinks)
+    const float *wq, int w, const double *mom, int pw, int sinks)
 {
 	const kvx_model_info *mi = &dst->m->info;
 	const kvx_plan *P = dst->plan;
-	int D = mi->head_dim, g = mi->n_head / mi->n_head_kv, q;
+	int D = mi->head_dim, H = mi->n_head, g = H / mi->n_head_kv, q;
 	int nq = P->ea_queries < w ? P->ea_queries : w;
 	size_t cs = P->ea_cov == PLAN_COV_DIAG ? (size_t)D : (size_t)D * D;
 	float *mu = dst->ea, *cov = mu + (size_t)g * D;
 	sel_ea e;
 
-	e.future = P->ea_future;
-	e.cov = P->ea_cov;
-	e.vnorm = P->ea_vnorm;
-	e.theta = dst->m->L[l].theta;
-	e.halves = dst->m->desc->rope == ROPE_HALVES;
+	ea_settings(dst->m, P, l, &e);
 	for (q = 0; q < g; q++)
-		sel_ea_stats(wq + ((size_t)(h * g + q) * w + (w - nq)) * D,
-		    ss->pos + n - nq, nq, D, n, &e, mu + (size_t)q * D,
-		    cov + q * cs);
+		if (P->ea_queries == PLAN_EA_ALL)
+			sel_ea_carry(mom + (size_t)(h * g + q) * D, mom +
+			    (size_t)H * D + (size_t)(h * g + q) * D * D, D,
+			    n, &e, mu + (size_t)q * D, cov + q * cs);
+		else
+			sel_ea_stats(wq + ((size_t)(h * g + q) * w +
+			    (w - nq)) * D, ss->pos + n - nq, nq, D, n, &e,
+			    mu + (size_t)q * D, cov + q * cs);
 	sel_ea_score(mu, cov, ss->k + (size_t)(n - nv) * D,
 	    ss->v + (size_t)(n - nv) * D, nv, nv - pw, sinks, g, D, &e,
 	    P->gqa, cov + g * cs, dst->score);
@@ -228,14 +293,15 @@ ea_head(cpu_ctx *dst, const kv_seg *ss, int n, int nv, int l, int h,
 /*
  * Compress layer l of sequence sseq in src, which holds all n prompt
  * tokens, into sequence dseq of dst (the two may be the same), by dst's
- * plan, given that layer's window queries wq[H][w][D].  Without a plan
- * the rows are copied whole.  A sliding-window layer's source may hold
+ * plan, given that layer's window queries wq[H][w][D] and the moments of
+ * all its prompt queries (mom, as ea_head takes them; NULL where none
+ * are kept).  Without a plan the rows are copied whole.  A sliding-window layer's source may hold
  * the whole prompt or, from a full-cache prefill, its last
  * sel_window_rows only; either way only those rows are scored and kept.
  */
 static kvx_status
 select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
-    int l, const float *wq, int w)
+    int l, const float *wq, int w, const double *mom)
 {
 	const kvx_model_info *mi = &dst->m->info;
 	const kvx_plan *P = dst->plan;
@@ -272,6 +338,12 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 		return KVX_OK;
 	}
 
+	if (P->scorer == PLAN_SCORER_EA && P->ea_queries == PLAN_EA_ALL &&
+	    mom == NULL)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from: the "
+		    "plan's Expected Attention statistics span the whole "
+		    "prompt (queries: all), which the source context did not "
+		    "keep (kvx_ctx_params.query_stats)");
 	sel_rule(P, l, n, w, Hkv, &sc);
 	pw = sc.pw;
 	for (h = 0; h < Hkv; h++) {
@@ -281,7 +353,7 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 
 		off = ss->len - nv;
 		if (P->scorer == PLAN_SCORER_EA) {
-			ea_head(dst, ss, ss->len, nv, l, h, wq, w, pw,
+			ea_head(dst, ss, ss->len, nv, l, h, wq, w, mom, pw,
 			    sc.sinks);
 			sel_pool(dst->score, nv - pw, P->pool_kernel,
 			    sel_pool_kind(P->scorer, P->pool), pooled);
@@ -338,6 +410,21 @@ select_layer(cpu_ctx *dst, int dseq, const kv_cache *src, int sseq, int n,
 	return KVX_OK;
 }
 
+/* The moments of layer l's queries of the whole prompt (c->pre_n tokens,
+ * in the forward's scratch) into out, with covariances unless cov is
+ * PLAN_COV_NONE. */
+static kvx_status
+qstats_layer_run(cpu_ctx *c, int l, int cov, double *out)
+{
+	const kvx_model_info *mi = &c->m->info;
+	size_t H = (size_t)mi->n_head, D = (size_t)mi->head_dim;
+	sel_ea e;
+
+	ea_settings(c->m, NULL, l, &e);
+	return sel_ea_moments(fw_scratch_queries(c->s), H * D, (int)H,
+	    c->qpos, c->pre_n, (int)D, &e, cov, out, out + H * D);
+}
+
 /* Forward hook: save the window queries, then compress the layer. */
 static kvx_status
 prefill_hook(void *arg, int seq, int l, const float *wq, int w,
@@ -347,11 +434,20 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 	const kvx_model_info *mi = &c->m->info;
 	size_t per = (size_t)mi->n_head * WIN_SAVE * mi->head_dim;
 	float *dst = c->winq + ((size_t)seq * mi->n_layer + l) * per;
+	const double *mom = NULL;
 	kvx_status st;
 	double t0;
 
 	memcpy(dst, wq, (size_t)mi->n_head * w * mi->head_dim * sizeof(float));
 	c->winq_n[seq] = w;
+	/* a full cache's statistics, for plans that compress from it */
+	if (c->qst != NULL) {
+		if ((st = qstats_layer_run(c, l, PLAN_COV_FULL, c->qst +
+		    ((size_t)seq * mi->n_layer + l) * qstats_layer(mi))) !=
+		    KVX_OK)
+			return st;
+		c->qst_n[seq] = c->pre_n;
+	}
 	/* kvzip scores once every layer holds the prompt */
 	if (c->plan != NULL && c->plan->scorer == PLAN_SCORER_KVZIP)
 		return KVX_OK;
@@ -371,8 +467,13 @@ prefill_hook(void *arg, int seq, int l, const float *wq, int w,
 	}
 	/* the forward has appended the whole prompt to this layer */
 	t0 = kvx__now();
-	st = select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq, l,
-	    0)->len, l, wq, w);
+	st = KVX_OK;
+	if (c->qtmp != NULL && (st = qstats_layer_run(c, l, c->plan->ea_cov,
+	    c->qtmp)) == KVX_OK)
+		mom = c->qtmp;
+	if (st == KVX_OK)
+		st = select_layer(c, seq, c->kv, seq, kv_seg_cget(c->kv, seq,
+		    l, 0)->len, l, wq, w, mom);
 	c->select_s += kvx__now() - t0;
 	return st;
 }
@@ -410,7 +511,7 @@ kvzip_select(cpu_ctx *c, int dseq, const kv_cache *src, int sseq, int n,
 	c->kz = sc;
 	for (l = 0; rc == KVX_OK && l < mi->n_layer; l++)
 		rc = select_layer(c, dseq, src, sseq, n, l,
-		    winq + (size_t)l * per, w);
+		    winq + (size_t)l * per, w, NULL);
 	c->kz = NULL;
 	return rc;
 }
@@ -526,6 +627,9 @@ cpu_prefill(void *be, int seq, const int32_t *ids, int n, float *logits)
 		c->kzc_seq = -1;
 	memcpy(c->ids + (size_t)seq * c->p.n_ctx, ids,
 	    (size_t)n * sizeof(int32_t));
+	c->pre_n = n;
+	if (c->qst_n != NULL)
+		c->qst_n[seq] = 0;
 	rc = run_seq(c, seq, ids, n, 0, 1, logits, prefill_hook);
 	if (rc == KVX_OK && c->plan != NULL &&
 	    c->plan->scorer == PLAN_SCORER_KVZIP)
@@ -533,6 +637,8 @@ cpu_prefill(void *be, int seq, const int32_t *ids, int n, float *logits)
 	if (rc != KVX_OK) {
 		kv_seq_clear(c->kv, seq);
 		c->winq_n[seq] = 0;
+		if (c->qst_n != NULL)
+			c->qst_n[seq] = 0;
 		return rc;
 	}
 	c->kv->n_pos[seq] = n;
@@ -700,7 +806,9 @@ cpu_compress_from(void *dbe, int dseq, const void *sbe, int sseq)
 		for (rc = KVX_OK, l = 0; rc == KVX_OK && l < mi->n_layer; l++)
 			rc = select_layer(dst, dseq, src->kv, sseq, n, l,
 			    src->winq + ((size_t)sseq * mi->n_layer + l) * per,
-			    src->winq_n[sseq]);
+			    src->winq_n[sseq], src->qst != NULL &&
+			    src->qst_n[sseq] == n ? src->qst + ((size_t)sseq *
+			    mi->n_layer + l) * qstats_layer(mi) : NULL);
 		dst->select_s += kvx__now() - t0;
 	}
 	if (rc != KVX_OK) {
@@ -724,6 +832,8 @@ cpu_seq_clear(void *be, int seq)
 
 	kv_seq_clear(c->kv, seq);
 	c->winq_n[seq] = 0;
+	if (c->qst_n != NULL)
+		c->qst_n[seq] = 0;
 	if (c->kzc_seq == seq)
 		c->kzc_seq = -1;
 	return KVX_OK;

@@ -52,7 +52,8 @@ window(int n)
 
 /*
  * Floats of the Expected Attention scratch, within g->sscr: each query
- * head's mean, covariance and pre-RoPE queries, then the scores' logits.
+ * head's mean and covariance, the statistics' scratch (a window's
+ * pre-RoPE queries, or the whole prompt's sums), then the scores' logits.
  */
 static size_t
 ea_floats(const gpu_ctx *g, int n, size_t *cov_at, size_t *u_at,
@@ -61,12 +62,13 @@ ea_floats(const gpu_ctx *g, int n, size_t *cov_at, size_t *u_at,
 	const kvx_plan *P = g->plan;
 	size_t D = (size_t)g->D, H = (size_t)g->H, nq, cs;
 
-	nq = (size_t)(P->ea_queries < window(n) ? P->ea_queries : window(n));
+	nq = (size_t)sel_ea_nq(P, n);
 	cs = P->ea_cov == PLAN_COV_DIAG ? D : P->ea_cov == PLAN_COV_NONE ? 0 :
 	    D * D;
 	*cov_at = H * D;
 	*u_at = *cov_at + H * cs;
-	*lg_at = *u_at + H * nq * D;
+	*lg_at = *u_at + (kvx_cuda_ea_stats_scratch((int)H, (int)nq,
+	    (int)D) + sizeof(float) - 1) / sizeof(float);
 	return *lg_at + kvx_cuda_ea_scratch(g->Hkv, g->H / g->Hkv, n) /
 	    sizeof(float);
 }
@@ -208,7 +210,7 @@ ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc, const gpu_src *src)
 {
 	const kvx_plan *P = g->plan;
 	int D = g->D, H = g->H, G = H / g->Hkv;
-	int nq = P->ea_queries < window(n) ? P->ea_queries : window(n);
+	int nq = sel_ea_nq(P, n);
 	float *base = (float *)g->sscr, *w;
 	size_t cov_at, u_at, lg_at;
 

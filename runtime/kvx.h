@@ -199,7 +199,9 @@ typedef struct kvx_plan_info {
 	const char	*scorer;	/* snapkv, expected-attention or
 					   kvzip */
 	/* expected-attention's parameters; 0 and NULL under another */
-	int		 ea_queries;	/* prompt queries of the statistics */
+	int		 ea_queries;	/* last prompt queries of the
+					   statistics; 0: every query of
+					   the prompt (queries: all) */
 	int		 ea_future;	/* positions RoPE is averaged over */
 	const char	*ea_covariance;	/* full, diagonal or none */
 	int		 ea_value_norm;	/* 1: scores times the value norm */
@@ -226,6 +228,14 @@ typedef struct kvx_ctx_params {
 				   KVX_DEVICE=cpu */
 	int	n_threads;	/* CPU worker threads of this context (0, the
 				   default: the model's n_threads) */
+	int	query_stats;	/* 1: a full-cache CPU context keeps each
+				   prefill's query statistics (a mean and a
+				   covariance per layer and query head), so
+				   that kvx_compress_from can apply a plan
+				   whose Expected Attention statistics span
+				   the whole prompt (default 0: such a
+				   compression fails with
+				   KVX_ERR_UNSUPPORTED) */
 } kvx_ctx_params;
 
 enum { KVX_DEVICE_AUTO = 0, KVX_DEVICE_CPU = 1, KVX_DEVICE_GPU = 2 };

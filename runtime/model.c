@@ -500,6 +500,12 @@ fw_scratch_new(const kvx_model *m, kvx_pool *pool, int max_tokens,
 	return KVX_OK;
 }
 
+const float *
+fw_scratch_queries(const fw_scratch *s)
+{
+	return s->q;
+}
+
 // --- linear layers -----------------------------------------------------------
 
 #define MAX_FUSED 3

@@ -93,6 +93,10 @@ typedef struct fw_scratch fw_scratch;
 kvx_status	 fw_scratch_new(const kvx_model *, kvx_pool *pool,
 		     int max_tokens, int max_ctx, fw_scratch **out);
 void		 fw_scratch_free(fw_scratch **);
+/* The post-RoPE queries of the layer the forward ran last, a row of
+ * n_head x head_dim per token of the batch: inside a layer hook, that
+ * layer's queries of the whole prompt. */
+const float	*fw_scratch_queries(const fw_scratch *);
 kvx_status	 model_forward(kvx_model *, kv_cache *, fw_scratch *,
 		     const fw_batch *);
 /* f32 copy of a matrix, made once, safe to call from several threads. */

@@ -32,6 +32,8 @@ enum plan_cov { PLAN_COV_FULL = 0, PLAN_COV_DIAG = 1, PLAN_COV_NONE = 2 };
 /* Expected Attention's defaults (kvpress's ExpectedAttentionPress, with
  * the statistics taken over the queries a context keeps). */
 #define PLAN_EA_QUERIES		KVX_WINDOW_MAX
+/* expected_attention.queries: all, every query of the prompt */
+#define PLAN_EA_ALL		0
 #define PLAN_EA_FUTURE		512
 #define PLAN_EA_MAX_FUTURE	(1 << 20)
 
@@ -74,7 +76,8 @@ struct kvx_plan {
 
 	/* expected-attention: read and written only under that scorer */
 	int		 ea_queries;	/* last prompt queries of the
-					   statistics, [2, KVX_WINDOW_MAX] */
+					   statistics, [2, KVX_WINDOW_MAX],
+					   or PLAN_EA_ALL */
 	int		 ea_future;	/* future positions RoPE is averaged
 					   over */
 	int		 ea_cov;	/* enum plan_cov */

@@ -352,12 +352,26 @@ ld_section(struct ld *ld, yaml_node_t *map, const char *sect,
 			break;
 		case F_INT:
 		case F_I64:
+			if ((f->flags & FL_ALL) && scalar_is(vals[i], "all")) {
+				*(int *)base = 0;
+				break;
+			}
+			if ((f->flags & FL_ALL) && vals[i]->type ==
+			    YAML_SCALAR_NODE && (vals[i]->data.scalar.length ==
+			    0 || strchr("+-0123456789",
+			    vals[i]->data.scalar.value[0]) == NULL)) {
+				st = ld_fail(ld, vals[i], "%s must be an "
+				    "integer or all, got '%s'", path,
+				    node_show(vals[i], why, sizeof why));
+				break;
+			}
 			st = ld_integer(ld, vals[i], path, 1, &sv, NULL);
 			if (st == KVX_OK && ((double)sv < f->lo ||
 			    (double)sv > f->hi))
 				st = ld_fail(ld, vals[i], "%s must be in "
-				    "[%.0f, %.0f], got %" PRId64, path, f->lo,
-				    f->hi, sv);
+				    "[%.0f, %.0f]%s, got %" PRId64, path, f->lo,
+				    f->hi, f->flags & FL_ALL ? " or all" : "",
+				    sv);
 			else if (st == KVX_OK && f->kind == F_INT)
 				*(int *)base = (int)sv;
 			else if (st == KVX_OK)

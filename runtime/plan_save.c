@@ -194,6 +194,8 @@ em_field(yaml_emitter_t *e, const struct field *f, const kvx_plan *p)
 	case F_ENUM:
 		return em_scalar(e, f->names[*(const int *)base], 0);
 	case F_INT:
+		if ((f->flags & FL_ALL) && *(const int *)base == 0)
+			return em_scalar(e, "all", 0);
 		snprintf(buf, sizeof buf, "%d", *(const int *)base);
 		return em_scalar(e, buf, 0);
 	case F_I64:

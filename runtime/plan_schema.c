@@ -96,7 +96,7 @@ const struct field plan_fields[] = {
 	{ "", "expected_attention", F_SECTION, 0, 0, 0, 0,
 	    FL_OPTIONAL | FL_EA, NULL },
 	{ "expected_attention", "queries", F_INT, OFF(ea_queries), 0, 2,
-	    KVX_WINDOW_MAX, FL_EA, NULL },
+	    KVX_WINDOW_MAX, FL_EA | FL_ALL, NULL },
 	{ "expected_attention", "future", F_INT, OFF(ea_future), 0, 1,
 	    PLAN_EA_MAX_FUTURE, FL_EA, NULL },
 	{ "expected_attention", "covariance", F_ENUM, OFF(ea_cov), 0, 0, 0,
@@ -272,9 +272,12 @@ plan_field_check(const struct field *f, const kvx_plan *p, char *why,
 	case F_I64:
 		v = f->kind == F_INT ? *(const int *)base :
 		    *(const int64_t *)base;
+		if ((f->flags & FL_ALL) && v == 0)
+			return 0;
 		if ((double)v < f->lo || (double)v > f->hi) {
-			snprintf(why, size, "must be in [%.0f, %.0f], got %"
-			    PRId64, f->lo, f->hi, v);
+			snprintf(why, size, "must be in [%.0f, %.0f]%s, got %"
+			    PRId64, f->lo, f->hi, f->flags & FL_ALL ?
+			    " or all" : "", v);
 			return -1;
 		}
 		if ((f->flags & FL_ODD) && v % 2 == 0) {

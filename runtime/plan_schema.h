@@ -34,6 +34,8 @@ enum fkind {
 #define FL_EA		0x10	/* read, checked and written only when
 				   selection.scorer is expected-attention */
 #define FL_KVZIP	0x20	/* likewise, when it is kvzip */
+#define FL_ALL		0x40	/* F_INT that may be the word all, held as
+				   0 (below its range) */
 
 struct field {
 	const char		*sect;	/* "" for the top level */

@@ -17,9 +17,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef HAVE_OPENBLAS
+#include <cblas.h>
+#endif
 
 #include "plan.h"
 #include "select.h"
+#include "util.h"
 #include "vexp.h"
 
 /* Window queries whose softmax statistics live on the stack. */
@@ -541,68 +545,118 @@ avg_rot(int n, int F, double f, double *c, double *s)
 	*s = r * sin(a);
 }
 
-void
-sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
-    const sel_ea *e, float *mu, float *cov)
+int
+sel_ea_nq(const kvx_plan *P, int n)
 {
-	double m[2], x[2], f, c, s, ca, sa, cb, sb, t00, t01, t10, t11;
-	double *u, *S = NULL;
-	int i, j, a, b, P = d / 2, full = e->cov != PLAN_COV_NONE;
-	int a0, a1, b0, b1;
+	int w = n < KVX_WINDOW_MAX ? n : KVX_WINDOW_MAX;
 
-	if (w < 1 || d < 2)
-		return;
-	/* pre-RoPE queries in double: w x d, then their covariance */
-	if ((u = malloc(sizeof(double) * (size_t)w * d)) == NULL ||
-	    (full && (S = calloc((size_t)d * d, sizeof(double))) == NULL)) {
-		free(u);
-		for (i = 0; i < d; i++)
-			mu[i] = NAN;
-		return;
-	}
-	for (i = 0; i < P; i++) {
-		a0 = e->halves ? i : 2 * i;
-		a1 = e->halves ? i + P : 2 * i + 1;
-		f = pow((double)e->theta, -(double)(2 * i) / d);
-		m[0] = m[1] = 0;
-		for (j = 0; j < w; j++) {
-			const float *p = q + (size_t)j * d;
+	if (P->ea_queries == PLAN_EA_ALL)
+		return n;
+	return P->ea_queries < w ? P->ea_queries : w;
+}
 
-			c = cos(pos[j] * f);
-			s = sin(pos[j] * f);
-			x[0] = p[a0] * c + p[a1] * s;
-			x[1] = -p[a0] * s + p[a1] * c;
-			u[(size_t)j * d + a0] = x[0];
-			u[(size_t)j * d + a1] = x[1];
-			m[0] += x[0];
-			m[1] += x[1];
-		}
-		m[0] /= w;
-		m[1] /= w;
-		avg_rot(n, e->future, f, &c, &s);
-		mu[a0] = (float)(c * m[0] - s * m[1]);
-		mu[a1] = (float)(s * m[0] + c * m[1]);
-		for (j = 0; j < w; j++) {
-			u[(size_t)j * d + a0] -= m[0];
-			u[(size_t)j * d + a1] -= m[1];
-		}
-	}
-	if (!full) {
-		free(u);
-		return;
-	}
+kvx_status
+sel_ea_moments(const float *q, size_t ld, int nh, const int32_t *pos, int w,
+    int d, const sel_ea *e, int cov, double *m, double *S)
+{
+	double x0, x1, *u, *fr, *cs;
+	int i, j, h, a, b, P = d / 2, a0, a1;
+
+	if (w < 1 || d < 2 || nh < 1)
+		return kvx__fail(KVX_ERR_ARG, "expected attention: %d queries "
+		    "of %d heads of size %d", w, nh, d);
+	if ((u = malloc(sizeof(double) * ((size_t)w * nh * d + 3 *
+	    (size_t)P))) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory for the "
+		    "statistics of %d queries", w);
+	fr = u + (size_t)w * nh * d;
+	cs = fr + P;
+	memset(m, 0, sizeof(double) * (size_t)nh * d);
+	for (i = 0; i < P; i++)
+		fr[i] = pow((double)e->theta, -(double)(2 * i) / d);
+	/* pre-RoPE queries, a query at a time (its rotation taken once for
+	 * every head), each head's rows in order */
 	for (j = 0; j < w; j++) {
-		const double *r = u + (size_t)j * d;
+		for (i = 0; i < P; i++) {
+			cs[2 * i] = cos(pos[j] * fr[i]);
+			cs[2 * i + 1] = sin(pos[j] * fr[i]);
+		}
+		for (h = 0; h < nh; h++) {
+			const float *p = q + (size_t)j * ld + (size_t)h * d;
+			double *r = u + ((size_t)h * w + j) * d;
+			double *mh = m + (size_t)h * d;
 
+			for (i = 0; i < P; i++) {
+				a0 = e->halves ? i : 2 * i;
+				a1 = e->halves ? i + P : 2 * i + 1;
+				x0 = p[a0] * cs[2 * i] + p[a1] * cs[2 * i + 1];
+				x1 = -p[a0] * cs[2 * i + 1] + p[a1] * cs[2 * i];
+				r[a0] = x0;
+				r[a1] = x1;
+				mh[a0] += x0;
+				mh[a1] += x1;
+			}
+		}
+	}
+	for (i = 0; i < nh * d; i++)
+		m[i] /= w;
+	if (cov == PLAN_COV_NONE) {
+		free(u);
+		return KVX_OK;
+	}
+	/* the centred queries' products, the lower triangle, then mirrored:
+	 * w d^2 / 2 products a head, the cost of a span of the whole prompt */
+	for (h = 0; h < nh; h++) {
+		double *Sh = S + (size_t)h * d * d, *U = u + (size_t)h * w * d;
+		const double *mh = m + (size_t)h * d;
+
+		for (j = 0; j < w; j++)
+			for (a = 0; a < d; a++)
+				U[(size_t)j * d + a] -= mh[a];
+#ifdef HAVE_OPENBLAS
+		cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, d, w,
+		    1.0 / w, U, d, 0.0, Sh, d);
+#else
+		memset(Sh, 0, sizeof(double) * (size_t)d * d);
+		for (j = 0; j < w; j++) {
+			const double *r = U + (size_t)j * d;
+
+			for (a = 0; a < d; a++) {
+				double ra = r[a], *row = Sh + (size_t)a * d;
+
+				for (b = 0; b <= a; b++)
+					row[b] += ra * r[b];
+			}
+		}
 		for (a = 0; a < d; a++)
 			for (b = 0; b <= a; b++)
-				S[(size_t)a * d + b] += r[a] * r[b];
+				Sh[(size_t)a * d + b] /= w;
+#endif
+		for (a = 0; a < d; a++)
+			for (b = 0; b < a; b++)
+				Sh[(size_t)b * d + a] = Sh[(size_t)a * d + b];
 	}
-	for (a = 0; a < d; a++)
-		for (b = 0; b <= a; b++) {
-			S[(size_t)a * d + b] /= w;
-			S[(size_t)b * d + a] = S[(size_t)a * d + b];
-		}
+	free(u);
+	return KVX_OK;
+}
+
+void
+sel_ea_carry(const double *m, const double *S, int d, int n, const sel_ea *e,
+    float *mu, float *cov)
+{
+	double c, s, ca, sa, cb, sb, t00, t01, t10, t11;
+	int a, b, P = d / 2, a0, a1, b0, b1;
+
+	for (a = 0; a < P; a++) {
+		a0 = e->halves ? a : 2 * a;
+		a1 = e->halves ? a + P : 2 * a + 1;
+		avg_rot(n, e->future, pow((double)e->theta,
+		    -(double)(2 * a) / d), &c, &s);
+		mu[a0] = (float)(c * m[a0] - s * m[a1]);
+		mu[a1] = (float)(s * m[a0] + c * m[a1]);
+	}
+	if (e->cov == PLAN_COV_NONE)
+		return;
 	/* R S R^T, one 2 x 2 block of pairs at a time: block (A, B) is
 	 * B_A S_AB B_B^T with B = [c -s; s c] of its pair */
 	for (a = 0; a < P; a++) {
@@ -638,7 +692,29 @@ sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
 			cov[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
 		}
 	}
-	free(u);
+}
+
+void
+sel_ea_stats(const float *q, const int32_t *pos, int w, int d, int n,
+    const sel_ea *e, float *mu, float *cov)
+{
+	double *m = NULL, *S = NULL;
+	int i, full = e->cov != PLAN_COV_NONE;
+
+	if (w < 1 || d < 2)
+		return;
+	if ((m = malloc(sizeof(double) * d)) == NULL ||
+	    (full && (S = malloc(sizeof(double) * d * d)) == NULL) ||
+	    sel_ea_moments(q, (size_t)d, 1, pos, w, d, e, e->cov, m, S) !=
+	    KVX_OK) {
+		for (i = 0; i < d; i++)
+			mu[i] = NAN;
+		free(m);
+		free(S);
+		return;
+	}
+	sel_ea_carry(m, S, d, n, e, mu, cov);
+	free(m);
 	free(S);
 }
 

@@ -166,6 +166,30 @@ typedef struct sel_ea {
 void		 sel_ea_stats(const float *q, const int32_t *pos, int w,
 		     int d, int n, const sel_ea *e, float *mu, float *cov);
 /*
+ * The two halves of sel_ea_stats, for nh query heads at once: the
+ * pre-RoPE mean (m, nh x d) and, unless cov is PLAN_COV_NONE, the
+ * covariance divided by w (S, nh x d x d, whole even for a diagonal plan,
+ * whose pairs need their 2 x 2 blocks) of w queries; head h's query j is
+ * at q + j ld + h d, at position pos[j].  These do not depend on the
+ * prompt's length, so a context can keep them for a later compression
+ * (kvx_compress_from).  KVX_ERR_NOMEM or KVX_ERR_ARG, with the message
+ * set, on failure.
+ */
+kvx_status	 sel_ea_moments(const float *q, size_t ld, int nh,
+		     const int32_t *pos, int w, int d, const sel_ea *e,
+		     int cov, double *m, double *S);
+/* The moments of one head carried to a prompt of n tokens: mu and cov as
+ * sel_ea_stats gives them (S unused when e->cov is PLAN_COV_NONE). */
+void		 sel_ea_carry(const double *m, const double *S, int d, int n,
+		     const sel_ea *e, float *mu, float *cov);
+/*
+ * Prompt queries Expected Attention's statistics take after a prompt of
+ * n tokens under plan P: all n when its span is the whole prompt
+ * (expected_attention.queries: all), else the last
+ * min(queries, n, KVX_WINDOW_MAX).  The CPU and the GPU take it here.
+ */
+int		 sel_ea_nq(const kvx_plan *P, int n);
+/*
  * score[t] for t in [0, nc): the logarithm of the expected softmax
  * weight of key t under a Gaussian query of each of the g heads'
  * statistics (mu g x d, cov as sel_ea_stats gives it, per head), the

@@ -3,8 +3,9 @@
  * real model (CPU): each segment keeps its planned count, in order, with
  * the sinks and the window; a hybrid layer keeps its planned total; the
  * tokens kept are not those SnapKV keeps; kvx_compress_from, which scores
- * from what a full prefill saved (its window queries, or its prompt for
- * kvzip's repeat pass), equals a compressed prefill.
+ * from what a full prefill saved (its window queries, its queries'
+ * statistics for a span of the whole prompt, or its prompt for kvzip's
+ * repeat pass), equals a compressed prefill.
  * SPDX-License-Identifier: MIT
  */
 #include "config.h"
@@ -98,7 +99,7 @@ static void
 run_plan(const char *what, const kvx_plan *p, const kvx_plan *snap,
     const int32_t *ids, int n)
 {
-	kvx_ctx_params prm;
+	kvx_ctx_params prm, pf;
 	kvx_ctx *cp = NULL, *cf = NULL, *cc = NULL, *cs = NULL;
 	float *lp, *lf, *ls;
 	int32_t ta[NSTEP], tb[NSTEP];
@@ -111,8 +112,11 @@ run_plan(const char *what, const kvx_plan *p, const kvx_plan *snap,
 	prm.n_ctx = n + NSTEP + 8;
 	prm.device = KVX_DEVICE_CPU;
 	prm.decode_headroom = NSTEP + 8;
+	/* the full prefill keeps what a span of the whole prompt needs */
+	pf = prm;
+	pf.query_stats = 1;
 	if (!ok(kvx_ctx_new(M, p, &prm, &cp) == KVX_OK &&
-	    kvx_ctx_new(M, NULL, &prm, &cf) == KVX_OK &&
+	    kvx_ctx_new(M, NULL, &pf, &cf) == KVX_OK &&
 	    kvx_ctx_new(M, p, &prm, &cc) == KVX_OK &&
 	    kvx_ctx_new(M, snap, &prm, &cs) == KVX_OK, "%s: contexts: %s",
 	    what, kvx_errmsg()))
@@ -146,12 +150,52 @@ out:
 	free(ls);
 }
 
+/*
+ * A span of the whole prompt: the statistics of all n queries keep other
+ * tokens than those of the last 128 (window), and a full context that did
+ * not keep them (query_stats 0) cannot be compressed from.
+ */
+static void
+run_span(kvx_plan *p, const kvx_plan *window, const int32_t *ids, int n)
+{
+	kvx_ctx_params prm;
+	kvx_ctx *ca = NULL, *cw = NULL, *cf = NULL, *cc = NULL;
+	int nd;
+
+	kvx_ctx_params_init(&prm);
+	prm.n_ctx = n + 8;
+	prm.device = KVX_DEVICE_CPU;
+	if (!ok(kvx_ctx_new(M, p, &prm, &ca) == KVX_OK &&
+	    kvx_ctx_new(M, window, &prm, &cw) == KVX_OK &&
+	    kvx_ctx_new(M, NULL, &prm, &cf) == KVX_OK &&
+	    kvx_ctx_new(M, p, &prm, &cc) == KVX_OK, "span: contexts: %s",
+	    kvx_errmsg()))
+		goto out;
+	ok(kvx_prefill(ca, 0, ids, n, NULL) == KVX_OK &&
+	    kvx_prefill(cw, 0, ids, n, NULL) == KVX_OK &&
+	    kvx_prefill(cf, 0, ids, n, NULL) == KVX_OK, "span: prefills: %s",
+	    kvx_errmsg());
+	nd = segments_differ(ca, cw);
+	ok(nd > INFO->n_layer, "span: %d of %d segments keep other tokens "
+	    "with the statistics of all %d queries than with the last %d",
+	    nd, INFO->n_layer * INFO->n_head_kv, n, window->ea_queries);
+	ok(kvx_compress_from(cc, 0, cf, 0) == KVX_ERR_UNSUPPORTED &&
+	    strstr(kvx_errmsg(), "query_stats") != NULL &&
+	    kvx_seq_len(cc, 0) == 0, "span: compress_from a context that did "
+	    "not keep the statistics is refused: %s", kvx_errmsg());
+out:
+	kvx_ctx_free(&ca);
+	kvx_ctx_free(&cw);
+	kvx_ctx_free(&cf);
+	kvx_ctx_free(&cc);
+}
+
 int
 main(void)
 {
 	const char *path = tap_model_path();
 	static int32_t ids[NTOK];
-	kvx_plan *ps = NULL, *ph = NULL, *ss = NULL, *sh = NULL;
+	kvx_plan *ps = NULL, *ph = NULL, *ss = NULL, *sh = NULL, *pw = NULL;
 	int n;
 
 	if (path == NULL)
@@ -179,6 +223,18 @@ main(void)
 	ph->ea_vnorm = 0;
 	ph->ea_queries = 2;
 	run_plan("hybrid, mean only, 2 queries", ph, sh, ids, n);
+	ph->ea_queries = PLAN_EA_ALL;
+	run_plan("hybrid, mean only, the whole prompt", ph, sh, ids, n);
+	ps->ea_cov = PLAN_COV_FULL;
+	ps->gqa = ss->gqa = PLAN_GQA_MEAN;
+	if (plan_copy(ps, &pw) != KVX_OK)
+		return ok(0, "plans: %s", kvx_errmsg()), tap_done();
+	ps->ea_queries = PLAN_EA_ALL;
+	run_plan("static, the whole prompt", ps, ss, ids, n);
+	ps->ea_cov = PLAN_COV_DIAG;
+	run_plan("static, diagonal, the whole prompt", ps, ss, ids, n);
+	ps->ea_cov = PLAN_COV_FULL;
+	run_span(ps, pw, ids, n);
 
 	plan_set_scorer(ps, PLAN_SCORER_KVZIP);
 	plan_set_scorer(ph, PLAN_SCORER_KVZIP);
@@ -192,6 +248,7 @@ main(void)
 	kvx_plan_free(&ph);
 	kvx_plan_free(&ss);
 	kvx_plan_free(&sh);
+	kvx_plan_free(&pw);
 	kvx_model_close(&M);
 	return tap_done();
 }

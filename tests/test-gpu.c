@@ -632,6 +632,18 @@ run_model(const char *path, const char *name, double dec_scale,
 	    LONG_TEXT, 2e-2);
 	compare_run(W("25% hybrid, expected attention, no covariance, max"),
 	    he, LONG_TEXT, 3e-2);
+	/* the statistics of every prompt query: past 256 queries (the
+	 * random-weight files' prompts of about 900 tokens) the GPU sums
+	 * them over several blocks a head (ea_moments_k) */
+	pe->ea_queries = PLAN_EA_ALL;
+	he->ea_queries = PLAN_EA_ALL;
+	compare_run(W("25% static, expected attention, diagonal, the whole "
+	    "prompt"), pe, LONG_TEXT, 2e-2);
+	pe->ea_cov = PLAN_COV_FULL;
+	compare_run(W("25% static, expected attention, the whole prompt"), pe,
+	    LONG_TEXT, 2e-2);
+	compare_run(W("25% hybrid, expected attention, no covariance, max, "
+	    "the whole prompt"), he, LONG_TEXT, 3e-2);
 	/*
 	 * KVzip: the repeat pass on each device.  Its scores come from
 	 * softmax weights over fp16 keys and GEMM inputs on the GPU, f32 on

@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..44"
+echo "1..48"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -169,6 +169,21 @@ else
 fi
 err 2 "unknown device 'tpu' (auto, cpu or gpu)" "an unknown device" -- \
     -m "$KVX_MODEL" -c "$gpl" --device tpu
+
+# --- Expected Attention's span ------------------------------------------------
+"$plan" -m "$KVX_MODEL" --method uniform -b 20% --scorer expected-attention \
+    -q -o "$tmp/ea-all.yaml" && grep -q '^  queries: all$' "$tmp/ea-all.yaml"
+ok $? "an expected-attention plan takes every prompt query by default"
+"$plan" -m "$KVX_MODEL" --method uniform -b 20% --scorer expected-attention \
+    --ea-queries 64 -q -o "$tmp/ea-64.yaml" &&
+    grep -q '^  queries: 64$' "$tmp/ea-64.yaml"
+ok $? "--ea-queries 64 writes queries: 64"
+err 2 "bad span '129' (all, or a count of the last queries in \[2, 128\])" \
+    "a span past the 128 queries a context keeps" -- -m "$KVX_MODEL" \
+    --method uniform --scorer expected-attention --ea-queries 129
+err 2 "applies to the expected-attention scorer only" \
+    "--ea-queries under another scorer" -- -m "$KVX_MODEL" --method uniform \
+    --ea-queries 64
 
 # --- the manual documents the options -h lists, and no others ----------------
 help=$("$plan" -h | sed -n 's/^ *\(-[a-zA-Z], \)\{0,1\}--\([a-z-]*\).*/\2/p' |

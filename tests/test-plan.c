@@ -193,7 +193,9 @@ test_round_trip(int mode, int kind, uint64_t seed)
 	if (k >= 4)
 		plan_set_scorer(p, k % 3);
 	if (p->scorer == PLAN_SCORER_EA) {
-		p->ea_queries = k == 4 ? 2 : KVX_WINDOW_MAX;
+		/* and seed 15 the whole prompt, written "all" */
+		p->ea_queries = k == 4 ? 2 : seed == 15 ? PLAN_EA_ALL :
+		    KVX_WINDOW_MAX;
 		p->ea_future = k == 4 ? 1 : PLAN_EA_MAX_FUTURE;
 		p->ea_cov = k == 4 ? PLAN_COV_NONE : PLAN_COV_DIAG;
 		p->ea_vnorm = k == 4 ? 0 : 1;
@@ -479,7 +481,10 @@ test_invalid_fixtures(void)
 		{ "ea-missing", KVX_ERR_PLAN, ":2:1:",
 		    "missing key 'expected_attention'" },
 		{ "ea-key", KVX_ERR_PLAN, ":23:3:", "missing key 'future'" },
-		{ "ea-range", KVX_ERR_PLAN, ":23:12:", "[2, 128], got 129" },
+		{ "ea-range", KVX_ERR_PLAN, ":23:12:",
+		    "[2, 128] or all, got 129" },
+		{ "ea-word", KVX_ERR_PLAN, ":23:12:",
+		    "an integer or all, got 'every'" },
 		{ "ea-unused", KVX_ERR_PLAN, ":21:1:", "only read when" },
 		{ "ea-enum", KVX_ERR_PLAN, ":25:15:", "'low-rank'" },
 		{ "kvzip-missing", KVX_ERR_PLAN, ":2:1:",
@@ -771,6 +776,7 @@ main(void)
 	test_round_trip(KVX_PLAN_STATIC, PLAN_BUDGET_FRACTION, 5);
 	test_round_trip(KVX_PLAN_HYBRID, PLAN_BUDGET_FRACTION, 6);
 	test_round_trip(KVX_PLAN_STATIC, PLAN_BUDGET_TOKENS, 7);
+	test_round_trip(KVX_PLAN_HYBRID, PLAN_BUDGET_FRACTION, 15);
 	test_valid_fixtures();
 	test_info();
 	test_invalid_fixtures();

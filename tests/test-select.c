@@ -437,6 +437,7 @@ test_ea(void)
 		{ 2, 1, 1, 2, 1, 0, 1 }, { 40, 8, 3, 16, 512, 4, 8 },
 		{ 300, 32, 3, 64, 512, 4, 32 }, { 129, 128, 2, 8, 7, 0, 1 },
 		{ 500, 64, 1, 64, 5000, 2, 16 }, { 64, 3, 4, 6, 1, 1, 3 },
+		{ 700, 700, 2, 64, 512, 4, 32 },	/* the whole prompt */
 	};
 	int si, cov, gqa, vn, n, w, g, d, F, s0, pw, t, i, j, h, bad, hv;
 	float theta = 10000.0f;
@@ -568,6 +569,53 @@ test_pool(void)
 		free(out);
 		free(ref);
 	}
+}
+
+/*
+ * sel_ea_moments of several heads at once, their rows ld apart (as the
+ * forward keeps a layer's queries), against the same heads taken one at
+ * a time from contiguous rows: the same sums in the same order, so
+ * equal to the bit; and sel_ea_carry of them equals sel_ea_stats.
+ */
+static void
+test_ea_moments(void)
+{
+	int w = 300, nh = 3, d = 16, ld = nh * d + 5, h, j, i, bad = 0;
+	float *q = malloc(sizeof(float) * w * ld), *qh = malloc(sizeof(float) *
+	    w * d), mu[16], cv[256], mu2[16], cv2[256];
+	double *m = malloc(sizeof(double) * nh * d);
+	double *S = malloc(sizeof(double) * nh * d * d);
+	double m1[16], S1[256];
+	int32_t *pos = malloc(sizeof(int32_t) * w);
+	sel_ea e = { 64, PLAN_COV_FULL, 1, 10000.0f, 0 };
+
+	for (i = 0; i < w * ld; i++)
+		q[i] = tap_frand() + (i % 3 == 0);
+	for (j = 0; j < w; j++)
+		pos[j] = 2 * j + 1;
+	ok(sel_ea_moments(q, (size_t)ld, nh, pos, w, d, &e, PLAN_COV_FULL, m,
+	    S) == KVX_OK, "ea moments of %d heads", nh);
+	for (h = 0; h < nh; h++) {
+		for (j = 0; j < w; j++)
+			memcpy(qh + (size_t)j * d, q + (size_t)j * ld +
+			    (size_t)h * d, sizeof(float) * d);
+		sel_ea_moments(qh, (size_t)d, 1, pos, w, d, &e, PLAN_COV_FULL,
+		    m1, S1);
+		bad += memcmp(m1, m + (size_t)h * d, sizeof m1) != 0 ||
+		    memcmp(S1, S + (size_t)h * d * d, sizeof S1) != 0;
+		sel_ea_stats(qh, pos, w, d, 2 * w, &e, mu, cv);
+		sel_ea_carry(m + (size_t)h * d, S + (size_t)h * d * d, d,
+		    2 * w, &e, mu2, cv2);
+		bad += memcmp(mu, mu2, sizeof mu) != 0 ||
+		    memcmp(cv, cv2, sizeof cv) != 0;
+	}
+	ok(bad == 0, "ea moments: %d heads ld %d apart equal each head alone, "
+	    "and carried equal sel_ea_stats (%d differ)", nh, ld, bad);
+	free(q);
+	free(qh);
+	free(m);
+	free(S);
+	free(pos);
 }
 
 /*
@@ -1035,6 +1083,7 @@ main(void)
 	test_score();
 	test_ea();
 	test_ea_order();
+	test_ea_moments();
 	test_pool();
 	test_topk();
 	test_select();

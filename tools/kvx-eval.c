@@ -425,6 +425,23 @@ run_tasks(struct run *r, const struct args *a)
 	    a->inside, r->rows);
 }
 
+/* 1 when an entry's plan takes Expected Attention's statistics from
+ * every query of the prompt, which the shared prefill must then keep. */
+static int
+spans_prompt(const struct run *r)
+{
+	kvx_plan_info pi;
+	int i;
+
+	for (i = 0; i < r->n_ent; i++)
+		if (r->ents[i].plan != NULL &&
+		    kvx_plan_get_info(r->ents[i].plan, &pi) == KVX_OK &&
+		    strcmp(pi.scorer, "expected-attention") == 0 &&
+		    pi.ea_queries == 0)
+			return 1;
+	return 0;
+}
+
 /* A context per entry, and the full one that holds the shared prefill. */
 static void
 new_contexts(struct run *r)
@@ -447,6 +464,7 @@ new_contexts(struct run *r)
 			fail(e->plan != NULL ? EXIT_PLAN : EXIT_RUN, "%s: %s",
 			    e->path, kvx_errmsg());
 	}
+	cp.query_stats = spans_prompt(r);
 	if (kvx_ctx_new(r->model, NULL, &cp, &r->src) != KVX_OK)
 		fail(EXIT_RUN, "%s", kvx_errmsg());
 }
