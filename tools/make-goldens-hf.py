@@ -13,6 +13,10 @@ Regenerate (on a machine with torch and transformers; gguf from PyPI):
     python3 tools/make-goldens-hf.py \
         models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
         tests/golden/qwen2-logits.txt tests/golden/qwen2-logits-hf.txt
+    python3 tools/make-goldens-hf.py models/gemma-3-270m-q4_k_m.gguf \
+        tests/golden/gemma3-logits.txt tests/golden/gemma3-logits-hf.txt
+(transformers needs accelerate to load a GGUF file; without a GPU it
+computes on the CPU, in float32 all the same.)
 
 Reads the prompts (token ids) of logits.txt, writes the same format.
 """
