@@ -34,7 +34,7 @@ ea_lines() {	# ea_lines PLAN
 }
 want="  scorer: expected-attention
 expected_attention:
-  queries: 128
+  queries: all
   future: 512
   covariance: full
   value_norm: true"
