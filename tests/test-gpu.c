@@ -713,7 +713,7 @@ src_path(char *out, size_t size, const char *rel)
 int
 main(void)
 {
-	const char *path = tap_model_path();
+	const char *path = tap_model_path(), *env;
 	char qwen2[1024], gemma3[1024];
 	kvx_ctx_params cp;
 	kvx_ctx *c = NULL;
@@ -744,5 +744,10 @@ main(void)
 	/* the qwen2 file's KVzip scores tie across heads (run_model) */
 	run_model(qwen2, "tiny qwen2", 3.0, 0);
 	run_model(gemma3, "tiny gemma3", 1.0, 1);
+	/* the real files of the other architectures, when given */
+	if ((env = getenv("KVX_QWEN2_MODEL")) != NULL && *env != '\0')
+		run_model(env, "qwen2.5-coder-0.5b", 1.0, 1);
+	if ((env = getenv("KVX_GEMMA3_MODEL")) != NULL && *env != '\0')
+		run_model(env, "gemma3-270m", 1.0, 1);
 	return tap_done();
 }
