@@ -184,6 +184,16 @@ rank_of(const float *v, int n, int id)
 }
 
 /* A path under the source tree. */
+/* A new context of m with n tokens of ids prefilled; 0 on failure. */
+static int
+fresh_prefill(kvx_model *m, kvx_ctx **c, const int32_t *ids, int n,
+    float *lg)
+{
+	kvx_ctx_free(c);
+	return kvx_ctx_new(m, NULL, NULL, c) == KVX_OK &&
+	    kvx_prefill(*c, 0, ids, n, lg) == KVX_OK;
+}
+
 static void
 src_path(char *out, size_t size, const char *rel)
 {
@@ -288,9 +298,7 @@ check_tiny(const struct tiny *T)
 			ref[i] = strtod(p, &p);
 		cases++;
 
-		kvx_ctx_free(&c);
-		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
-		    kvx_prefill(c, 0, ids, n, lg) != KVX_OK) {
+		if (!fresh_prefill(m, &c, ids, n, lg)) {
 			ok(0, "%s %s: prefill: %s", T->name, name,
 			    kvx_errmsg());
 			continue;
@@ -300,9 +308,7 @@ check_tiny(const struct tiny *T)
 		    "equal the reference's (max |diff| %.2g)", T->name, name,
 		    T->n_vocab, n, md);
 
-		kvx_ctx_free(&c);
-		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
-		    kvx_prefill(c, 0, ids, 1, lg) != KVX_OK) {
+		if (!fresh_prefill(m, &c, ids, 1, lg)) {
 			ok(0, "%s %s: prefill: %s", T->name, name,
 			    kvx_errmsg());
 			continue;
@@ -383,9 +389,7 @@ check_other_hf(const struct other *o, kvx_model *m)
 		int32_t tok;
 		int seq = 0, good = 1;
 
-		kvx_ctx_free(&c);
-		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
-		    kvx_prefill(c, 0, g->prompt, g->n_prompt, lg) != KVX_OK) {
+		if (!fresh_prefill(m, &c, g->prompt, g->n_prompt, lg)) {
 			ok(0, "%s %s: prefill: %s", o->arch, g->name,
 			    kvx_errmsg());
 			continue;
@@ -492,9 +496,7 @@ check_other(const struct other *o)
 		int good = 1;
 		double l;
 
-		kvx_ctx_free(&c);
-		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
-		    kvx_prefill(c, 0, g->prompt, g->n_prompt, lg) != KVX_OK) {
+		if (!fresh_prefill(m, &c, g->prompt, g->n_prompt, lg)) {
 			ok(0, "%s %s: prefill: %s", o->arch, g->name,
 			    kvx_errmsg());
 			continue;
@@ -520,10 +522,8 @@ check_other(const struct other *o)
 			int seq = 0;
 
 			good = 0;
-			kvx_ctx_free(&c);
-			if (kvx_ctx_new(m, NULL, NULL, &c) == KVX_OK &&
-			    kvx_prefill(c, 0, g->prompt, g->n_prompt - 1,
-			    lg) == KVX_OK && kvx_decode(c, 1, &seq,
+			if (fresh_prefill(m, &c, g->prompt, g->n_prompt - 1,
+			    lg) && kvx_decode(c, 1, &seq,
 			    &g->prompt[g->n_prompt - 1], lg) == KVX_OK) {
 				l = lse(lg, V);
 				for (good = 1, k = 0; k < g->n_top; k++)
@@ -618,9 +618,7 @@ main(void)
 		int good = 1;
 		double l;
 
-		kvx_ctx_free(&c);
-		if (kvx_ctx_new(m, NULL, NULL, &c) != KVX_OK ||
-		    kvx_prefill(c, 0, g->prompt, g->n_prompt, lg) != KVX_OK) {
+		if (!fresh_prefill(m, &c, g->prompt, g->n_prompt, lg)) {
 			ok(0, "%s: prefill: %s", g->name, kvx_errmsg());
 			continue;
 		}
