@@ -183,7 +183,7 @@ static const char *const pools[] = { "max", "avg", "none", NULL };
 static const char *const gqas[] = { "mean", "max", NULL };
 static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
 static const char *const objectives[] = { "output", "mass", "output-abs",
-	NULL };
+	"auto", NULL };
 /* In the order of KVX_DEVICE_AUTO, _CPU, _GPU. */
 static const char *const devices[] = { "auto", "cpu", "gpu", NULL };
 
@@ -240,7 +240,9 @@ static const struct opt options[] = {
 	    "when usable), cpu or gpu" },
 	{ .name = "objective", .kind = OPT_WORD, .arg = "O",
 	    .dst = OFF(po.objective), .names = objectives, .noun = "objective",
-	    .help = "output, mass or output-abs (default)" },
+	    .help = "output, mass, output-abs or auto (default:\n"
+	    "output where block outputs are normalised,\n"
+	    "else output-abs)" },
 	{ .name = "probes", .kind = OPT_INT, .arg = "N", .lo = 1,
 	    .hi = PROBE_MAX_STATEMENTS, .dst = OFF(po.probes),
 	    .help = "statements in each retrieval probe; default 4" },

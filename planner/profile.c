@@ -29,6 +29,7 @@
 #include "kvcache.h"
 #include "kvzip.h"
 #include "model.h"
+#include "outnorm.h"
 #include "plan.h"
 #include "probe.h"
 #include "profile.h"
@@ -66,7 +67,15 @@ struct prof_run {
 					   question, H x w x D */
 	double		*prefix;
 	/* output objective */
-	float		*gram;		/* [L][H][D][D]: W_o,q^T W_o,q */
+	float		*gram;		/* [L][H][D][D]: W_o,q^T W_o,q, rows
+					   weighted by the post-attention
+					   norm's gains squared where the
+					   architecture has that norm */
+	double		*y;		/* [row][E]: attention block outputs
+					   at the evaluated queries (layers
+					   with a post-attention norm) */
+	float		*att;		/* [H][D]: one row's head outputs */
+	outnorm		*nrm;		/* one query head's norm at a row */
 	int		*order;		/* candidates, best pooled first */
 	float		*prob;		/* one query's softmax */
 	double		*err;		/* [checkpoint] */
@@ -99,7 +108,7 @@ prof_opts_init(prof_opts *o)
 	o->gqa = PLAN_GQA_MEAN;
 	o->scorer = PLAN_SCORER_SNAPKV;
 	o->sinks = 4;
-	o->objective = PROF_OBJ_ABS;
+	o->objective = PROF_OBJ_AUTO;
 	o->probes = 4;
 	o->probe_share = 1;
 	o->device = KVX_DEVICE_AUTO;
@@ -290,12 +299,13 @@ cmp_order(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Gram matrices of W_o's column blocks, one per query head and layer. */
+/* Gram matrices of W_o's column blocks, one per query head and layer,
+ * through the post-attention norm's gains where the layer has one. */
 static kvx_status
 build_gram(struct prof_run *r)
 {
 	const kvx_model_info *mi = kvx_model_get_info(r->m);
-	int L = mi->n_layer, H = r->H, D = r->D, E = r->E, l, q, a, b, e;
+	int L = mi->n_layer, H = r->H, D = r->D, l, q;
 	kvx_status rc;
 
 	r->gram = kvx__malloc_array((size_t)L * H * D * D, sizeof(float));
@@ -306,49 +316,96 @@ build_gram(struct prof_run *r)
 
 		if ((rc = model_mat_f32(r->m, wo)) != KVX_OK)
 			return rc;
-		for (q = 0; q < H; q++) {
-			float *g = r->gram + ((size_t)l * H + q) * D * D;
-
-			for (a = 0; a < D; a++)
-				for (b = a; b < D; b++) {
-					double t = 0;
-
-					for (e = 0; e < E; e++)
-						t += (double)wo->f[(size_t)e *
-						    wo->cols + q * D + a] *
-						    wo->f[(size_t)e * wo->cols +
-						    q * D + b];
-					g[a * D + b] = g[b * D + a] = (float)t;
-				}
-		}
+		for (q = 0; q < H; q++)
+			outnorm_gram(wo->f, r->E, wo->cols, q, D,
+			    r->m->L[l].post_attn_norm, r->gram +
+			    ((size_t)l * H + q) * D * D);
 	}
 	return KVX_OK;
 }
 
-/* e^T G e for a D x D matrix. */
+/*
+ * Softmax of query qv over the keys a query at position vis - 1 sees in
+ * layer l (a sliding-window layer's last W) into r->prob, unnormalised,
+ * zero before the window; returns the sum.
+ */
 static double
-quad(const float *G, const double *e, int D)
+row_softmax(struct prof_run *r, int l, const kv_seg *sg, const float *qv,
+    int vis)
 {
-	double t = 0;
-	int a, b;
+	int D = r->D, lo, i, d;
+	float scale = 1.0f / sqrtf((float)D), mx = -INFINITY;
+	double z = 0;
 
-	for (a = 0; a < D; a++) {
-		double row = 0;
+	lo = vis - sel_window_rows(r->m->L[l].window, vis);
+	for (i = 0; i < lo; i++)
+		r->prob[i] = 0;
+	for (i = lo; i < vis; i++) {
+		const float *k = sg->k + (size_t)i * D;
+		float dt = 0;
 
-		for (b = 0; b < D; b++)
-			row += G[a * D + b] * e[b];
-		t += e[a] * row;
+		for (d = 0; d < D; d++)
+			dt += qv[d] * k[d];
+		r->prob[i] = dt * scale;
+		if (r->prob[i] > mx)
+			mx = r->prob[i];
 	}
-	return t;
+	for (i = lo; i < vis; i++) {
+		r->prob[i] = expf(r->prob[i] - mx);
+		z += r->prob[i];
+	}
+	return z;
+}
+
+/*
+ * Layer l's attention block output, before its post-attention norm, at
+ * each evaluated query rows[0..nr) into r->y: every query head attends
+ * over the whole cache it sees, as the lightweight variant's window
+ * queries do.
+ */
+static void
+block_outputs(struct prof_run *r, int seq, int l, const float *wq, int w,
+    const int *rows, int nr)
+{
+	int D = r->D, g = r->H / r->Hkv, qh, ri, i, d;
+	mat *wo = &r->m->L[l].wo;
+	float *att = r->att;
+
+	for (ri = 0; ri < nr; ri++) {
+		int vis = r->n - w + rows[ri] + 1;
+
+		for (qh = 0; qh < r->H; qh++) {
+			const kv_seg *sg = kv_seg_at(r->kv, seq, l, qh / g);
+			double z = row_softmax(r, l, sg, wq + ((size_t)qh * w +
+			    rows[ri]) * D, vis), o[OUTNORM_MAX_D];
+
+			for (d = 0; d < D; d++)
+				o[d] = 0;
+			for (i = 0; i < vis; i++) {
+				const float *v = sg->v + (size_t)i * D;
+				double pi = r->prob[i] / z;
+
+				for (d = 0; d < D; d++)
+					o[d] += pi * v[d];
+			}
+			for (d = 0; d < D; d++)
+				att[qh * D + d] = (float)o[d];
+		}
+		outnorm_output(wo->f, r->E, wo->cols, att, r->y +
+		    (size_t)ri * r->E);
+	}
 }
 
 /*
  * Output objective for KV head h of layer l: add to err[c] the residual
- * perturbation |W_o,q (o - o_kept)|^2 of keeping the sinks, every token
- * from nc on (the observation window, and a probe's answer) and the first
- * k_c candidates of the order, summed over the group's query heads and
- * the evaluated queries rows[0..nr) of the hook's w window queries (row j
- * sits at position n - w + j and sees the tokens up to it).
+ * perturbation of keeping the sinks, every token from nc on (the
+ * observation window, and a probe's answer) and the first k_c candidates
+ * of the order, summed over the group's query heads and the evaluated
+ * queries rows[0..nr) of the hook's w window queries (row j sits at
+ * position n - w + j and sees the tokens up to it).  The perturbation is
+ * |W_o,q (o - o_kept)|^2, or where the layer normalises its attention
+ * output, that change through the norm linearised at the row's output
+ * (r->y, from block_outputs).
  */
 static void
 output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
@@ -356,42 +413,26 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
     const int *kc, int nck)
 {
 	int n = r->n, D = r->D, g = r->H / r->Hkv, q, j, i, c, t, d, ri;
-	int W = r->m->L[l].window, lo;
-	float scale = 1.0f / sqrtf((float)D);
-	double o[256], A[256], e[256], P;
+	const float *gain = r->m->L[l].post_attn_norm;
+	const mat *wo = &r->m->L[l].wo;
+	double o[OUTNORM_MAX_D], A[OUTNORM_MAX_D], e[OUTNORM_MAX_D], P;
 
 	for (q = 0; q < g; q++) {
 		int qh = h * g + q;
 		const float *G = r->gram + ((size_t)l * r->H + qh) * D * D;
 
 		for (ri = 0; ri < nr; ri++) {
-			const float *qv;
 			int vis;
-			float mx = -INFINITY;
-			double z = 0;
+			double z;
 
 			j = rows[ri];
-			qv = wq + ((size_t)qh * w + j) * D;
 			vis = n - w + j + 1;
-			/* a sliding-window layer's query sees its last W keys */
-			lo = sel_window_rows(W, vis);
-			lo = vis - lo;
-			for (i = 0; i < lo; i++)
-				r->prob[i] = 0;
-			for (i = lo; i < vis; i++) {
-				const float *k = sg->k + (size_t)i * D;
-				float dt = 0;
-
-				for (d = 0; d < D; d++)
-					dt += qv[d] * k[d];
-				r->prob[i] = dt * scale;
-				if (r->prob[i] > mx)
-					mx = r->prob[i];
-			}
-			for (i = lo; i < vis; i++) {
-				r->prob[i] = expf(r->prob[i] - mx);
-				z += r->prob[i];
-			}
+			z = row_softmax(r, l, sg, wq + ((size_t)qh * w + j) * D,
+			    vis);
+			if (gain != NULL)
+				outnorm_setup(wo->f, r->E, wo->cols, qh, D, gain,
+				    kvx_model_get_info(r->m)->rms_eps, r->y +
+				    (size_t)ri * r->E, r->nrm);
 			for (d = 0; d < D; d++)
 				o[d] = A[d] = 0;
 			P = 0;
@@ -421,7 +462,8 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 				}
 				for (d = 0; d < D; d++)
 					e[d] = o[d] - (P > 0 ? A[d] / P : 0);
-				r->err[c] += quad(G, e, D);
+				r->err[c] += outnorm_err(G, gain != NULL ?
+				    r->nrm : NULL, e, D);
 			}
 		}
 	}
@@ -588,6 +630,8 @@ measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
 			    (double)xw[(size_t)rows[i] * r->E + j] *
 			    xw[(size_t)rows[i] * r->E + j];
 	xn *= g;
+	if (o->objective != PROF_OBJ_MASS && r->m->L[l].post_attn_norm != NULL)
+		block_outputs(r, seq, l, wq, w, rows, nr);
 	for (h = 0; h < r->Hkv; h++) {
 		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
 		double *sum = r->acc + ((size_t)l * r->Hkv + h) * G;
@@ -743,11 +787,22 @@ check_opts(const prof_opts *o)
 	return KVX_OK;
 }
 
+/* The objective o asks for on model m, PROF_OBJ_AUTO resolved. */
+int
+profile_objective(const kvx_model *m, int objective)
+{
+	if (objective != PROF_OBJ_AUTO)
+		return objective;
+	return m->desc->post_norms ? PROF_OBJ_OUTPUT : PROF_OBJ_ABS;
+}
+
 /* Tokenize the corpus, run every sample and average the curves. */
 kvx_status
 profile_run(kvx_model *m, const char *const *files, int n_files,
-    const prof_opts *o, profile **out)
+    const prof_opts *opts, profile **out)
 {
+	prof_opts ro = *opts;
+	const prof_opts *o = &ro;
 	const kvx_model_info *mi = kvx_model_get_info(m);
 	struct prof_run r;
 	fw_scratch *scr = NULL;
@@ -771,6 +826,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	*out = NULL;
 	memset(&r, 0, sizeof r);
 	memset(&pr, 0, sizeof pr);
+	ro.objective = profile_objective(m, opts->objective);
 	if ((rc = check_opts(o)) != KVX_OK ||
 	    (rc = profile_device(m, o->device, &dev)) != KVX_OK)
 		return rc;
@@ -839,6 +895,9 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	r.order = kvx__malloc_array((size_t)T, sizeof(int));
 	r.prob = kvx__malloc_array((size_t)T, sizeof(float));
 	r.err = kvx__malloc_array(OUT_CHECKS, sizeof(double));
+	r.y = kvx__malloc_array((size_t)KVX_WINDOW_MAX * r.E, sizeof(double));
+	r.att = kvx__malloc_array((size_t)r.H * r.D, sizeof(float));
+	r.nrm = malloc(sizeof *r.nrm);
 	seq = kvx__calloc((size_t)T, sizeof *seq);
 	pos = kvx__malloc_array((size_t)T, sizeof *pos);
 	r.wwin = kvx__malloc_array((size_t)r.H * KVX_WINDOW_MAX * r.D,
@@ -851,17 +910,19 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	if (o->scorer == PLAN_SCORER_KVZIP)
 		r.kz = kvx__malloc_array((size_t)L * r.Hkv * T, sizeof(float));
 	if (!r.score || !r.pooled || !r.cand || !r.prefix || !r.order ||
-	    !r.prob || !r.err || !seq || !pos || !r.wwin || !r.wpre ||
+	    !r.prob || !r.err || !r.y || !r.att || !r.nrm || !seq || !pos ||
+	    !r.wwin || !r.wpre ||
 	    (o->scorer == PLAN_SCORER_EA && !r.ea) ||
 	    (o->scorer == PLAN_SCORER_KVZIP && !r.kz)) {
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
 	}
-	if (o->objective != PROF_OBJ_MASS && (mi->head_dim > 256 ||
+	if (o->objective != PROF_OBJ_MASS && (mi->head_dim > OUTNORM_MAX_D ||
 	    (rc = build_gram(&r)) != KVX_OK)) {
 		if (rc == KVX_OK)
 			rc = kvx__fail(KVX_ERR_UNSUPPORTED, "the output "
-			    "objective handles head_dim up to 256");
+			    "objective handles head_dim up to %d",
+			    OUTNORM_MAX_D);
 		goto done;
 	}
 	for (i = 0; i < T; i++)
@@ -987,6 +1048,9 @@ done:
 	free(r.order);
 	free(r.prob);
 	free(r.err);
+	free(r.y);
+	free(r.att);
+	free(r.nrm);
 	free(r.wwin);
 	free(r.wpre);
 	free(r.ea);

@@ -40,9 +40,16 @@
  *   ABS     the same error over n_embd instead of |x|^2 (per residual
  *           dimension), so that layers count alike whatever the size of
  *           their residual stream.
+ *   AUTO    OUTPUT where the architecture normalises each block's output
+ *           before the residual add (gemma3), else ABS: there the gains
+ *           of those norms grow the residual stream by orders of
+ *           magnitude over depth, and an error per residual dimension
+ *           ranks layers by the size of the stream, not by the damage.
+ * Where a layer has that norm, its error passes through it (outnorm.h).
  */
 enum prof_objective {
-	PROF_OBJ_OUTPUT = 0, PROF_OBJ_MASS = 1, PROF_OBJ_ABS = 2
+	PROF_OBJ_OUTPUT = 0, PROF_OBJ_MASS = 1, PROF_OBJ_ABS = 2,
+	PROF_OBJ_AUTO = 3
 };
 
 typedef struct prof_opts {
@@ -60,7 +67,8 @@ typedef struct prof_opts {
 	int		 sinks;		/* always-kept leading tokens (4) */
 	int		 scorer;	/* enum plan_scorer (snapkv); expected-
 					   attention with its plan defaults */
-	int		 objective;	/* PROF_OBJ_ABS (default), OUTPUT, MASS */
+	int		 objective;	/* PROF_OBJ_AUTO (default), ABS,
+					   OUTPUT, MASS */
 	int		 probes;	/* statements per probe (4) */
 	double		 probe_share;	/* share of the samples that carry
 					   a retrieval probe (1); 0: none */
@@ -91,6 +99,10 @@ typedef struct profile {
 
 /* Fill opts with the defaults above. */
 void		 prof_opts_init(prof_opts *);
+
+/* The objective that PROF_OBJ_* objective measures on model m (AUTO
+ * resolved by its architecture). */
+int		 profile_objective(const kvx_model *m, int objective);
 
 /*
  * Where the lightweight variant's forward runs for device: auto takes the

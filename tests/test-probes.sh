@@ -2,8 +2,10 @@
 # kvx-plan's retrieval probes and its two objectives on the default model
 # with a tiny corpus: the profile's retrieval curves and its format (the
 # version before them still loads), the floor and the weight as the
-# summary reports them, and the exit status and one-line message of each
-# documented error.  TAP output.
+# summary reports them, the default objective by architecture (output-abs,
+# output where block outputs are normalised: tests/data/tiny-gemma3.gguf),
+# and the exit status and one-line message of each documented error.  TAP
+# output.
 top_builddir=${top_builddir:-.}
 plan=$top_builddir/planner/kvx-plan
 gpl=/usr/share/common-licenses/GPL-3
@@ -32,7 +34,7 @@ if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..20"
+echo "1..23"
 M="-m $KVX_MODEL"
 
 # --- the profile ------------------------------------------------------------
@@ -82,6 +84,25 @@ err 4 "profile format 3, this kvx-plan reads 1 to 2" "a newer format" -- \
 sed '/^rcurve 7 1 /d' "$tmp/p.prof" > "$tmp/short.prof"
 err 4 "90 curves and 89 retrieval curves" "a retrieval curve missing" -- \
     $M --from-profile "$tmp/short.prof"
+
+# --- the objective by architecture --------------------------------------------
+case $(basename "$KVX_MODEL") in
+*gemma*) want=output ;;
+*) want=output-abs ;;
+esac
+grep -q "^objective $want\$" "$tmp/p.prof"
+ok $? "the default objective on $(basename "$KVX_MODEL"): $want"
+# gemma3 normalises its blocks' outputs: the default is output, measured
+# through the norm, and an explicit objective is kept
+tiny=${top_srcdir:-.}/tests/data/tiny-gemma3.gguf
+g="-m $tiny -c $gpl $fast --probe-share 0 --window 8 --sinks 2 -q"
+"$plan" $g -b 50% --save-profile "$tmp/g.prof" > /dev/null &&
+    grep -q '^objective output$' "$tmp/g.prof"
+ok $? "the default objective on tiny-gemma3: output"
+"$plan" $g -b 50% --objective output-abs --save-profile "$tmp/ga.prof" \
+    > /dev/null && grep -q '^objective output-abs$' "$tmp/ga.prof" &&
+    ! cmp -s "$tmp/g.prof" "$tmp/ga.prof"
+ok $? "--objective output-abs on tiny-gemma3: kept, other curves"
 
 # --- the two objectives -------------------------------------------------------
 # retrieval retention of the plan as the summary prints it
