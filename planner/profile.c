@@ -415,6 +415,7 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 	int n = r->n, D = r->D, g = r->H / r->Hkv, q, j, i, c, t, d, ri;
 	const float *gain = r->m->L[l].post_attn_norm;
 	const mat *wo = &r->m->L[l].wo;
+	float eps = kvx_model_get_info(r->m)->rms_eps;
 	double o[OUTNORM_MAX_D], A[OUTNORM_MAX_D], e[OUTNORM_MAX_D], P;
 
 	for (q = 0; q < g; q++) {
@@ -430,9 +431,9 @@ output_errors(struct prof_run *r, int l, int h, const float *wq, int w,
 			z = row_softmax(r, l, sg, wq + ((size_t)qh * w + j) * D,
 			    vis);
 			if (gain != NULL)
-				outnorm_setup(wo->f, r->E, wo->cols, qh, D, gain,
-				    kvx_model_get_info(r->m)->rms_eps, r->y +
-				    (size_t)ri * r->E, r->nrm);
+				outnorm_setup(wo->f, r->E, wo->cols, qh, D,
+				    gain, eps, r->y + (size_t)ri * r->E,
+				    r->nrm);
 			for (d = 0; d < D; d++)
 				o[d] = A[d] = 0;
 			P = 0;
