@@ -689,11 +689,12 @@ measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
 }
 
 /*
- * The measurements behind the forward's hook: measure layer l, then free its K/V (later layers do not
- * read it).  A probe window is measured twice: as prose at the queries
- * just before its question, which see neither the question nor the
- * answer, and as a probe at the queries that produce the answer.  The
- * forward ran r->run tokens, the hook's w queries being the last.
+ * The measurements behind the forward's hook: measure layer l, then free
+ * its K/V (later layers do not read it).  A probe window is measured
+ * twice: as prose at the queries just before its question, which see
+ * neither the question nor the answer, and as a probe at the queries that
+ * produce the answer.  The forward ran r->run tokens, the hook's w queries
+ * being the last.
  */
 static kvx_status
 score_layer(void *arg, int seq, int l, const float *wq, int w,
