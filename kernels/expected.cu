@@ -46,6 +46,31 @@ ea_avg_rot(int n, int F, double f, double *c, double *s)
 }
 
 /*
+ * The 2 x 2 block (s00 s01; s10 s11) of pairs A and B of a covariance,
+ * rotated by pair A's averaged rotation (ca, sa) on the left and pair B's
+ * (cb, sb) on the right, stored at dims (a0, a1) x (b0, b1) of the d x d
+ * cv, or, for a diagonal covariance (cov 1, A = B), its diagonal only.
+ */
+static __device__ __forceinline__ void
+ea_rot_block(double s00, double s01, double s10, double s11, double ca,
+    double sa, double cb, double sb, int cov, int d, int a0, int a1, int b0,
+    int b1, float *cv)
+{
+	double t00 = ca * s00 - sa * s10, t01 = ca * s01 - sa * s11;
+	double t10 = sa * s00 + ca * s10, t11 = sa * s01 + ca * s11;
+
+	if (cov == 1) {
+		cv[a0] = (float)(t00 * cb - t01 * sb);
+		cv[a1] = (float)(t10 * sb + t11 * cb);
+		return;
+	}
+	cv[(size_t)a0 * d + b0] = (float)(t00 * cb - t01 * sb);
+	cv[(size_t)a0 * d + b1] = (float)(t00 * sb + t01 * cb);
+	cv[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
+	cv[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
+}
+
+/*
  * One block per query head: its nq queries rotated back to their pre-RoPE
  * values into u (nq x d), their mean, and the rotated mean and covariance
  * (2 x 2 blocks of pairs, in double, as the CPU twin).  Pair i is dims
@@ -108,8 +133,7 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 		return;
 	nb = co == NULL ? 0 : cov == 1 ? P : P * P;
 	for (i = threadIdx.x; i < nb; i += blockDim.x) {
-		double s00 = 0, s01 = 0, s10 = 0, s11 = 0, t00, t01, t10, t11;
-		double ca, sa, cb, sb;
+		double s00 = 0, s01 = 0, s10 = 0, s11 = 0;
 
 		A = cov == 1 ? i : i / P;
 		B = cov == 1 ? i : i % P;
@@ -131,23 +155,8 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 		s01 /= nq;
 		s10 /= nq;
 		s11 /= nq;
-		ca = C[A];
-		sa = S[A];
-		cb = C[B];
-		sb = S[B];
-		t00 = ca * s00 - sa * s10;
-		t01 = ca * s01 - sa * s11;
-		t10 = sa * s00 + ca * s10;
-		t11 = sa * s01 + ca * s11;
-		if (cov == 1) {
-			cv[a0] = (float)(t00 * cb - t01 * sb);
-			cv[a1] = (float)(t10 * sb + t11 * cb);
-			continue;
-		}
-		cv[(size_t)a0 * d + b0] = (float)(t00 * cb - t01 * sb);
-		cv[(size_t)a0 * d + b1] = (float)(t00 * sb + t01 * cb);
-		cv[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
-		cv[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
+		ea_rot_block(s00, s01, s10, s11, C[A], S[A], C[B], S[B], cov,
+		    d, a0, a1, b0, b1, cv);
 	}
 	if (cov != 0)
 		return;
@@ -310,7 +319,7 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 	}
 	nb = cov == 2 || co == NULL ? 0 : cov == 1 ? P : P * P;
 	for (i = threadIdx.x; i < nb; i += blockDim.x) {
-		double s00, s01, s10, s11, t00, t01, t10, t11, ca, sa, cb, sb;
+		double s00, s01, s10, s11;
 
 		A = cov == 1 ? i : i / P;
 		B = cov == 1 ? i : i % P;
@@ -325,23 +334,8 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 		s10 = EA_AT(a1, b0);
 		s11 = EA_AT(a1, b1);
 #undef EA_AT
-		ca = C[A];
-		sa = S[A];
-		cb = C[B];
-		sb = S[B];
-		t00 = ca * s00 - sa * s10;
-		t01 = ca * s01 - sa * s11;
-		t10 = sa * s00 + ca * s10;
-		t11 = sa * s01 + ca * s11;
-		if (cov == 1) {
-			cv[a0] = (float)(t00 * cb - t01 * sb);
-			cv[a1] = (float)(t10 * sb + t11 * cb);
-			continue;
-		}
-		cv[(size_t)a0 * d + b0] = (float)(t00 * cb - t01 * sb);
-		cv[(size_t)a0 * d + b1] = (float)(t00 * sb + t01 * cb);
-		cv[(size_t)a1 * d + b0] = (float)(t10 * cb - t11 * sb);
-		cv[(size_t)a1 * d + b1] = (float)(t10 * sb + t11 * cb);
+		ea_rot_block(s00, s01, s10, s11, C[A], S[A], C[B], S[B], cov,
+		    d, a0, a1, b0, b1, cv);
 	}
 }
 
