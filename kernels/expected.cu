@@ -46,6 +46,23 @@ ea_avg_rot(int n, int F, double f, double *c, double *s)
 }
 
 /*
+ * Block i of a covariance of P pairs: pairs A and B (A = B for a diagonal
+ * covariance, cov 1), and their dims (a0, a1) and (b0, b1): (2A, 2A + 1),
+ * or (A, A + P) with halves.
+ */
+static __device__ __forceinline__ void
+ea_pairs(int i, int P, int cov, int halves, int *A, int *B, int *a0,
+    int *a1, int *b0, int *b1)
+{
+	*A = cov == 1 ? i : i / P;
+	*B = cov == 1 ? i : i % P;
+	*a0 = halves ? *A : 2 * *A;
+	*a1 = halves ? *A + P : 2 * *A + 1;
+	*b0 = halves ? *B : 2 * *B;
+	*b1 = halves ? *B + P : 2 * *B + 1;
+}
+
+/*
  * The 2 x 2 block (s00 s01; s10 s11) of pairs A and B of a covariance,
  * rotated by pair A's averaged rotation (ca, sa) on the left and pair B's
  * (cb, sb) on the right, stored at dims (a0, a1) x (b0, b1) of the d x d
@@ -135,12 +152,7 @@ ea_stats_k(const float *q, long long qhs, long long qps, int nq, int p0,
 	for (i = threadIdx.x; i < nb; i += blockDim.x) {
 		double s00 = 0, s01 = 0, s10 = 0, s11 = 0;
 
-		A = cov == 1 ? i : i / P;
-		B = cov == 1 ? i : i % P;
-		a0 = halves ? A : 2 * A;
-		a1 = halves ? A + P : 2 * A + 1;
-		b0 = halves ? B : 2 * B;
-		b1 = halves ? B + P : 2 * B + 1;
+		ea_pairs(i, P, cov, halves, &A, &B, &a0, &a1, &b0, &b1);
 		for (j = 0; j < nq; j++) {
 			const float *r = u + (size_t)j * d;
 			double x0 = r[a0] - m[a0], x1 = r[a1] - m[a1];
@@ -321,12 +333,7 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 	for (i = threadIdx.x; i < nb; i += blockDim.x) {
 		double s00, s01, s10, s11;
 
-		A = cov == 1 ? i : i / P;
-		B = cov == 1 ? i : i % P;
-		a0 = halves ? A : 2 * A;
-		a1 = halves ? A + P : 2 * A + 1;
-		b0 = halves ? B : 2 * B;
-		b1 = halves ? B + P : 2 * B + 1;
+		ea_pairs(i, P, cov, halves, &A, &B, &a0, &a1, &b0, &b1);
 #define EA_AT(x, y) (at[(x) >= (y) ? ea_tri(x, y) : ea_tri(y, x)] / nq - \
 		    m[x] * m[y])
 		s00 = EA_AT(a0, b0);

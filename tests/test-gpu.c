@@ -213,6 +213,36 @@ kept_share(kvx_ctx *cc, kvx_ctx *gc, int *moved)
  * same plan; tol_dec applies to the steps.  With KEPT_NEED set, the rows
  * kept after the prefill are compared too (kept_share).
  */
+/*
+ * NSTEP greedy decode steps of sequence 0 in the CPU context cc and the
+ * GPU context gc from token tok, both fed the CPU's choice; *worst gets
+ * the largest relative error of the GPU's logits, *same is cleared where
+ * the top tokens differ by more than tol.  -1 (a failed check) when a
+ * step fails.
+ */
+static int
+decode_both(const char *what, kvx_ctx *cc, kvx_ctx *gc, int32_t tok,
+    float *lc, float *lg, double tol, double *worst, int *same)
+{
+	double e;
+	int s, z = 0;
+
+	for (s = 0; s < NSTEP; s++) {
+		if (kvx_decode(cc, 1, &z, &tok, lc) != KVX_OK ||
+		    kvx_decode(gc, 1, &z, &tok, lg) != KVX_OK) {
+			ok(0, "%s: decode step %d: %s", what, s, kvx_errmsg());
+			return -1;
+		}
+		e = relerr(lg, lc, NV);
+		if (e > *worst)
+			*worst = e;
+		if (!same_top(lc, lg, tol))
+			*same = 0;
+		tok = tap_argmax(lc, NV);
+	}
+	return 0;
+}
+
 static void
 compare_run(const char *what, const kvx_plan *p, const char *text,
     double tol_dec)
@@ -223,7 +253,6 @@ compare_run(const char *what, const kvx_plan *p, const char *text,
 	kvx_memory mc, mg;
 	double e, worst = 0.0;
 	int n, s, same = 1, tc, tg;
-	int32_t tok;
 
 	n = tokenize(text, ids);
 	if (!ok(n > 0, "%s: tokenized %d tokens", what, n))
@@ -272,22 +301,9 @@ compare_run(const char *what, const kvx_plan *p, const char *text,
 		    "selection take %.4f of %.4f s of prefill", what,
 		    st.select_s, st.prefill_s);
 	}
-	for (s = 0; s < NSTEP; s++) {
-		int z = 0;
-
-		tok = tc;
-		if (kvx_decode(cc, 1, &z, &tok, lc) != KVX_OK ||
-		    kvx_decode(gc, 1, &z, &tok, lg) != KVX_OK) {
-			ok(0, "%s: decode step %d: %s", what, s, kvx_errmsg());
-			goto out;
-		}
-		e = relerr(lg, lc, NV);
-		if (e > worst)
-			worst = e;
-		if (!same_top(lc, lg, tol_dec * DEC_SCALE))
-			same = 0;
-		tc = tap_argmax(lc, NV);
-	}
+	if (decode_both(what, cc, gc, tc, lc, lg, tol_dec * DEC_SCALE, &worst,
+	    &same) != 0)
+		goto out;
 	tol_dec *= DEC_SCALE;
 	if (!DEC_CHECK)
 		printf("# %s: %d decode steps, worst relative error %.2e, same "
@@ -335,8 +351,7 @@ compare_from(const char *what, const kvx_plan *p, const kvx_plan *other,
 	kvx_ctx *cc, *gf, *gz, *go;
 	kvx_memory mc, mg;
 	double e, worst = 0.0;
-	int n, s, same = 1, moved, z = 0;
-	int32_t tok;
+	int n, same = 1, moved;
 
 	n = tokenize(text, ids);
 	cc = new_ctx(p, KVX_DEVICE_CPU, 1);
@@ -369,20 +384,9 @@ compare_from(const char *what, const kvx_plan *p, const kvx_plan *other,
 	ok(e >= KEPT_NEED, "%s: %.4f of the GPU's kept rows are the CPU's (at "
 	    "least %.2f); %d heads keep another count", what, e, KEPT_NEED,
 	    moved);
-	tok = tap_argmax(lc, NV);
-	for (s = 0; s < NSTEP; s++) {
-		if (kvx_decode(cc, 1, &z, &tok, lc) != KVX_OK ||
-		    kvx_decode(gz, 1, &z, &tok, lg) != KVX_OK) {
-			ok(0, "%s: decode step %d: %s", what, s, kvx_errmsg());
-			goto out;
-		}
-		e = relerr(lg, lc, NV);
-		if (e > worst)
-			worst = e;
-		if (!same_top(lc, lg, tol_dec))
-			same = 0;
-		tok = tap_argmax(lc, NV);
-	}
+	if (decode_both(what, cc, gz, tap_argmax(lc, NV), lc, lg, tol_dec,
+	    &worst, &same) != 0)
+		goto out;
 	ok(worst < tol_dec, "%s: %d decode steps after the compression, "
 	    "worst relative error %.2e < %.0e", what, NSTEP, worst, tol_dec);
 	ok(same, "%s: same greedy tokens for %d steps", what, NSTEP);
