@@ -588,10 +588,13 @@ row_value(float s, row_acc acc)
 
 /*
  * Where the processor has AVX-512 (checked at run time: the build targets
- * AVX2), Q5_0 and Q8_0 rows, the bulk of Qwen2.5's and Gemma 3's weights,
- * convert 16 weights an instruction instead of 8, and Q5_0 applies its
- * fifth bits through a mask register: about half the instructions of the
- * AVX2 kernels for the same sums.
+ * AVX2), Q5_0, Q8_0, Q4_K and Q6_K rows, all of Qwen2.5's and Gemma 3's
+ * weights, convert 16 weights an instruction instead of 8, and Q5_0
+ * applies its fifth bits through mask registers: about half the
+ * instructions of the AVX2 kernels for the same sums.  Each weight still
+ * costs a widening, a conversion and a multiply-add against the f32
+ * activation; on this AMD EPYC one row at a time is fastest (a second
+ * row read in lock-step halved the rate of Q8_0: bench/RESULTS.md).
  */
 #if defined(__GNUC__) && defined(__x86_64__)
 #define HAVE_AVX512_KERNELS 1
@@ -610,37 +613,213 @@ dot512_s8v32(__m256i q, const float *x)
 	    _mm512_mul_ps(lo, _mm512_loadu_ps(x)));
 }
 
-/* row_q5_0 with AVX-512: bit j of qh clear subtracts 16 from weight j. */
+/* The 16 integers q as floats, times x[0..15]. */
+static inline AVX512_FN __m512
+i32_mul16(__m512i q, const float *x)
+{
+	return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_loadu_ps(x));
+}
+
+/* row_q5_0 with AVX-512: bit j of qh clear subtracts 16 from weight j;
+ * the low and the high nibbles are kept in separate halves, so that each
+ * widens to 16 floats without a lane insert or extract. */
 static AVX512_FN float
 row_q5_0_512(const blk_q5_0 *b, int nb, const float *x)
 {
-	const __m256i k16 = _mm256_set1_epi8(16);
-	__m512 acc = _mm512_setzero_ps();
-	__m256i q;
+	const __m512i m4 = _mm512_set1_epi32(15), k16 = _mm512_set1_epi32(16);
+	__m512 acc = _mm512_setzero_ps(), t;
+	__m512i v, lo, hi;
 	uint32_t qh;
 	int i;
 
-	for (i = 0; i < nb; i++) {
+	for (i = 0; i < nb; i++, x += QK) {
 		memcpy(&qh, b[i].qh, sizeof qh);
-		q = nibbles32(b[i].qs);
-		q = _mm256_mask_sub_epi8(q, (__mmask32)~qh, q, k16);
-		acc = _mm512_fmadd_ps(dot512_s8v32(q, x + i * QK),
-		    _mm512_set1_ps(h2f(b[i].d)), acc);
+		qh = ~qh;
+		v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)
+		    b[i].qs));
+		lo = _mm512_and_si512(v, m4);
+		hi = _mm512_srli_epi32(v, 4);
+		lo = _mm512_mask_sub_epi32(lo, (__mmask16)qh, lo, k16);
+		hi = _mm512_mask_sub_epi32(hi, (__mmask16)(qh >> 16), hi, k16);
+		t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x +
+		    16), i32_mul16(lo, x));
+		acc = _mm512_fmadd_ps(t, _mm512_set1_ps(h2f(b[i].d)), acc);
 	}
 	return _mm512_reduce_add_ps(acc);
 }
 
-/* A Q8_0 row of nb blocks against x, with AVX-512. */
+/* 16 signed bytes at p, as floats. */
+static inline AVX512_FN __m512
+s8x16_ps(const void *p)
+{
+	return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+	    (const __m128i *)p)));
+}
+
+/* The half at p in every lane. */
+static inline AVX512_FN __m512
+h2f_x16(const uint16_t *p)
+{
+	return _mm512_set1_ps(h2f(*p));
+}
+
+/* sum_j q_j x_j over the 32 signed bytes at q. */
+static inline AVX512_FN __m512
+dot512_q8(const int8_t *q, const float *x)
+{
+	return _mm512_fmadd_ps(s8x16_ps(q + 16), _mm512_loadu_ps(x + 16),
+	    _mm512_mul_ps(s8x16_ps(q), _mm512_loadu_ps(x)));
+}
+
+/*
+ * A Q8_0 row of nb blocks against x, with AVX-512.  The weights go
+ * straight from memory into the sign extension (no 32-byte load and
+ * lane extract); one row at a time, as a second row read in lock-step
+ * halves the rate here (bench/RESULTS.md).
+ */
 static AVX512_FN float
 row_q8_0_512(const blk_q8_0 *b, int nb, const float *x)
 {
 	__m512 acc = _mm512_setzero_ps();
 	int i;
 
-	for (i = 0; i < nb; i++)
-		acc = _mm512_fmadd_ps(dot512_s8v32(_mm256_loadu_si256(
-		    (const __m256i *)b[i].qs), x + i * QK),
-		    _mm512_set1_ps(h2f(b[i].d)), acc);
+	for (i = 0; i < nb; i++, x += QK)
+		acc = _mm512_fmadd_ps(dot512_q8(b[i].qs, x), h2f_x16(&b[i].d),
+		    acc);
+	return _mm512_reduce_add_ps(acc);
+}
+
+/*
+ * The eight 6-bit scales (sc[0..7]) and minima (sc[8..15]) of a Q4_K or
+ * Q5_K block as bytes, all at once: k_scale_min's rule on 32-bit words.
+ */
+static inline void
+k_scales8(const uint8_t *scales, uint8_t sc[16])
+{
+	const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+	uint32_t u[4], mins;
+
+	memcpy(u, scales, 12);
+	u[3] = ((u[2] >> 4) & m4) | (((u[1] >> 6) & m2) << 4);
+	mins = u[1] & m6;
+	u[1] = (u[2] & m4) | (((u[0] >> 6) & m2) << 4);
+	u[2] = mins;
+	u[0] &= m6;
+	memcpy(sc, u, 16);
+}
+
+/* n (8 or 16) bytes at p, unsigned or signed, times f, as floats at y. */
+static inline AVX512_FN void
+bytes_times(const uint8_t *p, int is_signed, int n, float f, float *y)
+{
+	__m128i v = _mm_loadu_si128((const __m128i *)p);
+	__m512i w = is_signed ? _mm512_cvtepi8_epi32(v) :
+	    _mm512_cvtepu8_epi32(v);
+	__m512 r = _mm512_mul_ps(_mm512_cvtepi32_ps(w), _mm512_set1_ps(f));
+
+	if (n == 16)
+		_mm512_storeu_ps(y, r);
+	else
+		_mm256_storeu_ps(y, _mm512_castps512_ps256(r));
+}
+
+/*
+ * row_q4_k with AVX-512: the scales and minima of a block unpacked
+ * together (k_scales8) and turned to floats in one instruction each; the
+ * nibbles widened straight from memory, 16 at a time.
+ */
+static AVX512_FN float
+row_q4_k_512(const blk_q4_k *b, int nb, const float *x, const float *xs)
+{
+	const __m512i m4 = _mm512_set1_epi32(15);
+	__m512 acc = _mm512_setzero_ps(), t0, t1;
+	__m256 accm = _mm256_setzero_ps();
+	__m512i v0, v1;
+	const float *xp;
+	float sc[16];
+	uint8_t u[16];
+	const uint8_t *q;
+	int i, p;
+
+	for (i = 0; i < nb; i++, x += QKK, xs += QKK / QK) {
+		k_scales8(b[i].scales, u);
+		bytes_times(u, 0, 16, h2f(b[i].d), sc);
+		/* the minima, dmin * mn, against the 32-element sums */
+		accm = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(
+		    _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(u +
+		    8)))), _mm256_set1_ps(h2f(b[i].dmin))), _mm256_loadu_ps(xs),
+		    accm);
+		for (p = 0, q = b[i].qs; p < 4; p++, q += 32) {
+			v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+			    (const __m128i *)q));
+			v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+			    (const __m128i *)(q + 16)));
+			xp = x + 64 * p;
+			/* low nibbles: sub-block 2p; high ones: 2p + 1 */
+			t0 = _mm512_add_ps(i32_mul16(_mm512_and_si512(v0, m4),
+			    xp), i32_mul16(_mm512_and_si512(v1, m4), xp + 16));
+			t1 = _mm512_add_ps(i32_mul16(_mm512_srli_epi32(v0, 4),
+			    xp + 32), i32_mul16(_mm512_srli_epi32(v1, 4),
+			    xp + 48));
+			acc = _mm512_fmadd_ps(t0, _mm512_set1_ps(sc[2 * p]),
+			    acc);
+			acc = _mm512_fmadd_ps(t1, _mm512_set1_ps(sc[2 * p + 1]),
+			    acc);
+		}
+	}
+	return _mm512_reduce_add_ps(acc) - hsum256(accm);
+}
+
+/*
+ * row_q6_k with AVX-512: the weights assembled as signed bytes as the
+ * AVX2 kernel does, then widened 16 at a time (one scale each), the 16
+ * scales turned to floats once a block.
+ */
+static AVX512_FN float
+row_q6_k_512(const blk_q6_k *b, int nb, const float *x)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+	const __m256i k32 = _mm256_set1_epi8(32);
+	__m512 acc = _mm512_setzero_ps(), t;
+	__m256i l0, l1, h, q[4], v;
+	float sc[16];
+	int i, half, k;
+
+	for (i = 0; i < nb; i++) {
+		bytes_times((const uint8_t *)b[i].scales, 1, 16, h2f(b[i].d),
+		    sc);
+		for (half = 0; half < 2; half++, x += 128) {
+			l0 = _mm256_loadu_si256((const __m256i *)(b[i].ql +
+			    64 * half));
+			l1 = _mm256_loadu_si256((const __m256i *)(b[i].ql +
+			    64 * half + 32));
+			h = _mm256_loadu_si256((const __m256i *)(b[i].qh +
+			    32 * half));
+			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+			    _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+			    _mm256_slli_epi16(_mm256_and_si256(
+			    _mm256_srli_epi16(h, 2), m2), 4));
+			q[2] = _mm256_or_si256(_mm256_and_si256(
+			    _mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(
+			    _mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+			q[3] = _mm256_or_si256(_mm256_and_si256(
+			    _mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(
+			    _mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
+			for (k = 0; k < 4; k++) {
+				v = _mm256_sub_epi8(q[k], k32);
+				t = i32_mul16(_mm512_cvtepi8_epi32(
+				    _mm256_castsi256_si128(v)), x + 32 * k);
+				acc = _mm512_fmadd_ps(t, _mm512_set1_ps(
+				    sc[8 * half + 2 * k]), acc);
+				t = i32_mul16(_mm512_cvtepi8_epi32(
+				    _mm256_extracti128_si256(v, 1)),
+				    x + 32 * k + 16);
+				acc = _mm512_fmadd_ps(t, _mm512_set1_ps(
+				    sc[8 * half + 2 * k + 1]), acc);
+			}
+		}
+	}
 	return _mm512_reduce_add_ps(acc);
 }
 #endif
@@ -775,6 +954,15 @@ quant_matvec_f32(int wtype, const void *w, int cols, int r0, int r1,
 			block_sums(x, nb, xs);
 		for (r = r0; r < r1; r++) {
 			row = (const uint8_t *)w + (size_t)r * rb;
+#ifdef HAVE_AVX512_KERNELS
+			if (avx512_on()) {
+				y[r] = wtype == GGML_Q4_K ? row_q4_k_512(
+				    (const blk_q4_k *)row, cols / QKK, x, xs) :
+				    row_q6_k_512((const blk_q6_k *)row,
+				    cols / QKK, x);
+				continue;
+			}
+#endif
 			y[r] = wtype == GGML_Q4_K ? row_q4_k((const blk_q4_k *)
 			    row, cols / QKK, x, xs) : row_q6_k((const blk_q6_k *)
 			    row, cols / QKK, x);

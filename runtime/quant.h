@@ -20,9 +20,9 @@ int		 quant_supported(int type);
  * (row-major as stored in GGUF: ne[0] = cols contiguous) and an f32
  * activation x (no rounding of x):
  *   y[r] = sum_c W[r][c] * x[c]   for r in [r0, r1), indexed from y[0].
- * Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K have AVX2 kernels, and Q5_0 and
- * Q8_0 AVX-512 ones where the processor has it; every other type
- * quant_dequant handles goes through quant_matvec_f32_ref.
+ * Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K have AVX2 kernels, and Q5_0,
+ * Q8_0, Q4_K and Q6_K AVX-512 ones where the processor has it; every
+ * other type quant_dequant handles goes through quant_matvec_f32_ref.
  */
 void		 quant_matvec_f32(int wtype, const void *w, int cols, int r0,
 		     int r1, const float *x, float *y);

@@ -507,7 +507,8 @@ check_matvec_model(gguf_file *f, const char *name, int nrows)
 }
 
 /*
- * The AVX2 kernels of quant_matvec_f32 against their scalar twin,
+ * The AVX2 and AVX-512 kernels of quant_matvec_f32 against their scalar
+ * twin,
  * quant_matvec_f32_ref, on the shapes of the Qwen2.5 and Gemma 3 layers
  * of those types (rows as many as fit quickly): the two sum in different
  * orders and precisions, so they may differ by float rounding only.
@@ -600,6 +601,16 @@ main(void)
 		check_matvec_twin(GGML_Q6_K, 64, 2048);
 		check_matvec_twin(GGML_Q8_0, 64, 896);
 		check_matvec_twin(GGML_Q8_0, 64, 640);
+		/* rows of one block, and row ranges that start inside the
+		   matrix and stop short of its end */
+		check_matvec_twin(GGML_Q5_0, 3, 32);
+		check_matvec_twin(GGML_Q8_0, 3, 32);
+		check_matvec_twin(GGML_Q4_K, 3, 256);
+		check_matvec_twin(GGML_Q6_K, 3, 256);
+		check_matvec_f32(GGML_Q5_0, 9, 96, 1, 8);
+		check_matvec_f32(GGML_Q8_0, 9, 96, 1, 8);
+		check_matvec_f32(GGML_Q4_K, 7, 768, 2, 7);
+		check_matvec_f32(GGML_Q6_K, 7, 768, 2, 6);
 	}
 	quant_use_avx512(1);
 
