@@ -346,36 +346,56 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 	}
 }
 
+/* Bytes of kvx_cuda_ea_moments's sums: per head, d shifted sums, the
+ * packed triangle of their products, the shift. */
+extern "C" size_t
+kvx_cuda_ea_moments_bytes(int h, int d)
+{
+	return sizeof(double) * (size_t)h * (2 * (size_t)d + (size_t)d *
+	    (d + 1) / 2);
+}
+
 extern "C" size_t
 kvx_cuda_ea_stats_scratch(int h, int nq, int d)
 {
 	if (nq <= EA_NQ_ONE)
 		return sizeof(float) * (size_t)h * nq * d;
-	return sizeof(double) * (size_t)h * (2 * (size_t)d + (size_t)d *
-	    (d + 1) / 2);
+	return kvx_cuda_ea_moments_bytes(h, d);
 }
 
-/* The statistics of many queries: the moments over up to EA_NCH blocks a
- * head, then one block a head carries them. */
-static int
-ea_stats_many(const float *q, long long qhs, long long qps, int h, int nq,
-    int p0, int n, int F, float theta, int halves, int d, int cov,
-    float *mu, float *co, void *scr, cudaStream_t stream)
+/* The sums of many queries over up to EA_NCH blocks a head. */
+extern "C" int
+kvx_cuda_ea_moments(const float *d_q, long long qhs, long long qps, int h,
+    int nq, int p0, float theta, int halves, int d, int cov, double *d_acc,
+    cudaStream_t stream)
 {
-	double *acc = (double *)scr;
-	int nch = (nq + EA_NQ_ONE - 1) / EA_NQ_ONE, per, rc;
+	int nch = (nq + EA_NQ_ONE - 1) / EA_NQ_ONE, per;
 
+	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || d > 256 || cov < 0 ||
+	    cov > 2 || p0 < 0)
+		return KVX_CUDA_EINVAL;
 	nch = nch > EA_NCH ? EA_NCH : nch;
 	per = (nq + nch - 1) / nch;
-	if (cudaMemsetAsync(acc, 0, kvx_cuda_ea_stats_scratch(h, nq, d),
+	if (cudaMemsetAsync(d_acc, 0, kvx_cuda_ea_moments_bytes(h, d),
 	    stream) != cudaSuccess)
 		return launched();
 	ea_moments_k<<<dim3(nch, h), EA_MT, EA_MSH + sizeof(double) * 3 * d /
-	    2, stream>>>(q, qhs, qps, nq, per, p0, theta, halves, d, cov, acc);
-	if ((rc = launched()) != 0)
-		return rc;
-	ea_carry_k<<<h, EA_TH, 0, stream>>>(acc, nq, n, F, theta, halves, d,
-	    cov, mu, co);
+	    2, stream>>>(d_q, qhs, qps, nq, per, p0, theta, halves, d, cov,
+	    d_acc);
+	return launched();
+}
+
+/* One block a head carries the sums forward. */
+extern "C" int
+kvx_cuda_ea_carry(const double *d_acc, int h, int nq, int n, int future,
+    float theta, int halves, int d, int cov, float *d_mu, float *d_cov,
+    cudaStream_t stream)
+{
+	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || d > 256 ||
+	    future < 1 || cov < 0 || cov > 2 || (d_cov == NULL && cov != 2))
+		return KVX_CUDA_EINVAL;
+	ea_carry_k<<<h, EA_TH, 0, stream>>>(d_acc, nq, n, future, theta,
+	    halves, d, cov, d_mu, d_cov);
 	return launched();
 }
 
@@ -386,7 +406,7 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
     cudaStream_t stream)
 {
 	size_t sh;
-	int ush;
+	int ush, rc;
 
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || future < 1 || cov < 0 ||
 	    cov > 2 || p0 < 0 || (d_cov == NULL && cov == 1))
@@ -395,8 +415,11 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
 		/* no queries left behind for the scores: the covariance */
 		if (d > 256 || (d_cov == NULL && cov == 0))
 			return KVX_CUDA_EINVAL;
-		return ea_stats_many(d_q, qhs, qps, h, nq, p0, n, future,
-		    theta, halves, d, cov, d_mu, d_cov, d_scratch, stream);
+		if ((rc = kvx_cuda_ea_moments(d_q, qhs, qps, h, nq, p0,
+		    theta, halves, d, cov, (double *)d_scratch, stream)) != 0)
+			return rc;
+		return kvx_cuda_ea_carry((const double *)d_scratch, h, nq, n,
+		    future, theta, halves, d, cov, d_mu, d_cov, stream);
 	}
 	sh = sizeof(double) * (2 * (size_t)d + (size_t)d / 2);
 	ush = sh + sizeof(float) * (size_t)nq * d <= EA_SHMAX;

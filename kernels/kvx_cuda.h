@@ -107,6 +107,24 @@ int	 kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps,
 	    cudaStream_t stream);
 /* Scratch bytes of kvx_cuda_ea_stats. */
 size_t	 kvx_cuda_ea_stats_scratch(int h, int nq, int d);
+/*
+ * The two halves of kvx_cuda_ea_stats past 256 queries, for statistics
+ * kept between calls.  kvx_cuda_ea_moments writes the sums of h query
+ * heads' nq queries (post-RoPE, laid out as kvx_cuda_ea_stats takes them,
+ * at positions p0 + j), rotated back, and of their products as cov needs
+ * them (cov 0, every product, serves any cov of the carry), into d_acc
+ * (kvx_cuda_ea_moments_bytes(h, d) bytes, d <= 256).
+ * kvx_cuda_ea_carry turns such sums into the statistics after a prompt
+ * of n tokens, as kvx_cuda_ea_stats writes them (d_cov may be NULL only
+ * with cov 2).  Twins: sel_ea_moments and sel_ea_carry.
+ */
+size_t	 kvx_cuda_ea_moments_bytes(int h, int d);
+int	 kvx_cuda_ea_moments(const float *d_q, long long qhs, long long qps,
+	    int h, int nq, int p0, float theta, int halves, int d, int cov,
+	    double *d_acc, cudaStream_t stream);
+int	 kvx_cuda_ea_carry(const double *d_acc, int h, int nq, int n,
+	    int future, float theta, int halves, int d, int cov, float *d_mu,
+	    float *d_cov, cudaStream_t stream);
 /* Scratch bytes of kvx_cuda_ea_score. */
 size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n);
 /*

@@ -104,6 +104,7 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->widx);
 	cudaFree(g->tab);
 	gpu__kvzip_free(g);
+	gpu__keep_free(g);
 	cudaFree(g->d_step);
 	cudaFree(g->pm);
 	cudaFree(g->pl);

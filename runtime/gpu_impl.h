@@ -63,13 +63,21 @@ typedef struct gpu_kzs {
  * A layer's prompt K/V where its selection reads them: rows
  * [row][Hkv][D] of fp16, row 0 the token at position row0 (the first
  * rows a sliding-window layer may not hold), and, for a kvzip plan, the
- * scores of those rows (KV head h's at kz + h*kzs).
+ * scores of those rows (KV head h's at kz + h*kzs).  SnapKV and Expected
+ * Attention read the rotated queries of the prompt's last tokens: token
+ * t's at q + (t - qrow0)*H*D, from token qrow0 on; Expected Attention
+ * over the whole prompt reads the moments of all its queries at mom
+ * (kvx_cuda_ea_moments, cov 0) where they are kept, else (mom NULL)
+ * computes them from q.
  */
 typedef struct gpu_src {
 	const char	*k, *v;
 	int		 row0;
 	const float	*kz;
 	long long	 kzs;
+	const float	*q;
+	int		 qrow0;
+	const double	*mom;
 } gpu_src;
 
 typedef struct glayer {
@@ -146,6 +154,17 @@ struct gpu_ctx {
 	int32_t		**pids;		/* per sequence: its prefill's ids, for
 					   kvx_compress_from from it */
 	int		*pids_n;	/* and their count */
+	/* a full-cache context's prefills, for kvx_compress_from from them
+	   under SnapKV and Expected Attention plans: per sequence, each
+	   layer's rotated queries of the last min(n, KVX_WINDOW_MAX)
+	   prompt tokens, [layer][KVX_WINDOW_MAX][H][D] floats, and with
+	   query_stats the moments of all its queries, [layer] of
+	   kvx_cuda_ea_moments_bytes(H, D); allocated at the sequence's
+	   first prefill, never in a context with a plan */
+	float		**wq;
+	double		**qst;
+	int		*wq_n;		/* per sequence: queries kept (0:
+					   none; qst holds moments too) */
 	double		 kz_s;		/* wall seconds of kvzip passes and
 					   their selection */
 	/* decode step tables */
@@ -218,6 +237,7 @@ kvx_status	 gpu__regrow(void **p, size_t bytes);
 
 /* gpu_prefill.c */
 kvx_status	 gpu__ensure_prefill(gpu_ctx *, int n);
+void		 gpu__keep_free(gpu_ctx *);
 kvx_status	 gpu__attn(gpu_ctx *, int l, const void *kt, const void *vt,
 		     int p0, int T, const gpu_kzs *);
 

@@ -194,7 +194,7 @@ gpu__attn(gpu_ctx *g, int l, const void *kt, const void *vt, int p0, int T,
 static kvx_status
 mark(gpu_ctx *g, int l, int i)
 {
-	if (g->timing)
+	if (g->timing && g->ev != NULL)
 		CK(cudaEventRecord(g->ev[4 * l + i], g->stream));
 	return KVX_OK;
 }
@@ -202,8 +202,9 @@ mark(gpu_ctx *g, int l, int i)
 /*
  * Expected Attention scores of the layer's candidates into g->score (KV
  * head h's at h*n, as the table's soff): statistics of the last queries
- * of the prompt, as select_layer takes them on the CPU, then one pass
- * over the keys.
+ * of the prompt, as select_layer takes them on the CPU, or carried from
+ * the moments of all of them where src holds those, then one pass over
+ * the keys.
  */
 static kvx_status
 ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc, const gpu_src *src)
@@ -217,13 +218,19 @@ ea_score(gpu_ctx *g, int l, int n, const sel_counts *sc, const gpu_src *src)
 	ea_floats(g, n, &cov_at, &u_at, &lg_at);
 	/* a full covariance from fewer queries than dimensions is cheaper
 	 * applied as the queries themselves (kvx_cuda_ea_score) */
-	w = P->ea_cov == PLAN_COV_FULL && nq <= D ? base + u_at : NULL;
-	/* query head i of token t at q + t*H*D + i*D */
-	CK(kvx_cuda_ea_stats(g->q + (size_t)(n - nq) * H * D, D,
-	    (long long)H * D, H, nq, n - nq, n, P->ea_future,
-	    g->m->L[l].theta, g->m->desc->rope == ROPE_HALVES, D,
-	    P->ea_cov, base, w != NULL ? NULL : base + cov_at, base + u_at,
-	    g->stream));
+	w = P->ea_cov == PLAN_COV_FULL && nq <= D && src->mom == NULL ?
+	    base + u_at : NULL;
+	if (src->mom != NULL)
+		CK(kvx_cuda_ea_carry(src->mom, H, nq, n, P->ea_future,
+		    g->m->L[l].theta, g->m->desc->rope == ROPE_HALVES, D,
+		    P->ea_cov, base, base + cov_at, g->stream));
+	else
+		/* query head i of token t at q + (t - qrow0)*H*D + i*D */
+		CK(kvx_cuda_ea_stats(src->q + (size_t)(n - nq - src->qrow0) *
+		    H * D, D, (long long)H * D, H, nq, n - nq, n,
+		    P->ea_future, g->m->L[l].theta, g->m->desc->rope ==
+		    ROPE_HALVES, D, P->ea_cov, base, w != NULL ? NULL : base +
+		    cov_at, base + u_at, g->stream));
 	/* the keys the layer may keep, from row sc->first */
 	CK(kvx_cuda_ea_score(base, base + cov_at, P->ea_cov, w, nq,
 	    src->k + (size_t)(sc->first - src->row0) * g->Hkv * D * 2,
@@ -260,7 +267,7 @@ kz_score(gpu_ctx *g, const sel_counts *sc, int n, const gpu_src *src)
  * in q) to the plan, into a new block: all rows without a plan, else the
  * selection with the counts of sel_rule, scored by the plan's scorer, as
  * cpu.c's select_layer.  Scoring reads the window
- * queries where they are; the table entries that depend only on n go up once, at layer 0,
+ * queries where src has them; the table entries that depend only on n go up once, at layer 0,
  * and each static layer adds one upload of its budgets and offsets.  A
  * hybrid layer's budgets and offsets come from kvx_cuda_hybrid_split
  * instead, and its segments' lengths from hybrid_finish.
@@ -333,7 +340,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n, const gpu_src *src)
 		g->tab_first = sc.first - src->row0;
 	}
 	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
-	   positions H*D apart */
+	   positions H*D apart, token t at row t - qrow0 */
 	if (P->scorer == PLAN_SCORER_EA) {
 		if ((rc = ea_score(g, l, n, &sc, src)) != KVX_OK)
 			return rc;
@@ -341,9 +348,9 @@ prefill_select(gpu_ctx *g, int s, int l, int n, const gpu_src *src)
 		if ((rc = kz_score(g, &sc, n, src)) != KVX_OK)
 			return rc;
 	} else
-		CK(kvx_cuda_score_q(g->q + (size_t)(n - sc.pw) * g->H * D, D,
-		    (long long)g->H * D, src->k, KVX_CUDA_F16, PTAB(g, koff),
-		    PTAB(g, n), Hkv, nv, G, sc.pw, D, Hkv * D,
+		CK(kvx_cuda_score_q(src->q + (size_t)(n - sc.pw - src->qrow0) *
+		    g->H * D, D, (long long)g->H * D, src->k, KVX_CUDA_F16,
+		    PTAB(g, koff), PTAB(g, n), Hkv, nv, G, sc.pw, D, Hkv * D,
 		    1.0f / sqrtf((float)D), P->gqa, PTAB(g, soff), g->sscr,
 		    g->sscr_bytes, g->score, g->stream));
 	CK(kvx_cuda_pool(g->score, PTAB(g, soff), PTAB(g, n), Hkv, nv, sc.pw,
@@ -514,6 +521,95 @@ win_record(gpu_ctx *g, int s, int n)
 	return KVX_OK;
 }
 
+/* Floats of one layer's kept window queries. */
+static size_t
+wq_layer(const gpu_ctx *g)
+{
+	return (size_t)KVX_WINDOW_MAX * g->H * g->D;
+}
+
+/* Doubles of one layer's kept moments. */
+static size_t
+qst_layer(const gpu_ctx *g)
+{
+	return kvx_cuda_ea_moments_bytes(g->H, g->D) / sizeof(double);
+}
+
+/* Frees what the full cache keeps of its prefills for kvx_compress_from. */
+void
+gpu__keep_free(gpu_ctx *g)
+{
+	int i;
+
+	for (i = 0; i < g->p.n_seq; i++) {
+		if (g->wq != NULL)
+			cudaFree(g->wq[i]);
+		if (g->qst != NULL)
+			cudaFree(g->qst[i]);
+	}
+	free(g->wq);
+	free(g->qst);
+	free(g->wq_n);
+	g->wq = NULL;
+	g->qst = NULL;
+	g->wq_n = NULL;
+}
+
+/*
+ * Room for what the full cache g keeps of sequence s's prefill for
+ * kvx_compress_from (SnapKV's and Expected Attention's plans score with
+ * it): each layer's window queries, KVX_WINDOW_MAX rows of H x D floats
+ * (the largest window a plan may have: 288 KiB a layer for the default
+ * model), and with query_stats the moments of all its queries, H x (2D +
+ * D(D+1)/2) doubles (155 KiB a layer).  Made at the sequence's first
+ * prefill, then reused; what it held is void until the next one ends.
+ */
+static kvx_status
+keep_alloc(gpu_ctx *g, int s)
+{
+	if (g->wq == NULL) {
+		g->wq = kvx__calloc((size_t)g->p.n_seq, sizeof *g->wq);
+		g->qst = kvx__calloc((size_t)g->p.n_seq, sizeof *g->qst);
+		g->wq_n = kvx__calloc((size_t)g->p.n_seq, sizeof *g->wq_n);
+		if (g->wq == NULL || g->qst == NULL || g->wq_n == NULL) {
+			gpu__keep_free(g);
+			return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+		}
+	}
+	g->wq_n[s] = 0;
+	if (g->wq[s] == NULL && gpu__regrow((void **)&g->wq[s],
+	    (size_t)g->L * wq_layer(g) * sizeof(float)) != KVX_OK)
+		return KVX_ERR_NOMEM;
+	if (g->p.query_stats && g->qst[s] == NULL &&
+	    gpu__regrow((void **)&g->qst[s], (size_t)g->L * qst_layer(g) *
+	    sizeof(double)) != KVX_OK)
+		return KVX_ERR_NOMEM;
+	return KVX_OK;
+}
+
+/*
+ * During a full cache's prefill of n tokens into sequence s, after layer
+ * l's attention: its rotated queries of the last min(n, KVX_WINDOW_MAX)
+ * tokens, and with query_stats the moments of all n (every product, so
+ * that a plan of any covariance carries them).
+ */
+static kvx_status
+keep_layer(gpu_ctx *g, int s, int l, int n)
+{
+	size_t row = (size_t)g->H * g->D;
+	int w = window(n);
+
+	CK(cudaMemcpyAsync(g->wq[s] + (size_t)l * wq_layer(g), g->q +
+	    (size_t)(n - w) * row, (size_t)w * row * sizeof(float),
+	    cudaMemcpyDeviceToDevice, g->stream));
+	if (g->qst[s] != NULL)
+		CK(kvx_cuda_ea_moments(g->q, g->D, (long long)row, g->H, n, 0,
+		    g->m->L[l].theta, g->m->desc->rope == ROPE_HALVES, g->D,
+		    PLAN_COV_FULL, g->qst[s] + (size_t)l * qst_layer(g),
+		    g->stream));
+	return KVX_OK;
+}
+
 /*
  * A kvzip plan's compression of sequence s after the prefill of the n
  * tokens ids, layer l's last np[l] in the pass's buffers: the repeat pass
@@ -526,7 +622,7 @@ kvzip_compress(gpu_ctx *g, int s, const int32_t *ids, int n, const int *np)
 {
 	double t0;
 	kvx_status rc;
-	gpu_src src;
+	gpu_src src = { 0 };
 	int l;
 
 	CK(cudaStreamSynchronize(g->stream));
@@ -547,12 +643,14 @@ kvzip_compress(gpu_ctx *g, int s, const int32_t *ids, int n, const int *np)
  * The forward of the n prompt tokens through every layer: each layer's
  * K/V go to the scratch and are compressed right after its attention,
  * or, for a kvzip plan (kz set), go to the repeat pass's buffers, which
- * keep every layer's.
+ * keep every layer's.  A full cache keeps each layer's window queries
+ * (keep_layer).
  */
 static kvx_status
 prefill_layers(gpu_ctx *g, int s, int n, int kz)
 {
-	gpu_src src = { (const char *)g->kt, (const char *)g->vt, 0, NULL, 0 };
+	gpu_src src = { (const char *)g->kt, (const char *)g->vt, 0, NULL, 0,
+	    g->q, 0, NULL };
 	kvx_status rc;
 	int l;
 
@@ -565,6 +663,8 @@ prefill_layers(gpu_ctx *g, int s, int n, int kz)
 		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL,
 		    (void *)src.k, (void *)src.v, g->stream));
 		if ((rc = gpu__attn(g, l, src.k, src.v, 0, n, NULL)) != KVX_OK)
+			return rc;
+		if (g->plan == NULL && (rc = keep_layer(g, s, l, n)) != KVX_OK)
 			return rc;
 		if (!kz && (rc = prefill_select(g, s, l, n, &src)) != KVX_OK)
 			return rc;
@@ -670,24 +770,28 @@ gpu_prefill(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 		if (ids[i] < 0 || ids[i] >= g->V)
 			return kvx__fail(KVX_ERR_ARG, "token id %d out of range "
 			    "[0, %d)", ids[i], g->V);
-	/* a full cache's prompt, which kvx_compress_from repeats */
+	/* a full cache's prompt, which kvx_compress_from repeats, and room
+	   for its window queries */
 	if ((g->plan == NULL &&
-	    (rc = gpu__kvzip_keep_ids(g, s, ids, n)) != KVX_OK) ||
+	    ((rc = gpu__kvzip_keep_ids(g, s, ids, n)) != KVX_OK ||
+	    (rc = keep_alloc(g, s)) != KVX_OK)) ||
 	    (rc = prefill_run(g, s, ids, n, logits)) != KVX_OK) {
 		gpu_seq_clear(g, s);
 		return rc;
 	}
+	if (g->plan == NULL)
+		g->wq_n[s] = window(n);
 	g->npos[s] = n;
 	return KVX_OK;
 }
 
-/* The compression of gpu_compress_from, without the bookkeeping on
+/* gpu_compress_from by a kvzip plan, without the bookkeeping on
  * failure. */
 static kvx_status
-compress_run(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
+kvzip_from(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
 {
 	kvx_status rc;
-	gpu_src zs;
+	gpu_src zs = { 0 };
 	int *np, l;
 
 	if ((rc = gpu__ensure_fw(g, n)) != KVX_OK ||
@@ -705,21 +809,148 @@ compress_run(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
 		}
 	}
 	free(np);
+	return rc;
+}
+
+/*
+ * KVX_ERR_UNSUPPORTED unless sequence ss of src kept what g's plan
+ * scores n tokens with: SnapKV's window queries, Expected Attention's
+ * last queries, or, when its statistics span the prompt, the moments of
+ * all of them (or all of them, when the window holds the prompt).
+ */
+static kvx_status
+window_check(const gpu_ctx *g, const gpu_ctx *src, int ss, int n)
+{
+	const kvx_plan *P = g->plan;
+	int w = src->wq != NULL ? src->wq_n[ss] : 0, need;
+
+	if (P == NULL || n <= 1)
+		return KVX_OK;
+	if (P->scorer == PLAN_SCORER_EA && P->ea_queries == PLAN_EA_ALL) {
+		if (n <= w || src->qst[ss] != NULL)
+			return KVX_OK;
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from: the "
+		    "plan's Expected Attention statistics span the whole "
+		    "prompt (queries: all), which the source context did not "
+		    "keep (kvx_ctx_params.query_stats)");
+	}
+	need = P->scorer == PLAN_SCORER_EA ? sel_ea_nq(P, n) :
+	    P->window < n ? P->window : n;
+	if (need > w)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from: the "
+		    "plan scores with the last %d queries, the source kept %d",
+		    need, w);
+	return KVX_OK;
+}
+
+/*
+ * gpu_compress_from by a SnapKV or Expected Attention plan, or none,
+ * without the bookkeeping on failure: each layer's rows of src go to
+ * g's K/V scratch, laid out as g's prefill leaves them there, and are
+ * selected by prefill_select with the queries (and moments) src kept,
+ * so that the same kernels see the same inputs as in a prefill by g.
+ */
+static kvx_status
+window_from(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
+{
+	const kvx_plan *P = g->plan;
+	size_t rb = (size_t)g->D * 2, row = rb * g->Hkv;
+	int all = P != NULL && P->scorer == PLAN_SCORER_EA &&
+	    P->ea_queries == PLAN_EA_ALL && n > src->wq_n[ss];
+	gpu_src in = { (const char *)g->kt, (const char *)g->vt, 0, NULL, 0,
+	    NULL, n - src->wq_n[ss], NULL };
+	kvx_status rc;
+	int l, h, np;
+
+	if ((rc = gpu__ensure_prefill(g, n)) != KVX_OK)
+		return rc;
+	CK(cudaStreamSynchronize(src->stream));
+	for (l = 0; l < g->L; l++) {
+		np = sel_window_rows(g->m->L[l].window, n);
+		for (h = 0; h < g->Hkv; h++) {
+			const gseg *sg = seg_at(src, ss, l, h);
+
+			if (sg->len != np)
+				return kvx__fail(KVX_ERR_ARG, "kvx_compress_"
+				    "from: source sequence %d holds no "
+				    "uncompressed prefill", ss);
+			CK(cudaMemcpy2DAsync((char *)g->kt + h * rb, row,
+			    src->kbase + sg->off * 2, rb, rb, np,
+			    cudaMemcpyDeviceToDevice, g->stream));
+			CK(cudaMemcpy2DAsync((char *)g->vt + h * rb, row,
+			    src->vbase + sg->off * 2, rb, rb, np,
+			    cudaMemcpyDeviceToDevice, g->stream));
+		}
+		in.row0 = n - np;
+		in.q = src->wq[ss] + (size_t)l * wq_layer(src);
+		in.mom = all ? src->qst[ss] + (size_t)l * qst_layer(src) : NULL;
+		if ((rc = prefill_select(g, s, l, n, &in)) != KVX_OK)
+			return rc;
+	}
+	return KVX_OK;
+}
+
+/*
+ * A full-cache destination keeps what its source kept of the prefill,
+ * so that it serves kvx_compress_from in turn: the ids, the window
+ * queries, the moments where both keep them.
+ */
+static kvx_status
+keep_copy(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
+{
+	kvx_status rc;
+
+	if ((rc = gpu__kvzip_keep_ids(g, s, src->pids[ss], n)) != KVX_OK ||
+	    (rc = keep_alloc(g, s)) != KVX_OK)
+		return rc;
+	CK(cudaMemcpyAsync(g->wq[s], src->wq[ss], (size_t)g->L * wq_layer(g) *
+	    sizeof(float), cudaMemcpyDeviceToDevice, g->stream));
+	if (g->qst[s] != NULL && src->qst[ss] != NULL)
+		CK(cudaMemcpyAsync(g->qst[s], src->qst[ss], (size_t)g->L *
+		    qst_layer(g) * sizeof(double), cudaMemcpyDeviceToDevice,
+		    g->stream));
+	else if (g->qst[s] != NULL) {
+		/* the moments are void: a plan that needs them is refused */
+		cudaFree(g->qst[s]);
+		g->qst[s] = NULL;
+	}
+	g->wq_n[s] = src->wq_n[ss];
+	return KVX_OK;
+}
+
+/* The compression of gpu_compress_from, without the bookkeeping on
+ * failure. */
+static kvx_status
+compress_run(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
+{
+	const kvx_plan *P = g->plan;
+	kvx_status rc;
+
+	if (P != NULL && P->scorer == PLAN_SCORER_KVZIP)
+		rc = kvzip_from(g, s, src, ss, n);
+	else if ((rc = window_check(g, src, ss, n)) == KVX_OK)
+		rc = window_from(g, s, src, ss, n);
 	if (rc != KVX_OK)
 		return rc;
 	CK(cudaStreamSynchronize(g->stream));
-	if ((rc = hybrid_finish(g, s, n)) != KVX_OK)
+	if ((rc = hybrid_finish(g, s, n)) != KVX_OK ||
+	    (rc = win_record(g, s, n)) != KVX_OK)
 		return rc;
-	return win_record(g, s, n);
+	if (P == NULL && (rc = keep_copy(g, s, src, ss, n)) != KVX_OK)
+		return rc;
+	CK(cudaStreamSynchronize(g->stream));
+	return KVX_OK;
 }
 
 /*
  * Sequence ss of src, a full cache's prefill (neither extended nor
- * decoded since), compressed into the empty sequence s of g by g's
- * kvzip plan: the prompt's K/V are copied into g's pass buffers and the
- * repeat pass runs there, as after a prefill by g.  Other scorers need
- * the prefill's window queries, which a GPU context does not keep.  On
- * failure sequence s is left empty.
+ * decoded since), compressed into the empty sequence s of g by g's plan,
+ * as a prefill by g would compress it.  A kvzip plan copies the prompt's
+ * K/V into g's pass buffers and runs the repeat pass there; SnapKV and
+ * Expected Attention score src's K/V with the window queries src kept
+ * (and, for statistics of the whole prompt, the moments src kept with
+ * query_stats); without a plan the rows are copied.  On failure sequence
+ * s is left empty.
  */
 kvx_status
 gpu_compress_from(gpu_ctx *g, int s, const gpu_ctx *src, int ss)
@@ -727,12 +958,8 @@ gpu_compress_from(gpu_ctx *g, int s, const gpu_ctx *src, int ss)
 	int n = src->npos[ss];
 	kvx_status rc;
 
-	if (g->plan == NULL || g->plan->scorer != PLAN_SCORER_KVZIP)
-		return kvx__fail(KVX_ERR_UNSUPPORTED, "kvx_compress_from "
-		    "between GPU contexts needs a kvzip plan (the GPU keeps "
-		    "no window queries)");
 	if (src->plan != NULL || n < 1 || src->pids == NULL ||
-	    src->pids_n[ss] != n)
+	    src->pids_n[ss] != n || src->wq == NULL || src->wq_n[ss] < 1)
 		return kvx__fail(KVX_ERR_ARG, "kvx_compress_from: source "
 		    "sequence %d holds no uncompressed prefill", ss);
 	if (g->npos[s] != 0)

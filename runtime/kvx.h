@@ -228,14 +228,17 @@ typedef struct kvx_ctx_params {
 				   KVX_DEVICE=cpu */
 	int	n_threads;	/* CPU worker threads of this context (0, the
 				   default: the model's n_threads) */
-	int	query_stats;	/* 1: a full-cache CPU context keeps each
+	int	query_stats;	/* 1: a full-cache context keeps each
 				   prefill's query statistics (a mean and a
-				   covariance per layer and query head), so
-				   that kvx_compress_from can apply a plan
-				   whose Expected Attention statistics span
-				   the whole prompt (default 0: such a
+				   covariance per layer and query head; on
+				   the GPU, their sums), so that
+				   kvx_compress_from can apply a plan whose
+				   Expected Attention statistics span the
+				   whole prompt (default 0: such a
 				   compression fails with
-				   KVX_ERR_UNSUPPORTED) */
+				   KVX_ERR_UNSUPPORTED, but on the GPU for
+				   a prompt of at most KVX_WINDOW_MAX
+				   tokens, whose queries it keeps anyway) */
 } kvx_ctx_params;
 
 enum { KVX_DEVICE_AUTO = 0, KVX_DEVICE_CPU = 1, KVX_DEVICE_GPU = 2 };
@@ -265,8 +268,13 @@ kvx_status	 kvx_decode(kvx_ctx *, int n, const int *seqs,
 		     const int32_t *ids, float *logits);
 /*
  * Fill sequence dseq of dst (empty) from sequence sseq of src, which must
- * hold an uncompressed prefill, compressing to dst's plan.  Lets several
- * plans share one prefill.
+ * hold an uncompressed prefill (a full-cache context's, neither extended
+ * nor decoded since), compressing to dst's plan as a prefill by dst
+ * would.  Lets several plans share one prefill.  Both contexts run on the
+ * same device.  A full cache keeps, per sequence and layer, the queries
+ * of the last KVX_WINDOW_MAX prompt tokens for this (the CPU in host
+ * memory, the GPU in device memory: KVX_WINDOW_MAX x n_head x head_dim
+ * floats a layer), and with query_stats the statistics of all of them.
  */
 kvx_status	 kvx_compress_from(kvx_ctx *dst, int dseq, const kvx_ctx *src,
 		     int sseq);

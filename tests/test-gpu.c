@@ -6,7 +6,11 @@
  * after greedy decode steps, batched
  * decode of several sequences, extend, the calls
  * the GPU path refuses, and decode steps replayed from the captured graph
- * against direct launches.
+ * against direct launches.  kvx_compress_from between GPU contexts, under
+ * SnapKV, Expected Attention (its statistics from the last queries or
+ * the whole prompt) and KVzip plans, is checked against a GPU context
+ * that prefills the same tokens itself and against the CPU's
+ * kvx_compress_from (compare_from_gpu, compare_from).
  * SPDX-License-Identifier: MIT
  *
  * Models: the default one (llama) when present, and the random-weight
@@ -81,6 +85,12 @@ static const char *LONG_TEXT =
     "that still strike the hour together. Question: what did the "
     "fishermen and traders exchange? Answer:";
 
+/* The start of LONG_TEXT. */
+static const char *MID_TEXT =
+    "The history of the city begins with a small settlement on the river, "
+    "where fishermen and traders met to exchange salt, grain and cloth. "
+    "Over the centuries the settlement grew into a market town.";
+
 /* ||a - b|| / ||b||; infinite when a holds a NaN. */
 static double
 relerr(const float *a, const float *b, int n)
@@ -115,8 +125,9 @@ same_top(const float *lc, const float *lg, double tol)
 	return lc[tc] - lc[tg] <= tol * sqrt(ms / NV);
 }
 
+/* A context of plan p; query_stats as kvx_ctx_params has it. */
 static kvx_ctx *
-new_ctx(const kvx_plan *p, int device, int n_seq)
+new_ctx_qs(const kvx_plan *p, int device, int n_seq, int query_stats)
 {
 	kvx_ctx_params cp;
 	kvx_ctx *c = NULL;
@@ -124,6 +135,7 @@ new_ctx(const kvx_plan *p, int device, int n_seq)
 
 	kvx_ctx_params_init(&cp);
 	cp.n_seq = n_seq;
+	cp.query_stats = query_stats;
 	cp.n_ctx = MAXTOK;
 	cp.decode_headroom = 4;	/* decode outgrows it: segments move */
 	cp.device = device;
@@ -132,6 +144,12 @@ new_ctx(const kvx_plan *p, int device, int n_seq)
 		return NULL;
 	}
 	return c;
+}
+
+static kvx_ctx *
+new_ctx(const kvx_plan *p, int device, int n_seq)
+{
+	return new_ctx_qs(p, device, n_seq, 0);
 }
 
 static int
@@ -204,6 +222,81 @@ kept_share(kvx_ctx *cc, kvx_ctx *gc, int *moved)
 	(void)cc;
 	(void)gc;
 	*moved = 0;
+	return -1.0;
+#endif
+}
+
+/*
+ * The share of the rows that sequence sa of GPU context ga keeps that
+ * sequence sb of GPU context gb keeps too, over every layer and KV head:
+ * a row of gb whose key is within 1% of the norm of ga's (two GPU
+ * contexts that run the same prompt hold the same fp16 keys, and rows
+ * of different positions differ by the order of their norm).  *moved
+ * counts the heads whose kept counts differ, *bits the rows whose key
+ * is the same to the bit.  -1 when the keys cannot be read.
+ */
+static double
+gpu_same_rows(kvx_ctx *ga, int sa, kvx_ctx *gb, int sb, int *moved,
+    long *bits)
+{
+#ifdef HAVE_CUDA
+	const kvx_model_info *mi = kvx_model_get_info(M);
+	struct gpu_ctx *a = ctx_gpu(ga), *b = ctx_gpu(gb);
+	int D = mi->head_dim, l, h, i, j, e, la, lb;
+	long same = 0, all = 0;
+	double nrm, dist, x;
+	float *ka, *kb;
+
+	*moved = 0;
+	*bits = 0;
+	ka = malloc(sizeof(float) * MAXTOK * D);
+	kb = malloc(sizeof(float) * MAXTOK * D);
+	if (a == NULL || b == NULL || ka == NULL || kb == NULL) {
+		free(ka);
+		free(kb);
+		return -1.0;
+	}
+	for (l = 0; l < mi->n_layer; l++)
+		for (h = 0; h < mi->n_head_kv; h++) {
+			if (gpu_seg_keys(a, sa, l, h, ka, MAXTOK, &la) !=
+			    KVX_OK || gpu_seg_keys(b, sb, l, h, kb, MAXTOK,
+			    &lb) != KVX_OK) {
+				free(ka);
+				free(kb);
+				return -1.0;
+			}
+			if (la != lb)
+				(*moved)++;
+			for (i = 0; i < la && i < MAXTOK; i++, all++) {
+				const float *r = ka + (size_t)i * D;
+
+				for (nrm = 0.0, e = 0; e < D; e++)
+					nrm += (double)r[e] * r[e];
+				for (j = 0; j < lb && j < MAXTOK; j++) {
+					const float *t = kb + (size_t)j * D;
+
+					for (dist = 0.0, e = 0; e < D; e++) {
+						x = (double)r[e] - t[e];
+						dist += x * x;
+					}
+					if (dist <= 1e-4 * nrm) {
+						same++;
+						*bits += dist == 0.0;
+						break;
+					}
+				}
+			}
+		}
+	free(ka);
+	free(kb);
+	return all > 0 ? (double)same / all : 1.0;
+#else
+	(void)ga;
+	(void)sa;
+	(void)gb;
+	(void)sb;
+	*moved = 0;
+	*bits = 0;
 	return -1.0;
 #endif
 }
@@ -339,8 +432,8 @@ out:
  * context's prefill of text compressed into a GPU context of p, against
  * a CPU context of p that prefills text itself: the kept counts, the
  * kept rows (kept_share) and NSTEP decode steps as compare_run checks
- * them.  A GPU context refuses to compress from a compressed source and,
- * under another scorer, from any.
+ * them.  A GPU context refuses to compress from a compressed source; one
+ * of another scorer compresses from the same full cache.
  */
 static void
 compare_from(const char *what, const kvx_plan *p, const kvx_plan *other,
@@ -367,9 +460,9 @@ compare_from(const char *what, const kvx_plan *p, const kvx_plan *other,
 	    kvx_prefill(gf, 0, ids, n, lg) == KVX_OK, "%s: prefills: %s",
 	    what, kvx_errmsg()))
 		goto out;
-	ok(kvx_compress_from(go, 0, gf, 0) == KVX_ERR_UNSUPPORTED,
-	    "%s: a GPU context of another scorer refuses: %s", what,
-	    kvx_errmsg());
+	ok(kvx_compress_from(go, 0, gf, 0) == KVX_OK && kvx_seq_len(go, 0) ==
+	    n, "%s: a GPU context of another scorer (SnapKV) compresses the "
+	    "same prefill: %s", what, kvx_errmsg());
 	if (!ok(kvx_compress_from(gz, 0, gf, 0) == KVX_OK, "%s: compress "
 	    "from a GPU full cache of %d tokens: %s", what, n, kvx_errmsg()))
 		goto out;
@@ -397,6 +490,155 @@ out:
 	kvx_ctx_free(&gf);
 	kvx_ctx_free(&gz);
 	kvx_ctx_free(&go);
+}
+
+/*
+ * kvx_compress_from between GPU contexts under the SnapKV or Expected
+ * Attention plan p.  A full-cache GPU context that keeps its query
+ * statistics (query_stats) prefills text, and a GPU context of p
+ * compresses that prefill from the full cache's K/V and the window
+ * queries (and moments) it kept.  Checked against
+ *  (a) a GPU context of p that prefilled text itself: the same kept
+ *      counts, at least 99% of the same rows (keys within 1% of their
+ *      norm; bit-identical ones are counted too, all of them expected),
+ *      and NSTEP decode steps within tol_dec of it;
+ *  (b) the CPU's kvx_compress_from from a CPU full cache: the same kept
+ *      counts, at least 97% of the GPU's kept rows among the CPU's
+ *      (kept_share, as for KVzip), and the decode steps within tol_dec
+ *      times the model's factor, as compare_run checks a GPU prefill.
+ * Then a full-cache GPU context filled by kvx_compress_from serves as a
+ * source in turn (the same rows again), a source decoded since its
+ * prefill is refused (KVX_ERR_ARG), and, for statistics of the whole
+ * prompt past KVX_WINDOW_MAX tokens, a source without query_stats is
+ * refused (KVX_ERR_UNSUPPORTED).
+ */
+static void
+compare_from_gpu(const char *what, const kvx_plan *p, const char *text,
+    double tol_dec)
+{
+	static int32_t ids[MAXTOK];
+	float *lc, *lg, *lr;
+	kvx_ctx *gf, *gz, *gp, *cf, *cz, *gf2, *gn = NULL;
+	kvx_memory ma, mb, mc;
+	double e, ea = 0.0, eb = 0.0, tol_cpu = tol_dec * DEC_SCALE;
+	long bits;
+	int n, st, z = 0, same_a = 1, same_b = 1, moved;
+	int all = p->scorer == PLAN_SCORER_EA && p->ea_queries == PLAN_EA_ALL;
+	int32_t tok;
+
+	n = tokenize(text, ids);
+	gf = new_ctx_qs(NULL, KVX_DEVICE_GPU, 1, 1);
+	gz = new_ctx(p, KVX_DEVICE_GPU, 2);
+	gp = new_ctx(p, KVX_DEVICE_GPU, 1);
+	cf = new_ctx_qs(NULL, KVX_DEVICE_CPU, 1, 1);
+	cz = new_ctx(p, KVX_DEVICE_CPU, 1);
+	gf2 = new_ctx_qs(NULL, KVX_DEVICE_GPU, 1, 1);
+	lc = malloc((size_t)NV * sizeof(float));
+	lg = malloc((size_t)NV * sizeof(float));
+	lr = malloc((size_t)NV * sizeof(float));
+	if (gf == NULL || gz == NULL || gp == NULL || cf == NULL ||
+	    cz == NULL || gf2 == NULL || lc == NULL || lg == NULL ||
+	    lr == NULL)
+		goto out;
+	if (!ok(kvx_prefill(gf, 0, ids, n, lg) == KVX_OK &&
+	    kvx_prefill(gp, 0, ids, n, lr) == KVX_OK &&
+	    kvx_prefill(cf, 0, ids, n, lc) == KVX_OK, "%s: prefills of %d "
+	    "tokens (GPU and CPU full caches, GPU plan): %s", what, n,
+	    kvx_errmsg()))
+		goto out;
+	if (!ok(kvx_compress_from(gz, 0, gf, 0) == KVX_OK, "%s: GPU "
+	    "compress_from a GPU full cache: %s", what, kvx_errmsg()) ||
+	    !ok(kvx_compress_from(cz, 0, cf, 0) == KVX_OK, "%s: CPU "
+	    "compress_from a CPU full cache: %s", what, kvx_errmsg()))
+		goto out;
+
+	/* (a) the GPU's own prefill under p */
+	kvx_ctx_memory(gp, &ma);
+	kvx_ctx_memory(gz, &mb);
+	kvx_ctx_memory(cz, &mc);
+	ok(ma.n_kept == mb.n_kept && kvx_seq_len(gz, 0) == n, "%s: "
+	    "compress_from vs the GPU's prefill: %lld token slots kept (the "
+	    "prefill %lld), length %d", what, (long long)mb.n_kept,
+	    (long long)ma.n_kept, kvx_seq_len(gz, 0));
+	e = gpu_same_rows(gz, 0, gp, 0, &moved, &bits);
+	ok(e >= 0.99, "%s: compress_from vs the GPU's prefill: %.4f of the "
+	    "kept rows are the prefill's (at least 0.99), %ld of %lld "
+	    "identical to the bit; %d heads keep another count", what, e,
+	    bits, (long long)mb.n_kept, moved);
+	/* (b) the CPU's compress_from */
+	ok(mc.n_kept == mb.n_kept, "%s: compress_from, GPU vs CPU: %lld "
+	    "token slots kept (CPU %lld)", what, (long long)mb.n_kept,
+	    (long long)mc.n_kept);
+	e = kept_share(cz, gz, &moved);
+	ok(e >= 0.97, "%s: compress_from, GPU vs CPU: %.4f of the GPU's "
+	    "kept rows are the CPU's (at least 0.97); %d heads keep another "
+	    "count", what, e, moved);
+
+	/* a full cache filled by compress_from is a source in turn */
+	if (ok(kvx_compress_from(gf2, 0, gf, 0) == KVX_OK &&
+	    kvx_compress_from(gz, 1, gf2, 0) == KVX_OK, "%s: compress_from a "
+	    "GPU full cache that compress_from filled: %s", what,
+	    kvx_errmsg())) {
+		e = gpu_same_rows(gz, 1, gz, 0, &moved, &bits);
+		ok(e >= 0.99 && moved == 0, "%s: compress_from via a second "
+		    "full cache: %.4f of the kept rows are the first "
+		    "compression's (at least 0.99); %d heads keep another "
+		    "count", what, e, moved);
+	}
+
+	/* decode steps fed the CPU's greedy tokens, from its prefill's */
+	tok = tap_argmax(lc, NV);
+	for (st = 0; st < NSTEP; st++) {
+		if (kvx_decode(cz, 1, &z, &tok, lc) != KVX_OK ||
+		    kvx_decode(gz, 1, &z, &tok, lg) != KVX_OK ||
+		    kvx_decode(gp, 1, &z, &tok, lr) != KVX_OK) {
+			ok(0, "%s: decode step %d after compress_from: %s",
+			    what, st, kvx_errmsg());
+			goto out;
+		}
+		if ((e = relerr(lg, lr, NV)) > ea)
+			ea = e;
+		if ((e = relerr(lg, lc, NV)) > eb)
+			eb = e;
+		if (!same_top(lr, lg, tol_dec))
+			same_a = 0;
+		if (!same_top(lc, lg, tol_cpu))
+			same_b = 0;
+		tok = tap_argmax(lc, NV);
+	}
+	ok(ea < tol_dec && same_a, "%s: %d decode steps after compress_from "
+	    "vs after the GPU's prefill: worst relative error %.2e < %.0e, "
+	    "same greedy tokens %d", what, NSTEP, ea, tol_dec, same_a);
+	ok(eb < tol_cpu && same_b, "%s: %d decode steps after compress_from, "
+	    "GPU vs CPU: worst relative error %.2e < %.0e, same greedy tokens "
+	    "%d", what, NSTEP, eb, tol_cpu, same_b);
+
+	/* refusals */
+	tok = tap_argmax(lr, NV);
+	ok(kvx_seq_clear(gz, 1) == KVX_OK &&
+	    kvx_decode(gf, 1, &z, &tok, lg) == KVX_OK &&
+	    kvx_compress_from(gz, 1, gf, 0) == KVX_ERR_ARG, "%s: "
+	    "compress_from refuses a source decoded since its prefill: %s",
+	    what, kvx_errmsg());
+	if (all && n > KVX_WINDOW_MAX) {
+		gn = new_ctx_qs(NULL, KVX_DEVICE_GPU, 1, 0);
+		ok(gn != NULL && kvx_prefill(gn, 0, ids, n, NULL) == KVX_OK &&
+		    kvx_compress_from(gz, 1, gn, 0) == KVX_ERR_UNSUPPORTED &&
+		    kvx_seq_len(gz, 1) == 0, "%s: compress_from of %d tokens "
+		    "refuses a source without query_stats: %s", what, n,
+		    kvx_errmsg());
+	}
+out:
+	free(lc);
+	free(lg);
+	free(lr);
+	kvx_ctx_free(&gf);
+	kvx_ctx_free(&gz);
+	kvx_ctx_free(&gp);
+	kvx_ctx_free(&cf);
+	kvx_ctx_free(&cz);
+	kvx_ctx_free(&gf2);
+	kvx_ctx_free(&gn);
 }
 
 /* Three prompts of different lengths, prefilled as sequences 0-2. */
@@ -478,7 +720,8 @@ compare_batch(const kvx_plan *p)
 	ok(kvx_seq_clear(gc, 1) == KVX_OK && kvx_seq_len(gc, 1) == 0,
 	    "seq_clear empties a GPU sequence");
 	ok(kvx_compress_from(gc, 1, cc, 0) == KVX_ERR_UNSUPPORTED,
-	    "compress_from refuses GPU contexts: %s", kvx_errmsg());
+	    "compress_from refuses a CPU source for a GPU context: %s",
+	    kvx_errmsg());
 out:
 	free(lc);
 	free(lg);
@@ -610,6 +853,8 @@ run_model(const char *path, const char *name, double dec_scale,
 	compare_run(W("full, long"), NULL, LONG_TEXT, 1e-2);
 	compare_run(W("25% static"), p25, LONG_TEXT, 2e-2);
 	compare_run(W("25% hybrid"), h25, LONG_TEXT, 3e-2);
+	compare_from_gpu(W("25% static, snapkv"), p25, LONG_TEXT, 2e-2);
+	compare_from_gpu(W("25% hybrid, snapkv"), h25, LONG_TEXT, 3e-2);
 	/* the largest window: all its queries score, and sinks stay */
 	if (plan_copy(p25, &pw) != KVX_OK || plan_copy(h25, &hw) != KVX_OK) {
 		ok(0, "%s: plan_copy: %s", name, kvx_errmsg());
@@ -619,6 +864,8 @@ run_model(const char *path, const char *name, double dec_scale,
 	pw->sinks = hw->sinks = 4;
 	compare_run(W("25% static, largest window"), pw, LONG_TEXT, 2e-2);
 	compare_run(W("25% hybrid, largest window"), hw, LONG_TEXT, 3e-2);
+	compare_from_gpu(W("25% static, snapkv, largest window"), pw,
+	    LONG_TEXT, 2e-2);
 	/* Expected Attention, each covariance kind, static and hybrid */
 	if (plan_copy(p25, &pe) != KVX_OK || plan_copy(h25, &he) != KVX_OK) {
 		ok(0, "%s: plan_copy: %s", name, kvx_errmsg());
@@ -628,6 +875,10 @@ run_model(const char *path, const char *name, double dec_scale,
 	plan_set_scorer(he, PLAN_SCORER_EA);
 	compare_run(W("25% static, expected attention"), pe, LONG_TEXT, 2e-2);
 	compare_run(W("25% hybrid, expected attention"), he, LONG_TEXT, 3e-2);
+	compare_from_gpu(W("25% static, expected attention"), pe, LONG_TEXT,
+	    2e-2);
+	compare_from_gpu(W("25% hybrid, expected attention"), he, LONG_TEXT,
+	    3e-2);
 	pe->ea_cov = PLAN_COV_DIAG;
 	he->ea_cov = PLAN_COV_NONE;
 	he->ea_vnorm = 0;
@@ -643,11 +894,23 @@ run_model(const char *path, const char *name, double dec_scale,
 	he->ea_queries = PLAN_EA_ALL;
 	compare_run(W("25% static, expected attention, diagonal, the whole "
 	    "prompt"), pe, LONG_TEXT, 2e-2);
+	compare_from_gpu(W("25% static, expected attention, diagonal, the "
+	    "whole prompt"), pe, LONG_TEXT, 2e-2);
 	pe->ea_cov = PLAN_COV_FULL;
 	compare_run(W("25% static, expected attention, the whole prompt"), pe,
 	    LONG_TEXT, 2e-2);
+	compare_from_gpu(W("25% static, expected attention, the whole "
+	    "prompt"), pe, LONG_TEXT, 2e-2);
+	/* a prompt of about 40 tokens for the default model, inside the
+	 * kept window: the statistics come from its queries, as in a
+	 * prefill; about 190 in the byte-level files' vocabularies: from
+	 * the moments, where the prefill takes its one-block statistics */
+	compare_from_gpu(W("25% static, expected attention, the whole "
+	    "prompt, medium"), pe, MID_TEXT, 2e-2);
 	compare_run(W("25% hybrid, expected attention, no covariance, max, "
 	    "the whole prompt"), he, LONG_TEXT, 3e-2);
+	compare_from_gpu(W("25% hybrid, expected attention, no covariance, "
+	    "max, the whole prompt"), he, LONG_TEXT, 3e-2);
 	/*
 	 * KVzip: the repeat pass on each device.  Its scores come from
 	 * softmax weights over fp16 keys and GEMM inputs on the GPU, f32 on

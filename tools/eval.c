@@ -7,8 +7,10 @@
  * Every text is prefilled once with a full cache; each plan then
  * compresses that prefill (kvx_compress_from) and runs the continuation,
  * so a plan costs its compression and its continuation only, and every
- * plan sees exactly the same prefill.  Where the device has no
- * kvx_compress_from, each plan's context prefills the same tokens.
+ * plan sees exactly the same prefill, on the CPU and on the GPU alike.
+ * Where kvx_compress_from refuses a pair of contexts (KVX_ERR_UNSUPPORTED:
+ * contexts on different devices), the plan's context prefills the same
+ * tokens.
  */
 #include "config.h"
 
@@ -128,8 +130,8 @@ pred_row(const float *last, const float *rows, int i, int V)
 	return i == 0 ? last : rows + (size_t)(i - 1) * V;
 }
 
-/* The tokens of src's last prefill: a context whose device has no
- * kvx_compress_from prefills them itself. */
+/* The tokens of src's last prefill: a context that kvx_compress_from
+ * refuses prefills them itself. */
 static struct {
 	const int32_t	*ids;
 	int		 n;
@@ -146,8 +148,9 @@ prefill_src(kvx_ctx *src, const int32_t *ids, int n, float *last)
 }
 
 /* Compress the prefill in src into e's empty sequence 0: from src's cache
- * where the device can, else by a prefill of the same tokens under e's
- * plan (the same result, at the cost of a prefill). */
+ * (on either device, under every scorer), else, where kvx_compress_from
+ * refuses the pair, by a prefill of the same tokens under e's plan (the
+ * same result, at the cost of a prefill). */
 static kvx_status
 compress_into(struct entry *e, kvx_ctx *src)
 {
