@@ -10,7 +10,12 @@
  * Each decode step runs the 32 layers' launches (partial + combine),
  * captured once in a CUDA graph, on the balanced and the chunked work
  * list; "chosen" is the one the library takes (wl_plan), marked * when
- * the other was faster.  Layers rotate
+ * the other was faster.  The partial kernel writes the segments of one
+ * item itself, and the combine is not launched when every segment has
+ * one (wl_solo), as in the "1-item" column.  "comb us" is what the
+ * combine costs a layer on the chosen list: the step against the same
+ * step without the combine launches (whose output is then incomplete).
+ * Layers rotate
  * over separate buffers (as many as fit) so that the L2 cache does not
  * serve repeated reads.
  */
@@ -110,10 +115,11 @@ struct layer {
  * Median time of one decode step (all layers) for per-(seq, head) lengths
  * len: chunk 0 balances rows over the resident blocks (wl_balanced),
  * chunk -1 cuts items of wl_chunk rows, chunk > 0 items of that many
- * rows, one block each.
+ * rows, one block each.  comb 0 leaves out the combine.
  */
 static double
-step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
+step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
+    int *nbuf)
 {
 	int nseg = (int)len.size(), s, i, nl, ni, cap, nb;
 	int *bfirst_d = NULL;
@@ -198,10 +204,11 @@ step_time(const std::vector<int> &len, int chunk, int *nitems, int *nbuf)
 		layer &y = L[i % nl];
 
 		KC(kvx_cuda_attn_partial(y.q, y.k, y.v, KVX_CUDA_F16, y.off, G,
-		    D, D, 1.0f / sqrtf((float)D), y.items, bfirst_d, nb, y.m,
-		    y.l, y.acc, st));
-		KC(kvx_cuda_attn_combine(y.first, nseg, G, D, y.m, y.l, y.acc,
-		    y.out, st));
+		    D, D, 1.0f / sqrtf((float)D), y.items, bfirst_d, nb,
+		    y.first, y.m, y.l, y.acc, y.out, st));
+		if (comb && !wl_solo(first.data(), nseg))
+			KC(kvx_cuda_attn_combine(y.first, nseg, G, D, y.m, y.l,
+			    y.acc, y.out, 1, st));
 	}
 	CK(cudaStreamEndCapture(st, &gr));
 	CK(cudaGraphInstantiate(&ge, gr, 0));
@@ -295,17 +302,17 @@ main(int argc, char **argv)
 	printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n",
 	    pr.name, pr.multiProcessorCount, bw / 1e9);
 	fprintf(tsv, "copy\t%.6e\n", bw);
-	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %8s %6s\n", "batch",
+	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %8s %6s %7s\n", "batch",
 	    "ctx", "lens", "KV MB/step", "step us", "chosen", "balanced",
-	    "chunked", "1-item", "items");
+	    "chunked", "1-item", "items", "comb us");
 	for (skew = 0; skew < 2; skew++)
 	for (bi = 0; bi < 4; bi++)
 	for (ci = 0; ci < 3; ci++) {
 		int b = batches[bi], T = ctxs[ci], ni, nb, ni1, nb1, bal = 0;
 		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
 		long long rows = 0;
-		double bytes, t, tb, tc, t1 = 0.0;
-		int nic, nbc;
+		double bytes, t, tb, tc, tp, t1 = 0.0;
+		int nic, nbc, nip, nbp;
 		size_t s;
 
 		if ((long long)b * T > 64LL * 65536 || b > maxb)
@@ -314,24 +321,26 @@ main(int argc, char **argv)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
 		bal = plan_balanced(len);
-		tb = step_time(len, 0, &ni, &nb);
-		tc = step_time(len, -1, &nic, &nbc);
+		tb = step_time(len, 0, 1, &ni, &nb);
+		tc = step_time(len, -1, 1, &nic, &nbc);
 		t = bal ? tb : tc;
+		tp = step_time(len, bal ? 0 : -1, 0, &nip, &nbp);
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
-			t1 = step_time(len, T, &ni1, &nb1);
+			t1 = step_time(len, T, 1, &ni1, &nb1);
 		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c%c %7.1f%% "
-		    "%7.1f%% %7.1f%% %6d\n", b, T, skew ? "skewed" : "equal",
-		    bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,
+		    "%7.1f%% %7.1f%% %6d %7.2f\n", b, T, skew ? "skewed" :
+		    "equal", bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,
 		    bal ? 'b' : 'c', t > std::min(tb, tc) ? '*' : ' ',
 		    100.0 * bytes / tb / bw, 100.0 * bytes / tc / bw,
-		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, bal ? ni : nic);
+		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, bal ? ni : nic,
+		    (t - tp) / NLAYER * 1e6);
 		fflush(stdout);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
 		    bytes, t, t1, bal ? ni : nic);
 		for (s = 0; s < len.size(); s++)
 			fprintf(tsv, "%c%d", s ? ',' : '\t', len[s]);
-		fprintf(tsv, "\t%.6e\t%.6e\t%d\n", tb, tc, bal);
+		fprintf(tsv, "\t%.6e\t%.6e\t%d\t%.6e\n", tb, tc, bal, tp);
 	}
 	fclose(tsv);
 	return 0;

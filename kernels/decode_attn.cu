@@ -189,13 +189,27 @@ attn_init(const float *q, int seg, int li, float scale2, float (&qr)[G][8],
 }
 
 /*
+ * Where an item's result goes: its partial (m, l: G floats; acc: G x D),
+ * or, when solo (the item is its segment's only one and the launch
+ * names an output), the segment's normalised output in acc, and no m
+ * nor l.  Three pointers, as many registers as the partial's own
+ * addresses took before.
+ */
+struct at_dst {
+	float	*m, *l, *acc;
+	int	 solo;
+};
+
+/*
  * The NSG groups' states in shared memory (m, l: NSG x G; acc: NSG x G x D
- * floats) merged into item ii's partial.
+ * floats) merged into the item's result (struct at_dst).  A solo item's
+ * output is acc / l, which is what the combine makes of one item (its
+ * weight 2^(m - m) = 1), so both paths give the same bits.
  */
 template <int G, int D, int NSG>
 static __device__ __forceinline__ void
-attn_fold(int ii, const float (*sm_m)[G], const float (*sm_l)[G],
-    const float *sm_acc, float *pm, float *pl, float *pacc)
+attn_fold(const struct at_dst &o, const float (*sm_m)[G],
+    const float (*sm_l)[G], const float *sm_acc)
 {
 	int h, e, i, g;
 
@@ -214,10 +228,14 @@ attn_fold(int ii, const float (*sm_m)[G], const float (*sm_l)[G],
 			L += sm_l[g][h] * f;
 			A += sm_acc[(g * G + h) * D + e] * f;
 		}
-		pacc[((size_t)ii * G + h) * D + e] = A;
+		if (o.solo) {
+			o.acc[h * D + e] = L > 0.0f ? A / L : 0.0f;
+			continue;
+		}
+		o.acc[h * D + e] = A;
 		if (e == 0) {
-			pm[(size_t)ii * G + h] = M;
-			pl[(size_t)ii * G + h] = L;
+			o.m[h] = M;
+			o.l[h] = L;
 		}
 	}
 	/* the next item reuses the shared arrays */
@@ -226,13 +244,12 @@ attn_fold(int ii, const float (*sm_m)[G], const float (*sm_l)[G],
 
 /*
  * The lane groups' states merged in shared memory (sm_acc: NSG x G x D
- * floats) into item ii's partial.
+ * floats) into the item's result.
  */
 template <int G, int D>
 static __device__ __forceinline__ void
-attn_merge(int ii, const float (&m)[G], const float (&l)[G],
-    const float (&acc)[G][8], float *sm_acc, float *pm, float *pl,
-    float *pacc)
+attn_merge(const struct at_dst &o, const float (&m)[G], const float (&l)[G],
+    const float (&acc)[G][8], float *sm_acc)
 {
 	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR;
 	__shared__ float sm_m[NSG][G], sm_l[NSG][G];
@@ -246,7 +263,7 @@ attn_merge(int ii, const float (&m)[G], const float (&l)[G],
 		for (e = 0; e < 8; e++)
 			sm_acc[(sg * G + h) * D + li * 8 + e] = acc[h][e];
 	}
-	attn_fold<G, D, NSG>(ii, sm_m, sm_l, sm_acc, pm, pl, pacc);
+	attn_fold<G, D, NSG>(o, sm_m, sm_l, sm_acc);
 }
 
 /* K and V of the TR rows from r of a lane group (rows past r1 - 1
@@ -277,8 +294,7 @@ attn_load(const T *kb, const T *vb, int ld_, int r, int r1, int li,
 template <int G, int D, typename T>
 static __device__ __forceinline__ void
 attn_item(const float *q, const T *k, const T *v, const long long *off,
-    int ld_, float scale2, struct wl_item it, int ii, float *pm,
-    float *pl, float *pacc)
+    int ld_, float scale2, struct wl_item it, const struct at_dst &o)
 {
 	constexpr int LPR = D / 8, NSG = AT_THREADS / LPR, GPW = 32 / LPR;
 	constexpr int STEP = NSG * AT_TILE;
@@ -296,7 +312,7 @@ attn_item(const float *q, const T *k, const T *v, const long long *off,
 		attn_load<AT_TILE, T>(kb, vb, ld_, r, it.r1, li, kr, vr);
 		attn_tile<G, LPR, AT_TILE, T>(qr, kr, vr, it.r1 - r, m, l, acc);
 	}
-	attn_merge<G, D>(ii, m, l, acc, sm_acc, pm, pl, pacc);
+	attn_merge<G, D>(o, m, l, acc, sm_acc);
 }
 
 /* 2^x on the special-function unit; 2^-inf = 0. */
@@ -461,8 +477,8 @@ tc_step(const uint32_t (&qa)[D / 16][4], const struct tc_tile<D> &t,
 template <int G, int D>
 static __device__ __forceinline__ void
 attn_item_tc(const float *q, const __half *k, const __half *v,
-    const long long *off, int ld_, float scale2, struct wl_item it, int ii,
-    float *pm, float *pl, float *pacc)
+    const long long *off, int ld_, float scale2, struct wl_item it,
+    const struct at_dst &o)
 {
 	__shared__ float sm_acc[AT_NW * G * D];
 	__shared__ float sm_m[AT_NW][G], sm_l[AT_NW][G];
@@ -514,7 +530,7 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
 			sm_l[w][g] = l;
 		}
 	}
-	attn_fold<G, D, AT_NW>(ii, sm_m, sm_l, sm_acc, pm, pl, pacc);
+	attn_fold<G, D, AT_NW>(o, sm_m, sm_l, sm_acc);
 }
 
 /*
@@ -533,27 +549,39 @@ at_tc(void)
  * Block b takes items bfirst[b] .. bfirst[b + 1] - 1 (a balanced list
  * from wl_balanced), or item b alone when bfirst is NULL.  The lane
  * groups' form (attn_item) fits three blocks on a multiprocessor up to
- * four query heads.
+ * four query heads.  With out, item ii is its segment's only one when
+ * first[seg] = ii and first[seg + 1] = ii + 1; the empty items that pad
+ * a list past its end (seg 0, ii >= first[nseg]) never are.  The test
+ * is the same for the whole block, so the barriers of attn_fold stay
+ * uniform.
  */
 template <int G, int D, typename T>
 static __global__ void __launch_bounds__(AT_THREADS, at_tc<D, T>() ?
     AT_TC_MINB : G <= 4 ? 3 : 1)
 attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
     int ld_, float scale2, const struct wl_item *items,
-    const int *bfirst, float *pm, float *pl, float *pacc)
+    const int *bfirst, const int *first, float *pm, float *pl,
+    float *pacc, float *out)
 {
+	struct at_dst o;
+	struct wl_item it;
 	int i0, i1, ii;
 
 	grid_wait();
 	i0 = bfirst ? bfirst[blockIdx.x] : blockIdx.x;
 	i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1;
 	for (ii = i0; ii < i1; ii++) {
+		it = items[ii];
+		o.solo = out != NULL && first[it.seg] == ii &&
+		    first[it.seg + 1] == ii + 1;
+		o.m = pm + (size_t)ii * G;
+		o.l = pl + (size_t)ii * G;
+		o.acc = o.solo ? out + (size_t)it.seg * G * D :
+		    pacc + (size_t)ii * G * D;
 		if constexpr (at_tc<D, T>())
-			attn_item_tc<G, D>(q, k, v, off, ld_, scale2,
-			    items[ii], ii, pm, pl, pacc);
+			attn_item_tc<G, D>(q, k, v, off, ld_, scale2, it, o);
 		else
-			attn_item<G, D, T>(q, k, v, off, ld_, scale2,
-			    items[ii], ii, pm, pl, pacc);
+			attn_item<G, D, T>(q, k, v, off, ld_, scale2, it, o);
 	}
 }
 
@@ -565,8 +593,8 @@ struct attn_args {
 	const long long			*off;
 	float				 s2;
 	const struct wl_item		*items;
-	const int			*bfirst;
-	float				*m, *l, *acc;
+	const int			*bfirst, *first;
+	float				*m, *l, *acc, *out;
 	cudaStream_t			 st;
 	int				*occupancy;	/* query only */
 };
@@ -581,7 +609,7 @@ attn_launch_t(const struct attn_args *a)
 		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
 	return launch_early(attn_partial_k<G, D, T>, a->nblk, AT_THREADS, 0,
 	    a->st, a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
-	    a->s2, a->items, a->bfirst, a->m, a->l, a->acc);
+	    a->s2, a->items, a->bfirst, a->first, a->m, a->l, a->acc, a->out);
 }
 
 /* attn_launch_t for the storage type of the arguments. */
@@ -655,13 +683,14 @@ extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     const long long *off, int g, int d, int ld_, float scale,
     const struct wl_item *items, const int *bfirst, int nblocks,
-    float *m, float *l, float *acc, cudaStream_t stream)
+    const int *first, float *m, float *l, float *acc, float *out,
+    cudaStream_t stream)
 {
 	struct attn_args a;
 
 	if (nblocks <= 0)
 		return 0;
-	if (!attn_aligned(k, v, ld_))
+	if (!attn_aligned(k, v, ld_) || (out != NULL && first == NULL))
 		return KVX_CUDA_EINVAL;
 	memset(&a, 0, sizeof a);
 	a.q = q;
@@ -674,86 +703,221 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
 	a.s2 = scale * LOG2E;
 	a.items = items;
 	a.bfirst = bfirst;
+	a.first = first;
 	a.m = m;
 	a.l = l;
 	a.acc = acc;
+	a.out = out;
 	a.st = stream;
 	return attn_dispatch(g, d, &a);
 }
 
-#define CB_WARPS 8
+/*
+ * Warps a (segment, head), and blocks a multiprocessor: at batch 64 the
+ * grid has 2,048 blocks, most of which merge a few items or none, so
+ * small blocks at 64 registers (8 x 4 warps resident) keep it to about
+ * two waves.
+ */
+#define CB_WARPS 4
 #define CB_T (CB_WARPS * 32)
+#define CB_MINB 8
+/* items a warp has in flight: 32 floats (4 KB a warp) of partials */
+#define CB_U(E) (32 / (E))
+
+/* A running log-sum-exp merge: max m, sum l, unnormalised output a of
+ * a lane's E elements (in cb_items, l is the lane's share). */
+template <int E>
+struct cb_state {
+	float	m, l, a[E];
+};
+
+/* The lane's E consecutive floats from p, in 8- or 16-byte loads. */
+template <int E>
+static __device__ __forceinline__ void
+cb_load(const float *p, float (&x)[E])
+{
+	int e;
+
+	if constexpr (E == 2) {
+		float2 u = __ldg((const float2 *)p);
+
+		x[0] = u.x;
+		x[1] = u.y;
+	} else {
+#pragma unroll
+		for (e = 0; e < E; e += 4) {
+			float4 u = __ldg((const float4 *)(p + e));
+
+			x[e] = u.x;
+			x[e + 1] = u.y;
+			x[e + 2] = u.z;
+			x[e + 3] = u.w;
+		}
+	}
+}
 
 /*
- * Merge of one (segment, query head)'s partials.  The items' weights are
- * worked out together first, so that the warps, taking the items in
- * turn, issue independent loads; their sums meet in shared memory.
+ * Items j .. j + U - 1 (those below j1) into the warp's state st.  Lane
+ * u < U reads item j + u's m and l, each lane its E elements of every
+ * item's acc; all the loads are issued before the first use, so a warp
+ * has U items in flight.  The run's max is reduced by shuffles; st.m is
+ * the same on every lane, st.l is the lane's share of the sum (of its
+ * own items), st.a its E elements.  An item with l = 0 (no rows) has
+ * weight 0.
  */
-static __global__ void __launch_bounds__(CB_T)
-attn_combine_k(const int *first, int g, int d, const float *pm,
+template <int E>
+static __device__ __forceinline__ void
+cb_items(int j, int j1, int g, int h, int lane, const float *pm,
+    const float *pl, const float *pacc, struct cb_state<E> &st)
+{
+	constexpr int D = 32 * E, U = CB_U(E);
+	float aj[U][E], mj = -INFINITY, lj = 0.0f, mt, f, fu;
+	int u, e, o;
+
+	if (lane < U && j + lane < j1) {
+		mj = __ldg(pm + (size_t)(j + lane) * g + h);
+		lj = __ldg(pl + (size_t)(j + lane) * g + h);
+	}
+#pragma unroll
+	for (u = 0; u < U; u++) {
+#pragma unroll
+		for (e = 0; e < E; e++)
+			aj[u][e] = 0.0f;
+		if (j + u < j1)
+			cb_load<E>(pacc + ((size_t)(j + u) * g + h) * D +
+			    lane * E, aj[u]);
+	}
+	mt = lj > 0.0f ? mj : -INFINITY;
+	for (o = 16; o > 0; o >>= 1)
+		mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+	mt = fmaxf(mt, st.m);
+	if (mt == -INFINITY)
+		return;
+	/* 2^(-inf) = 0 drops the empty state */
+	f = exp2f(st.m - mt);
+	st.l *= f;
+#pragma unroll
+	for (e = 0; e < E; e++)
+		st.a[e] *= f;
+	f = lj > 0.0f ? exp2f(mj - mt) : 0.0f;
+	st.l += f * lj;
+#pragma unroll
+	for (u = 0; u < U; u++) {
+		fu = __shfl_sync(0xffffffffu, f, u);
+#pragma unroll
+		for (e = 0; e < E; e++)
+			st.a[e] += fu * aj[u][e];
+	}
+	st.m = mt;
+}
+
+/* State b merged into a (either may be empty). */
+template <int E>
+static __device__ __forceinline__ void
+cb_join(struct cb_state<E> &a, const struct cb_state<E> &b)
+{
+	float mt = fmaxf(a.m, b.m), fa, fb;
+	int e;
+
+	if (mt == -INFINITY)
+		return;
+	fa = exp2f(a.m - mt);
+	fb = exp2f(b.m - mt);
+	a.l = a.l * fa + b.l * fb;
+#pragma unroll
+	for (e = 0; e < E; e++)
+		a.a[e] = a.a[e] * fa + b.a[e] * fb;
+	a.m = mt;
+}
+
+/*
+ * Merge of one (segment, query head)'s partials by a block of CB_WARPS
+ * warps, d = 32 E: the segment's items are cut into runs of U, nw
+ * warps take runs w, w + nw, ... and keep a running merge in registers
+ * (cb_items); the warps then meet once in shared memory.  A segment of
+ * at most U items takes one warp and no barrier.  With solo, segments of one item are
+ * skipped: the partial kernel wrote their outputs.  Every exit before
+ * the barrier depends on the segment alone, so the whole block takes
+ * it; the shared arrays are written before the one barrier and read
+ * after it, once, so no two accesses race.
+ */
+template <int E>
+static __global__ void __launch_bounds__(CB_T, CB_MINB)
+attn_combine_k(const int *first, int g, int solo, const float *pm,
     const float *pl, const float *pacc, float *out)
 {
-	extern __shared__ float sA[];	/* CB_WARPS x d */
-	__shared__ float red[32], sW[CB_T];
-	float M = -INFINITY, L = 0.0f, a[8];
-	int s = blockIdx.x, h = blockIdx.y, j0, j1;
-	int wid = threadIdx.x >> 5, lane = threadIdx.x & 31, j, jb, n, k, e;
+	constexpr int D = 32 * E, U = CB_U(E);
+	__shared__ float sm[CB_WARPS][2], sa[CB_WARPS][D];
+	struct cb_state<E> st, o;
+	int s = blockIdx.x, h = blockIdx.y, w = threadIdx.x >> 5;
+	int lane = threadIdx.x & 31, j0, j1, nw, j, e, i;
+	float *dst;
 
 	grid_wait();
 	j0 = first[s];
 	j1 = first[s + 1];
-	for (j = j0 + threadIdx.x; j < j1; j += CB_T)
-		if (pl[(size_t)j * g + h] > 0.0f)
-			M = fmaxf(M, pm[(size_t)j * g + h]);
-	M = block_max(M, red);
-	for (k = 0; k < 8; k++)
-		a[k] = 0.0f;
-	for (jb = j0; jb < j1; jb += CB_T) {
-		n = j1 - jb < CB_T ? j1 - jb : CB_T;
-		__syncthreads();
-		if ((int)threadIdx.x < n) {
-			j = jb + threadIdx.x;
-			sW[threadIdx.x] = pl[(size_t)j * g + h] > 0.0f ?
-			    exp2f(pm[(size_t)j * g + h] - M) : 0.0f;
-			L += sW[threadIdx.x] * pl[(size_t)j * g + h];
+	if (solo && j1 - j0 == 1)
+		return;
+	nw = (j1 - j0 + U - 1) / U;
+	nw = nw < 1 ? 1 : nw > CB_WARPS ? CB_WARPS : nw;
+	st.m = -INFINITY;
+	st.l = 0.0f;
+#pragma unroll
+	for (e = 0; e < E; e++)
+		st.a[e] = 0.0f;
+	if (w < nw)
+		for (j = j0 + w * U; j < j1; j += nw * U)
+			cb_items<E>(j, j1, g, h, lane, pm, pl, pacc, st);
+	for (i = 16; i > 0; i >>= 1)
+		st.l += __shfl_xor_sync(0xffffffffu, st.l, i);
+	if (nw > 1) {
+		if (w < nw) {
+			if (lane == 0) {
+				sm[w][0] = st.m;
+				sm[w][1] = st.l;
+			}
+#pragma unroll
+			for (e = 0; e < E; e++)
+				sa[w][lane * E + e] = st.a[e];
 		}
 		__syncthreads();
-#pragma unroll 4
-		for (j = wid; j < n; j += CB_WARPS) {
-			const float *pa = pacc + ((size_t)(jb + j) * g + h) * d;
-			float f = sW[j];
-
+		for (i = 1; i < nw && w == 0; i++) {
+			o.m = sm[i][0];
+			o.l = sm[i][1];
 #pragma unroll
-			for (k = 0; k < 8; k++)
-				if (lane + 32 * k < d && f > 0.0f)
-					a[k] += pa[lane + 32 * k] * f;
+			for (e = 0; e < E; e++)
+				o.a[e] = sa[i][lane * E + e];
+			cb_join<E>(st, o);
 		}
 	}
-	L = block_sum(L, red);
+	if (w != 0)
+		return;
+	dst = out + ((size_t)s * g + h) * D + lane * E;
 #pragma unroll
-	for (k = 0; k < 8; k++)
-		if (lane + 32 * k < d)
-			sA[wid * d + lane + 32 * k] = a[k];
-	__syncthreads();
-	for (e = threadIdx.x; e < d; e += CB_T) {
-		float A = 0.0f;
-
-		for (k = 0; k < CB_WARPS; k++)
-			A += sA[k * d + e];
-		out[((size_t)s * g + h) * d + e] = L > 0.0f ? A / L : 0.0f;
-	}
+	for (e = 0; e < E; e++)
+		dst[e] = st.l > 0.0f ? st.a[e] / st.l : 0.0f;
 }
 
 /* Launches the merge of the partials, a block per (segment, head). */
 extern "C" int
 kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
-    const float *m, const float *l, const float *acc, float *out,
+    const float *m, const float *l, const float *acc, float *out, int solo,
     cudaStream_t stream)
 {
+	dim3 grid(nseg, g);
+
 	if (nseg <= 0)
 		return 0;
-	if (d < 1 || d > 256 || g < 1 || g > 65535)
+	if (g < 1 || g > 65535)
 		return KVX_CUDA_EINVAL;
-	return launch_early(attn_combine_k, dim3(nseg, g), CB_T,
-	    sizeof(float) * CB_WARPS * d, stream, first, g, d, m, l, acc, out);
+	if (d == 64)
+		return launch_early(attn_combine_k<2>, grid, CB_T, 0, stream,
+		    first, g, solo, m, l, acc, out);
+	if (d == 128)
+		return launch_early(attn_combine_k<4>, grid, CB_T, 0, stream,
+		    first, g, solo, m, l, acc, out);
+	if (d == 256)
+		return launch_early(attn_combine_k<8>, grid, CB_T, 0, stream,
+		    first, g, solo, m, l, acc, out);
+	return KVX_CUDA_EINVAL;
 }

@@ -218,17 +218,25 @@ int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
  * blocks: block b does items d_bfirst[b] .. d_bfirst[b + 1] - 1, or item
  * b when d_bfirst is NULL.  Writes per item and query head the max m
  * (log2 units), the sum l and the unnormalised output acc (g x d).
+ * With d_out (then d_first is the list's first[], and required), an
+ * item that is its segment's only one writes the segment's output to
+ * d_out + seg*g*d instead, as the combine would, and no partial.
  * d is 64, 128 or 256, 1 <= g <= 8.
  */
 int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    const void *d_v, int dtype, const long long *d_off, int g, int d,
 	    int ld, float scale, const struct wl_item *d_items,
-	    const int *d_bfirst, int nblocks, float *d_m, float *d_l,
-	    float *d_acc, cudaStream_t stream);
-/* Log-sum-exp merge of each segment's items into d_out + s*g*d. */
+	    const int *d_bfirst, int nblocks, const int *d_first, float *d_m,
+	    float *d_l, float *d_acc, float *d_out, cudaStream_t stream);
+/*
+ * Log-sum-exp merge of each segment's items into d_out + s*g*d (zeros
+ * for a segment of no items); d is 64, 128 or 256.  solo: the partial
+ * kernel was given d_out, so segments of one item are left alone (when
+ * every segment has one, wl_solo, the combine need not run at all).
+ */
 int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 	    const float *d_m, const float *d_l, const float *d_acc,
-	    float *d_out, cudaStream_t stream);
+	    float *d_out, int solo, cudaStream_t stream);
 
 /* --- 5. model layers (the GPU forward of runtime/gpu*.c) ----------------- */
 /*

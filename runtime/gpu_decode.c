@@ -42,7 +42,8 @@ a16(size_t n)
  * The device work of one decode step on the context's stream, over the
  * tables at g->d_step laid out by lo: embedding, the layers (the split-K
  * partial attention over a fixed grid of cap items a layer, the surplus
- * empty, then the combine), and the LM head when head is set.  Issued
+ * empty; a segment of one item written by the partial kernel, the
+ * others by the combine), and the LM head when head is set.  Issued
  * directly or captured.
  */
 static kvx_status
@@ -67,10 +68,12 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
 		    KVX_CUDA_F16, (const long long *)(d + t->off), G, D, D,
 		    1.0f / sqrtf((float)D),
-		    (const struct wl_item *)(d + t->items), NULL, cap, g->pm,
-		    g->pl, g->pacc, g->stream)) != 0 ||
+		    (const struct wl_item *)(d + t->items), NULL, cap,
+		    (const int *)(d + t->first), g->pm, g->pl, g->pacc, g->att,
+		    g->stream)) != 0 ||
 		    (e = kvx_cuda_attn_combine((const int *)(d + t->first),
-		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, g->stream)) != 0)
+		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, 1,
+		    g->stream)) != 0)
 			return gpu__cuda_fail(e, __FILE__, __LINE__,
 			    "decode attention");
 		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)

@@ -132,3 +132,15 @@ wl_plan(const int *len, int nseg, int resident, struct wl_item *items,
 	*balanced = 0;
 	return n;
 }
+
+/* A segment of no items still needs the combine, for its zeros. */
+int
+wl_solo(const int *first, int nseg)
+{
+	int s;
+
+	for (s = 0; s < nseg; s++)
+		if (first[s + 1] - first[s] != 1)
+			return 0;
+	return 1;
+}

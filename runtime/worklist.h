@@ -56,6 +56,12 @@ int	 wl_balanced(const int *len, int nseg, int nblk,
 int	 wl_plan(const int *len, int nseg, int resident,
 	    struct wl_item *items, int cap, int *first, int *bfirst,
 	    int *nblocks, int *balanced);
+/*
+ * 1 when each of the nseg segments of a list has exactly one item
+ * (first[] as above): the partial kernel, given the output, then
+ * writes every segment's result and the combine has nothing to do.
+ */
+int	 wl_solo(const int *first, int nseg);
 
 #ifdef __cplusplus
 }

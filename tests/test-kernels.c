@@ -145,8 +145,9 @@ test_score_select(int rep)
 	int bad_sel = 0, bad_cnt = 0, bad_pool = 0;
 	double worst = 0.0;
 	size_t sbytes;
-	float *q, *kf, *sc, *po, *gsc, *gpo;
+	float *q, *kf, *sc, *po, *gsc, *gpo, *pin;
 	void *kh, *dq, *dk, *dsc, *dpo, *dscr, *dn, *dkoff, *dsoff, *dioff;
+	void *dpin;
 	void *didx, *dcnt, *dkeep;
 	int *idx, *gidx, *cnt;
 
@@ -216,10 +217,22 @@ test_score_select(int rep)
 		check(kvx_cuda_score(dq, dk, dtype, dkoff, dn, nseg, max_n, g,
 		    w, d, d, 1.0f / sqrtf((float)d), gqa, dsoff, dscr, sbytes,
 		    dsc, NULL), "score");
-	check(kvx_cuda_pool(dsc, dsoff, dn, nseg, max_n, w, ks, pool, dpo,
-	    NULL), "pool");
-	check(kvx_cuda_sync(), "score/pool run");
+	check(kvx_cuda_sync(), "score run");
 	check(kvx_cuda_d2h(gsc, dsc, sizeof(float) * ts), "copy back");
+	/* a log-average pools logarithms (Expected Attention's scores),
+	   so it gets the scores' logarithms: on probabilities near 0 its
+	   exp and log would lose the digits the comparison needs */
+	pin = gsc;
+	dpin = dsc;
+	if (pool == SEL_POOL_LOGAVG) {
+		pin = malloc(sizeof(float) * ts);
+		for (t = 0; t < ts; t++)
+			pin[t] = logf(fmaxf(gsc[t], 1e-30f));
+		dpin = dev(pin, sizeof(float) * ts);
+	}
+	check(kvx_cuda_pool(dpin, dsoff, dn, nseg, max_n, w, ks, pool, dpo,
+	    NULL), "pool");
+	check(kvx_cuda_sync(), "pool run");
 	check(kvx_cuda_d2h(gpo, dpo, sizeof(float) * ts), "copy back");
 	for (s = 0; s < nseg; s++) {
 		double e;
@@ -230,7 +243,7 @@ test_score_select(int rep)
 		worst = e > worst ? e : worst;
 		/* pooling is checked on the GPU's own scores, exactly
 		 * enough to compare */
-		sel_pool(gsc + soff[s], n[s] - w, ks, pool, po + soff[s]);
+		sel_pool(pin + soff[s], n[s] - w, ks, pool, po + soff[s]);
 		if (relerr(gpo + soff[s], po + soff[s], n[s] - w) > 1e-6)
 			bad_pool++;
 	}
@@ -262,7 +275,12 @@ test_score_select(int rep)
 		free(other);
 	}
 	ok(bad_pool == 0, "pool ks=%d %s: %d segments differ", ks,
-	    pool == PLAN_POOL_AVG ? "avg" : "max", bad_pool);
+	    pool == SEL_POOL_LOGAVG ? "log-average" : pool == PLAN_POOL_AVG ?
+	    "avg" : "max", bad_pool);
+	if (pin != gsc) {
+		free(pin);
+		kvx_cuda_free(dpin);
+	}
 
 	/* selection on the GPU's pooled scores, with added ties */
 	for (t = 0; t < ts; t++)
@@ -397,9 +415,69 @@ test_attn_plan(void)
 	}
 }
 
+/* The inputs of one attention test case on the device. */
+struct attn_case {
+	const void	*dq, *dk, *dv, *doff;
+	int		 dtype, nseg, g, d, ld, ni;
+	float		 scale;
+};
+
+/*
+ * One run of the split-K attention on a list into dout (poisoned first),
+ * copied back to got: solo 0 writes every item's partial and combines
+ * all segments; solo 1 has the partial kernel write the segments of one
+ * item, and launches the combine only when some segment has another
+ * count (wl_solo), so that a write it skips shows as NaN.
+ */
+static void
+attn_run(int solo, const struct attn_case *c, const void *dit,
+    const void *dbf, int nb, const void *dfirst, const int *first, void *dm,
+    void *dl, void *dacc, void *dout, float *got)
+{
+	size_t n = (size_t)c->nseg * c->g * c->d;
+
+	check(kvx_cuda_memset(dout, 0xff, sizeof(float) * n), "memset");
+	check(kvx_cuda_memset(dm, 0xff, sizeof(float) * c->g * (c->ni + 1)),
+	    "memset");
+	check(kvx_cuda_memset(dl, 0xff, sizeof(float) * c->g * (c->ni + 1)),
+	    "memset");
+	check(kvx_cuda_memset(dacc, 0xff, sizeof(float) * c->g * c->d *
+	    (c->ni + 1)), "memset");
+	check(kvx_cuda_attn_partial(c->dq, c->dk, c->dv, c->dtype, c->doff,
+	    c->g, c->d, c->ld, c->scale, dit, dbf, nb, dfirst, dm, dl, dacc,
+	    solo ? dout : NULL, NULL), "attn partial");
+	if (!solo || !wl_solo(first, c->nseg))
+		check(kvx_cuda_attn_combine(dfirst, c->nseg, c->g, c->d, dm,
+		    dl, dacc, dout, solo, NULL), "attn combine");
+	check(kvx_cuda_sync(), "attention run");
+	check(kvx_cuda_d2h(got, dout, sizeof(float) * n), "copy back");
+}
+
+/*
+ * Segments of one item whose outputs differ in any bit between the
+ * direct write (solo) and the combine (all): both divide the same acc
+ * by the same l.
+ */
+static int
+attn_solo_diff(const struct attn_case *c, const int *first,
+    const float *all, const float *solo)
+{
+	size_t n = (size_t)c->g * c->d;
+	int s, bad = 0;
+
+	for (s = 0; s < c->nseg; s++)
+		if (first[s + 1] - first[s] == 1)
+			bad += memcmp(all + s * n, solo + s * n,
+			    n * sizeof(float)) != 0;
+	return bad;
+}
+
 /*
  * Kernel 4: ragged split-K decode attention plus combine against
- * attn_gqa on the same (exactly converted) K/V, at several chunk sizes.
+ * attn_gqa on the same (exactly converted) K/V, at several chunk sizes
+ * (16 rows: hundreds of items a segment; 1024 and the balanced list on
+ * one block: segments of one item), with and without the direct write
+ * of single-item segments.
  */
 static void
 test_attn(int rep)
@@ -410,9 +488,11 @@ test_attn(int rep)
 	int ld = d + (rep % 3 == 2 ? 8 : 0);
 	int *len = malloc(sizeof(int) * nseg), *first;
 	long long *off = malloc(sizeof(long long) * nseg), tot = 0, rows = 0;
-	float *q, *kf, *vf, *ref, *got, *scr, scale = 1.0f / sqrtf((float)d);
+	float *q, *kf, *vf, *ref, *got, *got1, *scr;
+	float scale = 1.0f / sqrtf((float)d);
 	void *kh, *vh, *dq, *dk, *dv, *doff, *dout;
-	static const int chunks[] = { 64, 200, 1024, 0 };
+	static const int chunks[] = { 16, 64, 200, 1024, 0 };
+	struct attn_case c;
 	int maxlen = 0;
 
 	for (s = 0; s < nseg; s++) {
@@ -432,6 +512,7 @@ test_attn(int rep)
 	vh = malloc(2 * (size_t)(tot + 1));
 	ref = malloc(sizeof(float) * nseg * g * d);
 	got = malloc(sizeof(float) * nseg * g * d);
+	got1 = malloc(sizeof(float) * nseg * g * d);
 	scr = malloc(sizeof(float) * g * (maxlen + 1));
 	for (i = 0; i < nseg * g * d; i++)
 		q[i] = tap_frand() * 3.0f;
@@ -446,25 +527,36 @@ test_attn(int rep)
 	doff = dev(off, sizeof(long long) * nseg);
 	dout = poisoned(sizeof(float) * nseg * g * d);
 	first = malloc(sizeof(int) * (nseg + 1));
+	c.dq = dq;
+	c.dk = dk;
+	c.dv = dv;
+	c.doff = doff;
+	c.dtype = dtype;
+	c.nseg = nseg;
+	c.g = g;
+	c.d = d;
+	c.ld = ld;
+	c.scale = scale;
 	/* chunked work lists (one item a block), then balanced ones */
-	for (ci = 0; ci < 7; ci++) {
-		int nblk = ci == 4 ? 1 : ci == 5 ? 7 :
+	for (ci = 0; ci < 8; ci++) {
+		int nblk = ci == 5 ? 1 : ci == 6 ? 7 :
 		    kvx_cuda_attn_blocks(g, d, dtype);
-		int chunk = ci >= 4 ? 0 : chunks[ci] ? chunks[ci] :
+		int chunk = ci >= 5 ? 0 : chunks[ci] ? chunks[ci] :
 		    wl_chunk(rows, kvx_cuda_attn_blocks(g, d, dtype));
-		int cap = ci >= 4 ? nblk + nseg :
+		int cap = ci >= 5 ? nblk + nseg :
 		    (int)(rows / chunk) + nseg + 1, ni, nb, bad = 0;
 		struct wl_item *it = malloc(sizeof(*it) * cap);
 		int *bfirst = malloc(sizeof(int) * (nblk + 1));
 		void *dit, *dfirst, *dbf = NULL, *dm, *dl, *dacc;
-		double e;
+		int one = 0, most = 0, j;
+		double e, e1;
 
-		if (ci < 4)
+		if (ci < 5)
 			ni = wl_chunked(len, nseg, chunk, it, cap, first);
 		else
 			ni = wl_balanced(len, nseg, nblk, it, cap, first,
 			    bfirst);
-		nb = ci < 4 ? ni : nblk;
+		nb = ci < 5 ? ni : nblk;
 		/* every row of every segment in exactly one item, in order */
 		for (s = 0, i = 0; s < nseg && ni >= 0; s++) {
 			int r = 0, j;
@@ -477,32 +569,40 @@ test_attn(int rep)
 			bad += r != len[s];
 		}
 		if (!ok(ni >= 0 && bad == 0, "work list of %d segments, %s %d:"
-		    " %d items, %d bad", nseg, ci < 4 ? "chunk" : "blocks",
-		    ci < 4 ? chunk : nblk, ni, bad)) {
+		    " %d items, %d bad", nseg, ci < 5 ? "chunk" : "blocks",
+		    ci < 5 ? chunk : nblk, ni, bad)) {
 			free(it);
 			free(bfirst);
 			continue;
 		}
 		dit = dev(it, sizeof(*it) * (ni > 0 ? ni : 1));
 		dfirst = dev(first, sizeof(int) * (nseg + 1));
-		if (ci >= 4)
+		if (ci >= 5)
 			dbf = dev(bfirst, sizeof(int) * (nblk + 1));
 		dm = poisoned(sizeof(float) * g * (ni + 1));
 		dl = poisoned(sizeof(float) * g * (ni + 1));
 		dacc = poisoned(sizeof(float) * g * d * (ni + 1));
-		check(kvx_cuda_memset(dout, 0xff, sizeof(float) * nseg * g * d),
-		    "memset");
-		check(kvx_cuda_attn_partial(dq, dk, dv, dtype, doff, g, d, ld,
-		    scale, dit, dbf, nb, dm, dl, dacc, NULL), "attn partial");
-		check(kvx_cuda_attn_combine(dfirst, nseg, g, d, dm, dl, dacc,
-		    dout, NULL), "attn combine");
-		check(kvx_cuda_sync(), "attention run");
-		check(kvx_cuda_d2h(got, dout, sizeof(float) * nseg * g * d),
-		    "copy back");
+		c.ni = ni;
+		for (s = 0; s < nseg; s++) {
+			j = first[s + 1] - first[s];
+			one += j == 1;
+			most = j > most ? j : most;
+		}
+		attn_run(0, &c, dit, dbf, nb, dfirst, first, dm, dl, dacc,
+		    dout, got);
 		e = relerr(got, ref, (size_t)nseg * g * d);
-		ok(e < 2e-5, "attention %d segs (%lld rows) g=%d d=%d ld=%d %s "
-		    "%d blocks, %d items: rel %.2g", nseg, rows, g, d, ld,
-		    dtname[dtype], nb, ni, e);
+		attn_run(1, &c, dit, dbf, nb, dfirst, first, dm, dl, dacc,
+		    dout, got1);
+		e1 = relerr(got1, ref, (size_t)nseg * g * d);
+		ok(e < 2e-5 && e1 < 2e-5, "attention %d segs (%lld rows) g=%d "
+		    "d=%d ld=%d %s %d blocks, %d items (%d segments of one, "
+		    "up to %d a segment): rel %.2g combined, %.2g with the "
+		    "direct write%s", nseg, rows, g, d, ld, dtname[dtype], nb,
+		    ni, one, most, e, e1, wl_solo(first, nseg) ?
+		    " and no combine" : "");
+		j = attn_solo_diff(&c, first, got, got1);
+		ok(j == 0, "attention: %d of %d single-item segments differ "
+		    "between the direct write and the combine", j, one);
 		kvx_cuda_free(dit);
 		kvx_cuda_free(dbf);
 		free(bfirst);
@@ -513,8 +613,10 @@ test_attn(int rep)
 		free(it);
 	}
 	ok(kvx_cuda_attn_partial(dq, dk, dv, dtype, doff, g, 96, ld, scale,
-	    NULL, NULL, 1, NULL, NULL, NULL, NULL) == KVX_CUDA_EINVAL,
-	    "attention refuses d=96");
+	    NULL, NULL, 1, NULL, NULL, NULL, NULL, NULL, NULL) ==
+	    KVX_CUDA_EINVAL && kvx_cuda_attn_combine(NULL, 1, g, 96, NULL,
+	    NULL, NULL, NULL, 0, NULL) == KVX_CUDA_EINVAL,
+	    "attention and combine refuse d=96");
 	kvx_cuda_free(dq);
 	kvx_cuda_free(dk);
 	kvx_cuda_free(dv);
@@ -530,6 +632,7 @@ test_attn(int rep)
 	free(vh);
 	free(ref);
 	free(got);
+	free(got1);
 	free(scr);
 }
 
