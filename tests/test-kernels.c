@@ -559,7 +559,7 @@ test_attn(int rep)
 		nb = ci < 5 ? ni : nblk;
 		/* every row of every segment in exactly one item, in order */
 		for (s = 0, i = 0; s < nseg && ni >= 0; s++) {
-			int r = 0, j;
+			int r = 0;
 
 			for (j = first[s]; j < first[s + 1]; j++) {
 				bad += it[j].seg != s || it[j].r0 != r ||
