@@ -329,6 +329,9 @@ decode_both(const char *what, kvx_ctx *cc, kvx_ctx *gc, int32_t tok,
 		e = relerr(lg, lc, NV);
 		if (e > *worst)
 			*worst = e;
+		if (e > tol / 4)	/* where an error builds up */
+			printf("# %s: decode step %d (token %d): relative "
+			    "error %.2e\n", what, s, (int)tok, e);
 		if (!same_top(lc, lg, tol))
 			*same = 0;
 		tok = tap_argmax(lc, NV);
@@ -573,6 +576,11 @@ compare_from_gpu(const char *what, const kvx_plan *p, const char *text,
 	ok(e >= 0.97, "%s: compress_from, GPU vs CPU: %.4f of the GPU's "
 	    "kept rows are the CPU's (at least 0.97); %d heads keep another "
 	    "count", what, e, moved);
+	/* where that fails, this tells fp16 scoring from compress_from */
+	e = kept_share(cz, gp, &moved);
+	printf("# %s: the GPU's own prefill: %.4f of its kept rows are the "
+	    "CPU compress_from's; %d heads keep another count\n", what, e,
+	    moved);
 
 	/* a full cache filled by compress_from is a source in turn */
 	if (ok(kvx_compress_from(gf2, 0, gf, 0) == KVX_OK &&
