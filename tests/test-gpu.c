@@ -911,7 +911,7 @@ run_model(const char *path, const char *name, double dec_scale,
 	    "prompt"), pe, LONG_TEXT, 2e-2);
 	/* a prompt of about 40 tokens for the default model, inside the
 	 * kept window: the statistics come from its queries, as in a
-	 * prefill; about 190 in the byte-level files' vocabularies: from
+	 * prefill; about 170 in the byte-level files' vocabularies: from
 	 * the moments, where the prefill takes its one-block statistics */
 	compare_from_gpu(W("25% static, expected attention, the whole "
 	    "prompt, medium"), pe, MID_TEXT, 2e-2);
