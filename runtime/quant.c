@@ -613,6 +613,16 @@ dot512_s8v32(__m256i q, const float *x)
 	    _mm512_mul_ps(lo, _mm512_loadu_ps(x)));
 }
 
+/* The half at p in every lane; p starts a block of at least 8 bytes,
+ * whose next three halves are read and dropped, so that the conversion
+ * takes its operand straight from memory. */
+static inline AVX512_FN __m512
+h2f_x16(const uint16_t *p)
+{
+	return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_loadl_epi64(
+	    (const __m128i *)p)));
+}
+
 /* The 16 integers q as floats, times x[0..15]. */
 static inline AVX512_FN __m512
 i32_mul16(__m512i q, const float *x)
@@ -620,31 +630,52 @@ i32_mul16(__m512i q, const float *x)
 	return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_loadu_ps(x));
 }
 
-/* row_q5_0 with AVX-512: bit j of qh clear subtracts 16 from weight j;
- * the low and the high nibbles are kept in separate halves, so that each
- * widens to 16 floats without a lane insert or extract. */
+/* t plus the 16 integers q as floats times x[0..15]. */
+static inline AVX512_FN __m512
+i32_fma16(__m512i q, const float *x, __m512 t)
+{
+	return _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_loadu_ps(x), t);
+}
+
+/* sum_j q_j x_j over a Q5_0 block's 32 weights q: bit j of qh clear
+ * subtracts 16 from weight j. */
+static inline AVX512_FN __m512
+dot512_q5_0(const blk_q5_0 *b, const float *x)
+{
+	const __m512i m4 = _mm512_set1_epi32(15), k16 = _mm512_set1_epi32(16);
+	__m512i v, lo, hi;
+	uint32_t qh;
+
+	memcpy(&qh, b->qh, sizeof qh);
+	qh = ~qh;
+	v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b->qs));
+	lo = _mm512_and_si512(v, m4);
+	hi = _mm512_srli_epi32(v, 4);
+	lo = _mm512_mask_sub_epi32(lo, (__mmask16)qh, lo, k16);
+	hi = _mm512_mask_sub_epi32(hi, (__mmask16)(qh >> 16), hi, k16);
+	return i32_fma16(hi, x + 16, i32_mul16(lo, x));
+}
+
+/* row_q5_0 with AVX-512: the 16 bytes of nibbles widened to 32 bits
+ * straight from memory, each lane's low nibble one weight and its high
+ * nibble another, the fifth bits applied through mask registers. */
 static AVX512_FN float
 row_q5_0_512(const blk_q5_0 *b, int nb, const float *x)
 {
-	const __m512i m4 = _mm512_set1_epi32(15), k16 = _mm512_set1_epi32(16);
-	__m512 acc = _mm512_setzero_ps(), t;
-	__m512i v, lo, hi;
-	uint32_t qh;
-	int i;
+	__m512 acc = _mm512_setzero_ps();
+	int i = 0;
 
-	for (i = 0; i < nb; i++, x += QK) {
-		memcpy(&qh, b[i].qh, sizeof qh);
-		qh = ~qh;
-		v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)
-		    b[i].qs));
-		lo = _mm512_and_si512(v, m4);
-		hi = _mm512_srli_epi32(v, 4);
-		lo = _mm512_mask_sub_epi32(lo, (__mmask16)qh, lo, k16);
-		hi = _mm512_mask_sub_epi32(hi, (__mmask16)(qh >> 16), hi, k16);
-		t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x +
-		    16), i32_mul16(lo, x));
-		acc = _mm512_fmadd_ps(t, _mm512_set1_ps(h2f(b[i].d)), acc);
+	/* two blocks an iteration: here the rate follows the count of
+	   instructions, and the loop's own are a fifth of a block's */
+	for (; i + 2 <= nb; i += 2, x += 2 * QK) {
+		acc = _mm512_fmadd_ps(dot512_q5_0(&b[i], x), h2f_x16(&b[i].d),
+		    acc);
+		acc = _mm512_fmadd_ps(dot512_q5_0(&b[i + 1], x + QK),
+		    h2f_x16(&b[i + 1].d), acc);
 	}
+	if (i < nb)
+		acc = _mm512_fmadd_ps(dot512_q5_0(&b[i], x), h2f_x16(&b[i].d),
+		    acc);
 	return _mm512_reduce_add_ps(acc);
 }
 
@@ -654,13 +685,6 @@ s8x16_ps(const void *p)
 {
 	return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
 	    (const __m128i *)p)));
-}
-
-/* The half at p in every lane. */
-static inline AVX512_FN __m512
-h2f_x16(const uint16_t *p)
-{
-	return _mm512_set1_ps(h2f(*p));
 }
 
 /* sum_j q_j x_j over the 32 signed bytes at q. */
@@ -756,11 +780,10 @@ row_q4_k_512(const blk_q4_k *b, int nb, const float *x, const float *xs)
 			    (const __m128i *)(q + 16)));
 			xp = x + 64 * p;
 			/* low nibbles: sub-block 2p; high ones: 2p + 1 */
-			t0 = _mm512_add_ps(i32_mul16(_mm512_and_si512(v0, m4),
-			    xp), i32_mul16(_mm512_and_si512(v1, m4), xp + 16));
-			t1 = _mm512_add_ps(i32_mul16(_mm512_srli_epi32(v0, 4),
-			    xp + 32), i32_mul16(_mm512_srli_epi32(v1, 4),
-			    xp + 48));
+			t0 = i32_fma16(_mm512_and_si512(v1, m4), xp + 16,
+			    i32_mul16(_mm512_and_si512(v0, m4), xp));
+			t1 = i32_fma16(_mm512_srli_epi32(v1, 4), xp + 48,
+			    i32_mul16(_mm512_srli_epi32(v0, 4), xp + 32));
 			acc = _mm512_fmadd_ps(t0, _mm512_set1_ps(sc[2 * p]),
 			    acc);
 			acc = _mm512_fmadd_ps(t1, _mm512_set1_ps(sc[2 * p + 1]),
