@@ -9,13 +9,19 @@
  * sinks and reduce the query group.  With a diagonal covariance or none,
  * a warp takes a key, each lane every 32nd element of it.
  *
- * A full covariance makes the scores a small matrix product: a thread
- * takes a key, and the block reads the rows it is dotted with from shared
- * memory, a tile of rows and columns at a time.  With fewer window
- * queries than dimensions (nq <= d) the rows are not the d rows of the
+ * The statistics of the whole prompt (past 256 queries) are sums over
+ * many blocks: with a full covariance the d x d sums of products are a
+ * tiled product (ea_gram_k), each thread a 4 x 4 tile of them in
+ * registers over shared tiles of the queries.
+ *
+ * A full covariance makes the scores a matrix product, K Sigma, then a
+ * dot of each row with its key (ea_sigma_k: register tiles of keys by
+ * columns over shared tiles of K and Sigma).  With fewer window queries
+ * than dimensions (nq <= d) the rows are not the d rows of the
  * covariance: Sigma = (1/nq) sum_j w_j w_j' for the centred, rotated
  * queries w_j, so k' Sigma k is the mean of (w_j . k)^2, nq + 1 dot
- * products a key with the mean.
+ * products a key with the mean (ea_rows_k: a thread takes a key, the
+ * rows read from shared memory a tile at a time).
  */
 #include "device.cuh"
 
@@ -31,6 +37,10 @@
 #define EA_NCH 32	/* most blocks a query head of the moments */
 #define EA_MT 256	/* threads of a moments block */
 #define EA_MSH 32768	/* shared bytes of a moments block's queries */
+#define EA_MB 64	/* rows and columns of a tiled moments block */
+#define EA_MR 4		/* rows and columns of a thread's sums */
+#define EA_MK 32	/* queries of a tiled moments block's shared tile */
+#define EA_MQ 128	/* fewest queries a tiled moments block */
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
  * kernel of avg_rot in select.c. */
@@ -294,6 +304,153 @@ ea_moments_k(const float *q, long long qhs, long long qps, int nq, int per,
 }
 
 /*
+ * The many-query sums with a full covariance as a tiled product: block
+ * (c, i, z) takes chunk c of query head i's queries and tile z of the
+ * lower triangle of the d x d sums of (u - u0)(u - u0)', EA_MB rows by
+ * EA_MB columns, each thread EA_MR x EA_MR of them in registers.  A
+ * shared tile holds EA_MK queries' rows and columns of the tile, rotated
+ * back and shifted; a tile's products are summed in float (EA_MK terms),
+ * then into double registers, and each block adds its sums to acc once
+ * (atomics: at most EA_NCH blocks share an entry).  The blocks on the
+ * diagonal also add the d sums of u - u0, and the first block u0 itself.
+ * The rotation's angle is reduced to [-pi, pi] in double and its sine
+ * and cosine taken by the hardware's approximations (absolute error
+ * below 4e-7 there): a rotation that far off moves the statistics by a
+ * few parts in 1e7 of the queries' size, where an exact sincos of every
+ * query and pair would cost about as much as the products.
+ */
+__global__ void __launch_bounds__(EA_MT)
+ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
+    int p0, float theta, int halves, int d, double *acc)
+{
+	__shared__ __align__(16) float ua[EA_MK][EA_MB], ub[EA_MK][EA_MB];
+	__shared__ double fr[128], u0[256];
+	__shared__ short pl[128];
+	__shared__ int np;
+	int P = d / 2, tri = d * (d + 1) / 2, z = blockIdx.z, I, J, r0, c0;
+	int tx = threadIdx.x % (EA_MB / EA_MR), ty = threadIdx.x /
+	    (EA_MB / EA_MR), c1 = blockIdx.x * per, c2 = min(nq, c1 + per);
+	int i, j, k, A, a0, a1, j0, nt;
+	const float *qi = q + (size_t)blockIdx.y * qhs;
+	double *am = acc + (size_t)blockIdx.y * (2 * d + tri), *at = am + d;
+	double dacc[EA_MR][EA_MR], dsum = 0.0;
+	float fa[EA_MR][EA_MR], s;
+
+	/* tile z of the triangle: rows r0, columns c0, c0 <= r0 */
+	I = (int)((sqrtf(8.0f * z + 1.0f) - 1.0f) / 2.0f);
+	while ((I + 1) * (I + 2) / 2 <= z)
+		I++;
+	while (I * (I + 1) / 2 > z)
+		I--;
+	J = z - I * (I + 1) / 2;
+	r0 = I * EA_MB;
+	c0 = J * EA_MB;
+	if (threadIdx.x == 0)
+		np = 0;
+	for (i = threadIdx.x; i < EA_MK * EA_MB; i += blockDim.x) {
+		ua[i / EA_MB][i % EA_MB] = 0.0f;
+		ub[i / EA_MB][i % EA_MB] = 0.0f;
+	}
+	__syncthreads();
+	/* the pairs with an element in the tile's rows or columns */
+	for (A = threadIdx.x; A < P; A += blockDim.x) {
+		a0 = halves ? A : 2 * A;
+		a1 = halves ? A + P : 2 * A + 1;
+		fr[A] = pow((double)theta, -(double)(2 * A) / d);
+		ea_unrope(qi, qps, 0, p0, fr[A], a0, a1, &u0[a0], &u0[a1]);
+		if (blockIdx.x == 0 && z == 0) {
+			at[tri + a0] = u0[a0];
+			at[tri + a1] = u0[a1];
+		}
+		if ((a0 >= r0 && a0 < r0 + EA_MB) || (a1 >= r0 && a1 < r0 +
+		    EA_MB) || (a0 >= c0 && a0 < c0 + EA_MB) || (a1 >= c0 &&
+		    a1 < c0 + EA_MB))
+			pl[atomicAdd(&np, 1)] = (short)A;
+	}
+#pragma unroll
+	for (i = 0; i < EA_MR; i++)
+#pragma unroll
+		for (j = 0; j < EA_MR; j++)
+			dacc[i][j] = 0.0;
+	for (j0 = c1; j0 < c2; j0 += EA_MK) {
+		nt = min(EA_MK, c2 - j0);
+		__syncthreads();
+		if (nt < EA_MK)
+			for (i = threadIdx.x; i < EA_MK * EA_MB;
+			    i += blockDim.x) {
+				ua[i / EA_MB][i % EA_MB] = 0.0f;
+				ub[i / EA_MB][i % EA_MB] = 0.0f;
+			}
+		__syncthreads();
+		for (i = threadIdx.x; i < nt * np; i += blockDim.x) {
+			double a, m;
+			float sn, cs, y0, y1, x0, x1;
+
+			j = i / np;
+			A = pl[i % np];
+			a0 = halves ? A : 2 * A;
+			a1 = halves ? A + P : 2 * A + 1;
+			a = (double)(p0 + j0 + j) * fr[A];
+			m = rint(a * 0.15915494309189535);
+			__sincosf((float)fma(-m, 6.283185307179586, a), &sn,
+			    &cs);
+			y0 = qi[(size_t)(j0 + j) * qps + a0];
+			y1 = qi[(size_t)(j0 + j) * qps + a1];
+			x0 = y0 * cs + y1 * sn - (float)u0[a0];
+			x1 = -y0 * sn + y1 * cs - (float)u0[a1];
+			if (a0 >= r0 && a0 < r0 + EA_MB)
+				ua[j][a0 - r0] = x0;
+			if (a1 >= r0 && a1 < r0 + EA_MB)
+				ua[j][a1 - r0] = x1;
+			if (a0 >= c0 && a0 < c0 + EA_MB)
+				ub[j][a0 - c0] = x0;
+			if (a1 >= c0 && a1 < c0 + EA_MB)
+				ub[j][a1 - c0] = x1;
+		}
+		__syncthreads();
+#pragma unroll
+		for (i = 0; i < EA_MR; i++)
+#pragma unroll
+			for (j = 0; j < EA_MR; j++)
+				fa[i][j] = 0.0f;
+#pragma unroll 8
+		for (k = 0; k < EA_MK; k++) {
+			float4 x = *(const float4 *)&ua[k][EA_MR * ty];
+			float4 y = *(const float4 *)&ub[k][EA_MR * tx];
+			float xa[EA_MR] = { x.x, x.y, x.z, x.w };
+			float ya[EA_MR] = { y.x, y.y, y.z, y.w };
+
+#pragma unroll
+			for (i = 0; i < EA_MR; i++)
+#pragma unroll
+				for (j = 0; j < EA_MR; j++)
+					fa[i][j] += xa[i] * ya[j];
+		}
+#pragma unroll
+		for (i = 0; i < EA_MR; i++)
+#pragma unroll
+			for (j = 0; j < EA_MR; j++)
+				dacc[i][j] += fa[i][j];
+		if (I == J && threadIdx.x < EA_MB) {
+			for (s = 0.0f, k = 0; k < nt; k++)
+				s += ua[k][threadIdx.x];
+			dsum += s;
+		}
+	}
+	if (I == J && threadIdx.x < EA_MB && r0 + (int)threadIdx.x < d)
+		atomicAdd(&am[r0 + threadIdx.x], dsum);
+#pragma unroll
+	for (i = 0; i < EA_MR; i++)
+#pragma unroll
+		for (j = 0; j < EA_MR; j++) {
+			int x = r0 + EA_MR * ty + i, y = c0 + EA_MR * tx + j;
+
+			if (x < d && y <= x)
+				atomicAdd(&at[ea_tri(x, y)], dacc[i][j]);
+		}
+}
+
+/*
  * One block per query head: the mean and covariance of its nq queries
  * from the sums ea_moments_k left in acc (the mean u0 + E[u - u0], the
  * covariance E[(u - u0)(u - u0)'] - (m - u0)(m - u0)', in double),
@@ -379,6 +536,17 @@ kvx_cuda_ea_moments(const float *d_q, long long qhs, long long qps, int h,
 	if (cudaMemsetAsync(d_acc, 0, kvx_cuda_ea_moments_bytes(h, d),
 	    stream) != cudaSuccess)
 		return launched();
+	if (cov == 0) {
+		int nt = (d + EA_MB - 1) / EA_MB;
+
+		nch = (nq + EA_MQ - 1) / EA_MQ;
+		nch = nch > EA_NCH ? EA_NCH : nch;
+		per = (nq + nch - 1) / nch;
+		ea_gram_k<<<dim3(nch, h, nt * (nt + 1) / 2), EA_MT, 0,
+		    stream>>>(d_q, qhs, qps, nq, per, p0, theta, halves, d,
+		    d_acc);
+		return launched();
+	}
 	ea_moments_k<<<dim3(nch, h), EA_MT, EA_MSH + sizeof(double) * 3 * d /
 	    2, stream>>>(d_q, qhs, qps, nq, per, p0, theta, halves, d, cov,
 	    d_acc);
@@ -581,6 +749,115 @@ ea_rows_k(const float *mu, const float *co, const float *w, int nq,
 	}
 }
 
+/*
+ * The logits with a full covariance as a tiled product: block (b, s, h)
+ * takes EA_RB(DP) keys of segment s from key b EA_RB(DP), and query head
+ * h of its group.  Y = K Sigma (keys by d) is summed EA_RK rows of Sigma
+ * at a time from shared tiles (keys transposed, Sigma's rows), each
+ * thread holding RM keys by CN columns of Y in registers (columns four
+ * at a time, 4 TX apart, so that a warp's reads of a row of Sigma are
+ * consecutive); then each
+ * thread dots its part of Y and of the mean with its keys' columns, and
+ * the TX threads that share keys add up: mu . k / sqrt(d) +
+ * k' Sigma k / (2 d).  DP is d rounded up to 64, 128 or 256, the rest
+ * zeros.
+ */
+#define EA_RT 256	/* threads of a tiled logits block */
+#define EA_RK 16	/* rows of Sigma (key elements) a shared tile */
+#define EA_RTX(DP) ((DP) == 256 ? 32 : 16)	/* threads across Y */
+#define EA_RCN(DP) ((DP) / EA_RTX(DP))		/* columns a thread */
+#define EA_RRM(DP) ((DP) == 128 ? 4 : 8)	/* keys a thread */
+#define EA_RB(DP) (EA_RRM(DP) * EA_RT / EA_RTX(DP))	/* keys a block */
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(EA_RT)
+ea_sigma_k(const float *mu, const float *co, const T *k, int ldk, int n,
+    int g, int d, float *lg)
+{
+	constexpr int TX = EA_RTX(DP), CN = EA_RCN(DP), RM = EA_RRM(DP);
+	constexpr int BM = EA_RB(DP);
+	__shared__ __align__(16) float ks[EA_RK][BM + 4], ss[EA_RK][DP];
+	int tx = threadIdx.x % TX, ty = threadIdx.x / TX, s = blockIdx.y;
+	int h = s * g + blockIdx.z, t0 = blockIdx.x * BM, r0, i, j, x;
+	const T *kb = k + (size_t)s * d;
+	const float *m = mu + (size_t)h * d, *sg = co + (size_t)h * d * d;
+	float acc[RM][CN], a[RM], b[CN], dm, qd, kv;
+
+#pragma unroll
+	for (i = 0; i < RM; i++)
+#pragma unroll
+		for (j = 0; j < CN; j++)
+			acc[i][j] = 0.0f;
+	for (r0 = 0; r0 < d; r0 += EA_RK) {
+		__syncthreads();
+		/* keys t0.. elements r0..: a key's EA_RK elements side by
+		 * side in the threads, stored transposed */
+		for (x = threadIdx.x; x < BM * EA_RK; x += EA_RT) {
+			int t = t0 + x / EA_RK, r = r0 + x % EA_RK;
+
+			ks[x % EA_RK][x / EA_RK] = t < n && r < d ?
+			    ld(kb + (size_t)t * ldk + r) : 0.0f;
+		}
+		for (x = threadIdx.x; x < EA_RK * DP; x += EA_RT) {
+			int r = r0 + x / DP, c = x % DP;
+
+			ss[x / DP][c] = r < d && c < d ? sg[(size_t)r * d + c] :
+			    0.0f;
+		}
+		__syncthreads();
+#pragma unroll 4
+		for (x = 0; x < EA_RK; x++) {
+#pragma unroll
+			for (i = 0; i < RM; i += 4) {
+				float4 v = *(const float4 *)&ks[x][RM * ty + i];
+
+				a[i] = v.x;
+				a[i + 1] = v.y;
+				a[i + 2] = v.z;
+				a[i + 3] = v.w;
+			}
+#pragma unroll
+			for (j = 0; j < CN; j += 4) {
+				float4 v = *(const float4 *)&ss[x][4 * tx +
+				    TX * j];
+
+				b[j] = v.x;
+				b[j + 1] = v.y;
+				b[j + 2] = v.z;
+				b[j + 3] = v.w;
+			}
+#pragma unroll
+			for (i = 0; i < RM; i++)
+#pragma unroll
+				for (j = 0; j < CN; j++)
+					acc[i][j] += a[i] * b[j];
+		}
+	}
+#pragma unroll
+	for (i = 0; i < RM; i++) {
+		int t = t0 + RM * ty + i;
+		const T *kt = kb + (size_t)(t < n ? t : 0) * ldk;
+
+		dm = qd = 0.0f;
+#pragma unroll
+		for (j = 0; j < CN; j++) {
+			int c = 4 * tx + TX * (j & ~3) + (j & 3);
+
+			kv = c < d ? ld(kt + c) : 0.0f;
+			qd += acc[i][j] * kv;
+			dm += (c < d ? m[c] : 0.0f) * kv;
+		}
+#pragma unroll
+		for (x = TX / 2; x > 0; x >>= 1) {
+			qd += __shfl_xor_sync(0xffffffffu, qd, x);
+			dm += __shfl_xor_sync(0xffffffffu, dm, x);
+		}
+		if (tx == 0 && t < n)
+			lg[(size_t)h * n + t] = dm * rsqrtf((float)d) +
+			    qd * (0.5f / (float)d);
+	}
+}
+
 /* One block per (segment, head) row of logits: its max and sum of
  * exponentials over [s0, n). */
 __global__ void __launch_bounds__(EA_TH)
@@ -662,7 +939,18 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
 
 	dim3 rg((n + EA_KB - 1) / EA_KB, nseg);
 
-	if (cov == 0 && d == 64)
+	if (cov == 0 && w == NULL && d <= 64)
+		ea_sigma_k<T, 64><<<dim3((n + EA_RB(64) - 1) / EA_RB(64), nseg,
+		    g), EA_RT, 0, stream>>>(mu, co, k, ldk, n, g, d, scr);
+	else if (cov == 0 && w == NULL && d <= 128)
+		ea_sigma_k<T, 128><<<dim3((n + EA_RB(128) - 1) / EA_RB(128),
+		    nseg, g), EA_RT, 0, stream>>>(mu, co, k, ldk, n, g, d,
+		    scr);
+	else if (cov == 0 && w == NULL)
+		ea_sigma_k<T, 256><<<dim3((n + EA_RB(256) - 1) / EA_RB(256),
+		    nseg, g), EA_RT, 0, stream>>>(mu, co, k, ldk, n, g, d,
+		    scr);
+	else if (cov == 0 && d == 64)
 		ea_rows_k<T, 64><<<rg, EA_KB, 0, stream>>>(mu, co, w, nq, k,
 		    ldk, n, g, d, scr);
 	else if (cov == 0 && d == 128)

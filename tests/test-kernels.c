@@ -1219,6 +1219,186 @@ test_ea(int rep)
 }
 
 /*
+ * Kernel 1c: Expected Attention's statistics of the whole prompt (past
+ * 256 queries: the moments' kernels, the full covariance's as a tiled
+ * product whose tiles cover d = 64, 128, 256 and widths between, partly
+ * filled), against sel_ea_stats; the sums of every product carried to
+ * each covariance, as a kept prefill's are (moments of the full
+ * covariance, then the plan's); and the tiled logits of a full
+ * covariance on keys of odd length, against sel_ea_score.
+ */
+static void
+test_ea_all(int rep)
+{
+	int d = rep % 4 == 0 ? 64 : rep % 4 == 1 ? 128 : rep % 4 == 2 ? 256 :
+	    2 * tap_irand(1, 128);
+	int H = tap_irand(1, 3), cov = rep % 3, nq, h, j, t, nseg, g, n, nc;
+	int s0, dtype = rep % 3, esz = dtype == KVX_CUDA_F32 ? 4 : 2, s, bad;
+	float theta = rep % 2 ? 10000.0f : 500000.0f, *q, *qh, *mu, *cv;
+	float *gmu, *gcv, *kf, *vf, *ks, *vs, *tmp, *sc, *gsc;
+	int32_t *pos;
+	size_t cs;
+	void *dq, *dmu, *dcv, *dacc, *kh, *vh, *dk, *dv, *dsc, *dscr;
+	double e, worst = 0.0;
+	sel_ea ea;
+
+	nq = tap_irand(257, rep < 4 ? 600 : 3000);
+	cs = cov == PLAN_COV_DIAG ? (size_t)d : (size_t)d * d;
+	q = malloc(sizeof(float) * nq * H * d);
+	qh = malloc(sizeof(float) * nq * d);
+	pos = malloc(sizeof(int32_t) * nq);
+	mu = malloc(sizeof(float) * H * d);
+	cv = malloc(sizeof(float) * H * d * d);
+	gmu = malloc(sizeof(float) * H * d);
+	gcv = malloc(sizeof(float) * H * d * d);
+	/* a mean well away from zero, as queries' often is */
+	for (t = 0; t < nq * H * d; t++)
+		q[t] = tap_frand() * 2.0f + (t % d) % 7 * 0.5f;
+	for (j = 0; j < nq; j++)
+		pos[j] = j;
+	ea.future = rep % 2 ? 1 : 512;
+	ea.cov = cov;
+	ea.vnorm = rep & 1;
+	ea.theta = theta;
+	ea.halves = (rep / 4) % 2;
+	for (h = 0; h < H; h++) {
+		for (j = 0; j < nq; j++)
+			memcpy(qh + (size_t)j * d, q + ((size_t)j * H + h) * d,
+			    sizeof(float) * d);
+		sel_ea_stats(qh, pos, nq, d, nq, &ea, mu + (size_t)h * d,
+		    cv + h * cs);
+	}
+	dq = dev(q, sizeof(float) * nq * H * d);
+	dmu = poisoned(sizeof(float) * H * d);
+	dcv = poisoned(sizeof(float) * H * cs);
+	dacc = poisoned(kvx_cuda_ea_stats_scratch(H, nq, d));
+	check(kvx_cuda_ea_stats(dq, d, (long long)H * d, H, nq, 0, nq,
+	    ea.future, theta, ea.halves, d, cov, dmu, dcv, dacc, NULL),
+	    "ea_stats");
+	check(kvx_cuda_sync(), "ea_stats sync");
+	check(kvx_cuda_d2h(gmu, dmu, sizeof(float) * H * d), "copy back");
+	check(kvx_cuda_d2h(gcv, dcv, sizeof(float) * H * cs), "copy back");
+	e = relerr(gmu, mu, (size_t)H * d);
+	ok(e < 1e-5, "ea stats of all %d queries H=%d d=%d %s: mean, "
+	    "relative error %.2e", nq, H, d, ea.halves ? "halves" : "pairs", e);
+	if (cov != PLAN_COV_NONE) {
+		e = relerr(gcv, cv, H * cs);
+		ok(e < 1e-4, "ea stats of all %d queries d=%d cov %d: "
+		    "covariance, relative error %.2e", nq, d, cov, e);
+	}
+	/* every product's sums, carried to the plan's covariance */
+	kvx_cuda_free(dacc);
+	dacc = poisoned(kvx_cuda_ea_moments_bytes(H, d));
+	check(kvx_cuda_ea_moments(dq, d, (long long)H * d, H, nq, 0, theta,
+	    ea.halves, d, PLAN_COV_FULL, dacc, NULL), "ea_moments");
+	check(kvx_cuda_ea_carry(dacc, H, nq, nq, ea.future, theta, ea.halves,
+	    d, cov, dmu, dcv, NULL), "ea_carry");
+	check(kvx_cuda_sync(), "ea_carry sync");
+	check(kvx_cuda_d2h(gmu, dmu, sizeof(float) * H * d), "copy back");
+	check(kvx_cuda_d2h(gcv, dcv, sizeof(float) * H * cs), "copy back");
+	e = relerr(gmu, mu, (size_t)H * d);
+	worst = cov != PLAN_COV_NONE ? relerr(gcv, cv, H * cs) : 0.0;
+	ok(e < 1e-5 && worst < 1e-4, "ea moments of every product d=%d, "
+	    "carried to cov %d: relative errors, mean %.2e, covariance %.2e",
+	    d, cov, e, worst);
+	worst = 0.0;
+	kvx_cuda_free(dq);
+	kvx_cuda_free(dmu);
+	kvx_cuda_free(dcv);
+	kvx_cuda_free(dacc);
+
+	/* the tiled logits on odd d: the CPU's mean and covariance of
+	 * random queries, then keys nseg * d apart */
+	d = 2 * tap_irand(0, 127) + 1;
+	nseg = tap_irand(1, 3);
+	g = tap_irand(1, 4);
+	n = tap_irand(2, 3000);
+	nc = n - tap_irand(0, n - 1 < 32 ? n - 1 : 32);
+	s0 = tap_irand(0, nc - 1 < 5 ? nc - 1 : 5);
+	ea.cov = PLAN_COV_FULL;
+	free(mu);
+	free(cv);
+	mu = malloc(sizeof(float) * nseg * g * d);
+	cv = malloc(sizeof(float) * nseg * g * d * d);
+	for (t = 0; t < nseg * g * d; t++)
+		mu[t] = tap_frand() - 0.5f;
+	for (h = 0; h < nseg * g; h++)
+		for (j = 0; j < d; j++)
+			for (t = 0; t <= j; t++) {
+				float x = (tap_frand() - 0.5f) * (t == j ?
+				    4.0f : 0.5f);
+
+				cv[((size_t)h * d + j) * d + t] = x;
+				cv[((size_t)h * d + t) * d + j] = x;
+			}
+	kf = malloc(sizeof(float) * n * nseg * d);
+	vf = malloc(sizeof(float) * n * nseg * d);
+	kh = malloc((size_t)esz * n * nseg * d);
+	vh = malloc((size_t)esz * n * nseg * d);
+	ks = malloc(sizeof(float) * n * d);
+	vs = malloc(sizeof(float) * n * d);
+	tmp = malloc(sizeof(float) * n);
+	sc = malloc(sizeof(float) * nseg * nc);
+	gsc = malloc(sizeof(float) * nseg * nc);
+	fill_kv(dtype, kh, kf, (size_t)n * nseg * d, 2.0f);
+	fill_kv(dtype, vh, vf, (size_t)n * nseg * d, 1.0f);
+	for (s = 0; s < nseg; s++) {
+		for (t = 0; t < n; t++) {
+			memcpy(ks + (size_t)t * d, kf + ((size_t)t * nseg + s) *
+			    d, sizeof(float) * d);
+			memcpy(vs + (size_t)t * d, vf + ((size_t)t * nseg + s) *
+			    d, sizeof(float) * d);
+		}
+		sel_ea_score(mu + (size_t)s * g * d, cv + (size_t)s * g * d *
+		    d, ks, vs, n, nc, s0, g, d, &ea, rep & 1, tmp, sc +
+		    (size_t)s * nc);
+	}
+	dmu = dev(mu, sizeof(float) * nseg * g * d);
+	dcv = dev(cv, sizeof(float) * nseg * g * d * d);
+	dk = dev(kh, (size_t)esz * n * nseg * d);
+	dv = dev(vh, (size_t)esz * n * nseg * d);
+	dsc = poisoned(sizeof(float) * nseg * nc);
+	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n));
+	check(kvx_cuda_ea_score(dmu, dcv, PLAN_COV_FULL, NULL, 0, dk, dv,
+	    dtype, nseg, n, nc, s0, g, d, nseg * d, ea.vnorm, rep & 1, dscr,
+	    dsc, nc, NULL), "ea_score");
+	check(kvx_cuda_sync(), "ea_score sync");
+	check(kvx_cuda_d2h(gsc, dsc, sizeof(float) * nseg * nc), "copy back");
+	for (bad = 0, s = 0; s < nseg; s++) {
+		e = logerr(gsc + (size_t)s * nc, sc + (size_t)s * nc, nc);
+		if (!(e < 1e-4))
+			bad++;
+		if (e > worst)
+			worst = e;
+	}
+	ok(bad == 0, "ea score, full covariance %s nseg=%d g=%d n=%d d=%d: "
+	    "worst error of the logarithms %.2e", dtname[dtype], nseg, g, n,
+	    d, worst);
+	kvx_cuda_free(dmu);
+	kvx_cuda_free(dcv);
+	kvx_cuda_free(dk);
+	kvx_cuda_free(dv);
+	kvx_cuda_free(dsc);
+	kvx_cuda_free(dscr);
+	free(q);
+	free(qh);
+	free(pos);
+	free(mu);
+	free(cv);
+	free(gmu);
+	free(gcv);
+	free(kf);
+	free(vf);
+	free(kh);
+	free(vh);
+	free(ks);
+	free(vs);
+	free(tmp);
+	free(sc);
+	free(gsc);
+}
+
+/*
  * Naive KVzip score in double: the largest softmax weight that any of the
  * last w of the T query rows of g heads (head i's row r at q + (i*T +
  * r)*d, at key position p0 + r, seeing the keys up to its own and, with
@@ -1391,6 +1571,8 @@ main(void)
 		test_score_select(rep);
 	for (rep = 0; rep < nrep; rep++)
 		test_ea(rep);
+	for (rep = 0; rep < nrep; rep++)
+		test_ea_all(rep);
 	for (rep = 0; rep < nrep; rep++)
 		test_kvzip(rep);
 	for (rep = 0; rep < 4 * nrep; rep++)
