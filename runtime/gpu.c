@@ -282,6 +282,7 @@ gpu__ensure_fw(gpu_ctx *g, int t)
 	if ((size_t)g->F > xw)
 		xw = (size_t)g->F;
 	g->tmax = 0;
+	g->bgen++;
 	if ((rc = gpu__regrow((void **)&g->x, T * g->E * 4)) != KVX_OK ||
 	    (rc = gpu__regrow((void **)&g->qkv, T * g->NQKV * 4)) != KVX_OK ||
 	    (rc = gpu__regrow((void **)&g->q, T * g->H * g->D * 4)) != KVX_OK ||
@@ -385,6 +386,7 @@ gpu__ensure_logits(gpu_ctx *g, int n)
 
 	if (n > g->lrows) {
 		g->lrows = 0;
+		g->bgen++;
 		if ((rc = gpu__regrow((void **)&g->logits, (size_t)n * g->V *
 		    4)) != KVX_OK)
 			return rc;

@@ -84,8 +84,9 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 
 /*
  * Captures the step into g->gx (replacing the old graph) for batch n and
- * cap items a layer; the buffers it names are remembered so that a
- * regrown buffer forces a new capture.
+ * cap items a layer; the buffer generation it was made at is
+ * remembered, so that any regrown buffer it names forces a new capture
+ * (g->bgen).
  */
 static kvx_status
 step_capture(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
@@ -122,11 +123,7 @@ step_capture(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 	g->gx_n = n;
 	g->gx_cap = cap;
 	g->gx_head = head;
-	g->gx_key[0] = g->d_step;
-	g->gx_key[1] = g->pm;
-	g->gx_key[2] = g->x;
-	g->gx_key[3] = g->logits;
-	g->gx_key[4] = g->ids;
+	g->gx_bgen = g->bgen;
 	return KVX_OK;
 }
 
@@ -135,9 +132,7 @@ static int
 graph_fits(const gpu_ctx *g, int n, int cap, int head)
 {
 	return g->gx != NULL && g->gx_n == n && g->gx_cap >= cap &&
-	    g->gx_head == head && g->gx_key[0] == g->d_step &&
-	    g->gx_key[1] == g->pm && g->gx_key[2] == g->x &&
-	    g->gx_key[3] == g->logits && g->gx_key[4] == g->ids;
+	    g->gx_head == head && g->gx_bgen == g->bgen;
 }
 
 /*
@@ -378,12 +373,14 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->st.decode_host_s += kvx__now() - t0;
 	if (need > g->dstep_room) {
 		g->dstep_room = 0;
+		g->bgen++;
 		if ((rc = gpu__regrow((void **)&g->d_step, need)) != KVX_OK)
 			goto out;
 		g->dstep_room = need;
 	}
 	if (cap > g->part_cap) {
 		g->part_cap = 0;
+		g->bgen++;
 		if ((rc = gpu__regrow((void **)&g->pm, (size_t)cap * G * 4)) !=
 		    KVX_OK ||
 		    (rc = gpu__regrow((void **)&g->pl, (size_t)cap * G * 4)) !=

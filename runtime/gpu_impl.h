@@ -139,7 +139,9 @@ struct gpu_ctx {
 	int		*split, *split_scr;	/* in cnt: hybrid layers'
 						   counts, their scratch */
 	void		*tab;		/* small per-layer tables */
-	int		 tab_first;	/* the first row they score */
+	int		 tab_first, tab_nv;	/* the first row they score
+					   (of the keys' source) and their
+					   count */
 	/* profiling (gpu_profile.c): the rows before span_to attend to
 	   their last span keys only; 0 outside it */
 	int		 span, span_to;
@@ -184,7 +186,12 @@ struct gpu_ctx {
 	void		*blas_ws;	/* cuBLAS workspace, fixed for graphs */
 	cudaGraphExec_t	 gx;
 	int		 gx_n, gx_cap, gx_head, nograph;
-	const void	*gx_key[8];	/* buffers the graph was made with */
+	/* bumped by every regrowth of a buffer a decode step names (the
+	   forward's, the logits, the step tables, the partial buffers):
+	   a graph made before it is void.  Comparing the buffers' addresses
+	   instead misses a regrowth that gives one of them its old address
+	   back while another moves */
+	unsigned long	 bgen, gx_bgen;
 	cudaEvent_t	*ev;		/* 4 a layer, timing the compression */
 	gpu_stats	 st;
 };

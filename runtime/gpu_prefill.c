@@ -320,9 +320,13 @@ prefill_select(gpu_ctx *g, int s, int l, int n, const gpu_src *src)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "%d KV heads", Hkv);
 	/* a sliding-window layer scores and keeps its last nv rows, from
 	   row sc.first (of src, row sc.first - src->row0): their keys'
-	   offsets and count go up when they differ from the last layer's */
+	   offsets and count go up when either differs from the last
+	   layer's.  Both are compared: where src holds a windowed layer's
+	   window only (kvx_compress_from), its rows start at src row 0 as
+	   a global layer's do, with fewer of them */
 	nv = n - sc.first;
-	if (l == 0 || sc.first - src->row0 != g->tab_first) {
+	if (l == 0 || sc.first - src->row0 != g->tab_first ||
+	    nv != g->tab_nv) {
 		for (h = 0; h < Hkv; h++) {
 			tl[0][h] = ((long long)(sc.first - src->row0) * Hkv +
 			    h) * D;
@@ -338,6 +342,7 @@ prefill_select(gpu_ctx *g, int s, int l, int n, const gpu_src *src)
 		CK(cudaMemcpyAsync(PTAB(g, n), cnt, Hkv * sizeof(int),
 		    cudaMemcpyHostToDevice, g->stream));
 		g->tab_first = sc.first - src->row0;
+		g->tab_nv = nv;
 	}
 	/* the last pw queries: head h of KV head s at q + (s*G + h)*D,
 	   positions H*D apart, token t at row t - qrow0 */
