@@ -10,7 +10,11 @@
  * SnapKV, Expected Attention (its statistics from the last queries or
  * the whole prompt) and KVzip plans, is checked against a GPU context
  * that prefills the same tokens itself and against the CPU's
- * kvx_compress_from (compare_from_gpu, compare_from).
+ * kvx_compress_from (compare_from_gpu, compare_from).  Contexts reused as
+ * kvx-eval reuses them, without decode headroom, filled again with longer
+ * prompts and decoded past the sliding windows, are checked against the
+ * CPU too (compare_reuse).  A TAP line shows an error only where the call
+ * it reports failed.
  * SPDX-License-Identifier: MIT
  *
  * Models: the default one (llama) when present, and the random-weight
@@ -58,6 +62,7 @@
 
 #define NSTEP 8
 #define MAXTOK 2048
+#define NREUSE 48	/* decode steps a round of compare_reuse */
 
 static kvx_model *M;
 static int NV;
@@ -66,6 +71,7 @@ static int DEC_CHECK = 1;	/* 0: decode steps run, their errors are
 				   reported but not checked */
 static double KEPT_NEED = 0.0;	/* > 0: the share of the GPU's kept rows
 				   that the CPU must keep too */
+static int HEADROOM = 4;	/* new contexts' decode_headroom */
 
 static const char *LONG_TEXT =
     "The history of the city begins with a small settlement on the river, "
@@ -137,7 +143,8 @@ new_ctx_qs(const kvx_plan *p, int device, int n_seq, int query_stats)
 	cp.n_seq = n_seq;
 	cp.query_stats = query_stats;
 	cp.n_ctx = MAXTOK;
-	cp.decode_headroom = 4;	/* decode outgrows it: segments move */
+	cp.decode_headroom = HEADROOM;	/* decode outgrows it: segments
+					   move */
 	cp.device = device;
 	if ((rc = kvx_ctx_new(M, p, &cp, &c)) != KVX_OK) {
 		ok(0, "kvx_ctx_new(device %d): %s", device, kvx_errmsg());
@@ -150,6 +157,22 @@ static kvx_ctx *
 new_ctx(const kvx_plan *p, int device, int n_seq)
 {
 	return new_ctx_qs(p, device, n_seq, 0);
+}
+
+/*
+ * ": " and the text of the last error when failed is set, else "": a
+ * TAP line shows an error only where the call it reports failed, never
+ * the stale message of an earlier one.
+ */
+static const char *
+why(int failed)
+{
+	static char buf[512];
+
+	if (!failed)
+		return "";
+	snprintf(buf, sizeof buf, ": %s", kvx_errmsg());
+	return buf;
 }
 
 static int
@@ -348,7 +371,7 @@ compare_run(const char *what, const kvx_plan *p, const char *text,
 	kvx_ctx *cc, *gc;
 	kvx_memory mc, mg;
 	double e, worst = 0.0;
-	int n, s, same = 1, tc, tg;
+	int n, s, same = 1, tc, tg, good;
 
 	n = tokenize(text, ids);
 	if (!ok(n > 0, "%s: tokenized %d tokens", what, n))
@@ -361,10 +384,11 @@ compare_run(const char *what, const kvx_plan *p, const char *text,
 		goto out;
 	for (s = 0; s < NV; s++)
 		lg[s] = NAN;
-	if (!ok(kvx_prefill(cc, 0, ids, n, lc) == KVX_OK, "%s: CPU prefill",
-	    what) ||
-	    !ok(kvx_prefill(gc, 0, ids, n, lg) == KVX_OK, "%s: GPU prefill: %s",
-	    what, kvx_errmsg()))
+	good = kvx_prefill(cc, 0, ids, n, lc) == KVX_OK;
+	if (!ok(good, "%s: CPU prefill%s", what, why(!good)))
+		goto out;
+	good = kvx_prefill(gc, 0, ids, n, lg) == KVX_OK;
+	if (!ok(good, "%s: GPU prefill%s", what, why(!good)))
 		goto out;
 	e = relerr(lg, lc, NV);
 	ok(e < 1e-2, "%s: prefill logits, relative error %.2e < 1e-2", what, e);
@@ -447,7 +471,8 @@ compare_from(const char *what, const kvx_plan *p, const kvx_plan *other,
 	kvx_ctx *cc, *gf, *gz, *go;
 	kvx_memory mc, mg;
 	double e, worst = 0.0;
-	int n, same = 1, moved;
+	int n, same = 1, moved, good;
+	kvx_status rc;
 
 	n = tokenize(text, ids);
 	cc = new_ctx(p, KVX_DEVICE_CPU, 1);
@@ -459,18 +484,21 @@ compare_from(const char *what, const kvx_plan *p, const kvx_plan *other,
 	if (cc == NULL || gf == NULL || gz == NULL || go == NULL ||
 	    lc == NULL || lg == NULL)
 		goto out;
-	if (!ok(kvx_prefill(cc, 0, ids, n, lc) == KVX_OK &&
-	    kvx_prefill(gf, 0, ids, n, lg) == KVX_OK, "%s: prefills: %s",
-	    what, kvx_errmsg()))
+	good = kvx_prefill(cc, 0, ids, n, lc) == KVX_OK &&
+	    kvx_prefill(gf, 0, ids, n, lg) == KVX_OK;
+	if (!ok(good, "%s: prefills%s", what, why(!good)))
 		goto out;
-	ok(kvx_compress_from(go, 0, gf, 0) == KVX_OK && kvx_seq_len(go, 0) ==
-	    n, "%s: a GPU context of another scorer (SnapKV) compresses the "
-	    "same prefill: %s", what, kvx_errmsg());
-	if (!ok(kvx_compress_from(gz, 0, gf, 0) == KVX_OK, "%s: compress "
-	    "from a GPU full cache of %d tokens: %s", what, n, kvx_errmsg()))
+	rc = kvx_compress_from(go, 0, gf, 0);
+	ok(rc == KVX_OK && kvx_seq_len(go, 0) == n, "%s: a GPU context of "
+	    "another scorer (SnapKV) compresses the same prefill%s", what,
+	    why(rc != KVX_OK));
+	rc = kvx_compress_from(gz, 0, gf, 0);
+	if (!ok(rc == KVX_OK, "%s: compress from a GPU full cache of %d "
+	    "tokens%s", what, n, why(rc != KVX_OK)))
 		goto out;
-	ok(kvx_compress_from(gz, 1, gz, 0) == KVX_ERR_ARG, "%s: a compressed "
-	    "source is refused: %s", what, kvx_errmsg());
+	rc = kvx_compress_from(gz, 1, gz, 0);
+	ok(rc == KVX_ERR_ARG, "%s: a compressed source is refused%s", what,
+	    why(rc != KVX_OK));
 	kvx_ctx_memory(cc, &mc);
 	kvx_ctx_memory(gz, &mg);
 	ok(mc.n_kept == mg.n_kept && kvx_seq_len(gz, 0) == n, "%s: %lld "
@@ -525,9 +553,10 @@ compare_from_gpu(const char *what, const kvx_plan *p, const char *text,
 	kvx_memory ma, mb, mc;
 	double e, ea = 0.0, eb = 0.0, tol_cpu = tol_dec * DEC_SCALE;
 	long bits;
-	int n, st, z = 0, same_a = 1, same_b = 1, moved;
+	int n, st, z = 0, same_a = 1, same_b = 1, moved, good;
 	int all = p->scorer == PLAN_SCORER_EA && p->ea_queries == PLAN_EA_ALL;
 	int32_t tok;
+	kvx_status rc;
 
 	n = tokenize(text, ids);
 	gf = new_ctx_qs(NULL, KVX_DEVICE_GPU, 1, 1);
@@ -543,16 +572,19 @@ compare_from_gpu(const char *what, const kvx_plan *p, const char *text,
 	    cz == NULL || gf2 == NULL || lc == NULL || lg == NULL ||
 	    lr == NULL)
 		goto out;
-	if (!ok(kvx_prefill(gf, 0, ids, n, lg) == KVX_OK &&
+	good = kvx_prefill(gf, 0, ids, n, lg) == KVX_OK &&
 	    kvx_prefill(gp, 0, ids, n, lr) == KVX_OK &&
-	    kvx_prefill(cf, 0, ids, n, lc) == KVX_OK, "%s: prefills of %d "
-	    "tokens (GPU and CPU full caches, GPU plan): %s", what, n,
-	    kvx_errmsg()))
+	    kvx_prefill(cf, 0, ids, n, lc) == KVX_OK;
+	if (!ok(good, "%s: prefills of %d tokens (GPU and CPU full caches, "
+	    "GPU plan)%s", what, n, why(!good)))
 		goto out;
-	if (!ok(kvx_compress_from(gz, 0, gf, 0) == KVX_OK, "%s: GPU "
-	    "compress_from a GPU full cache: %s", what, kvx_errmsg()) ||
-	    !ok(kvx_compress_from(cz, 0, cf, 0) == KVX_OK, "%s: CPU "
-	    "compress_from a CPU full cache: %s", what, kvx_errmsg()))
+	good = kvx_compress_from(gz, 0, gf, 0) == KVX_OK;
+	if (!ok(good, "%s: GPU compress_from a GPU full cache%s", what,
+	    why(!good)))
+		goto out;
+	good = kvx_compress_from(cz, 0, cf, 0) == KVX_OK;
+	if (!ok(good, "%s: CPU compress_from a CPU full cache%s", what,
+	    why(!good)))
 		goto out;
 
 	/* (a) the GPU's own prefill under p */
@@ -583,10 +615,10 @@ compare_from_gpu(const char *what, const kvx_plan *p, const char *text,
 	    moved);
 
 	/* a full cache filled by compress_from is a source in turn */
-	if (ok(kvx_compress_from(gf2, 0, gf, 0) == KVX_OK &&
-	    kvx_compress_from(gz, 1, gf2, 0) == KVX_OK, "%s: compress_from a "
-	    "GPU full cache that compress_from filled: %s", what,
-	    kvx_errmsg())) {
+	good = kvx_compress_from(gf2, 0, gf, 0) == KVX_OK &&
+	    kvx_compress_from(gz, 1, gf2, 0) == KVX_OK;
+	if (ok(good, "%s: compress_from a GPU full cache that compress_from "
+	    "filled%s", what, why(!good))) {
 		e = gpu_same_rows(gz, 1, gz, 0, &moved, &bits);
 		ok(e >= 0.99 && moved == 0, "%s: compress_from via a second "
 		    "full cache: %.4f of the kept rows are the first "
@@ -623,18 +655,20 @@ compare_from_gpu(const char *what, const kvx_plan *p, const char *text,
 
 	/* refusals */
 	tok = tap_argmax(lr, NV);
-	ok(kvx_seq_clear(gz, 1) == KVX_OK &&
-	    kvx_decode(gf, 1, &z, &tok, lg) == KVX_OK &&
-	    kvx_compress_from(gz, 1, gf, 0) == KVX_ERR_ARG, "%s: "
-	    "compress_from refuses a source decoded since its prefill: %s",
-	    what, kvx_errmsg());
+	good = kvx_seq_clear(gz, 1) == KVX_OK &&
+	    kvx_decode(gf, 1, &z, &tok, lg) == KVX_OK;
+	rc = good ? kvx_compress_from(gz, 1, gf, 0) : KVX_OK;
+	ok(good && rc == KVX_ERR_ARG, "%s: compress_from refuses a source "
+	    "decoded since its prefill%s", what, why(!good || rc != KVX_OK));
 	if (all && n > KVX_WINDOW_MAX) {
 		gn = new_ctx_qs(NULL, KVX_DEVICE_GPU, 1, 0);
-		ok(gn != NULL && kvx_prefill(gn, 0, ids, n, NULL) == KVX_OK &&
-		    kvx_compress_from(gz, 1, gn, 0) == KVX_ERR_UNSUPPORTED &&
-		    kvx_seq_len(gz, 1) == 0, "%s: compress_from of %d tokens "
-		    "refuses a source without query_stats: %s", what, n,
-		    kvx_errmsg());
+		good = gn != NULL && kvx_prefill(gn, 0, ids, n, NULL) ==
+		    KVX_OK;
+		rc = good ? kvx_compress_from(gz, 1, gn, 0) : KVX_OK;
+		ok(good && rc == KVX_ERR_UNSUPPORTED && kvx_seq_len(gz, 1) ==
+		    0, "%s: compress_from of %d tokens refuses a source "
+		    "without query_stats%s", what, n, why(!good ||
+		    rc != KVX_OK));
 	}
 out:
 	free(lc);
@@ -684,11 +718,12 @@ prefill3(kvx_ctx *a, kvx_ctx *b, float *la, float *lb, int32_t *tok,
 static void
 compare_batch(const kvx_plan *p)
 {
-	int seqs[3] = { 0, 1, 2 }, i, ok_all = 1;
+	int seqs[3] = { 0, 1, 2 }, i, ok_all = 1, good;
 	int32_t tok[3], ext[3] = { 13 % NV, 330 % NV, 1183 % NV };
 	float *lc, *lg;
 	kvx_ctx *cc, *gc;
 	double e = 0.0;
+	kvx_status rc;
 
 	cc = new_ctx(p, KVX_DEVICE_CPU, 3);
 	gc = new_ctx(p, KVX_DEVICE_GPU, 3);
@@ -700,9 +735,9 @@ compare_batch(const kvx_plan *p)
 		goto out;
 	for (i = 0; i < 3 * NV; i++)
 		lg[i] = NAN;
-	if (!ok(kvx_decode(cc, 3, seqs, tok, lc) == KVX_OK &&
-	    kvx_decode(gc, 3, seqs, tok, lg) == KVX_OK, "batch: decode of 3 "
-	    "sequences: %s", kvx_errmsg()))
+	good = kvx_decode(cc, 3, seqs, tok, lc) == KVX_OK &&
+	    kvx_decode(gc, 3, seqs, tok, lg) == KVX_OK;
+	if (!ok(good, "batch: decode of 3 sequences%s", why(!good)))
 		goto out;
 	for (i = 0; i < 3; i++) {
 		double ei = relerr(lg + (size_t)i * NV, lc + (size_t)i * NV,
@@ -716,9 +751,9 @@ compare_batch(const kvx_plan *p)
 	}
 	ok(e < 1e-2 && ok_all, "batch: 3 sequences, worst relative error "
 	    "%.2e < 1e-2, same top-1 %d", e, ok_all);
-	if (!ok(kvx_extend(cc, 1, ext, 3, lc) == KVX_OK &&
-	    kvx_extend(gc, 1, ext, 3, lg) == KVX_OK, "extend of 3 tokens: %s",
-	    kvx_errmsg()))
+	good = kvx_extend(cc, 1, ext, 3, lc) == KVX_OK &&
+	    kvx_extend(gc, 1, ext, 3, lg) == KVX_OK;
+	if (!ok(good, "extend of 3 tokens%s", why(!good)))
 		goto out;
 	e = relerr(lg, lc, 3 * NV);
 	ok(e < 1e-2, "extend: logits of 3 tokens, relative error %.2e < 1e-2",
@@ -727,9 +762,9 @@ compare_batch(const kvx_plan *p)
 	    kvx_seq_len(gc, 1));
 	ok(kvx_seq_clear(gc, 1) == KVX_OK && kvx_seq_len(gc, 1) == 0,
 	    "seq_clear empties a GPU sequence");
-	ok(kvx_compress_from(gc, 1, cc, 0) == KVX_ERR_UNSUPPORTED,
-	    "compress_from refuses a CPU source for a GPU context: %s",
-	    kvx_errmsg());
+	rc = kvx_compress_from(gc, 1, cc, 0);
+	ok(rc == KVX_ERR_UNSUPPORTED, "compress_from refuses a CPU source for "
+	    "a GPU context%s", why(rc != KVX_OK));
 out:
 	free(lc);
 	free(lg);
@@ -804,6 +839,105 @@ out:
 	kvx_ctx_free(&gb);
 }
 
+/*
+ * What kvx-eval's task runs do to a GPU context of plan p, against a CPU
+ * context of p: contexts without decode headroom, as kvx-eval makes
+ * them, and five rounds of a prompt (a prefix of LONG_TEXT, a little or
+ * much longer each round), the plan's sequence cleared, filled again
+ * (own set: by its own prefill, as kvx-eval did before it compressed
+ * from a full cache, else by kvx_compress_from from a GPU full cache
+ * that prefilled the prompt with logits) and decoded NREUSE greedy steps,
+ * both sides fed the CPU's token.  A round's fill regrows the forward's
+ * buffers (a prefill, and KVzip's repeat pass, size them to the prompt)
+ * after the decode graph of the round before was made over the old ones:
+ * that graph must not replay.  Every segment is full from the first
+ * step, so every step makes room; the steps run far past the tiny gemma3
+ * file's 24-token windows, so those layers drop rows as they go.  The
+ * logits must stay within tol of the CPU's (times the model's factor)
+ * with the same greedy tokens, and the lengths agree; the kept token
+ * slots are printed.
+ */
+static void
+compare_reuse(const char *what, const kvx_plan *p, int own, double tol)
+{
+	static const int cut[5] = { 25, 26, 50, 52, 100 };	/* percent */
+	static int32_t ids[MAXTOK];
+	float *lc, *lg;
+	kvx_ctx *gf, *gz, *cc;
+	kvx_memory mc, mg;
+	double e, worst = 0.0;
+	int n, m, r, st, z = 0, same = 1, lens = 1, good;
+	int32_t tok;
+	kvx_status rc;
+
+	tol *= DEC_SCALE;
+	n = tokenize(LONG_TEXT, ids);
+	HEADROOM = 0;
+	gf = new_ctx(NULL, KVX_DEVICE_GPU, 1);
+	gz = new_ctx(p, KVX_DEVICE_GPU, 1);
+	cc = new_ctx(p, KVX_DEVICE_CPU, 1);
+	HEADROOM = 4;
+	lc = malloc((size_t)NV * sizeof(float));
+	lg = malloc((size_t)NV * sizeof(float));
+	if (n < 8 || gf == NULL || gz == NULL || cc == NULL || lc == NULL ||
+	    lg == NULL)
+		goto out;
+	for (r = 0; r < 5; r++) {
+		m = n * cut[r] / 100;
+		kvx_seq_clear(gf, 0);
+		kvx_seq_clear(gz, 0);
+		kvx_seq_clear(cc, 0);
+		good = kvx_prefill(cc, 0, ids, m, lc) == KVX_OK;
+		rc = KVX_OK;
+		if (good && own)
+			rc = kvx_prefill(gz, 0, ids, m, lg);
+		else if (good && (rc = kvx_prefill(gf, 0, ids, m, lg)) ==
+		    KVX_OK)
+			rc = kvx_compress_from(gz, 0, gf, 0);
+		if (!ok(good && rc == KVX_OK, "%s: round %d: %d tokens %s%s",
+		    what, r, m, own ? "prefilled" : "compressed from a full "
+		    "cache", why(!good || rc != KVX_OK)))
+			goto out;
+		tok = tap_argmax(lc, NV);
+		for (st = 0; st < NREUSE; st++) {
+			if (kvx_decode(cc, 1, &z, &tok, lc) != KVX_OK ||
+			    kvx_decode(gz, 1, &z, &tok, lg) != KVX_OK) {
+				ok(0, "%s: round %d (%d tokens): decode step "
+				    "%d: %s", what, r, m, st, kvx_errmsg());
+				goto out;
+			}
+			if ((e = relerr(lg, lc, NV)) > worst)
+				worst = e;
+			if (e > tol / 4)
+				printf("# %s: round %d (%d tokens), decode step "
+				    "%d: relative error %.2e\n", what, r, m,
+				    st, e);
+			if (!same_top(lc, lg, tol))
+				same = 0;
+			tok = tap_argmax(lc, NV);
+		}
+		if (kvx_seq_len(gz, 0) != m + NREUSE ||
+		    kvx_seq_len(cc, 0) != m + NREUSE)
+			lens = 0;
+		kvx_ctx_memory(cc, &mc);
+		kvx_ctx_memory(gz, &mg);
+		printf("# %s: round %d (%d tokens): %lld token slots kept after "
+		    "the steps (CPU %lld)\n", what, r, m, (long long)mg.n_kept,
+		    (long long)mc.n_kept);
+	}
+	ok(worst < tol && same, "%s: 5 rounds of %d to %d tokens, %d decode "
+	    "steps each: worst relative error %.2e < %.0e, same greedy tokens "
+	    "%d", what, n * cut[0] / 100, n, NREUSE, worst, tol, same);
+	ok(lens, "%s: lengths of %d more than each round's prompt", what,
+	    NREUSE);
+out:
+	free(lc);
+	free(lg);
+	kvx_ctx_free(&gf);
+	kvx_ctx_free(&gz);
+	kvx_ctx_free(&cc);
+}
+
 /* A plan for M of mode keeping fraction, with the model's sliding
  * windows, as kvx-plan writes them. */
 static kvx_status
@@ -834,10 +968,11 @@ run_model(const char *path, const char *name, double dec_scale,
 	kvx_ctx_params cp;
 	kvx_ctx *c = NULL;
 	char w[128];
+	int good;
 
 #define W(s) (snprintf(w, sizeof w, "%s: %s", name, s), w)
-	if (!ok(kvx_model_open(path, NULL, &M) == KVX_OK, "%s: open %s: %s",
-	    name, path, kvx_errmsg()))
+	good = kvx_model_open(path, NULL, &M) == KVX_OK;
+	if (!ok(good, "%s: open %s%s", name, path, why(!good)))
 		return;
 	NV = kvx_model_get_info(M)->n_vocab;
 	printf("# %s: %s\n", name, path);
@@ -963,6 +1098,10 @@ run_model(const char *path, const char *name, double dec_scale,
 	compare_batch(p25);
 	compare_graph(NULL);
 	compare_graph(p25);
+	compare_reuse(W("reuse, 25% static, own prefill"), p25, 1, 2e-2);
+	compare_reuse(W("reuse, 25% static, compress_from"), p25, 0, 2e-2);
+	compare_reuse(W("reuse, 25% static, kvzip, compress_from"), pz, 0,
+	    2e-2);
 #undef W
 out:
 	kvx_plan_free(&p25);
