@@ -139,9 +139,9 @@ struct gpu_ctx {
 	int		*split, *split_scr;	/* in cnt: hybrid layers'
 						   counts, their scratch */
 	void		*tab;		/* small per-layer tables */
-	int		 tab_first, tab_nv;	/* the first row they score
-					   (of the keys' source) and their
-					   count */
+	int		 tab_first, tab_nv;	/* the first row they
+					   score (of the keys' source) and
+					   their count */
 	/* profiling (gpu_profile.c): the rows before span_to attend to
 	   their last span keys only; 0 outside it */
 	int		 span, span_to;

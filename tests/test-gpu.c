@@ -909,9 +909,9 @@ compare_reuse(const char *what, const kvx_plan *p, int own, double tol)
 			if ((e = relerr(lg, lc, NV)) > worst)
 				worst = e;
 			if (e > tol / 4)
-				printf("# %s: round %d (%d tokens), decode step "
-				    "%d: relative error %.2e\n", what, r, m,
-				    st, e);
+				printf("# %s: round %d (%d tokens), decode "
+				    "step %d: relative error %.2e\n", what, r,
+				    m, st, e);
 			if (!same_top(lc, lg, tol))
 				same = 0;
 			tok = tap_argmax(lc, NV);
@@ -921,9 +921,9 @@ compare_reuse(const char *what, const kvx_plan *p, int own, double tol)
 			lens = 0;
 		kvx_ctx_memory(cc, &mc);
 		kvx_ctx_memory(gz, &mg);
-		printf("# %s: round %d (%d tokens): %lld token slots kept after "
-		    "the steps (CPU %lld)\n", what, r, m, (long long)mg.n_kept,
-		    (long long)mc.n_kept);
+		printf("# %s: round %d (%d tokens): %lld token slots kept "
+		    "after the steps (CPU %lld)\n", what, r, m,
+		    (long long)mg.n_kept, (long long)mc.n_kept);
 	}
 	ok(worst < tol && same, "%s: 5 rounds of %d to %d tokens, %d decode "
 	    "steps each: worst relative error %.2e < %.0e, same greedy tokens "
