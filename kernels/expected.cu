@@ -859,23 +859,29 @@ ea_sigma_k(const float *mu, const float *co, const T *k, int ldk, int n,
 }
 
 /* One block per (segment, head) row of logits: its max and sum of
- * exponentials over [s0, n). */
+ * exponentials over [s0, n), in one pass (each thread's sum rescaled as
+ * its max grows), the loads unrolled so that several are in flight. */
 __global__ void __launch_bounds__(EA_TH)
 ea_norm_k(const float *lg, int n, int s0, float *ms)
 {
 	__shared__ float sh[32];
 	const float *row = lg + (size_t)blockIdx.x * n;
-	float mx = -INFINITY, l = 0.0f;
+	float mx = -INFINITY, l = 0.0f, x, M;
 	int t;
 
-	for (t = s0 + threadIdx.x; t < n; t += blockDim.x)
-		mx = fmaxf(mx, row[t]);
-	mx = block_max(mx, sh);
-	for (t = s0 + threadIdx.x; t < n; t += blockDim.x)
-		l += expf(row[t] - mx);
-	l = block_sum(l, sh);
+#pragma unroll 4
+	for (t = s0 + threadIdx.x; t < n; t += blockDim.x) {
+		x = row[t];
+		if (x > mx) {
+			l = l * expf(mx - x) + 1.0f;
+			mx = x;
+		} else
+			l += expf(x - mx);
+	}
+	M = block_max(mx, sh);
+	l = block_sum(mx == -INFINITY ? 0.0f : l * expf(mx - M), sh);
 	if (threadIdx.x == 0) {
-		ms[2 * blockIdx.x] = mx;
+		ms[2 * blockIdx.x] = M;
 		ms[2 * blockIdx.x + 1] = l;
 	}
 }
@@ -891,19 +897,58 @@ ea_logaddexp(float a, float b)
 	return hi + log1pf(expf(lo - hi));
 }
 
+/*
+ * The squared norms of nk <= 32 rows of d elements at v, ldk apart, row
+ * i's into lane i: the whole warp reads each row (32 rows' loads in
+ * flight together, consecutive lanes on consecutive elements), then the
+ * lanes' 32 partial sums are reduced and scattered in 31 shuffles, each
+ * step keeping the half of the rows whose index has the lane's bit.
+ */
+template <typename T>
+static __device__ float
+ea_sqnorms(const T *v, int ldk, int nk, int d)
+{
+	float p[32], x, y;
+	int lane = threadIdx.x & 31, j, c, o;
+
+#pragma unroll
+	for (j = 0; j < 32; j++)
+		p[j] = 0.0f;
+	for (c = lane; c - lane < d; c += 32) {
+#pragma unroll
+		for (j = 0; j < 32; j++) {
+			x = j < nk && c < d ? ld(v + (size_t)j * ldk + c) : 0.0f;
+			p[j] += x * x;
+		}
+	}
+#pragma unroll
+	for (o = 16; o > 0; o >>= 1)
+#pragma unroll
+		for (j = 0; j < o; j++) {
+			x = lane & o ? p[j] : p[j + o];
+			y = lane & o ? p[j + o] : p[j];
+			p[j] = y + __shfl_xor_sync(0xffffffffu, x, o);
+		}
+	return p[0];
+}
+
 /* Thread per key t < nc of segment blockIdx.y: the logarithms of the
  * group's weights reduced, plus that of the value's norm (sel_ea_score:
  * logarithms, so that far keys keep their order instead of underflowing
- * to ties). */
+ * to ties), the norms a warp's 32 values at a time. */
 template <typename T>
 __global__ void
 ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
     int nc, int s0, int g, int d, int vnorm, int gqa, float *score,
     long long sstride)
 {
-	int t = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y, h, i;
-	float acc = 0.0f, p, x;
+	int t = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y, h;
+	int tb = t - (threadIdx.x & 31);
+	float acc = 0.0f, p, vn = 0.0f;
 
+	if (vnorm && tb < nc)
+		vn = ea_sqnorms(v + (size_t)tb * ldk + (size_t)s * d, ldk,
+		    nc - tb < 32 ? nc - tb : 32, d);
 	if (t >= nc)
 		return;
 	for (h = 0; h < g; h++) {
@@ -916,13 +961,8 @@ ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
 	}
 	if (gqa != 1 && g > 1)
 		acc -= logf((float)g);
-	if (vnorm) {
-		const T *vt = v + (size_t)t * ldk + (size_t)s * d;
-
-		for (x = 0.0f, i = 0; i < d; i++)
-			x += ld(vt + i) * ld(vt + i);
-		acc += 0.5f * logf(x);
-	}
+	if (vnorm)
+		acc += 0.5f * logf(vn);
 	score[(size_t)s * sstride + t] = acc;
 }
 
