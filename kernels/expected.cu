@@ -307,7 +307,8 @@ ea_moments_k(const float *q, long long qhs, long long qps, int nq, int per,
  * The many-query sums with a full covariance as a tiled product: block
  * (c, i, z) takes chunk c of query head i's queries and tile z of the
  * lower triangle of the d x d sums of (u - u0)(u - u0)', EA_MB rows by
- * EA_MB columns, each thread EA_MR x EA_MR of them in registers.  A
+ * EA_MB columns, each thread EA_MR x EA_MR of them in registers (on the
+ * diagonal, the 136 threads of the tiles on or below it).  A
  * shared tile holds EA_MK queries' rows and columns of the tile, rotated
  * back and shifted; a tile's products are summed in float (EA_MK terms),
  * then into double registers, and each block adds its sums to acc once
@@ -330,7 +331,7 @@ ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
 	int P = d / 2, tri = d * (d + 1) / 2, z = blockIdx.z, I, J, r0, c0;
 	int tx = threadIdx.x % (EA_MB / EA_MR), ty = threadIdx.x /
 	    (EA_MB / EA_MR), c1 = blockIdx.x * per, c2 = min(nq, c1 + per);
-	int i, j, k, A, a0, a1, j0, nt;
+	int i, j, k, A, a0, a1, j0, nt, act;
 	const float *qi = q + (size_t)blockIdx.y * qhs;
 	double *am = acc + (size_t)blockIdx.y * (2 * d + tri), *at = am + d;
 	double dacc[EA_MR][EA_MR], dsum = 0.0;
@@ -345,6 +346,19 @@ ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
 	J = z - I * (I + 1) / 2;
 	r0 = I * EA_MB;
 	c0 = J * EA_MB;
+	/* on the diagonal only the threads of the lower triangle's
+	 * EA_MR x EA_MR tiles sum products (row tile ty, column tile
+	 * tx <= ty), the rest help with the loads */
+	if (I == J) {
+		i = threadIdx.x;
+		ty = (int)((sqrtf(8.0f * i + 1.0f) - 1.0f) / 2.0f);
+		while ((ty + 1) * (ty + 2) / 2 <= i)
+			ty++;
+		while (ty * (ty + 1) / 2 > i)
+			ty--;
+		tx = i - ty * (ty + 1) / 2;
+	}
+	act = I != J || ty < EA_MB / EA_MR;
 	if (threadIdx.x == 0)
 		np = 0;
 	for (i = threadIdx.x; i < EA_MK * EA_MB; i += blockDim.x) {
@@ -408,6 +422,13 @@ ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
 				ub[j][a1 - c0] = x1;
 		}
 		__syncthreads();
+		if (I == J && threadIdx.x < EA_MB) {
+			for (s = 0.0f, k = 0; k < nt; k++)
+				s += ua[k][threadIdx.x];
+			dsum += s;
+		}
+		if (!act)
+			continue;
 #pragma unroll
 		for (i = 0; i < EA_MR; i++)
 #pragma unroll
@@ -431,11 +452,6 @@ ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
 #pragma unroll
 			for (j = 0; j < EA_MR; j++)
 				dacc[i][j] += fa[i][j];
-		if (I == J && threadIdx.x < EA_MB) {
-			for (s = 0.0f, k = 0; k < nt; k++)
-				s += ua[k][threadIdx.x];
-			dsum += s;
-		}
 	}
 	if (I == J && threadIdx.x < EA_MB && r0 + (int)threadIdx.x < d)
 		atomicAdd(&am[r0 + threadIdx.x], dsum);
@@ -445,7 +461,7 @@ ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
 		for (j = 0; j < EA_MR; j++) {
 			int x = r0 + EA_MR * ty + i, y = c0 + EA_MR * tx + j;
 
-			if (x < d && y <= x)
+			if (act && x < d && y <= x)
 				atomicAdd(&at[ea_tri(x, y)], dacc[i][j]);
 		}
 }
