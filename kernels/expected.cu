@@ -41,6 +41,7 @@
 #define EA_MR 4		/* rows and columns of a thread's sums */
 #define EA_MK 32	/* queries of a tiled moments block's shared tile */
 #define EA_MQ 128	/* fewest queries a tiled moments block */
+#define EA_MW 3		/* tiled moments blocks a multiprocessor holds */
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
  * kernel of avg_rot in select.c. */
@@ -312,7 +313,8 @@ ea_moments_k(const float *q, long long qhs, long long qps, int nq, int per,
  * shared tile holds EA_MK queries' rows and columns of the tile, rotated
  * back and shifted; a tile's products are summed in float (EA_MK terms),
  * then into double registers, and each block adds its sums to acc once
- * (atomics: at most EA_NCH blocks share an entry).  The blocks on the
+ * (atomics: the chunks fill the device once, EA_MW blocks a
+ * multiprocessor, so few blocks share an entry).  The blocks on the
  * diagonal also add the d sums of u - u0, and the first block u0 itself.
  * The rotation's angle is reduced to [-pi, pi] in double and its sine
  * and cosine taken by the hardware's approximations (absolute error
@@ -480,14 +482,14 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 	double *m = cm, *C = cm + d, *S = C + d / 2;
 	int P = d / 2, i, A, B, nb, a0, a1, b0, b1, tri = d * (d + 1) / 2;
 	const double *am = acc + (size_t)blockIdx.x * (2 * d + tri);
-	const double *at = am + d, *u0 = at + tri;
+	const double *at = am + d, *u0 = at + tri, inq = 1.0 / nq;
 	float *mo = mu + (size_t)blockIdx.x * d;
 	size_t cs = cov == 1 ? (size_t)d : (size_t)d * d;
 	float *cv = co != NULL ? co + blockIdx.x * cs : NULL;
 
 	/* m holds the shifted mean, m - u0, until the mean is written */
 	for (i = threadIdx.x; i < d; i += blockDim.x)
-		m[i] = am[i] / nq;
+		m[i] = am[i] * inq;
 	for (i = threadIdx.x; i < P; i += blockDim.x)
 		ea_avg_rot(n, F, pow((double)theta, -(double)(2 * i) / d),
 		    &C[i], &S[i]);
@@ -507,7 +509,7 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 		double s00, s01, s10, s11;
 
 		ea_pairs(i, P, cov, halves, &A, &B, &a0, &a1, &b0, &b1);
-#define EA_AT(x, y) (at[(x) >= (y) ? ea_tri(x, y) : ea_tri(y, x)] / nq - \
+#define EA_AT(x, y) (at[(x) >= (y) ? ea_tri(x, y) : ea_tri(y, x)] * inq - \
 		    m[x] * m[y])
 		s00 = EA_AT(a0, b0);
 		s01 = EA_AT(a0, b1);
@@ -536,7 +538,8 @@ kvx_cuda_ea_stats_scratch(int h, int nq, int d)
 	return kvx_cuda_ea_moments_bytes(h, d);
 }
 
-/* The sums of many queries over up to EA_NCH blocks a head. */
+/* The sums of many queries over up to EA_NCH blocks a head, or with a
+ * full covariance as many as fill the device once. */
 extern "C" int
 kvx_cuda_ea_moments(const float *d_q, long long qhs, long long qps, int h,
     int nq, int p0, float theta, int halves, int d, int cov, double *d_acc,
@@ -553,10 +556,13 @@ kvx_cuda_ea_moments(const float *d_q, long long qhs, long long qps, int h,
 	    stream) != cudaSuccess)
 		return launched();
 	if (cov == 0) {
-		int nt = (d + EA_MB - 1) / EA_MB;
+		int nt = (d + EA_MB - 1) / EA_MB, nsm = kvx_cuda_sm_count();
 
+		/* one wave of EA_MW blocks a multiprocessor over the heads
+		 * and tiles, no chunk under EA_MQ queries */
+		per = nsm > 0 ? EA_MW * nsm / (h * nt * (nt + 1) / 2) : EA_NCH;
 		nch = (nq + EA_MQ - 1) / EA_MQ;
-		nch = nch > EA_NCH ? EA_NCH : nch;
+		nch = per < 1 ? 1 : per < nch ? per : nch;
 		per = (nq + nch - 1) / nch;
 		ea_gram_k<<<dim3(nch, h, nt * (nt + 1) / 2), EA_MT, 0,
 		    stream>>>(d_q, qhs, qps, nq, per, p0, theta, halves, d,
@@ -933,7 +939,8 @@ ea_sqnorms(const T *v, int ldk, int nk, int d)
 	for (c = lane; c - lane < d; c += 32) {
 #pragma unroll
 		for (j = 0; j < 32; j++) {
-			x = j < nk && c < d ? ld(v + (size_t)j * ldk + c) : 0.0f;
+			x = j < nk && c < d ? ld(v + (size_t)j * ldk + c) :
+			    0.0f;
 			p[j] += x * x;
 		}
 	}
