@@ -320,7 +320,8 @@ ea_moments_k(const float *q, long long qhs, long long qps, int nq, int per,
  * and cosine taken by the hardware's approximations (absolute error
  * below 4e-7 there): a rotation that far off moves the statistics by a
  * few parts in 1e7 of the queries' size, where an exact sincos of every
- * query and pair would cost about as much as the products.
+ * query and pair would cost about as much as the products.  Twin:
+ * sel_ea_moments (test-kernels' test_ea_all).
  */
 __global__ void __launch_bounds__(EA_MT)
 ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
@@ -782,7 +783,8 @@ ea_rows_k(const float *mu, const float *co, const float *w, int nq,
  * thread dots its part of Y and of the mean with its keys' columns, and
  * the TX threads that share keys add up: mu . k / sqrt(d) +
  * k' Sigma k / (2 d).  DP is d rounded up to 64, 128 or 256, the rest
- * zeros.
+ * zeros.  Twin: sel_ea_score's logits (test-kernels' test_ea and
+ * test_ea_all).
  */
 #define EA_RT 256	/* threads of a tiled logits block */
 #define EA_RK 16	/* rows of Sigma (key elements) a shared tile */
