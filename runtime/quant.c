@@ -793,54 +793,63 @@ row_q4_k_512(const blk_q4_k *b, int nb, const float *x, const float *xs)
 	return _mm512_reduce_add_ps(acc) - hsum256(accm);
 }
 
+/* acc plus one group of 32 Q6_K weights, the signed bytes v, against x:
+ * the first 16 take scale s[0], the others s[1]. */
+static inline AVX512_FN __m512
+q6_group(__m256i v, const float *x, const float *s, __m512 acc)
+{
+	acc = _mm512_fmadd_ps(i32_mul16(_mm512_cvtepi8_epi32(
+	    _mm256_castsi256_si128(v)), x), _mm512_set1_ps(s[0]), acc);
+	return _mm512_fmadd_ps(i32_mul16(_mm512_cvtepi8_epi32(
+	    _mm256_extracti128_si256(v, 1)), x + 16), _mm512_set1_ps(s[1]),
+	    acc);
+}
+
 /*
  * row_q6_k with AVX-512: the weights assembled as signed bytes as the
- * AVX2 kernel does, then widened 16 at a time (one scale each), the 16
- * scales turned to floats once a block.
+ * AVX2 kernel does, each group of 32 consumed as soon as it is built,
+ * then widened 16 at a time (one scale each), the 16 scales turned to
+ * floats once a block.
  */
 static AVX512_FN float
 row_q6_k_512(const blk_q6_k *b, int nb, const float *x)
 {
 	const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
 	const __m256i k32 = _mm256_set1_epi8(32);
-	__m512 acc = _mm512_setzero_ps(), t;
-	__m256i l0, l1, h, q[4], v;
-	float sc[16];
-	int i, half, k;
+	__m512 acc = _mm512_setzero_ps();
+	__m256i l0, l1, h, q;
+	const uint8_t *ql, *qh;
+	float sc[16], *s;
+	int i, half;
 
 	for (i = 0; i < nb; i++) {
 		bytes_times((const uint8_t *)b[i].scales, 1, 16, h2f(b[i].d),
 		    sc);
 		for (half = 0; half < 2; half++, x += 128) {
-			l0 = _mm256_loadu_si256((const __m256i *)(b[i].ql +
-			    64 * half));
-			l1 = _mm256_loadu_si256((const __m256i *)(b[i].ql +
-			    64 * half + 32));
-			h = _mm256_loadu_si256((const __m256i *)(b[i].qh +
-			    32 * half));
-			q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+			ql = b[i].ql + 64 * half;
+			qh = b[i].qh + 32 * half;
+			s = sc + 8 * half;
+			l0 = _mm256_loadu_si256((const __m256i *)ql);
+			l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+			h = _mm256_loadu_si256((const __m256i *)qh);
+			q = _mm256_or_si256(_mm256_and_si256(l0, m4),
 			    _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
-			q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+			acc = q6_group(_mm256_sub_epi8(q, k32), x, s, acc);
+			q = _mm256_or_si256(_mm256_and_si256(l1, m4),
 			    _mm256_slli_epi16(_mm256_and_si256(
 			    _mm256_srli_epi16(h, 2), m2), 4));
-			q[2] = _mm256_or_si256(_mm256_and_si256(
+			acc = q6_group(_mm256_sub_epi8(q, k32), x + 32, s + 2,
+			    acc);
+			q = _mm256_or_si256(_mm256_and_si256(
 			    _mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(
 			    _mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
-			q[3] = _mm256_or_si256(_mm256_and_si256(
+			acc = q6_group(_mm256_sub_epi8(q, k32), x + 64, s + 4,
+			    acc);
+			q = _mm256_or_si256(_mm256_and_si256(
 			    _mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(
 			    _mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
-			for (k = 0; k < 4; k++) {
-				v = _mm256_sub_epi8(q[k], k32);
-				t = i32_mul16(_mm512_cvtepi8_epi32(
-				    _mm256_castsi256_si128(v)), x + 32 * k);
-				acc = _mm512_fmadd_ps(t, _mm512_set1_ps(
-				    sc[8 * half + 2 * k]), acc);
-				t = i32_mul16(_mm512_cvtepi8_epi32(
-				    _mm256_extracti128_si256(v, 1)),
-				    x + 32 * k + 16);
-				acc = _mm512_fmadd_ps(t, _mm512_set1_ps(
-				    sc[8 * half + 2 * k + 1]), acc);
-			}
+			acc = q6_group(_mm256_sub_epi8(q, k32), x + 96, s + 6,
+			    acc);
 		}
 	}
 	return _mm512_reduce_add_ps(acc);
