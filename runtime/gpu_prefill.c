@@ -862,13 +862,15 @@ window_from(gpu_ctx *g, int s, const gpu_ctx *src, int ss, int n)
 	size_t rb = (size_t)g->D * 2, row = rb * g->Hkv;
 	int all = P != NULL && P->scorer == PLAN_SCORER_EA &&
 	    P->ea_queries == PLAN_EA_ALL && n > src->wq_n[ss];
-	gpu_src in = { (const char *)g->kt, (const char *)g->vt, 0, NULL, 0,
-	    NULL, n - src->wq_n[ss], NULL };
+	gpu_src in = { NULL, NULL, 0, NULL, 0, NULL, n - src->wq_n[ss], NULL };
 	kvx_status rc;
 	int l, h, np;
 
+	/* the scratch may move here: its address is taken after */
 	if ((rc = gpu__ensure_prefill(g, n)) != KVX_OK)
 		return rc;
+	in.k = (const char *)g->kt;
+	in.v = (const char *)g->vt;
 	CK(cudaStreamSynchronize(src->stream));
 	for (l = 0; l < g->L; l++) {
 		np = sel_window_rows(g->m->L[l].window, n);
