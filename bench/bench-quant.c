@@ -15,9 +15,10 @@
  *
  * -M picks the shapes (SmolLM2-135M by default, Qwen2.5-Coder-0.5B or
  * Gemma 3 270M), -T one type, -A the AVX2 kernels where the processor has
- * AVX-512 too.
+ * AVX-512 too, -H asks for the matrices on 2 MiB pages (madvise
+ * MADV_HUGEPAGE: a model's mapped GGUF file is on 4 KiB pages).
  *
- * usage: bench-quant [-A] [-M smollm2|qwen2|gemma3] [-m MiB] [-r runs]
+ * usage: bench-quant [-AH] [-M smollm2|qwen2|gemma3] [-m MiB] [-r runs]
  *     [-t threads] [-T type]
  */
 #include "config.h"
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <sys/mman.h>
 
 #include "gguf.h"
 #include "pool.h"
@@ -35,6 +37,7 @@
 #include "util.h"
 
 #define MAX_THREADS	64
+#define HUGE_PAGE	((size_t)2 << 20)
 #define MAX_SHAPE	6
 
 /* One matrix shape of a decode step and how often a step reads it. */
@@ -152,7 +155,7 @@ timed(kvx_pool *pool, struct job *j, int runs, double t[2])
 static int
 usage(void)
 {
-	fprintf(stderr, "usage: bench-quant [-A] [-M smollm2|qwen2|gemma3] "
+	fprintf(stderr, "usage: bench-quant [-AH] [-M smollm2|qwen2|gemma3] "
 	    "[-m MiB] [-r runs] [-t threads] [-T type]\n");
 	return 2;
 }
@@ -223,12 +226,15 @@ main(int argc, char **argv)
 	kvx_pool *pool;
 	uint8_t *arena;
 	float *x, *y;
-	int c, type, only = -1, avx2 = 0, maxcols = 0, maxrows = 0;
+	int c, type, only = -1, avx2 = 0, huge = 0, maxcols = 0, maxrows = 0;
 
-	while ((c = getopt(argc, argv, "AM:m:r:t:T:")) != -1) {
+	while ((c = getopt(argc, argv, "AHM:m:r:t:T:")) != -1) {
 		switch (c) {
 		case 'A':
 			avx2 = 1;
+			break;
+		case 'H':
+			huge = 1;
 			break;
 		case 'M':
 			for (k = 0; k < N_MODEL; k++)
@@ -285,7 +291,13 @@ main(int argc, char **argv)
 				arena_bytes = mb;
 		}
 	}
-	arena = malloc(arena_bytes);
+	/* whole 2 MiB pages, so that -H can put all of it on huge pages */
+	arena_bytes = (arena_bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+	arena = aligned_alloc(HUGE_PAGE, arena_bytes);
+	if (arena != NULL && huge && madvise(arena, arena_bytes,
+	    MADV_HUGEPAGE) != 0)
+		fprintf(stderr, "bench-quant: madvise: no huge pages, "
+		    "timing 4 KiB pages\n");
 	x = malloc((size_t)maxcols * sizeof *x);
 	y = malloc((size_t)maxrows * sizeof *y);
 	if ((pool = pool_new((int)nth)) == NULL || arena == NULL ||
@@ -308,9 +320,9 @@ main(int argc, char **argv)
 		x[c] = (float)(kvx__splitmix64(&seed) >> 11) * 0x1p-53f - 0.5f;
 
 	printf("# quant_matvec_f32 on %s shapes, %ld thread%s, %s kernels, "
-	    "best of %ld, at least %ld MiB a pass\n", m->name, nth,
+	    "%s pages, best of %ld, at least %ld MiB a pass\n", m->name, nth,
 	    nth > 1 ? "s" : "", quant_use_avx512(!avx2) ? "AVX-512" : "AVX2",
-	    runs, mib);
+	    huge ? "2 MiB" : "default", runs, mib);
 	printf("# each cell: GB/s of weights (ratio to a read-only sweep of "
 	    "the same bytes)\n");
 	printf("| type |");
