@@ -160,6 +160,8 @@ cpu_create(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	size_t nw, nctx;
 
 	*out = NULL;
+	/* the weights' placement is paid here, not in the first prefill */
+	model_weights_cpu(m);
 	if ((c = calloc(1, sizeof *c)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	c->m = m;

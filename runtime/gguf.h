@@ -1,5 +1,6 @@
 /*
- * gguf.h - GGUF (v2, v3) reader: mmap, metadata, tensor infos.
+ * gguf.h - GGUF (v2, v3) reader: mmap, metadata, tensor infos, and the
+ * tensor data optionally on huge pages.
  * SPDX-License-Identifier: MIT
  *
  * Every offset and size read from the file is bounds-checked against the
@@ -73,6 +74,19 @@ typedef struct gguf_file {
 kvx_status	 gguf_open(const char *path, gguf_file **out);
 kvx_status	 gguf_open_mem(const void *buf, size_t size, gguf_file **out);
 void		 gguf_close(gguf_file **);
+/*
+ * Moves the tensor data of a file opened by gguf_open from the file's pages
+ * into private anonymous memory advised for transparent huge pages, at the
+ * same addresses (pointers into the file stay valid), read with pread.
+ * 1 when the data is there (now or from an earlier call), 0 when it stays
+ * mapped: a buffer from gguf_open_mem, huge pages turned off ("never" in
+ * /sys/kernel/mm/transparent_hugepage/enabled), or a failed allocation,
+ * read or remapping.  Never an error: the bytes are the same either way.
+ * Not thread-safe against itself: the caller serialises calls on a file.
+ */
+int		 gguf_load_anon(gguf_file *);
+/* Test hook: nonzero makes gguf_load_anon's allocation fail. */
+extern int	 gguf__fail_anon;
 
 const gguf_kv	*gguf_find(const gguf_file *, const char *key);
 const gguf_tensor *gguf_tensor_find(const gguf_file *, const char *name);

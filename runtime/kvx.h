@@ -83,7 +83,22 @@ typedef struct kvx_model_params {
 	int	n_threads;	/* CPU worker threads of each context made
 				   from the model that does not set its own
 				   (<= 0, the default: the online CPUs) */
+	int	weights;	/* where CPU contexts read the weights:
+				   KVX_WEIGHTS_AUTO (the default) takes
+				   the environment's KVX_WEIGHTS (mmap or
+				   huge), else huge pages */
 } kvx_model_params;
+
+/*
+ * Weight placement.  MMAP: the CPU reads the mapped file.  HUGEPAGES: the
+ * first CPU context made from the model (or any CPU forward) reads the
+ * tensor data once into private anonymous memory advised for transparent
+ * huge pages, at the same addresses, which spares the decode's large
+ * products the TLB misses of 4 KiB pages; GPU contexts, which copy the
+ * weights to the device, do not trigger it.  Where huge pages are turned
+ * off or the memory cannot be had, the weights silently stay mapped.
+ */
+enum { KVX_WEIGHTS_AUTO = 0, KVX_WEIGHTS_MMAP = 1, KVX_WEIGHTS_HUGEPAGES = 2 };
 
 void		 kvx_model_params_init(kvx_model_params *);
 /*
@@ -95,6 +110,9 @@ kvx_status	 kvx_model_open(const char *path,
 		     const kvx_model_params *params, kvx_model **out);
 void		 kvx_model_close(kvx_model **);
 const kvx_model_info *kvx_model_get_info(const kvx_model *);
+/* Where the weights are now: KVX_WEIGHTS_HUGEPAGES once they were moved
+ * to anonymous memory, KVX_WEIGHTS_MMAP otherwise (-1 for NULL). */
+int		 kvx_model_get_weights(const kvx_model *);
 /* Keys a query of layer sees, its own included, on a sliding-window layer
  * (gemma3's local layers); 0 for a global layer or one out of range. */
 int		 kvx_model_get_window(const kvx_model *, int layer);

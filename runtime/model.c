@@ -146,6 +146,64 @@ kvx_model_params_init(kvx_model_params *p)
 {
 	memset(p, 0, sizeof *p);
 	p->n_threads = 0;
+	p->weights = KVX_WEIGHTS_AUTO;
+}
+
+/* The weights mode asked for: mp's, or for auto the environment's
+ * KVX_WEIGHTS, else huge pages. */
+static kvx_status
+weights_mode(const kvx_model_params *mp, int *out)
+{
+	const char *e;
+
+	switch (mp->weights) {
+	case KVX_WEIGHTS_MMAP:
+	case KVX_WEIGHTS_HUGEPAGES:
+		*out = mp->weights;
+		return KVX_OK;
+	case KVX_WEIGHTS_AUTO:
+		break;
+	default:
+		return kvx__fail(KVX_ERR_ARG, "weights %d is not one of 0 "
+		    "(auto), 1 (mmap), 2 (huge pages)", mp->weights);
+	}
+	*out = KVX_WEIGHTS_HUGEPAGES;
+	if ((e = getenv("KVX_WEIGHTS")) == NULL || *e == '\0')
+		return KVX_OK;
+	if (strcmp(e, "mmap") == 0)
+		*out = KVX_WEIGHTS_MMAP;
+	else if (strcmp(e, "huge") != 0)
+		return kvx__fail(KVX_ERR_ARG, "KVX_WEIGHTS='%s' is not mmap "
+		    "or huge", e);
+	return KVX_OK;
+}
+
+void
+model_weights_cpu(const kvx_model *cm)
+{
+	/* the placement is internal state, guarded by lazy_mu */
+	kvx_model *m = (kvx_model *)cm;
+
+	if (m->weights != KVX_WEIGHTS_HUGEPAGES ||
+	    __atomic_load_n(&m->weights_tried, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&m->lazy_mu);
+	if (!m->weights_tried) {
+		if (gguf_load_anon(m->gf))
+			__atomic_store_n(&m->weights_anon, 1,
+			    __ATOMIC_RELEASE);
+		__atomic_store_n(&m->weights_tried, 1, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&m->lazy_mu);
+}
+
+int
+kvx_model_get_weights(const kvx_model *m)
+{
+	if (m == NULL)
+		return -1;
+	return __atomic_load_n(&m->weights_anon, __ATOMIC_ACQUIRE) ?
+	    KVX_WEIGHTS_HUGEPAGES : KVX_WEIGHTS_MMAP;
 }
 
 kvx_status
@@ -167,6 +225,8 @@ kvx_model_open(const char *path, const kvx_model_params *mp, kvx_model **out)
 	if ((m = calloc(1, sizeof *m)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	pthread_mutex_init(&m->lazy_mu, NULL);
+	if ((rc = weights_mode(mp, &m->weights)) != KVX_OK)
+		goto fail;
 	if ((rc = gguf_open(path, &m->gf)) != KVX_OK)
 		goto fail;
 	if ((rc = gguf_get_str(m->gf, "general.architecture", m->arch,
@@ -464,6 +524,7 @@ fw_scratch_new(const kvx_model *m, kvx_pool *pool, int max_tokens,
 	fw_scratch *s;
 
 	*out = NULL;
+	model_weights_cpu(m);
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
 	s->pool = pool;

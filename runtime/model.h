@@ -49,6 +49,11 @@ struct kvx_model {
 	mat		 out;		/* LM head (tied to embd when absent) */
 	const float	*out_norm;
 	int		 n_threads;	/* contexts' default worker count */
+	int		 weights;	/* KVX_WEIGHTS_MMAP or _HUGEPAGES: what
+					   the first CPU forward asks for */
+	int		 weights_anon;	/* 1 once gguf_load_anon moved them
+					   (read with acquire loads) */
+	int		 weights_tried;	/* under lazy_mu: the move was done */
 	pthread_mutex_t	 lazy_mu;	/* guards making the lazy f32 copies;
 					   they are published with release
 					   stores and read with acquire loads,
@@ -90,8 +95,13 @@ typedef struct fw_batch {
  * has its own pool and scratch, so contexts of one model run in parallel. */
 typedef struct fw_scratch fw_scratch;
 
+/* Making one moves the weights to huge pages first, when the model asks
+ * for it (model_weights_cpu). */
 kvx_status	 fw_scratch_new(const kvx_model *, kvx_pool *pool,
 		     int max_tokens, int max_ctx, fw_scratch **out);
+/* Places the weights as the model's weights mode says, once: called before
+ * the CPU first reads them; safe from several threads. */
+void		 model_weights_cpu(const kvx_model *);
 void		 fw_scratch_free(fw_scratch **);
 /* The post-RoPE queries of the layer the forward ran last, a row of
  * n_head x head_dim per token of the batch: inside a layer hook, that

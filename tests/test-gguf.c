@@ -624,6 +624,163 @@ check_model(const char *path)
 	gguf_close(&f);
 }
 
+/* 1 when transparent huge pages are not turned off, as the reader sees. */
+static int
+thp_on(void)
+{
+	char buf[128] = "";
+	FILE *fp;
+
+	if ((fp = fopen("/sys/kernel/mm/transparent_hugepage/enabled",
+	    "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof buf, fp) == NULL)
+		buf[0] = '\0';
+	fclose(fp);
+	return strstr(buf, "[never]") == NULL;
+}
+
+/*
+ * The inode of the mapping holding p, from /proc/self/maps: 0 for
+ * anonymous memory, -1 when not found.  With hp, the mapping's
+ * AnonHugePages in kB from /proc/self/smaps.
+ */
+static long
+map_inode(const void *p, long *hp)
+{
+	char line[512];
+	unsigned long lo, hi, ino;
+	uintptr_t a = (uintptr_t)p;
+	long r = -1;
+	FILE *fp;
+	int in = 0;
+
+	if (hp != NULL)
+		*hp = -1;
+	if ((fp = fopen("/proc/self/smaps", "r")) == NULL)
+		return -1;
+	while (fgets(line, sizeof line, fp) != NULL) {
+		if (sscanf(line, "%lx-%lx %*s %*s %*s %lu", &lo, &hi,
+		    &ino) == 3 && strchr(line, '-') < strchr(line, ' ')) {
+			in = a >= lo && a < hi;
+			if (in)
+				r = (long)ino;
+		} else if (in && hp != NULL &&
+		    sscanf(line, "AnonHugePages: %ld", hp) == 1)
+			in = 0;
+	}
+	fclose(fp);
+	return r;
+}
+
+/* 1 when every tensor of f holds the bytes at its offset in ref. */
+static int
+same_tensors(const gguf_file *f, const uint8_t *ref, size_t n)
+{
+	const gguf_tensor *t;
+	uint64_t i;
+
+	for (i = 0; i < f->n_tensors; i++) {
+		t = &f->tensors[i];
+		if (f->data_offset + t->offset + t->nbytes > n ||
+		    t->data != f->map + f->data_offset + t->offset ||
+		    memcmp(t->data, ref + f->data_offset + t->offset,
+		    t->nbytes) != 0)
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * gguf_load_anon on the file at path, whose bytes are ref: the same
+ * pointers read the same bytes after the move, the data section is in
+ * anonymous memory (or stays in the file where the move falls back), the
+ * metadata still reads, a second call is a no-op.
+ */
+static void
+check_anon_file(const char *what, const char *path, const uint8_t *ref,
+    size_t n, int fail)
+{
+	gguf_file *f = NULL;
+	const gguf_tensor *big = NULL;
+	uint64_t i;
+	long ino, hp;
+	double t0;
+	int r, want = thp_on() && !fail;
+	char arch[16];
+
+	if (gguf_open(path, &f) != KVX_OK) {
+		ok(0, "%s: open: %s", what, kvx_errmsg());
+		return;
+	}
+	for (i = 0; i < f->n_tensors; i++)
+		if (big == NULL || f->tensors[i].nbytes > big->nbytes)
+			big = &f->tensors[i];
+	ok(same_tensors(f, ref, n), "%s: mapped tensors equal the file's "
+	    "bytes", what);
+	ok(((uintptr_t)f->map & ((2u << 20) - 1)) == 0,
+	    "%s: mapped at a 2 MiB boundary", what);
+	gguf__fail_anon = fail;
+	t0 = kvx__now();
+	r = gguf_load_anon(f);
+	gguf__fail_anon = 0;
+	diag("%s: gguf_load_anon %d in %.1f ms", what, r,
+	    (kvx__now() - t0) * 1e3);
+	ok(r == want, "%s: gguf_load_anon returns %d (huge pages %s%s)", what,
+	    r, thp_on() ? "on" : "off", fail ? ", allocation failing" : "");
+	ok(same_tensors(f, ref, n), "%s: every tensor (%" PRIu64 ") at the "
+	    "same address reads the file's bytes after the move", what,
+	    f->n_tensors);
+	ino = map_inode(big->data, &hp);
+	ok(r ? ino == 0 : ino > 0, "%s: largest tensor in %s memory (inode "
+	    "%ld)", what, r ? "anonymous" : "the file's", ino);
+	if (r)
+		diag("%s: its mapping holds %ld kB of AnonHugePages", what,
+		    hp);
+	ok(gguf_get_str(f, "general.architecture", arch, sizeof arch) ==
+	    KVX_OK || gguf_find(f, "test.u8") != NULL,
+	    "%s: metadata still reads", what);
+	r = gguf_load_anon(f);
+	ok(r == thp_on() && same_tensors(f, ref, n), "%s: a second call "
+	    "returns %d, the bytes unchanged", what, r);
+	gguf_close(&f);
+}
+
+/* gguf_load_anon on a synthetic file, a buffer and the model. */
+static void
+check_anon(const char *model)
+{
+	struct layout L;
+	struct wb b = build(3, 0, &L);
+	char tmp[] = "/tmp/kvx-test-gguf-XXXXXX";
+	gguf_file *f = NULL;
+	uint8_t *ref;
+	size_t n;
+	int fd;
+
+	if ((fd = mkstemp(tmp)) == -1 || write(fd, b.p, b.n) != (ssize_t)b.n) {
+		ok(0, "write %s: %s", tmp, strerror(errno));
+		return;
+	}
+	close(fd);
+	check_anon_file("synthetic", tmp, b.p, b.n, 0);
+	check_anon_file("synthetic", tmp, b.p, b.n, 1);
+	unlink(tmp);
+	ok(gguf_open_mem(b.p, b.n, &f) == KVX_OK && gguf_load_anon(f) == 0 &&
+	    same_tensors(f, b.p, b.n), "a buffer's tensors stay in the buffer");
+	gguf_close(&f);
+	free(b.p);
+	if (model == NULL)
+		return;
+	if (kvx__read_file(model, 0, (char **)&ref, &n) != KVX_OK) {
+		ok(0, "read %s: %s", model, kvx_errmsg());
+		return;
+	}
+	check_anon_file("model", model, ref, n, 0);
+	check_anon_file("model", model, ref, n, 1);
+	free(ref);
+}
+
 /* Writes the synthetic files as fuzz seeds into dir. */
 static int
 write_seeds(const char *dir)
@@ -665,6 +822,7 @@ main(int argc, char **argv)
 	check_corruption();
 	check_mutations();
 	check_paths();
+	check_anon(tap_model_path());
 	if ((model = tap_model_path()) != NULL)
 		check_model(model);
 	else

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "kvx.h"
+#include "gguf.h"
 #include "tap.h"
 
 #define MAXTOK 1024
@@ -566,6 +567,138 @@ check_other(const struct other *o)
 	kvx_model_close(&m);
 }
 
+/* 1 when transparent huge pages are not turned off. */
+static int
+thp_on(void)
+{
+	char buf[128] = "";
+	FILE *fp;
+
+	if ((fp = fopen("/sys/kernel/mm/transparent_hugepage/enabled",
+	    "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof buf, fp) == NULL)
+		buf[0] = '\0';
+	fclose(fp);
+	return strstr(buf, "[never]") == NULL;
+}
+
+/* A CPU context of m with ids prefilled and k tokens decoded greedily;
+ * lg gets the last logits.  0 on failure. */
+static int
+run_cpu(kvx_model *m, const int32_t *ids, int n, int k, float *lg, int V)
+{
+	kvx_ctx_params cp;
+	kvx_ctx *c = NULL;
+	int32_t tok;
+	int seq = 0, i, good;
+
+	kvx_ctx_params_init(&cp);
+	cp.device = KVX_DEVICE_CPU;
+	good = kvx_ctx_new(m, NULL, &cp, &c) == KVX_OK &&
+	    kvx_prefill(c, 0, ids, n, lg) == KVX_OK;
+	for (i = 0; good && i < k; i++) {
+		tok = tap_argmax(lg, V);
+		good = kvx_decode(c, 1, &seq, &tok, lg) == KVX_OK;
+	}
+	kvx_ctx_free(&c);
+	return good;
+}
+
+/* Opens path with weights mode w; NULL on failure. */
+static kvx_model *
+open_weights(const char *path, int w)
+{
+	kvx_model_params mp;
+	kvx_model *m = NULL;
+
+	kvx_model_params_init(&mp);
+	mp.n_threads = 2;
+	mp.weights = w;
+	if (kvx_model_open(path, &mp, &m) != KVX_OK)
+		return NULL;
+	return m;
+}
+
+/*
+ * The weights on huge pages, in the mapped file, and on huge pages with
+ * the allocation failing (the fallback): the same logits bit for bit
+ * after a prefill and 8 decode steps; the environment and the parameter
+ * choose the placement, bad values are refused.
+ */
+static void
+check_weights(const char *path, const int32_t *ids, int n)
+{
+	static const char *const names[] = { "auto", "mmap", "huge pages",
+	    "huge pages, allocation failing" };
+	kvx_model_params mp;
+	kvx_model *m;
+	const char *env = getenv("KVX_WEIGHTS");
+	char saved[16] = "";
+	float *lg[4];
+	int i, V = 0, want[4], got;
+
+	if (env != NULL)
+		snprintf(saved, sizeof saved, "%s", env);
+	unsetenv("KVX_WEIGHTS");
+	want[0] = want[2] = thp_on() ? KVX_WEIGHTS_HUGEPAGES :
+	    KVX_WEIGHTS_MMAP;
+	want[1] = want[3] = KVX_WEIGHTS_MMAP;
+	for (i = 0; i < 4; i++) {
+		lg[i] = NULL;
+		gguf__fail_anon = i == 3;
+		m = open_weights(path, i == 3 ? KVX_WEIGHTS_HUGEPAGES : i);
+		if (!ok(m != NULL, "weights %s: open%s%s", names[i],
+		    m ? "" : ": ", m ? "" : kvx_errmsg()))
+			continue;
+		V = kvx_model_get_info(m)->n_vocab;
+		ok(kvx_model_get_weights(m) == KVX_WEIGHTS_MMAP,
+		    "weights %s: mapped until a CPU context", names[i]);
+		lg[i] = malloc(sizeof(float) * V);
+		ok(run_cpu(m, ids, n, 8, lg[i], V), "weights %s: prefill of "
+		    "%d tokens and 8 decode steps", names[i], n);
+		got = kvx_model_get_weights(m);
+		ok(got == want[i], "weights %s: placed %d (expected %d)",
+		    names[i], got, want[i]);
+		kvx_model_close(&m);
+	}
+	gguf__fail_anon = 0;
+	for (i = 1; i < 4; i++)
+		ok(lg[0] && lg[i] && memcmp(lg[0], lg[i], sizeof(float) * V) ==
+		    0, "weights %s: logits identical to auto's, bit for bit",
+		    names[i]);
+	for (i = 0; i < 4; i++)
+		free(lg[i]);
+
+	setenv("KVX_WEIGHTS", "mmap", 1);
+	m = open_weights(path, KVX_WEIGHTS_AUTO);
+	lg[0] = malloc(sizeof(float) * V);
+	ok(m && run_cpu(m, ids, 4, 0, lg[0], V) &&
+	    kvx_model_get_weights(m) == KVX_WEIGHTS_MMAP,
+	    "KVX_WEIGHTS=mmap keeps auto's weights mapped");
+	kvx_model_close(&m);
+	m = open_weights(path, KVX_WEIGHTS_HUGEPAGES);
+	ok(m && run_cpu(m, ids, 4, 0, lg[0], V) &&
+	    kvx_model_get_weights(m) == want[2], "KVX_WEIGHTS=mmap does not "
+	    "override an explicit huge pages");
+	kvx_model_close(&m);
+	free(lg[0]);
+	setenv("KVX_WEIGHTS", "big", 1);
+	m = open_weights(path, KVX_WEIGHTS_AUTO);
+	ok(m == NULL && strstr(kvx_errmsg(), "KVX_WEIGHTS") != NULL,
+	    "KVX_WEIGHTS=big is refused: %s", kvx_errmsg());
+	kvx_model_close(&m);
+	if (saved[0] != '\0')
+		setenv("KVX_WEIGHTS", saved, 1);
+	else
+		unsetenv("KVX_WEIGHTS");
+	kvx_model_params_init(&mp);
+	mp.weights = 7;
+	m = NULL;
+	ok(kvx_model_open(path, &mp, &m) == KVX_ERR_ARG && m == NULL,
+	    "weights 7 is refused: %s", kvx_errmsg());
+}
+
 int
 main(void)
 {
@@ -699,6 +832,8 @@ main(void)
 		    "activations) paths agree: max |diff| %.2g", md);
 		free(l2);
 	}
+
+	check_weights(path, find(&HF, "paragraph")->prompt, 64);
 
 	// bad files
 	{

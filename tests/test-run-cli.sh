@@ -43,7 +43,7 @@ check "25% plan on a 2000-token document" 0 "^kv_ratio: 0\.2[0-9]" -- "$run" -m 
 n=$((n + 1))
 keys=$(sed -n 's/^\([a-z_]*\): .*/\1/p' "$tmp/err" | tr '\n' ' ')
 case "$keys" in
-"prompt_tokens generated_tokens prefill_tok_s decode_tok_s kv_bytes kv_bytes_used kv_bytes_full kv_ratio select_s select_share plan ")
+"load_s weights prompt_tokens generated_tokens prefill_tok_s decode_tok_s kv_bytes kv_bytes_used kv_bytes_full kv_ratio select_s select_share plan ")
 	echo "ok $n - --stats prints the documented keys";;
 *)	echo "not ok $n - --stats prints the documented keys: $keys";;
 esac

@@ -31,7 +31,7 @@ static int show_progress;
 struct args {
 	const char		*model, *csv, *plot;
 	struct opt_files	 plans, texts, hay;
-	int			 N, M, n_ctx, n_threads;
+	int			 N, M, n_ctx, n_threads, weights;
 	int			 passkey, print_fp, quiet, help, version;
 	struct opt_ints		 lens, depths;
 	int			 lens_given;
@@ -46,6 +46,8 @@ struct args {
 static const char *const question_modes[] = { "after", "inside", NULL };
 static const char *const formats[] = { "chat", "plain", NULL };
 #define FORMAT_PLAIN	1	/* formats[] index of plain */
+/* --weights, in the order of KVX_WEIGHTS_AUTO, _MMAP, _HUGEPAGES */
+static const char *const weights_modes[] = { "auto", "mmap", "huge", NULL };
 
 #define OFF(m)	offsetof(struct args, m)
 
@@ -118,6 +120,10 @@ static const struct opt options[] = {
 	{ .key = 't', .name = "threads", .kind = OPT_INT, .arg = "N", .lo = 1,
 	    .hi = 256, .dst = OFF(n_threads),
 	    .help = "worker threads (default: all CPUs)" },
+	{ .name = "weights", .kind = OPT_WORD, .arg = "W",
+	    .dst = OFF(weights), .names = weights_modes, .noun = "weights mode",
+	    .help = "huge: the weights on 2 MiB pages (the default, unless\n"
+	    "the environment sets KVX_WEIGHTS=mmap); mmap: the mapped file" },
 	{ .name = "print-fingerprint", .kind = OPT_FLAG, .dst = OFF(print_fp),
 	    .help = "print the model's fingerprint and exit" },
 	{ .key = 'q', .name = "quiet", .kind = OPT_FLAG, .dst = OFF(quiet),
@@ -589,6 +595,7 @@ main(int argc, char **argv)
 	memset(&r, 0, sizeof r);
 	kvx_model_params_init(&mp);
 	mp.n_threads = a.n_threads;
+	mp.weights = a.weights;
 	if (kvx_model_open(a.model, &mp, &r.model) != KVX_OK)
 		fail(EXIT_MODEL, "%s", kvx_errmsg());
 	r.info = kvx_model_get_info(r.model);

@@ -27,13 +27,16 @@ static const char *progname = "kvx-run";
 /* The command line's settings, written by the option table. */
 struct args {
 	const char	*model, *prompt, *file, *plan;
-	int		 n_predict, chat, stats, n_ctx, n_threads;
+	int		 n_predict, chat, stats, n_ctx, n_threads, weights;
 	int		 help, version;
 	double		 temp;
 	uint64_t	 seed;
 };
 
 #define OFF(m)	offsetof(struct args, m)
+
+/* --weights, in the order of KVX_WEIGHTS_AUTO, _MMAP, _HUGEPAGES */
+static const char *const weights_modes[] = { "auto", "mmap", "huge", NULL };
 
 /* In --help order; kvx-run(1) describes each. */
 static const struct opt options[] = {
@@ -65,6 +68,10 @@ static const struct opt options[] = {
 	{ .key = 't', .name = "threads", .kind = OPT_INT, .arg = "N", .lo = 1,
 	    .hi = 256, .dst = OFF(n_threads),
 	    .help = "worker threads (default: all CPUs)" },
+	{ .name = "weights", .kind = OPT_WORD, .arg = "W",
+	    .dst = OFF(weights), .names = weights_modes, .noun = "weights mode",
+	    .help = "huge: the weights on 2 MiB pages (the default, unless\n"
+	    "the environment sets KVX_WEIGHTS=mmap); mmap: the mapped file" },
 	{ .key = 'h', .name = "help", .kind = OPT_EXIT, .dst = OFF(help),
 	    .help = "show this help" },
 	{ .key = 'V', .name = "version", .kind = OPT_EXIT, .dst = OFF(version),
@@ -161,7 +168,7 @@ main(int argc, char **argv)
 	kvx_memory mem;
 	kvx_ctx_stats cst;
 	int32_t *ids, tok;
-	double t0, t_prefill, t_decode;
+	double t0, t_load, t_prefill, t_decode;
 	const kvx_model_info *info;
 	kvx_status rc;
 
@@ -177,6 +184,8 @@ main(int argc, char **argv)
 
 	kvx_model_params_init(&mp);
 	mp.n_threads = a.n_threads;
+	mp.weights = a.weights;
+	t_load = kvx__now();
 	if ((rc = kvx_model_open(a.model, &mp, &model)) != KVX_OK)
 		fail(EXIT_MODEL, "%s", kvx_errmsg());
 	info = kvx_model_get_info(model);
@@ -224,6 +233,7 @@ main(int argc, char **argv)
 	if ((rc = kvx_ctx_new(model, plan, &cp, &ctx)) != KVX_OK)
 		fail(rc == KVX_ERR_PLAN || rc == KVX_ERR_MISMATCH ? EXIT_PLAN :
 		    EXIT_RUN, "%s", kvx_errmsg());
+	t_load = kvx__now() - t_load;
 	if ((logits = malloc(sizeof *logits * (size_t)info->n_vocab)) == NULL)
 		fail(EXIT_RUN, "%s", "out of memory");
 
@@ -253,6 +263,9 @@ main(int argc, char **argv)
 
 	if (a.stats) {
 		kvx_ctx_memory(ctx, &mem);
+		fprintf(stderr, "load_s: %.3f\n", t_load);
+		fprintf(stderr, "weights: %s\n", kvx_model_get_weights(model) ==
+		    KVX_WEIGHTS_HUGEPAGES ? "huge" : "mmap");
 		fprintf(stderr, "prompt_tokens: %d\n", n_prompt);
 		fprintf(stderr, "generated_tokens: %d\n", n_gen);
 		fprintf(stderr, "prefill_tok_s: %.1f\n", n_prompt / t_prefill);
