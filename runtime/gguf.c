@@ -698,11 +698,14 @@ reserve_aligned(size_t len, int prot)
 static void *
 map_aligned(int fd, size_t size)
 {
-	void *a;
+	void *a, *m;
 
 	if ((a = reserve_aligned(size, PROT_NONE)) == MAP_FAILED)
 		return mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-	return mmap(a, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+	m = mmap(a, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+	if (m == MAP_FAILED)
+		munmap(a, size);
+	return m;
 }
 
 /* 1 when transparent huge pages are not turned off ("never"). */
