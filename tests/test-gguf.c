@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -746,6 +747,90 @@ check_anon_file(const char *what, const char *path, const uint8_t *ref,
 	gguf_close(&f);
 }
 
+/* A reader summing a tensor's bytes over and over until told to stop. */
+struct sum_reader {
+	const uint8_t	*p;
+	size_t		 n;
+	uint64_t	 want;		/* the sum of the file's bytes */
+	int		 stop;		/* set by the main thread */
+	long		 passes, bad;	/* passes read with atomics */
+};
+
+/* A checksum of n bytes: the sum of their 8-byte words plus the tail. */
+static uint64_t
+byte_sum(const uint8_t *p, size_t n)
+{
+	uint64_t s = 0, w;
+	size_t i;
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		memcpy(&w, p + i, 8);
+		s += w ^ (w >> 29);
+	}
+	for (; i < n; i++)
+		s += p[i];
+	return s;
+}
+
+static void *
+sum_loop(void *arg)
+{
+	struct sum_reader *r = arg;
+
+	do {
+		if (byte_sum(r->p, r->n) != r->want)
+			r->bad++;
+		__atomic_add_fetch(&r->passes, 1, __ATOMIC_RELEASE);
+	} while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) ||
+	    r->passes < 2);
+	return NULL;
+}
+
+/*
+ * Another thread reads the largest tensor of the model the whole time
+ * gguf_load_anon moves it: every pass sees the file's bytes.
+ */
+static void
+check_anon_concurrent(const char *path, const uint8_t *ref, size_t n)
+{
+	struct sum_reader r = { 0 };
+	gguf_file *f = NULL;
+	const gguf_tensor *big = NULL;
+	pthread_t th;
+	uint64_t i;
+	long during;
+	int moved;
+
+	if (gguf_open(path, &f) != KVX_OK) {
+		ok(0, "concurrent: open: %s", kvx_errmsg());
+		return;
+	}
+	for (i = 0; i < f->n_tensors; i++)
+		if (big == NULL || f->tensors[i].nbytes > big->nbytes)
+			big = &f->tensors[i];
+	r.p = big->data;
+	r.n = big->nbytes;
+	r.want = byte_sum(ref + f->data_offset + big->offset, big->nbytes);
+	if (pthread_create(&th, NULL, sum_loop, &r) != 0) {
+		ok(0, "concurrent: pthread_create");
+		gguf_close(&f);
+		return;
+	}
+	/* the reader is under way before the move starts */
+	while (__atomic_load_n(&r.passes, __ATOMIC_ACQUIRE) < 1)
+		;
+	during = -__atomic_load_n(&r.passes, __ATOMIC_ACQUIRE);
+	moved = gguf_load_anon(f);
+	during += __atomic_load_n(&r.passes, __ATOMIC_ACQUIRE);
+	__atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	ok(r.bad == 0 && moved == thp_on(), "concurrent: %ld passes over "
+	    "'%.*s' (%" PRIu64 " bytes), %ld of them ended while it moved "
+	    "(%d): %ld wrong", r.passes, (int)big->name.len, big->name.p,
+	    big->nbytes, during, moved, r.bad);
+	gguf_close(&f);
+}
+
 /* gguf_load_anon on a synthetic file, a buffer and the model. */
 static void
 check_anon(const char *model)
@@ -778,6 +863,7 @@ check_anon(const char *model)
 	}
 	check_anon_file("model", model, ref, n, 0);
 	check_anon_file("model", model, ref, n, 1);
+	check_anon_concurrent(model, ref, n);
 	free(ref);
 }
 
