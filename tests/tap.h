@@ -172,4 +172,21 @@ tap_load_tokens(const kvx_model *m, const char *path, int32_t *ids, int n)
 	return got;
 }
 
+/* 1 when the kernel's transparent huge pages are not turned off, read
+ * from sysfs apart from the runtime's own reading. */
+static int TAP_UNUSED
+tap_thp_on(void)
+{
+	char buf[128] = "";
+	FILE *fp;
+
+	if ((fp = fopen("/sys/kernel/mm/transparent_hugepage/enabled",
+	    "r")) == NULL)
+		return 0;
+	if (fgets(buf, sizeof buf, fp) == NULL)
+		buf[0] = '\0';
+	fclose(fp);
+	return strstr(buf, "[never]") == NULL;
+}
+
 #endif

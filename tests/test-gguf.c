@@ -625,22 +625,6 @@ check_model(const char *path)
 	gguf_close(&f);
 }
 
-/* 1 when transparent huge pages are not turned off, as the reader sees. */
-static int
-thp_on(void)
-{
-	char buf[128] = "";
-	FILE *fp;
-
-	if ((fp = fopen("/sys/kernel/mm/transparent_hugepage/enabled",
-	    "r")) == NULL)
-		return 0;
-	if (fgets(buf, sizeof buf, fp) == NULL)
-		buf[0] = '\0';
-	fclose(fp);
-	return strstr(buf, "[never]") == NULL;
-}
-
 /*
  * The inode of the mapping holding p, from /proc/self/maps: 0 for
  * anonymous memory, -1 when not found.  With hp, the mapping's
@@ -707,7 +691,7 @@ check_anon_file(const char *what, const char *path, const uint8_t *ref,
 	uint64_t i;
 	long ino, hp;
 	double t0;
-	int r, want = thp_on() && !fail;
+	int r, want = tap_thp_on() && !fail;
 	char arch[16];
 
 	if (gguf_open(path, &f) != KVX_OK) {
@@ -728,7 +712,7 @@ check_anon_file(const char *what, const char *path, const uint8_t *ref,
 	diag("%s: gguf_load_anon %d in %.1f ms", what, r,
 	    (kvx__now() - t0) * 1e3);
 	ok(r == want, "%s: gguf_load_anon returns %d (huge pages %s%s)", what,
-	    r, thp_on() ? "on" : "off", fail ? ", allocation failing" : "");
+	    r, tap_thp_on() ? "on" : "off", fail ? ", allocation failing" : "");
 	ok(same_tensors(f, ref, n), "%s: every tensor (%" PRIu64 ") at the "
 	    "same address reads the file's bytes after the move", what,
 	    f->n_tensors);
@@ -742,7 +726,7 @@ check_anon_file(const char *what, const char *path, const uint8_t *ref,
 	    KVX_OK || gguf_find(f, "test.u8") != NULL,
 	    "%s: metadata still reads", what);
 	r = gguf_load_anon(f);
-	ok(r == thp_on() && same_tensors(f, ref, n), "%s: a second call "
+	ok(r == tap_thp_on() && same_tensors(f, ref, n), "%s: a second call "
 	    "returns %d, the bytes unchanged", what, r);
 	gguf_close(&f);
 }
@@ -824,7 +808,7 @@ check_anon_concurrent(const char *path, const uint8_t *ref, size_t n)
 	during += __atomic_load_n(&r.passes, __ATOMIC_ACQUIRE);
 	__atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(th, NULL);
-	ok(r.bad == 0 && moved == thp_on(), "concurrent: %ld passes over "
+	ok(r.bad == 0 && moved == tap_thp_on(), "concurrent: %ld passes over "
 	    "'%.*s' (%" PRIu64 " bytes), %ld of them ended while it moved "
 	    "(%d): %ld wrong", r.passes, (int)big->name.len, big->name.p,
 	    big->nbytes, during, moved, r.bad);

@@ -567,22 +567,6 @@ check_other(const struct other *o)
 	kvx_model_close(&m);
 }
 
-/* 1 when transparent huge pages are not turned off. */
-static int
-thp_on(void)
-{
-	char buf[128] = "";
-	FILE *fp;
-
-	if ((fp = fopen("/sys/kernel/mm/transparent_hugepage/enabled",
-	    "r")) == NULL)
-		return 0;
-	if (fgets(buf, sizeof buf, fp) == NULL)
-		buf[0] = '\0';
-	fclose(fp);
-	return strstr(buf, "[never]") == NULL;
-}
-
 /* A CPU context of m with ids prefilled and k tokens decoded greedily;
  * lg gets the last logits.  0 on failure. */
 static int
@@ -641,7 +625,7 @@ check_weights(const char *path, const int32_t *ids, int n)
 	if (env != NULL)
 		snprintf(saved, sizeof saved, "%s", env);
 	unsetenv("KVX_WEIGHTS");
-	want[0] = want[2] = thp_on() ? KVX_WEIGHTS_HUGEPAGES :
+	want[0] = want[2] = tap_thp_on() ? KVX_WEIGHTS_HUGEPAGES :
 	    KVX_WEIGHTS_MMAP;
 	want[1] = want[3] = KVX_WEIGHTS_MMAP;
 	for (i = 0; i < 4; i++) {

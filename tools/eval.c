@@ -7,10 +7,8 @@
  * Every text is prefilled once with a full cache; each plan then
  * compresses that prefill (kvx_compress_from) and runs the continuation,
  * so a plan costs its compression and its continuation only, and every
- * plan sees exactly the same prefill, on the CPU and on the GPU alike.
- * Where kvx_compress_from refuses a pair of contexts (KVX_ERR_UNSUPPORTED:
- * contexts on different devices), the plan's context prefills the same
- * tokens.
+ * plan sees exactly the same prefill, on the CPU and on the GPU alike
+ * (kvx-eval makes every context of one model, so on one device).
  */
 #include "config.h"
 
@@ -130,37 +128,20 @@ pred_row(const float *last, const float *rows, int i, int V)
 	return i == 0 ? last : rows + (size_t)(i - 1) * V;
 }
 
-/* The tokens of src's last prefill: a context that kvx_compress_from
- * refuses prefills them itself. */
-static struct {
-	const int32_t	*ids;
-	int		 n;
-} shared;
-
 /* Prefill n tokens into src's sequence 0, which the plans start from. */
 static kvx_status
 prefill_src(kvx_ctx *src, const int32_t *ids, int n, float *last)
 {
-	shared.ids = ids;
-	shared.n = n;
 	kvx_seq_clear(src, 0);
 	return kvx_prefill(src, 0, ids, n, last);
 }
 
-/* Compress the prefill in src into e's empty sequence 0: from src's cache
- * (on either device, under every scorer), else, where kvx_compress_from
- * refuses the pair, by a prefill of the same tokens under e's plan (the
- * same result, at the cost of a prefill). */
+/* Compress the prefill in src into e's empty sequence 0. */
 static kvx_status
 compress_into(struct entry *e, kvx_ctx *src)
 {
-	kvx_status rc;
-
 	kvx_seq_clear(e->ctx, 0);
-	rc = kvx_compress_from(e->ctx, 0, src, 0);
-	if (rc == KVX_ERR_UNSUPPORTED)
-		rc = kvx_prefill(e->ctx, 0, shared.ids, shared.n, NULL);
-	return rc;
+	return kvx_compress_from(e->ctx, 0, src, 0);
 }
 
 /* Compress the prefill in src into e's context; *kv gets its bytes. */
