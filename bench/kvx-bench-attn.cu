@@ -5,8 +5,9 @@
  * over the device's copy bandwidth measured in the same run.
  * SPDX-License-Identifier: MIT
  *
- * usage: kvx-bench-attn [out.tsv [max_batch]]   (bench/sdpa.py reads
- * out.tsv)
+ * usage: kvx-bench-attn [out.tsv [max_batch [BATCHxCTX]]]   (bench/sdpa.py
+ * reads out.tsv; BATCHxCTX, e.g. 16x4096, runs that shape alone, both
+ * length sets, as a profiler wants it)
  * Each decode step runs the 32 layers' launches (partial + combine),
  * captured once in a CUDA graph, on the balanced and the chunked work
  * list; "chosen" is the one the library takes (wl_plan), marked * when
@@ -288,13 +289,18 @@ main(int argc, char **argv)
 	static const int batches[] = { 1, 4, 16, 64 };
 	static const int ctxs[] = { 4096, 32768, 131072 };
 	FILE *tsv = fopen(argc > 1 ? argv[1] : "kvx-bench-attn.tsv", "w");
-	int maxb = argc > 2 ? atoi(argv[2]) : 64;
+	int maxb = argc > 2 ? atoi(argv[2]) : 64, ob = 0, oc = 0;
 	cudaDeviceProp pr;
 	double bw;
 	int bi, ci, skew;
 
 	if (tsv == NULL) {
 		perror("output");
+		return 1;
+	}
+	if (argc > 3 && (sscanf(argv[3], "%dx%d", &ob, &oc) != 2 || ob < 1 ||
+	    oc < 1)) {
+		fprintf(stderr, "kvx-bench-attn: %s: not BATCHxCTX\n", argv[3]);
 		return 1;
 	}
 	CK(cudaGetDeviceProperties(&pr, 0));
@@ -315,7 +321,8 @@ main(int argc, char **argv)
 		int nic, nbc, nip, nbp;
 		size_t s;
 
-		if ((long long)b * T > 64LL * 65536 || b > maxb)
+		if ((long long)b * T > 64LL * 65536 || b > maxb ||
+		    (ob > 0 && (b != ob || T != oc)))
 			continue;
 		for (s = 0; s < len.size(); s++)
 			rows += len[s];

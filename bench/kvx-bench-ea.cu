@@ -152,7 +152,7 @@ bench_all(int n, cudaStream_t st)
 	KC(kvx_cuda_malloc(&mu, (size_t)H * D * sizeof(float)));
 	KC(kvx_cuda_malloc(&cov, (size_t)H * D * D * sizeof(float)));
 	KC(kvx_cuda_malloc(&acc, ab));
-	KC(kvx_cuda_malloc(&escr, kvx_cuda_ea_scratch(HKV, G, n)));
+	KC(kvx_cuda_malloc(&escr, kvx_cuda_ea_scratch(HKV, G, n, D)));
 	KC(kvx_cuda_malloc(&score, (size_t)HKV * n * sizeof(float)));
 	snap = snapkv(n, (const float *)q + (size_t)(n - W) * H * D, k, st);
 	mom = timed(st, [&] {
@@ -191,7 +191,7 @@ bench(int n, cudaStream_t st)
 	void *mu, *cov, *u, *escr, *score;
 	double snap, full, wq;
 
-	KC(kvx_cuda_malloc(&escr, kvx_cuda_ea_scratch(HKV, G, n)));
+	KC(kvx_cuda_malloc(&escr, kvx_cuda_ea_scratch(HKV, G, n, D)));
 	KC(kvx_cuda_malloc(&score, (size_t)HKV * n * sizeof(float)));
 	KC(kvx_cuda_malloc(&mu, (size_t)H * D * sizeof(float)));
 	KC(kvx_cuda_malloc(&cov, (size_t)H * D * D * sizeof(float)));

@@ -6,7 +6,8 @@
  * The statistics are small (one mean and one covariance per query head)
  * and run in one block per head.  The scores are one pass over the keys;
  * two more launches normalise each head's weights over the keys past the
- * sinks and reduce the query group.  With a diagonal covariance or none,
+ * sinks (partial maxima and sums over many blocks, merged by the last)
+ * and reduce the query group.  With a diagonal covariance or none,
  * a warp takes a key, each lane every 32nd element of it.
  *
  * The statistics of the whole prompt (past 256 queries) are sums over
@@ -23,11 +24,23 @@
  * products a key with the mean (ea_rows_k: a thread takes a key, the
  * rows read from shared memory a tile at a time).
  */
+#include <mma.h>
+
 #include "device.cuh"
 
 #define EA_KMAX 8	/* key elements per lane: head_dim up to 256 */
 #define EA_WPB 8	/* warps (keys) per block of the diagonal logits */
-#define EA_T 256	/* threads of the final reduction */
+#define EA_T 64		/* threads (keys) of a final reduction block */
+#define EA_VL 8		/* 16-byte loads of values a thread in flight */
+#define EA_FP 8		/* query heads whose logits a final thread prefetches */
+#define EA_GMAX 256	/* most query heads a KV head of the scores */
+#define EA_NK 1024	/* keys of a normalisation block */
+#define EA_NT 256	/* threads of a normalisation block */
+#define EA_TW 4		/* warps (16 keys each) of a tensor-core logits block */
+#define EA_TCW(DP) ((DP) == 64 ? 64 : 16)	/* columns of Sigma a chunk
+						   in shared memory */
+#define EA_SB 8		/* blocks a head of the covariance's split */
+#define EA_SL 8		/* entries a thread of the split (d <= 128) */
 #define EA_TH 1024	/* threads of the launches with a block a head */
 #define EA_KB 128	/* keys (threads) per block of the full logits */
 #define EA_JR 16	/* rows (mean, w_j or Sigma's) of a shared tile */
@@ -42,18 +55,40 @@
 #define EA_MK 32	/* queries of a tiled moments block's shared tile */
 #define EA_MQ 128	/* fewest queries a tiled moments block */
 #define EA_MW 3		/* tiled moments blocks a multiprocessor holds */
+#define EA_CB 4		/* blocks a head of the carried covariance */
+#define EA_CT 256	/* threads of a carry block */
+
+/* Floats of the logits and the normalisers' partials in the scratch. */
+static size_t
+ea_tc_at(int nseg, int g, int n)
+{
+	return (size_t)nseg * g * ((size_t)n + 2 * (((size_t)n + EA_NK - 1) /
+	    EA_NK));
+}
+
+/* x reduced to [-pi, pi] in double, as a float. */
+static __device__ __forceinline__ float
+ea_reduce(double x)
+{
+	return (float)fma(-rint(x * 0.15915494309189535), 6.283185307179586,
+	    x);
+}
 
 /* Mean of cos and sin of (n + j) f over j in [0, F): the Dirichlet
- * kernel of avg_rot in select.c. */
+ * kernel of avg_rot in select.c.  The angles are reduced in double and
+ * their sines taken in float (relative error about 1e-7, where the
+ * double functions' dependent chains held a block's other threads for
+ * microseconds). */
 static __device__ void
 ea_avg_rot(int n, int F, double f, double *c, double *s)
 {
-	double h = sin(f / 2), r, a;
+	float h = sinf((float)(f / 2)), r, sn, cs;
 
-	r = fabs(h) < 1e-12 ? 1.0 : sin(F * f / 2) / (F * h);
-	a = (n + (F - 1) / 2.0) * f;
-	*c = r * cos(a);
-	*s = r * sin(a);
+	r = fabsf(h) < 1e-12f ? 1.0f : sinf(ea_reduce(F * f / 2)) /
+	    ((float)F * h);
+	sincosf(ea_reduce((n + (F - 1) / 2.0) * f), &sn, &cs);
+	*c = (double)r * cs;
+	*s = (double)r * sn;
 }
 
 /*
@@ -470,12 +505,13 @@ ea_gram_k(const float *q, long long qhs, long long qps, int nq, int per,
 }
 
 /*
- * One block per query head: the mean and covariance of its nq queries
+ * Blocks (head, c), c < EA_CB: the mean (block 0) and every EA_CB-th
+ * 2 x 2 block of the covariance of the head's nq queries
  * from the sums ea_moments_k left in acc (the mean u0 + E[u - u0], the
  * covariance E[(u - u0)(u - u0)'] - (m - u0)(m - u0)', in double),
  * carried forward as ea_stats_k carries its own.
  */
-__global__ void __launch_bounds__(EA_TH)
+__global__ void __launch_bounds__(EA_CT)
 ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
     int d, int cov, float *mu, float *co)
 {
@@ -495,7 +531,7 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 		ea_avg_rot(n, F, pow((double)theta, -(double)(2 * i) / d),
 		    &C[i], &S[i]);
 	__syncthreads();
-	for (i = threadIdx.x; i < P; i += blockDim.x) {
+	for (i = threadIdx.x; i < P && blockIdx.y == 0; i += blockDim.x) {
 		double m0, m1;
 
 		a0 = halves ? i : 2 * i;
@@ -506,7 +542,8 @@ ea_carry_k(const double *acc, int nq, int n, int F, float theta, int halves,
 		mo[a1] = (float)(S[i] * m0 + C[i] * m1);
 	}
 	nb = cov == 2 || co == NULL ? 0 : cov == 1 ? P : P * P;
-	for (i = threadIdx.x; i < nb; i += blockDim.x) {
+	for (i = blockIdx.y * blockDim.x + threadIdx.x; i < nb;
+	    i += gridDim.y * blockDim.x) {
 		double s00, s01, s10, s11;
 
 		ea_pairs(i, P, cov, halves, &A, &B, &a0, &a1, &b0, &b1);
@@ -576,7 +613,7 @@ kvx_cuda_ea_moments(const float *d_q, long long qhs, long long qps, int h,
 	return launched();
 }
 
-/* One block a head carries the sums forward. */
+/* EA_CB blocks a head carry the sums forward. */
 extern "C" int
 kvx_cuda_ea_carry(const double *d_acc, int h, int nq, int n, int future,
     float theta, int halves, int d, int cov, float *d_mu, float *d_cov,
@@ -585,8 +622,8 @@ kvx_cuda_ea_carry(const double *d_acc, int h, int nq, int n, int future,
 	if (h < 1 || nq < 1 || d < 2 || d % 2 != 0 || d > 256 ||
 	    future < 1 || cov < 0 || cov > 2 || (d_cov == NULL && cov != 2))
 		return KVX_CUDA_EINVAL;
-	ea_carry_k<<<h, EA_TH, 0, stream>>>(d_acc, nq, n, future, theta,
-	    halves, d, cov, d_mu, d_cov);
+	ea_carry_k<<<dim3(h, EA_CB), EA_CT, 0, stream>>>(d_acc, nq, n, future,
+	    theta, halves, d, cov, d_mu, d_cov);
 	return launched();
 }
 
@@ -621,11 +658,16 @@ kvx_cuda_ea_stats(const float *d_q, long long qhs, long long qps, int h,
 	return launched();
 }
 
-/* Scratch bytes: nseg x g rows of n logits, then their max and sum. */
+/* Scratch bytes: nseg x g rows of n logits, then each row's partial
+ * maxima and sums, a pair per EA_NK keys; then, for the tensor cores,
+ * each head's scale and (16-byte aligned) its covariance's two halves. */
 extern "C" size_t
-kvx_cuda_ea_scratch(int nseg, int g, int n)
+kvx_cuda_ea_scratch(int nseg, int g, int n, int d)
 {
-	return sizeof(float) * (size_t)nseg * g * ((size_t)n + 2);
+	size_t h = (size_t)nseg * g;
+
+	return sizeof(float) * (ea_tc_at(nseg, g, n) + h) + 16 +
+	    sizeof(__half) * 2 * h * d * d;
 }
 
 /*
@@ -882,31 +924,228 @@ ea_sigma_k(const float *mu, const float *co, const T *k, int ldk, int n,
 	}
 }
 
-/* One block per (segment, head) row of logits: its max and sum of
- * exponentials over [s0, n), in one pass (each thread's sum rescaled as
- * its max grows), the loads unrolled so that several are in flight. */
-__global__ void __launch_bounds__(EA_TH)
-ea_norm_k(const float *lg, int n, int s0, float *ms)
+/*
+ * A full covariance for the tensor cores: head blockIdx.x's Sigma scaled
+ * by a power of two (hs[h], so that its largest entry is near 2^14, in
+ * half precision's range) and split into two halves, hi + lo, whose sum
+ * holds about 22 bits of each entry: K Sigma in fp16 products summed in
+ * float, from both, is as close as float products.  hi at hl + 2 h d^2,
+ * lo d^2 after it.  A covariance's largest entry is on its diagonal
+ * (|S_ij| <= sqrt(S_ii S_jj)), so the scale reads only that; EA_SB blocks
+ * a head split EA_SL entries a thread each, their loads in flight
+ * together.
+ */
+__global__ void __launch_bounds__(EA_NT)
+ea_split_k(const float *co, int d, __half *hl, float *hs)
 {
 	__shared__ float sh[32];
-	const float *row = lg + (size_t)blockIdx.x * n;
-	float mx = -INFINITY, l = 0.0f, x, M;
-	int t;
+	const float *c = co + (size_t)blockIdx.x * d * d;
+	__half *hi = hl + (size_t)blockIdx.x * 2 * d * d, *lo = hi + d * d;
+	float mx = 0.0f, sc, x[EA_SL];
+	int i, r, i0 = blockIdx.y * EA_NT + threadIdx.x;
 
-#pragma unroll 4
-	for (t = s0 + threadIdx.x; t < n; t += blockDim.x) {
-		x = row[t];
-		if (x > mx) {
-			l = l * expf(mx - x) + 1.0f;
-			mx = x;
-		} else
-			l += expf(x - mx);
+#pragma unroll
+	for (r = 0; r < EA_SL; r++) {
+		i = i0 + r * EA_SB * EA_NT;
+		x[r] = i < d * d ? c[i] : 0.0f;
 	}
+	for (i = threadIdx.x; i < d; i += blockDim.x)
+		mx = fmaxf(mx, fabsf(c[(size_t)i * d + i]));
+	mx = block_max(mx, sh);
+	sc = mx > 0.0f && isfinite(mx) ? exp2f(14.0f - ceilf(log2f(mx))) :
+	    1.0f;
+#pragma unroll
+	for (r = 0; r < EA_SL; r++) {
+		__half v;
+
+		i = i0 + r * EA_SB * EA_NT;
+		if (i >= d * d)
+			break;
+		v = __float2half_rn(x[r] * sc);
+		hi[i] = v;
+		lo[i] = __float2half_rn(x[r] * sc - __half2float(v));
+	}
+	if (blockIdx.y == 0 && threadIdx.x == 0)
+		hs[blockIdx.x] = sc;
+}
+
+/* Adds to *qd and *dm the dots of the 8 floats at y and at m with the 8
+ * halves at k (16-byte loads from shared memory). */
+static __device__ __forceinline__ void
+ea_tc_dot(const float *y, const float *m, const __half *k, float *qd,
+    float *dm)
+{
+	float4 y0 = *(const float4 *)y, y1 = *(const float4 *)(y + 4);
+	float4 m0 = *(const float4 *)m, m1 = *(const float4 *)(m + 4);
+	uint4 kr = *(const uint4 *)k;
+	const __half2 *k2 = (const __half2 *)&kr;
+	float2 a0 = __half22float2(k2[0]), a1 = __half22float2(k2[1]);
+	float2 a2 = __half22float2(k2[2]), a3 = __half22float2(k2[3]);
+
+	*qd += y0.x * a0.x + y0.y * a0.y + y0.z * a1.x + y0.w * a1.y +
+	    y1.x * a2.x + y1.y * a2.y + y1.z * a3.x + y1.w * a3.y;
+	*dm += m0.x * a0.x + m0.y * a0.y + m0.z * a1.x + m0.w * a1.y +
+	    m1.x * a2.x + m1.y * a2.y + m1.z * a3.x + m1.w * a3.y;
+}
+
+/*
+ * The logits with a full covariance on the tensor cores, for fp16 keys of
+ * d = DP = 64 or 128 elements: block (b, s, h) takes EA_TW x 16 keys of
+ * segment s from key b EA_TW 16, and query head h of its group.  Each
+ * warp stages its 16 keys in shared memory (zeros past n) and holds them
+ * as the products' left side; the block stages EA_TCW(DP) columns of
+ * Sigma at a time (hi and lo, from ea_split_k: all of them for d = 64),
+ * and each warp forms 16 of those columns of Y = K Sigma at a time with
+ * wmma (16 x 16 x 16, fp16 in, float sums), which two lanes a key dot
+ * with the key; the mean's dot goes along.  Twin: sel_ea_score's logits,
+ * as ea_sigma_k's.
+ */
+template <int DP>
+__global__ void __launch_bounds__(32 * EA_TW)
+ea_sigma_tc_k(const float *mu, const __half *hl, const float *hs,
+    const __half *k, int ldk, int n, int g, int d, float *lg)
+{
+	constexpr int CW = EA_TCW(DP);
+	__shared__ __align__(32) __half ks[EA_TW][16][DP + 16];
+	__shared__ __align__(32) __half ss[2][DP][CW + 16];
+	__shared__ __align__(32) float ys[EA_TW][16][24];
+	__shared__ __align__(16) float ms[DP];
+	nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half,
+	    nvcuda::wmma::row_major> a[DP / 16];
+	nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half,
+	    nvcuda::wmma::row_major> b;
+	nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16,
+	    float> y;
+	int w = threadIdx.x >> 5, lane = threadIdx.x & 31, s = blockIdx.y;
+	int h = s * g + blockIdx.z, t0 = (blockIdx.x * EA_TW + w) * 16;
+	int key = lane >> 1, half = lane & 1, c0, c1, kk, i, x;
+	const __half *kb = k + (size_t)s * d;
+	const __half *hi = hl + (size_t)h * 2 * d * d;
+	float qd = 0.0f, dm = 0.0f;
+
+	/* the warp's keys, 8 elements (16 bytes) a load */
+	for (x = lane; x < 16 * DP / 8; x += 32) {
+		int r = x / (DP / 8), c = x % (DP / 8) * 8;
+		uint4 v = make_uint4(0, 0, 0, 0);
+
+		if (t0 + r < n)
+			v = *(const uint4 *)(kb + (size_t)(t0 + r) * ldk + c);
+		*(uint4 *)&ks[w][r][c] = v;
+	}
+	for (i = threadIdx.x; i < DP; i += blockDim.x)
+		ms[i] = mu[(size_t)h * d + i];
+	__syncwarp();
+	/* the keys as the products' left side, once */
+#pragma unroll
+	for (kk = 0; kk < DP / 16; kk++)
+		nvcuda::wmma::load_matrix_sync(a[kk], &ks[w][0][16 * kk],
+		    DP + 16);
+	for (c0 = 0; c0 < DP; c0 += CW) {
+		__syncthreads();
+		/* columns c0.. of hi and lo, rows 0 .. DP - 1 */
+		for (x = threadIdx.x; x < 2 * DP * CW / 8; x += blockDim.x) {
+			int m = x / (DP * CW / 8), r = x / (CW / 8) % DP;
+			int c = x % (CW / 8) * 8;
+
+			*(uint4 *)&ss[m][r][c] = *(const uint4 *)(hi +
+			    (size_t)m * d * d + (size_t)r * d + c0 + c);
+		}
+		__syncthreads();
+		for (c1 = 0; c1 < CW; c1 += 16) {
+			nvcuda::wmma::fill_fragment(y, 0.0f);
+#pragma unroll
+			for (kk = 0; kk < DP / 16; kk++) {
+				nvcuda::wmma::load_matrix_sync(b,
+				    &ss[0][16 * kk][c1], CW + 16);
+				nvcuda::wmma::mma_sync(y, a[kk], b, y);
+				nvcuda::wmma::load_matrix_sync(b,
+				    &ss[1][16 * kk][c1], CW + 16);
+				nvcuda::wmma::mma_sync(y, a[kk], b, y);
+			}
+			nvcuda::wmma::store_matrix_sync(&ys[w][0][0], y, 24,
+			    nvcuda::wmma::mem_row_major);
+			__syncwarp();
+			ea_tc_dot(&ys[w][key][8 * half], &ms[c0 + c1 +
+			    8 * half], &ks[w][key][c0 + c1 + 8 * half], &qd,
+			    &dm);
+			__syncwarp();
+		}
+	}
+	qd += __shfl_xor_sync(0xffffffffu, qd, 1);
+	dm += __shfl_xor_sync(0xffffffffu, dm, 1);
+	if (half == 0 && t0 + key < n)
+		lg[(size_t)h * n + t0 + key] = dm * rsqrtf((float)d) +
+		    qd / hs[h] * (0.5f / (float)d);
+}
+
+/* Block (c, row) of the normalisation: the max and sum of exponentials of
+ * keys [c EA_NK, (c + 1) EA_NK) past s0 of a (segment, head) row of
+ * logits, EA_NK / EA_NT loads a thread in flight together, into the
+ * row's partials at ms + 2 (row nch + c); ea_final_k merges them. */
+__global__ void __launch_bounds__(EA_NT)
+ea_norm_k(const float *lg, int n, int s0, int nch, float *ms)
+{
+	__shared__ float sh[32];
+	const float *row = lg + (size_t)blockIdx.y * n;
+	float x[EA_NK / EA_NT], mx = -INFINITY, l = 0.0f, M;
+	int t0 = blockIdx.x * EA_NK + threadIdx.x, i, t;
+
+#pragma unroll
+	for (i = 0; i < EA_NK / EA_NT; i++) {
+		t = t0 + i * EA_NT;
+		x[i] = t >= s0 && t < n ? row[t] : -INFINITY;
+		mx = fmaxf(mx, x[i]);
+	}
+#pragma unroll
+	for (i = 0; i < EA_NK / EA_NT; i++)
+		l += x[i] == -INFINITY ? 0.0f : expf(x[i] - mx);
 	M = block_max(mx, sh);
 	l = block_sum(mx == -INFINITY ? 0.0f : l * expf(mx - M), sh);
 	if (threadIdx.x == 0) {
-		ms[2 * blockIdx.x] = M;
-		ms[2 * blockIdx.x + 1] = l;
+		i = blockIdx.y * nch + blockIdx.x;
+		ms[2 * i] = M;
+		ms[2 * i + 1] = l;
+	}
+}
+
+/* (M, l) merged with (m, e): the larger maximum, and the sums of
+ * exponentials rescaled to it. */
+static __device__ __forceinline__ void
+ea_merge(float *M, float *l, float m, float e)
+{
+	float n = fmaxf(*M, m);
+
+	if (n == -INFINITY)
+		return;
+	*l = (*M == -INFINITY ? 0.0f : *l * expf(*M - n)) +
+	    (m == -INFINITY ? 0.0f : e * expf(m - n));
+	*M = n;
+}
+
+/* Warp w of a block merges the partials of rows s g + w, s g + w + nw ..
+ * of segment s into the logarithm of each row's normaliser at lz[h], in
+ * one pass over the (max, sum) pairs. */
+static __device__ void
+ea_lognorm(const float *ms, int nch, int s, int g, float *lz)
+{
+	int lane = threadIdx.x & 31, h, c, o;
+	float M, l;
+
+	for (h = threadIdx.x >> 5; h < g; h += blockDim.x >> 5) {
+		const float *p = ms + 2 * (size_t)(s * g + h) * nch;
+
+		M = -INFINITY;
+		l = 0.0f;
+		for (c = lane; c < nch; c += 32)
+			ea_merge(&M, &l, p[2 * c], p[2 * c + 1]);
+		for (o = 16; o > 0; o >>= 1) {
+			float m = __shfl_xor_sync(0xffffffffu, M, o);
+			float e = __shfl_xor_sync(0xffffffffu, l, o);
+
+			ea_merge(&M, &l, m, e);
+		}
+		if (lane == 0)
+			lz[h] = M + logf(l);
 	}
 }
 
@@ -921,77 +1160,200 @@ ea_logaddexp(float a, float b)
 	return hi + log1pf(expf(lo - hi));
 }
 
+/* The sum of squares of the 16 bytes at p, as elements of type T. */
+static __device__ __forceinline__ float
+ea_sq16(const float *p)
+{
+	float4 u = __ldg((const float4 *)p);
+
+	return u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
+}
+
+static __device__ __forceinline__ float
+ea_sq16(const __half *p)
+{
+	uint4 u = __ldg((const uint4 *)p);
+	const __half2 *h = (const __half2 *)&u;
+	float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
+	float2 c = __half22float2(h[2]), e = __half22float2(h[3]);
+
+	return a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y + c.x * c.x +
+	    c.y * c.y + e.x * e.x + e.y * e.y;
+}
+
+static __device__ __forceinline__ float
+ea_sq16(const __nv_bfloat16 *p)
+{
+	uint4 u = __ldg((const uint4 *)p);
+	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+	float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+	float2 c = __bfloat1622float2(h[2]), e = __bfloat1622float2(h[3]);
+
+	return a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y + c.x * c.x +
+	    c.y * c.y + e.x * e.x + e.y * e.y;
+}
+
+/*
+ * The squared norms of the nk <= EA_T values of d elements at v, rows ldk
+ * apart, into vs[0 .. nk - 1], with 16-byte loads: a value's C = d /
+ * (16 / sizeof(T)) pieces (C a power of two up to 32, the rows 16-byte
+ * aligned) in C neighbouring lanes, EA_VL pieces a thread in flight
+ * together, summed across the C lanes by shuffles.
+ */
+template <typename T>
+static __device__ void
+ea_vnorms16(const T *v, int ldk, int nk, int d, float *vs)
+{
+	constexpr int EL = 16 / sizeof(T);
+	int C = d / EL, sh = __ffs(C) - 1, tot = EA_T * C, b, r, o;
+	float p[EA_VL];
+
+	for (b = 0; b < tot; b += EA_T * EA_VL) {
+#pragma unroll
+		for (r = 0; r < EA_VL; r++) {
+			int x = b + r * EA_T + threadIdx.x, key = x >> sh;
+
+			p[r] = x < tot && key < nk ? ea_sq16(v + (size_t)key *
+			    ldk + (size_t)(x & (C - 1)) * EL) : 0.0f;
+		}
+#pragma unroll
+		for (r = 0; r < EA_VL; r++) {
+			int x = b + r * EA_T + threadIdx.x;
+
+			for (o = 1; o < C; o <<= 1)
+				p[r] += __shfl_xor_sync(0xffffffffu, p[r], o);
+			if ((x & (C - 1)) == 0 && x < tot && (x >> sh) < nk)
+				vs[x >> sh] = p[r];
+		}
+	}
+}
+
 /*
  * The squared norms of nk <= 32 rows of d elements at v, ldk apart, row
- * i's into lane i: the whole warp reads each row (32 rows' loads in
- * flight together, consecutive lanes on consecutive elements), then the
- * lanes' 32 partial sums are reduced and scattered in 31 shuffles, each
- * step keeping the half of the rows whose index has the lane's bit.
+ * i's into lane i, for rows that ea_vnorms16 cannot read: the warp takes
+ * the rows in turn, consecutive lanes on consecutive elements.
  */
 template <typename T>
 static __device__ float
 ea_sqnorms(const T *v, int ldk, int nk, int d)
 {
-	float p[32], x, y;
 	int lane = threadIdx.x & 31, j, c, o;
+	float p, x, mine = 0.0f;
 
-#pragma unroll
-	for (j = 0; j < 32; j++)
-		p[j] = 0.0f;
-	for (c = lane; c - lane < d; c += 32) {
-#pragma unroll
-		for (j = 0; j < 32; j++) {
-			x = j < nk && c < d ? ld(v + (size_t)j * ldk + c) :
-			    0.0f;
-			p[j] += x * x;
+	for (j = 0; j < nk; j++) {
+		p = 0.0f;
+		for (c = lane; c < d; c += 32) {
+			x = ld(v + (size_t)j * ldk + c);
+			p += x * x;
 		}
+		for (o = 16; o > 0; o >>= 1)
+			p += __shfl_xor_sync(0xffffffffu, p, o);
+		if (lane == j)
+			mine = p;
 	}
-#pragma unroll
-	for (o = 16; o > 0; o >>= 1)
-#pragma unroll
-		for (j = 0; j < o; j++) {
-			x = lane & o ? p[j] : p[j + o];
-			y = lane & o ? p[j + o] : p[j];
-			p[j] = y + __shfl_xor_sync(0xffffffffu, x, o);
-		}
-	return p[0];
+	return mine;
 }
 
-/* Thread per key t < nc of segment blockIdx.y: the logarithms of the
- * group's weights reduced, plus that of the value's norm (sel_ea_score:
- * logarithms, so that far keys keep their order instead of underflowing
- * to ties), the norms a warp's 32 values at a time. */
-template <typename T>
-__global__ void
-ea_final_k(const float *lg, const float *ms, const T *v, int ldk, int n,
-    int nc, int s0, int g, int d, int vnorm, int gqa, float *score,
+/*
+ * Block per EA_T keys of segment blockIdx.y, a thread per key t < nc:
+ * the logarithms of the group's weights reduced, plus that of the
+ * value's norm (sel_ea_score: logarithms, so that far keys keep their
+ * order instead of underflowing to ties).  The block first merges its g
+ * rows' normalisers from ea_norm_k's nch partials and takes its values'
+ * squared norms (V16: with 16-byte loads, else a warp's 32 at a time).
+ */
+template <typename T, bool V16>
+__global__ void __launch_bounds__(EA_T)
+ea_final_k(const float *lg, const float *ms, int nch, const T *v, int ldk,
+    int n, int nc, int s0, int g, int d, int vnorm, int gqa, float *score,
     long long sstride)
 {
-	int t = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y, h;
-	int tb = t - (threadIdx.x & 31);
-	float acc = 0.0f, p, vn = 0.0f;
+	__shared__ float lz[EA_GMAX], vs[EA_T];
+	int t0 = blockIdx.x * EA_T, t = t0 + threadIdx.x, s = blockIdx.y, h;
+	int nk = nc - t0 < EA_T ? nc - t0 : EA_T;
+	float acc = 0.0f, p, lv[EA_FP];
 
-	if (vnorm && tb < nc)
-		vn = ea_sqnorms(v + (size_t)tb * ldk + (size_t)s * d, ldk,
-		    nc - tb < 32 ? nc - tb : 32, d);
+	if (vnorm) {
+		const T *vb = v + (size_t)t0 * ldk + (size_t)s * d;
+
+		if constexpr (V16)
+			ea_vnorms16(vb, ldk, nk, d, vs);
+		else {
+			int tb = threadIdx.x & ~31;
+			float vn = tb < nk ? ea_sqnorms(vb + (size_t)tb * ldk,
+			    ldk, nk - tb < 32 ? nk - tb : 32, d) : 0.0f;
+
+			vs[threadIdx.x] = vn;
+		}
+	}
+	ea_lognorm(ms, nch, s, g, lz);
+	/* the first EA_FP heads' logits in flight together */
+#pragma unroll
+	for (h = 0; h < EA_FP; h++)
+		lv[h] = h < g && t < nc ? lg[(size_t)(s * g + h) * n + t] :
+		    0.0f;
+	__syncthreads();
 	if (t >= nc)
 		return;
 	for (h = 0; h < g; h++) {
-		int row = s * g + h;
-
-		p = t < s0 ? -INFINITY : lg[(size_t)row * n + t] -
-		    (ms[2 * row] + logf(ms[2 * row + 1]));
+		p = t < s0 ? -INFINITY : (h < EA_FP ? lv[h < EA_FP ? h : 0] :
+		    lg[(size_t)(s * g + h) * n + t]) - lz[h];
 		acc = h == 0 ? p : gqa == 1 ? fmaxf(acc, p) :
 		    ea_logaddexp(acc, p);
 	}
 	if (gqa != 1 && g > 1)
 		acc -= logf((float)g);
 	if (vnorm)
-		acc += 0.5f * logf(vn);
+		acc += 0.5f * logf(vs[threadIdx.x]);
 	score[(size_t)s * sstride + t] = acc;
 }
 
-/* The three launches for one element type. */
+/*
+ * The tensor-core logits where they apply (fp16 keys of 64 or 128
+ * elements, rows 16-byte aligned): 0 when launched, 1 when they do not
+ * apply, else the launch's error.
+ */
+static int
+ea_sigma_tc(const float *, const float *, const float *, int, int, int,
+    int, int, void *, cudaStream_t)
+{
+	return 1;
+}
+
+static int
+ea_sigma_tc(const float *, const float *, const __nv_bfloat16 *, int, int,
+    int, int, int, void *, cudaStream_t)
+{
+	return 1;
+}
+
+static int
+ea_sigma_tc(const float *mu, const float *co, const __half *k, int ldk,
+    int nseg, int n, int g, int d, void *scr, cudaStream_t stream)
+{
+	float *lg = (float *)scr, *hs = lg + ea_tc_at(nseg, g, n);
+	__half *hl = (__half *)(((uintptr_t)(hs + nseg * g) + 15) &
+	    ~(uintptr_t)15);
+	dim3 grid((n + 16 * EA_TW - 1) / (16 * EA_TW), nseg, g);
+	int rc;
+
+	if ((d != 64 && d != 128) || (uintptr_t)k % 16 != 0 || ldk % 8 != 0)
+		return 1;
+	ea_split_k<<<dim3(nseg * g, EA_SB), EA_NT, 0, stream>>>(co, d, hl,
+	    hs);
+	if ((rc = launched()) != 0)
+		return rc;
+	if (d == 64)
+		ea_sigma_tc_k<64><<<grid, 32 * EA_TW, 0, stream>>>(mu, hl, hs,
+		    k, ldk, n, g, d, lg);
+	else
+		ea_sigma_tc_k<128><<<grid, 32 * EA_TW, 0, stream>>>(mu, hl,
+		    hs, k, ldk, n, g, d, lg);
+	return launched();
+}
+
+/* The three launches for one element type (logits, normalisers'
+ * partials, scores). */
 template <typename T>
 static int
 ea_score_t(const float *mu, const float *co, int cov, const float *w,
@@ -1000,11 +1362,19 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
     long long sstride, cudaStream_t stream)
 {
 	float *ms = scr + (size_t)nseg * g * n;
-	int rc;
+	int nch = (n + EA_NK - 1) / EA_NK, rc;
+	size_t rb = (size_t)d * sizeof(T), pc = rb / 16;
+	/* the values' rows in 16-byte pieces, a power of two of them */
+	bool v16 = rb % 16 == 0 && pc <= 32 && (pc & (pc - 1)) == 0 &&
+	    (uintptr_t)v % 16 == 0 && (size_t)ldk * sizeof(T) % 16 == 0;
 
 	dim3 rg((n + EA_KB - 1) / EA_KB, nseg);
 
-	if (cov == 0 && w == NULL && d <= 64)
+	if (cov == 0 && w == NULL && (rc = ea_sigma_tc(mu, co, k, ldk, nseg, n,
+	    g, d, scr, stream)) != 1) {
+		if (rc != 0)
+			return rc;
+	} else if (cov == 0 && w == NULL && d <= 64)
 		ea_sigma_k<T, 64><<<dim3((n + EA_RB(64) - 1) / EA_RB(64), nseg,
 		    g), EA_RT, 0, stream>>>(mu, co, k, ldk, n, g, d, scr);
 	else if (cov == 0 && w == NULL && d <= 128)
@@ -1030,12 +1400,18 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
 		    scr);
 	if ((rc = launched()) != 0)
 		return rc;
-	ea_norm_k<<<nseg * g, EA_TH, 0, stream>>>(scr, n, s0, ms);
+	ea_norm_k<<<dim3(nch, nseg * g), EA_NT, 0, stream>>>(scr, n, s0, nch,
+	    ms);
 	if ((rc = launched()) != 0)
 		return rc;
-	ea_final_k<T><<<dim3((nc + EA_T - 1) / EA_T, nseg), EA_T, 0,
-	    stream>>>(scr, ms, v, ldk, n, nc, s0, g, d, vnorm, gqa, score,
-	    sstride);
+	if (v16)
+		ea_final_k<T, true><<<dim3((nc + EA_T - 1) / EA_T, nseg), EA_T,
+		    0, stream>>>(scr, ms, nch, v, ldk, n, nc, s0, g, d, vnorm,
+		    gqa, score, sstride);
+	else
+		ea_final_k<T, false><<<dim3((nc + EA_T - 1) / EA_T, nseg),
+		    EA_T, 0, stream>>>(scr, ms, nch, v, ldk, n, nc, s0, g, d,
+		    vnorm, gqa, score, sstride);
 	return launched();
 }
 
@@ -1049,7 +1425,7 @@ kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
 	float *scr = (float *)d_scratch;
 
 	if (nseg < 1 || n < 1 || nc < 1 || nc > n || s0 < 0 || s0 >= n ||
-	    g < 1 || d < 1 || d > 32 * EA_KMAX || cov < 0 || cov > 2 ||
+	    g < 1 || g > EA_GMAX || d < 1 || d > 32 * EA_KMAX || cov < 0 || cov > 2 ||
 	    (d_w != NULL && cov == 0 && nq < 1) ||
 	    (d_cov == NULL && cov != 2 && !(cov == 0 && d_w != NULL)))
 		return KVX_CUDA_EINVAL;

@@ -126,16 +126,16 @@ int	 kvx_cuda_ea_carry(const double *d_acc, int h, int nq, int n,
 	    int future, float theta, int halves, int d, int cov, float *d_mu,
 	    float *d_cov, cudaStream_t stream);
 /* Scratch bytes of kvx_cuda_ea_score. */
-size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n);
+size_t	 kvx_cuda_ea_scratch(int nseg, int g, int n, int d);
 /*
  * Twin of sel_ea_score for nseg segments of n keys each: segment s's key
  * and value rows at d_k + s*d and d_v + s*d elements, rows ld apart (type
  * dtype), and its g query heads' statistics as kvx_cuda_ea_stats wrote
  * them for heads s*g .. s*g + g - 1.  Writes the nc scores of segment s
- * at d_score + s*sstride.  d <= 256.  With cov 0 and d_w not NULL, the
- * quadratic form k' Sigma k is taken as the mean of (w_j . k)^2 over the
- * nq vectors that kvx_cuda_ea_stats left at d_w (d_cov unused): nq d
- * products a key and query head instead of d^2.
+ * at d_score + s*sstride.  d <= 256, g <= 256.  With cov 0 and d_w not
+ * NULL, the quadratic form k' Sigma k is taken as the mean of (w_j . k)^2
+ * over the nq vectors that kvx_cuda_ea_stats left at d_w (d_cov unused):
+ * nq d products a key and query head instead of d^2.
  */
 int	 kvx_cuda_ea_score(const float *d_mu, const float *d_cov, int cov,
 	    const float *d_w, int nq, const void *d_k, const void *d_v,

@@ -10,6 +10,7 @@
 #include "device.cuh"
 
 #define SEL_T 1024
+#define SEL_KR 8	/* keys a thread of select_k holds in registers */
 
 /* Exclusive block-wide prefix sum; *total receives the block's sum. */
 static __device__ int
@@ -174,8 +175,81 @@ block_kth(const uint32_t *keys, const float *a, int n, int k, int *hist,
 }
 
 /*
+ * block_kth with the keys in registers: thread i holds keys i, i + SEL_T,
+ * .. (SEL_KR of them, n <= SEL_T SEL_KR), read once for the four passes.
+ */
+static __device__ uint32_t
+block_kth_reg(const uint32_t *kr, int n, int k, int *hist, int *need_s,
+    int *gt_s, uint32_t *pre_s)
+{
+	uint32_t prefix = 0, mask = 0;
+	int shift, t, r;
+
+	if (threadIdx.x == 0) {
+		*need_s = k;
+		*gt_s = 0;
+	}
+	for (shift = 24; shift >= 0; shift -= 8) {
+		int run = -1, cnt = 0;
+
+		for (t = threadIdx.x; t < 256; t += blockDim.x)
+			hist[t] = 0;
+		__syncthreads();
+#pragma unroll
+		for (r = 0; r < SEL_KR; r++)
+			if (threadIdx.x + r * SEL_T < n &&
+			    (kr[r] & mask) == prefix)
+				hs_add(hist, (int)(kr[r] >> shift & 255), &run,
+				    &cnt);
+		hs_flush(hist, &run, &cnt);
+		__syncthreads();
+		if (threadIdx.x < 32)
+			select_digit(hist, shift, need_s, gt_s, pre_s, prefix);
+		__syncthreads();
+		prefix = *pre_s;
+		mask |= 255u << shift;
+	}
+	return prefix;
+}
+
+/*
+ * The ordered compaction of select_k: of the n keys of a[], every one
+ * above the threshold key and the first ties ones equal to it, their
+ * indices (plus base) in increasing order to out.  Each thread takes a
+ * run of consecutive keys (its loads in flight together), so that two
+ * block-wide scans place all of them: the ties before a run decide how
+ * many of its own it takes, and the taken before it where it writes.
+ */
+static __device__ void
+select_take(const float *a, int n, int k, int ties, uint32_t thr, int *sh,
+    int *out, int base)
+{
+	int per = (n + blockDim.x - 1) / blockDim.x, i0 = threadIdx.x * per;
+	int i1 = min(n, i0 + per), eq = 0, gt = 0, eqb, te, pos, tot, i;
+
+#pragma unroll 8
+	for (i = i0; i < i1; i++) {
+		uint32_t key = fkey(a[i]);
+
+		gt += key > thr;
+		eq += key == thr;
+	}
+	eqb = block_scan(eq, sh, &tot);
+	/* this run's ties: those left after the runs before it */
+	te = min(eq, max(0, ties - eqb));
+	pos = block_scan(gt + te, sh, &tot);
+	for (i = i0; i < i1 && pos < k; i++) {
+		uint32_t key = fkey(a[i]);
+
+		if (key > thr || (key == thr && te-- > 0))
+			out[pos++] = base + i;
+	}
+}
+
+/*
  * One block per segment: radix select of the threshold key over 8-bit
- * digits, then an ordered compaction that takes every key above the
+ * digits (the keys read once into registers where they fit, else at each
+ * pass), then an ordered compaction that takes every key above the
  * threshold and the lowest-indexed ties, as sel_select does.
  */
 static __global__ void __launch_bounds__(SEL_T)
@@ -186,7 +260,7 @@ select_k(const float *pooled, const long long *soff, const int *nrow,
 	__shared__ int hist[256], sh[32];
 	__shared__ uint32_t prefix_s;
 	__shared__ int need_s, gt_s;
-	int s = blockIdx.x, n = nrow[s], wv, sv, kp, kc, nc, t, base;
+	int s = blockIdx.x, n = nrow[s], wv, sv, kp, kc, nc, t;
 	int *out = idx + ioff[s];
 	const float *a;
 	uint32_t prefix;
@@ -216,30 +290,20 @@ select_k(const float *pooled, const long long *soff, const int *nrow,
 			out[sv + t] = sv + t;
 		return;
 	}
-	prefix = block_kth(NULL, a, nc, kc, hist, &need_s, &gt_s, &prefix_s);
-	{
-		int ties = kc - gt_s, eq_before = 0, taken_before = 0, tot;
+	if (nc <= SEL_T * SEL_KR) {
+		uint32_t kr[SEL_KR];
+		int r;
 
-		for (base = 0; base < nc; base += blockDim.x) {
-			int i = base + threadIdx.x, eq = 0, gt = 0, er, tk, pos;
-
-			if (i < nc) {
-				uint32_t key = fkey(a[i]);
-
-				gt = key > prefix;
-				eq = key == prefix;
-			}
-			er = block_scan(eq, sh, &tot);
-			tk = gt || (eq && eq_before + er < ties);
-			eq_before += tot;
-			pos = block_scan(tk, sh, &tot);
-			if (tk)
-				out[sv + taken_before + pos] = sv + i;
-			taken_before += tot;
-			if (taken_before >= kc)
-				break;
-		}
-	}
+#pragma unroll
+		for (r = 0; r < SEL_KR; r++)
+			kr[r] = threadIdx.x + r * SEL_T < nc ?
+			    fkey(a[threadIdx.x + r * SEL_T]) : 0;
+		prefix = block_kth_reg(kr, nc, kc, hist, &need_s, &gt_s,
+		    &prefix_s);
+	} else
+		prefix = block_kth(NULL, a, nc, kc, hist, &need_s, &gt_s,
+		    &prefix_s);
+	select_take(a, nc, kc, kc - gt_s, prefix, sh, out + sv, sv);
 }
 
 /* Launches select_k, a block a segment. */

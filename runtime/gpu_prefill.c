@@ -69,8 +69,8 @@ ea_floats(const gpu_ctx *g, int n, size_t *cov_at, size_t *u_at,
 	*u_at = *cov_at + H * cs;
 	*lg_at = *u_at + (kvx_cuda_ea_stats_scratch((int)H, (int)nq,
 	    (int)D) + sizeof(float) - 1) / sizeof(float);
-	return *lg_at + kvx_cuda_ea_scratch(g->Hkv, g->H / g->Hkv, n) /
-	    sizeof(float);
+	return *lg_at + kvx_cuda_ea_scratch(g->Hkv, g->H / g->Hkv, n,
+	    g->D) / sizeof(float);
 }
 
 /* Prefill buffers for n prompt tokens. */

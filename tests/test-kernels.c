@@ -128,7 +128,8 @@ static void
 test_score_select(int rep)
 {
 	/* rep 13: 8 query heads of d = 128, over 48 KB of shared memory;
-	   reps 1 and 16: the largest window a plan may have */
+	   reps 1 and 16: the largest window a plan may have; rep 11:
+	   segments past the 8192 keys that top-k holds in registers */
 	int nseg = tap_irand(1, 6), g = rep == 13 ? 8 : tap_irand(1, 4);
 	int w = rep == 13 ? 64 : rep == 1 || rep == 16 ? KVX_WINDOW_MAX :
 	    tap_irand(1, 40);
@@ -153,7 +154,8 @@ test_score_select(int rep)
 
 	sinks = tap_irand(0, 5);
 	for (s = 0; s < nseg; s++) {
-		n[s] = w + tap_irand(1, rep < 6 ? 40 : 3000);
+		n[s] = w + tap_irand(1, rep < 6 ? 40 : 3000) + (rep == 11 ?
+		    tap_irand(6000, 12000) : 0);
 		koff[s] = tk;
 		soff[s] = ts;
 		ioff[s] = ti;
@@ -1147,7 +1149,7 @@ test_ea(int rep)
 	dv = dev(vh, (size_t)esz * tk);
 	dsc = poisoned(sizeof(float) * nseg * nc);
 	kvx_cuda_free(dscr);
-	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n));
+	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n, d));
 	check(kvx_cuda_ea_score(dmuc, dcvc, cov, NULL, 0, dk, dv, dtype, nseg,
 	    n, nc, s0, g, d, nseg * d, vnorm, gqa, dscr, dsc, nc, NULL),
 	    "ea_score");
@@ -1358,7 +1360,7 @@ test_ea_all(int rep)
 	dk = dev(kh, (size_t)esz * n * nseg * d);
 	dv = dev(vh, (size_t)esz * n * nseg * d);
 	dsc = poisoned(sizeof(float) * nseg * nc);
-	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n));
+	dscr = poisoned(kvx_cuda_ea_scratch(nseg, g, n, d));
 	check(kvx_cuda_ea_score(dmu, dcv, PLAN_COV_FULL, NULL, 0, dk, dv,
 	    dtype, nseg, n, nc, s0, g, d, nseg * d, ea.vnorm, rep & 1, dscr,
 	    dsc, nc, NULL), "ea_score");
