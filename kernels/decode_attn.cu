@@ -60,35 +60,6 @@ launch_early(void (*fn)(P...), dim3 grid, int threads, size_t smem,
  * stays a normal number down to p = 2^-12 */
 #define AT_PSCALE 4096.0f
 
-/* Eight elements of a 16-byte K/V chunk as floats. */
-static __device__ __forceinline__ void
-unpack8(uint4 u, float *f, const __half *)
-{
-	const __half2 *h = (const __half2 *)&u;
-	int i;
-
-	for (i = 0; i < 4; i++) {
-		float2 x = __half22float2(h[i]);
-
-		f[2 * i] = x.x;
-		f[2 * i + 1] = x.y;
-	}
-}
-
-static __device__ __forceinline__ void
-unpack8(uint4 u, float *f, const __nv_bfloat16 *)
-{
-	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-	int i;
-
-	for (i = 0; i < 4; i++) {
-		float2 x = __bfloat1622float2(h[i]);
-
-		f[2 * i] = x.x;
-		f[2 * i + 1] = x.y;
-	}
-}
-
 /*
  * One lane's share of TR rows: scores of its 8 elements against the G
  * queries, summed over the LPR lanes of the row, then the online-softmax

@@ -44,6 +44,35 @@ ld(const __nv_bfloat16 *p)
 	return __bfloat162float(*p);
 }
 
+/* Eight elements of a 16-byte chunk of fp16 or bf16 as floats. */
+static __device__ __forceinline__ void
+unpack8(uint4 u, float *f, const __half *)
+{
+	const __half2 *h = (const __half2 *)&u;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		float2 x = __half22float2(h[i]);
+
+		f[2 * i] = x.x;
+		f[2 * i + 1] = x.y;
+	}
+}
+
+static __device__ __forceinline__ void
+unpack8(uint4 u, float *f, const __nv_bfloat16 *)
+{
+	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+	int i;
+
+	for (i = 0; i < 4; i++) {
+		float2 x = __bfloat1622float2(h[i]);
+
+		f[2 * i] = x.x;
+		f[2 * i + 1] = x.y;
+	}
+}
+
 /* Block-wide max and sum (blockDim.x a multiple of 32, <= 1024). */
 static __device__ __forceinline__ float
 block_max(float v, float *sh)

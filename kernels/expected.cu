@@ -977,15 +977,13 @@ ea_tc_dot(const float *y, const float *m, const __half *k, float *qd,
 {
 	float4 y0 = *(const float4 *)y, y1 = *(const float4 *)(y + 4);
 	float4 m0 = *(const float4 *)m, m1 = *(const float4 *)(m + 4);
-	uint4 kr = *(const uint4 *)k;
-	const __half2 *k2 = (const __half2 *)&kr;
-	float2 a0 = __half22float2(k2[0]), a1 = __half22float2(k2[1]);
-	float2 a2 = __half22float2(k2[2]), a3 = __half22float2(k2[3]);
+	float a[8];
 
-	*qd += y0.x * a0.x + y0.y * a0.y + y0.z * a1.x + y0.w * a1.y +
-	    y1.x * a2.x + y1.y * a2.y + y1.z * a3.x + y1.w * a3.y;
-	*dm += m0.x * a0.x + m0.y * a0.y + m0.z * a1.x + m0.w * a1.y +
-	    m1.x * a2.x + m1.y * a2.y + m1.z * a3.x + m1.w * a3.y;
+	unpack8(*(const uint4 *)k, a, k);
+	*qd += y0.x * a[0] + y0.y * a[1] + y0.z * a[2] + y0.w * a[3] +
+	    y1.x * a[4] + y1.y * a[5] + y1.z * a[6] + y1.w * a[7];
+	*dm += m0.x * a[0] + m0.y * a[1] + m0.z * a[2] + m0.w * a[3] +
+	    m1.x * a[4] + m1.y * a[5] + m1.z * a[6] + m1.w * a[7];
 }
 
 /*
@@ -1169,28 +1167,18 @@ ea_sq16(const float *p)
 	return u.x * u.x + u.y * u.y + u.z * u.z + u.w * u.w;
 }
 
+template <typename T>
 static __device__ __forceinline__ float
-ea_sq16(const __half *p)
+ea_sq16(const T *p)
 {
-	uint4 u = __ldg((const uint4 *)p);
-	const __half2 *h = (const __half2 *)&u;
-	float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
-	float2 c = __half22float2(h[2]), e = __half22float2(h[3]);
+	float f[8], s = 0.0f;
+	int i;
 
-	return a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y + c.x * c.x +
-	    c.y * c.y + e.x * e.x + e.y * e.y;
-}
-
-static __device__ __forceinline__ float
-ea_sq16(const __nv_bfloat16 *p)
-{
-	uint4 u = __ldg((const uint4 *)p);
-	const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-	float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-	float2 c = __bfloat1622float2(h[2]), e = __bfloat1622float2(h[3]);
-
-	return a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y + c.x * c.x +
-	    c.y * c.y + e.x * e.x + e.y * e.y;
+	unpack8(__ldg((const uint4 *)p), f, p);
+#pragma unroll
+	for (i = 0; i < 8; i++)
+		s += f[i] * f[i];
+	return s;
 }
 
 /*
@@ -1313,16 +1301,10 @@ ea_final_k(const float *lg, const float *ms, int nch, const T *v, int ldk,
  * elements, rows 16-byte aligned): 0 when launched, 1 when they do not
  * apply, else the launch's error.
  */
+template <typename T>
 static int
-ea_sigma_tc(const float *, const float *, const float *, int, int, int,
-    int, int, void *, cudaStream_t)
-{
-	return 1;
-}
-
-static int
-ea_sigma_tc(const float *, const float *, const __nv_bfloat16 *, int, int,
-    int, int, int, void *, cudaStream_t)
+ea_sigma_tc(const float *, const float *, const T *, int, int, int, int,
+    int, void *, cudaStream_t)
 {
 	return 1;
 }

@@ -132,15 +132,17 @@ hs_flush(int *hist, int *run, int *cnt)
 }
 
 /*
- * The whole block: the k-th largest (1 <= k <= n) of n keys, keys[] when
- * set, else the keys of the scores a[]; four passes of 8-bit digits, most
- * significant first, as radix_kth in runtime/select.c.  Returns it, with
- * *gt_s the number of keys above it; hist keeps the last digit's counts,
- * so hist[key & 255] is the number equal to it.
+ * The whole block: the k-th largest of the keys that count(mask, prefix,
+ * shift, run, cnt) passes to hs_add (each thread its own), in four passes
+ * of 8-bit digits, most significant first, as radix_kth in
+ * runtime/select.c.  Returns it, with *gt_s the number of keys above it;
+ * hist keeps the last digit's counts, so hist[key & 255] is the number
+ * equal to it.
  */
+template <typename C>
 static __device__ uint32_t
-block_kth(const uint32_t *keys, const float *a, int n, int k, int *hist,
-    int *need_s, int *gt_s, uint32_t *pre_s)
+block_kth_of(C count, int k, int *hist, int *need_s, int *gt_s,
+    uint32_t *pre_s)
 {
 	uint32_t prefix = 0, mask = 0;
 	int shift, t;
@@ -155,14 +157,7 @@ block_kth(const uint32_t *keys, const float *a, int n, int k, int *hist,
 		for (t = threadIdx.x; t < 256; t += blockDim.x)
 			hist[t] = 0;
 		__syncthreads();
-#pragma unroll 4
-		for (t = threadIdx.x; t < n; t += blockDim.x) {
-			uint32_t key = keys ? keys[t] : fkey(a[t]);
-
-			if ((key & mask) == prefix)
-				hs_add(hist, (int)(key >> shift & 255), &run,
-				    &cnt);
-		}
+		count(mask, prefix, shift, &run, &cnt);
 		hs_flush(hist, &run, &cnt);
 		__syncthreads();
 		if (threadIdx.x < 32)
@@ -174,42 +169,45 @@ block_kth(const uint32_t *keys, const float *a, int n, int k, int *hist,
 	return prefix;
 }
 
-/*
- * block_kth with the keys in registers: thread i holds keys i, i + SEL_T,
- * .. (SEL_KR of them, n <= SEL_T SEL_KR), read once for the four passes.
- */
+/* The k-th largest (1 <= k <= n) of n keys, keys[] when set, else the
+ * keys of the scores a[], read at each pass. */
+static __device__ uint32_t
+block_kth(const uint32_t *keys, const float *a, int n, int k, int *hist,
+    int *need_s, int *gt_s, uint32_t *pre_s)
+{
+	return block_kth_of([=] (uint32_t mask, uint32_t prefix, int shift,
+	    int *run, int *cnt) {
+		int t;
+
+#pragma unroll 4
+		for (t = threadIdx.x; t < n; t += blockDim.x) {
+			uint32_t key = keys ? keys[t] : fkey(a[t]);
+
+			if ((key & mask) == prefix)
+				hs_add(hist, (int)(key >> shift & 255), run,
+				    cnt);
+		}
+	}, k, hist, need_s, gt_s, pre_s);
+}
+
+/* The same with the keys in registers: thread i holds keys i, i + SEL_T,
+ * .. (SEL_KR of them, n <= SEL_T SEL_KR), read once for the four
+ * passes. */
 static __device__ uint32_t
 block_kth_reg(const uint32_t *kr, int n, int k, int *hist, int *need_s,
     int *gt_s, uint32_t *pre_s)
 {
-	uint32_t prefix = 0, mask = 0;
-	int shift, t, r;
+	return block_kth_of([=] (uint32_t mask, uint32_t prefix, int shift,
+	    int *run, int *cnt) {
+		int r;
 
-	if (threadIdx.x == 0) {
-		*need_s = k;
-		*gt_s = 0;
-	}
-	for (shift = 24; shift >= 0; shift -= 8) {
-		int run = -1, cnt = 0;
-
-		for (t = threadIdx.x; t < 256; t += blockDim.x)
-			hist[t] = 0;
-		__syncthreads();
 #pragma unroll
 		for (r = 0; r < SEL_KR; r++)
 			if (threadIdx.x + r * SEL_T < n &&
 			    (kr[r] & mask) == prefix)
-				hs_add(hist, (int)(kr[r] >> shift & 255), &run,
-				    &cnt);
-		hs_flush(hist, &run, &cnt);
-		__syncthreads();
-		if (threadIdx.x < 32)
-			select_digit(hist, shift, need_s, gt_s, pre_s, prefix);
-		__syncthreads();
-		prefix = *pre_s;
-		mask |= 255u << shift;
-	}
-	return prefix;
+				hs_add(hist, (int)(kr[r] >> shift & 255), run,
+				    cnt);
+	}, k, hist, need_s, gt_s, pre_s);
 }
 
 /*
