@@ -212,8 +212,8 @@ block_kth_reg(const uint32_t *kr, int n, int k, int *hist, int *need_s,
 
 /*
  * The ordered compaction of select_k: of the n keys of a[], every one
- * above the threshold key and the first ties ones equal to it, their
- * indices (plus base) in increasing order to out.  Each thread takes a
+ * above the threshold key thr and the first `ties' of those equal to it,
+ * their indices (plus base) in increasing order to out.  Each thread takes a
  * run of consecutive keys (its loads in flight together), so that two
  * block-wide scans place all of them: the ties before a run decide how
  * many of its own it takes, and the taken before it where it writes.
