@@ -65,6 +65,7 @@ typedef struct alloc_report {
 } alloc_report;
 
 void		 alloc_opts_init(alloc_opts *);
+double		 alloc_retrieval_weight(double);
 /* Name of a method, and back (-1 when unknown). */
 const char	*alloc_method_name(int);
 int		 alloc_method_parse(const char *);

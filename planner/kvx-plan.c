@@ -258,7 +258,8 @@ static const struct opt options[] = {
 	    .hi = 1e6, .dst = OFF(ao.retrieval_weight), .flags = OPT_GIVEN,
 	    .given = OFF(set_rweight),
 	    .help = "maximise prose + W x retrieval retention;\n"
-	    "default 1, 0 with --retrieval-floor" },
+	    "default 1 from 15% kept, 0.3 below, 0 with\n"
+	    "--retrieval-floor" },
 	{ .name = "grid", .kind = OPT_INT, .arg = "N", .lo = 2,
 	    .hi = PROFILE_MAX_GRID, .dst = OFF(po.grid),
 	    .help = "levels of the retention curves; default 256" },
@@ -487,9 +488,12 @@ parse_args(struct cli *c, int argc, char **argv)
 			    c->ao.ref_context);
 		c->ao.budget = c->budget_tokens / (double)c->ao.ref_context;
 	}
-	/* a floor alone maximises prose under it */
+	/* a floor alone maximises prose under it; else the weight
+	 * follows the share */
 	if (c->ao.retrieval_floor >= 0 && !c->set_rweight)
 		c->ao.retrieval_weight = 0;
+	else if (!c->set_rweight)
+		c->ao.retrieval_weight = alloc_retrieval_weight(c->ao.budget);
 	if ((c->ao.retrieval_floor >= 0 || c->set_rweight) &&
 	    c->method != ALLOC_KVX && c->method != ALLOC_LAYER)
 		return die(EX_BADUSE, "--retrieval-floor and --retrieval-weight "

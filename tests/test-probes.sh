@@ -34,7 +34,7 @@ if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..23"
+echo "1..24"
 M="-m $KVX_MODEL"
 
 # --- the profile ------------------------------------------------------------
@@ -117,7 +117,13 @@ ok $? "--retrieval-weight 1 keeps at least the retrieval of weight 0"
 "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/def.yaml" &&
     "$plan" $M --from-profile "$tmp/p.prof" -b 20% -q -o "$tmp/w1.yaml" \
     --retrieval-weight 1 && cmp -s "$tmp/def.yaml" "$tmp/w1.yaml"
-ok $? "the default weight is 1"
+ok $? "the default weight is 1 at 20%"
+"$plan" $M --from-profile "$tmp/p.prof" -b 10% -q -o "$tmp/def10.yaml" &&
+    "$plan" $M --from-profile "$tmp/p.prof" -b 10% -q -o "$tmp/w03.yaml" \
+    --retrieval-weight 0.3 && cmp -s "$tmp/def10.yaml" "$tmp/w03.yaml" &&
+    "$plan" $M --from-profile "$tmp/p.prof" -b 10% -q -o "$tmp/w1b.yaml" \
+    --retrieval-weight 1 && ! cmp -s "$tmp/def10.yaml" "$tmp/w1b.yaml"
+ok $? "the default weight is 0.3 at 10% (and differs from 1 there)"
 "$plan" $M --from-profile "$tmp/p.prof" -b 20% --retrieval-floor 1 \
     2> "$tmp/err"
 rc=$?
