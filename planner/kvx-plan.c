@@ -258,8 +258,8 @@ static const struct opt options[] = {
 	    .hi = 1e6, .dst = OFF(ao.retrieval_weight), .flags = OPT_GIVEN,
 	    .given = OFF(set_rweight),
 	    .help = "maximise prose + W x retrieval retention;\n"
-	    "default 1 from 15% kept, 0.3 below, 0 with\n"
-	    "--retrieval-floor" },
+	    "default 1 from 15% kept, 0.3 below;\n"
+	    "0 with --retrieval-floor" },
 	{ .name = "grid", .kind = OPT_INT, .arg = "N", .lo = 2,
 	    .hi = PROFILE_MAX_GRID, .dst = OFF(po.grid),
 	    .help = "levels of the retention curves; default 256" },
