@@ -32,7 +32,6 @@
 #define EA_WPB 8	/* warps (keys) per block of the diagonal logits */
 #define EA_T 64		/* threads (keys) of a final reduction block */
 #define EA_VL 8		/* 16-byte loads of values a thread in flight */
-#define EA_FP 8		/* query heads whose logits a final thread prefetches */
 #define EA_GMAX 256	/* most query heads a KV head of the scores */
 #define EA_NK 1024	/* keys of a normalisation block */
 #define EA_NT 256	/* threads of a normalisation block */
@@ -58,12 +57,18 @@
 #define EA_CB 4		/* blocks a head of the carried covariance */
 #define EA_CT 256	/* threads of a carry block */
 
+/* Normalisation blocks of a row of n logits. */
+static int
+ea_nch(int n)
+{
+	return (n + EA_NK - 1) / EA_NK;
+}
+
 /* Floats of the logits and the normalisers' partials in the scratch. */
 static size_t
 ea_tc_at(int nseg, int g, int n)
 {
-	return (size_t)nseg * g * ((size_t)n + 2 * (((size_t)n + EA_NK - 1) /
-	    EA_NK));
+	return (size_t)nseg * g * ((size_t)n + 2 * (size_t)ea_nch(n));
 }
 
 /* x reduced to [-pi, pi] in double, as a float. */
@@ -1259,7 +1264,7 @@ ea_final_k(const float *lg, const float *ms, int nch, const T *v, int ldk,
 	__shared__ float lz[EA_GMAX], vs[EA_T];
 	int t0 = blockIdx.x * EA_T, t = t0 + threadIdx.x, s = blockIdx.y, h;
 	int nk = nc - t0 < EA_T ? nc - t0 : EA_T;
-	float acc = 0.0f, p, lv[EA_FP];
+	float acc = 0.0f, p;
 
 	if (vnorm) {
 		const T *vb = v + (size_t)t0 * ldk + (size_t)s * d;
@@ -1275,17 +1280,12 @@ ea_final_k(const float *lg, const float *ms, int nch, const T *v, int ldk,
 		}
 	}
 	ea_lognorm(ms, nch, s, g, lz);
-	/* the first EA_FP heads' logits in flight together */
-#pragma unroll
-	for (h = 0; h < EA_FP; h++)
-		lv[h] = h < g && t < nc ? lg[(size_t)(s * g + h) * n + t] :
-		    0.0f;
 	__syncthreads();
 	if (t >= nc)
 		return;
 	for (h = 0; h < g; h++) {
-		p = t < s0 ? -INFINITY : (h < EA_FP ? lv[h < EA_FP ? h : 0] :
-		    lg[(size_t)(s * g + h) * n + t]) - lz[h];
+		p = t < s0 ? -INFINITY : lg[(size_t)(s * g + h) * n + t] -
+		    lz[h];
 		acc = h == 0 ? p : gqa == 1 ? fmaxf(acc, p) :
 		    ea_logaddexp(acc, p);
 	}
@@ -1344,7 +1344,7 @@ ea_score_t(const float *mu, const float *co, int cov, const float *w,
     long long sstride, cudaStream_t stream)
 {
 	float *ms = scr + (size_t)nseg * g * n;
-	int nch = (n + EA_NK - 1) / EA_NK, rc;
+	int nch = ea_nch(n), rc;
 	size_t rb = (size_t)d * sizeof(T), pc = rb / 16;
 	/* the values' rows in 16-byte pieces, a power of two of them */
 	bool v16 = rb % 16 == 0 && pc <= 32 && (pc & (pc - 1)) == 0 &&
