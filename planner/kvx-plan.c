@@ -184,6 +184,8 @@ static const char *const gqas[] = { "mean", "max", NULL };
 static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
 static const char *const objectives[] = { "output", "mass", "output-abs",
 	"auto", NULL };
+/* In the order of enum prof_question. */
+static const char *const questions[] = { "auto", "inside", "after", NULL };
 /* In the order of KVX_DEVICE_AUTO, _CPU, _GPU. */
 static const char *const devices[] = { "auto", "cpu", "gpu", NULL };
 
@@ -251,6 +253,13 @@ static const struct opt options[] = {
 	    .help = "share of the windows that carry a retrieval\n"
 	    "probe (every window is measured as prose too);\n"
 	    "0: none; default 1" },
+	{ .name = "probe-question", .kind = OPT_WORD, .arg = "Q",
+	    .dst = OFF(po.probe_question), .names = questions,
+	    .noun = "probe question mode",
+	    .help = "where a probe's question sits at run time:\n"
+	    "inside the compressed prompt, or after the\n"
+	    "compressed context (kvzip only); auto (default):\n"
+	    "after under kvzip, else inside" },
 	{ .name = "retrieval-floor", .kind = OPT_NUM, .arg = "X", .lo = 0,
 	    .hi = 1, .dst = OFF(ao.retrieval_floor),
 	    .help = "keep the mean retrieval retention at X or more" },
@@ -474,6 +483,10 @@ parse_args(struct cli *c, int argc, char **argv)
 #endif
 	if (c->model == NULL)
 		return die(EX_BADUSE, "no model (give -m model.gguf)");
+	if (c->po.probe_question == PROF_Q_AFTER &&
+	    c->po.scorer != PLAN_SCORER_KVZIP)
+		return die(EX_BADUSE, "--probe-question after needs --scorer "
+		    "kvzip");
 	if (c->ao.min_frac > c->ao.max_frac)
 		return die(EX_BADUSE, "--min-frac %g is above --max-frac %g",
 		    c->ao.min_frac, c->ao.max_frac);

@@ -63,6 +63,9 @@ struct prof_run {
 	float		*kz;		/* kvzip: the repeat pass's scores of
 					   the sample, [L][Hkv][kz_n] */
 	int		 kz_n;		/* the prompt's tokens */
+	int		 ctx;		/* a question-after probe's context
+					   before its question, which alone
+					   is compressed; else 0 */
 	float		*wpre;		/* a probe window's queries before the
 					   question, H x w x D */
 	double		*prefix;
@@ -514,14 +517,16 @@ ea_linear(float *a, int n)
 
 /*
  * Add one head's output-objective curve to sum: the errors at the budget
- * checkpoints, interpolated over the grid and normalised by xn.
+ * checkpoints, interpolated over the grid and normalised by xn.  The
+ * budget is a share of the ck compressed rows (the prompt, or a
+ * question-after probe's context), of which nc end at the window.
  */
 static void
 add_output_curve(struct prof_run *r, int l, int h, const float *wq, int w,
     const int *rows, int nr, const kv_seg *sg, int s, int nc, int m,
-    double xn, double *sum)
+    int ck, double xn, double *sum)
 {
-	int G = r->o->grid, np = r->n - r->extra, kc[OUT_CHECKS];
+	int G = r->o->grid, kc[OUT_CHECKS];
 	int jc[OUT_CHECKS], c, i, j;
 
 	for (i = 0; i < m; i++)
@@ -532,7 +537,7 @@ add_output_curve(struct prof_run *r, int l, int h, const float *wq, int w,
 		int64_t k;
 
 		jc[c] = (int)llround((double)c * (G - 1) / (OUT_CHECKS - 1));
-		k = llround((double)jc[c] / (G - 1) * np) - (np - nc) - s;
+		k = llround((double)jc[c] / (G - 1) * ck) - (ck - nc) - s;
 		kc[c] = k < 0 ? 0 : k > m ? m : (int)k;
 		r->err[c] = 0;
 	}
@@ -596,7 +601,9 @@ prof_kvzip_scores(struct prof_run *r, int l, int h, int np, int nc, int s)
  * statistics' queries, whose last window are the observation window.  A
  * prose sample's objective is measured at the window queries, a probe's
  * at the queries that produce its answer: the prompt's last token and
- * the answer's tokens but the last.
+ * the answer's tokens but the last.  A question-after probe (r->ctx > 0)
+ * compresses its context alone: the window and the budget's share are
+ * the context's, and the question's rows are kept with the answer's.
  */
 static kvx_status
 measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
@@ -605,6 +612,7 @@ measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
 	const prof_opts *o = r->o;
 	int g = r->H / r->Hkv, n = r->n, G = o->grid, h, i, j;
 	int x = r->extra, np = n - x, wp = w - x, ew = o->window, nr = 0;
+	int ck = x > 0 && r->ctx > 0 ? r->ctx : np;
 	float scale = 1.0f / sqrtf((float)r->D);
 	const float *sw = wq;
 	int rows[KVX_WINDOW_MAX];
@@ -636,7 +644,7 @@ measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
 	for (h = 0; h < r->Hkv; h++) {
 		kv_seg *sg = kv_seg_at(r->kv, seq, l, h);
 		double *sum = r->acc + ((size_t)l * r->Hkv + h) * G;
-		int nc = np - ew, s = o->sinks < nc ? o->sinks : nc, m = nc - s;
+		int nc = ck - ew, s = o->sinks < nc ? o->sinks : nc, m = nc - s;
 		double z = 0, sink = 0;
 
 		if (sg->len != r->run)
@@ -653,13 +661,13 @@ measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
 		    o->pool), r->pooled);
 		/* the runtime selects a sliding-window layer's rows among the
 		 * last ones only: the earlier candidates come last */
-		for (i = 0; i < np - sel_window_rows(r->m->L[l].window, np) &&
+		for (i = 0; i < ck - sel_window_rows(r->m->L[l].window, ck) &&
 		    i < nc; i++)
 			r->pooled[i] = o->scorer == PLAN_SCORER_EA ? -INFINITY :
 			    0;
 		if (o->objective != PROF_OBJ_MASS) {
 			add_output_curve(r, l, h, wq, w, rows, nr, sg, s, nc, m,
-			    xn, sum);
+			    ck, xn, sum);
 			continue;
 		}
 		if (o->scorer == PLAN_SCORER_EA)
@@ -675,7 +683,7 @@ measure_layer(struct prof_run *r, int seq, int l, const float *wq, int w,
 			r->prefix[i + 1] = r->prefix[i] + r->cand[i];
 		for (j = 0; j < G; j++) {
 			double f = (double)j / (G - 1), v;
-			int64_t k = llround(f * np) - ew - s;
+			int64_t k = llround(f * ck) - ew - s;
 
 			if (k < 0)
 				k = 0;
@@ -781,6 +789,15 @@ check_opts(const prof_opts *o)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "retrieval probes "
 		    "measure the output objective (drop --objective mass or "
 		    "give --probe-share 0)");
+	if (o->probe_question < PROF_Q_AUTO || o->probe_question > PROF_Q_AFTER)
+		return kvx__fail(KVX_ERR_ARG, "probe question mode %d is not "
+		    "one of 0 (auto), 1 (inside), 2 (after)",
+		    o->probe_question);
+	if (o->probe_question == PROF_Q_AFTER &&
+	    o->scorer != PLAN_SCORER_KVZIP)
+		return kvx__fail(KVX_ERR_UNSUPPORTED, "--probe-question after "
+		    "needs --scorer kvzip (SnapKV and Expected Attention "
+		    "score with the prompt's last queries)");
 	if (o->probe_share > 0 && o->window + PROBE_MAX_ANSWER >
 	    KVX_WINDOW_MAX)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "--window %d leaves no "
@@ -862,6 +879,10 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	}
 	p->probe_samples = n_probe;
 	p->probes = n_probe > 0 ? o->probes : 0;
+	p->probe_after = n_probe > 0 &&
+	    (o->probe_question == PROF_Q_AFTER ||
+	    (o->probe_question == PROF_Q_AUTO &&
+	    o->scorer == PLAN_SCORER_KVZIP));
 	p->n_layer = L;
 	p->n_head_kv = mi->n_head_kv;
 	p->grid = G;
@@ -968,7 +989,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		b.n = Tr;
 		b.ids = ids + off;
 		r.run = r.n = r.kz_n = Tr;
-		r.extra = r.prose = 0;
+		r.extra = r.prose = r.ctx = 0;
 		r.acc = r.sum;
 		if (is_probe) {
 			probe_free(&pr);
@@ -979,8 +1000,10 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 			b.n = r.run = r.n = pr.n_ids - 1;
 			b.ids = pr.ids;
 			r.extra = pr.n_answer - 1;
-			r.kz_n = pr.n_prompt;
 			r.prose = pr.n_prompt - pr.n_question;
+			/* question after: KVzip scores the context alone */
+			r.ctx = p->probe_after ? r.prose : 0;
+			r.kz_n = p->probe_after ? r.prose : pr.n_prompt;
 			r.acc = r.sumr;
 			done_probes++;
 		}
@@ -1104,6 +1127,9 @@ profile_save(const profile *p, const char *path, int overwrite)
 	    p->corpus[0] ? p->corpus : "-");
 	fprintf(f, "probes %d\nprobe_samples %d\n", p->probes,
 	    p->probe_samples);
+	/* written only when after, as the scorer: older files are inside */
+	if (p->probe_after)
+		fprintf(f, "probe_question after\n");
 	for (l = 0; l < p->n_layer; l++)
 		for (h = 0; h < p->n_head_kv; h++) {
 			size_t at = ((size_t)l * p->n_head_kv + h) * p->grid;
@@ -1214,6 +1240,13 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen, int *rseen)
 		}
 		if (strcmp(key, "scorer") == 0) {
 			if ((p->scorer = plan_scorer_parse(val)) < 0)
+				goto bad;
+			continue;
+		}
+		if (strcmp(key, "probe_question") == 0) {
+			if (strcmp(val, "after") == 0)
+				p->probe_after = 1;
+			else if (strcmp(val, "inside") != 0)
 				goto bad;
 			continue;
 		}

@@ -14,6 +14,14 @@
  * answer (teacher-forced), averaged over the probe samples.  The prose
  * curve R averages every sample, a probe sample measured at the window
  * queries just before its question.
+ *
+ * Where the question of a probe sits at run time decides what its
+ * measurement compresses.  Inside (SnapKV, Expected Attention): the whole
+ * prompt, question included, is compressed, its last window rows kept.
+ * After (KVzip's use: a context compressed once, then asked): only the
+ * context before the question is scored and compressed, the budget is a
+ * share of it, its last window rows are kept, and the question's rows are
+ * kept whole, as the runtime appends them after compression.
  */
 #ifndef KVX_PROFILE_H
 #define KVX_PROFILE_H
@@ -52,6 +60,13 @@ enum prof_objective {
 	PROF_OBJ_AUTO = 3
 };
 
+/* Where a probe's question sits at run time (see above). */
+enum prof_question {
+	PROF_Q_AUTO = 0,		/* after under kvzip, else inside */
+	PROF_Q_INSIDE = 1,
+	PROF_Q_AFTER = 2
+};
+
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */
 	int		 sample_tokens;	/* T tokens each (2048) */
@@ -72,6 +87,8 @@ typedef struct prof_opts {
 	int		 probes;	/* statements per probe (4) */
 	double		 probe_share;	/* share of the samples that carry
 					   a retrieval probe (1); 0: none */
+	int		 probe_question;	/* enum prof_question (auto);
+					   after needs the kvzip scorer */
 	int		 progress;	/* progress lines on stderr */
 	int		 device;	/* where the forward runs:
 					   KVX_DEVICE_AUTO (default), _CPU or
@@ -89,6 +106,8 @@ typedef struct profile {
 	int64_t		 corpus_tokens;
 	char		 corpus[256];	/* base names, comma separated */
 	int		 probes, probe_samples;	/* 0: no retrieval curves */
+	int		 probe_after;	/* the probes' questions came after
+					   the compressed context */
 	double		*R;		/* [n_layer][n_head_kv][grid] prose */
 	double		*Rr;		/* the same, retrieval; or NULL */
 	double		 seconds;	/* profiling wall time */

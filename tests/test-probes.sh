@@ -34,7 +34,7 @@ if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..24"
+echo "1..30"
 M="-m $KVX_MODEL"
 
 # --- the profile ------------------------------------------------------------
@@ -152,6 +152,44 @@ awk '/objective:/ {print $2}' "$tmp/f-dp.yaml" > "$tmp/o1" &&
     awk -v a="$(cat "$tmp/o1")" '/objective:/ {exit !($2 >= a - 1e-9)}' \
     "$tmp/free.yaml"
 ok $? "the floor costs prose retention, never gains it"
+
+# --- the question after the compressed context (kvzip) -----------------------
+# under kvzip a probe's question comes after the compressed context by
+# default: the profile records it, --probe-question inside does not, and
+# the two measure other retrieval curves
+"$plan" $M -c "$gpl" $fast -q --scorer kvzip --save-profile "$tmp/za.prof" &&
+    "$plan" $M -c "$gpl" $fast -q --scorer kvzip --probe-question inside \
+    --save-profile "$tmp/zi.prof" &&
+    grep -q '^probe_question after$' "$tmp/za.prof" &&
+    ! grep -q '^probe_question' "$tmp/zi.prof" &&
+    grep '^rcurve ' "$tmp/za.prof" > "$tmp/za.r" &&
+    grep '^rcurve ' "$tmp/zi.prof" > "$tmp/zi.r" &&
+    ! cmp -s "$tmp/za.r" "$tmp/zi.r"
+ok $? "kvzip: the question after by default, inside on request"
+# at 0% kept only the sinks and the window stay: after keeps the question
+# and the context's last w tokens, inside the question and fewer context
+# tokens (the window is the prompt's last w, the question's ~20 among
+# them), so after loses less of the answer's attention on most heads
+awk 'FNR == 1 {f++} /^rcurve / {r[f, $2, $3] = $4}
+    END {for (k in r) {split(k, a, SUBSEP); if (a[1] != 1) continue
+	n++; if (r[1, a[2], a[3]] >= r[2, a[2], a[3]]) up++}
+	printf "# %d of %d heads retain as much at 0%% after as inside\n", up, n
+	exit !(n == 90 && up > n * 0.8)}' "$tmp/za.prof" "$tmp/zi.prof"
+ok $? "kvzip, question after: the question and the context's window kept"
+"$plan" $M --from-profile "$tmp/za.prof" -b 20% -q -o "$tmp/za.yaml" &&
+    grep -q '^  scorer: kvzip$' "$tmp/za.yaml"
+ok $? "a question-after profile loads and plans"
+sed 's/^probe_question after$/probe_question sideways/' "$tmp/za.prof" \
+    > "$tmp/zbad.prof"
+err 4 "malformed profile line" "an unknown probe question mode" -- \
+    $M --from-profile "$tmp/zbad.prof"
+err 2 "--probe-question after needs --scorer kvzip" "question after, snapkv" \
+    -- $M -c "$gpl" $fast --probe-question after
+# snapkv stays inside whatever auto means: the same profile as before
+"$plan" $M -c "$gpl" $fast -q --probe-question inside \
+    --save-profile "$tmp/pi.prof" &&
+    cmp -s "$tmp/p.prof" "$tmp/pi.prof"
+ok $? "snapkv: --probe-question inside is the default profile"
 
 # --- errors -----------------------------------------------------------------
 err 2 "greedy does not support a retrieval floor" "greedy with a floor" -- \
