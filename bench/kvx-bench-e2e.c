@@ -16,7 +16,13 @@
  * the host (inside step ms), and throughput = batch / median step.
  *
  * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
- *        [-r headroom] [plan.yaml ...]
+ *        [-r headroom] [-u shares] [-F] [plan.yaml ...]
+ * -u: the uniform plans' kept shares in percent, comma-separated (default
+ * 50,25,10; "" for none); -F: no full-cache run ("vs full" is then
+ * against the first configuration), so that a profiler can be given one
+ * configuration alone.  The last timed step of each configuration runs
+ * between cudaProfilerStart and cudaProfilerStop, so that `ncu
+ * --profile-from-start off` sees that one step's kernels.
  */
 #include "config.h"
 
@@ -24,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <cuda_profiler_api.h>
 
 #include "gpu.h"
 #include "kvx.h"
@@ -127,11 +135,16 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
 			goto fail;
 	for (i = 0; i < steps; i++) {
+		/* the last step alone for a profiler started with
+		 * profiling off (ncu --profile-from-start off) */
+		if (i == steps - 1)
+			cudaProfilerStart();
 		t0 = kvx__now();
 		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
 			goto fail;
 		ts[i] = (kvx__now() - t0) * 1e3;
 	}
+	cudaProfilerStop();
 	r->host_ms = (st->decode_host_s * 1e3) / (warm + steps);
 	qsort(ts, (size_t)steps, sizeof *ts, cmp_dbl);
 	r->step_ms = steps % 2 ? ts[steps / 2] : (ts[steps / 2 - 1] +
@@ -159,27 +172,45 @@ int
 main(int argc, char **argv)
 {
 	const char *model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-	static const double fr[3] = { 0.5, 0.25, 0.1 };
+	const char *shares = "50,25,10";
 	struct result res[MAXCFG];
-	int ctx = 8192, steps = 32, hr = 64, c, n = 0, i;
+	int ctx = 8192, steps = 32, hr = 64, full = 1, c, n = 0, i;
+	double fr[MAXCFG];
+	int nfr = 0;
+	char *end;
 	double budget = 4.0, tot_pf = 0.0, tot_sel = 0.0;
 	kvx_model *m = NULL;
 	kvx_plan *p;
 	char name[64];
 
-	while ((c = getopt(argc, argv, "m:c:b:s:r:")) != -1) {
+	while ((c = getopt(argc, argv, "m:c:b:s:r:u:F")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'c': ctx = atoi(optarg); break;
 		case 'b': budget = atof(optarg); break;
 		case 's': steps = atoi(optarg); break;
 		case 'r': hr = atoi(optarg); break;
+		case 'u': shares = optarg; break;
+		case 'F': full = 0; break;
 		default:
 			fprintf(stderr, "usage: kvx-bench-e2e [-m model] "
 			    "[-c ctx] [-b budget_GiB] [-s steps] "
-			    "[-r headroom] [plan.yaml ...]\n");
+			    "[-r headroom] [-u shares] [-F] [plan.yaml ...]\n");
 			return 2;
 		}
+	}
+	for (end = (char *)shares; *end != '\0' && nfr < MAXCFG; ) {
+		fr[nfr] = strtod(end, &end) / 100.0;
+		if (!(fr[nfr] > 0 && fr[nfr] <= 1) || (*end != ',' &&
+		    *end != '\0')) {
+			fprintf(stderr, "kvx-bench-e2e: -u %s: expected "
+			    "percentages in (0, 100], comma-separated\n",
+			    shares);
+			return 2;
+		}
+		nfr++;
+		if (*end == ',')
+			end++;
 	}
 	if (!gpu_available()) {
 		fprintf(stderr, "kvx-bench-e2e: no CUDA device\n");
@@ -191,9 +222,10 @@ main(int argc, char **argv)
 	}
 	printf("model %s, context %d, KV budget %.1f GiB, headroom %d, "
 	    "%d timed steps\n", model, ctx, budget, hr, steps);
-	if (run(m, NULL, "full", ctx, budget, steps, hr, &res[n]) == 0)
+	if (full && run(m, NULL, "full", ctx, budget, steps, hr, &res[n]) ==
+	    0)
 		n++;
-	for (i = 0; i < 3; i++) {
+	for (i = 0; i < nfr && n < MAXCFG; i++) {
 		if (plan_new(kvx_model_get_info(m), KVX_PLAN_STATIC, fr[i],
 		    &p) != KVX_OK)
 			continue;
@@ -216,8 +248,9 @@ main(int argc, char **argv)
 	}
 
 	printf("\n| config | KV MiB/seq | batch | step ms | min-max | "
-	    "host ms | tokens/s | vs full | prefill ms | select ms | score | "
-	    "top-k | gather | select share |\n");
+	    "host ms | tokens/s | %s | prefill ms | select ms | score | "
+	    "top-k | gather | select share |\n",
+	    full ? "vs full" : "vs first");
 	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
 	    "| --- | --- | --- | --- |\n");
 	for (i = 0; i < n; i++) {
@@ -230,7 +263,7 @@ main(int argc, char **argv)
 		    res[i].prefill_ms, res[i].select_ms, res[i].score_ms,
 		    res[i].topk_ms, res[i].gather_ms, 100.0 * res[i].select_ms /
 		    res[i].prefill_ms);
-		if (i > 0) {
+		if (i > 0 || !full) {
 			tot_pf += res[i].prefill_ms;
 			tot_sel += res[i].select_ms;
 		}

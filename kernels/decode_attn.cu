@@ -59,6 +59,11 @@ launch_early(void (*fn)(P...), dim3 grid, int threads, size_t smem,
 /* P is split into two fp16 halves at 2^12 its size, so that the low half
  * stays a normal number down to p = 2^-12 */
 #define AT_PSCALE 4096.0f
+/* 16-row tiles a warp of the tensor-core form keeps in its ring of
+ * asynchronous copies: one being read, AT_STAGES - 1 in flight */
+#ifndef AT_STAGES
+#define AT_STAGES 3
+#endif
 
 /*
  * One lane's share of TR rows: scores of its 8 elements against the G
@@ -172,15 +177,16 @@ struct at_dst {
 };
 
 /*
- * The NSG groups' states in shared memory (m, l: NSG x G; acc: NSG x G x D
- * floats) merged into the item's result (struct at_dst).  A solo item's
+ * The NSG groups' states in shared memory (m, l: NSG x G; acc: group g's
+ * G x D floats from sm_acc + g ws) merged into the item's result (struct
+ * at_dst).  A solo item's
  * output is acc / l, which is what the combine makes of one item (its
  * weight 2^(m - m) = 1), so both paths give the same bits.
  */
 template <int G, int D, int NSG>
 static __device__ __forceinline__ void
 attn_fold(const struct at_dst &o, const float (*sm_m)[G],
-    const float (*sm_l)[G], const float *sm_acc)
+    const float (*sm_l)[G], const float *sm_acc, int ws)
 {
 	int h, e, i, g;
 
@@ -197,7 +203,7 @@ attn_fold(const struct at_dst &o, const float (*sm_m)[G],
 				continue;
 			f = exp2f(sm_m[g][h] - M);
 			L += sm_l[g][h] * f;
-			A += sm_acc[(g * G + h) * D + e] * f;
+			A += sm_acc[g * ws + h * D + e] * f;
 		}
 		if (o.solo) {
 			o.acc[h * D + e] = L > 0.0f ? A / L : 0.0f;
@@ -234,7 +240,7 @@ attn_merge(const struct at_dst &o, const float (&m)[G], const float (&l)[G],
 		for (e = 0; e < 8; e++)
 			sm_acc[(sg * G + h) * D + li * 8 + e] = acc[h][e];
 	}
-	attn_fold<G, D, NSG>(o, sm_m, sm_l, sm_acc);
+	attn_fold<G, D, NSG>(o, sm_m, sm_l, sm_acc, G * D);
 }
 
 /* K and V of the TR rows from r of a lane group (rows past r1 - 1
@@ -345,29 +351,120 @@ struct tc_tile {
 	uint4	k[2][D / 32], v[4][D / 64];
 };
 
-/* Loads the warp's tile of rows r .. r + 15 into t (struct tc_tile). */
+/* 16 bytes from global src to shared dst, bypassing L1, asynchronously. */
+static __device__ __forceinline__ void
+cp_async16(uint4 *dst, const uint4 *src)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::
+	    "r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src) :
+	    "memory");
+}
+
+/* Closes the lane's copies issued since the last commit into a group. */
+static __device__ __forceinline__ void
+cp_commit(void)
+{
+	asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+/* Waits until at most N of the lane's groups are still in flight. */
+template <int N>
+static __device__ __forceinline__ void
+cp_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+
+/*
+ * Where chunk x of row y of a tile sits in shared memory: x XOR
+ * tc_swz(y).  The fragment reads of tc_fetch take, in each quarter warp,
+ * K chunks c + 4u of two neighbouring rows and V chunks g + 8u of four
+ * rows 2 apart; the swizzle sends each of those eight 16-byte reads to
+ * its own four banks.
+ */
+static __device__ __forceinline__ int
+tc_swz(int y)
+{
+	return (((y >> 1) & 3) ^ ((y & 1) << 1)) << 1;
+}
+
+/* uint4 chunks of a ring slot: the 16 K rows, then the 16 V rows. */
+template <int D>
+static __host__ __device__ constexpr int
+tc_slot(void)
+{
+	return 2 * 16 * (D / 8);
+}
+
+/* Shared memory of the tensor-core form: AT_NW warps' rings. */
+template <int D>
+static __host__ __device__ constexpr size_t
+tc_smem(void)
+{
+	return (size_t)AT_NW * AT_STAGES * tc_slot<D>() * sizeof(uint4);
+}
+
+/*
+ * Starts the copies of the warp's tile of rows r .. r + 15 into ring
+ * slot sk (struct tc_tile's rows, swizzled by tc_swz): lane i takes
+ * chunks i, i + 32, ... of the K rows and the same of the V rows, so a
+ * row's 16-byte chunks go to consecutive lanes.  Rows past r1 - 1
+ * repeat row r1 - 1.
+ */
 template <int D>
 static __device__ __forceinline__ void
-tc_load(const __half *kb, const __half *vb, int ld_, int r, int r1,
-    int lane, struct tc_tile<D> &t)
+tc_issue(const __half *kb, const __half *vb, int ld_, int r, int r1,
+    int lane, uint4 *sk)
 {
-	int g = lane >> 2, c = lane & 3, j, u, row;
+	constexpr int C = D / 8;
+	uint4 *sv = sk + 16 * C;
+	int i, y, x, row, at;
+
+#pragma unroll
+	for (i = lane; i < 16 * C; i += 32) {
+		y = i / C;
+		x = i % C;
+		row = min(r + y, r1 - 1);
+		at = y * C + (x ^ tc_swz(y));
+		cp_async16(sk + at, (const uint4 *)(kb + (size_t)row * ld_) +
+		    x);
+		cp_async16(sv + at, (const uint4 *)(vb + (size_t)row * ld_) +
+		    x);
+	}
+}
+
+/* The lane's K fragments of the tile in ring slot sk into t. */
+template <int D>
+static __device__ __forceinline__ void
+tc_fetch_k(const uint4 *sk, int lane, struct tc_tile<D> &t)
+{
+	constexpr int C = D / 8;
+	int g = lane >> 2, c = lane & 3, j, u, y;
 
 #pragma unroll
 	for (j = 0; j < 2; j++) {
-		row = min(r + 8 * j + g, r1 - 1);
+		y = 8 * j + g;
 #pragma unroll
 		for (u = 0; u < D / 32; u++)
-			t.k[j][u] = __ldg((const uint4 *)(kb + (size_t)row *
-			    ld_) + c + 4 * u);
+			t.k[j][u] = sk[y * C + ((c + 4 * u) ^ tc_swz(y))];
 	}
+}
+
+/* The lane's V fragments of the tile in ring slot sk into t. */
+template <int D>
+static __device__ __forceinline__ void
+tc_fetch_v(const uint4 *sk, int lane, struct tc_tile<D> &t)
+{
+	constexpr int C = D / 8;
+	const uint4 *sv = sk + 16 * C;
+	int g = lane >> 2, c = lane & 3, j, u, y;
+
 #pragma unroll
 	for (j = 0; j < 4; j++) {
-		row = min(r + 2 * c + (j & 1) + 8 * (j >> 1), r1 - 1);
+		y = 2 * c + (j & 1) + 8 * (j >> 1);
 #pragma unroll
 		for (u = 0; u < D / 64; u++)
-			t.v[j][u] = __ldg((const uint4 *)(vb + (size_t)row *
-			    ld_) + g + 8 * u);
+			t.v[j][u] = sv[y * C + ((g + 8 * u) ^ tc_swz(y))];
 	}
 }
 
@@ -382,13 +479,15 @@ tc_load(const __half *kb, const __half *vb, int ld_, int r, int r1,
  */
 template <int D>
 static __device__ __forceinline__ void
-tc_step(const uint32_t (&qa)[D / 16][4], const struct tc_tile<D> &t,
-    int nvalid, int lane, float &m, float &l, float (&acc)[D / 8][4])
+tc_step(const uint32_t (&qa)[D / 16][4], const uint4 *sk, int nvalid,
+    int lane, float &m, float &l, float (&acc)[D / 8][4])
 {
 	int c = lane & 3, j, kk, n, e;
+	struct tc_tile<D> t;
 	float s[2][4], x[4], mt, alpha, p[4];
 	uint32_t pa[4];
 
+	tc_fetch_k<D>(sk, lane, t);
 #pragma unroll
 	for (j = 0; j < 2; j++) {
 		s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
@@ -427,6 +526,7 @@ tc_step(const uint32_t (&qa)[D / 16][4], const struct tc_tile<D> &t,
 	}
 	split_h2(p[0] * AT_PSCALE, p[1] * AT_PSCALE, &pa[0], &pa[1]);
 	split_h2(p[2] * AT_PSCALE, p[3] * AT_PSCALE, &pa[2], &pa[3]);
+	tc_fetch_v<D>(sk, lane, t);
 #pragma unroll
 	for (n = 0; n < D / 8; n++) {
 		int u = n >> 3, w = (n & 7) >> 1;
@@ -440,10 +540,14 @@ tc_step(const uint32_t (&qa)[D / 16][4], const struct tc_tile<D> &t,
 
 /*
  * Work item ii on the tensor cores (fp16 K/V, G <= 8): each warp takes
- * every fourth 16-row tile; the warps merge as the lane groups of
- * attn_item do.  Column n of a V fragment is the lane group n's column,
- * so output element d of head g sits at acc[8u + e][..] of lane
- * (g, c) for d = 8 (2c + 8u) + e (+ 8 for the second of the pair).
+ * every fourth 16-row tile, its copies running AT_STAGES - 1 tiles ahead
+ * of its arithmetic through a ring of slots of its own in shared memory
+ * (so a warp waits for no other and needs no barrier but __syncwarp);
+ * the warps merge as the lane groups of attn_item do, each writing its
+ * state into its own ring, whose copies have all landed by then.
+ * Column n of a V fragment is the lane group n's column, so output
+ * element d of head g sits at acc[8u + e][..] of lane (g, c) for
+ * d = 8 (2c + 8u) + e (+ 8 for the second of the pair).
  */
 template <int G, int D>
 static __device__ __forceinline__ void
@@ -451,16 +555,27 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
     const long long *off, int ld_, float scale2, struct wl_item it,
     const struct at_dst &o)
 {
-	__shared__ float sm_acc[AT_NW * G * D];
+	constexpr int RING = AT_STAGES * tc_slot<D>();
+	extern __shared__ uint4 at_ring[];
 	__shared__ float sm_m[AT_NW][G], sm_l[AT_NW][G];
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2;
-	int c = lane & 3, kk, n, r;
+	int c = lane & 3, kk, n, r, nt, tl, rd, wr;
 	const __half *kb = k + off[it.seg], *vb = v + off[it.seg];
 	const float *qs = q + ((size_t)it.seg * G + g) * D;
+	uint4 *ring = at_ring + w * RING;
 	uint32_t qa[D / 16][4];
 	float acc[D / 8][4], m = -INFINITY, l = 0.0f;
-	struct tc_tile<D> t;
 
+	static_assert(RING * 4 >= G * D, "a warp's state fits its ring");
+	/* the warp's tiles start at r0 + 16 w + 16 AT_NW tl */
+	nt = it.r1 - it.r0 - 16 * w;
+	nt = nt > 0 ? (nt + 16 * AT_NW - 1) / (16 * AT_NW) : 0;
+	for (tl = 0; tl < AT_STAGES - 1; tl++) {
+		if (tl < nt)
+			tc_issue<D>(kb, vb, ld_, it.r0 + 16 * (w + AT_NW * tl),
+			    it.r1, lane, ring + tl * tc_slot<D>());
+		cp_commit();
+	}
 #pragma unroll
 	for (kk = 0; kk < D / 16; kk++) {
 		/* chunk c + 4 (kk / 2), words 2 (kk % 2) and the next:
@@ -480,14 +595,29 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
 #pragma unroll
 	for (n = 0; n < D / 8; n++)
 		acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-	for (r = it.r0 + 16 * w; r < it.r1; r += 16 * AT_NW) {
-		tc_load<D>(kb, vb, ld_, r, it.r1, lane, t);
-		tc_step<D>(qa, t, it.r1 - r, lane, m, l, acc);
+	/* tile tl sits in slot rd; tile tl + AT_STAGES - 1 goes to slot wr,
+	 * the one read last round (every lane has passed this round's
+	 * __syncwarp, so none still reads it) */
+	for (tl = 0, rd = 0, wr = AT_STAGES - 1; tl < nt; tl++) {
+		cp_wait<AT_STAGES - 2>();
+		__syncwarp();
+		if (tl + AT_STAGES - 1 < nt)
+			tc_issue<D>(kb, vb, ld_, it.r0 + 16 * (w + AT_NW *
+			    (tl + AT_STAGES - 1)), it.r1, lane,
+			    ring + wr * tc_slot<D>());
+		cp_commit();
+		r = it.r0 + 16 * (w + AT_NW * tl);
+		tc_step<D>(qa, ring + rd * tc_slot<D>(), it.r1 - r, lane, m,
+		    l, acc);
+		rd = rd == AT_STAGES - 1 ? 0 : rd + 1;
+		wr = wr == AT_STAGES - 1 ? 0 : wr + 1;
 	}
 	l += __shfl_xor_sync(0xffffffffu, l, 1);
 	l += __shfl_xor_sync(0xffffffffu, l, 2);
+	/* the ring's last reads are done before the state overwrites it */
+	__syncwarp();
 	if (g < G) {
-		float *o = sm_acc + (w * G + g) * D;
+		float *o = (float *)ring + g * D;
 
 #pragma unroll
 		for (n = 0; n < D / 8; n++) {
@@ -501,7 +631,8 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
 			sm_l[w][g] = l;
 		}
 	}
-	attn_fold<G, D, AT_NW>(o, sm_m, sm_l, sm_acc);
+	attn_fold<G, D, AT_NW>(o, sm_m, sm_l, (const float *)at_ring,
+	    RING * 4);
 }
 
 /*
@@ -516,19 +647,25 @@ at_tc(void)
 	return D <= 128 && std::is_same<T, __half>::value;
 }
 
+/* Blocks a multiprocessor the partial kernel is built for: the lane
+ * groups' form (attn_item) fits three up to four query heads. */
+template <int G, int D, typename T>
+static __host__ __device__ constexpr int
+at_minb(void)
+{
+	return at_tc<D, T>() ? AT_TC_MINB : G <= 4 ? 3 : 1;
+}
+
 /*
  * Block b takes items bfirst[b] .. bfirst[b + 1] - 1 (a balanced list
- * from wl_balanced), or item b alone when bfirst is NULL.  The lane
- * groups' form (attn_item) fits three blocks on a multiprocessor up to
- * four query heads.  With out, item ii is its segment's only one when
- * first[seg] = ii and first[seg + 1] = ii + 1; the empty items that pad
- * a list past its end (seg 0, ii >= first[nseg]) never are.  The test
- * is the same for the whole block, so the barriers of attn_fold stay
- * uniform.
+ * from wl_balanced), or item b alone when bfirst is NULL.  With out,
+ * item ii is its segment's only one when first[seg] = ii and first[seg
+ * + 1] = ii + 1; the empty items that pad a list past its end (seg 0,
+ * ii >= first[nseg]) never are.  The test is the same for the whole
+ * block, so the barriers of attn_fold stay uniform.
  */
 template <int G, int D, typename T>
-static __global__ void __launch_bounds__(AT_THREADS, at_tc<D, T>() ?
-    AT_TC_MINB : G <= 4 ? 3 : 1)
+static __global__ void __launch_bounds__(AT_THREADS, at_minb<G, D, T>())
 attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
     int ld_, float scale2, const struct wl_item *items,
     const int *bfirst, const int *first, float *pm, float *pl,
@@ -570,15 +707,40 @@ struct attn_args {
 	int				*occupancy;	/* query only */
 };
 
+/*
+ * Dynamic shared memory of the partial kernel for (G, D, T): the rings
+ * of the tensor-core form, past the default 48 KiB, which the kernel is
+ * allowed once (C++ runs the initialiser once, whichever thread comes
+ * first); 0 for the lane groups' form.  *rc gets the allowance's
+ * status.
+ */
+template <int G, int D, typename T>
+static size_t
+attn_smem(int *rc)
+{
+	static const int allowed = !at_tc<D, T>() ? 0 :
+	    cudaFuncSetAttribute(attn_partial_k<G, D, T>,
+	    cudaFuncAttributeMaxDynamicSharedMemorySize,
+	    (int)tc_smem<D>()) == cudaSuccess ? 0 : launched();
+
+	*rc = allowed;
+	return at_tc<D, T>() ? tc_smem<D>() : 0;
+}
+
 /* Launch (or occupancy query) for one (G, D) pair of run-time arguments. */
 template <int G, int D, typename T>
 static int
 attn_launch_t(const struct attn_args *a)
 {
+	int rc;
+	size_t smem = attn_smem<G, D, T>(&rc);
+
+	if (rc != 0)
+		return rc;
 	if (a->occupancy != NULL)
 		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, 0);
-	return launch_early(attn_partial_k<G, D, T>, a->nblk, AT_THREADS, 0,
+		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, smem);
+	return launch_early(attn_partial_k<G, D, T>, a->nblk, AT_THREADS, smem,
 	    a->st, a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
 	    a->s2, a->items, a->bfirst, a->first, a->m, a->l, a->acc, a->out);
 }
@@ -649,6 +811,33 @@ attn_aligned(const void *k, const void *v, int ld_)
 	return ld_ % 8 == 0 && ((uintptr_t)k | (uintptr_t)v) % 16 == 0;
 }
 
+/* The arguments both entry points share into *a; 0 or an error. */
+static int
+attn_args_set(struct attn_args *a, const float *q, const void *k,
+    const void *v, int dtype, const long long *off, int ld_, float scale,
+    const struct wl_item *items, const int *first, float *m, float *l,
+    float *acc, float *out, cudaStream_t stream)
+{
+	if (!attn_aligned(k, v, ld_) || (out != NULL && first == NULL))
+		return KVX_CUDA_EINVAL;
+	memset(a, 0, sizeof *a);
+	a->q = q;
+	a->k = k;
+	a->v = v;
+	a->dtype = dtype;
+	a->ld = ld_;
+	a->off = off;
+	a->s2 = scale * LOG2E;
+	a->items = items;
+	a->first = first;
+	a->m = m;
+	a->l = l;
+	a->acc = acc;
+	a->out = out;
+	a->st = stream;
+	return 0;
+}
+
 /* Launches the partial kernel on a work list (kvx_cuda.h). */
 extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
@@ -658,28 +847,15 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     cudaStream_t stream)
 {
 	struct attn_args a;
+	int rc;
 
 	if (nblocks <= 0)
 		return 0;
-	if (!attn_aligned(k, v, ld_) || (out != NULL && first == NULL))
-		return KVX_CUDA_EINVAL;
-	memset(&a, 0, sizeof a);
-	a.q = q;
-	a.k = k;
-	a.v = v;
-	a.dtype = dtype;
-	a.ld = ld_;
+	if ((rc = attn_args_set(&a, q, k, v, dtype, off, ld_, scale, items,
+	    first, m, l, acc, out, stream)) != 0)
+		return rc;
 	a.nblk = nblocks;
-	a.off = off;
-	a.s2 = scale * LOG2E;
-	a.items = items;
 	a.bfirst = bfirst;
-	a.first = first;
-	a.m = m;
-	a.l = l;
-	a.acc = acc;
-	a.out = out;
-	a.st = stream;
 	return attn_dispatch(g, d, &a);
 }
 
