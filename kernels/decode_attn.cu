@@ -811,33 +811,6 @@ attn_aligned(const void *k, const void *v, int ld_)
 	return ld_ % 8 == 0 && ((uintptr_t)k | (uintptr_t)v) % 16 == 0;
 }
 
-/* The arguments both entry points share into *a; 0 or an error. */
-static int
-attn_args_set(struct attn_args *a, const float *q, const void *k,
-    const void *v, int dtype, const long long *off, int ld_, float scale,
-    const struct wl_item *items, const int *first, float *m, float *l,
-    float *acc, float *out, cudaStream_t stream)
-{
-	if (!attn_aligned(k, v, ld_) || (out != NULL && first == NULL))
-		return KVX_CUDA_EINVAL;
-	memset(a, 0, sizeof *a);
-	a->q = q;
-	a->k = k;
-	a->v = v;
-	a->dtype = dtype;
-	a->ld = ld_;
-	a->off = off;
-	a->s2 = scale * LOG2E;
-	a->items = items;
-	a->first = first;
-	a->m = m;
-	a->l = l;
-	a->acc = acc;
-	a->out = out;
-	a->st = stream;
-	return 0;
-}
-
 /* Launches the partial kernel on a work list (kvx_cuda.h). */
 extern "C" int
 kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
@@ -847,15 +820,28 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     cudaStream_t stream)
 {
 	struct attn_args a;
-	int rc;
 
 	if (nblocks <= 0)
 		return 0;
-	if ((rc = attn_args_set(&a, q, k, v, dtype, off, ld_, scale, items,
-	    first, m, l, acc, out, stream)) != 0)
-		return rc;
+	if (!attn_aligned(k, v, ld_) || (out != NULL && first == NULL))
+		return KVX_CUDA_EINVAL;
+	memset(&a, 0, sizeof a);
+	a.q = q;
+	a.k = k;
+	a.v = v;
+	a.dtype = dtype;
+	a.ld = ld_;
 	a.nblk = nblocks;
+	a.off = off;
+	a.s2 = scale * LOG2E;
+	a.items = items;
 	a.bfirst = bfirst;
+	a.first = first;
+	a.m = m;
+	a.l = l;
+	a.acc = acc;
+	a.out = out;
+	a.st = stream;
 	return attn_dispatch(g, d, &a);
 }
 
