@@ -60,7 +60,9 @@ launch_early(void (*fn)(P...), dim3 grid, int threads, size_t smem,
  * stays a normal number down to p = 2^-12 */
 #define AT_PSCALE 4096.0f
 /* 16-row tiles a warp of the tensor-core form keeps in its ring of
- * asynchronous copies: one being read, AT_STAGES - 1 in flight */
+ * asynchronous copies: one being read, AT_STAGES - 1 in flight (2 read
+ * 0-2% slower on the H200 at batch >= 4; 4 leaves one block of d = 128
+ * a multiprocessor, 1-21% slower) */
 #ifndef AT_STAGES
 #define AT_STAGES 3
 #endif
@@ -179,9 +181,9 @@ struct at_dst {
 /*
  * The NSG groups' states in shared memory (m, l: NSG x G; acc: group g's
  * G x D floats from sm_acc + g ws) merged into the item's result (struct
- * at_dst).  A solo item's
- * output is acc / l, which is what the combine makes of one item (its
- * weight 2^(m - m) = 1), so both paths give the same bits.
+ * at_dst).  A solo item's output is acc / l, which is what the combine
+ * makes of one item (its weight 2^(m - m) = 1), so both paths give the
+ * same bits.
  */
 template <int G, int D, int NSG>
 static __device__ __forceinline__ void
@@ -377,10 +379,10 @@ cp_wait(void)
 
 /*
  * Where chunk x of row y of a tile sits in shared memory: x XOR
- * tc_swz(y).  The fragment reads of tc_fetch take, in each quarter warp,
- * K chunks c + 4u of two neighbouring rows and V chunks g + 8u of four
- * rows 2 apart; the swizzle sends each of those eight 16-byte reads to
- * its own four banks.
+ * tc_swz(y).  The fragment reads of tc_fetch_k and tc_fetch_v take, in
+ * each quarter warp, K chunks c + 4u of two neighbouring rows and V
+ * chunks g + 8u of four rows 2 apart; the swizzle sends each of those
+ * eight 16-byte reads to its own four banks.
  */
 static __device__ __forceinline__ int
 tc_swz(int y)
