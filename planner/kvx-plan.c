@@ -185,7 +185,7 @@ static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
 static const char *const objectives[] = { "output", "mass", "output-abs",
 	"auto", NULL };
 /* In the order of enum prof_question. */
-static const char *const questions[] = { "auto", "inside", "after", NULL };
+static const char *const questions[] = { "inside", "after", NULL };
 /* In the order of KVX_DEVICE_AUTO, _CPU, _GPU. */
 static const char *const devices[] = { "auto", "cpu", "gpu", NULL };
 
@@ -257,9 +257,8 @@ static const struct opt options[] = {
 	    .dst = OFF(po.probe_question), .names = questions,
 	    .noun = "probe question mode",
 	    .help = "where a probe's question sits at run time:\n"
-	    "inside the compressed prompt, or after the\n"
-	    "compressed context (kvzip only); auto (default):\n"
-	    "after under kvzip, else inside" },
+	    "inside the compressed prompt (default), or\n"
+	    "after the compressed context (kvzip only)" },
 	{ .name = "retrieval-floor", .kind = OPT_NUM, .arg = "X", .lo = 0,
 	    .hi = 1, .dst = OFF(ao.retrieval_floor),
 	    .help = "keep the mean retrieval retention at X or more" },

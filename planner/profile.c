@@ -789,9 +789,10 @@ check_opts(const prof_opts *o)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "retrieval probes "
 		    "measure the output objective (drop --objective mass or "
 		    "give --probe-share 0)");
-	if (o->probe_question < PROF_Q_AUTO || o->probe_question > PROF_Q_AFTER)
+	if (o->probe_question < PROF_Q_INSIDE ||
+	    o->probe_question > PROF_Q_AFTER)
 		return kvx__fail(KVX_ERR_ARG, "probe question mode %d is not "
-		    "one of 0 (auto), 1 (inside), 2 (after)",
+		    "one of 0 (inside), 1 (after)",
 		    o->probe_question);
 	if (o->probe_question == PROF_Q_AFTER &&
 	    o->scorer != PLAN_SCORER_KVZIP)
@@ -879,10 +880,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	}
 	p->probe_samples = n_probe;
 	p->probes = n_probe > 0 ? o->probes : 0;
-	p->probe_after = n_probe > 0 &&
-	    (o->probe_question == PROF_Q_AFTER ||
-	    (o->probe_question == PROF_Q_AUTO &&
-	    o->scorer == PLAN_SCORER_KVZIP));
+	p->probe_after = n_probe > 0 && o->probe_question == PROF_Q_AFTER;
 	p->n_layer = L;
 	p->n_head_kv = mi->n_head_kv;
 	p->grid = G;

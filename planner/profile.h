@@ -16,12 +16,13 @@
  * queries just before its question.
  *
  * Where the question of a probe sits at run time decides what its
- * measurement compresses.  Inside (SnapKV, Expected Attention): the whole
- * prompt, question included, is compressed, its last window rows kept.
- * After (KVzip's use: a context compressed once, then asked): only the
- * context before the question is scored and compressed, the budget is a
- * share of it, its last window rows are kept, and the question's rows are
- * kept whole, as the runtime appends them after compression.
+ * measurement compresses.  Inside (the default): the whole prompt,
+ * question included, is compressed, its last window rows kept.  After
+ * (kvzip only, as KVzip is used: a context compressed, then asked): only
+ * the context before the question is scored and compressed, the budget is
+ * a share of it, its last window rows are kept, and the question's rows
+ * are kept whole, as the runtime appends them after compression.  Under
+ * kvzip both give plans of the same task score (bench/RESULTS.md, 17).
  */
 #ifndef KVX_PROFILE_H
 #define KVX_PROFILE_H
@@ -62,9 +63,8 @@ enum prof_objective {
 
 /* Where a probe's question sits at run time (see above). */
 enum prof_question {
-	PROF_Q_AUTO = 0,		/* after under kvzip, else inside */
-	PROF_Q_INSIDE = 1,
-	PROF_Q_AFTER = 2
+	PROF_Q_INSIDE = 0,
+	PROF_Q_AFTER = 1
 };
 
 typedef struct prof_opts {
@@ -87,7 +87,7 @@ typedef struct prof_opts {
 	int		 probes;	/* statements per probe (4) */
 	double		 probe_share;	/* share of the samples that carry
 					   a retrieval probe (1); 0: none */
-	int		 probe_question;	/* enum prof_question (auto);
+	int		 probe_question;	/* enum prof_question (inside);
 					   after needs the kvzip scorer */
 	int		 progress;	/* progress lines on stderr */
 	int		 device;	/* where the forward runs:

@@ -154,18 +154,19 @@ awk '/objective:/ {print $2}' "$tmp/f-dp.yaml" > "$tmp/o1" &&
 ok $? "the floor costs prose retention, never gains it"
 
 # --- the question after the compressed context (kvzip) -----------------------
-# under kvzip a probe's question comes after the compressed context by
-# default: the profile records it, --probe-question inside does not, and
-# the two measure other retrieval curves
-"$plan" $M -c "$gpl" $fast -q --scorer kvzip --save-profile "$tmp/za.prof" &&
-    "$plan" $M -c "$gpl" $fast -q --scorer kvzip --probe-question inside \
+# under kvzip a probe's question may come after the compressed context:
+# the profile records it, the default (inside) does not, and the two
+# measure other retrieval curves
+"$plan" $M -c "$gpl" $fast -q --scorer kvzip --probe-question after \
+    --save-profile "$tmp/za.prof" &&
+    "$plan" $M -c "$gpl" $fast -q --scorer kvzip \
     --save-profile "$tmp/zi.prof" &&
     grep -q '^probe_question after$' "$tmp/za.prof" &&
     ! grep -q '^probe_question' "$tmp/zi.prof" &&
     grep '^rcurve ' "$tmp/za.prof" > "$tmp/za.r" &&
     grep '^rcurve ' "$tmp/zi.prof" > "$tmp/zi.r" &&
     ! cmp -s "$tmp/za.r" "$tmp/zi.r"
-ok $? "kvzip: the question after by default, inside on request"
+ok $? "kvzip: the question inside by default, after on request"
 # at 0% kept only the sinks and the window stay: after keeps the question
 # and the context's last w tokens, inside the question and fewer context
 # tokens (the window is the prompt's last w, the question's ~20 among
@@ -185,7 +186,7 @@ err 4 "malformed profile line" "an unknown probe question mode" -- \
     $M --from-profile "$tmp/zbad.prof"
 err 2 "--probe-question after needs --scorer kvzip" "question after, snapkv" \
     -- $M -c "$gpl" $fast --probe-question after
-# snapkv stays inside whatever auto means: the same profile as before
+# snapkv: --probe-question inside is the default
 "$plan" $M -c "$gpl" $fast -q --probe-question inside \
     --save-profile "$tmp/pi.prof" &&
     cmp -s "$tmp/p.prof" "$tmp/pi.prof"
