@@ -58,7 +58,7 @@ alloc_opts_init(alloc_opts *o)
 	o->layer_max = 1;
 	o->beta = 20;
 	o->retrieval_floor = -1;
-	o->retrieval_weight = alloc_retrieval_weight(o->budget);
+	o->retrieval_weight = -1;
 }
 
 /*
@@ -69,8 +69,8 @@ alloc_opts_init(alloc_opts *o)
  * to W = 0.3 for no gain on the tasks).  The step lies between the
  * measured shares.
  */
-double
-alloc_retrieval_weight(double budget)
+static double
+retrieval_weight(double budget)
 {
 	return budget < 0.15 ? 0.3 : 1;
 }
@@ -237,8 +237,9 @@ build(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
 	/* ada's head split is an estimate of the run time's: no floor */
 	int floor2 = o->retrieval_floor >= 0 && prof->Rr != NULL &&
 	    gran != GRAN_HEAD;
-	double rw = prof->Rr != NULL && gran != GRAN_HEAD ?
-	    o->retrieval_weight : 0;
+	double rw = prof->Rr == NULL || gran == GRAN_HEAD ? 0 :
+	    o->retrieval_weight >= 0 ? o->retrieval_weight :
+	    retrieval_weight(o->budget);
 	kvx_status rc;
 
 	memset(b, 0, sizeof *b);

@@ -47,7 +47,9 @@ typedef struct alloc_opts {
 	double		 beta;		/* pyramid: first / last ratio knob */
 	/* the retrieval curves (layer and kvx): a floor on the plan's mean
 	 * retrieval retention (< 0: none), and its weight beside the prose
-	 * retention in the objective (1; unused without the curves) */
+	 * retention in the objective (< 0, the default: the one chosen for
+	 * the budget share, 1 from 15% up, 0.3 below; unused without the
+	 * curves) */
 	double		 retrieval_floor;
 	double		 retrieval_weight;
 } alloc_opts;
@@ -65,7 +67,6 @@ typedef struct alloc_report {
 } alloc_report;
 
 void		 alloc_opts_init(alloc_opts *);
-double		 alloc_retrieval_weight(double);
 /* Name of a method, and back (-1 when unknown). */
 const char	*alloc_method_name(int);
 int		 alloc_method_parse(const char *);

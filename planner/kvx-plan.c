@@ -500,12 +500,10 @@ parse_args(struct cli *c, int argc, char **argv)
 			    c->ao.ref_context);
 		c->ao.budget = c->budget_tokens / (double)c->ao.ref_context;
 	}
-	/* a floor alone maximises prose under it; else the weight
-	 * follows the share */
+	/* a floor alone maximises prose under it; else the weight follows
+	 * the share (alloc_opts) */
 	if (c->ao.retrieval_floor >= 0 && !c->set_rweight)
 		c->ao.retrieval_weight = 0;
-	else if (!c->set_rweight)
-		c->ao.retrieval_weight = alloc_retrieval_weight(c->ao.budget);
 	if ((c->ao.retrieval_floor >= 0 || c->set_rweight) &&
 	    c->method != ALLOC_KVX && c->method != ALLOC_LAYER)
 		return die(EX_BADUSE, "--retrieval-floor and --retrieval-weight "
