@@ -12,8 +12,10 @@
  * sequence decodes one token per step (LM head included, logits left on
  * the device).  Each timed step is timed alone (wall time, the device
  * synchronised around it); step ms is their median, min-max their
- * spread, host ms the mean time a step spends building its tables on
- * the host (inside step ms), and throughput = batch / median step.
+ * spread, device ms the mean device time of a timed step (between
+ * events from its tables' upload to its last kernel), host ms the mean
+ * time a timed step spends building its tables on the host with the
+ * device idle (inside step ms), and throughput = batch / median step.
  *
  * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
  *        [-r headroom] [-u shares] [-F] [plan.yaml ...]
@@ -47,6 +49,7 @@ struct result {
 	double	 score_ms, topk_ms, gather_ms;
 	double	 step_min, step_max;	/* fastest and slowest step, ms */
 	double	 host_ms;		/* of a step, building its tables */
+	double	 dev_ms;		/* of a step, on the device */
 	int	 batch;
 };
 
@@ -81,7 +84,7 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	kvx_memory mem;
 	int32_t *ids = NULL, *tok = NULL;
 	int *seqs = NULL, i, s, batch, warm = 2;
-	double t0, per, *ts = NULL;
+	double t0, per, *ts = NULL, host0, dev0;
 	const gpu_stats *st;
 
 	memset(r, 0, sizeof *r);
@@ -134,6 +137,8 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	for (i = 0; i < warm; i++)
 		if (gpu_decode(g, batch, seqs, tok, NULL) != KVX_OK)
 			goto fail;
+	host0 = st->decode_host_s;
+	dev0 = st->decode_dev_s;
 	for (i = 0; i < steps; i++) {
 		/* the last step alone for a profiler started with
 		 * profiling off (ncu --profile-from-start off) */
@@ -145,7 +150,8 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 		ts[i] = (kvx__now() - t0) * 1e3;
 	}
 	cudaProfilerStop();
-	r->host_ms = (st->decode_host_s * 1e3) / (warm + steps);
+	r->host_ms = (st->decode_host_s - host0) * 1e3 / steps;
+	r->dev_ms = (st->decode_dev_s - dev0) * 1e3 / steps;
 	qsort(ts, (size_t)steps, sizeof *ts, cmp_dbl);
 	r->step_ms = steps % 2 ? ts[steps / 2] : (ts[steps / 2 - 1] +
 	    ts[steps / 2]) / 2;
@@ -199,6 +205,11 @@ main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (ctx < 1 || steps < 1 || hr < 0 || !(budget > 0)) {
+		fprintf(stderr, "kvx-bench-e2e: -c, -s and -b must be "
+		    "positive, -r at least 0\n");
+		return 2;
+	}
 	for (end = (char *)shares; *end != '\0' && nfr < MAXCFG; ) {
 		fr[nfr] = strtod(end, &end) / 100.0;
 		if (!(fr[nfr] > 0 && fr[nfr] <= 1) || (*end != ',' &&
@@ -248,17 +259,17 @@ main(int argc, char **argv)
 	}
 
 	printf("\n| config | KV MiB/seq | batch | step ms | min-max | "
-	    "host ms | tokens/s | %s | prefill ms | select ms | score | "
-	    "top-k | gather | select share |\n",
+	    "device ms | host ms | tokens/s | %s | prefill ms | select ms | "
+	    "score | top-k | gather | select share |\n",
 	    full ? "vs full" : "vs first");
 	printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-	    "| --- | --- | --- | --- |\n");
+	    "| --- | --- | --- | --- | --- |\n");
 	for (i = 0; i < n; i++) {
-		printf("| %s | %.1f | %d | %.2f | %.2f-%.2f | %.2f | %.0f | "
-		    "%.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.1f%% |\n",
+		printf("| %s | %.1f | %d | %.2f | %.2f-%.2f | %.2f | %.2f | "
+		    "%.0f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.1f%% |\n",
 		    res[i].name, res[i].mib_seq, res[i].batch, res[i].step_ms,
-		    res[i].step_min, res[i].step_max, res[i].host_ms,
-		    res[i].tok_s,
+		    res[i].step_min, res[i].step_max, res[i].dev_ms,
+		    res[i].host_ms, res[i].tok_s,
 		    res[0].tok_s > 0 ? res[i].tok_s / res[0].tok_s : 0.0,
 		    res[i].prefill_ms, res[i].select_ms, res[i].score_ms,
 		    res[i].topk_ms, res[i].gather_ms, 100.0 * res[i].select_ms /

@@ -139,63 +139,123 @@ kvx_cuda_bias(float *y, int ld, int T, int n, const float *b,
 	return launched();
 }
 
+/* Warps a block of qk_rope_k, and pairs a lane at most (HEAD_MAX / 64). */
+#define QR_WARPS 4
+#define QR_PAIRS (HEAD_MAX / 64)
+
 /*
- * One block a (token, head): the head into shared memory, its RMS norm
- * when w is set (sum of squares in double, as rmsnorm() does), then one
- * thread a pair with the angle in double, as rope() does; pair j is
- * (2j, 2j + 1), or (j, j + d/2) with halves.
+ * One block a token.  Its angles first, once for all heads: pair j's in
+ * double, as rope() computes it, into shared memory; then one warp a
+ * head.  A Q or K head gets its RMS norm when its weights are set (sum
+ * of squares in double, as rmsnorm() does) and its rotation, pair j being
+ * (2j, 2j + 1), or (j, j + d/2) with halves; Q goes to q, K back in
+ * place, and with kd set K and V also go to the cache as fp16: head h of
+ * token t to element dst_off[t*nk + h], or (t*nk + h)*d when dst_off is
+ * NULL.
  */
-static __global__ void
-head_rope_k(const float *in, int ldi, float *out, int ldo, int nhead, int d,
-    const float *w, float eps, const int *pos, float theta, int halves)
+static __global__ void __launch_bounds__(32 * QR_WARPS)
+qk_rope_k(float *qkv, int ld, float *q, int ldq, int nq, int nk, int d,
+    const float *qw, const float *kw, float eps, const int *pos,
+    float theta, int halves, const long long *dst_off, __half *kd,
+    __half *vd)
 {
-	__shared__ float hv[HEAD_MAX];
-	__shared__ double red[32];
-	int t = blockIdx.x / nhead, h = blockIdx.x % nhead, half = d / 2;
-	int i, j;
-	const float *src = in + (size_t)t * ldi + (size_t)h * d;
-	float *dst = out + (size_t)t * ldo + (size_t)h * d, inv = 1.0f;
-	double ss = 0.0, a, sn, cs;
+	__shared__ float cs[HEAD_MAX / 2], sn[HEAD_MAX / 2];
+	int t = blockIdx.x, lane = threadIdx.x & 31, half = d / 2;
+	int nh = nq + nk + (kd != NULL ? nk : 0), h, j, k;
+	float *row = qkv + (size_t)t * ld;
 
-	for (i = threadIdx.x; i < d; i += blockDim.x) {
-		hv[i] = src[i];
-		ss += (double)hv[i] * hv[i];
-	}
-	if (w != NULL)
-		inv = 1.0f / sqrtf((float)(block_sum_dbl(ss, red) / d) + eps);
-	__syncthreads();
 	for (j = threadIdx.x; j < half; j += blockDim.x) {
-		int i0 = halves ? j : 2 * j, i1 = halves ? j + half : 2 * j + 1;
-		float x0 = hv[i0], x1 = hv[i1], c, s;
+		double a = (double)pos[t] * pow((double)theta,
+		    -(double)(2 * j) / d), s, c;
 
-		if (w != NULL) {
-			x0 = x0 * inv * w[i0];
-			x1 = x1 * inv * w[i1];
+		sincos(a, &s, &c);
+		cs[j] = (float)c;
+		sn[j] = (float)s;
+	}
+	__syncthreads();
+	for (h = threadIdx.x >> 5; h < nh; h += blockDim.x >> 5) {
+		float x0[QR_PAIRS] = { 0.0f }, x1[QR_PAIRS] = { 0.0f };
+		float inv = 1.0f;
+		const float *w = h < nq ? qw : kw;
+		const float *src = row + (size_t)h * d;
+		int kh = h - nq;
+
+		if (h >= nq + nk) {	/* a V head: stored only */
+			size_t th = (size_t)t * nk + h - nq - nk;
+			long long o = dst_off != NULL ? dst_off[th] :
+			    (long long)th * d;
+
+			for (j = lane; j < d; j += 32)
+				vd[o + j] = __float2half(src[j]);
+			continue;
 		}
-		a = (double)pos[t] * pow((double)theta, -(double)(2 * j) / d);
-		sincos(a, &sn, &cs);
-		c = (float)cs;
-		s = (float)sn;
-		dst[i0] = x0 * c - x1 * s;
-		dst[i1] = x0 * s + x1 * c;
+		double ss = 0.0;
+
+#pragma unroll
+		for (k = 0; k < QR_PAIRS; k++) {
+			j = lane + 32 * k;
+			if (j < half) {
+				x0[k] = src[halves ? j : 2 * j];
+				x1[k] = src[halves ? j + half : 2 * j + 1];
+				ss += (double)x0[k] * x0[k] +
+				    (double)x1[k] * x1[k];
+			}
+		}
+		if (w != NULL) {
+			for (k = 16; k > 0; k >>= 1)
+				ss += __shfl_xor_sync(0xffffffffu, ss, k);
+			inv = 1.0f / sqrtf((float)(ss / d) + eps);
+		}
+#pragma unroll
+		for (k = 0; k < QR_PAIRS; k++) {
+			int i0, i1;
+			float y0, y1;
+			float *dst;
+
+			j = lane + 32 * k;
+			if (j >= half)
+				continue;
+			i0 = halves ? j : 2 * j;
+			i1 = halves ? j + half : 2 * j + 1;
+			if (w != NULL) {
+				x0[k] = x0[k] * inv * w[i0];
+				x1[k] = x1[k] * inv * w[i1];
+			}
+			y0 = x0[k] * cs[j] - x1[k] * sn[j];
+			y1 = x0[k] * sn[j] + x1[k] * cs[j];
+			dst = h < nq ? q + (size_t)t * ldq + (size_t)h * d :
+			    row + (size_t)h * d;
+			dst[i0] = y0;
+			dst[i1] = y1;
+			if (h >= nq && kd != NULL) {
+				size_t th = (size_t)t * nk + kh;
+				long long o = dst_off != NULL ? dst_off[th] :
+				    (long long)th * d;
+
+				kd[o + i0] = __float2half(y0);
+				kd[o + i1] = __float2half(y1);
+			}
+		}
 	}
 }
 
-/* Launches head_rope_k, a block a (token, head). */
+/* Launches qk_rope_k, a block a token. */
 extern "C" int
-kvx_cuda_head_rope(const float *in, int ldi, float *out, int ldo, int T,
-    int nhead, int d, const float *w, float eps, const int *pos, float theta,
-    int halves, cudaStream_t stream)
+kvx_cuda_qk_rope(float *qkv, int ld, float *q, int ldq, int T, int nq,
+    int nk, int d, const float *qw, const float *kw, float eps,
+    const int *pos, float theta, int halves, const long long *dst_off,
+    void *kd, void *vd, cudaStream_t stream)
 {
-	long long nb = (long long)T * nhead;
-
 	if (T <= 0)
 		return 0;
-	if (d < 2 || d % 2 != 0 || d > HEAD_MAX || nhead < 1 ||
-	    nb > 0x7fffffffLL)
+	if (d < 2 || d % 2 != 0 || d > HEAD_MAX || nq < 0 || nk < 0 ||
+	    nq + 2 * nk < 1 || ld < (nq + 2 * nk) * d ||
+	    (nq > 0 && ldq < nq * d) ||
+	    (kd != NULL) != (vd != NULL) || (kd == NULL && dst_off != NULL))
 		return KVX_CUDA_EINVAL;
-	head_rope_k<<<(unsigned)nb, 128, 0, stream>>>(in, ldi, out, ldo,
-	    nhead, d, w, eps, pos, theta, halves);
+	qk_rope_k<<<T, 32 * QR_WARPS, 0, stream>>>(qkv, ld, q, ldq, nq, nk, d,
+	    qw, kw, eps, pos, theta, halves, dst_off, (__half *)kd,
+	    (__half *)vd);
 	return launched();
 }
 
@@ -254,35 +314,6 @@ kvx_cuda_f2h(const float *in, void *out, size_t n, cudaStream_t stream)
 		return 0;
 	f2h_k<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(in,
 	    (__half *)out, n);
-	return launched();
-}
-
-/* One block a (token, head). */
-static __global__ void
-kv_store_k(const float *k, const float *v, int ld, int nhead, int d,
-    const long long *dst_off, __half *kd, __half *vd)
-{
-	int th = blockIdx.x, t = th / nhead, h = th % nhead, i;
-	size_t so = (size_t)t * ld + (size_t)h * d;
-	long long o = dst_off != NULL ? dst_off[th] : (long long)th * d;
-
-	for (i = threadIdx.x; i < d; i += blockDim.x) {
-		kd[o + i] = __float2half(k[so + i]);
-		vd[o + i] = __float2half(v[so + i]);
-	}
-}
-
-/* Launches kv_store_k. */
-extern "C" int
-kvx_cuda_kv_store(const float *k, const float *v, int ld, int T, int nhead,
-    int d, const long long *dst_off, void *kd, void *vd, cudaStream_t stream)
-{
-	if (T <= 0)
-		return 0;
-	if (nhead < 1 || d < 1)
-		return KVX_CUDA_EINVAL;
-	kv_store_k<<<T * nhead, d < 128 ? 64 : 128, 0, stream>>>(k, v, ld,
-	    nhead, d, dst_off, (__half *)kd, (__half *)vd);
 	return launched();
 }
 

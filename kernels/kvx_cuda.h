@@ -261,16 +261,21 @@ int	 kvx_cuda_rmsnorm_add(const float *d_y, const float *d_w, int T, int e,
 int	 kvx_cuda_bias(float *d_y, int ld, int T, int n, const float *d_b,
 	    cudaStream_t stream);
 /*
- * Each of nhead heads of d <= 256 elements per token: its RMS norm times
- * d_w when d_w is not NULL (per-head Q/K norms), then the rotary
- * embedding at position pos[t] with base theta, pairs (2j, 2j+1) (the
- * GGUF llama layout) or, with halves, (j, j + d/2).  Reads rows ld_in
- * apart, writes rows ld_out apart (in place when d_in == d_out and the
- * strides agree).
+ * The Q and K heads of T rows of a fused QKV projection (rows ld floats
+ * apart, each nq Q heads, nk K heads, then nk V heads, of d floats):
+ * each Q and K head's RMS norm with d_qw or d_kw when set (per-head Q/K
+ * norms), then the rotary embedding at position pos[t] with base theta,
+ * pairs (2j, 2j+1) (the GGUF llama layout) or, with halves, (j, j + d/2).
+ * Q heads go to d_q (rows ld_q apart), K heads back in place.  With
+ * d_kdst and d_vdst set, each K head (rotated) and V head of token t is
+ * also stored as fp16: head h to element d_dst_off[t*nk + h] of d_kdst
+ * and d_vdst, or, when d_dst_off is NULL, to element (t*nk + h)*d.
  */
-int	 kvx_cuda_head_rope(const float *d_in, int ld_in, float *d_out,
-	    int ld_out, int T, int nhead, int d, const float *d_w, float eps,
-	    const int *d_pos, float theta, int halves, cudaStream_t stream);
+int	 kvx_cuda_qk_rope(float *d_qkv, int ld, float *d_q, int ld_q, int T,
+	    int nq, int nk, int d, const float *d_qw, const float *d_kw,
+	    float eps, const int *d_pos, float theta, int halves,
+	    const long long *d_dst_off, void *d_kdst, void *d_vdst,
+	    cudaStream_t stream);
 /*
  * Gated MLP activation of T rows holding the gate (f elements) then the
  * up projection (f elements): out[t][i] = act(gate) * up, as fp16, rows
@@ -281,15 +286,6 @@ int	 kvx_cuda_glu(const float *d_gu, int T, int f, int gelu, void *d_out,
 /* n floats to fp16. */
 int	 kvx_cuda_f2h(const float *d_in, void *d_out, size_t n,
 	    cudaStream_t stream);
-/*
- * Stores the K and V heads of T tokens as fp16: head h of token t (d
- * floats at d_k + t*ld + h*d, likewise d_v) goes to element
- * dst_off[t*nhead + h] of d_kdst and d_vdst, or, when d_dst_off is NULL,
- * to element (t*nhead + h)*d.
- */
-int	 kvx_cuda_kv_store(const float *d_k, const float *d_v, int ld, int T,
-	    int nhead, int d, const long long *d_dst_off, void *d_kdst,
-	    void *d_vdst, cudaStream_t stream);
 /*
  * Causal softmax of nmat matrices of rows x ncol logits (float, rows of
  * ncol): row r sees columns 0 .. col0 + r, and with a sliding window of

@@ -257,6 +257,28 @@ gpu_set_options(gpu_ctx *g, int timing, int head)
 	g->head = head;
 }
 
+/* The timing events (4 a layer), made on first use. */
+kvx_status
+gpu__events(gpu_ctx *g)
+{
+	int l;
+
+	if (g->ev != NULL)
+		return KVX_OK;
+	if ((g->ev = kvx__calloc((size_t)4 * g->L, sizeof *g->ev)) == NULL)
+		return kvx__fail(KVX_ERR_NOMEM, "out of memory");
+	for (l = 0; l < 4 * g->L; l++)
+		if (cudaEventCreate(&g->ev[l]) != cudaSuccess) {
+			while (l-- > 0)
+				cudaEventDestroy(g->ev[l]);
+			free(g->ev);
+			g->ev = NULL;
+			return kvx__fail(KVX_ERR_DEVICE, "%s:%d: cannot create "
+			    "the timing events", __FILE__, __LINE__);
+		}
+	return KVX_OK;
+}
+
 /* The times gathered while timing is on. */
 const gpu_stats *
 gpu_get_stats(const gpu_ctx *g)
@@ -313,9 +335,12 @@ gpu__gemm(gpu_ctx *g, const void *W, int rows, int cols, const void *X, int T,
 
 /* Norm, QKV projection, biases, head norms and RoPE of T tokens at
  * layer l: q gets the rotated queries [T][H][D], qkv keeps the rotated
- * keys and the values. */
+ * keys and the values, and with kd and vd set the keys and values also
+ * go to the cache as fp16 (kvx_cuda_qk_rope: at off, or packed when off
+ * is NULL). */
 kvx_status
-gpu__qkv_rope(gpu_ctx *g, int l, int T)
+gpu__qkv_rope(gpu_ctx *g, int l, int T, const long long *off, void *kd,
+    void *vd)
 {
 	glayer *w = &g->lw[l];
 	const kvx_model_info *mi = &g->m->info;
@@ -331,11 +356,9 @@ gpu__qkv_rope(gpu_ctx *g, int l, int T)
 	if (w->bqkv != NULL)
 		CK(kvx_cuda_bias(g->qkv, g->NQKV, T, g->NQKV, w->bqkv,
 		    g->stream));
-	CK(kvx_cuda_head_rope(g->qkv, g->NQKV, g->q, g->H * g->D, T, g->H,
-	    g->D, w->qn, mi->rms_eps, g->pos, theta, halves, g->stream));
-	CK(kvx_cuda_head_rope(g->qkv + g->H * g->D, g->NQKV, g->qkv + g->H *
-	    g->D, g->NQKV, T, g->Hkv, g->D, w->kn, mi->rms_eps, g->pos, theta,
-	    halves, g->stream));
+	CK(kvx_cuda_qk_rope(g->qkv, g->NQKV, g->q, g->H * g->D, T, g->H,
+	    g->Hkv, g->D, w->qn, w->kn, mi->rms_eps, g->pos, theta, halves,
+	    off, kd, vd, g->stream));
 	return KVX_OK;
 }
 

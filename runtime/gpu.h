@@ -29,6 +29,9 @@ typedef struct gpu_stats {
 					   the host, the device idle */
 	double		decode_ahead_s;	/* building the next step's tables
 					   while the device runs a step */
+	double		decode_dev_s;	/* device time of the steps, from
+					   their tables' upload to their
+					   last kernel */
 	int64_t		prefill_tokens;
 	int64_t		decode_tokens;
 } gpu_stats;

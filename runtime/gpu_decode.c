@@ -59,13 +59,10 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 	for (l = 0; l < g->L; l++) {
 		const struct step_ltab *t = &lo->l[l];
 
-		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
+		if ((rc = gpu__qkv_rope(g, l, n, (const long long *)(d +
+		    t->app), g->kbase, g->vbase)) != KVX_OK)
 			return rc;
-		if ((e = kvx_cuda_kv_store(g->qkv + g->H * D, g->qkv + (g->H +
-		    Hkv) * D, g->NQKV, n, Hkv, D,
-		    (const long long *)(d + t->app), g->kbase, g->vbase,
-		    g->stream)) != 0 ||
-		    (e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
+		if ((e = kvx_cuda_attn_partial(g->q, g->kbase, g->vbase,
 		    KVX_CUDA_F16, (const long long *)(d + t->off), G, D, D,
 		    1.0f / sqrtf((float)D),
 		    (const struct wl_item *)(d + t->items), NULL, cap,
@@ -326,9 +323,17 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	kvx_status rc;
 
 	if ((rc = gpu__ensure_fw(g, n)) != KVX_OK ||
-	    (head && (rc = gpu__ensure_logits(g, n)) != KVX_OK))
+	    (head && (rc = gpu__ensure_logits(g, n)) != KVX_OK) ||
+	    (g->timing && (rc = gpu__events(g)) != KVX_OK))
 		return rc;
-	for (i = 0; i < n; i++)
+	/* the tables laid out during the last step, if still right: then
+	   every segment had room for two more rows then, one now */
+	pre = g->pre_ok && g->pre_n == n && g->pre_gen == g->gen &&
+	    g->pre_head == head && memcmp(g->pre_seqs, seqs, (size_t)n *
+	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head) &&
+	    g->gx_cap == g->pre_cap;
+	g->pre_ok = 0;
+	for (i = 0; i < n && !pre; i++)
 		for (l = 0; l < g->L; l++)
 			if ((rc = make_room(g, seqs[i], l)) != KVX_OK)
 				return rc;
@@ -343,12 +348,6 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto out;
 	}
-	/* the tables laid out during the last step, if still right */
-	pre = g->pre_ok && g->pre_n == n && g->pre_gen == g->gen &&
-	    g->pre_head == head && memcmp(g->pre_seqs, seqs, (size_t)n *
-	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head) &&
-	    g->gx_cap == g->pre_cap;
-	g->pre_ok = 0;
 	if (pre) {
 		char *t = g->h_step;
 		size_t tc = g->step_cap;
@@ -390,7 +389,9 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 			goto out;
 		g->part_cap = cap;
 	}
-	if (cudaMemcpyAsync(g->d_step, g->h_step, need,
+	if ((g->timing && cudaEventRecord(g->ev[0], g->stream) !=
+	    cudaSuccess) ||
+	    cudaMemcpyAsync(g->d_step, g->h_step, need,
 	    cudaMemcpyHostToDevice, g->stream) != cudaSuccess ||
 	    cudaMemcpyAsync(g->ids, g->d_step + lay.ids, (size_t)n * 4,
 	    cudaMemcpyDeviceToDevice, g->stream) != cudaSuccess ||
@@ -411,6 +412,10 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 			rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: graph launch "
 			    "failed", __FILE__, __LINE__);
 	}
+	if (rc == KVX_OK && g->timing && cudaEventRecord(g->ev[1],
+	    g->stream) != cudaSuccess)
+		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: event record failed",
+		    __FILE__, __LINE__);
 	if (rc != KVX_OK)
 		goto out;
 	if (logits != NULL && cudaMemcpyAsync(logits, g->logits, (size_t)n *
@@ -441,6 +446,15 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->pre_gen = g->gen;
 		g->pre_ok = 1;
 	}
+	/* the new rows, counted while the device still runs (taken back
+	   if the step fails): a sequence's segments lie together */
+	for (i = 0; i < n; i++) {
+		gseg *sg = seg_at(g, seqs[i], 0, 0);
+
+		for (h = 0; h < g->L * Hkv; h++)
+			sg[h].len++;
+		g->npos[seqs[i]]++;
+	}
 	if (g->timing)
 		g->st.decode_ahead_s += kvx__now() - t1;
 	/* the tables stay in use until the step ends */
@@ -448,17 +462,23 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->pre_ok = 0;
 		rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode step failed: %s",
 		    __FILE__, __LINE__, cudaGetErrorString(cudaGetLastError()));
+		for (i = 0; i < n; i++) {
+			gseg *sg = seg_at(g, seqs[i], 0, 0);
+
+			for (h = 0; h < g->L * Hkv; h++)
+				sg[h].len--;
+			g->npos[seqs[i]]--;
+		}
 		goto out;
 	}
-	for (i = 0; i < n; i++) {
-		for (l = 0; l < g->L; l++)
-			for (h = 0; h < Hkv; h++)
-				seg_at(g, seqs[i], l, h)->len++;
-		g->npos[seqs[i]]++;
-	}
 	if (g->timing) {
+		float ms;
+
 		g->st.decode_s += kvx__now() - t0;
 		g->st.decode_tokens += n;
+		if (cudaEventElapsedTime(&ms, g->ev[0], g->ev[1]) ==
+		    cudaSuccess)
+			g->st.decode_dev_s += ms * 1e-3;
 	}
 out:
 	free(len);

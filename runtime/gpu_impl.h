@@ -268,7 +268,9 @@ kvx_status	 gpu__ensure_fw(gpu_ctx *, int t);
 kvx_status	 gpu__ensure_logits(gpu_ctx *, int n);
 kvx_status	 gpu__gemm(gpu_ctx *, const void *W, int rows, int cols,
 		     const void *X, int T, float *Y, int ldy, float beta);
-kvx_status	 gpu__qkv_rope(gpu_ctx *, int l, int T);
+kvx_status	 gpu__events(gpu_ctx *);
+kvx_status	 gpu__qkv_rope(gpu_ctx *, int l, int T, const long long *off,
+		     void *kd, void *vd);
 kvx_status	 gpu__out_ffn(gpu_ctx *, int l, int T);
 kvx_status	 gpu__lm_head(gpu_ctx *, int r0, int n);
 void		 gpu__win_clear(gpu_ctx *, int s);

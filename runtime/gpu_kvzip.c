@@ -254,11 +254,9 @@ batch(gpu_ctx *g, const int *d_ids, int nb, int w, const int *np)
 		char *v = (char *)g->zv + le * l * 2;
 		size_t at = (size_t)np[l] * Hkv * D * 2;
 
-		if ((rc = gpu__qkv_rope(g, l, nb)) != KVX_OK)
+		if ((rc = gpu__qkv_rope(g, l, nb, NULL, k + at, v + at)) !=
+		    KVX_OK)
 			return rc;
-		CK(kvx_cuda_kv_store(g->qkv + g->H * D, g->qkv + (g->H +
-		    Hkv) * D, g->NQKV, nb, Hkv, D, NULL, k + at, v + at,
-		    g->stream));
 		kz.score = g->zs + (size_t)l * Hkv * g->zrows;
 		kz.hstride = g->zrows;
 		kz.n = np[l];

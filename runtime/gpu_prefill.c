@@ -662,11 +662,9 @@ prefill_layers(gpu_ctx *g, int s, int n, int kz)
 	for (l = 0; l < g->L; l++) {
 		if (kz)
 			gpu__kvzip_src(g, l, n, n, &src);
-		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
+		if ((rc = gpu__qkv_rope(g, l, n, NULL, (void *)src.k,
+		    (void *)src.v)) != KVX_OK)
 			return rc;
-		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
-		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL,
-		    (void *)src.k, (void *)src.v, g->stream));
 		if ((rc = gpu__attn(g, l, src.k, src.v, 0, n, NULL)) != KVX_OK)
 			return rc;
 		if (g->plan == NULL && (rc = keep_layer(g, s, l, n)) != KVX_OK)
@@ -699,14 +697,9 @@ prefill_run(gpu_ctx *g, int s, const int32_t *ids, int n, float *logits)
 	for (i = 0; i < n; i++)
 		pos[i] = i;
 	if (g->timing) {
-		if (g->ev == NULL) {
-			if ((g->ev = kvx__calloc((size_t)4 * g->L,
-			    sizeof *g->ev)) == NULL) {
-				free(pos);
-				return kvx__fail(KVX_ERR_NOMEM, "out of memory");
-			}
-			for (l = 0; l < 4 * g->L; l++)
-				CK(cudaEventCreate(&g->ev[l]));
+		if ((rc = gpu__events(g)) != KVX_OK) {
+			free(pos);
+			return rc;
 		}
 		CK(cudaStreamSynchronize(g->stream));
 		t0 = kvx__now();

@@ -129,11 +129,9 @@ profile_layers(gpu_ctx *g, const fw_batch *b, kv_cache *kv, int w,
 	CK(kvx_cuda_embed(g->embd, g->E, g->ids, n, g->m->desc->embd_scale ?
 	    sqrtf((float)g->E) : 1.0f, g->x, g->stream));
 	for (l = 0; l < g->L; l++) {
-		if ((rc = gpu__qkv_rope(g, l, n)) != KVX_OK)
+		if ((rc = gpu__qkv_rope(g, l, n, NULL, g->kt, g->vt)) !=
+		    KVX_OK)
 			return rc;
-		CK(kvx_cuda_kv_store(g->qkv + g->H * g->D, g->qkv + (g->H +
-		    g->Hkv) * g->D, g->NQKV, n, g->Hkv, g->D, NULL, g->kt,
-		    g->vt, g->stream));
 		if ((rc = gpu__attn(g, l, g->kt, g->vt, 0, n, NULL)) !=
 		    KVX_OK ||
 		    (rc = layer_out(g, b, kv, l, w, ph)) != KVX_OK)

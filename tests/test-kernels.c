@@ -666,6 +666,138 @@ back_h(float *h, const void *d, size_t n)
  * store and the causal softmax (also with a sliding window) against
  * plain C twins written from the definitions in runtime/model.c.
  */
+/*
+ * The fused QKV's head norms (every other pair of repetitions), RoPE and
+ * K/V store against the CPU: T rows of nq Q, nk K and nk V heads with
+ * padded rows; Q out of place, K in place, V untouched; then the same
+ * with the K and V heads stored as fp16, to scattered rows (odd
+ * repetitions) or packed, compared bit for bit with the fp32 results.
+ */
+static void
+test_qk_rope(int rep, int T, int nq, int d, int halves, float theta)
+{
+	int nk = tap_irand(1, nq), nh = nq + 2 * nk, t, h, i, c;
+	int ld = nh * d + tap_irand(0, 3) * 4, ldq = nq * d + 4 * (rep % 2);
+	int norm = rep % 4 >= 2, scat = rep % 2;
+	size_t nr = (size_t)T * ld, nkv = (size_t)T * nk * d;
+	float *a = malloc(nr * sizeof(float)), *got = malloc(nr * sizeof(float));
+	float *ref = malloc(nr * sizeof(float)), *wq = malloc(2 * d * 4);
+	float *q = malloc((size_t)T * ldq * 4), *kh = malloc(nkv * 4);
+	float *vh = malloc(nkv * 4), *wk = wq + d, err, e;
+	int *pos = malloc((size_t)T * sizeof(int));
+	long long *off = malloc((size_t)T * nk * sizeof(long long));
+	void *da, *dq, *dw, *dpos, *doff, *dk, *dv;
+
+	for (i = 0; i < (int)nr; i++)
+		a[i] = tap_frand() * (rep % 4 + 1);
+	for (t = 0; t < T; t++)
+		pos[t] = tap_irand(0, rep % 2 ? 100 : 9000);
+	for (i = 0; i < 2 * d; i++)
+		wq[i] = 0.5f + tap_frand();
+	memcpy(ref, a, nr * sizeof(float));
+	for (t = 0; t < T; t++)
+		for (h = 0; h < nq + nk; h++) {
+			const float *p = a + (size_t)t * ld + h * d;
+			const float *w = h < nq ? wq : wk;
+			float *r = ref + (size_t)t * ld + h * d, inv = 1.0f;
+			double ss = 0.0;
+
+			for (i = 0; i < d; i++)
+				ss += (double)p[i] * p[i];
+			if (norm)
+				inv = 1.0f / sqrtf((float)(ss / d) + 1e-6f);
+			for (i = 0; i < d; i++)
+				r[i] = norm ? p[i] * inv * w[i] : p[i];
+			for (i = 0; i < d / 2; i++) {
+				double ang = pos[t] * pow((double)theta,
+				    -(double)(2 * i) / d);
+				float cs = (float)cos(ang), sn = (float)sin(ang);
+				int i0 = halves ? i : 2 * i;
+				int i1 = halves ? i + d / 2 : 2 * i + 1;
+				float x0 = r[i0], x1 = r[i1];
+
+				r[i0] = x0 * cs - x1 * sn;
+				r[i1] = x0 * sn + x1 * cs;
+			}
+		}
+	for (i = 0; i < T * nk; i++)
+		off[i] = scat ? ((long long)(T * nk - 1 - i)) * d :
+		    (long long)i * d;
+	da = dev(a, nr * 4);
+	dpos = dev(pos, (size_t)T * sizeof(int));
+	dw = dev(wq, (size_t)2 * d * 4);
+	doff = dev(off, (size_t)T * nk * sizeof(long long));
+	dq = poisoned((size_t)T * ldq * 4);
+	check(kvx_cuda_qk_rope(da, ld, dq, ldq, T, nq, nk, d,
+	    norm ? dw : NULL, norm ? (float *)dw + d : NULL, 1e-6f, dpos,
+	    theta, halves, NULL, NULL, NULL, 0), "qk_rope");
+	back(q, dq, (size_t)T * ldq);
+	back(got, da, nr);
+	for (t = 0, err = 0.0f, c = 0; t < T; t++)
+		for (i = 0; i < ld; i++) {
+			const float *r = ref + (size_t)t * ld;
+
+			if (i < nq * d) {	/* Q: out of place */
+				e = fabsf(q[(size_t)t * ldq + i] - r[i]) /
+				    (fabsf(r[i]) + 1e-3f);
+				c += got[(size_t)t * ld + i] !=
+				    a[(size_t)t * ld + i];
+			} else if (i < (nq + nk) * d)	/* K: in place */
+				e = fabsf(got[(size_t)t * ld + i] - r[i]) /
+				    (fabsf(r[i]) + 1e-3f);
+			else {	/* V and the padding: untouched */
+				e = 0.0f;
+				c += got[(size_t)t * ld + i] !=
+				    a[(size_t)t * ld + i];
+			}
+			if (!(e <= err))
+				err = e;
+		}
+	ok(err < 1e-5 && c == 0, "qk_rope T=%d %d+%d heads d=%d halves %d "
+	    "norm %d: max relative error %.2e, %d inputs changed", T, nq, nk,
+	    d, halves, norm, err, c);
+
+	/* again from the input, K and V also stored as fp16 */
+	kvx_cuda_free(da);
+	da = dev(a, nr * 4);
+	dk = poisoned(nkv * 2);
+	dv = poisoned(nkv * 2);
+	check(kvx_cuda_qk_rope(da, ld, dq, ldq, T, nq, nk, d,
+	    norm ? dw : NULL, norm ? (float *)dw + d : NULL, 1e-6f, dpos,
+	    theta, halves, scat ? doff : NULL, dk, dv, 0), "qk_rope store");
+	back(ref, da, nr);
+	back_h(kh, dk, nkv);
+	back_h(vh, dv, nkv);
+	for (t = 0, c = 0; t < T; t++)
+		for (h = 0; h < nk; h++)
+			for (i = 0; i < d; i++) {
+				size_t o = (size_t)off[t * nk + h] + i;
+				size_t at = (size_t)t * ld + (nq + h) * d + i;
+
+				c += kh[o] != kvx__h2f(kvx__f2h(got[at])) ||
+				    ref[at] != got[at] ||
+				    vh[o] != kvx__h2f(kvx__f2h(a[at + nk * d]));
+			}
+	ok(c == 0, "qk_rope storing K/V %s: %d elements differ",
+	    scat ? "scattered" : "packed", c);
+	kvx_cuda_free(da);
+	kvx_cuda_free(dq);
+	kvx_cuda_free(dw);
+	kvx_cuda_free(dpos);
+	kvx_cuda_free(doff);
+	kvx_cuda_free(dk);
+	kvx_cuda_free(dv);
+	free(a);
+	free(got);
+	free(ref);
+	free(wq);
+	free(q);
+	free(kh);
+	free(vh);
+	free(pos);
+	free(off);
+}
+
 static void
 test_layers(int rep)
 {
@@ -674,13 +806,12 @@ test_layers(int rep)
 	int V = tap_irand(50, 400), halves = rep % 2, gelu = rep % 2;
 	int win = rep % 4 < 2 ? 0 : tap_irand(1, 40);
 	float scale = rep % 2 ? 16.0f : 1.0f;
-	int ld = nh * d + tap_irand(0, 3) * 4, i, t, h, c, rows, ncol, col0, nm;
+	int ld = nh * d + tap_irand(0, 3) * 4, i, t, c, rows, ncol, col0, nm;
 	size_t n;
 	float *a, *b, *w, *ref, *got, theta = rep % 3 ? 10000.0f : 100000.0f;
 	uint16_t *tab;
-	int *ids, *pos;
-	long long *off;
-	void *da, *db, *dw, *dout, *dout2, *dids, *dpos, *doff;
+	int *ids;
+	void *da, *dw, *dout, *dout2, *dids;
 	double err;
 
 	int ldn = e + 4 * tap_irand(0, 3);
@@ -698,8 +829,6 @@ test_layers(int rep)
 	got = malloc(n * sizeof(float));
 	tab = malloc(n * sizeof(uint16_t));
 	ids = malloc((size_t)T * sizeof(int));
-	pos = malloc((size_t)T * sizeof(int));
-	off = malloc((size_t)T * nh * sizeof(long long));
 
 	/* embedding */
 	fill_kv(KVX_CUDA_F16, tab, w, (size_t)V * e, 2.0f);
@@ -793,92 +922,7 @@ test_layers(int rep)
 	kvx_cuda_free(da);
 	kvx_cuda_free(dw);
 
-	da = dev(a, (size_t)T * ld * 4);
-
-	/* head norm (every other repetition) and RoPE, out of place (rows
-	   ld -> nh*d) and in place, pairs adjacent or halves apart */
-	for (t = 0; t < T; t++)
-		pos[t] = tap_irand(0, rep % 2 ? 100 : 9000);
-	for (i = 0; i < d; i++)
-		w[i] = 0.5f + tap_frand();
-	for (t = 0; t < T; t++)
-		for (h = 0; h < nh; h++) {
-			const float *p = a + (size_t)t * ld + h * d;
-			float *r = ref + ((size_t)t * nh + h) * d, inv = 1.0f;
-			double ss = 0.0;
-
-			for (i = 0; i < d; i++)
-				ss += (double)p[i] * p[i];
-			if (rep % 4 >= 2)
-				inv = 1.0f / sqrtf((float)(ss / d) + 1e-6f);
-			for (i = 0; i < d; i++)
-				r[i] = rep % 4 >= 2 ? p[i] * inv * w[i] : p[i];
-			for (i = 0; i < d / 2; i++) {
-				double ang = pos[t] * pow((double)theta,
-				    -(double)(2 * i) / d);
-				float cs = (float)cos(ang), sn = (float)sin(ang);
-				int i0 = halves ? i : 2 * i;
-				int i1 = halves ? i + d / 2 : 2 * i + 1;
-				float x0 = r[i0], x1 = r[i1];
-
-				r[i0] = x0 * cs - x1 * sn;
-				r[i1] = x0 * sn + x1 * cs;
-			}
-		}
-	dpos = dev(pos, (size_t)T * sizeof(int));
-	dw = dev(w, (size_t)d * 4);
-	dout = poisoned((size_t)T * nh * d * 4);
-	check(kvx_cuda_head_rope(da, ld, dout, nh * d, T, nh, d,
-	    rep % 4 >= 2 ? dw : NULL, 1e-6f, dpos, theta, halves, 0),
-	    "head_rope");
-	back(got, dout, (size_t)T * nh * d);
-	err = relerr(got, ref, (size_t)T * nh * d);
-	ok(err < 1e-6, "rope T=%d heads=%d d=%d halves %d norm %d: relative "
-	    "error %.2e", T, nh, d, halves, rep % 4 >= 2, err);
-	check(kvx_cuda_head_rope(da, ld, da, ld, T, nh, d,
-	    rep % 4 >= 2 ? dw : NULL, 1e-6f, dpos, theta, halves, 0),
-	    "head_rope in place");
-	kvx_cuda_free(dw);
-	back(b, da, (size_t)T * ld);
-	for (t = 0, err = 0.0; t < T; t++)
-		for (i = 0; i < nh * d; i++) {
-			double x = fabs((double)b[(size_t)t * ld + i] -
-			    ref[(size_t)t * nh * d + i]);
-
-			if (!(x <= err))
-				err = x;
-		}
-	ok(err < 1e-5, "rope in place: max error %.2e", err);
-
-	/* K/V store to scattered rows, as fp16 */
-	for (i = 0; i < T * nh; i++)
-		off[i] = ((long long)(T * nh - 1 - i)) * d;
-	doff = dev(off, (size_t)T * nh * sizeof(long long));
-	dout = poisoned((size_t)T * nh * d * 2);
-	dout2 = poisoned((size_t)T * nh * d * 2);
-	db = dev(a, (size_t)T * ld * 4);
-	check(kvx_cuda_kv_store(da, db, ld, T, nh, d, doff, dout, dout2, 0),
-	    "kv_store");
-	back_h(got, dout, (size_t)T * nh * d);
-	back_h(ref, dout2, (size_t)T * nh * d);
-	for (t = 0, c = 0; t < T; t++)
-		for (h = 0; h < nh; h++)
-			for (i = 0; i < d; i++) {
-				float k = kvx__h2f(kvx__f2h(b[(size_t)t * ld +
-				    h * d + i]));
-				float v = kvx__h2f(kvx__f2h(a[(size_t)t * ld +
-				    h * d + i]));
-				size_t o = (size_t)off[t * nh + h] + i;
-
-				c += got[o] != k || ref[o] != v;
-			}
-	ok(c == 0, "kv_store T=%d heads=%d: %d elements differ", T, nh, c);
-	kvx_cuda_free(da);
-	kvx_cuda_free(db);
-	kvx_cuda_free(dpos);
-	kvx_cuda_free(doff);
-	kvx_cuda_free(dout);
-	kvx_cuda_free(dout2);
+	test_qk_rope(rep, T, nh, d, halves, theta);
 
 	/* SwiGLU, or the GELU (tanh) gate */
 	for (i = 0; i < T * 2 * f; i++)
@@ -945,8 +989,6 @@ test_layers(int rep)
 	free(got);
 	free(tab);
 	free(ids);
-	free(pos);
-	free(off);
 }
 
 /*
