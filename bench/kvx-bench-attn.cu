@@ -209,7 +209,8 @@ step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
 		    y.first, y.m, y.l, y.acc, y.out, st));
 		if (comb && !wl_solo(first.data(), nseg))
 			KC(kvx_cuda_attn_combine(y.first, nseg, G, D, y.m, y.l,
-			    y.acc, y.out, 1, st));
+			    y.acc, y.out, KVX_CUDA_F32, 1,
+			    wl_most(first.data(), nseg), st));
 	}
 	CK(cudaStreamEndCapture(st, &gr));
 	CK(cudaGraphInstantiate(&ge, gr, 0));

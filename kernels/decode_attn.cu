@@ -663,8 +663,9 @@ at_minb(void)
  * from wl_balanced), or item b alone when bfirst is NULL.  With out,
  * item ii is its segment's only one when first[seg] = ii and first[seg
  * + 1] = ii + 1; the empty items that pad a list past its end (seg 0,
- * ii >= first[nseg]) never are.  The test is the same for the whole
- * block, so the barriers of attn_fold stay uniform.
+ * ii >= first[nseg]) never are.  Items of seg < 0 are skipped.  The
+ * tests are the same for the whole block, so the barriers of attn_fold
+ * stay uniform.
  */
 template <int G, int D, typename T>
 static __global__ void __launch_bounds__(AT_THREADS, at_minb<G, D, T>())
@@ -682,6 +683,8 @@ attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
 	i1 = bfirst ? bfirst[blockIdx.x + 1] : blockIdx.x + 1;
 	for (ii = i0; ii < i1; ii++) {
 		it = items[ii];
+		if (it.seg < 0)		/* padding past the list's end */
+			continue;
 		o.solo = out != NULL && first[it.seg] == ii &&
 		    first[it.seg + 1] == ii + 1;
 		o.m = pm + (size_t)ii * G;
@@ -965,6 +968,30 @@ cb_join(struct cb_state<E> &a, const struct cb_state<E> &b)
 	a.m = mt;
 }
 
+/* A merged state's output, acc / l (zeros when empty), as float or fp16. */
+static __device__ __forceinline__ void
+cb_put(float *p, float v)
+{
+	*p = v;
+}
+
+static __device__ __forceinline__ void
+cb_put(__half *p, float v)
+{
+	*p = __float2half(v);
+}
+
+template <int E, typename OT>
+static __device__ __forceinline__ void
+cb_store(OT *dst, const struct cb_state<E> &st)
+{
+	int e;
+
+#pragma unroll
+	for (e = 0; e < E; e++)
+		cb_put(dst + e, st.l > 0.0f ? st.a[e] / st.l : 0.0f);
+}
+
 /*
  * Merge of one (segment, query head)'s partials by a block of CB_WARPS
  * warps, d = 32 E: the segment's items are cut into runs of U, nw
@@ -976,17 +1003,16 @@ cb_join(struct cb_state<E> &a, const struct cb_state<E> &b)
  * it; the shared arrays are written before the one barrier and read
  * after it, once, so no two accesses race.
  */
-template <int E>
+template <int E, typename OT>
 static __global__ void __launch_bounds__(CB_T, CB_MINB)
 attn_combine_k(const int *first, int g, int solo, const float *pm,
-    const float *pl, const float *pacc, float *out)
+    const float *pl, const float *pacc, OT *out)
 {
 	constexpr int D = 32 * E, U = CB_U(E);
 	__shared__ float sm[CB_WARPS][2], sa[CB_WARPS][D];
 	struct cb_state<E> st, o;
 	int s = blockIdx.x, h = blockIdx.y, w = threadIdx.x >> 5;
 	int lane = threadIdx.x & 31, j0, j1, nw, j, e, i;
-	float *dst;
 
 	grid_wait();
 	j0 = first[s];
@@ -1025,34 +1051,112 @@ attn_combine_k(const int *first, int g, int solo, const float *pm,
 			cb_join<E>(st, o);
 		}
 	}
-	if (w != 0)
-		return;
-	dst = out + ((size_t)s * g + h) * D + lane * E;
-#pragma unroll
-	for (e = 0; e < E; e++)
-		dst[e] = st.l > 0.0f ? st.a[e] / st.l : 0.0f;
+	if (w == 0)
+		cb_store<E>(out + ((size_t)s * g + h) * D + lane * E, st);
 }
 
-/* Launches the merge of the partials, a block per (segment, head). */
-extern "C" int
-kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
-    const float *m, const float *l, const float *acc, float *out, int solo,
+/*
+ * The same merge with one warp a (segment, query head), CB_WARPS of
+ * them a block, each alone (no shared memory, no barrier): warp w of
+ * block b takes pair p = b CB_WARPS + w (segment p / g, head p % g) and
+ * does, one after another, what each of the block form's nw warps does,
+ * joining their states in the same order: the same operations on the
+ * same values, so the same bits whatever the counts (a graph keeps the
+ * form it was captured with while the counts change).  For lists whose
+ * segments have at most U items, where the block form leaves three
+ * warps in four idle and needs a block a pair.
+ */
+template <int E, typename OT>
+static __global__ void __launch_bounds__(CB_T, CB_MINB)
+attn_combine_w_k(const int *first, int npair, int g, int solo,
+    const float *pm, const float *pl, const float *pacc, OT *out)
+{
+	constexpr int D = 32 * E, U = CB_U(E);
+	struct cb_state<E> st, t;
+	int p = blockIdx.x * CB_WARPS + (threadIdx.x >> 5);
+	int lane = threadIdx.x & 31, s, h, j, j0, j1, e, i, w, nw;
+
+	grid_wait();
+	if (p >= npair)
+		return;
+	s = p / g;
+	h = p % g;
+	j0 = first[s];
+	j1 = first[s + 1];
+	if (solo && j1 - j0 == 1)
+		return;
+	nw = (j1 - j0 + U - 1) / U;
+	nw = nw < 1 ? 1 : nw > CB_WARPS ? CB_WARPS : nw;
+	for (w = 0; w < nw; w++) {
+		t.m = -INFINITY;
+		t.l = 0.0f;
+#pragma unroll
+		for (e = 0; e < E; e++)
+			t.a[e] = 0.0f;
+		for (j = j0 + w * U; j < j1; j += nw * U)
+			cb_items<E>(j, j1, g, h, lane, pm, pl, pacc, t);
+		for (i = 16; i > 0; i >>= 1)
+			t.l += __shfl_xor_sync(0xffffffffu, t.l, i);
+		if (w == 0)
+			st = t;
+		else
+			cb_join<E>(st, t);
+	}
+	cb_store<E>(out + ((size_t)s * g + h) * D + lane * E, st);
+}
+
+/* One of the two forms for d = 32 E and the output type. */
+template <int E, typename OT>
+static int
+combine_launch(const int *first, int nseg, int g, int most, int solo,
+    const float *m, const float *l, const float *acc, OT *out,
     cudaStream_t stream)
 {
-	dim3 grid(nseg, g);
+	long long npair = (long long)nseg * g;
 
+	if (most >= 1 && most <= CB_U(E))
+		return launch_early(attn_combine_w_k<E, OT>,
+		    dim3((unsigned)((npair + CB_WARPS - 1) / CB_WARPS)), CB_T,
+		    0, stream, first, (int)npair, g, solo, m, l, acc, out);
+	return launch_early(attn_combine_k<E, OT>, dim3(nseg, g), CB_T, 0,
+	    stream, first, g, solo, m, l, acc, out);
+}
+
+/* Launches the merge of the partials: a block per (segment, head), or a
+ * warp per (segment, head) when no segment has more than U items. */
+extern "C" int
+kvx_cuda_attn_combine(const int *first, int nseg, int g, int d,
+    const float *m, const float *l, const float *acc, void *out,
+    int out_dtype, int solo, int most, cudaStream_t stream)
+{
 	if (nseg <= 0)
 		return 0;
-	if (g < 1 || g > 65535)
+	if (g < 1 || g > 65535 || (long long)nseg * g > 0x7fffffffLL ||
+	    (out_dtype != KVX_CUDA_F32 && out_dtype != KVX_CUDA_F16) ||
+	    (solo && out_dtype != KVX_CUDA_F32))
 		return KVX_CUDA_EINVAL;
+	if (out_dtype == KVX_CUDA_F16) {
+		__half *o = (__half *)out;
+
+		if (d == 64)
+			return combine_launch<2>(first, nseg, g, most, 0, m, l,
+			    acc, o, stream);
+		if (d == 128)
+			return combine_launch<4>(first, nseg, g, most, 0, m, l,
+			    acc, o, stream);
+		if (d == 256)
+			return combine_launch<8>(first, nseg, g, most, 0, m, l,
+			    acc, o, stream);
+		return KVX_CUDA_EINVAL;
+	}
 	if (d == 64)
-		return launch_early(attn_combine_k<2>, grid, CB_T, 0, stream,
-		    first, g, solo, m, l, acc, out);
+		return combine_launch<2>(first, nseg, g, most, solo, m, l, acc,
+		    (float *)out, stream);
 	if (d == 128)
-		return launch_early(attn_combine_k<4>, grid, CB_T, 0, stream,
-		    first, g, solo, m, l, acc, out);
+		return combine_launch<4>(first, nseg, g, most, solo, m, l, acc,
+		    (float *)out, stream);
 	if (d == 256)
-		return launch_early(attn_combine_k<8>, grid, CB_T, 0, stream,
-		    first, g, solo, m, l, acc, out);
+		return combine_launch<8>(first, nseg, g, most, solo, m, l, acc,
+		    (float *)out, stream);
 	return KVX_CUDA_EINVAL;
 }

@@ -260,26 +260,27 @@ kvx_cuda_qk_rope(float *qkv, int ld, float *q, int ldq, int T, int nq,
 }
 
 /*
- * One thread an output: act(gate) * up as fp16, act SiLU as swiglu()
- * or, with gelu, GELU in its tanh form as geglu() computes it.
+ * One thread an output, a row of blocks a token (blockIdx.y): act(gate)
+ * * up as fp16, act SiLU as swiglu() or, with gelu, GELU in its tanh
+ * form as geglu() computes it.
  */
 static __global__ void
-glu_k(const float *gu, int f, size_t n, int gelu, __half *out)
+glu_k(const float *gu, int f, int gelu, __half *out)
 {
 	const float c = 0.7978845608f;	/* sqrt(2 / pi) */
-	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, t;
+	int i = blockIdx.x * blockDim.x + threadIdx.x;
+	size_t t = blockIdx.y;
 	float g, u, a;
 
-	if (i >= n)
+	if (i >= f)
 		return;
-	t = i / f;
-	g = gu[t * 2 * f + i % f];
-	u = gu[t * 2 * f + f + i % f];
+	g = gu[t * 2 * f + i];
+	u = gu[t * 2 * f + f + i];
 	if (gelu)
 		a = 0.5f * g * (1.0f + tanhf(c * (g + 0.044715f * g * g * g)));
 	else
 		a = g / (1.0f + expf(-g));
-	out[i] = __float2half(a * u);
+	out[t * f + i] = __float2half(a * u);
 }
 
 /* Launches glu_k. */
@@ -287,12 +288,18 @@ extern "C" int
 kvx_cuda_glu(const float *gu, int T, int f, int gelu, void *out,
     cudaStream_t stream)
 {
-	size_t n = (size_t)T * f;
-
-	if (n == 0)
+	if (T <= 0 || f <= 0)
 		return 0;
-	glu_k<<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(gu, f, n,
-	    gelu, (__half *)out);
+	if (T > 65535) {	/* the grid's rows: one launch a 65535 tokens */
+		int e;
+
+		if ((e = kvx_cuda_glu(gu, 65535, f, gelu, out, stream)) != 0)
+			return e;
+		return kvx_cuda_glu(gu + (size_t)65535 * 2 * f, T - 65535, f,
+		    gelu, (__half *)out + (size_t)65535 * f, stream);
+	}
+	glu_k<<<dim3((unsigned)((f + 255) / 256), (unsigned)T), 256, 0,
+	    stream>>>(gu, f, gelu, (__half *)out);
 	return launched();
 }
 

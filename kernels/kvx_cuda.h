@@ -221,7 +221,8 @@ int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
  * With d_out (then d_first is the list's first[], and required), an
  * item that is its segment's only one writes the segment's output to
  * d_out + seg*g*d instead, as the combine would, and no partial.
- * d is 64, 128 or 256, 1 <= g <= 8.
+ * Items of seg < 0 are skipped (padding).  d is 64, 128 or 256,
+ * 1 <= g <= 8.
  */
 int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    const void *d_v, int dtype, const long long *d_off, int g, int d,
@@ -230,13 +231,19 @@ int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    float *d_l, float *d_acc, float *d_out, cudaStream_t stream);
 /*
  * Log-sum-exp merge of each segment's items into d_out + s*g*d (zeros
- * for a segment of no items); d is 64, 128 or 256.  solo: the partial
- * kernel was given d_out, so segments of one item are left alone (when
- * every segment has one, wl_solo, the combine need not run at all).
+ * for a segment of no items), floats, or fp16 when out_dtype is
+ * KVX_CUDA_F16; d is 64, 128 or 256.  solo (float output only): the
+ * partial kernel was given d_out, so segments of one item are left alone
+ * (when every segment has one, wl_solo, the combine need not run at
+ * all).  most: the most items a segment has, a hint (0: unknown): from
+ * 1 to 32/(d/32) (16 at d = 64) one warp merges a (segment, head),
+ * four a block, else a block of four warps does; either form gives the
+ * same bits for any counts.
  */
 int	 kvx_cuda_attn_combine(const int *d_first, int nseg, int g, int d,
 	    const float *d_m, const float *d_l, const float *d_acc,
-	    float *d_out, int solo, cudaStream_t stream);
+	    void *d_out, int out_dtype, int solo, int most,
+	    cudaStream_t stream);
 
 /* --- 5. model layers (the GPU forward of runtime/gpu*.c) ----------------- */
 /*

@@ -382,14 +382,17 @@ residual_gemm(gpu_ctx *g, const void *W, int cols, const float *pn, int T)
 }
 
 /* Output projection and feed-forward block of T tokens at layer l, the
- * attention output in att. */
+ * attention output in att (floats), or already in xh as fp16 when
+ * xh_ready is set. */
 kvx_status
-gpu__out_ffn(gpu_ctx *g, int l, int T)
+gpu__out_ffn(gpu_ctx *g, int l, int T, int xh_ready)
 {
 	glayer *w = &g->lw[l];
 	kvx_status rc;
 
-	CK(kvx_cuda_f2h(g->att, g->xh, (size_t)T * g->H * g->D, g->stream));
+	if (!xh_ready)
+		CK(kvx_cuda_f2h(g->att, g->xh, (size_t)T * g->H * g->D,
+		    g->stream));
 	if ((rc = residual_gemm(g, w->wo, g->H * g->D, w->pan, T)) != KVX_OK)
 		return rc;
 	CK(kvx_cuda_rmsnorm(g->x, g->E, w->fn, T, g->E, g->m->info.rms_eps,

@@ -40,10 +40,11 @@ a16(size_t n)
 
 /*
  * The device work of one decode step on the context's stream, over the
- * tables at g->d_step laid out by lo: embedding, the layers (the split-K
- * partial attention over a fixed grid of cap items a layer, the surplus
- * empty; a segment of one item written by the partial kernel, the
- * others by the combine), and the LM head when head is set.  Issued
+ * tables at g->d_step laid out by lo (g->h_step holding the same):
+ * embedding, the layers (the split-K partial attention over a fixed grid
+ * of cap items a layer, the surplus skipped; the combine, in the form
+ * the layer's counts call for, writes the attention's output as fp16
+ * for the output projection), and the LM head when head is set.  Issued
  * directly or captured.
  */
 static kvx_status
@@ -66,14 +67,15 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 		    KVX_CUDA_F16, (const long long *)(d + t->off), G, D, D,
 		    1.0f / sqrtf((float)D),
 		    (const struct wl_item *)(d + t->items), NULL, cap,
-		    (const int *)(d + t->first), g->pm, g->pl, g->pacc, g->att,
+		    (const int *)(d + t->first), g->pm, g->pl, g->pacc, NULL,
 		    g->stream)) != 0 ||
 		    (e = kvx_cuda_attn_combine((const int *)(d + t->first),
-		    nseg, G, D, g->pm, g->pl, g->pacc, g->att, 1,
+		    nseg, G, D, g->pm, g->pl, g->pacc, g->xh, KVX_CUDA_F16, 0,
+		    wl_most((const int *)(g->h_step + t->first), nseg),
 		    g->stream)) != 0)
 			return gpu__cuda_fail(e, __FILE__, __LINE__,
 			    "decode attention");
-		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
+		if ((rc = gpu__out_ffn(g, l, n, 1)) != KVX_OK)
 			return rc;
 	}
 	return head ? gpu__lm_head(g, 0, n) : KVX_OK;
@@ -187,8 +189,8 @@ step_layout(const gpu_ctx *g, int n, int cap, struct step_lay *lo)
 /*
  * The tables of that step in buf (all but the token ids): positions, and
  * per layer the segment offsets, the append offsets, each segment's
- * first item and the split-K items, padded to cap with empty items past
- * every segment's range (never combined).  A sliding-window layer's
+ * first item and the split-K items, padded to cap with items of segment
+ * -1 (skipped).  A sliding-window layer's
  * segment starts past the rows that left the query's window.  len: nseg
  * ints of scratch.
  */
@@ -223,7 +225,8 @@ step_fill(gpu_ctx *g, int n, const int *seqs, int ahead, int cap,
 		nit = wl_chunked(len, nseg, chunk[l], items, cap, first);
 		if (nit < 0)
 			return kvx__fail(KVX_ERR_DEVICE, "work list overflow");
-		memset(items + nit, 0, (size_t)(cap - nit) * sizeof *items);
+		/* padding, skipped by the partial kernel */
+		memset(items + nit, 0xff, (size_t)(cap - nit) * sizeof *items);
 	}
 	return KVX_OK;
 }

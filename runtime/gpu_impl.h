@@ -271,7 +271,7 @@ kvx_status	 gpu__gemm(gpu_ctx *, const void *W, int rows, int cols,
 kvx_status	 gpu__events(gpu_ctx *);
 kvx_status	 gpu__qkv_rope(gpu_ctx *, int l, int T, const long long *off,
 		     void *kd, void *vd);
-kvx_status	 gpu__out_ffn(gpu_ctx *, int l, int T);
+kvx_status	 gpu__out_ffn(gpu_ctx *, int l, int T, int xh_ready);
 kvx_status	 gpu__lm_head(gpu_ctx *, int r0, int n);
 void		 gpu__win_clear(gpu_ctx *, int s);
 int		 gpu__win_skip(const gpu_ctx *, int s, int l, int h, int p);

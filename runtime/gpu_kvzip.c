@@ -263,7 +263,7 @@ batch(gpu_ctx *g, const int *d_ids, int nb, int w, const int *np)
 		kz.w = w;
 		kz.scr = g->zst;
 		if ((rc = gpu__attn(g, l, k, v, np[l], nb, &kz)) != KVX_OK ||
-		    (rc = gpu__out_ffn(g, l, nb)) != KVX_OK)
+		    (rc = gpu__out_ffn(g, l, nb, 0)) != KVX_OK)
 			return rc;
 	}
 	return KVX_OK;

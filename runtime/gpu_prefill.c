@@ -671,7 +671,7 @@ prefill_layers(gpu_ctx *g, int s, int n, int kz)
 			return rc;
 		if (!kz && (rc = prefill_select(g, s, l, n, &src)) != KVX_OK)
 			return rc;
-		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
+		if ((rc = gpu__out_ffn(g, l, n, 0)) != KVX_OK)
 			return rc;
 	}
 	return KVX_OK;

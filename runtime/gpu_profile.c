@@ -138,7 +138,7 @@ profile_layers(gpu_ctx *g, const fw_batch *b, kv_cache *kv, int w,
 			return rc;
 		if (b->no_head && l == g->L - 1)
 			break;
-		if ((rc = gpu__out_ffn(g, l, n)) != KVX_OK)
+		if ((rc = gpu__out_ffn(g, l, n, 0)) != KVX_OK)
 			return rc;
 	}
 	return KVX_OK;

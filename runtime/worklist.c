@@ -144,3 +144,14 @@ wl_solo(const int *first, int nseg)
 			return 0;
 	return 1;
 }
+
+int
+wl_most(const int *first, int nseg)
+{
+	int s, most = 0;
+
+	for (s = 0; s < nseg; s++)
+		if (first[s + 1] - first[s] > most)
+			most = first[s + 1] - first[s];
+	return most;
+}

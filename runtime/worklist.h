@@ -62,6 +62,9 @@ int	 wl_plan(const int *len, int nseg, int resident,
  * writes every segment's result and the combine has nothing to do.
  */
 int	 wl_solo(const int *first, int nseg);
+/* The most items any of the nseg segments has (first[] as above; 0 for
+ * none): kvx_cuda_attn_combine's hint. */
+int	 wl_most(const int *first, int nseg);
 
 #ifdef __cplusplus
 }

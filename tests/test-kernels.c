@@ -417,6 +417,26 @@ test_attn_plan(void)
 	}
 }
 
+/* Device floats back to the host. */
+static void
+back(float *h, const void *d, size_t n)
+{
+	check(kvx_cuda_d2h(h, d, n * sizeof(float)), "copy to host");
+}
+
+/* Device halves back to the host, as floats. */
+static void
+back_h(float *h, const void *d, size_t n)
+{
+	uint16_t *t = malloc(n * 2 + 2);
+	size_t i;
+
+	check(kvx_cuda_d2h(t, d, n * 2), "copy to host");
+	for (i = 0; i < n; i++)
+		h[i] = kvx__h2f(t[i]);
+	free(t);
+}
+
 /* The inputs of one attention test case on the device. */
 struct attn_case {
 	const void	*dq, *dk, *dv, *doff;
@@ -429,12 +449,14 @@ struct attn_case {
  * copied back to got: solo 0 writes every item's partial and combines
  * all segments; solo 1 has the partial kernel write the segments of one
  * item, and launches the combine only when some segment has another
- * count (wl_solo), so that a write it skips shows as NaN.
+ * count (wl_solo), so that a write it skips shows as NaN.  most: the
+ * combine's hint (0 its block form; 1 .. U its warp form, whatever the
+ * counts); f16: the combine writes fp16 (solo 0 only).
  */
 static void
-attn_run(int solo, const struct attn_case *c, const void *dit,
-    const void *dbf, int nb, const void *dfirst, const int *first, void *dm,
-    void *dl, void *dacc, void *dout, float *got)
+attn_run(int solo, int most, int f16, const struct attn_case *c,
+    const void *dit, const void *dbf, int nb, const void *dfirst,
+    const int *first, void *dm, void *dl, void *dacc, void *dout, float *got)
 {
 	size_t n = (size_t)c->nseg * c->g * c->d;
 
@@ -450,9 +472,13 @@ attn_run(int solo, const struct attn_case *c, const void *dit,
 	    solo ? dout : NULL, NULL), "attn partial");
 	if (!solo || !wl_solo(first, c->nseg))
 		check(kvx_cuda_attn_combine(dfirst, c->nseg, c->g, c->d, dm,
-		    dl, dacc, dout, solo, NULL), "attn combine");
+		    dl, dacc, dout, f16 ? KVX_CUDA_F16 : KVX_CUDA_F32, solo,
+		    most, NULL), "attn combine");
 	check(kvx_cuda_sync(), "attention run");
-	check(kvx_cuda_d2h(got, dout, sizeof(float) * n), "copy back");
+	if (f16)
+		back_h(got, dout, n);
+	else
+		check(kvx_cuda_d2h(got, dout, sizeof(float) * n), "copy back");
 }
 
 /*
@@ -577,7 +603,20 @@ test_attn(int rep)
 			free(bfirst);
 			continue;
 		}
-		dit = dev(it, sizeof(*it) * (ni > 0 ? ni : 1));
+		/* a chunked list padded past its end as the decode pads
+		   it: items of seg -1, which the partial kernel skips (an
+		   item it took would read off[-1] and write past dm) */
+		if (ci < 5) {
+			it = realloc(it, sizeof(*it) * (ni + 3));
+			for (j = ni; j < ni + 3; j++) {
+				it[j].seg = -1;
+				it[j].r0 = 0;
+				it[j].r1 = 16;
+				it[j].pad = 0;
+			}
+			nb = ni + 3;
+		}
+		dit = dev(it, sizeof(*it) * (nb > ni ? nb : ni > 0 ? ni : 1));
 		dfirst = dev(first, sizeof(int) * (nseg + 1));
 		if (ci >= 5)
 			dbf = dev(bfirst, sizeof(int) * (nblk + 1));
@@ -590,11 +629,11 @@ test_attn(int rep)
 			one += j == 1;
 			most = j > most ? j : most;
 		}
-		attn_run(0, &c, dit, dbf, nb, dfirst, first, dm, dl, dacc,
-		    dout, got);
+		attn_run(0, 0, 0, &c, dit, dbf, nb, dfirst, first, dm, dl,
+		    dacc, dout, got);
 		e = relerr(got, ref, (size_t)nseg * g * d);
-		attn_run(1, &c, dit, dbf, nb, dfirst, first, dm, dl, dacc,
-		    dout, got1);
+		attn_run(1, most, 0, &c, dit, dbf, nb, dfirst, first, dm, dl,
+		    dacc, dout, got1);
 		e1 = relerr(got1, ref, (size_t)nseg * g * d);
 		ok(e < 2e-5 && e1 < 2e-5, "attention %d segs (%lld rows) g=%d "
 		    "d=%d ld=%d %s %d blocks, %d items (%d segments of one, "
@@ -605,6 +644,18 @@ test_attn(int rep)
 		j = attn_solo_diff(&c, first, got, got1);
 		ok(j == 0, "attention: %d of %d single-item segments differ "
 		    "between the direct write and the combine", j, one);
+		/* the combine's warp form whatever the counts, into fp16:
+		   the block form's bits, rounded (the same merges in the
+		   same order) */
+		attn_run(0, 1, 1, &c, dit, dbf, nb, dfirst, first, dm, dl,
+		    dacc, dout, got1);
+		e1 = relerr(got1, ref, (size_t)nseg * g * d);
+		for (i = 0, j = 0; i < nseg * g * d; i++)
+			j += got1[i] != kvx__h2f(kvx__f2h(got[i]));
+		ok(e1 < 1e-3 && j == 0 && wl_most(first, nseg) == most,
+		    "attention combined a warp a (segment, head) into fp16 "
+		    "(up to %d items a segment): rel %.2g, %d elements not the "
+		    "rounded float output", most, e1, j);
 		kvx_cuda_free(dit);
 		kvx_cuda_free(dbf);
 		free(bfirst);
@@ -617,8 +668,11 @@ test_attn(int rep)
 	ok(kvx_cuda_attn_partial(dq, dk, dv, dtype, doff, g, 96, ld, scale,
 	    NULL, NULL, 1, NULL, NULL, NULL, NULL, NULL, NULL) ==
 	    KVX_CUDA_EINVAL && kvx_cuda_attn_combine(NULL, 1, g, 96, NULL,
-	    NULL, NULL, NULL, 0, NULL) == KVX_CUDA_EINVAL,
-	    "attention and combine refuse d=96");
+	    NULL, NULL, NULL, KVX_CUDA_F32, 0, 0, NULL) == KVX_CUDA_EINVAL &&
+	    kvx_cuda_attn_combine(NULL, 1, g, 64, NULL, NULL, NULL, NULL,
+	    KVX_CUDA_F16, 1, 0, NULL) == KVX_CUDA_EINVAL,
+	    "attention and combine refuse d=96, the combine fp16 with the "
+	    "direct write");
 	kvx_cuda_free(dq);
 	kvx_cuda_free(dk);
 	kvx_cuda_free(dv);
@@ -640,25 +694,6 @@ test_attn(int rep)
 
 /* --- model layers --------------------------------------------------------- */
 
-/* Device floats back to the host. */
-static void
-back(float *h, const void *d, size_t n)
-{
-	check(kvx_cuda_d2h(h, d, n * sizeof(float)), "copy to host");
-}
-
-/* Device halves back to the host, as floats. */
-static void
-back_h(float *h, const void *d, size_t n)
-{
-	uint16_t *t = malloc(n * 2 + 2);
-	size_t i;
-
-	check(kvx_cuda_d2h(t, d, n * 2), "copy to host");
-	for (i = 0; i < n; i++)
-		h[i] = kvx__h2f(t[i]);
-	free(t);
-}
 
 /*
  * Embedding (scaled), RMS norm (also added to a residual), biases,
@@ -948,6 +983,34 @@ test_layers(int rep)
 	    gelu ? "GELU gate" : "swiglu", T, f, err);
 	kvx_cuda_free(da);
 	kvx_cuda_free(dout);
+	if (rep == 0) {
+		/* past the grid's 65535 rows: two launches */
+		int T2 = 65537, f2 = 3;
+		float *g2 = malloc(sizeof(float) * T2 * 2 * f2);
+		float *o2 = malloc(sizeof(float) * T2 * f2);
+
+		for (i = 0; i < T2 * 2 * f2; i++)
+			g2[i] = tap_frand() * 4.0f;
+		da = dev(g2, sizeof(float) * T2 * 2 * f2);
+		dout = poisoned((size_t)T2 * f2 * 2);
+		check(kvx_cuda_glu(da, T2, f2, 0, dout, 0), "glu");
+		back_h(o2, dout, (size_t)T2 * f2);
+		for (t = 0, c = 0; t < T2; t++)
+			for (i = 0; i < f2; i++) {
+				float gt = g2[(size_t)t * 2 * f2 + i];
+				float r = gt / (1.0f + expf(-gt)) *
+				    g2[(size_t)t * 2 * f2 + f2 + i];
+
+				c += !(fabsf(o2[(size_t)t * f2 + i] - r) <=
+				    1e-3f * (fabsf(r) + 1e-2f));
+			}
+		ok(c == 0, "swiglu T=%d f=%d (two launches): %d outputs off",
+		    T2, f2, c);
+		kvx_cuda_free(da);
+		kvx_cuda_free(dout);
+		free(g2);
+		free(o2);
+	}
 
 	/* causal softmax of nm matrices, rows see col0 + r + 1 columns, the
 	   last win of them with a window */

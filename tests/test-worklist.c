@@ -298,6 +298,31 @@ test_plan(void)
 	}
 }
 
+/* wl_solo and wl_most against counts made by hand from first[]. */
+static void
+test_counts(void)
+{
+	int rep, bad = 0;
+
+	for (rep = 0; rep < REPS; rep++) {
+		int nseg = tap_irand(1, 40), s, most = 0, solo = 1, c;
+		int *first = malloc(sizeof(int) * (nseg + 1));
+
+		first[0] = 0;
+		for (s = 0; s < nseg; s++) {
+			c = rep % 3 == 0 ? 1 : tap_irand(0, rep % 2 ? 3 : 40);
+			first[s + 1] = first[s] + c;
+			most = c > most ? c : most;
+			solo &= c == 1;
+		}
+		bad += wl_most(first, nseg) != most ||
+		    wl_solo(first, nseg) != solo;
+		free(first);
+	}
+	ok(bad == 0, "most items a segment and single-item lists: %d of %d "
+	    "wrong", bad, REPS);
+}
+
 int
 main(void)
 {
@@ -306,5 +331,6 @@ main(void)
 	test_balanced();
 	test_chunk();
 	test_plan();
+	test_counts();
 	return tap_done();
 }
