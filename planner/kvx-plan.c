@@ -186,6 +186,8 @@ static const char *const objectives[] = { "output", "mass", "output-abs",
 	"auto", NULL };
 /* In the order of enum prof_question. */
 static const char *const questions[] = { "inside", "after", NULL };
+/* In the order of enum prof_hay. */
+static const char *const hays[] = { "prose", "repeat", "mixed", NULL };
 /* In the order of KVX_DEVICE_AUTO, _CPU, _GPU. */
 static const char *const devices[] = { "auto", "cpu", "gpu", NULL };
 
@@ -259,6 +261,13 @@ static const struct opt options[] = {
 	    .help = "where a probe's question sits at run time:\n"
 	    "inside the compressed prompt (default), or\n"
 	    "after the compressed context (kvzip only)" },
+	{ .name = "probe-hay", .kind = OPT_WORD, .arg = "H",
+	    .dst = OFF(po.probe_hay), .names = hays,
+	    .noun = "probe haystack",
+	    .help = "a probe's haystack: the prose as it runs\n"
+	    "(prose, default), a 32-token span of it said\n"
+	    "again and again (repeat), or the two in turn\n"
+	    "(mixed)" },
 	{ .name = "retrieval-floor", .kind = OPT_NUM, .arg = "X", .lo = 0,
 	    .hi = 1, .dst = OFF(ao.retrieval_floor),
 	    .help = "keep the mean retrieval retention at X or more" },

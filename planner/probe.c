@@ -107,10 +107,25 @@ probe_free(probe *p)
 	memset(p, 0, sizeof *p);
 }
 
+/* Haystack tokens [from, to) into dst: the prose h as it runs, or its
+ * first repeat tokens again and again. */
+static void
+hay_copy(int32_t *dst, const int32_t *h, int from, int to, int repeat)
+{
+	int j;
+
+	if (repeat <= 0) {
+		memcpy(dst, h + from, (size_t)(to - from) * sizeof *dst);
+		return;
+	}
+	for (j = from; j < to; j++)
+		*dst++ = h[j % repeat];
+}
+
 /* Build one probe; see probe.h. */
 kvx_status
 probe_make(const kvx_model *m, const int32_t *hay, int64_t n_hay, int n,
-    int n_statement, uint64_t *s, probe *out)
+    int n_statement, int repeat, uint64_t *s, probe *out)
 {
 	struct stmt st[PROBE_MAX_STATEMENTS];
 	int32_t *q = NULL, *a = NULL;
@@ -164,15 +179,16 @@ probe_make(const kvx_model *m, const int32_t *hay, int64_t n_hay, int n,
 		rc = kvx__fail(KVX_ERR_NOMEM, "out of memory");
 		goto done;
 	}
-	off = below(s, n_hay - hay_len + 1);
+	if (repeat > hay_len)
+		repeat = hay_len;
+	off = below(s, n_hay - (repeat > 0 ? repeat : hay_len) + 1);
 	/* statement i goes at a random point of the i-th of k equal slots */
 	for (i = 0, t = 0, at = 0; i < k; i++) {
 		int lo = (int)((int64_t)hay_len * i / k);
 		int hi = (int)((int64_t)hay_len * (i + 1) / k);
 		int cut = lo + (int)below(s, hi - lo + 1);
 
-		memcpy(out->ids + t, hay + off + at, (size_t)(cut - at) *
-		    sizeof *out->ids);
+		hay_copy(out->ids + t, hay + off, at, cut, repeat);
 		t += cut - at;
 		at = cut;
 		out->depth[i] = t;
@@ -180,8 +196,7 @@ probe_make(const kvx_model *m, const int32_t *hay, int64_t n_hay, int n,
 		    sizeof *out->ids);
 		t += st[i].n;
 	}
-	memcpy(out->ids + t, hay + off + at, (size_t)(hay_len - at) *
-	    sizeof *out->ids);
+	hay_copy(out->ids + t, hay + off, at, hay_len, repeat);
 	t += hay_len - at;
 	memcpy(out->ids + t, q, (size_t)nq * sizeof *out->ids);
 	t += nq;

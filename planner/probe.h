@@ -22,6 +22,8 @@
 #define PROBE_MAX_STATEMENTS	64
 /* The most tokens an answer takes (it is 8 characters). */
 #define PROBE_MAX_ANSWER	16
+/* Tokens of prose a repeated haystack repeats (about two sentences). */
+#define PROBE_REPEAT_SPAN	32
 
 typedef struct probe {
 	int32_t	*ids;		/* prompt then answer, n_ids in all */
@@ -38,12 +40,16 @@ typedef struct probe {
  * Build a probe of exactly n tokens from the prose hay[0..n_hay) (at
  * least n tokens), with n_statement statements at evenly spread depths
  * (jittered within their slot) and the question about a random one.
- * The state s is advanced.  KVX_ERR_UNSUPPORTED when the statements and
- * the question leave less than half of n for prose.
+ * With repeat > 0 the haystack is one span of repeat tokens of the prose
+ * said again and again (the shape of logs, boilerplate and the filler of
+ * synthetic long-context tests, where every position looks alike and only
+ * the statements differ), else the prose as it runs.  The state s is
+ * advanced.  KVX_ERR_UNSUPPORTED when the statements and the question
+ * leave less than half of n for prose.
  */
 kvx_status	 probe_make(const kvx_model *, const int32_t *hay,
-		     int64_t n_hay, int n, int n_statement, uint64_t *s,
-		     probe *out);
+		     int64_t n_hay, int n, int n_statement, int repeat,
+		     uint64_t *s, probe *out);
 void		 probe_free(probe *);
 
 #endif

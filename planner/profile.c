@@ -789,6 +789,9 @@ check_opts(const prof_opts *o)
 		return kvx__fail(KVX_ERR_UNSUPPORTED, "retrieval probes "
 		    "measure the output objective (drop --objective mass or "
 		    "give --probe-share 0)");
+	if (o->probe_hay < PROF_HAY_PROSE || o->probe_hay > PROF_HAY_MIXED)
+		return kvx__fail(KVX_ERR_ARG, "probe haystack %d unknown",
+		    o->probe_hay);
 	if (o->probe_question < PROF_Q_INSIDE ||
 	    o->probe_question > PROF_Q_AFTER)
 		return kvx__fail(KVX_ERR_ARG, "probe question mode %d is not "
@@ -881,6 +884,7 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 	p->probe_samples = n_probe;
 	p->probes = n_probe > 0 ? o->probes : 0;
 	p->probe_after = n_probe > 0 && o->probe_question == PROF_Q_AFTER;
+	p->probe_hay = n_probe > 0 ? o->probe_hay : PROF_HAY_PROSE;
 	p->n_layer = L;
 	p->n_head_kv = mi->n_head_kv;
 	p->grid = G;
@@ -991,8 +995,13 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		r.acc = r.sum;
 		if (is_probe) {
 			probe_free(&pr);
+			/* mixed: the second, fourth, ... probe repeated */
+			int rep = p->probe_hay == PROF_HAY_REPEAT ||
+			    (p->probe_hay == PROF_HAY_MIXED &&
+			    done_probes % 2 == 1) ? PROBE_REPEAT_SPAN : 0;
+
 			if ((rc = probe_make(m, ids + off, Tr, Tr, o->probes,
-			    &pst, &pr)) != KVX_OK)
+			    rep, &pst, &pr)) != KVX_OK)
 				goto done;
 			/* the last answer token produces nothing measured */
 			b.n = r.run = r.n = pr.n_ids - 1;
@@ -1090,6 +1099,7 @@ static const char *const pool_word[] = { "max", "avg", "none" };
 static const char *const gqa_word[] = { "mean", "max" };
 static const char *const objective_word[] = { "output", "mass",
     "output-abs" };
+static const char *const hay_word[] = { "prose", "repeat", "mixed" };
 
 /* Write the profile as "key value" lines and one line per curve. */
 kvx_status
@@ -1128,6 +1138,9 @@ profile_save(const profile *p, const char *path, int overwrite)
 	/* written only when after, as the scorer: older files are inside */
 	if (p->probe_after)
 		fprintf(f, "probe_question after\n");
+	/* likewise: older files are prose */
+	if (p->probe_hay != PROF_HAY_PROSE)
+		fprintf(f, "probe_hay %s\n", hay_word[p->probe_hay]);
 	for (l = 0; l < p->n_layer; l++)
 		for (h = 0; h < p->n_head_kv; h++) {
 			size_t at = ((size_t)l * p->n_head_kv + h) * p->grid;
@@ -1245,6 +1258,11 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen, int *rseen)
 			if (strcmp(val, "after") == 0)
 				p->probe_after = 1;
 			else if (strcmp(val, "inside") != 0)
+				goto bad;
+			continue;
+		}
+		if (strcmp(key, "probe_hay") == 0) {
+			if ((p->probe_hay = word_index(hay_word, 3, val)) < 0)
 				goto bad;
 			continue;
 		}

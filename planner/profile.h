@@ -67,6 +67,14 @@ enum prof_question {
 	PROF_Q_AFTER = 1
 };
 
+/* A probe's haystack: the prose as it runs, a span of it repeated
+ * (probe.h), or the two in turn (every other probe repeated). */
+enum prof_hay {
+	PROF_HAY_PROSE = 0,
+	PROF_HAY_REPEAT = 1,
+	PROF_HAY_MIXED = 2
+};
+
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */
 	int		 sample_tokens;	/* T tokens each (2048) */
@@ -89,6 +97,7 @@ typedef struct prof_opts {
 					   a retrieval probe (1); 0: none */
 	int		 probe_question;	/* enum prof_question (inside);
 					   after needs the kvzip scorer */
+	int		 probe_hay;	/* enum prof_hay (prose) */
 	int		 progress;	/* progress lines on stderr */
 	int		 device;	/* where the forward runs:
 					   KVX_DEVICE_AUTO (default), _CPU or
@@ -108,6 +117,7 @@ typedef struct profile {
 	int		 probes, probe_samples;	/* 0: no retrieval curves */
 	int		 probe_after;	/* the probes' questions came after
 					   the compressed context */
+	int		 probe_hay;	/* enum prof_hay of the probes */
 	double		*R;		/* [n_layer][n_head_kv][grid] prose */
 	double		*Rr;		/* the same, retrieval; or NULL */
 	double		 seconds;	/* profiling wall time */

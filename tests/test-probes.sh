@@ -34,7 +34,7 @@ if [ ! -x "$plan" ]; then echo "1..0 # SKIP kvx-plan not built"; exit 0; fi
 if [ ! -f "${KVX_MODEL:-}" ]; then echo "1..0 # SKIP model not present"; exit 0; fi
 if [ ! -f "$gpl" ]; then echo "1..0 # SKIP $gpl missing"; exit 0; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..30"
+echo "1..35"
 M="-m $KVX_MODEL"
 
 # --- the profile ------------------------------------------------------------
@@ -191,6 +191,33 @@ err 2 "--probe-question after needs --scorer kvzip" "question after, snapkv" \
     --save-profile "$tmp/pi.prof" &&
     cmp -s "$tmp/p.prof" "$tmp/pi.prof"
 ok $? "snapkv: --probe-question inside is the default profile"
+
+# --- the probes' haystack ---------------------------------------------------
+# a span of the prose said again and again, or the two kinds in turn: the
+# profile records which (prose, the default, is not written), and each
+# measures other retrieval curves
+"$plan" $M -c "$gpl" $fast -q --probe-hay repeat --save-profile "$tmp/hr.prof" &&
+    "$plan" $M -c "$gpl" $fast -q --probe-hay mixed     --save-profile "$tmp/hm.prof" &&
+    grep -q '^probe_hay repeat$' "$tmp/hr.prof" &&
+    grep -q '^probe_hay mixed$' "$tmp/hm.prof" &&
+    ! grep -q '^probe_hay' "$tmp/p.prof" &&
+    grep '^rcurve ' "$tmp/p.prof" > "$tmp/p.r" &&
+    grep '^rcurve ' "$tmp/hr.prof" > "$tmp/hr.r" &&
+    grep '^rcurve ' "$tmp/hm.prof" > "$tmp/hm.r" &&
+    ! cmp -s "$tmp/p.r" "$tmp/hr.r" && ! cmp -s "$tmp/p.r" "$tmp/hm.r" &&
+    ! cmp -s "$tmp/hr.r" "$tmp/hm.r"
+ok $? "--probe-hay repeat and mixed: recorded, other retrieval curves"
+"$plan" $M -c "$gpl" $fast -q --probe-hay prose --save-profile "$tmp/hp.prof" &&
+    cmp -s "$tmp/p.prof" "$tmp/hp.prof"
+ok $? "--probe-hay prose is the default profile"
+"$plan" $M --from-profile "$tmp/hm.prof" -b 20% -q -o "$tmp/hm.yaml" &&
+    grep -q '^method: kvx$' "$tmp/hm.yaml"
+ok $? "a mixed-haystack profile loads and plans"
+sed 's/^probe_hay mixed$/probe_hay gravel/' "$tmp/hm.prof" > "$tmp/hbad.prof"
+err 4 "malformed profile line" "an unknown probe haystack in a profile" -- \
+    $M --from-profile "$tmp/hbad.prof"
+err 2 "unknown probe haystack 'gravel'" "an unknown --probe-hay" -- \
+    $M -c "$gpl" $fast --probe-hay gravel
 
 # --- errors -----------------------------------------------------------------
 err 2 "greedy does not support a retrieval floor" "greedy with a floor" -- \
