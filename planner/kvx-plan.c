@@ -186,8 +186,6 @@ static const char *const objectives[] = { "output", "mass", "output-abs",
 	"auto", NULL };
 /* In the order of enum prof_question. */
 static const char *const questions[] = { "inside", "after", NULL };
-/* In the order of enum prof_hay. */
-static const char *const hays[] = { "prose", "repeat", "mixed", NULL };
 /* In the order of KVX_DEVICE_AUTO, _CPU, _GPU. */
 static const char *const devices[] = { "auto", "cpu", "gpu", NULL };
 
@@ -262,7 +260,7 @@ static const struct opt options[] = {
 	    "inside the compressed prompt (default), or\n"
 	    "after the compressed context (kvzip only)" },
 	{ .name = "probe-hay", .kind = OPT_WORD, .arg = "H",
-	    .dst = OFF(po.probe_hay), .names = hays,
+	    .dst = OFF(po.probe_hay), .names = prof_hay_names,
 	    .noun = "probe haystack",
 	    .help = "a probe's haystack: the prose as it runs\n"
 	    "(prose, default), a 32-token span of it said\n"

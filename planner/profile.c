@@ -994,12 +994,12 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		r.extra = r.prose = r.ctx = 0;
 		r.acc = r.sum;
 		if (is_probe) {
-			probe_free(&pr);
 			/* mixed: the second, fourth, ... probe repeated */
 			int rep = p->probe_hay == PROF_HAY_REPEAT ||
 			    (p->probe_hay == PROF_HAY_MIXED &&
 			    done_probes % 2 == 1) ? PROBE_REPEAT_SPAN : 0;
 
+			probe_free(&pr);
 			if ((rc = probe_make(m, ids + off, Tr, Tr, o->probes,
 			    rep, &pst, &pr)) != KVX_OK)
 				goto done;
@@ -1099,7 +1099,7 @@ static const char *const pool_word[] = { "max", "avg", "none" };
 static const char *const gqa_word[] = { "mean", "max" };
 static const char *const objective_word[] = { "output", "mass",
     "output-abs" };
-static const char *const hay_word[] = { "prose", "repeat", "mixed" };
+const char *const prof_hay_names[] = { "prose", "repeat", "mixed", NULL };
 
 /* Write the profile as "key value" lines and one line per curve. */
 kvx_status
@@ -1140,7 +1140,7 @@ profile_save(const profile *p, const char *path, int overwrite)
 		fprintf(f, "probe_question after\n");
 	/* likewise: older files are prose */
 	if (p->probe_hay != PROF_HAY_PROSE)
-		fprintf(f, "probe_hay %s\n", hay_word[p->probe_hay]);
+		fprintf(f, "probe_hay %s\n", prof_hay_names[p->probe_hay]);
 	for (l = 0; l < p->n_layer; l++)
 		for (h = 0; h < p->n_head_kv; h++) {
 			size_t at = ((size_t)l * p->n_head_kv + h) * p->grid;
@@ -1262,7 +1262,8 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen, int *rseen)
 			continue;
 		}
 		if (strcmp(key, "probe_hay") == 0) {
-			if ((p->probe_hay = word_index(hay_word, 3, val)) < 0)
+			if ((p->probe_hay = word_index(prof_hay_names,
+			    PROF_HAY_MIXED + 1, val)) < 0)
 				goto bad;
 			continue;
 		}

@@ -74,6 +74,9 @@ enum prof_hay {
 	PROF_HAY_REPEAT = 1,
 	PROF_HAY_MIXED = 2
 };
+/* Their names, in that order, NULL-terminated: the profile's words and
+ * kvx-plan's --probe-hay values. */
+extern const char *const prof_hay_names[];
 
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */

@@ -192,7 +192,9 @@ struct gpu_ctx {
 	   instead misses a regrowth that gives one of them its old address
 	   back while another moves */
 	unsigned long	 bgen, gx_bgen;
-	cudaEvent_t	*ev;		/* 4 a layer, timing the compression */
+	cudaEvent_t	*ev;		/* 4 a layer, timing the compression;
+					   the first two also a decode step
+					   (gpu__events makes them) */
 	gpu_stats	 st;
 };
 
