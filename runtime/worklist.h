@@ -20,6 +20,9 @@ struct wl_item {
 /* Rows per resident block from which balanced lists beat chunked ones
  * (H200, both forms of the partial kernel). */
 #define WL_BALANCE_ROWS 768
+/* Mean rows a segment below which chunked lists stay ahead however
+ * many rows there are (H200: 64 x 4K, 8 K/V heads). */
+#define WL_BALANCE_SEG 8192
 
 /* Rows per work item that fill resident blocks of the partial kernel
  * (kvx_cuda_attn_blocks; 396 when < 1) in whole waves for total_rows
@@ -47,7 +50,8 @@ int	 wl_balanced(const int *len, int nseg, int nblk,
  * The list the library prefers for these lengths on a device with
  * resident blocks of the partial kernel at once (kvx_cuda_attn_blocks):
  * balanced over the resident blocks when the rows give each at least
- * WL_BALANCE_ROWS, else chunked (wl_chunk(rows, resident)).  Sets
+ * WL_BALANCE_ROWS and the segments WL_BALANCE_SEG on average, else
+ * chunked (wl_chunk(rows, resident)).  Sets
  * *nblocks (the grid) and *balanced (1: pass bfirst to the kernels, 0:
  * one item a block, pass NULL).  cap = max(resident
  * + nseg, rows / wl_chunk(rows, resident) + nseg + 1) suffices.  Returns

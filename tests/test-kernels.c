@@ -377,16 +377,20 @@ test_score_select(int rep)
 
 /*
  * The library's choice of work list: balanced exactly when the rows give
- * each resident block WL_BALANCE_ROWS, and a valid list either way.
+ * each resident block WL_BALANCE_ROWS and the segments WL_BALANCE_SEG
+ * on average, and a valid list either way.
  */
 static void
 test_attn_plan(void)
 {
-	static const int tot[4] = { 4096, 32768, 1 << 20, 4 << 20 };
+	/* the last: rows enough for balance, segments too short */
+	static const int tot[5] = { 4096, 32768, 1 << 20, 4 << 20,
+	    64 * 4096 };
 	int res = kvx_cuda_attn_blocks(4, 128, KVX_CUDA_F16), t, s;
 
-	for (t = 0; t < 4; t++) {
-		int nseg = 8, len[8], first[9], *bfirst, nb = 0, bal = -1, n;
+	for (t = 0; t < 5; t++) {
+		int nseg = t < 4 ? 8 : 64, len[64], first[65], *bfirst, nb = 0;
+		int bal = -1, n;
 		int cap, bad = 0, r, j, want;
 		long long rows = 0;
 		struct wl_item *it;
@@ -395,7 +399,8 @@ test_attn_plan(void)
 			len[s] = tot[t] / nseg + (s == 0 ? 37 : 0);
 			rows += len[s];
 		}
-		want = rows >= (long long)res * WL_BALANCE_ROWS;
+		want = rows >= (long long)res * WL_BALANCE_ROWS &&
+		    rows >= (long long)nseg * WL_BALANCE_SEG;
 		cap = res + nseg + (int)(rows / 16) + 1;
 		it = malloc(sizeof(*it) * cap);
 		bfirst = malloc(sizeof(int) * (res + 1));

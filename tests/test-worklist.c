@@ -237,8 +237,8 @@ test_chunk(void)
 }
 
 /* The choice: balanced over the resident blocks exactly when the rows
- * give each WL_BALANCE_ROWS, within the documented cap; chunked, one
- * item a block, otherwise. */
+ * give each WL_BALANCE_ROWS and the segments WL_BALANCE_SEG on average,
+ * within the documented cap; chunked, one item a block, otherwise. */
 static void
 test_plan(void)
 {
@@ -250,10 +250,12 @@ test_plan(void)
 		int *first = malloc(sizeof(int) * (nseg + 1)), cap, want, s;
 		int *bfirst = malloc(sizeof(int) * (res + 1));
 		long long rows = 0, edge = (long long)res * WL_BALANCE_ROWS;
+		long long sedge = (long long)nseg * WL_BALANCE_SEG;
 		struct wl_item *it;
 
-		/* around the edge: one row short, on it, one past; or any */
-		switch (rep % 4) {
+		/* around either edge: one row short, on it, one past; or
+		   any */
+		switch (rep % 6) {
 		case 0:
 			lens_summing(len, nseg, edge - 1);
 			break;
@@ -263,12 +265,15 @@ test_plan(void)
 		case 2:
 			lens_summing(len, nseg, edge + 1);
 			break;
+		case 3:
+			lens_summing(len, nseg, sedge - 1 + rep / 6 % 3);
+			break;
 		default:
 			rand_lens(len, nseg, tap_irand(1, 100000));
 		}
 		for (s = 0; s < nseg; s++)
 			rows += len[s] > 0 ? len[s] : 0;
-		want = rows >= edge;
+		want = rows >= edge && rows >= sedge;
 		cap = (int)(rows / wl_chunk(rows, res)) + nseg + 1;
 		cap = cap > res + nseg ? cap : res + nseg;
 		it = malloc(sizeof(*it) * cap);
@@ -287,8 +292,9 @@ test_plan(void)
 	}
 	ok(bad == 0, "chosen lists cover every row once: %d bad", bad);
 	ok(badpick == 0 && nbal > 0 && nbal < REPS, "balanced exactly from "
-	    "%d rows a resident block (%d of %d balanced): %d wrong",
-	    WL_BALANCE_ROWS, nbal, REPS, badpick);
+	    "%d rows a resident block and %d a segment (%d of %d "
+	    "balanced): %d wrong", WL_BALANCE_ROWS, WL_BALANCE_SEG, nbal,
+	    REPS, badpick);
 	{
 		int len = 10, first[2], bfirst[2], nb, bal;
 		struct wl_item it[4];
