@@ -105,6 +105,16 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->tab);
 	gpu__kvzip_free(g);
 	gpu__keep_free(g);
+	if (g->cstream != NULL) {
+		/* a look-ahead upload may still read h_pre */
+		cudaStreamSynchronize(g->cstream);
+		cudaStreamDestroy(g->cstream);
+	}
+	if (g->ev_pre != NULL)
+		cudaEventDestroy(g->ev_pre);
+	if (g->ev_used != NULL)
+		cudaEventDestroy(g->ev_used);
+	cudaFree(g->d_pre);
 	cudaFree(g->d_step);
 	cudaFree(g->pm);
 	cudaFree(g->pl);

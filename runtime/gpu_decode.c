@@ -303,6 +303,85 @@ make_room(gpu_ctx *g, int s, int l)
 	return KVX_OK;
 }
 
+/* The look-ahead upload's stream and events, made on first use; 0 when
+ * they cannot be (the tables then go up with the step, as without). */
+static int
+pre_stream(gpu_ctx *g)
+{
+	if (g->cstream != NULL)
+		return 1;
+	if (g->pre_nodev)
+		return 0;
+	if (cudaEventCreateWithFlags(&g->ev_pre, cudaEventDisableTiming) !=
+	    cudaSuccess ||
+	    cudaEventCreateWithFlags(&g->ev_used, cudaEventDisableTiming) !=
+	    cudaSuccess ||
+	    cudaStreamCreateWithFlags(&g->cstream, cudaStreamNonBlocking) !=
+	    cudaSuccess) {
+		cudaGetLastError();
+		if (g->ev_pre != NULL)
+			cudaEventDestroy(g->ev_pre);
+		if (g->ev_used != NULL)
+			cudaEventDestroy(g->ev_used);
+		g->ev_pre = g->ev_used = NULL;
+		g->cstream = NULL;
+		g->pre_nodev = 1;
+		return 0;
+	}
+	return 1;
+}
+
+/* Waits for a look-ahead upload that may still read h_pre. */
+static kvx_status
+pre_idle(gpu_ctx *g)
+{
+	if (!g->pre_busy)
+		return KVX_OK;
+	g->pre_busy = 0;
+	if (cudaEventSynchronize(g->ev_pre) != cudaSuccess)
+		return kvx__fail(KVX_ERR_DEVICE, "%s:%d: decode table upload "
+		    "failed: %s", __FILE__, __LINE__,
+		    cudaGetErrorString(cudaGetLastError()));
+	return KVX_OK;
+}
+
+/*
+ * Sends the look-ahead tables (h_pre, need bytes) to d_pre on the upload
+ * stream while the step runs, after the step's own copy out of d_pre.
+ * Sets g->pre_dev when under way; on any failure the next step uploads
+ * them with itself.
+ */
+static void
+pre_send(gpu_ctx *g, size_t need)
+{
+	g->pre_dev = 0;
+	if (!pre_stream(g))
+		return;
+	if (need > g->dpre_room) {
+		cudaFree(g->d_pre);
+		g->d_pre = NULL;
+		g->dpre_room = 0;
+		if (cudaMalloc((void **)&g->d_pre, need) != cudaSuccess) {
+			cudaGetLastError();
+			return;
+		}
+		g->dpre_room = need;
+	}
+	if (cudaStreamWaitEvent(g->cstream, g->ev_used, 0) != cudaSuccess ||
+	    cudaMemcpyAsync(g->d_pre, g->h_pre, need,
+	    cudaMemcpyHostToDevice, g->cstream) != cudaSuccess ||
+	    cudaEventRecord(g->ev_pre, g->cstream) != cudaSuccess) {
+		cudaGetLastError();
+		/* a copy may have been queued: wait for it before h_pre is
+		   written again */
+		cudaStreamSynchronize(g->cstream);
+		cudaGetLastError();
+		return;
+	}
+	g->pre_busy = 1;
+	g->pre_dev = 1;
+}
+
 /*
  * One token for each of n distinct sequences.  Makes room in full
  * segments first; then the step's tables, laid out on the host (step_fill), go up
@@ -311,7 +390,9 @@ make_room(gpu_ctx *g, int s, int l)
  * out the tables of the next step of the same batch (every segment one
  * row longer), which that step uses unless the batch or any segment
  * changed in between (g->gen), so that the host's part of a step
- * overlaps the device's.
+ * overlaps the device's; those tables go to the device on a second
+ * stream at once, so that the next step copies them within the device
+ * and sends only its token ids.
  */
 static kvx_status
 decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
@@ -319,7 +400,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
 	int i, l, h, cap, *len = NULL;
-	int *chunk = NULL, head = logits != NULL || g->head, pre;
+	int *chunk = NULL, head = logits != NULL || g->head, pre, dev = 0;
 	size_t need;
 	struct step_lay lay = { 0, 0, NULL };
 	double t0 = 0.0, t1;
@@ -336,6 +417,12 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head) &&
 	    g->gx_cap == g->pre_cap;
 	g->pre_ok = 0;
+	dev = pre && g->pre_dev;
+	g->pre_dev = 0;
+	/* h_step and h_pre trade places below: neither may still be
+	   read */
+	if ((rc = pre_idle(g)) != KVX_OK)
+		return rc;
 	for (i = 0; i < n && !pre; i++)
 		for (l = 0; l < g->L; l++)
 			if ((rc = make_room(g, seqs[i], l)) != KVX_OK)
@@ -392,12 +479,19 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 			goto out;
 		g->part_cap = cap;
 	}
+	/* the tables: from d_pre, where the last step sent them, with
+	   the token ids from the host; or all from the host */
 	if ((g->timing && cudaEventRecord(g->ev[0], g->stream) !=
-	    cudaSuccess) ||
+	    cudaSuccess) || (dev ?
+	    cudaMemcpyAsync(g->d_step, g->d_pre, need,
+	    cudaMemcpyDeviceToDevice, g->stream) != cudaSuccess ||
+	    cudaEventRecord(g->ev_used, g->stream) != cudaSuccess ||
+	    cudaMemcpyAsync(g->ids, g->h_step + lay.ids, (size_t)n * 4,
+	    cudaMemcpyHostToDevice, g->stream) != cudaSuccess :
 	    cudaMemcpyAsync(g->d_step, g->h_step, need,
 	    cudaMemcpyHostToDevice, g->stream) != cudaSuccess ||
 	    cudaMemcpyAsync(g->ids, g->d_step + lay.ids, (size_t)n * 4,
-	    cudaMemcpyDeviceToDevice, g->stream) != cudaSuccess ||
+	    cudaMemcpyDeviceToDevice, g->stream) != cudaSuccess) ||
 	    cudaMemcpyAsync(g->pos, g->d_step + lay.pos,
 	    (size_t)n * 4, cudaMemcpyDeviceToDevice, g->stream) !=
 	    cudaSuccess) {
@@ -448,6 +542,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->pre_head = head;
 		g->pre_gen = g->gen;
 		g->pre_ok = 1;
+		pre_send(g, need);
 	}
 	/* the new rows, counted while the device still runs (taken back
 	   if the step fails): a sequence's segments lie together */

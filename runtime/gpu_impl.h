@@ -176,6 +176,15 @@ struct gpu_ctx {
 	char		*h_pre;
 	size_t		 pre_room;
 	int		*pre_seqs, pre_max, pre_n, pre_cap, pre_head, pre_ok;
+	/* ... and sent to the device while that step runs, on cstream:
+	   d_pre receives h_pre (ev_pre: the copy done; ev_used: the next
+	   step's copy out of d_pre done; pre_dev: d_pre holds the
+	   tables; pre_busy: a copy from h_pre may still run) */
+	char		*d_pre;
+	size_t		 dpre_room;
+	cudaStream_t	 cstream;
+	cudaEvent_t	 ev_pre, ev_used;
+	int		 pre_dev, pre_busy, pre_nodev;
 	unsigned long	 gen, pre_gen;	/* gen: bumped by every change of
 					   blocks */
 	float		*pm, *pl, *pacc;
