@@ -4,7 +4,8 @@
  * SPDX-License-Identifier: MIT
  *
  * For each configuration one context holds as many sequences as the
- * budget allows: two distinct prompts of ctx random tokens are prefilled
+ * budget allows: after an untimed prefill (cleared again), two distinct
+ * prompts of ctx random tokens are prefilled
  * (timed: prefill wall time, and within it the device time of scoring +
  * pooling, top-k selection and compaction, between events), the
  * measured per-sequence KV bytes (kept rows plus decode headroom) fix the
@@ -17,13 +18,22 @@
  * time a timed step spends building its tables on the host with the
  * device idle (inside step ms), and throughput = batch / median step.
  *
+ * Each configuration runs in a process of its own (forked before this
+ * process touches the device), as a server holding one context would:
+ * on an H200 a process's second and later contexts step about 0.1 ms
+ * slower than its first (the gaps between a step's kernels grow from
+ * ~0.1 to ~0.45 us), whatever the plan, so that in one process the
+ * configurations after the first would be measured at a disadvantage.
+ *
  * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
- *        [-r headroom] [-u shares] [-F] [plan.yaml ...]
+ *        [-r headroom] [-u shares] [-F] [-1] [plan.yaml ...]
  * -u: the uniform plans' kept shares in percent, comma-separated (default
  * 50,25,10; "" for none); -F: no full-cache run ("vs full" is then
  * against the first configuration), so that a profiler can be given one
- * configuration alone.  The last timed step of each configuration runs
- * between cudaProfilerStart and cudaProfilerStop, so that `ncu
+ * configuration alone; -1: every configuration in this one process, one
+ * after another (each then a later context of the process but the
+ * first).  The last timed step of each configuration runs between
+ * cudaProfilerStart and cudaProfilerStop, so that `ncu
  * --profile-from-start off` sees that one step's kernels.
  */
 #include "config.h"
@@ -31,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cuda_profiler_api.h>
@@ -86,6 +97,7 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	int *seqs = NULL, i, s, batch, warm = 2;
 	double t0, per, *ts = NULL, host0, dev0;
 	const gpu_stats *st;
+	gpu_stats st0;
 
 	memset(r, 0, sizeof *r);
 	snprintf(r->name, sizeof r->name, "%s", name);
@@ -103,6 +115,14 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 	if (ids == NULL || tok == NULL || seqs == NULL || ts == NULL)
 		goto fail;
 	gpu_set_options(g, 1, 1);
+	/* a prefill first, untimed (a process's first also loads the
+	   kernels and sets cuBLAS up): the timed ones start from st0 */
+	for (i = 0; i < ctx; i++)
+		ids[i] = 100 + i % 1000;
+	if (gpu_prefill(g, 0, ids, ctx, NULL) != KVX_OK ||
+	    gpu_seq_clear(g, 0) != KVX_OK)
+		goto fail;
+	st0 = *gpu_get_stats(g);
 	for (s = 0; s < 2; s++) {
 		for (i = 0; i < ctx; i++)
 			ids[i] = 100 + rnd(mi->n_vocab - 200);
@@ -110,11 +130,11 @@ run(kvx_model *m, const kvx_plan *p, const char *name, int ctx, double budget,
 			goto fail;
 	}
 	st = gpu_get_stats(g);
-	r->prefill_ms = st->prefill_s * 1e3 / 2;
-	r->select_ms = st->select_s * 1e3 / 2;
-	r->score_ms = st->score_s * 1e3 / 2;
-	r->topk_ms = st->topk_s * 1e3 / 2;
-	r->gather_ms = st->gather_s * 1e3 / 2;
+	r->prefill_ms = (st->prefill_s - st0.prefill_s) * 1e3 / 2;
+	r->select_ms = (st->select_s - st0.select_s) * 1e3 / 2;
+	r->score_ms = (st->score_s - st0.score_s) * 1e3 / 2;
+	r->topk_ms = (st->topk_s - st0.topk_s) * 1e3 / 2;
+	r->gather_ms = (st->gather_s - st0.gather_s) * 1e3 / 2;
 	gpu_memory(g, &mem);
 	per = (double)mem.kv_bytes / 2;
 	r->mib_seq = per / (1 << 20);
@@ -174,6 +194,103 @@ fail:
 	return 1;
 }
 
+/* One configuration: the full cache (plan NULL, share 0), a uniform
+ * share, or a plan file. */
+struct config {
+	double		 share;
+	const char	*path;
+};
+
+/*
+ * Runs configuration c with model m (opened here when NULL); 0 on
+ * success, 77 when there is no device, 1 on failure.
+ */
+static int
+one(kvx_model *m, const char *model, const struct config *c, int ctx,
+    double budget, int steps, int hr, struct result *r)
+{
+	kvx_model *own = NULL;
+	kvx_plan *p = NULL;
+	char name[64];
+	int rc;
+
+	if (!gpu_available())
+		return 77;
+	if (m == NULL) {
+		if (kvx_model_open(model, NULL, &own) != KVX_OK) {
+			fprintf(stderr, "kvx-bench-e2e: %s\n", kvx_errmsg());
+			return 1;
+		}
+		m = own;
+	}
+	if (c->path != NULL) {
+		const char *b = strrchr(c->path, '/');
+
+		if (kvx_plan_load(c->path, &p) != KVX_OK) {
+			fprintf(stderr, "%s: %s\n", c->path, kvx_errmsg());
+			kvx_model_close(&own);
+			return 1;
+		}
+		snprintf(name, sizeof name, "%s", b ? b + 1 : c->path);
+	} else if (c->share > 0) {
+		if (plan_new(kvx_model_get_info(m), KVX_PLAN_STATIC, c->share,
+		    &p) != KVX_OK) {
+			fprintf(stderr, "uniform plan: %s\n", kvx_errmsg());
+			kvx_model_close(&own);
+			return 1;
+		}
+		snprintf(name, sizeof name, "uniform %g%%", c->share * 100);
+	} else
+		snprintf(name, sizeof name, "full");
+	rc = run(m, p, name, ctx, budget, steps, hr, r);
+	kvx_plan_free(&p);
+	kvx_model_close(&own);
+	return rc;
+}
+
+/*
+ * Configuration c in a child process, its result sent back through a
+ * pipe; 0, 77 or 1 as one().
+ */
+static int
+one_apart(const char *model, const struct config *c, int ctx,
+    double budget, int steps, int hr, struct result *r)
+{
+	int fd[2], st = 0, rc;
+	ssize_t got = 0, k;
+	pid_t pid;
+
+	fflush(stdout);
+	if (pipe(fd) != 0) {
+		perror("kvx-bench-e2e: pipe");
+		return 1;
+	}
+	if ((pid = fork()) < 0) {
+		perror("kvx-bench-e2e: fork");
+		close(fd[0]);
+		close(fd[1]);
+		return 1;
+	}
+	if (pid == 0) {
+		close(fd[0]);
+		rc = one(NULL, model, c, ctx, budget, steps, hr, r);
+		if (rc == 0 && write(fd[1], r, sizeof *r) != (ssize_t)sizeof *r)
+			rc = 1;
+		fflush(NULL);
+		_exit(rc);
+	}
+	close(fd[1]);
+	while (got < (ssize_t)sizeof *r && (k = read(fd[0], (char *)r + got,
+	    sizeof *r - (size_t)got)) > 0)
+		got += k;
+	close(fd[0]);
+	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
+		return 1;
+	if (WEXITSTATUS(st) != 0)
+		return WEXITSTATUS(st);
+	return got == (ssize_t)sizeof *r ? 0 : 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -181,15 +298,15 @@ main(int argc, char **argv)
 	const char *shares = "50,25,10";
 	struct result res[MAXCFG];
 	int ctx = 8192, steps = 32, hr = 64, full = 1, c, n = 0, i;
+	int apart = 1, ncfg = 0, rc;
+	struct config cfg[MAXCFG];
 	double fr[MAXCFG];
 	int nfr = 0;
 	char *end;
 	double budget = 4.0, tot_pf = 0.0, tot_sel = 0.0;
 	kvx_model *m = NULL;
-	kvx_plan *p;
-	char name[64];
 
-	while ((c = getopt(argc, argv, "m:c:b:s:r:u:F")) != -1) {
+	while ((c = getopt(argc, argv, "m:c:b:s:r:u:F1")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'c': ctx = atoi(optarg); break;
@@ -198,10 +315,12 @@ main(int argc, char **argv)
 		case 'r': hr = atoi(optarg); break;
 		case 'u': shares = optarg; break;
 		case 'F': full = 0; break;
+		case '1': apart = 0; break;
 		default:
 			fprintf(stderr, "usage: kvx-bench-e2e [-m model] "
 			    "[-c ctx] [-b budget_GiB] [-s steps] "
-			    "[-r headroom] [-u shares] [-F] [plan.yaml ...]\n");
+			    "[-r headroom] [-u shares] [-F] [-1] "
+			    "[plan.yaml ...]\n");
 			return 2;
 		}
 	}
@@ -223,39 +342,44 @@ main(int argc, char **argv)
 		if (*end == ',')
 			end++;
 	}
-	if (!gpu_available()) {
-		fprintf(stderr, "kvx-bench-e2e: no CUDA device\n");
-		return 77;
-	}
-	if (kvx_model_open(model, NULL, &m) != KVX_OK) {
-		fprintf(stderr, "kvx-bench-e2e: %s\n", kvx_errmsg());
-		return 1;
+	if (full)
+		cfg[ncfg++] = (struct config){ 0.0, NULL };
+	for (i = 0; i < nfr && ncfg < MAXCFG; i++)
+		cfg[ncfg++] = (struct config){ fr[i], NULL };
+	for (i = optind; i < argc && ncfg < MAXCFG; i++)
+		cfg[ncfg++] = (struct config){ 0.0, argv[i] };
+	/* in this process only without -1: the children touch the device
+	   first */
+	if (!apart) {
+		if (!gpu_available()) {
+			fprintf(stderr, "kvx-bench-e2e: no CUDA device\n");
+			return 77;
+		}
+		if (kvx_model_open(model, NULL, &m) != KVX_OK) {
+			fprintf(stderr, "kvx-bench-e2e: %s\n", kvx_errmsg());
+			return 1;
+		}
 	}
 	printf("model %s, context %d, KV budget %.1f GiB, headroom %d, "
-	    "%d timed steps\n", model, ctx, budget, hr, steps);
-	if (full && run(m, NULL, "full", ctx, budget, steps, hr, &res[n]) ==
-	    0)
-		n++;
-	for (i = 0; i < nfr && n < MAXCFG; i++) {
-		if (plan_new(kvx_model_get_info(m), KVX_PLAN_STATIC, fr[i],
-		    &p) != KVX_OK)
-			continue;
-		snprintf(name, sizeof name, "uniform %g%%", fr[i] * 100);
-		if (run(m, p, name, ctx, budget, steps, hr, &res[n]) == 0)
-			n++;
-		kvx_plan_free(&p);
-	}
-	for (i = optind; i < argc && n < MAXCFG; i++) {
-		const char *b = strrchr(argv[i], '/');
-
-		if (kvx_plan_load(argv[i], &p) != KVX_OK) {
-			fprintf(stderr, "%s: %s\n", argv[i], kvx_errmsg());
-			continue;
+	    "%d timed steps, %s\n", model, ctx, budget, hr, steps, apart ?
+	    "a process a configuration" : "one process");
+	for (i = 0; i < ncfg; i++) {
+		rc = apart ? one_apart(model, &cfg[i], ctx, budget, steps, hr,
+		    &res[n]) : one(m, model, &cfg[i], ctx, budget, steps, hr,
+		    &res[n]);
+		if (rc == 77) {
+			fprintf(stderr, "kvx-bench-e2e: no CUDA device\n");
+			return 77;
 		}
-		if (run(m, p, b ? b + 1 : argv[i], ctx, budget, steps, hr,
-		    &res[n]) == 0)
+		if (rc == 0)
 			n++;
-		kvx_plan_free(&p);
+		else if (i == 0 && full) {
+			/* "vs full" needs the full cache */
+			fprintf(stderr, "kvx-bench-e2e: the full cache "
+			    "failed\n");
+			kvx_model_close(&m);
+			return 1;
+		}
 	}
 
 	printf("\n| config | KV MiB/seq | batch | step ms | min-max | "

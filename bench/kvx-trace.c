@@ -19,7 +19,10 @@
  *   cc -O2 -shared -fPIC -o libkvx-trace.so bench/kvx-trace.c \
  *       -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcupti
  *   KVX_TRACE=e2e.tsv LD_PRELOAD=./libkvx-trace.so \
- *       bench/kvx-bench-e2e -m MODEL -b 4 -c 8192 -s 2 -u 25,10
+ *       bench/kvx-bench-e2e -1 -m MODEL -b 4 -c 8192 -s 2 -u 25,10
+ *
+ * (-1: the configurations in the traced process itself, not in children
+ * of their own.)
  *
  * SPDX-License-Identifier: MIT
  */
