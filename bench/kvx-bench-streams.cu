@@ -1,0 +1,142 @@
+/*
+ * kvx-bench-streams.cu - does a CUDA graph of small kernels run slower on
+ * a process's later streams than on its first ones?
+ * SPDX-License-Identifier: MIT
+ *
+ * kvx-bench-e2e found a context's decode step ~0.1 ms slower when the
+ * context is not the first in its process (the gaps between the step's
+ * kernels grow from ~0.1 to ~0.45 us).  This reduces it to CUDA and
+ * cuBLAS alone: each of the trials makes a stream (and, unless -n, a
+ * cuBLAS handle on it that runs one GEMM outside the graph), captures a
+ * graph of 300 launches of a trivial kernel (132 blocks of 256 threads,
+ * 1 MB touched), and times 50 launches of it; then frees everything.
+ *
+ * usage: kvx-bench-streams [-t trials] [-n] [-r]
+ *   -n: no cuBLAS at all;  -r: one cuBLAS handle for every trial
+ * Prints each trial's time for one graph and its ratio to trial 0.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#define NK	300
+#define N	(1 << 18)
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
+	fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, \
+	    cudaGetErrorString(e_)); exit(1); } } while (0)
+#define CB(x) do { if ((x) != CUBLAS_STATUS_SUCCESS) { \
+	fprintf(stderr, "%s:%d: cuBLAS call failed\n", __FILE__, \
+	    __LINE__); exit(1); } } while (0)
+
+__global__ void
+tiny_k(float *x, int n)
+{
+	int i = blockIdx.x * blockDim.x + threadIdx.x;
+
+	if (i < n)
+		x[i] = x[i] * 0.999f + 1.0f;
+}
+
+/* One trial: us a graph of NK kernels on a fresh stream. */
+static double
+trial(int blas, cublasHandle_t *keep)
+{
+	const float one = 1.0f, zero = 0.0f;
+	cudaStream_t s;
+	cublasHandle_t h = NULL;
+	cudaGraph_t gr;
+	cudaGraphExec_t gx;
+	cudaEvent_t e0, e1;
+	float *x, *a, *c, ms;
+	int i;
+
+	CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+	CK(cudaMalloc(&x, N * sizeof(float)));
+	CK(cudaMalloc(&a, 576 * 576 * sizeof(float)));
+	CK(cudaMalloc(&c, 576 * 88 * sizeof(float)));
+	CK(cudaMemset(x, 0, N * sizeof(float)));
+	CK(cudaMemset(a, 0, 576 * 576 * sizeof(float)));
+	if (blas) {
+		if (keep != NULL && *keep != NULL)
+			h = *keep;
+		else
+			CB(cublasCreate(&h));
+		if (keep != NULL)
+			*keep = h;
+		CB(cublasSetStream(h, s));
+		CB(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 576, 88, 576, &one,
+		    a, 576, a, 576, &zero, c, 576));
+	}
+	CK(cudaStreamSynchronize(s));
+	CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+	for (i = 0; i < NK; i++)
+		tiny_k<<<132, 256, 0, s>>>(x, N);
+	CK(cudaStreamEndCapture(s, &gr));
+	CK(cudaGraphInstantiate(&gx, gr, 0));
+	CK(cudaEventCreate(&e0));
+	CK(cudaEventCreate(&e1));
+	for (i = 0; i < 5; i++)
+		CK(cudaGraphLaunch(gx, s));
+	CK(cudaEventRecord(e0, s));
+	for (i = 0; i < 50; i++)
+		CK(cudaGraphLaunch(gx, s));
+	CK(cudaEventRecord(e1, s));
+	CK(cudaEventSynchronize(e1));
+	CK(cudaEventElapsedTime(&ms, e0, e1));
+	CK(cudaEventDestroy(e0));
+	CK(cudaEventDestroy(e1));
+	CK(cudaGraphExecDestroy(gx));
+	CK(cudaGraphDestroy(gr));
+	if (h != NULL && keep == NULL)
+		CB(cublasDestroy(h));
+	CK(cudaStreamDestroy(s));
+	CK(cudaFree(x));
+	CK(cudaFree(a));
+	CK(cudaFree(c));
+	return ms * 1e3 / 50;
+}
+
+int
+main(int argc, char **argv)
+{
+	int trials = 8, blas = 1, reuse = 0, c, t;
+	cublasHandle_t h = NULL;
+	double t0 = 0;
+
+	while ((c = getopt(argc, argv, "t:nr")) != -1)
+		switch (c) {
+		case 't': trials = atoi(optarg); break;
+		case 'n': blas = 0; break;
+		case 'r': reuse = 1; break;
+		default:
+			fprintf(stderr, "usage: kvx-bench-streams [-t trials] "
+			    "[-n] [-r]\n");
+			return 2;
+		}
+	if (trials < 1) {
+		fprintf(stderr, "kvx-bench-streams: -t must be positive\n");
+		return 2;
+	}
+	if (cudaFree(0) != cudaSuccess) {
+		fprintf(stderr, "kvx-bench-streams: no CUDA device\n");
+		return 77;
+	}
+	printf("%d kernels a graph; %s\n", NK, !blas ? "no cuBLAS" : reuse ?
+	    "one cuBLAS handle, a GEMM on each new stream" :
+	    "a cuBLAS handle and a GEMM on each new stream");
+	for (t = 0; t < trials; t++) {
+		double us = trial(blas, reuse ? &h : NULL);
+
+		if (t == 0)
+			t0 = us;
+		printf("trial %d: %.1f us a graph (%.3f us a kernel), %.3f of "
+		    "trial 0\n", t, us, us / NK, us / t0);
+	}
+	if (h != NULL)
+		cublasDestroy(h);
+	return 0;
+}
