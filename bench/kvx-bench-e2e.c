@@ -26,13 +26,14 @@
  * configurations after the first would be measured at a disadvantage.
  *
  * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
- *        [-r headroom] [-u shares] [-F] [-1] [plan.yaml ...]
+ *        [-r headroom] [-u shares] [-F] [-1 [-w]] [plan.yaml ...]
  * -u: the uniform plans' kept shares in percent, comma-separated (default
  * 50,25,10; "" for none); -F: no full-cache run ("vs full" is then
  * against the first configuration), so that a profiler can be given one
  * configuration alone; -1: every configuration in this one process, one
  * after another (each then a later context of the process but the
- * first).  The last timed step of each configuration runs between
+ * first); -w (with -1): an unreported full-cache context first, so that
+ * every reported configuration is a later context.  The last timed step of each configuration runs between
  * cudaProfilerStart and cudaProfilerStop, so that `ncu
  * --profile-from-start off` sees that one step's kernels.
  */
@@ -298,7 +299,7 @@ main(int argc, char **argv)
 	const char *shares = "50,25,10";
 	struct result res[MAXCFG];
 	int ctx = 8192, steps = 32, hr = 64, full = 1, c, n = 0, i;
-	int apart = 1, ncfg = 0, rc;
+	int apart = 1, ncfg = 0, rc, warmup = 0;
 	struct config cfg[MAXCFG];
 	double fr[MAXCFG];
 	int nfr = 0;
@@ -306,7 +307,7 @@ main(int argc, char **argv)
 	double budget = 4.0, tot_pf = 0.0, tot_sel = 0.0;
 	kvx_model *m = NULL;
 
-	while ((c = getopt(argc, argv, "m:c:b:s:r:u:F1")) != -1) {
+	while ((c = getopt(argc, argv, "m:c:b:s:r:u:F1w")) != -1) {
 		switch (c) {
 		case 'm': model = optarg; break;
 		case 'c': ctx = atoi(optarg); break;
@@ -316,13 +317,18 @@ main(int argc, char **argv)
 		case 'u': shares = optarg; break;
 		case 'F': full = 0; break;
 		case '1': apart = 0; break;
+		case 'w': warmup = 1; break;
 		default:
 			fprintf(stderr, "usage: kvx-bench-e2e [-m model] "
 			    "[-c ctx] [-b budget_GiB] [-s steps] "
-			    "[-r headroom] [-u shares] [-F] [-1] "
+			    "[-r headroom] [-u shares] [-F] [-1 [-w]] "
 			    "[plan.yaml ...]\n");
 			return 2;
 		}
+	}
+	if (warmup && apart) {
+		fprintf(stderr, "kvx-bench-e2e: -w needs -1\n");
+		return 2;
 	}
 	if (ctx < 1 || steps < 1 || hr < 0 || !(budget > 0)) {
 		fprintf(stderr, "kvx-bench-e2e: -c, -s and -b must be "
@@ -362,7 +368,16 @@ main(int argc, char **argv)
 	}
 	printf("model %s, context %d, KV budget %.1f GiB, headroom %d, "
 	    "%d timed steps, %s\n", model, ctx, budget, hr, steps, apart ?
-	    "a process a configuration" : "one process");
+	    "a process a configuration" : warmup ? "one process, after an "
+	    "unreported full-cache context" : "one process");
+	if (warmup) {
+		const struct config w = { 0.0, NULL };
+
+		if (one(m, model, &w, ctx, budget, 2, hr, &res[0]) != 0) {
+			kvx_model_close(&m);
+			return 1;
+		}
+	}
 	for (i = 0; i < ncfg; i++) {
 		rc = apart ? one_apart(model, &cfg[i], ctx, budget, steps, hr,
 		    &res[n]) : one(m, model, &cfg[i], ctx, budget, steps, hr,
