@@ -33,8 +33,9 @@
  * configuration alone; -1: every configuration in this one process, one
  * after another (each then a later context of the process but the
  * first); -w (with -1): an unreported full-cache context first, so that
- * every reported configuration is a later context.  The last timed step of each configuration runs between
- * cudaProfilerStart and cudaProfilerStop, so that `ncu
+ * every reported configuration is a later context.  The last timed
+ * step of each configuration runs between cudaProfilerStart and
+ * cudaProfilerStop, so that `ncu
  * --profile-from-start off` sees that one step's kernels.
  */
 #include "config.h"

@@ -384,9 +384,10 @@ pre_send(gpu_ctx *g, size_t need)
 
 /*
  * One token for each of n distinct sequences.  Makes room in full
- * segments first; then the step's tables, laid out on the host (step_fill), go up
- * in one upload and the graph runs (captured again only when the batch,
- * the item count or a buffer changes).  While it runs, the host lays
+ * segments first; then the step's tables, laid out on the host
+ * (step_fill), go up in one upload and the graph runs (captured again
+ * only when the batch, the item count or a buffer changes).  While it
+ * runs, the host lays
  * out the tables of the next step of the same batch (every segment one
  * row longer), which that step uses unless the batch or any segment
  * changed in between (g->gen), so that the host's part of a step
