@@ -3,7 +3,8 @@
  * SPDX-License-Identifier: MIT
  *
  * Each step builds, per layer, the segments' table and the split-K work
- * list on the host and uploads them in one copy; the step's launches run
+ * list on the host and uploads them in one copy (or, laid out during the
+ * step before, sent ahead on a second stream); the step's launches run
  * as one CUDA graph, captured again only when the batch, the item count
  * or a buffer changes.
  */
