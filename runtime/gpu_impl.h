@@ -179,7 +179,9 @@ struct gpu_ctx {
 	/* ... and sent to the device while that step runs, on cstream:
 	   d_pre receives h_pre (ev_pre: the copy done; ev_used: the next
 	   step's copy out of d_pre done; pre_dev: d_pre holds the
-	   tables; pre_busy: a copy from h_pre may still run) */
+	   tables; pre_busy: a copy from h_pre may still run;
+	   pre_nodev: the stream or events could not be made, so the
+	   tables go up with each step) */
 	char		*d_pre;
 	size_t		 dpre_room;
 	cudaStream_t	 cstream;
