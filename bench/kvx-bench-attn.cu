@@ -10,8 +10,11 @@
  * length sets, as a profiler wants it)
  * Each decode step runs the 32 layers' launches (partial + combine),
  * captured once in a CUDA graph, on the balanced and the chunked work
- * list; "chosen" is the one the library takes (wl_plan), marked * when
- * the other was faster.  The partial kernel writes the segments of one
+ * list of each variant of the partial kernel (deep: two tiles ahead, two
+ * blocks a multiprocessor; wide: one tile ahead, three); "chosen" is the
+ * pair the library takes (kvx_cuda_attn_variant, then wl_plan on that
+ * variant's resident blocks), b/c for the list and d/w for the variant,
+ * marked * when another of the four was faster.  The partial kernel writes the segments of one
  * item itself, and the combine is not launched when every segment has
  * one (wl_solo), as in the "1-item" column.  "comb us" is what the
  * combine costs a layer on the chosen list: the step against the same
@@ -114,13 +117,14 @@ struct layer {
 
 /*
  * Median time of one decode step (all layers) for per-(seq, head) lengths
- * len: chunk 0 balances rows over the resident blocks (wl_balanced),
- * chunk -1 cuts items of wl_chunk rows, chunk > 0 items of that many
- * rows, one block each.  comb 0 leaves out the combine.
+ * len on the partial kernel's variant var: chunk 0 balances rows over
+ * the variant's resident blocks (wl_balanced), chunk -1 cuts items of
+ * wl_chunk rows, chunk > 0 items of that many rows, one block each.
+ * comb 0 leaves out the combine.
  */
 static double
-step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
-    int *nbuf)
+step_time(const std::vector<int> &len, int var, int chunk, int comb,
+    int *nitems, int *nbuf)
 {
 	int nseg = (int)len.size(), s, i, nl, ni, cap, nb;
 	int *bfirst_d = NULL;
@@ -143,7 +147,7 @@ step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
 		rows += len[s];
 	}
 	if (chunk == 0) {
-		nb = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
+		nb = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16, var);
 		bfirst.resize(nb + 1);
 		cap = nb + nseg;
 		it.resize(cap);
@@ -155,7 +159,7 @@ step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
 	} else {
 		if (chunk < 0)
 			chunk = wl_chunk(rows, kvx_cuda_attn_blocks(G, D,
-			    KVX_CUDA_F16));
+			    KVX_CUDA_F16, var));
 		cap = (int)(rows / chunk) + nseg + 1;
 		it.resize(cap);
 		ni = wl_chunked(len.data(), nseg, chunk, it.data(), cap,
@@ -206,7 +210,7 @@ step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
 
 		KC(kvx_cuda_attn_partial(y.q, y.k, y.v, KVX_CUDA_F16, y.off, G,
 		    D, D, 1.0f / sqrtf((float)D), y.items, bfirst_d, nb,
-		    y.first, y.m, y.l, y.acc, y.out, st));
+		    y.first, y.m, y.l, y.acc, y.out, var, st));
 		if (comb && !wl_solo(first.data(), nseg))
 			KC(kvx_cuda_attn_combine(y.first, nseg, G, D, y.m, y.l,
 			    y.acc, y.out, KVX_CUDA_F32, 1,
@@ -242,9 +246,10 @@ step_time(const std::vector<int> &len, int chunk, int comb, int *nitems,
 	return ms[ms.size() / 2] * 1e-3;
 }
 
-/* 1 when the library (wl_plan) takes the balanced list for len. */
+/* 1 when the library (wl_plan) takes the balanced list for len on the
+ * variant var's resident blocks. */
 static int
-plan_balanced(const std::vector<int> &len)
+plan_balanced(const std::vector<int> &len, int var)
 {
 	int nseg = (int)len.size(), res, cap, nb, bal = 0;
 	long long rows = 0;
@@ -254,7 +259,7 @@ plan_balanced(const std::vector<int> &len)
 
 	for (s = 0; s < len.size(); s++)
 		rows += len[s];
-	res = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16);
+	res = kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16, var);
 	cap = res + nseg + (int)(rows / wl_chunk(rows, res)) + 1;
 	it.resize(cap);
 	bfirst.resize(res + 1);
@@ -309,17 +314,18 @@ main(int argc, char **argv)
 	printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n",
 	    pr.name, pr.multiProcessorCount, bw / 1e9);
 	fprintf(tsv, "copy\t%.6e\n", bw);
-	printf("%-6s %-6s %-6s %12s %9s %8s %8s %8s %8s %6s %7s\n", "batch",
-	    "ctx", "lens", "KV MB/step", "step us", "chosen", "balanced",
-	    "chunked", "1-item", "items", "comb us");
+	printf("%-6s %-6s %-6s %12s %9s %9s %8s %8s %8s %8s %8s %6s %7s\n",
+	    "batch", "ctx", "lens", "KV MB/step", "step us", "chosen",
+	    "deep-bal", "deep-chk", "wide-bal", "wide-chk", "1-item",
+	    "items", "comb us");
 	for (skew = 0; skew < 2; skew++)
 	for (bi = 0; bi < 4; bi++)
 	for (ci = 0; ci < 3; ci++) {
-		int b = batches[bi], T = ctxs[ci], ni, nb, ni1, nb1, bal = 0;
+		int b = batches[bi], T = ctxs[ci], ni1, nb1, bal = 0, v;
 		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
 		long long rows = 0;
-		double bytes, t, tb, tc, tp, t1 = 0.0;
-		int nic, nbc, nip, nbp;
+		double bytes, t, tb[2], tc[2], tp, t1 = 0.0, best;
+		int nib[2], nbb[2], nic[2], nbc[2], nip, nbp, var;
 		size_t s;
 
 		if ((long long)b * T > 64LL * 65536 || b > maxb ||
@@ -328,27 +334,38 @@ main(int argc, char **argv)
 		for (s = 0; s < len.size(); s++)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
-		bal = plan_balanced(len);
-		tb = step_time(len, 0, 1, &ni, &nb);
-		tc = step_time(len, -1, 1, &nic, &nbc);
-		t = bal ? tb : tc;
-		tp = step_time(len, bal ? 0 : -1, 0, &nip, &nbp);
+		var = kvx_cuda_attn_variant(G, D, KVX_CUDA_F16,
+		    (int)len.size());
+		bal = plan_balanced(len, var);
+		for (v = 0; v < 2; v++) {
+			tb[v] = step_time(len, v, 0, 1, &nib[v], &nbb[v]);
+			tc[v] = step_time(len, v, -1, 1, &nic[v], &nbc[v]);
+		}
+		t = bal ? tb[var] : tc[var];
+		best = std::min(std::min(tb[0], tc[0]), std::min(tb[1], tc[1]));
+		tp = step_time(len, var, bal ? 0 : -1, 0, &nip, &nbp);
 		/* without split-K: one item a segment, at batch 1 only */
 		if (b == 1)
-			t1 = step_time(len, T, 1, &ni1, &nb1);
-		printf("%-6d %-6d %-6s %12.1f %9.1f %7.1f%%%c%c %7.1f%% "
-		    "%7.1f%% %7.1f%% %6d %7.2f\n", b, T, skew ? "skewed" :
-		    "equal", bytes / 1e6, t * 1e6, 100.0 * bytes / t / bw,
-		    bal ? 'b' : 'c', t > std::min(tb, tc) ? '*' : ' ',
-		    100.0 * bytes / tb / bw, 100.0 * bytes / tc / bw,
-		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0, bal ? ni : nic,
-		    (t - tp) / NLAYER * 1e6);
+			t1 = step_time(len, KVX_CUDA_ATTN_DEEP, T, 1, &ni1,
+			    &nb1);
+		printf("%-6d %-6d %-6s %12.1f %9.1f %6.1f%%%c%c%c %7.1f%% "
+		    "%7.1f%% %7.1f%% %7.1f%% %7.1f%% %6d %7.2f\n", b, T,
+		    skew ? "skewed" : "equal", bytes / 1e6, t * 1e6,
+		    100.0 * bytes / t / bw, bal ? 'b' : 'c', var ? 'w' : 'd',
+		    t > best ? '*' : ' ', 100.0 * bytes / tb[0] / bw,
+		    100.0 * bytes / tc[0] / bw, 100.0 * bytes / tb[1] / bw,
+		    100.0 * bytes / tc[1] / bw,
+		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0,
+		    bal ? nib[var] : nic[var], (t - tp) / NLAYER * 1e6);
 		fflush(stdout);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
-		    bytes, t, t1, bal ? ni : nic);
+		    bytes, t, t1, bal ? nib[var] : nic[var]);
 		for (s = 0; s < len.size(); s++)
 			fprintf(tsv, "%c%d", s ? ',' : '\t', len[s]);
-		fprintf(tsv, "\t%.6e\t%.6e\t%d\t%.6e\n", tb, tc, bal, tp);
+		/* the best balanced and chunked times of either variant */
+		fprintf(tsv, "\t%.6e\t%.6e\t%d\t%.6e\t%d\n",
+		    std::min(tb[0], tb[1]), std::min(tc[0], tc[1]), bal, tp,
+		    var);
 	}
 	fclose(tsv);
 	return 0;

@@ -85,8 +85,8 @@ def main():
            "padded/rag", "sdpa-pad", "speed-up", "1-item")
     print("%-5s %-6s %-6s %8s %8s %7s %9s %10s %8s %8s %7s" % hdr)
     print("# kvx (partial + combine, the library's list: b balanced, "
-          "c chunked), "
-          "2-launch (partial + combine, best of balanced and chunked), "
+          "c chunked; and variant: d deep, w wide), "
+          "2-launch (partial + combine, best of the lists and variants), "
           "sdpa=, sdpa-pad, 1-item: KV bytes read per second as a "
           "share of copy bandwidth; sdpa= on the same bytes as kvx, "
           "sdpa-pad on every head padded to the longest; speed-up = "
@@ -97,6 +97,8 @@ def main():
         lens = [int(x) for x in r[8].split(",")]
         t2 = min(float(r[9]), float(r[10])) if len(r) > 10 else t
         bal = "b" if len(r) > 11 and r[11] == "1" else "c"
+        if len(r) > 13:
+            bal += "w" if r[13] == "1" else "d"
         teq = max(1, round(sum(lens) / len(lens)))
         tmax = max(lens)
         eq_bytes = b * HKV * teq * D * 4 * NLAYER

@@ -53,19 +53,24 @@ launch_early(void (*fn)(P...), dim3 grid, int threads, size_t smem,
 #define AT_THREADS 128
 #define AT_TILE 8	/* rows a lane group has in flight */
 #define AT_NW (AT_THREADS / 32)
-/* blocks a multiprocessor of the tensor-core form (198 registers at
- * d = 128); capping it at 168 registers for three was slower */
+/* blocks a multiprocessor of the tensor-core form (184 registers at
+ * d = 128, G = 4); its wide variant (AT_WIDE_*) is built for three */
 #define AT_TC_MINB 2
 /* P is split into two fp16 halves at 2^12 its size, so that the low half
  * stays a normal number down to p = 2^-12 */
 #define AT_PSCALE 4096.0f
 /* 16-row tiles a warp of the tensor-core form keeps in its ring of
- * asynchronous copies: one being read, AT_STAGES - 1 in flight (2 read
- * 0-2% slower on the H200 at batch >= 4; 4 leaves one block of d = 128
- * a multiprocessor, 1-21% slower) */
+ * asynchronous copies: one being read, AT_STAGES - 1 in flight (2 at two
+ * blocks a multiprocessor read 0-2% slower on the H200 at batch >= 4; 4
+ * leaves one block of d = 128 a multiprocessor, 1-21% slower) */
 #ifndef AT_STAGES
 #define AT_STAGES 3
 #endif
+/* The wide variant (W = 1) of the tensor-core form at d = 128: a ring of
+ * 2 slots, 166 registers (G = 4), three blocks a multiprocessor instead
+ * of two; kvx_cuda_attn_variant says when it runs. */
+#define AT_WIDE_STAGES 2
+#define AT_WIDE_MINB 3
 
 /*
  * One lane's share of TR rows: scores of its 8 elements against the G
@@ -398,12 +403,21 @@ tc_slot(void)
 	return 2 * 16 * (D / 8);
 }
 
+/* Ring slots a warp of the tensor-core form keeps: AT_STAGES, or
+ * AT_WIDE_STAGES in the wide variant. */
+template <int W>
+static __host__ __device__ constexpr int
+tc_stages(void)
+{
+	return W ? AT_WIDE_STAGES : AT_STAGES;
+}
+
 /* Shared memory of the tensor-core form: AT_NW warps' rings. */
-template <int D>
+template <int D, int W>
 static __host__ __device__ constexpr size_t
 tc_smem(void)
 {
-	return (size_t)AT_NW * AT_STAGES * tc_slot<D>() * sizeof(uint4);
+	return (size_t)AT_NW * tc_stages<W>() * tc_slot<D>() * sizeof(uint4);
 }
 
 /*
@@ -542,8 +556,8 @@ tc_step(const uint32_t (&qa)[D / 16][4], const uint4 *sk, int nvalid,
 
 /*
  * Work item ii on the tensor cores (fp16 K/V, G <= 8): each warp takes
- * every fourth 16-row tile, its copies running AT_STAGES - 1 tiles ahead
- * of its arithmetic through a ring of slots of its own in shared memory
+ * every fourth 16-row tile, its copies running S - 1 tiles ahead (S =
+ * tc_stages<W>(): 3, or 2 in the wide variant) of its arithmetic through a ring of slots of its own in shared memory
  * (so a warp waits for no other and needs no barrier but __syncwarp);
  * the warps merge as the lane groups of attn_item do, each writing its
  * state into its own ring, whose copies have all landed by then.
@@ -551,13 +565,13 @@ tc_step(const uint32_t (&qa)[D / 16][4], const uint4 *sk, int nvalid,
  * element d of head g sits at acc[8u + e][..] of lane (g, c) for
  * d = 8 (2c + 8u) + e (+ 8 for the second of the pair).
  */
-template <int G, int D>
+template <int G, int D, int W>
 static __device__ __forceinline__ void
 attn_item_tc(const float *q, const __half *k, const __half *v,
     const long long *off, int ld_, float scale2, struct wl_item it,
     const struct at_dst &o)
 {
-	constexpr int RING = AT_STAGES * tc_slot<D>();
+	constexpr int S = tc_stages<W>(), RING = S * tc_slot<D>();
 	extern __shared__ uint4 at_ring[];
 	__shared__ float sm_m[AT_NW][G], sm_l[AT_NW][G];
 	int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2;
@@ -572,7 +586,7 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
 	/* the warp's tiles start at r0 + 16 w + 16 AT_NW tl */
 	nt = it.r1 - it.r0 - 16 * w;
 	nt = nt > 0 ? (nt + 16 * AT_NW - 1) / (16 * AT_NW) : 0;
-	for (tl = 0; tl < AT_STAGES - 1; tl++) {
+	for (tl = 0; tl < S - 1; tl++) {
 		if (tl < nt)
 			tc_issue<D>(kb, vb, ld_, it.r0 + 16 * (w + AT_NW * tl),
 			    it.r1, lane, ring + tl * tc_slot<D>());
@@ -597,22 +611,22 @@ attn_item_tc(const float *q, const __half *k, const __half *v,
 #pragma unroll
 	for (n = 0; n < D / 8; n++)
 		acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-	/* tile tl sits in slot rd; tile tl + AT_STAGES - 1 goes to slot wr,
+	/* tile tl sits in slot rd; tile tl + S - 1 goes to slot wr,
 	 * the one read last round (every lane has passed this round's
 	 * __syncwarp, so none still reads it) */
-	for (tl = 0, rd = 0, wr = AT_STAGES - 1; tl < nt; tl++) {
-		cp_wait<AT_STAGES - 2>();
+	for (tl = 0, rd = 0, wr = S - 1; tl < nt; tl++) {
+		cp_wait<S - 2>();
 		__syncwarp();
-		if (tl + AT_STAGES - 1 < nt)
+		if (tl + S - 1 < nt)
 			tc_issue<D>(kb, vb, ld_, it.r0 + 16 * (w + AT_NW *
-			    (tl + AT_STAGES - 1)), it.r1, lane,
+			    (tl + S - 1)), it.r1, lane,
 			    ring + wr * tc_slot<D>());
 		cp_commit();
 		r = it.r0 + 16 * (w + AT_NW * tl);
 		tc_step<D>(qa, ring + rd * tc_slot<D>(), it.r1 - r, lane, m,
 		    l, acc);
-		rd = rd == AT_STAGES - 1 ? 0 : rd + 1;
-		wr = wr == AT_STAGES - 1 ? 0 : wr + 1;
+		rd = rd == S - 1 ? 0 : rd + 1;
+		wr = wr == S - 1 ? 0 : wr + 1;
 	}
 	l += __shfl_xor_sync(0xffffffffu, l, 1);
 	l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -649,13 +663,24 @@ at_tc(void)
 	return D <= 128 && std::is_same<T, __half>::value;
 }
 
+/* Whether (D, T) has a wide variant: the tensor-core form at d = 128,
+ * the only one that three blocks a multiprocessor help (at d = 64 four
+ * fit either way). */
+template <int D, typename T>
+static __host__ __device__ constexpr bool
+at_wide(void)
+{
+	return D == 128 && at_tc<D, T>();
+}
+
 /* Blocks a multiprocessor the partial kernel is built for: the lane
  * groups' form (attn_item) fits three up to four query heads. */
-template <int G, int D, typename T>
+template <int G, int D, typename T, int W>
 static __host__ __device__ constexpr int
 at_minb(void)
 {
-	return at_tc<D, T>() ? AT_TC_MINB : G <= 4 ? 3 : 1;
+	return at_tc<D, T>() ? (W ? AT_WIDE_MINB : AT_TC_MINB) :
+	    G <= 4 ? 3 : 1;
 }
 
 /*
@@ -667,8 +692,8 @@ at_minb(void)
  * tests are the same for the whole block, so the barriers of attn_fold
  * stay uniform.
  */
-template <int G, int D, typename T>
-static __global__ void __launch_bounds__(AT_THREADS, at_minb<G, D, T>())
+template <int G, int D, typename T, int W>
+static __global__ void __launch_bounds__(AT_THREADS, at_minb<G, D, T, W>())
 attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
     int ld_, float scale2, const struct wl_item *items,
     const int *bfirst, const int *first, float *pm, float *pl,
@@ -692,7 +717,8 @@ attn_partial_k(const float *q, const T *k, const T *v, const long long *off,
 		o.acc = o.solo ? out + (size_t)it.seg * G * D :
 		    pacc + (size_t)ii * G * D;
 		if constexpr (at_tc<D, T>())
-			attn_item_tc<G, D>(q, k, v, off, ld_, scale2, it, o);
+			attn_item_tc<G, D, W>(q, k, v, off, ld_, scale2, it,
+			    o);
 		else
 			attn_item<G, D, T>(q, k, v, off, ld_, scale2, it, o);
 	}
@@ -709,45 +735,61 @@ struct attn_args {
 	const int			*bfirst, *first;
 	float				*m, *l, *acc, *out;
 	cudaStream_t			 st;
+	int				 variant;	/* KVX_CUDA_ATTN_* */
 	int				*occupancy;	/* query only */
 };
 
 /*
- * Dynamic shared memory of the partial kernel for (G, D, T): the rings
- * of the tensor-core form, past the default 48 KiB, which the kernel is
- * allowed once (C++ runs the initialiser once, whichever thread comes
- * first); 0 for the lane groups' form.  *rc gets the allowance's
- * status.
+ * Dynamic shared memory of the partial kernel for (G, D, T, W): the
+ * rings of the tensor-core form, past the default 48 KiB, which the
+ * kernel is allowed once (C++ runs the initialiser once, whichever
+ * thread comes first); 0 for the lane groups' form.  *rc gets the
+ * allowance's status.
  */
-template <int G, int D, typename T>
+template <int G, int D, typename T, int W>
 static size_t
 attn_smem(int *rc)
 {
 	static const int allowed = !at_tc<D, T>() ? 0 :
-	    cudaFuncSetAttribute(attn_partial_k<G, D, T>,
+	    cudaFuncSetAttribute(attn_partial_k<G, D, T, W>,
 	    cudaFuncAttributeMaxDynamicSharedMemorySize,
-	    (int)tc_smem<D>()) == cudaSuccess ? 0 : launched();
+	    (int)tc_smem<D, W>()) == cudaSuccess ? 0 : launched();
 
 	*rc = allowed;
-	return at_tc<D, T>() ? tc_smem<D>() : 0;
+	return at_tc<D, T>() ? tc_smem<D, W>() : 0;
 }
 
-/* Launch (or occupancy query) for one (G, D) pair of run-time arguments. */
-template <int G, int D, typename T>
+/* Launch (or occupancy query) for one (G, D, T, W) of run-time
+ * arguments. */
+template <int G, int D, typename T, int W>
 static int
-attn_launch_t(const struct attn_args *a)
+attn_launch_w(const struct attn_args *a)
 {
 	int rc;
-	size_t smem = attn_smem<G, D, T>(&rc);
+	size_t smem = attn_smem<G, D, T, W>(&rc);
 
 	if (rc != 0)
 		return rc;
 	if (a->occupancy != NULL)
 		return (int)cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-		    a->occupancy, attn_partial_k<G, D, T>, AT_THREADS, smem);
-	return launch_early(attn_partial_k<G, D, T>, a->nblk, AT_THREADS, smem,
-	    a->st, a->q, (const T *)a->k, (const T *)a->v, a->off, a->ld,
-	    a->s2, a->items, a->bfirst, a->first, a->m, a->l, a->acc, a->out);
+		    a->occupancy, attn_partial_k<G, D, T, W>, AT_THREADS,
+		    smem);
+	return launch_early(attn_partial_k<G, D, T, W>, a->nblk, AT_THREADS,
+	    smem, a->st, a->q, (const T *)a->k, (const T *)a->v, a->off,
+	    a->ld, a->s2, a->items, a->bfirst, a->first, a->m, a->l, a->acc,
+	    a->out);
+}
+
+/* attn_launch_w for the variant: the wide one where (D, T) has it, else
+ * the deep one, which every variant number names there. */
+template <int G, int D, typename T>
+static int
+attn_launch_t(const struct attn_args *a)
+{
+	if constexpr (at_wide<D, T>())
+		if (a->variant == KVX_CUDA_ATTN_WIDE)
+			return attn_launch_w<G, D, T, 1>(a);
+	return attn_launch_w<G, D, T, 0>(a);
 }
 
 /* attn_launch_t for the storage type of the arguments. */
@@ -755,6 +797,9 @@ template <int G, int D>
 static int
 attn_launch(const struct attn_args *a)
 {
+	if (a->variant != KVX_CUDA_ATTN_DEEP &&
+	    a->variant != KVX_CUDA_ATTN_WIDE)
+		return KVX_CUDA_EINVAL;
 	if (a->dtype == KVX_CUDA_F16)
 		return attn_launch_t<G, D, __half>(a);
 	if (a->dtype == KVX_CUDA_BF16)
@@ -796,17 +841,28 @@ attn_dispatch(int g, int d, const struct attn_args *a)
 /* Resident blocks of the partial kernel: per multiprocessor times their
  * count. */
 extern "C" int
-kvx_cuda_attn_blocks(int g, int d, int dtype)
+kvx_cuda_attn_blocks(int g, int d, int dtype, int variant)
 {
 	struct attn_args a;
 	int occ = 0, sm = kvx_cuda_sm_count();
 
 	memset(&a, 0, sizeof a);
 	a.dtype = dtype;
+	a.variant = variant;
 	a.occupancy = &occ;
 	if (attn_dispatch(g, d, &a) != 0 || occ < 1 || sm < 1)
 		return 0;
 	return occ * sm;
+}
+
+/* The variant for nseg segments a layer (kvx_cuda.h). */
+extern "C" int
+kvx_cuda_attn_variant(int g, int d, int dtype, int nseg)
+{
+	(void)g;
+	return d == 128 && dtype == KVX_CUDA_F16 &&
+	    nseg >= KVX_CUDA_ATTN_WIDE_SEGS ? KVX_CUDA_ATTN_WIDE :
+	    KVX_CUDA_ATTN_DEEP;
 }
 
 /* 16-byte row loads need rows that start on 16-byte boundaries. */
@@ -822,7 +878,7 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
     const long long *off, int g, int d, int ld_, float scale,
     const struct wl_item *items, const int *bfirst, int nblocks,
     const int *first, float *m, float *l, float *acc, float *out,
-    cudaStream_t stream)
+    int variant, cudaStream_t stream)
 {
 	struct attn_args a;
 
@@ -847,6 +903,7 @@ kvx_cuda_attn_partial(const float *q, const void *k, const void *v, int dtype,
 	a.acc = acc;
 	a.out = out;
 	a.st = stream;
+	a.variant = variant;
 	return attn_dispatch(g, d, &a);
 }
 

@@ -209,8 +209,27 @@ int	 kvx_cuda_gather(const void *d_ksrc, const void *d_vsrc, void *d_kdst,
 
 /* --- 4. ragged split-K decode attention -------------------------------- */
 /* The work lists come from runtime/worklist.h (wl_plan and its parts). */
-/* Blocks of the partial kernel resident at once (0 on error). */
-int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
+/*
+ * Variants of the partial kernel.  DEEP: each warp copies K/V two tiles
+ * ahead of its arithmetic, two blocks a multiprocessor at d = 128.
+ * WIDE: one tile ahead, three blocks a multiprocessor; built for fp16
+ * K/V at d = 128 only (elsewhere it runs DEEP, and the two are one).
+ * Both give the same bits.
+ */
+enum kvx_cuda_attn_variant {
+	KVX_CUDA_ATTN_DEEP = 0,
+	KVX_CUDA_ATTN_WIDE = 1
+};
+/* Segments a layer from which kvx_cuda_attn_variant takes WIDE (H200:
+ * faster from batch 4 of 8 KV heads, slower at batch 1). */
+#define KVX_CUDA_ATTN_WIDE_SEGS 32
+/* The variant the library runs for nseg segments a layer of (g, d,
+ * dtype): WIDE where it is built and nseg >= KVX_CUDA_ATTN_WIDE_SEGS,
+ * else DEEP. */
+int	 kvx_cuda_attn_variant(int g, int d, int dtype, int nseg);
+/* Blocks of the partial kernel's variant resident at once (0 on
+ * error). */
+int	 kvx_cuda_attn_blocks(int g, int d, int dtype, int variant);
 /*
  * Partial attention of each item: queries d_q + seg*g*d (float), K and V
  * rows of d elements (F16 or BF16) ld apart from element off[seg]
@@ -222,13 +241,15 @@ int	 kvx_cuda_attn_blocks(int g, int d, int dtype);
  * item that is its segment's only one writes the segment's output to
  * d_out + seg*g*d instead, as the combine would, and no partial.
  * Items of seg < 0 are skipped (padding).  d is 64, 128 or 256,
- * 1 <= g <= 8.
+ * 1 <= g <= 8; variant is a KVX_CUDA_ATTN_* (the list's blocks sized by
+ * kvx_cuda_attn_blocks of the same variant).
  */
 int	 kvx_cuda_attn_partial(const float *d_q, const void *d_k,
 	    const void *d_v, int dtype, const long long *d_off, int g, int d,
 	    int ld, float scale, const struct wl_item *d_items,
 	    const int *d_bfirst, int nblocks, const int *d_first, float *d_m,
-	    float *d_l, float *d_acc, float *d_out, cudaStream_t stream);
+	    float *d_l, float *d_acc, float *d_out, int variant,
+	    cudaStream_t stream);
 /*
  * Log-sum-exp merge of each segment's items into d_out + s*g*d (zeros
  * for a segment of no items), floats, or fp16 when out_dtype is

@@ -53,6 +53,7 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
     int head)
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv, l, e;
+	int var = kvx_cuda_attn_variant(G, D, KVX_CUDA_F16, nseg);
 	char *d = g->d_step;
 	kvx_status rc;
 
@@ -69,7 +70,7 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 		    1.0f / sqrtf((float)D),
 		    (const struct wl_item *)(d + t->items), NULL, cap,
 		    (const int *)(d + t->first), g->pm, g->pl, g->pacc, NULL,
-		    g->stream)) != 0 ||
+		    var, g->stream)) != 0 ||
 		    (e = kvx_cuda_attn_combine((const int *)(d + t->first),
 		    nseg, G, D, g->pm, g->pl, g->pacc, g->xh, KVX_CUDA_F16, 0,
 		    wl_most((const int *)(g->h_step + t->first), nseg),
@@ -146,8 +147,10 @@ step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
     int *chunk)
 {
 	int Hkv = g->Hkv, nseg = n * Hkv, i, l, h, cap = 0;
-	/* items sized for whole waves of the blocks that fit at once */
-	int res = kvx_cuda_attn_blocks(g->H / Hkv, g->D, KVX_CUDA_F16);
+	/* items sized for whole waves of the blocks that fit at once, of
+	 * the variant step_issue runs */
+	int res = kvx_cuda_attn_blocks(g->H / Hkv, g->D, KVX_CUDA_F16,
+	    kvx_cuda_attn_variant(g->H / Hkv, g->D, KVX_CUDA_F16, nseg));
 
 	for (l = 0; l < g->L; l++) {
 		long long rows = 0;

@@ -21,8 +21,9 @@ struct wl_item {
  * (H200, both forms of the partial kernel). */
 #define WL_BALANCE_ROWS 768
 /* Mean rows a segment below which chunked lists stay ahead however
- * many rows there are (H200: 64 x 4K, 8 K/V heads). */
-#define WL_BALANCE_SEG 8192
+ * many rows there are (H200, 8 K/V heads: chunked ahead at the skewed
+ * 4K shapes, averaging 1,300 rows; balanced at 16 and 64 x 4K). */
+#define WL_BALANCE_SEG 4096
 
 /* Rows per work item that fill resident blocks of the partial kernel
  * (kvx_cuda_attn_blocks; 396 when < 1) in whole waves for total_rows

@@ -385,11 +385,29 @@ test_attn_plan(void)
 {
 	/* the last: rows enough for balance, segments too short */
 	static const int tot[5] = { 4096, 32768, 1 << 20, 4 << 20,
-	    64 * 4096 };
-	int res = kvx_cuda_attn_blocks(4, 128, KVX_CUDA_F16), t, s;
+	    128 * 2048 };
+	int res = kvx_cuda_attn_blocks(4, 128, KVX_CUDA_F16,
+	    KVX_CUDA_ATTN_DEEP), t, s;
+	int wide = kvx_cuda_attn_blocks(4, 128, KVX_CUDA_F16,
+	    KVX_CUDA_ATTN_WIDE);
+
+	/* the variant: WIDE from KVX_CUDA_ATTN_WIDE_SEGS segments, where
+	   it is built (fp16, d = 128), with at least DEEP's blocks */
+	ok(kvx_cuda_attn_variant(4, 128, KVX_CUDA_F16,
+	    KVX_CUDA_ATTN_WIDE_SEGS) == KVX_CUDA_ATTN_WIDE &&
+	    kvx_cuda_attn_variant(4, 128, KVX_CUDA_F16,
+	    KVX_CUDA_ATTN_WIDE_SEGS - 1) == KVX_CUDA_ATTN_DEEP &&
+	    kvx_cuda_attn_variant(4, 64, KVX_CUDA_F16, 512) ==
+	    KVX_CUDA_ATTN_DEEP && kvx_cuda_attn_variant(4, 128,
+	    KVX_CUDA_BF16, 512) == KVX_CUDA_ATTN_DEEP && res > 0 &&
+	    wide >= res && kvx_cuda_attn_blocks(4, 128, KVX_CUDA_F16, 2) ==
+	    0, "attention variant: wide from %d segments at d=128 fp16; "
+	    "%d resident blocks deep, %d wide", KVX_CUDA_ATTN_WIDE_SEGS, res,
+	    wide);
 
 	for (t = 0; t < 5; t++) {
-		int nseg = t < 4 ? 8 : 64, len[64], first[65], *bfirst, nb = 0;
+		int nseg = t < 4 ? 8 : 128, len[128], first[129], *bfirst;
+		int nb = 0;
 		int bal = -1, n;
 		int cap, bad = 0, r, j, want;
 		long long rows = 0;
@@ -445,7 +463,7 @@ back_h(float *h, const void *d, size_t n)
 /* The inputs of one attention test case on the device. */
 struct attn_case {
 	const void	*dq, *dk, *dv, *doff;
-	int		 dtype, nseg, g, d, ld, ni;
+	int		 dtype, nseg, g, d, ld, ni, variant;
 	float		 scale;
 };
 
@@ -474,7 +492,7 @@ attn_run(int solo, int most, int f16, const struct attn_case *c,
 	    (c->ni + 1)), "memset");
 	check(kvx_cuda_attn_partial(c->dq, c->dk, c->dv, c->dtype, c->doff,
 	    c->g, c->d, c->ld, c->scale, dit, dbf, nb, dfirst, dm, dl, dacc,
-	    solo ? dout : NULL, NULL), "attn partial");
+	    solo ? dout : NULL, c->variant, NULL), "attn partial");
 	if (!solo || !wl_solo(first, c->nseg))
 		check(kvx_cuda_attn_combine(dfirst, c->nseg, c->g, c->d, dm,
 		    dl, dacc, dout, f16 ? KVX_CUDA_F16 : KVX_CUDA_F32, solo,
@@ -570,12 +588,14 @@ test_attn(int rep)
 	c.d = d;
 	c.ld = ld;
 	c.scale = scale;
+	c.variant = KVX_CUDA_ATTN_DEEP;
 	/* chunked work lists (one item a block), then balanced ones */
 	for (ci = 0; ci < 8; ci++) {
 		int nblk = ci == 5 ? 1 : ci == 6 ? 7 :
-		    kvx_cuda_attn_blocks(g, d, dtype);
+		    kvx_cuda_attn_blocks(g, d, dtype, KVX_CUDA_ATTN_DEEP);
 		int chunk = ci >= 5 ? 0 : chunks[ci] ? chunks[ci] :
-		    wl_chunk(rows, kvx_cuda_attn_blocks(g, d, dtype));
+		    wl_chunk(rows, kvx_cuda_attn_blocks(g, d, dtype,
+		    KVX_CUDA_ATTN_DEEP));
 		int cap = ci >= 5 ? nblk + nseg :
 		    (int)(rows / chunk) + nseg + 1, ni, nb, bad = 0;
 		struct wl_item *it = malloc(sizeof(*it) * cap);
@@ -661,6 +681,16 @@ test_attn(int rep)
 		    "attention combined a warp a (segment, head) into fp16 "
 		    "(up to %d items a segment): rel %.2g, %d elements not the "
 		    "rounded float output", most, e1, j);
+		/* the wide variant: the deep one's bits (the same tiles in
+		   the same order, a shallower ring); where it is not built,
+		   the deep kernel itself */
+		c.variant = KVX_CUDA_ATTN_WIDE;
+		attn_run(0, 0, 0, &c, dit, dbf, nb, dfirst, first, dm, dl,
+		    dacc, dout, got1);
+		c.variant = KVX_CUDA_ATTN_DEEP;
+		ok(memcmp(got, got1, sizeof(float) * nseg * g * d) == 0,
+		    "attention, wide variant: the deep variant's bits (g=%d "
+		    "d=%d %s, %d items)", g, d, dtname[dtype], ni);
 		kvx_cuda_free(dit);
 		kvx_cuda_free(dbf);
 		free(bfirst);
@@ -671,13 +701,15 @@ test_attn(int rep)
 		free(it);
 	}
 	ok(kvx_cuda_attn_partial(dq, dk, dv, dtype, doff, g, 96, ld, scale,
-	    NULL, NULL, 1, NULL, NULL, NULL, NULL, NULL, NULL) ==
-	    KVX_CUDA_EINVAL && kvx_cuda_attn_combine(NULL, 1, g, 96, NULL,
+	    NULL, NULL, 1, NULL, NULL, NULL, NULL, NULL, KVX_CUDA_ATTN_DEEP,
+	    NULL) == KVX_CUDA_EINVAL && kvx_cuda_attn_partial(dq, dk, dv,
+	    dtype, doff, g, d, ld, scale, NULL, NULL, 1, NULL, NULL, NULL,
+	    NULL, NULL, 7, NULL) == KVX_CUDA_EINVAL && kvx_cuda_attn_combine(NULL, 1, g, 96, NULL,
 	    NULL, NULL, NULL, KVX_CUDA_F32, 0, 0, NULL) == KVX_CUDA_EINVAL &&
 	    kvx_cuda_attn_combine(NULL, 1, g, 64, NULL, NULL, NULL, NULL,
 	    KVX_CUDA_F16, 1, 0, NULL) == KVX_CUDA_EINVAL,
-	    "attention and combine refuse d=96, the combine fp16 with the "
-	    "direct write");
+	    "attention and combine refuse d=96, the attention variant 7, "
+	    "the combine fp16 with the direct write");
 	kvx_cuda_free(dq);
 	kvx_cuda_free(dk);
 	kvx_cuda_free(dv);
