@@ -19,11 +19,11 @@
  * device idle (inside step ms), and throughput = batch / median step.
  *
  * Each configuration runs in a process of its own (forked before this
- * process touches the device), as a server holding one context would:
- * on an H200 a process's second and later contexts step about 0.1 ms
- * slower than its first (the gaps between a step's kernels grow from
- * ~0.1 to ~0.45 us), whatever the plan, so that in one process the
- * configurations after the first would be measured at a disadvantage.
+ * process touches the device), as a server holding one context would.
+ * On an H200 a process's later CUDA streams run a step's kernels with
+ * gaps of ~0.45 us between them instead of ~0.1 (about 0.1 ms a step);
+ * since libkvx gives a freed context's streams to the next one, -1
+ * measures the same as separate processes, and is kept as a check.
  *
  * usage: kvx-bench-e2e [-m model] [-c ctx] [-b budget_GiB] [-s steps]
  *        [-r headroom] [-u shares] [-F] [-1 [-w]] [plan.yaml ...]

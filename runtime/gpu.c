@@ -16,6 +16,7 @@
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +25,85 @@
 #include "gpu_impl.h"
 #include "plan.h"
 #include "util.h"
+
+// --- streams -----------------------------------------------------------------
+
+/*
+ * The streams of freed contexts, kept for later ones.  On the H200 a
+ * process's fourth and later streams run every kernel of a captured
+ * graph ~0.18 us later than its first ones (bench/kvx-bench-streams:
+ * whatever the handles and allocations, not when one stream is
+ * reused), ~5% of a small model's decode step; a context made after
+ * another is freed takes its streams back.  The oldest stream of the
+ * device goes first.  Guarded by spool_mu, as contexts are made and
+ * freed on any thread.
+ */
+#define SPOOL_KEEP 8
+static pthread_mutex_t spool_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	cudaStream_t	 s;
+	int		 dev;
+	unsigned long	 seq;	/* creation order */
+} spool[SPOOL_KEEP];
+static int spool_n;
+static unsigned long spool_seq;
+
+/* A non-blocking stream of the current device, a kept one if there is
+ * one, else a new one; *seq gets its creation order, for
+ * gpu__stream_give.  Returns cudaSuccess or the creation's error. */
+int
+gpu__stream_take(cudaStream_t *s, unsigned long *seq)
+{
+	int dev = -1, i, best = -1, rc;
+
+	if (cudaGetDevice(&dev) != cudaSuccess) {
+		cudaGetLastError();
+		dev = -1;
+	}
+	pthread_mutex_lock(&spool_mu);
+	for (i = 0; i < spool_n; i++)
+		if (spool[i].dev == dev && (best < 0 ||
+		    spool[i].seq < spool[best].seq))
+			best = i;
+	if (best >= 0) {
+		*s = spool[best].s;
+		*seq = spool[best].seq;
+		spool[best] = spool[--spool_n];
+		pthread_mutex_unlock(&spool_mu);
+		return cudaSuccess;
+	}
+	*seq = ++spool_seq;
+	pthread_mutex_unlock(&spool_mu);
+	rc = cudaStreamCreateWithFlags(s, cudaStreamNonBlocking);
+	if (rc != cudaSuccess)
+		*s = NULL;
+	return rc;
+}
+
+/* Gives back a stream of gpu__stream_take once its work is done: kept
+ * when there is room and it still works, else destroyed. */
+void
+gpu__stream_give(cudaStream_t s, unsigned long seq)
+{
+	int dev = -1, keep;
+
+	if (s == NULL)
+		return;
+	keep = cudaStreamSynchronize(s) == cudaSuccess &&
+	    cudaGetDevice(&dev) == cudaSuccess;
+	cudaGetLastError();
+	pthread_mutex_lock(&spool_mu);
+	if (keep && spool_n < SPOOL_KEEP) {
+		spool[spool_n].s = s;
+		spool[spool_n].dev = dev;
+		spool[spool_n].seq = seq;
+		spool_n++;
+		s = NULL;
+	}
+	pthread_mutex_unlock(&spool_mu);
+	if (s != NULL)
+		cudaStreamDestroy(s);
+}
 
 // --- errors ------------------------------------------------------------------
 
@@ -105,11 +185,9 @@ gpu_ctx_free(gpu_ctx **pg)
 	cudaFree(g->tab);
 	gpu__kvzip_free(g);
 	gpu__keep_free(g);
-	if (g->cstream != NULL) {
-		/* a look-ahead upload may still read h_pre */
-		cudaStreamSynchronize(g->cstream);
-		cudaStreamDestroy(g->cstream);
-	}
+	/* a look-ahead upload may still read h_pre: given back once its
+	   work is done */
+	gpu__stream_give(g->cstream, g->cstream_seq);
 	if (g->ev_pre != NULL)
 		cudaEventDestroy(g->ev_pre);
 	if (g->ev_used != NULL)
@@ -124,8 +202,6 @@ gpu_ctx_free(gpu_ctx **pg)
 	free(g->pre_seqs);
 	if (g->gx != NULL)
 		cudaGraphExecDestroy(g->gx);
-	if (g->stream != NULL)
-		cudaStreamDestroy(g->stream);
 	cudaFree(g->blas_ws);
 	if (g->ev != NULL)
 		for (l = 0; l < 4 * g->L; l++)
@@ -133,6 +209,8 @@ gpu_ctx_free(gpu_ctx **pg)
 	free(g->ev);
 	if (g->blas != NULL)
 		cublasDestroy(g->blas);
+	/* last, once nothing of the context can touch it */
+	gpu__stream_give(g->stream, g->stream_seq);
 	free(g->lw);
 	free(g->ch);
 	free(g->seg);
@@ -211,8 +289,8 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	 * waits for it or breaks its graph captures.  cuBLAS keeps one
 	 * workspace, as graph capture needs.
 	 */
-	if (cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking) !=
-	    cudaSuccess || cudaMalloc(&g->blas_ws, BLAS_WS) != cudaSuccess) {
+	if (gpu__stream_take(&g->stream, &g->stream_seq) != cudaSuccess ||
+	    cudaMalloc(&g->blas_ws, BLAS_WS) != cudaSuccess) {
 		cudaGetLastError();
 		g->stream = NULL;
 		rc = kvx__fail(KVX_ERR_DEVICE, "cannot create the context's "

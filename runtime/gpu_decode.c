@@ -320,8 +320,7 @@ pre_stream(gpu_ctx *g)
 	    cudaSuccess ||
 	    cudaEventCreateWithFlags(&g->ev_used, cudaEventDisableTiming) !=
 	    cudaSuccess ||
-	    cudaStreamCreateWithFlags(&g->cstream, cudaStreamNonBlocking) !=
-	    cudaSuccess) {
+	    gpu__stream_take(&g->cstream, &g->cstream_seq) != cudaSuccess) {
 		cudaGetLastError();
 		if (g->ev_pre != NULL)
 			cudaEventDestroy(g->ev_pre);

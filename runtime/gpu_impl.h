@@ -185,6 +185,7 @@ struct gpu_ctx {
 	char		*d_pre;
 	size_t		 dpre_room;
 	cudaStream_t	 cstream;
+	unsigned long	 cstream_seq;	/* gpu__stream_take's */
 	cudaEvent_t	 ev_pre, ev_used;
 	int		 pre_dev, pre_busy, pre_nodev;
 	unsigned long	 gen, pre_gen;	/* gen: bumped by every change of
@@ -194,6 +195,7 @@ struct gpu_ctx {
 	int		 timing, head;
 	/* all the context's device work, decode steps as one CUDA graph */
 	cudaStream_t	 stream;	/* its own, non-blocking */
+	unsigned long	 stream_seq;	/* gpu__stream_take's */
 	void		*blas_ws;	/* cuBLAS workspace, fixed for graphs */
 	cudaGraphExec_t	 gx;
 	int		 gx_n, gx_cap, gx_head, nograph;
@@ -214,6 +216,9 @@ struct gpu_ctx {
 kvx_status	 gpu__cuda_fail(int code, const char *file, int line,
 		     const char *what);
 kvx_status	 gpu__blas_fail(int code, const char *file, int line);
+/* Streams: kept from freed contexts for later ones (gpu.c). */
+int		 gpu__stream_take(cudaStream_t *s, unsigned long *seq);
+void		 gpu__stream_give(cudaStream_t s, unsigned long seq);
 
 #define CK(x) do {							\
 	int ck_ = (int)(x);						\
