@@ -12,12 +12,12 @@
  * 1 MB touched), and times 50 launches of it; then frees everything.
  *
  * Measured on an H200 (driver 580.159.04, CUDA 13.0): from the fourth
- * trial on, every kernel of the graph takes ~0.18 us longer (1.01 ->
- * 1.19 us) when cuBLAS runs between the trials and each trial also makes
- * a stream, a handle or buffers, or clears them on the legacy default
- * stream (-m); with one stream, one handle, the buffers allocated once
- * and cleared on the stream (-s -r -a), or without cuBLAS (-n), the
- * eighth trial runs as fast as the first.
+ * trial on, every kernel of the graph takes ~0.18 us longer (1.05 ->
+ * 1.22 us) when each trial makes a new stream, whatever the handle and
+ * buffers do (-r, -a, -r -a); with one stream for every trial (-s) the
+ * eighth runs as fast as the first; without cuBLAS (-n) the slowdown
+ * comes at the eighth new stream instead of the fourth.  libkvx keeps
+ * freed contexts' streams for this reason (runtime/gpu.c).
  *
  * usage: kvx-bench-streams [-t trials] [-n] [-r] [-s] [-a] [-m]
  *   -n: no cuBLAS at all;  -r: one cuBLAS handle for every trial;
