@@ -291,8 +291,8 @@ gpu_ctx_new(kvx_model *m, const kvx_plan *plan, const kvx_ctx_params *p,
 	 */
 	if (gpu__stream_take(&g->stream, &g->stream_seq) != cudaSuccess ||
 	    cudaMalloc(&g->blas_ws, BLAS_WS) != cudaSuccess) {
+		/* a stream taken goes back with the context */
 		cudaGetLastError();
-		g->stream = NULL;
 		rc = kvx__fail(KVX_ERR_DEVICE, "cannot create the context's "
 		    "stream");
 		goto fail;
