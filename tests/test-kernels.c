@@ -704,8 +704,9 @@ test_attn(int rep)
 	    NULL, NULL, 1, NULL, NULL, NULL, NULL, NULL, KVX_CUDA_ATTN_DEEP,
 	    NULL) == KVX_CUDA_EINVAL && kvx_cuda_attn_partial(dq, dk, dv,
 	    dtype, doff, g, d, ld, scale, NULL, NULL, 1, NULL, NULL, NULL,
-	    NULL, NULL, 7, NULL) == KVX_CUDA_EINVAL && kvx_cuda_attn_combine(NULL, 1, g, 96, NULL,
-	    NULL, NULL, NULL, KVX_CUDA_F32, 0, 0, NULL) == KVX_CUDA_EINVAL &&
+	    NULL, NULL, 7, NULL) == KVX_CUDA_EINVAL &&
+	    kvx_cuda_attn_combine(NULL, 1, g, 96, NULL, NULL, NULL, NULL,
+	    KVX_CUDA_F32, 0, 0, NULL) == KVX_CUDA_EINVAL &&
 	    kvx_cuda_attn_combine(NULL, 1, g, 64, NULL, NULL, NULL, NULL,
 	    KVX_CUDA_F16, 1, 0, NULL) == KVX_CUDA_EINVAL,
 	    "attention and combine refuse d=96, the attention variant 7, "
