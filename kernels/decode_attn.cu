@@ -855,14 +855,33 @@ kvx_cuda_attn_blocks(int g, int d, int dtype, int variant)
 	return occ * sm;
 }
 
+/* Whether the wide variant is built for (d, dtype): at_wide's answer
+ * for the head sizes and storage types attn_dispatch takes. */
+static bool
+attn_wide_built(int d, int dtype)
+{
+	bool h = dtype == KVX_CUDA_F16;
+
+	switch (d) {
+	case 64:
+		return h ? at_wide<64, __half>() : at_wide<64, __nv_bfloat16>();
+	case 128:
+		return h ? at_wide<128, __half>() :
+		    at_wide<128, __nv_bfloat16>();
+	case 256:
+		return h ? at_wide<256, __half>() :
+		    at_wide<256, __nv_bfloat16>();
+	}
+	return false;
+}
+
 /* The variant for nseg segments a layer (kvx_cuda.h). */
 extern "C" int
 kvx_cuda_attn_variant(int g, int d, int dtype, int nseg)
 {
 	(void)g;
-	return d == 128 && dtype == KVX_CUDA_F16 &&
-	    nseg >= KVX_CUDA_ATTN_WIDE_SEGS ? KVX_CUDA_ATTN_WIDE :
-	    KVX_CUDA_ATTN_DEEP;
+	return attn_wide_built(d, dtype) && nseg >= KVX_CUDA_ATTN_WIDE_SEGS ?
+	    KVX_CUDA_ATTN_WIDE : KVX_CUDA_ATTN_DEEP;
 }
 
 /* 16-byte row loads need rows that start on 16-byte boundaries. */
