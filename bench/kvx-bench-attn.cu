@@ -9,16 +9,20 @@
  * reads out.tsv; BATCHxCTX, e.g. 16x4096, runs that shape alone, both
  * length sets, as a profiler wants it)
  * Each decode step runs the 32 layers' launches (partial + combine),
- * captured once in a CUDA graph, on the balanced and the chunked work
- * list of each variant of the partial kernel (deep: two tiles ahead, two
- * blocks a multiprocessor; wide: one tile ahead, three); "chosen" is the
- * pair the library takes (kvx_cuda_attn_variant, then wl_plan on that
- * variant's resident blocks), b/c for the list and d/w for the variant,
- * marked * when another of the four was faster.  The partial kernel writes the segments of one
- * item itself, and the combine is not launched when every segment has
- * one (wl_solo), as in the "1-item" column.  "comb us" is what the
- * combine costs a layer on the chosen list: the step against the same
- * step without the combine launches (whose output is then incomplete).
+ * captured once in a CUDA graph, on three work lists for each variant
+ * of the partial kernel (deep: two tiles ahead, two blocks a
+ * multiprocessor; wide: one tile ahead, three): balanced, chunked, and
+ * one item a segment (no split).  "chosen" is what the library takes
+ * (wl_one on the deep variant's resident blocks; else
+ * kvx_cuda_attn_variant, then wl_plan on that variant's resident
+ * blocks): c/b/1 for the list (chunked, balanced, one item a segment),
+ * d/w for the variant, marked * when another of the six was faster.
+ * The partial kernel writes the segments of one item itself, and the
+ * combine is not launched when every segment has one (wl_solo).
+ * "comb us" is what the combine costs a layer on the chosen list: the
+ * step against the same step without the combine launches (whose
+ * output is then incomplete).  A shape given alone also runs items of
+ * a half, a third and a quarter of the longest segment.
  * Layers rotate
  * over separate buffers (as many as fit) so that the L2 cache does not
  * serve repeated reads.
@@ -314,18 +318,18 @@ main(int argc, char **argv)
 	printf("device %s, %d SMs; copy bandwidth %.0f GB/s (read + write)\n",
 	    pr.name, pr.multiProcessorCount, bw / 1e9);
 	fprintf(tsv, "copy\t%.6e\n", bw);
-	printf("%-6s %-6s %-6s %12s %9s %9s %8s %8s %8s %8s %8s %6s %7s\n",
-	    "batch", "ctx", "lens", "KV MB/step", "step us", "chosen",
-	    "deep-bal", "deep-chk", "wide-bal", "wide-chk", "1-item",
-	    "items", "comb us");
+	printf("%-6s %-6s %-6s %12s %9s %9s %8s %8s %8s %8s %8s %8s %6s "
+	    "%7s\n", "batch", "ctx", "lens", "KV MB/step", "step us",
+	    "chosen", "deep-bal", "deep-chk", "wide-bal", "wide-chk",
+	    "deep-1", "wide-1", "items", "comb us");
 	for (skew = 0; skew < 2; skew++)
 	for (bi = 0; bi < 4; bi++)
 	for (ci = 0; ci < 3; ci++) {
 		int b = batches[bi], T = ctxs[ci], ni1, nb1, bal = 0, v;
 		std::vector<int> len = lengths(b, T, skew, 1000 + b + T);
 		long long rows = 0;
-		double bytes, t, tb[2], tc[2], tp, t1 = 0.0, best;
-		int nib[2], nbb[2], nic[2], nbc[2], nip, nbp, var;
+		double bytes, t, tb[2], tc[2], tp, t1[2], best;
+		int nib[2], nbb[2], nic[2], nbc[2], nip, nbp, var, nch;
 		size_t s;
 
 		if ((long long)b * T > 64LL * 65536 || b > maxb ||
@@ -334,32 +338,49 @@ main(int argc, char **argv)
 		for (s = 0; s < len.size(); s++)
 			rows += len[s];
 		bytes = (double)rows * D * 2 * sizeof(__half) * NLAYER;
-		var = kvx_cuda_attn_variant(G, D, KVX_CUDA_F16,
-		    (int)len.size());
-		bal = plan_balanced(len, var);
+		/* the library's choice: one item a segment on the deep
+		   variant (wl_one), else the variant's split list */
+		if (wl_one(rows, (int)len.size(), *std::max_element(
+		    len.begin(), len.end()), kvx_cuda_attn_blocks(G, D,
+		    KVX_CUDA_F16, KVX_CUDA_ATTN_DEEP))) {
+			var = KVX_CUDA_ATTN_DEEP;
+			bal = 2;
+		} else {
+			var = kvx_cuda_attn_variant(G, D, KVX_CUDA_F16,
+			    (int)len.size());
+			bal = plan_balanced(len, var);
+		}
 		for (v = 0; v < 2; v++) {
 			tb[v] = step_time(len, v, 0, 1, &nib[v], &nbb[v]);
 			tc[v] = step_time(len, v, -1, 1, &nic[v], &nbc[v]);
+			/* without split-K: one item a segment */
+			t1[v] = step_time(len, v, T, 1, &ni1, &nb1);
 		}
-		t = bal ? tb[var] : tc[var];
-		best = std::min(std::min(tb[0], tc[0]), std::min(tb[1], tc[1]));
-		tp = step_time(len, var, bal ? 0 : -1, 0, &nip, &nbp);
-		/* without split-K: one item a segment, at batch 1 only */
-		if (b == 1)
-			t1 = step_time(len, KVX_CUDA_ATTN_DEEP, T, 1, &ni1,
-			    &nb1);
+		t = bal == 1 ? tb[var] : bal == 2 ? t1[var] : tc[var];
+		best = std::min(std::min(std::min(tb[0], tc[0]),
+		    std::min(tb[1], tc[1])), std::min(t1[0], t1[1]));
+		tp = step_time(len, var, bal == 1 ? 0 : bal == 2 ? T : -1, 0,
+		    &nip, &nbp);
+		nch = bal == 1 ? nib[var] : bal == 2 ? ni1 : nic[var];
 		printf("%-6d %-6d %-6s %12.1f %9.1f %6.1f%%%c%c%c %7.1f%% "
-		    "%7.1f%% %7.1f%% %7.1f%% %7.1f%% %6d %7.2f\n", b, T,
-		    skew ? "skewed" : "equal", bytes / 1e6, t * 1e6,
-		    100.0 * bytes / t / bw, bal ? 'b' : 'c', var ? 'w' : 'd',
+		    "%7.1f%% %7.1f%% %7.1f%% %7.1f%% %7.1f%% %6d %7.2f\n", b,
+		    T, skew ? "skewed" : "equal", bytes / 1e6, t * 1e6,
+		    100.0 * bytes / t / bw, "cb1"[bal], var ? 'w' : 'd',
 		    t > best ? '*' : ' ', 100.0 * bytes / tb[0] / bw,
 		    100.0 * bytes / tc[0] / bw, 100.0 * bytes / tb[1] / bw,
-		    100.0 * bytes / tc[1] / bw,
-		    t1 > 0 ? 100.0 * bytes / t1 / bw : 0.0,
-		    bal ? nib[var] : nic[var], (t - tp) / NLAYER * 1e6);
+		    100.0 * bytes / tc[1] / bw, 100.0 * bytes / t1[0] / bw,
+		    100.0 * bytes / t1[1] / bw, nch, (t - tp) / NLAYER * 1e6);
 		fflush(stdout);
+		/* a shape alone: also items of a half, third and quarter of
+		   the longest segment, one a block, on either variant */
+		for (v = 0; ob > 0 && v < 2; v++)
+			for (s = 2; s <= 4; s++)
+				printf("#   %s, items of %d rows: %.1f%%\n",
+				    v ? "wide" : "deep", T / (int)s, 100.0 *
+				    bytes / step_time(len, v, T / (int)s, 1,
+				    &ni1, &nb1) / bw);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
-		    bytes, t, t1, bal ? nib[var] : nic[var]);
+		    bytes, t, std::min(t1[0], t1[1]), nch);
 		for (s = 0; s < len.size(); s++)
 			fprintf(tsv, "%c%d", s ? ',' : '\t', len[s]);
 		/* the best balanced and chunked times of either variant */

@@ -81,12 +81,12 @@ def main():
     tbw = copy_bw()
     print(f"torch {torch.__version__}; copy bandwidth kvx run "
           f"{bw / 1e9:.0f} GB/s, torch {tbw / 1e9:.0f} GB/s")
-    hdr = ("batch", "ctx", "lens", "kvx", "2-launch", "sdpa=", "kvx/sdpa=",
+    hdr = ("batch", "ctx", "lens", "kvx", "best", "sdpa=", "kvx/sdpa=",
            "padded/rag", "sdpa-pad", "speed-up", "1-item")
     print("%-5s %-6s %-6s %8s %8s %7s %9s %10s %8s %8s %7s" % hdr)
-    print("# kvx (partial + combine, the library's list: b balanced, "
-          "c chunked; and variant: d deep, w wide), "
-          "2-launch (partial + combine, best of the lists and variants), "
+    print("# kvx (the library's list: b balanced, c chunked, 1 one item "
+          "a segment; and variant: d deep, w wide), "
+          "best (the best of the lists and variants), "
           "sdpa=, sdpa-pad, 1-item: KV bytes read per second as a "
           "share of copy bandwidth; sdpa= on the same bytes as kvx, "
           "sdpa-pad on every head padded to the longest; speed-up = "
@@ -96,7 +96,9 @@ def main():
         nbytes, t, t1 = float(r[4]), float(r[5]), float(r[6])
         lens = [int(x) for x in r[8].split(",")]
         t2 = min(float(r[9]), float(r[10])) if len(r) > 10 else t
-        bal = "b" if len(r) > 11 and r[11] == "1" else "c"
+        if t1 > 0:
+            t2 = min(t2, t1)
+        bal = {"1": "b", "2": "1"}.get(r[11], "c") if len(r) > 11 else "c"
         if len(r) > 13:
             bal += "w" if r[13] == "1" else "d"
         teq = max(1, round(sum(lens) / len(lens)))

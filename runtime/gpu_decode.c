@@ -42,18 +42,17 @@ a16(size_t n)
 /*
  * The device work of one decode step on the context's stream, over the
  * tables at g->d_step laid out by lo (g->h_step holding the same):
- * embedding, the layers (the split-K partial attention over a fixed grid
- * of cap items a layer, the surplus skipped; the combine, in the form
- * the layer's counts call for, writes the attention's output as fp16
- * for the output projection), and the LM head when head is set.  Issued
- * directly or captured.
+ * embedding, the layers (the split-K partial attention, on the variant
+ * var, over a fixed grid of cap items a layer, the surplus skipped; the
+ * combine, in the form the layer's counts call for, writes the
+ * attention's output as fp16 for the output projection), and the LM
+ * head when head is set.  Issued directly or captured.
  */
 static kvx_status
 step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
-    int head)
+    int head, int var)
 {
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv, l, e;
-	int var = kvx_cuda_attn_variant(G, D, KVX_CUDA_F16, nseg);
 	char *d = g->d_step;
 	kvx_status rc;
 
@@ -91,7 +90,7 @@ step_issue(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
  */
 static kvx_status
 step_capture(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
-    int head)
+    int head, int var)
 {
 	cudaGraph_t gr = NULL;
 	kvx_status rc;
@@ -105,7 +104,7 @@ step_capture(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 	if ((e = cudaStreamBeginCapture(g->stream,
 	    cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
 		return gpu__cuda_fail(e, __FILE__, __LINE__, "graph capture");
-	rc = step_issue(g, n, cap, lo, head);
+	rc = step_issue(g, n, cap, lo, head, var);
 	e = cudaStreamEndCapture(g->stream, &gr);
 	if (rc == KVX_OK && e != cudaSuccess)
 		rc = gpu__cuda_fail(e, __FILE__, __LINE__, "graph capture");
@@ -124,46 +123,76 @@ step_capture(gpu_ctx *g, int n, int cap, const struct step_lay *lo,
 	g->gx_n = n;
 	g->gx_cap = cap;
 	g->gx_head = head;
+	g->gx_var = var;
 	g->gx_bgen = g->bgen;
 	return KVX_OK;
 }
 
-/* 1 when the captured graph fits a step of batch n, cap items a layer. */
+/* 1 when the captured graph fits a step of batch n, cap items a layer
+ * and the partial kernel's variant var. */
 static int
-graph_fits(const gpu_ctx *g, int n, int cap, int head)
+graph_fits(const gpu_ctx *g, int n, int cap, int head, int var)
 {
 	return g->gx != NULL && g->gx_n == n && g->gx_cap >= cap &&
+	    g->gx_var == var &&
 	    g->gx_head == head && g->gx_bgen == g->bgen;
+}
+
+/* Rows of layer l over seqs whose segments will hold len + 1 + ahead
+ * rows, and the longest segment's in *most. */
+static long long
+layer_rows(gpu_ctx *g, int n, const int *seqs, int l, int ahead, int *most)
+{
+	long long rows = 0;
+	int i, h, r;
+
+	*most = 0;
+	for (i = 0; i < n; i++)
+		for (h = 0; h < g->Hkv; h++) {
+			r = seg_at(g, seqs[i], l, h)->len + 1 + ahead;
+			rows += r;
+			*most = r > *most ? r : *most;
+		}
+	return rows;
 }
 
 /*
  * Item capacity a layer of a step over seqs whose segments will hold
- * len + 1 + ahead rows, and each layer's chunk: the graph's capacity
- * when the graph fits, else the need plus room to grow, so that a graph
- * outlives many steps.  Per layer at most nseg + rows / chunk + 1 items.
+ * len + 1 + ahead rows, each layer's chunk, and the partial kernel's
+ * variant: one item a segment (chunk = the longest) in the layers where
+ * wl_one says so on the DEEP variant's resident blocks, on the DEEP
+ * variant when every layer takes it; else kvx_cuda_attn_variant's
+ * variant, and in the other layers items for whole waves of its
+ * resident blocks.  The capacity is the graph's when the graph fits,
+ * else the need plus room to grow, so that a graph outlives many steps.
+ * Per layer at most nseg + rows / chunk + 1 items.
  */
 static int
 step_items(gpu_ctx *g, int n, const int *seqs, int ahead, int head,
-    int *chunk)
+    int *chunk, int *var)
 {
-	int Hkv = g->Hkv, nseg = n * Hkv, i, l, h, cap = 0;
-	/* items sized for whole waves of the blocks that fit at once, of
-	 * the variant step_issue runs */
-	int res = kvx_cuda_attn_blocks(g->H / Hkv, g->D, KVX_CUDA_F16,
-	    kvx_cuda_attn_variant(g->H / Hkv, g->D, KVX_CUDA_F16, nseg));
+	int Hkv = g->Hkv, G = g->H / Hkv, nseg = n * Hkv, l, most, cap = 0;
+	int deep = kvx_cuda_attn_blocks(G, g->D, KVX_CUDA_F16,
+	    KVX_CUDA_ATTN_DEEP), res, all = 1;
+	long long rows;
 
+	for (l = 0; l < g->L && all; l++) {
+		rows = layer_rows(g, n, seqs, l, ahead, &most);
+		all = wl_one(rows, nseg, most, deep);
+	}
+	*var = all ? KVX_CUDA_ATTN_DEEP : kvx_cuda_attn_variant(G, g->D,
+	    KVX_CUDA_F16, nseg);
+	res = *var == KVX_CUDA_ATTN_DEEP ? deep : kvx_cuda_attn_blocks(G,
+	    g->D, KVX_CUDA_F16, *var);
 	for (l = 0; l < g->L; l++) {
-		long long rows = 0;
-
-		for (i = 0; i < n; i++)
-			for (h = 0; h < Hkv; h++)
-				rows += seg_at(g, seqs[i], l, h)->len + 1 +
-				    ahead;
-		chunk[l] = wl_chunk(rows, res);
+		rows = layer_rows(g, n, seqs, l, ahead, &most);
+		chunk[l] = *var == KVX_CUDA_ATTN_DEEP &&
+		    wl_one(rows, nseg, most, deep) ? most :
+		    wl_chunk(rows, res);
 		if ((int)(rows / chunk[l]) + nseg + 1 > cap)
 			cap = (int)(rows / chunk[l]) + nseg + 1;
 	}
-	if (graph_fits(g, n, cap, head))
+	if (graph_fits(g, n, cap, head, *var))
 		return g->gx_cap;
 	return cap + cap / 4 + 16;
 }
@@ -405,6 +434,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	int Hkv = g->Hkv, D = g->D, G = g->H / Hkv, nseg = n * Hkv;
 	int i, l, h, cap, *len = NULL;
 	int *chunk = NULL, head = logits != NULL || g->head, pre, dev = 0;
+	int var, pvar;
 	size_t need;
 	struct step_lay lay = { 0, 0, NULL };
 	double t0 = 0.0, t1;
@@ -418,8 +448,8 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	   every segment had room for two more rows then, one now */
 	pre = g->pre_ok && g->pre_n == n && g->pre_gen == g->gen &&
 	    g->pre_head == head && memcmp(g->pre_seqs, seqs, (size_t)n *
-	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head) &&
-	    g->gx_cap == g->pre_cap;
+	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head,
+	    g->pre_var) && g->gx_cap == g->pre_cap;
 	g->pre_ok = 0;
 	dev = pre && g->pre_dev;
 	g->pre_dev = 0;
@@ -451,9 +481,10 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->h_pre = t;
 		g->pre_room = tc;
 		cap = g->pre_cap;
+		var = g->pre_var;
 		need = step_layout(g, n, cap, &lay);
 	} else {
-		cap = step_items(g, n, seqs, 0, head, chunk);
+		cap = step_items(g, n, seqs, 0, head, chunk, &var);
 		need = step_layout(g, n, cap, &lay);
 		if ((rc = host_room(&g->h_step, &g->step_cap, need)) != KVX_OK)
 			goto out;
@@ -504,10 +535,10 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		goto out;
 	}
 	if (g->nograph)
-		rc = step_issue(g, n, cap, &lay, head);
+		rc = step_issue(g, n, cap, &lay, head, var);
 	else {
-		if (!graph_fits(g, n, cap, head))
-			rc = step_capture(g, n, cap, &lay, head);
+		if (!graph_fits(g, n, cap, head, var))
+			rc = step_capture(g, n, cap, &lay, head, var);
 		if (rc == KVX_OK && cudaGraphLaunch(g->gx, g->stream) !=
 		    cudaSuccess)
 			rc = kvx__fail(KVX_ERR_DEVICE, "%s:%d: graph launch "
@@ -535,14 +566,15 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 				    seg_at(g, seqs[i], l, h)->cap)
 					pre = 0;
 	if (pre && n <= g->pre_max &&
-	    (cap = step_items(g, n, seqs, 1, head, chunk)) == g->gx_cap &&
-	    graph_fits(g, n, cap, head) && step_layout(g, n, cap, &lay) ==
+	    (cap = step_items(g, n, seqs, 1, head, chunk, &pvar)) ==
+	    g->gx_cap && graph_fits(g, n, cap, head, pvar) && step_layout(g, n, cap, &lay) ==
 	    need && host_room(&g->h_pre, &g->pre_room, need) == KVX_OK &&
 	    step_fill(g, n, seqs, 1, cap, chunk, &lay, g->h_pre, len) ==
 	    KVX_OK) {
 		memcpy(g->pre_seqs, seqs, (size_t)n * sizeof(int));
 		g->pre_n = n;
 		g->pre_cap = cap;
+		g->pre_var = pvar;
 		g->pre_head = head;
 		g->pre_gen = g->gen;
 		g->pre_ok = 1;

@@ -176,6 +176,7 @@ struct gpu_ctx {
 	char		*h_pre;
 	size_t		 pre_room;
 	int		*pre_seqs, pre_max, pre_n, pre_cap, pre_head, pre_ok;
+	int		 pre_var;	/* the partial kernel's variant */
 	/* ... and sent to the device while that step runs, on cstream:
 	   d_pre receives h_pre (ev_pre: the copy done; ev_used: the next
 	   step's copy out of d_pre done; pre_dev: d_pre holds the
@@ -198,7 +199,7 @@ struct gpu_ctx {
 	unsigned long	 stream_seq;	/* gpu__stream_take's */
 	void		*blas_ws;	/* cuBLAS workspace, fixed for graphs */
 	cudaGraphExec_t	 gx;
-	int		 gx_n, gx_cap, gx_head, nograph;
+	int		 gx_n, gx_cap, gx_head, gx_var, nograph;
 	/* bumped by every regrowth of a buffer a decode step names (the
 	   forward's, the logits, the step tables, the partial buffers):
 	   a graph made before it is void.  Comparing the buffers' addresses

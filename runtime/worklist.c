@@ -103,6 +103,24 @@ wl_balanced(const int *len, int nseg, int nblk, struct wl_item *items,
 }
 
 /*
+ * Enough segments to fill the device without a split, long enough that
+ * a block's start is small beside its stream, and of lengths near
+ * enough equal that the longest does not keep the rest waiting: each
+ * block then streams one whole segment with no pipeline restarts and
+ * no merge; with skewed lengths, few segments or short ones a split is
+ * better.
+ */
+int
+wl_one(long long rows, int nseg, int maxlen, int resident)
+{
+	return nseg > 0 && resident > 0 &&
+	    (long long)nseg * WL_ONE_DIV >= resident &&
+	    rows >= (long long)nseg * WL_BALANCE_SEG &&
+	    (long long)nseg * maxlen * WL_ONE_PAD_DEN <=
+	    rows * WL_ONE_PAD_NUM;
+}
+
+/*
  * Balanced lists pay off once each resident block has rows enough to
  * keep its loads in flight (about 768 on an H200, 2048 on an H100 with
  * the older kernel); below that, several waves of ~512-row items let

@@ -25,6 +25,27 @@ struct wl_item {
  * 4K shapes, averaging 1,300 rows; balanced at 16 and 64 x 4K). */
 #define WL_BALANCE_SEG 4096
 
+/* One item a segment (no split, no merge) from segments a quarter of
+ * the resident blocks of the DEEP variant, of WL_BALANCE_SEG rows or
+ * more on average, the longest at most 9/8 of the mean (H200, d = 128,
+ * on the DEEP variant: 16 x 4K equal lengths 97-99% of copy bandwidth
+ * against 90-93% split, 64 x 4K 103-106% against 101-104%; on the WIDE
+ * variant 88-90% and 95-97%.  Shorter segments lose: SmolLM2's decode
+ * at 211 x 3 segments of about 820 rows, 2.44 ms a step against 2.35
+ * split). */
+#define WL_ONE_DIV 4
+#define WL_ONE_PAD_NUM 9
+#define WL_ONE_PAD_DEN 8
+
+/* 1 when one item a segment (wl_chunked with chunk = maxlen, on the
+ * DEEP variant) is the list for nseg segments of rows rows in all, the
+ * longest maxlen, with resident blocks of the DEEP variant: nseg >=
+ * resident / WL_ONE_DIV, rows >= nseg WL_BALANCE_SEG and nseg maxlen
+ * <= rows WL_ONE_PAD_NUM / WL_ONE_PAD_DEN.  Else the variant is
+ * kvx_cuda_attn_variant's and the list wl_plan's on that variant's
+ * resident blocks. */
+int	 wl_one(long long rows, int nseg, int maxlen, int resident);
+
 /* Rows per work item that fill resident blocks of the partial kernel
  * (kvx_cuda_attn_blocks; 396 when < 1) in whole waves for total_rows
  * rows. */
@@ -48,8 +69,9 @@ int	 wl_chunked(const int *len, int nseg, int chunk,
 int	 wl_balanced(const int *len, int nseg, int nblk,
 	    struct wl_item *items, int cap, int *first, int *bfirst);
 /*
- * The list the library prefers for these lengths on a device with
- * resident blocks of the partial kernel at once (kvx_cuda_attn_blocks):
+ * The split list the library prefers for these lengths on a device
+ * with resident blocks of the partial kernel at once
+ * (kvx_cuda_attn_blocks), when wl_one does not take one item a segment:
  * balanced over the resident blocks when the rows give each at least
  * WL_BALANCE_ROWS and the segments WL_BALANCE_SEG on average, else
  * chunked (wl_chunk(rows, resident)).  Sets

@@ -236,6 +236,55 @@ test_chunk(void)
 	    "%d bad", bad);
 }
 
+/* 1 when every segment with rows has exactly one item, and the others
+ * none. */
+static int
+one_each(const int *len, int nseg, const int *first)
+{
+	int s;
+
+	for (s = 0; s < nseg; s++)
+		if (first[s + 1] - first[s] != (len[s] > 0 ? 1 : 0))
+			return 0;
+	return 1;
+}
+
+/* wl_one at its edges: a quarter of the resident blocks in segments,
+ * and the longest at 9/8 of the mean; and the list it stands for,
+ * wl_chunked with the longest segment as chunk: one item each. */
+static void
+test_one(void)
+{
+	int rep, bad = 0;
+
+	for (rep = 0; rep < REPS; rep++) {
+		int nseg = tap_irand(1, 64), s, most = 1, n;
+		int *len = malloc(sizeof(int) * nseg);
+		int *first = malloc(sizeof(int) * (nseg + 1));
+		struct wl_item *it = malloc(sizeof(*it) * (nseg + 1));
+
+		rand_lens(len, nseg, tap_irand(1, 100000));
+		for (s = 0; s < nseg; s++)
+			most = len[s] > most ? len[s] : most;
+		n = wl_chunked(len, nseg, most, it, nseg + 1, first);
+		bad += n < 0 || coverage(len, nseg, it, n, first) != 0 ||
+		    !one_each(len, nseg, first);
+		free(it);
+		free(first);
+		free(len);
+	}
+	ok(bad == 0, "chunks of the longest segment: one item a segment "
+	    "with rows: %d bad", bad);
+	ok(wl_one(64 * 4096, 64, 4096, 256) && !wl_one(64 * 4096, 64, 4096,
+	    257) && wl_one(8 * 8000, 8, 9000, 32) &&
+	    !wl_one(8 * 8000, 8, 9001, 32) && wl_one(8 * 4096, 8, 4096, 32) &&
+	    !wl_one(8 * 4096 - 1, 8, 4096, 32) && !wl_one(0, 0, 0, 4) &&
+	    !wl_one(100, 4, 25, 0), "one item a segment from a segment for "
+	    "every %d resident blocks, %d rows a segment on average, the "
+	    "longest at most %d/%d of the mean", WL_ONE_DIV, WL_BALANCE_SEG,
+	    WL_ONE_PAD_NUM, WL_ONE_PAD_DEN);
+}
+
 /* The choice: balanced over the resident blocks exactly when the rows
  * give each WL_BALANCE_ROWS and the segments WL_BALANCE_SEG on average,
  * within the documented cap; chunked, one item a block, otherwise. */
@@ -336,6 +385,7 @@ main(void)
 	test_chunked();
 	test_balanced();
 	test_chunk();
+	test_one();
 	test_plan();
 	test_counts();
 	return tap_done();
