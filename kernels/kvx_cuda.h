@@ -224,8 +224,9 @@ enum kvx_cuda_attn_variant {
  * faster from batch 4 of 8 KV heads, slower at batch 1). */
 #define KVX_CUDA_ATTN_WIDE_SEGS 32
 /* The variant the library runs for nseg segments a layer of (g, d,
- * dtype): WIDE where it is built and nseg >= KVX_CUDA_ATTN_WIDE_SEGS,
- * else DEEP. */
+ * dtype) on a split list: WIDE where it is built and nseg >=
+ * KVX_CUDA_ATTN_WIDE_SEGS, else DEEP.  Lists of one item a segment
+ * (wl_one) run on DEEP. */
 int	 kvx_cuda_attn_variant(int g, int d, int dtype, int nseg);
 /* Blocks of the partial kernel's variant resident at once (0 on
  * error). */
