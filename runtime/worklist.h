@@ -28,11 +28,11 @@ struct wl_item {
 /* One item a segment (no split, no merge) from segments a quarter of
  * the resident blocks of the DEEP variant, of WL_BALANCE_SEG rows or
  * more on average, the longest at most 9/8 of the mean (H200, d = 128,
- * on the DEEP variant: 16 x 4K equal lengths 97-99% of copy bandwidth
- * against 90-93% split, 64 x 4K 103-106% against 101-104%; on the WIDE
- * variant 88-90% and 95-97%.  Shorter segments lose: SmolLM2's decode
- * at 211 x 3 segments of about 820 rows, 2.44 ms a step against 2.35
- * split). */
+ * on the DEEP variant: 16 x 4K equal lengths 95-99% of copy bandwidth
+ * against 90-93% split, 64 x 4K 101-106% against 100-104%; on the WIDE
+ * variant 88-90% and 93-97%.  Shorter segments lose: SmolLM2's decode
+ * at 211 x 3 segments of about 820 rows, 2.44 ms a step against
+ * 2.34-2.36 split). */
 #define WL_ONE_DIV 4
 #define WL_ONE_PAD_NUM 9
 #define WL_ONE_PAD_DEN 8
