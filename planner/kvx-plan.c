@@ -179,8 +179,6 @@ parse_scorer(void *set, const char *s, char *err, size_t size)
 /* Word lists in the order of the enums they index. */
 static const char *const modes[] = { "static", "hybrid", NULL };
 static const char *const grans[] = { "layer-head", "layer", "head", NULL };
-static const char *const pools[] = { "max", "avg", "none", NULL };
-static const char *const gqas[] = { "mean", "max", NULL };
 static const char *const solvers[] = { "greedy", "dp", "glpk", NULL };
 static const char *const objectives[] = { "output", "mass", "output-abs",
 	"auto", NULL };
@@ -283,13 +281,13 @@ static const struct opt options[] = {
 	    .given = OFF(set_window),
 	    .help = "observation window; default 32" },
 	{ .name = "pool", .kind = OPT_WORD, .arg = "P", .dst = OFF(po.pool),
-	    .names = pools, .noun = "pool", .flags = OPT_GIVEN,
+	    .names = prof_pool_names, .noun = "pool", .flags = OPT_GIVEN,
 	    .given = OFF(set_pool), .help = "max (default), avg or none" },
 	{ .name = "pool-kernel", .kind = OPT_INT, .arg = "K", .lo = 1,
 	    .hi = 255, .dst = OFF(po.pool_kernel), .flags = OPT_ODD | OPT_GIVEN,
 	    .given = OFF(set_kernel), .help = "odd pooling kernel; default 7" },
 	{ .name = "gqa", .kind = OPT_WORD, .arg = "G", .dst = OFF(po.gqa),
-	    .names = gqas, .noun = "gqa", .flags = OPT_GIVEN,
+	    .names = prof_gqa_names, .noun = "gqa", .flags = OPT_GIVEN,
 	    .given = OFF(set_gqa),
 	    .help = "mean (default) or max over a query group" },
 	{ .name = "scorer", .kind = OPT_FUNC, .arg = "S", .fn = parse_scorer,
@@ -558,8 +556,9 @@ adopt_profile(struct cli *c, const profile *p)
 		return die(EX_BADUSE, "%s was measured with --window %d "
 		    "--sinks %d --pool %s --pool-kernel %d --gqa %s --scorer "
 		    "%s (drop the selection options or profile again)",
-		    c->from_prof, p->window, p->sinks, pools[p->pool],
-		    p->pool_kernel, gqas[p->gqa],
+		    c->from_prof, p->window, p->sinks,
+		    prof_pool_names[p->pool], p->pool_kernel,
+		    prof_gqa_names[p->gqa],
 		    plan_scorer_name(p->scorer));
 	c->po.window = p->window;
 	c->po.sinks = p->sinks;

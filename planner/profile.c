@@ -1095,8 +1095,8 @@ done:
 	return rc;
 }
 
-static const char *const pool_word[] = { "max", "avg", "none" };
-static const char *const gqa_word[] = { "mean", "max" };
+const char *const prof_pool_names[] = { "max", "avg", "none", NULL };
+const char *const prof_gqa_names[] = { "mean", "max", NULL };
 static const char *const objective_word[] = { "output", "mass",
     "output-abs" };
 const char *const prof_hay_names[] = { "prose", "repeat", "mixed", NULL };
@@ -1124,8 +1124,8 @@ profile_save(const profile *p, const char *path, int overwrite)
 	    "seed %" PRIu64 "\nspan %d\n", p->samples, p->sample_tokens,
 	    p->profile_tokens, p->seed, p->span);
 	fprintf(f, "window %d\npool %s\npool_kernel %d\ngqa %s\nsinks %d\n",
-	    p->window, pool_word[p->pool], p->pool_kernel, gqa_word[p->gqa],
-	    p->sinks);
+	    p->window, prof_pool_names[p->pool], p->pool_kernel,
+	    prof_gqa_names[p->gqa], p->sinks);
 	/* written only when not the default, so older readers and files
 	 * agree on snapkv profiles */
 	if (p->scorer != PLAN_SCORER_SNAPKV)
@@ -1276,9 +1276,9 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen, int *rseen)
 		if (strcmp(key, "pool") == 0 || strcmp(key, "gqa") == 0) {
 			snprintf(word, sizeof word, "%s", val);
 			if (key[0] == 'p')
-				p->pool = word_index(pool_word, 3, word);
+				p->pool = word_index(prof_pool_names, 3, word);
 			else
-				p->gqa = word_index(gqa_word, 2, word);
+				p->gqa = word_index(prof_gqa_names, 2, word);
 			if (p->pool < 0 || p->gqa < 0)
 				goto bad;
 			continue;

@@ -77,6 +77,11 @@ enum prof_hay {
 /* Their names, in that order, NULL-terminated: the profile's words and
  * kvx-plan's --probe-hay values. */
 extern const char *const prof_hay_names[];
+/* The names of enum plan_pool and enum plan_gqa, in their order,
+ * NULL-terminated: the profile's words and kvx-plan's --pool and --gqa
+ * values. */
+extern const char *const prof_pool_names[];
+extern const char *const prof_gqa_names[];
 
 typedef struct prof_opts {
 	int		 samples;	/* S windows (8) */
