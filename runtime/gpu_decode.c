@@ -449,7 +449,7 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 	pre = g->pre_ok && g->pre_n == n && g->pre_gen == g->gen &&
 	    g->pre_head == head && memcmp(g->pre_seqs, seqs, (size_t)n *
 	    sizeof(int)) == 0 && graph_fits(g, n, g->pre_cap, head,
-	    g->pre_var) && g->gx_cap == g->pre_cap;
+	    g->gx_var) && g->gx_cap == g->pre_cap;
 	g->pre_ok = 0;
 	dev = pre && g->pre_dev;
 	g->pre_dev = 0;
@@ -480,8 +480,9 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 		g->step_cap = g->pre_room;
 		g->h_pre = t;
 		g->pre_room = tc;
+		/* made for this graph, whose variant it takes */
 		cap = g->pre_cap;
-		var = g->pre_var;
+		var = g->gx_var;
 		need = step_layout(g, n, cap, &lay);
 	} else {
 		cap = step_items(g, n, seqs, 0, head, chunk, &var);
@@ -567,14 +568,14 @@ decode_step(gpu_ctx *g, int n, const int *seqs, const int32_t *ids,
 					pre = 0;
 	if (pre && n <= g->pre_max &&
 	    (cap = step_items(g, n, seqs, 1, head, chunk, &pvar)) ==
-	    g->gx_cap && graph_fits(g, n, cap, head, pvar) && step_layout(g, n, cap, &lay) ==
-	    need && host_room(&g->h_pre, &g->pre_room, need) == KVX_OK &&
+	    g->gx_cap && graph_fits(g, n, cap, head, pvar) &&
+	    step_layout(g, n, cap, &lay) == need &&
+	    host_room(&g->h_pre, &g->pre_room, need) == KVX_OK &&
 	    step_fill(g, n, seqs, 1, cap, chunk, &lay, g->h_pre, len) ==
 	    KVX_OK) {
 		memcpy(g->pre_seqs, seqs, (size_t)n * sizeof(int));
 		g->pre_n = n;
 		g->pre_cap = cap;
-		g->pre_var = pvar;
 		g->pre_head = head;
 		g->pre_gen = g->gen;
 		g->pre_ok = 1;

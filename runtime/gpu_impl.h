@@ -176,7 +176,6 @@ struct gpu_ctx {
 	char		*h_pre;
 	size_t		 pre_room;
 	int		*pre_seqs, pre_max, pre_n, pre_cap, pre_head, pre_ok;
-	int		 pre_var;	/* the partial kernel's variant */
 	/* ... and sent to the device while that step runs, on cstream:
 	   d_pre receives h_pre (ev_pre: the copy done; ev_used: the next
 	   step's copy out of d_pre done; pre_dev: d_pre holds the
