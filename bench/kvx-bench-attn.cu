@@ -22,12 +22,18 @@
  * "comb us" is what the combine costs a layer on the chosen list: the
  * step against the same step without the combine launches (whose
  * output is then incomplete).  A shape given alone also runs items of
- * a half, a third and a quarter of the longest segment.
+ * a half, a third and a quarter of the longest segment, the chunked
+ * list at half, one and twice wl_chunk's size with its segments in
+ * order and longest first, the fixed cost of a layer (the floor): the
+ * same number of segments of 16 rows, with two items each (partial +
+ * combine) and with one (partial alone), and the same bytes read by a
+ * kernel that only reads them.
  * Layers rotate
  * over separate buffers (as many as fit) so that the L2 cache does not
  * serve repeated reads.
  */
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -250,6 +256,95 @@ step_time(const std::vector<int> &len, int var, int chunk, int comb,
 	return ms[ms.size() / 2] * 1e-3;
 }
 
+/* Reads n16 16-byte words of a and of b, four loads in flight a thread,
+ * and writes nothing unless a sum no fill produces comes out: the bytes
+ * alone, the least any kernel reading them can take. */
+static __global__ void
+read_only(const uint4 *a, const uint4 *b, size_t n16, unsigned *out)
+{
+	size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x, j;
+	size_t st = (size_t)gridDim.x * blockDim.x;
+	unsigned x = 0;
+	int u;
+
+	for (; i < n16; i += 4 * st)
+		for (u = 0; u < 4; u++) {
+			j = i + u * st;
+			if (j < n16) {
+				uint4 p = a[j], q = b[j];
+
+				x += p.x ^ p.y ^ p.z ^ p.w ^ q.x ^ q.y ^ q.z ^
+				    q.w;
+			}
+		}
+	if (x == 0x9e3779b9u)
+		out[blockIdx.x] = x;
+}
+
+/* Seconds a step of NLAYER launches of read_only over a layer's K and V
+ * of rows rows (buffers rotating as in step_time), in a CUDA graph. */
+static double
+read_time(long long rows)
+{
+	size_t free_b, total_b, per = (size_t)rows * D * sizeof(__half);
+	size_t n16 = per / 16;
+	std::vector<__half *> k, v;
+	std::vector<float> ms;
+	unsigned *out;
+	cudaStream_t st;
+	cudaGraph_t gr;
+	cudaGraphExec_t ge;
+	cudaEvent_t e0, e1;
+	cudaDeviceProp pr;
+	float t;
+	int i, nl;
+
+	CK(cudaGetDeviceProperties(&pr, 0));
+	CK(cudaMemGetInfo(&free_b, &total_b));
+	nl = (int)std::min<size_t>(NLAYER, (free_b - ((size_t)6 << 30)) /
+	    (2 * per));
+	k.resize(nl);
+	v.resize(nl);
+	for (i = 0; i < nl; i++) {
+		CK(cudaMalloc(&k[i], per));
+		CK(cudaMalloc(&v[i], per));
+		fill_half<<<1024, 256>>>(k[i], (size_t)rows * D, 17 + i);
+		fill_half<<<1024, 256>>>(v[i], (size_t)rows * D, 91 + i);
+	}
+	CK(cudaMalloc(&out, sizeof(unsigned) * pr.multiProcessorCount * 8));
+	CK(cudaDeviceSynchronize());
+	CK(cudaStreamCreate(&st));
+	CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+	for (i = 0; i < NLAYER; i++)
+		read_only<<<pr.multiProcessorCount * 8, 256, 0, st>>>(
+		    (const uint4 *)k[i % nl], (const uint4 *)v[i % nl], n16,
+		    out);
+	CK(cudaGetLastError());
+	CK(cudaStreamEndCapture(st, &gr));
+	CK(cudaGraphInstantiate(&ge, gr, 0));
+	CK(cudaEventCreate(&e0));
+	CK(cudaEventCreate(&e1));
+	for (i = 0; i < 23; i++) {
+		CK(cudaEventRecord(e0, st));
+		CK(cudaGraphLaunch(ge, st));
+		CK(cudaEventRecord(e1, st));
+		CK(cudaEventSynchronize(e1));
+		CK(cudaEventElapsedTime(&t, e0, e1));
+		if (i >= 3)
+			ms.push_back(t);
+	}
+	std::sort(ms.begin(), ms.end());
+	CK(cudaGraphExecDestroy(ge));
+	CK(cudaGraphDestroy(gr));
+	CK(cudaStreamDestroy(st));
+	for (i = 0; i < nl; i++) {
+		cudaFree(k[i]);
+		cudaFree(v[i]);
+	}
+	cudaFree(out);
+	return ms[ms.size() / 2] * 1e-3;
+}
+
 /* 1 when the library (wl_plan) takes the balanced list for len on the
  * variant var's resident blocks. */
 static int
@@ -379,6 +474,41 @@ main(int argc, char **argv)
 				    v ? "wide" : "deep", T / (int)s, 100.0 *
 				    bytes / step_time(len, v, T / (int)s, 1,
 				    &ni1, &nb1) / bw);
+		/* a shape alone: the chunked list with its segments ordered
+		   longest first (the block scheduler then takes the items
+		   about longest first), and items of half and twice the
+		   chunk, in either order */
+		for (v = 0; ob > 0 && v < 2; v++) {
+			std::vector<int> srt(len);
+			int ch = wl_chunk(rows, kvx_cuda_attn_blocks(G, D,
+			    KVX_CUDA_F16, v)), f;
+
+			std::sort(srt.begin(), srt.end(), std::greater<int>());
+			for (f = 1; f <= 4; f *= 2)
+				printf("#   %s, chunked, items of %d rows: %.1f%%"
+				    ", longest segments first %.1f%%\n",
+				    v ? "wide" : "deep", ch * f / 2, 100.0 *
+				    bytes / step_time(len, v, ch * f / 2, 1, &ni1,
+				    &nb1) / bw, 100.0 * bytes / step_time(srt,
+				    v, ch * f / 2, 1, &ni1, &nb1) / bw);
+		}
+		/* a shape alone: the fixed cost a layer, the same segments
+		   cut to 16 rows: two items each (partial and combine), and
+		   one (the partial alone) */
+		if (ob > 0) {
+			std::vector<int> tiny(len.size(), 16);
+			double tr = read_time(rows);
+
+			printf("#   floor (%d segments of 16 rows), a layer: "
+			    "partial + combine %.2f us, partial alone %.2f us\n",
+			    (int)len.size(), step_time(tiny, var, 8, 1, &ni1,
+			    &nb1) / NLAYER * 1e6, step_time(tiny, var, 16, 1,
+			    &ni1, &nb1) / NLAYER * 1e6);
+			printf("#   the same bytes read alone (no attention, "
+			    "16-byte loads, 8 blocks a multiprocessor): %.2f "
+			    "us a layer, %.1f%%\n", tr / NLAYER * 1e6,
+			    100.0 * bytes / tr / bw);
+		}
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
 		    bytes, t, std::min(t1[0], t1[1]), nch);
 		for (s = 0; s < len.size(); s++)

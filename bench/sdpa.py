@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # sdpa.py - PyTorch scaled_dot_product_attention (enable_gqa=True) on the
 # decode shapes of kvx-bench-attn, on equal bytes and on a cache padded to
-# the longest head, and the comparison table with the kvx kernel.
+# the longest head, and the comparison table with the kvx kernel; then
+# each batch over 16 rows a head, the fixed cost a layer (the floor).
 # SPDX-License-Identifier: MIT
 #
 # usage: python3 bench/sdpa.py kvx-bench-attn.tsv
@@ -120,6 +121,11 @@ def main():
                  sum(lens), 100 * share_pad, t_pad / t,
                  "%.1f%%" % (100 * nbytes / t1 / bw) if t1 > 0 else "-"),
               flush=True)
+    # the fixed cost a layer: the same batches over 16 rows a head
+    for b in sorted({int(r[1]) for r in rows[1:]}):
+        t16, _ = step_time(b, 16)
+        print(f"# floor, batch {b}, 16 rows a head: {t16 / NLAYER * 1e6:.2f} "
+              f"us a layer")
 
 
 if __name__ == "__main__":
