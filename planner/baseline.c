@@ -643,6 +643,34 @@ predict_retrieval(const profile *prof, const kvx_plan *plan,
 	rep->retrieval_uniform = ru / (L * Hkv);
 }
 
+/* Move the report's head shares a of the way from base's; see
+ * baseline.h. */
+void
+alloc_blend(const alloc_opts *o, const profile *prof, const kvx_plan *plan,
+    const alloc_report *base, double a, alloc_report *rep)
+{
+	int L = plan->n_layer, Hkv = plan->n_head_kv, i;
+	double sum = 0, obj = 0, rs = 0, r;
+
+	for (i = 0; i < L * Hkv; i++)
+		rep->head_frac[i] = base->head_frac[i] + a *
+		    (rep->head_frac[i] - base->head_frac[i]);
+	if (prof == NULL)
+		return;
+	for (i = 0; i < L * Hkv; i++) {
+		r = profile_eval(prof, i / Hkv, i % Hkv, rep->head_frac[i]);
+		sum += r;
+		obj += layer_weight(o, i / Hkv) * r;
+		if (prof->Rr != NULL)
+			rs += profile_eval_retrieval(prof, i / Hkv, i % Hkv,
+			    rep->head_frac[i]);
+	}
+	rep->predicted = sum / (L * Hkv);
+	rep->objective = obj;
+	if (prof->Rr != NULL)
+		rep->retrieval = rs / (L * Hkv);
+}
+
 /* Fill the plan's budgets by the method; see baseline.h. */
 kvx_status
 alloc_run(const alloc_opts *o, const profile *prof, kvx_plan *plan,

@@ -83,5 +83,15 @@ int		 alloc_needs_profile(int method);
 kvx_status	 alloc_run(const alloc_opts *, const profile *prof,
 		     kvx_plan *plan, alloc_report *rep);
 void		 alloc_report_free(alloc_report *);
+/*
+ * The report of plan's budgets after they were moved a of the way from
+ * base's (the report of uniform or ada budgets of the same shape) toward
+ * the plan's own: the head shares blended the same way, the predicted
+ * retention, objective and retrieval retention recomputed; the uniform
+ * figures stay.
+ */
+void		 alloc_blend(const alloc_opts *, const profile *prof,
+		     const kvx_plan *plan, const alloc_report *base, double a,
+		     alloc_report *rep);
 
 #endif

@@ -31,6 +31,7 @@
 #include "solve.h"
 #include "svg.h"
 #include "util.h"
+#include "validate.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "0.1.0"
@@ -64,6 +65,8 @@ struct cli {
 	int			 ea_queries;	/* PLAN_EA_ALL or a count */
 	int			 set_eaq;
 	double			 alpha;
+	int			 validate;	/* probes of the check */
+	int			 val_question;	/* enum prof_question */
 };
 
 /* The statistics' span of a new expected-attention plan: the whole
@@ -264,6 +267,18 @@ static const struct opt options[] = {
 	    "(prose, default), a 32-token span of it said\n"
 	    "again and again (repeat), or the two in turn\n"
 	    "(mixed)" },
+	{ .name = "validate", .kind = OPT_INT, .arg = "N", .lo = 1,
+	    .hi = 100000, .dst = OFF(validate),
+	    .help = "run N retrieval probes of the calibration\n"
+	    "text through the plan, uniform budgets and\n"
+	    "blends of the two; keep the blend nearest the\n"
+	    "plan that does as well as uniform" },
+	{ .name = "validate-question", .kind = OPT_WORD, .arg = "Q",
+	    .dst = OFF(val_question), .names = questions,
+	    .noun = "validation question mode",
+	    .help = "the probes' question: inside the compressed\n"
+	    "prompt (default) or after the compressed\n"
+	    "context" },
 	{ .name = "retrieval-floor", .kind = OPT_NUM, .arg = "X", .lo = 0,
 	    .hi = 1, .dst = OFF(ao.retrieval_floor),
 	    .help = "keep the mean retrieval retention at X or more" },
@@ -522,9 +537,22 @@ parse_args(struct cli *c, int argc, char **argv)
 	if (c->mode == KVX_PLAN_HYBRID && c->ao.gran == GRAN_HEAD)
 		return die(EX_BADUSE, "--granularity head with --mode hybrid "
 		    "is the ada method (use --method ada)");
-	if (c->corpus.n > 0 && c->from_prof != NULL)
+	if (c->corpus.n > 0 && c->from_prof != NULL && c->validate == 0)
 		return die(EX_BADUSE, "give calibration text (-c) or "
-		    "--from-profile, not both");
+		    "--from-profile, not both (both only with --validate, "
+		    "whose probes -c gives)");
+	if (c->validate > 0 && c->method != ALLOC_KVX &&
+	    c->method != ALLOC_LAYER && c->method != ALLOC_PYRAMID)
+		return die(EX_BADUSE, "--validate applies to methods kvx, "
+		    "layer and pyramid (it compares them with uniform and "
+		    "ada budgets)");
+	if (c->validate > 0 && c->corpus.n == 0)
+		return die(EX_BADUSE, "--validate needs calibration text for "
+		    "its probes (-c file)");
+	for (i = 0; c->validate > 0 && i < c->corpus.n; i++)
+		if (strcmp(c->corpus.v[i], "-") == 0)
+			return die(EX_BADUSE, "--validate reads the calibration "
+			    "text again: give files, not standard input");
 	if (c->save_prof != NULL && c->corpus.n == 0)
 		return die(EX_BADUSE, "--save-profile needs calibration text "
 		    "(-c file)");
@@ -573,7 +601,7 @@ adopt_profile(struct cli *c, const profile *p)
  * predicted retention against uniform, and the bytes. */
 static void
 summary(const struct cli *c, const kvx_plan *plan, const profile *prof,
-    const alloc_report *rep)
+    const alloc_report *rep, const val_report *vr)
 {
 	int L = plan->n_layer, Hkv = plan->n_head_kv, l, h;
 	double tot = 0;
@@ -628,6 +656,80 @@ summary(const struct cli *c, const kvx_plan *plan, const profile *prof,
 	    sizeof b1), solve__bytes((int64_t)plan->ref_bytes_full, b2,
 	    sizeof b2), 100.0 * (double)plan->ref_bytes /
 	    (double)plan->ref_bytes_full);
+	if (vr->probes == 0)
+		return;
+	printf("validation (%.1f s): kept %s\n  blend           answer "
+	    "log-p  found\n", vr->seconds, plan->validation);
+	for (l = 0; l < VAL_LEVELS; l++)
+		printf("  %4.2f %s %12.3f %4d/%d%s\n", vr->alpha[l],
+		    l == 0 ? "(plan)   " : l == VAL_LEVELS - 1 ?
+		    "(uniform)" : "         ", vr->logp[l], vr->found[l],
+		    vr->probes, l == vr->chosen ? "  kept" : "");
+}
+
+/*
+ * --validate: the plan, uniform budgets of its mode (ada for a hybrid
+ * plan) and blends of the two through the probes (validate.h); the plan
+ * and the report become the blend kept.
+ */
+static int
+validate(struct cli *c, kvx_model *m, const profile *prof, kvx_plan *plan,
+    alloc_report *rep, val_report *vr)
+{
+	alloc_opts bo = c->ao;
+	alloc_report brep;
+	kvx_plan *base = NULL;
+	int32_t *ids = NULL;
+	int64_t n_ids = 0;
+	char names[256];
+	val_opts vo;
+	kvx_status rc;
+	double a;
+	int ex = EX_OK;
+
+	memset(&brep, 0, sizeof brep);
+	bo.method = plan->mode == KVX_PLAN_HYBRID ? ALLOC_ADA : ALLOC_UNIFORM;
+	bo.retrieval_floor = -1;
+	if ((rc = plan_copy(plan, &base)) != KVX_OK) {
+		ex = die(EX_RUNTIME, "%s", kvx_errmsg());
+		goto done;
+	}
+	if ((rc = alloc_run(&bo, prof, base, &brep)) != KVX_OK) {
+		ex = alloc_fail(rc, bo.solver);
+		goto done;
+	}
+	if ((rc = profile_load_corpus(m, c->corpus.v, c->corpus.n, &ids,
+	    &n_ids, names, sizeof names)) != KVX_OK) {
+		ex = die(EX_CORPUS, "%s (calibration text)", kvx_errmsg());
+		goto done;
+	}
+	memset(&vo, 0, sizeof vo);
+	vo.probes = c->validate;
+	vo.tokens = c->po.sample_tokens;
+	vo.statements = c->po.probes;
+	vo.hay = c->po.probe_hay;
+	vo.after = c->val_question == PROF_Q_AFTER;
+	vo.seed = c->po.seed;
+	vo.device = c->po.device;
+	vo.progress = !c->quiet && isatty(STDERR_FILENO);
+	if ((rc = val_run(m, ids, n_ids, plan, base, &vo, vr)) != KVX_OK) {
+		ex = die(rc == KVX_ERR_ARG || rc == KVX_ERR_UNSUPPORTED ?
+		    EX_CORPUS : rc == KVX_ERR_DEVICE ? EX_DEVICE : EX_RUNTIME,
+		    "--validate: %s", kvx_errmsg());
+		goto done;
+	}
+	a = vr->alpha[vr->chosen];
+	val_blend(plan, base, a, plan);
+	alloc_blend(&c->ao, prof, plan, &brep, a, rep);
+	snprintf(plan->validation, sizeof plan->validation, "%.2f of the "
+	    "way from %s to the solved plan, on %d probes of %d tokens, "
+	    "question %s", a, alloc_method_name(bo.method), vo.probes,
+	    vo.tokens, vo.after ? "after" : "inside");
+done:
+	free(ids);
+	alloc_report_free(&brep);
+	kvx_plan_free(&base);
+	return ex;
 }
 
 /* Profile or load the curves when the method needs or can use them. */
@@ -683,6 +785,7 @@ main(int argc, char **argv)
 	kvx_plan *plan = NULL;
 	profile *prof = NULL;
 	alloc_report rep;
+	val_report vr;
 	double *weights = NULL;
 	const kvx_model_info *mi;
 	kvx_status rc;
@@ -691,6 +794,7 @@ main(int argc, char **argv)
 
 	memset(&c, 0, sizeof c);
 	memset(&rep, 0, sizeof rep);
+	memset(&vr, 0, sizeof vr);
 	prof_opts_init(&c.po);
 	alloc_opts_init(&c.ao);
 	c.method = ALLOC_KVX;
@@ -761,6 +865,9 @@ main(int argc, char **argv)
 		ex = alloc_fail(rc, c.ao.solver);
 		goto out;
 	}
+	if (c.validate > 0 &&
+	    (ex = validate(&c, m, prof, plan, &rep, &vr)) != EX_OK)
+		goto out;
 
 	if (rep.solved)
 		snprintf(plan->solver, sizeof plan->solver, "%s", c.ao.solver);
@@ -796,7 +903,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 	if (!c.quiet)
-		summary(&c, plan, prof, &rep);
+		summary(&c, plan, prof, &rep, &vr);
 	ex = EX_OK;
 out:
 	alloc_report_free(&rep);

@@ -220,10 +220,11 @@ rng_upto(uint64_t *s, int64_t n)
 	return (int64_t)(x % range);
 }
 
-/* Tokenize every file and concatenate the ids. */
-static kvx_status
-load_corpus(const kvx_model *m, const char *const *files, int n_files,
-    int32_t **ids, int64_t *n_ids, char *names, size_t names_size)
+/* Tokenize every file and concatenate the ids (profile.h). */
+kvx_status
+profile_load_corpus(const kvx_model *m, const char *const *files,
+    int n_files, int32_t **ids, int64_t *n_ids, char *names,
+    size_t names_size)
 {
 	int32_t *all = NULL, *nb;
 	int64_t n_all = 0;
@@ -855,8 +856,8 @@ profile_run(kvx_model *m, const char *const *files, int n_files,
 		return rc;
 	if (n_files < 1)
 		return kvx__fail(KVX_ERR_ARG, "no calibration text");
-	if ((rc = load_corpus(m, files, n_files, &ids, &n_ids, names,
-	    sizeof names)) != KVX_OK)
+	if ((rc = profile_load_corpus(m, files, n_files, &ids, &n_ids,
+	    names, sizeof names)) != KVX_OK)
 		return rc;
 	if (n_ids < T) {
 		free(ids);

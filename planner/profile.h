@@ -161,6 +161,14 @@ kvx_status	 profile_device(const kvx_model *, int device, int *out);
 kvx_status	 profile_run(kvx_model *, const char *const *files, int n_files,
 		     const prof_opts *, profile **out);
 void		 profile_free(profile **);
+/*
+ * The calibration files tokenized and laid end to end into *ids (*n_ids
+ * tokens, the caller frees), their base names, comma separated, into
+ * names (as many as fit).  KVX_ERR_IO when a file cannot be read.
+ */
+kvx_status	 profile_load_corpus(const kvx_model *, const char *const *files,
+		     int n_files, int32_t **ids, int64_t *n_ids, char *names,
+		     size_t names_size);
 
 /* R(l, h, f) by linear interpolation on the grid, f clamped to [0, 1]. */
 double		 profile_eval(const profile *, int layer, int head, double f);

@@ -106,6 +106,8 @@ struct kvx_plan {
 	uint64_t	 seed;
 	char		 tool_version[32];
 	char		 created_by[64];
+	char		 validation[96];	/* kvx-plan --validate's
+					   outcome, or empty */
 };
 
 /* Allocate a plan with identity from info, defaults for selection

@@ -131,6 +131,8 @@ const struct field plan_fields[] = {
 	    SZ(tool_version), 0, 0, FL_OPTIONAL, NULL },
 	{ "provenance", "created_by", F_STR, OFF(created_by), SZ(created_by),
 	    0, 0, FL_OPTIONAL, NULL },
+	{ "provenance", "validation", F_STR, OFF(validation), SZ(validation),
+	    0, 0, FL_OPTIONAL, NULL },
 };
 _Static_assert(sizeof plan_fields / sizeof plan_fields[0] == PLAN_NFIELDS,
     "PLAN_NFIELDS counts the fields");

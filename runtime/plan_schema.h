@@ -50,7 +50,7 @@ struct field {
 
 /* The fields, in file order: the emitter walks the table, the loader and
  * plan_validate check it. */
-#define PLAN_NFIELDS	47
+#define PLAN_NFIELDS	48
 extern const struct field plan_fields[];
 
 /* Index of field sect.key in plan_fields, or -1. */

@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..48"
+echo "1..56"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -169,6 +169,38 @@ else
 fi
 err 2 "unknown device 'tpu' (auto, cpu or gpu)" "an unknown device" -- \
     -m "$KVX_MODEL" -c "$gpl" --device tpu
+
+# --- --validate: the plan against uniform budgets on probes ------------------
+err 2 "--validate applies to methods kvx, layer and pyramid" \
+    "--validate with uniform budgets" -- -m "$KVX_MODEL" --method uniform \
+    -c "$gpl" --validate 2
+err 2 "--validate needs calibration text" "--validate without -c" -- \
+    -m "$KVX_MODEL" --from-profile "$tmp/a.prof" --validate 2
+err 2 "give files, not standard input" "--validate with -c -" -- \
+    -m "$KVX_MODEL" -c - $fast --validate 2
+err 2 "not both (both only with --validate" "-c with --from-profile" -- \
+    -m "$KVX_MODEL" -c "$gpl" --from-profile "$tmp/a.prof"
+err 4 "fewer than a probe's 256" "--validate on too short a text" -- \
+    -m "$KVX_MODEL" --from-profile "$tmp/a.prof" -c "$tmp/short.txt" \
+    --sample-tokens 256 -b 20% --validate 1
+"$plan" -m "$KVX_MODEL" --from-profile "$tmp/a.prof" -c "$gpl" "$apache" \
+    --sample-tokens 256 -b 20% --validate 3 --validate-question after \
+    -o "$tmp/val.yaml" > "$tmp/val.out" 2> "$tmp/val.err"
+ok $? "--validate 3 --validate-question after writes a plan"
+[ "$(grep -c ' kept$' "$tmp/val.out")" -eq 1 ] &&
+    [ "$(grep -c '^  [01]\.[0-9][0-9] .* [0-3]/3' "$tmp/val.out")" -eq 5 ]
+ok $? "the validation table: five levels, one kept"
+# the budgets written: uniform's 0.2 moved the kept blend toward the plan's
+a=$(sed -n 's/^  validation: \([0-9.]*\) of the way from uniform to the solved plan, on 3 probes of 256 tokens, question after$/\1/p' \
+    "$tmp/val.yaml")
+"$plan" -m "$KVX_MODEL" --from-profile "$tmp/a.prof" -b 20% -q \
+    -o "$tmp/noval.yaml" &&
+    awk -v a="$a" 'FNR == 1 {f++} /^- \[/ {gsub(/[][,-]/, " ");
+    for (i = 1; i <= NF; i++) v[f, ++k[f]] = $i}
+    END {if (a == "" || k[1] != 90 || k[2] != 90) exit 1;
+    for (i = 1; i <= 90; i++) {d = v[1, i] - (0.2 + a * (v[2, i] - 0.2));
+    if (d > 1e-9 || d < -1e-9) exit 1}}' "$tmp/val.yaml" "$tmp/noval.yaml"
+ok $? "validated budgets = 0.2 + blend (unvalidated - 0.2), blend ${a:-missing}"
 
 # --- Expected Attention's span ------------------------------------------------
 "$plan" -m "$KVX_MODEL" --method uniform -b 20% --scorer expected-attention \
