@@ -125,6 +125,40 @@ struct layer {
 	int *first;
 };
 
+/* Ends the capture on st, replays the graph 23 times and returns the
+ * median seconds of the last 20; the stream is destroyed. */
+static double
+replay_median(cudaStream_t st)
+{
+	cudaGraph_t gr;
+	cudaGraphExec_t ge;
+	cudaEvent_t e0, e1;
+	std::vector<float> ms;
+	float t;
+	int i;
+
+	CK(cudaStreamEndCapture(st, &gr));
+	CK(cudaGraphInstantiate(&ge, gr, 0));
+	CK(cudaEventCreate(&e0));
+	CK(cudaEventCreate(&e1));
+	for (i = 0; i < 23; i++) {
+		CK(cudaEventRecord(e0, st));
+		CK(cudaGraphLaunch(ge, st));
+		CK(cudaEventRecord(e1, st));
+		CK(cudaEventSynchronize(e1));
+		CK(cudaEventElapsedTime(&t, e0, e1));
+		if (i >= 3)
+			ms.push_back(t);
+	}
+	std::sort(ms.begin(), ms.end());
+	CK(cudaEventDestroy(e0));
+	CK(cudaEventDestroy(e1));
+	CK(cudaGraphExecDestroy(ge));
+	CK(cudaGraphDestroy(gr));
+	CK(cudaStreamDestroy(st));
+	return ms[ms.size() / 2] * 1e-3;
+}
+
 /*
  * Median time of one decode step (all layers) for per-(seq, head) lengths
  * len on the partial kernel's variant var: chunk 0 balances rows over
@@ -146,11 +180,7 @@ step_time(const std::vector<int> &len, int var, int chunk, int comb,
 	std::vector<struct wl_item> it;
 	std::vector<int> first(nseg + 1);
 	cudaStream_t st;
-	cudaGraph_t gr;
-	cudaGraphExec_t ge;
-	cudaEvent_t e0, e1;
-	std::vector<float> ms;
-	float t;
+	double t;
 
 	for (s = 0; s < nseg; s++) {
 		off[s] = rows * D;
@@ -226,23 +256,7 @@ step_time(const std::vector<int> &len, int var, int chunk, int comb,
 			    y.acc, y.out, KVX_CUDA_F32, 1,
 			    wl_most(first.data(), nseg), st));
 	}
-	CK(cudaStreamEndCapture(st, &gr));
-	CK(cudaGraphInstantiate(&ge, gr, 0));
-	CK(cudaEventCreate(&e0));
-	CK(cudaEventCreate(&e1));
-	for (i = 0; i < 23; i++) {
-		CK(cudaEventRecord(e0, st));
-		CK(cudaGraphLaunch(ge, st));
-		CK(cudaEventRecord(e1, st));
-		CK(cudaEventSynchronize(e1));
-		CK(cudaEventElapsedTime(&t, e0, e1));
-		if (i >= 3)
-			ms.push_back(t);
-	}
-	std::sort(ms.begin(), ms.end());
-	CK(cudaGraphExecDestroy(ge));
-	CK(cudaGraphDestroy(gr));
-	CK(cudaStreamDestroy(st));
+	t = replay_median(st);
 	for (i = 0; i < nl; i++) {
 		layer &y = L[i];
 
@@ -253,7 +267,7 @@ step_time(const std::vector<int> &len, int var, int chunk, int comb,
 	cudaFree(bfirst_d);
 	*nitems = ni;
 	*nbuf = nl;
-	return ms[ms.size() / 2] * 1e-3;
+	return t;
 }
 
 /* Reads n16 16-byte words of a and of b, four loads in flight a thread,
@@ -289,14 +303,10 @@ read_time(long long rows)
 	size_t free_b, total_b, per = (size_t)rows * D * sizeof(__half);
 	size_t n16 = per / 16;
 	std::vector<__half *> k, v;
-	std::vector<float> ms;
 	unsigned *out;
 	cudaStream_t st;
-	cudaGraph_t gr;
-	cudaGraphExec_t ge;
-	cudaEvent_t e0, e1;
 	cudaDeviceProp pr;
-	float t;
+	double t;
 	int i, nl;
 
 	CK(cudaGetDeviceProperties(&pr, 0));
@@ -320,29 +330,13 @@ read_time(long long rows)
 		    (const uint4 *)k[i % nl], (const uint4 *)v[i % nl], n16,
 		    out);
 	CK(cudaGetLastError());
-	CK(cudaStreamEndCapture(st, &gr));
-	CK(cudaGraphInstantiate(&ge, gr, 0));
-	CK(cudaEventCreate(&e0));
-	CK(cudaEventCreate(&e1));
-	for (i = 0; i < 23; i++) {
-		CK(cudaEventRecord(e0, st));
-		CK(cudaGraphLaunch(ge, st));
-		CK(cudaEventRecord(e1, st));
-		CK(cudaEventSynchronize(e1));
-		CK(cudaEventElapsedTime(&t, e0, e1));
-		if (i >= 3)
-			ms.push_back(t);
-	}
-	std::sort(ms.begin(), ms.end());
-	CK(cudaGraphExecDestroy(ge));
-	CK(cudaGraphDestroy(gr));
-	CK(cudaStreamDestroy(st));
+	t = replay_median(st);
 	for (i = 0; i < nl; i++) {
 		cudaFree(k[i]);
 		cudaFree(v[i]);
 	}
 	cudaFree(out);
-	return ms[ms.size() / 2] * 1e-3;
+	return t;
 }
 
 /* 1 when the library (wl_plan) takes the balanced list for len on the
