@@ -662,8 +662,9 @@ summary(const struct cli *c, const kvx_plan *plan, const profile *prof,
 	    "log-p  found\n", vr->seconds, plan->validation);
 	for (l = 0; l < VAL_LEVELS; l++)
 		printf("  %4.2f %s %12.3f %4d/%d%s\n", vr->alpha[l],
-		    l == 0 ? "(plan)   " : l == VAL_LEVELS - 1 ?
-		    "(uniform)" : "         ", vr->logp[l], vr->found[l],
+		    l == 0 ? "(plan)   " : l < VAL_LEVELS - 1 ? "         " :
+		    plan->mode == KVX_PLAN_HYBRID ? "(ada)    " : "(uniform)",
+		    vr->logp[l], vr->found[l],
 		    vr->probes, l == vr->chosen ? "  kept" : "");
 }
 
@@ -713,9 +714,9 @@ validate(struct cli *c, kvx_model *m, const profile *prof, kvx_plan *plan,
 	vo.device = c->po.device;
 	vo.progress = !c->quiet && isatty(STDERR_FILENO);
 	if ((rc = val_run(m, ids, n_ids, plan, base, &vo, vr)) != KVX_OK) {
-		ex = die(rc == KVX_ERR_ARG || rc == KVX_ERR_UNSUPPORTED ?
-		    EX_CORPUS : rc == KVX_ERR_DEVICE ? EX_DEVICE : EX_RUNTIME,
-		    "--validate: %s", kvx_errmsg());
+		ex = die(rc == KVX_ERR_ARG ? EX_CORPUS : rc ==
+		    KVX_ERR_UNSUPPORTED ? EX_BADUSE : rc == KVX_ERR_DEVICE ?
+		    EX_DEVICE : EX_RUNTIME, "--validate: %s", kvx_errmsg());
 		goto done;
 	}
 	a = vr->alpha[vr->chosen];

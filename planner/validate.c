@@ -101,7 +101,10 @@ val_run(kvx_model *m, const int32_t *hay, int64_t n_hay,
 
 	memset(rep, 0, sizeof *rep);
 	memset(&pr, 0, sizeof pr);
-	if (o->probes < 1 || o->tokens < 2 || n_hay < o->tokens)
+	if (o->probes < 1 || o->tokens < 2)
+		return kvx__fail(KVX_ERR_ARG, "%d probes of %d tokens: nothing "
+		    "to run", o->probes, o->tokens);
+	if (n_hay < o->tokens)
 		return kvx__fail(KVX_ERR_ARG, "the calibration text holds %lld "
 		    "tokens, fewer than a probe's %d", (long long)n_hay,
 		    o->tokens);
