@@ -1099,7 +1099,7 @@ done:
 const char *const prof_pool_names[] = { "max", "avg", "none", NULL };
 const char *const prof_gqa_names[] = { "mean", "max", NULL };
 static const char *const objective_word[] = { "output", "mass",
-    "output-abs" };
+    "output-abs", NULL };
 const char *const prof_hay_names[] = { "prose", "repeat", "mixed", NULL };
 
 /* Write the profile as "key value" lines and one line per curve. */
@@ -1162,13 +1162,13 @@ profile_save(const profile *p, const char *path, int overwrite)
 	return KVX_OK;
 }
 
-/* Index of word in a NULL-free list of n names, or -1. */
+/* Index of word in a NULL-terminated list of names, or -1. */
 static int
-word_index(const char *const *list, int n, const char *w)
+word_index(const char *const *list, const char *w)
 {
 	int i;
 
-	for (i = 0; i < n; i++)
+	for (i = 0; list[i] != NULL; i++)
 		if (strcmp(list[i], w) == 0)
 			return i;
 	return -1;
@@ -1263,23 +1263,23 @@ parse_profile(FILE *f, const char *path, profile *p, int *seen, int *rseen)
 			continue;
 		}
 		if (strcmp(key, "probe_hay") == 0) {
-			if ((p->probe_hay = word_index(prof_hay_names,
-			    PROF_HAY_MIXED + 1, val)) < 0)
+			p->probe_hay = word_index(prof_hay_names, val);
+			if (p->probe_hay < 0)
 				goto bad;
 			continue;
 		}
 		if (strcmp(key, "objective") == 0) {
-			if ((p->objective = word_index(objective_word, 3,
-			    val)) < 0)
+			p->objective = word_index(objective_word, val);
+			if (p->objective < 0)
 				goto bad;
 			continue;
 		}
 		if (strcmp(key, "pool") == 0 || strcmp(key, "gqa") == 0) {
 			snprintf(word, sizeof word, "%s", val);
 			if (key[0] == 'p')
-				p->pool = word_index(prof_pool_names, 3, word);
+				p->pool = word_index(prof_pool_names, word);
 			else
-				p->gqa = word_index(prof_gqa_names, 2, word);
+				p->gqa = word_index(prof_gqa_names, word);
 			if (p->pool < 0 || p->gqa < 0)
 				goto bad;
 			continue;

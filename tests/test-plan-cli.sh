@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..56"
+echo "1..57"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -201,6 +201,13 @@ a=$(sed -n 's/^  validation: \([0-9.]*\) of the way from uniform to the solved p
     for (i = 1; i <= 90; i++) {d = v[1, i] - (0.2 + a * (v[2, i] - 0.2));
     if (d > 1e-9 || d < -1e-9) exit 1}}' "$tmp/val.yaml" "$tmp/noval.yaml"
 ok $? "validated budgets = 0.2 + blend (unvalidated - 0.2), blend ${a:-missing}"
+
+"$plan" -m "$KVX_MODEL" --from-profile "$tmp/a.prof" -c "$gpl" \
+    --sample-tokens 256 -b 20% --mode hybrid --validate 2 \
+    -o "$tmp/valh.yaml" > "$tmp/valh.out" 2> "$tmp/err" &&
+    grep -q '^  validation: [01]\.[0-9][0-9] of the way from ada to the solved plan, on 2 probes of 256 tokens, question inside$' \
+    "$tmp/valh.yaml" && grep -q '^  0\.00 (ada) ' "$tmp/valh.out"
+ok $? "a hybrid plan is validated against ada budgets, question inside"
 
 # --- Expected Attention's span ------------------------------------------------
 "$plan" -m "$KVX_MODEL" --method uniform -b 20% --scorer expected-attention \
