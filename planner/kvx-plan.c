@@ -546,6 +546,11 @@ parse_args(struct cli *c, int argc, char **argv)
 		return die(EX_BADUSE, "--validate applies to methods kvx, "
 		    "layer and pyramid (it compares them with uniform and "
 		    "ada budgets)");
+	if (c->validate > 0 && (c->ao.page > 0 ||
+	    c->ao.retrieval_floor >= 0))
+		return die(EX_BADUSE, "--validate with %s: a blend toward "
+		    "uniform budgets need not keep it", c->ao.page > 0 ?
+		    "--page" : "--retrieval-floor");
 	if (c->validate > 0 && c->corpus.n == 0)
 		return die(EX_BADUSE, "--validate needs calibration text for "
 		    "its probes (-c file)");

@@ -23,7 +23,7 @@ if [ ! -f "$gpl" ] || [ ! -f "$apache" ]; then
 	echo "1..0 # SKIP $gpl or $apache missing"; exit 0
 fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-echo "1..57"
+echo "1..58"
 
 # --- the manual's examples -------------------------------------------------
 sed -n 's/^\.Dl \$ //p' "$man" | grep '^kvx-plan ' > "$tmp/examples"
@@ -174,6 +174,9 @@ err 2 "unknown device 'tpu' (auto, cpu or gpu)" "an unknown device" -- \
 err 2 "--validate applies to methods kvx, layer and pyramid" \
     "--validate with uniform budgets" -- -m "$KVX_MODEL" --method uniform \
     -c "$gpl" --validate 2
+err 2 "--validate with --page: a blend" "--validate with --page" -- \
+    -m "$KVX_MODEL" --from-profile "$tmp/a.prof" -c "$gpl" --page 16 \
+    --validate 2
 err 2 "--validate needs calibration text" "--validate without -c" -- \
     -m "$KVX_MODEL" --from-profile "$tmp/a.prof" --validate 2
 err 2 "give files, not standard input" "--validate with -c -" -- \
