@@ -382,6 +382,53 @@ lengths(int batch, int ctx, int skew, unsigned seed)
 	return len;
 }
 
+/*
+ * The extra rows of a shape given alone: items of a half, a third and a
+ * quarter of the longest segment T, one a block; the chunked list at
+ * half, one and twice wl_chunk's size, in segment order and longest
+ * segment first (the block scheduler then takes the items about longest
+ * first); the fixed cost a layer, the same segments cut to 16 rows with
+ * two items each (partial and combine) and one (the partial alone) on
+ * the chosen variant var; and the same bytes read alone.
+ */
+static void
+shape_alone(const std::vector<int> &len, int T, int var, double bytes,
+    double bw)
+{
+	std::vector<int> srt(len), tiny(len.size(), 16);
+	long long rows = 0;
+	double tr;
+	int v, f, ch, ni, nb;
+	size_t s;
+
+	for (s = 0; s < len.size(); s++)
+		rows += len[s];
+	std::sort(srt.begin(), srt.end(), std::greater<int>());
+	for (v = 0; v < 2; v++)
+		for (f = 2; f <= 4; f++)
+			printf("#   %s, items of %d rows: %.1f%%\n", v ? "wide" :
+			    "deep", T / f, 100.0 * bytes / step_time(len, v,
+			    T / f, 1, &ni, &nb) / bw);
+	for (v = 0; v < 2; v++) {
+		ch = wl_chunk(rows, kvx_cuda_attn_blocks(G, D, KVX_CUDA_F16,
+		    v));
+		for (f = 1; f <= 4; f *= 2)
+			printf("#   %s, chunked, items of %d rows: %.1f%%, "
+			    "longest segments first %.1f%%\n", v ? "wide" :
+			    "deep", ch * f / 2, 100.0 * bytes / step_time(len,
+			    v, ch * f / 2, 1, &ni, &nb) / bw, 100.0 * bytes /
+			    step_time(srt, v, ch * f / 2, 1, &ni, &nb) / bw);
+	}
+	printf("#   floor (%d segments of 16 rows), a layer: partial + "
+	    "combine %.2f us, partial alone %.2f us\n", (int)len.size(),
+	    step_time(tiny, var, 8, 1, &ni, &nb) / NLAYER * 1e6,
+	    step_time(tiny, var, 16, 1, &ni, &nb) / NLAYER * 1e6);
+	tr = read_time(rows);
+	printf("#   the same bytes read alone (no attention, 16-byte loads, "
+	    "8 blocks a multiprocessor): %.2f us a layer, %.1f%%\n",
+	    tr / NLAYER * 1e6, 100.0 * bytes / tr / bw);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -460,49 +507,8 @@ main(int argc, char **argv)
 		    100.0 * bytes / tc[1] / bw, 100.0 * bytes / t1[0] / bw,
 		    100.0 * bytes / t1[1] / bw, nch, (t - tp) / NLAYER * 1e6);
 		fflush(stdout);
-		/* a shape alone: also items of a half, third and quarter of
-		   the longest segment, one a block, on either variant */
-		for (v = 0; ob > 0 && v < 2; v++)
-			for (s = 2; s <= 4; s++)
-				printf("#   %s, items of %d rows: %.1f%%\n",
-				    v ? "wide" : "deep", T / (int)s, 100.0 *
-				    bytes / step_time(len, v, T / (int)s, 1,
-				    &ni1, &nb1) / bw);
-		/* a shape alone: the chunked list with its segments ordered
-		   longest first (the block scheduler then takes the items
-		   about longest first), and items of half and twice the
-		   chunk, in either order */
-		for (v = 0; ob > 0 && v < 2; v++) {
-			std::vector<int> srt(len);
-			int ch = wl_chunk(rows, kvx_cuda_attn_blocks(G, D,
-			    KVX_CUDA_F16, v)), f;
-
-			std::sort(srt.begin(), srt.end(), std::greater<int>());
-			for (f = 1; f <= 4; f *= 2)
-				printf("#   %s, chunked, items of %d rows: %.1f%%"
-				    ", longest segments first %.1f%%\n",
-				    v ? "wide" : "deep", ch * f / 2, 100.0 *
-				    bytes / step_time(len, v, ch * f / 2, 1, &ni1,
-				    &nb1) / bw, 100.0 * bytes / step_time(srt,
-				    v, ch * f / 2, 1, &ni1, &nb1) / bw);
-		}
-		/* a shape alone: the fixed cost a layer, the same segments
-		   cut to 16 rows: two items each (partial and combine), and
-		   one (the partial alone) */
-		if (ob > 0) {
-			std::vector<int> tiny(len.size(), 16);
-			double tr = read_time(rows);
-
-			printf("#   floor (%d segments of 16 rows), a layer: "
-			    "partial + combine %.2f us, partial alone %.2f us\n",
-			    (int)len.size(), step_time(tiny, var, 8, 1, &ni1,
-			    &nb1) / NLAYER * 1e6, step_time(tiny, var, 16, 1,
-			    &ni1, &nb1) / NLAYER * 1e6);
-			printf("#   the same bytes read alone (no attention, "
-			    "16-byte loads, 8 blocks a multiprocessor): %.2f "
-			    "us a layer, %.1f%%\n", tr / NLAYER * 1e6,
-			    100.0 * bytes / tr / bw);
-		}
+		if (ob > 0)
+			shape_alone(len, T, var, bytes, bw);
 		fprintf(tsv, "kvx\t%d\t%d\t%d\t%.6e\t%.6e\t%.6e\t%d", b, T, skew,
 		    bytes, t, std::min(t1[0], t1[1]), nch);
 		for (s = 0; s < len.size(); s++)

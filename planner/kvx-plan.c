@@ -602,6 +602,14 @@ adopt_profile(struct cli *c, const profile *p)
 	return EX_OK;
 }
 
+/* What --validate compares a plan with: uniform budgets, or ada's for a
+ * hybrid plan. */
+static int
+val_base(const kvx_plan *plan)
+{
+	return plan->mode == KVX_PLAN_HYBRID ? ALLOC_ADA : ALLOC_UNIFORM;
+}
+
 /* The summary table: per layer share, smallest and largest head,
  * predicted retention against uniform, and the bytes. */
 static void
@@ -666,11 +674,11 @@ summary(const struct cli *c, const kvx_plan *plan, const profile *prof,
 	printf("validation (%.1f s): kept %s\n  blend           answer "
 	    "log-p  found\n", vr->seconds, plan->validation);
 	for (l = 0; l < VAL_LEVELS; l++)
-		printf("  %4.2f %s %12.3f %4d/%d%s\n", vr->alpha[l],
-		    l == 0 ? "(plan)   " : l < VAL_LEVELS - 1 ? "         " :
-		    plan->mode == KVX_PLAN_HYBRID ? "(ada)    " : "(uniform)",
-		    vr->logp[l], vr->found[l],
-		    vr->probes, l == vr->chosen ? "  kept" : "");
+		printf("  %4.2f %-9s %12.3f %4d/%d%s\n", vr->alpha[l],
+		    l == 0 ? "(plan)" : l < VAL_LEVELS - 1 ? "" :
+		    val_base(plan) == ALLOC_ADA ? "(ada)" : "(uniform)",
+		    vr->logp[l], vr->found[l], vr->probes,
+		    l == vr->chosen ? "  kept" : "");
 }
 
 /*
@@ -694,8 +702,7 @@ validate(struct cli *c, kvx_model *m, const profile *prof, kvx_plan *plan,
 	int ex = EX_OK;
 
 	memset(&brep, 0, sizeof brep);
-	bo.method = plan->mode == KVX_PLAN_HYBRID ? ALLOC_ADA : ALLOC_UNIFORM;
-	bo.retrieval_floor = -1;
+	bo.method = val_base(plan);
 	if ((rc = plan_copy(plan, &base)) != KVX_OK) {
 		ex = die(EX_RUNTIME, "%s", kvx_errmsg());
 		goto done;
